@@ -1,0 +1,80 @@
+//! Seal and open throughput of one 8 MiB chunk on one core, with ring's AES-256-GCM on the same
+//! buffer for reference. Run with `benches/crypto.sh`.
+
+use std::time::Duration;
+
+use benches::{gigabytes_per_second, median_time, print_table};
+use crypto::{ChunkContext, DataKey, open, open_in_place, seal};
+use format::ids::{FileId, VaultId};
+use format::limits::CHUNK_BYTES;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+
+fn main() {
+    let budget = Duration::from_secs(2);
+    let cipher = DataKey::generate().chunk_cipher();
+    let context = ChunkContext {
+        vault: VaultId([1; 16]),
+        file: FileId(2),
+        index: 0,
+        generation: 1,
+        last: false,
+    };
+    let plaintext: Vec<u8> = (0..CHUNK_BYTES).map(|i| (i % 253) as u8).collect();
+    let sealed = seal(&cipher, &context, &plaintext).expect("seal");
+
+    let seal_time = median_time(10, budget, || {
+        std::hint::black_box(seal(&cipher, &context, &plaintext).expect("seal"));
+    });
+    let open_time = median_time(10, budget, || {
+        std::hint::black_box(open(&cipher, &context, &sealed).expect("open"));
+    });
+    let open_in_place_time = median_time(10, budget, || {
+        std::hint::black_box(open_in_place(&cipher, &context, sealed.clone()).expect("open"));
+    });
+    let copy_time = median_time(10, budget, || {
+        std::hint::black_box(sealed.clone());
+    });
+
+    let ring_key =
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, cipher.encryption_key()).expect("ring key"));
+    let mut buffer = plaintext.clone();
+    let ring_time = median_time(10, budget, || {
+        let tag = ring_key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key([7; 12]),
+                Aad::empty(),
+                &mut buffer,
+            )
+            .expect("ring seal");
+        let _ = std::hint::black_box(tag);
+    });
+
+    let gbs = |time| format!("{:.2}", gigabytes_per_second(CHUNK_BYTES, time));
+    let ms = |time: Duration| format!("{:.2}", time.as_secs_f64() * 1e3);
+    print_table(
+        &["operation (8 MiB chunk, 1 core)", "GB/s", "ms per chunk"],
+        &[
+            vec![
+                "vault seal (aes-gcm 0.11)".into(),
+                gbs(seal_time),
+                ms(seal_time),
+            ],
+            vec!["vault open".into(), gbs(open_time), ms(open_time)],
+            vec![
+                "vault open in place (incl. 8 MiB copy)".into(),
+                gbs(open_in_place_time),
+                ms(open_in_place_time),
+            ],
+            vec![
+                "memcpy of 8 MiB (reference)".into(),
+                gbs(copy_time),
+                ms(copy_time),
+            ],
+            vec![
+                "ring 0.17 AES-256-GCM seal (reference)".into(),
+                gbs(ring_time),
+                ms(ring_time),
+            ],
+        ],
+    );
+}

@@ -1,0 +1,85 @@
+//! Data keys (one per file or drive) and the per-purpose subkeys derived from them.
+
+use std::fmt;
+
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::KeyInit;
+use format::envelope::COMMITMENT_BYTES;
+use hkdf::Hkdf;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+pub const DATA_KEY_BYTES: usize = 32;
+
+const HKDF_SALT: &[u8] = b"vault/v1 data key";
+const INFO_CHUNK_ENCRYPTION: &[u8] = b"vault/v1 chunk encryption";
+const INFO_KEY_COMMITMENT: &[u8] = b"vault/v1 key commitment";
+
+/// A file's (or a VM drive's) random 256-bit key. It is never used directly: every use has
+/// its own subkey derived with HKDF-SHA256. Zeroized on drop.
+#[derive(Clone)]
+pub struct DataKey(Zeroizing<[u8; DATA_KEY_BYTES]>);
+
+impl DataKey {
+    pub fn generate() -> DataKey {
+        DataKey(Zeroizing::new(identity::random_bytes()))
+    }
+
+    pub fn from_bytes(bytes: [u8; DATA_KEY_BYTES]) -> DataKey {
+        DataKey(Zeroizing::new(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; DATA_KEY_BYTES] {
+        &self.0
+    }
+
+    /// The subkeys for sealing and opening chunks. Deriving them costs an HKDF and an AES key
+    /// schedule, so callers keep one `ChunkCipher` per open file.
+    pub fn chunk_cipher(&self) -> ChunkCipher {
+        let hkdf = Hkdf::<Sha256>::new(Some(HKDF_SALT), &self.0[..]);
+        let mut encryption = Zeroizing::new([0u8; 32]);
+        let mut commitment = [0u8; COMMITMENT_BYTES];
+        hkdf.expand(INFO_CHUNK_ENCRYPTION, &mut encryption[..])
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        hkdf.expand(INFO_KEY_COMMITMENT, &mut commitment)
+            .expect("16 bytes is a valid HKDF-SHA256 output length");
+        ChunkCipher {
+            aead: Aes256Gcm::new(&(*encryption).into()),
+            encryption_key: encryption,
+            commitment,
+        }
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DataKey(hidden)")
+    }
+}
+
+/// What sealing and opening chunks of one file need: the AES-256-GCM key schedule of the
+/// chunk encryption subkey and the key commitment.
+pub struct ChunkCipher {
+    pub(crate) aead: Aes256Gcm,
+    encryption_key: Zeroizing<[u8; 32]>,
+    pub(crate) commitment: [u8; COMMITMENT_BYTES],
+}
+
+impl ChunkCipher {
+    /// The chunk encryption subkey. Exposed so that tests can check the format against an
+    /// independent AES-GCM implementation; nothing else needs it.
+    pub fn encryption_key(&self) -> &[u8; 32] {
+        &self.encryption_key
+    }
+
+    /// The 128-bit key commitment written into every chunk's envelope.
+    pub fn commitment(&self) -> &[u8; COMMITMENT_BYTES] {
+        &self.commitment
+    }
+}
+
+impl fmt::Debug for ChunkCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChunkCipher(hidden)")
+    }
+}

@@ -1,0 +1,14 @@
+//! Chunk sealing and opening, data keys and their subkeys, and key wrapping to a recipient.
+//!
+//! Pure: no I/O, no async, no knowledge of FUSE, sockets or files; limits come from the
+//! `format` crate. This is the only crate that can open a chunk, so the storage daemon must
+//! never depend on it (a test over `cargo metadata` checks that).
+
+mod chunk;
+mod keys;
+mod wrap;
+
+pub use chunk::{AAD_BYTES, OpenError, SealError, authenticated_data, open, open_in_place, seal};
+pub use format::envelope::ChunkContext;
+pub use keys::{ChunkCipher, DATA_KEY_BYTES, DataKey};
+pub use wrap::{UnwrapError, WRAPPED_KEY_BYTES, WrapContext, WrapKind, unwrap, wrap};

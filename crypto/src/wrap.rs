@@ -1,0 +1,144 @@
+//! Wrapping a data key to a recipient's X25519 public key: HPKE (RFC 9180) in base mode with
+//! DHKEM(X25519, HKDF-SHA256), HKDF-SHA256 and AES-256-GCM.
+//!
+//! ```text
+//! offset len  field
+//!      0   2  magic "VW"
+//!      2   1  version (1)
+//!      3   1  kind: 1 = file key, 2 = drive key
+//!      4  16  vault ID
+//!     20   8  object ID (file or drive), u64 LE
+//!     28  32  recipient's X25519 public key
+//!     60  32  HPKE encapsulated key
+//!     92  32  encrypted data key
+//!    124  16  AES-GCM tag
+//! ```
+//! Bytes 0..60 are the HPKE authenticated data, so a wrapped key cannot be re-pointed at
+//! another vault, object, kind or recipient: it would fail to open.
+
+use format::ids::VaultId;
+use hpke::aead::{AeadTag, AesGcm256};
+use hpke::kdf::HkdfSha256;
+use hpke::kem::X25519HkdfSha256;
+use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
+use identity::{Identity, PublicIdentity};
+use zeroize::Zeroizing;
+
+use crate::keys::{DATA_KEY_BYTES, DataKey};
+
+pub const WRAPPED_KEY_BYTES: usize = 140;
+
+const MAGIC: [u8; 2] = *b"VW";
+const VERSION_1: u8 = 1;
+const AAD_END: usize = 60;
+const ENC_AT: usize = 60;
+const CIPHERTEXT_AT: usize = 92;
+const TAG_AT: usize = 124;
+const HPKE_INFO: &[u8] = b"vault/v1 key wrap";
+
+type KemSuite = X25519HkdfSha256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WrapKind {
+    FileKey = 1,
+    DriveKey = 2,
+}
+
+/// What a wrapped key is for: the wrapped blob binds all of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrapContext {
+    pub vault: VaultId,
+    pub kind: WrapKind,
+    pub object: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnwrapError {
+    #[error("wrapped key is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("wrapped key has version {0}, which this build does not know")]
+    UnsupportedVersion(u8),
+    #[error("wrapped key belongs to another vault, object or kind")]
+    WrongContext,
+    #[error("wrapped key is addressed to another recipient")]
+    NotForMe,
+    #[error("wrapped key failed authentication (corrupted or forged)")]
+    AuthenticationFailed,
+}
+
+/// Wraps `key` to `recipient` for `context`.
+pub fn wrap(key: &DataKey, recipient: &PublicIdentity, context: &WrapContext) -> Vec<u8> {
+    let mut out = vec![0u8; WRAPPED_KEY_BYTES];
+    out[..AAD_END].copy_from_slice(&header(context, &recipient.wrapping));
+    let recipient_key = <KemSuite as Kem>::PublicKey::from_bytes(&recipient.wrapping)
+        .expect("every 32-byte string is an X25519 public key");
+    let (aad, rest) = out.split_at_mut(AAD_END);
+    let (enc, ciphertext) = rest.split_at_mut(CIPHERTEXT_AT - ENC_AT);
+    let (encrypted, tag_out) = ciphertext.split_at_mut(DATA_KEY_BYTES);
+    let (encapped, tag) = hpke::single_shot_seal_inout_detached::<AesGcm256, HkdfSha256, KemSuite>(
+        &OpModeS::Base,
+        &recipient_key,
+        HPKE_INFO,
+        hpke::inout::InOutBuf::new(key.as_bytes(), encrypted).expect("equal lengths"),
+        aad,
+    )
+    .expect("X25519 encapsulation to a valid key and a 32-byte seal cannot fail");
+    enc.copy_from_slice(&encapped.to_bytes());
+    tag_out.copy_from_slice(&tag.to_bytes());
+    out
+}
+
+/// Unwraps a key wrapped to `me`, checking that it was wrapped for `expected`.
+pub fn unwrap(
+    wrapped: &[u8],
+    me: &Identity,
+    expected: &WrapContext,
+) -> Result<DataKey, UnwrapError> {
+    if wrapped.len() != WRAPPED_KEY_BYTES {
+        return Err(UnwrapError::Malformed("wrong length"));
+    }
+    if wrapped[..2] != MAGIC {
+        return Err(UnwrapError::Malformed("bad magic"));
+    }
+    if wrapped[2] != VERSION_1 {
+        return Err(UnwrapError::UnsupportedVersion(wrapped[2]));
+    }
+    let my_public = me.public().wrapping;
+    if wrapped[28..AAD_END] != my_public {
+        return Err(UnwrapError::NotForMe);
+    }
+    if wrapped[..AAD_END] != header(expected, &my_public) {
+        return Err(UnwrapError::WrongContext);
+    }
+    let secret = Zeroizing::new(*me.wrapping_secret());
+    let my_key = <KemSuite as Kem>::PrivateKey::from_bytes(&secret[..])
+        .map_err(|_| UnwrapError::Malformed("private key"))?;
+    let encapped = <KemSuite as Kem>::EncappedKey::from_bytes(&wrapped[ENC_AT..CIPHERTEXT_AT])
+        .map_err(|_| UnwrapError::Malformed("encapsulated key"))?;
+    let tag = AeadTag::<AesGcm256>::from_bytes(&wrapped[TAG_AT..])
+        .map_err(|_| UnwrapError::Malformed("tag"))?;
+    let mut key = Zeroizing::new([0u8; DATA_KEY_BYTES]);
+    hpke::single_shot_open_inout_detached::<AesGcm256, HkdfSha256, KemSuite>(
+        &OpModeR::Base,
+        &my_key,
+        &encapped,
+        HPKE_INFO,
+        hpke::inout::InOutBuf::new(&wrapped[CIPHERTEXT_AT..TAG_AT], &mut key[..])
+            .expect("equal lengths"),
+        &wrapped[..AAD_END],
+        &tag,
+    )
+    .map_err(|_| UnwrapError::AuthenticationFailed)?;
+    Ok(DataKey::from_bytes(*key))
+}
+
+fn header(context: &WrapContext, recipient: &[u8; 32]) -> [u8; AAD_END] {
+    let mut out = [0u8; AAD_END];
+    out[..2].copy_from_slice(&MAGIC);
+    out[2] = VERSION_1;
+    out[3] = context.kind as u8;
+    out[4..20].copy_from_slice(&context.vault.0);
+    out[20..28].copy_from_slice(&context.object.to_le_bytes());
+    out[28..].copy_from_slice(recipient);
+    out
+}

@@ -1,0 +1,241 @@
+//! Who a user (or the site administrator) is: an Ed25519 key pair for signatures and an X25519
+//! key pair that file keys are wrapped to, their fingerprint, and the passphrase-protected key
+//! file that holds the private halves.
+//!
+//! Pure: no I/O (callers read and write key files), no async. Private key bytes are zeroized
+//! when dropped. This crate can verify and sign but cannot open a chunk, so the storage daemon
+//! may depend on it.
+
+mod keyfile;
+
+use std::fmt;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+pub use keyfile::{KEY_FILE_BYTES, KdfParams, KeyFile, KeyFileError, KeyKind};
+
+pub const PUBLIC_KEY_BYTES: usize = 32;
+pub const SIGNATURE_BYTES: usize = 64;
+pub const FINGERPRINT_BYTES: usize = 16;
+
+/// Fills an array from the operating system's random number generator.
+///
+/// # Panics
+/// When the operating system cannot give random bytes: nothing secure can go on then.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    getrandom::fill(&mut out).expect("the operating system's random number generator failed");
+    out
+}
+
+/// The public half of an identity: what the server stores and what others wrap keys to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicIdentity {
+    pub signing: [u8; PUBLIC_KEY_BYTES],
+    pub wrapping: [u8; PUBLIC_KEY_BYTES],
+}
+
+/// SHA-256 over both public keys, cut to 128 bits: what people compare and clients pin.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; FINGERPRINT_BYTES]);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("the signing public key is not a valid Ed25519 point")]
+    BadPublicKey,
+    #[error("the signature does not verify")]
+    Invalid,
+}
+
+impl PublicIdentity {
+    pub fn fingerprint(&self) -> Fingerprint {
+        let digest = Sha256::new()
+            .chain_update(b"vault/v1 fingerprint")
+            .chain_update(self.signing)
+            .chain_update(self.wrapping)
+            .finalize();
+        let mut out = [0u8; FINGERPRINT_BYTES];
+        out.copy_from_slice(&digest[..FINGERPRINT_BYTES]);
+        Fingerprint(out)
+    }
+
+    /// Verifies a signature made by [`Identity::sign`] with the same `domain`. Strict
+    /// verification: no malleable or small-order signatures are accepted.
+    pub fn verify(
+        &self,
+        domain: &str,
+        message: &[u8],
+        signature: &[u8; SIGNATURE_BYTES],
+    ) -> Result<(), SignatureError> {
+        let key =
+            VerifyingKey::from_bytes(&self.signing).map_err(|_| SignatureError::BadPublicKey)?;
+        let signature = ed25519_dalek::Signature::from_bytes(signature);
+        key.verify_strict(&domain_separated(domain, message), &signature)
+            .map_err(|_| SignatureError::Invalid)
+    }
+
+    /// Both keys, signing first.
+    pub fn to_bytes(&self) -> [u8; 2 * PUBLIC_KEY_BYTES] {
+        let mut out = [0u8; 2 * PUBLIC_KEY_BYTES];
+        out[..PUBLIC_KEY_BYTES].copy_from_slice(&self.signing);
+        out[PUBLIC_KEY_BYTES..].copy_from_slice(&self.wrapping);
+        out
+    }
+
+    pub fn from_slices(signing: &[u8], wrapping: &[u8]) -> Option<PublicIdentity> {
+        Some(PublicIdentity {
+            signing: signing.try_into().ok()?,
+            wrapping: wrapping.try_into().ok()?,
+        })
+    }
+}
+
+impl fmt::Debug for PublicIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicIdentity({})", self.fingerprint())
+    }
+}
+
+impl Fingerprint {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses the hex form, with or without the spaces of the display form.
+    pub fn from_hex(text: &str) -> Option<Fingerprint> {
+        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        let mut out = [0u8; FINGERPRINT_BYTES];
+        hex::decode_to_slice(compact, &mut out).ok()?;
+        Some(Fingerprint(out))
+    }
+}
+
+/// Groups of four hex digits, as people read them aloud.
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = self.to_hex();
+        for (i, group) in hex.as_bytes().chunks(4).enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(std::str::from_utf8(group).map_err(|_| fmt::Error)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({})", self.to_hex())
+    }
+}
+
+/// A private identity. Both secrets are zeroized on drop (`SigningKey` does so itself).
+pub struct Identity {
+    signing: SigningKey,
+    wrapping: Zeroizing<[u8; 32]>,
+}
+
+impl Identity {
+    pub fn generate() -> Identity {
+        let mut seed = Zeroizing::new(random_bytes::<32>());
+        let identity = Identity::from_secrets(&seed, &random_bytes::<32>());
+        zeroize::Zeroize::zeroize(&mut *seed);
+        identity
+    }
+
+    /// Rebuilds an identity from its two 32-byte secrets (the Ed25519 seed and the X25519
+    /// scalar), as stored in the key file.
+    pub fn from_secrets(signing_seed: &[u8; 32], wrapping_secret: &[u8; 32]) -> Identity {
+        Identity {
+            signing: SigningKey::from_bytes(signing_seed),
+            wrapping: Zeroizing::new(*wrapping_secret),
+        }
+    }
+
+    pub fn public(&self) -> PublicIdentity {
+        let wrapping = x25519_dalek::StaticSecret::from(*self.wrapping);
+        PublicIdentity {
+            signing: self.signing.verifying_key().to_bytes(),
+            wrapping: x25519_dalek::PublicKey::from(&wrapping).to_bytes(),
+        }
+    }
+
+    /// Signs `message` in `domain`: the signature covers `domain || 0x00 || message`, so a
+    /// signature made for one purpose can never be replayed for another.
+    pub fn sign(&self, domain: &str, message: &[u8]) -> [u8; SIGNATURE_BYTES] {
+        self.signing
+            .sign(&domain_separated(domain, message))
+            .to_bytes()
+    }
+
+    /// The X25519 secret that key wrapping decapsulates with.
+    pub fn wrapping_secret(&self) -> &[u8; 32] {
+        &self.wrapping
+    }
+
+    pub(crate) fn signing_seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.signing.to_bytes())
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Identity({}, secrets hidden)",
+            self.public().fingerprint()
+        )
+    }
+}
+
+fn domain_separated(domain: &str, message: &[u8]) -> Vec<u8> {
+    assert!(
+        !domain.as_bytes().contains(&0),
+        "signature domain {domain:?} contains NUL"
+    );
+    let mut out = Vec::with_capacity(domain.len() + 1 + message.len());
+    out.extend_from_slice(domain.as_bytes());
+    out.push(0);
+    out.extend_from_slice(message);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_verify_only_in_their_domain() {
+        let me = Identity::generate();
+        let signature = me.sign("vault/v1 login", b"challenge");
+        let public = me.public();
+        assert_eq!(
+            public.verify("vault/v1 login", b"challenge", &signature),
+            Ok(())
+        );
+        assert_eq!(
+            public.verify("vault/v1 user", b"challenge", &signature),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            public.verify("vault/v1 login", b"challengf", &signature),
+            Err(SignatureError::Invalid)
+        );
+    }
+
+    #[test]
+    fn fingerprint_round_trips_through_its_display_form() {
+        let fingerprint = Identity::generate().public().fingerprint();
+        let shown = fingerprint.to_string();
+        assert_eq!(shown.len(), 32 + 7);
+        assert_eq!(Fingerprint::from_hex(&shown), Some(fingerprint));
+    }
+
+    #[test]
+    fn identities_differ() {
+        assert_ne!(Identity::generate().public(), Identity::generate().public());
+    }
+}

@@ -1,0 +1,213 @@
+//! The dependency rules of ARCHITECTURE.md, checked over `cargo metadata` and the sources.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Package name -> names of its normal and build dependencies (dev-dependencies left out: a
+/// test may use anything).
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+fn graph_of(metadata: &Value) -> Graph {
+    let names: BTreeMap<&str, &str> = metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().expect("id"),
+                p["name"].as_str().expect("name"),
+            )
+        })
+        .collect();
+    let mut graph = Graph::new();
+    for node in metadata["resolve"]["nodes"]
+        .as_array()
+        .expect("resolve nodes")
+    {
+        let name = names[node["id"].as_str().expect("node id")].to_string();
+        let deps = graph.entry(name).or_default();
+        for dep in node["deps"].as_array().expect("deps") {
+            let kinds = dep["dep_kinds"].as_array().expect("dep_kinds");
+            if kinds.iter().any(|k| k["kind"].as_str() != Some("dev")) {
+                deps.insert(names[dep["pkg"].as_str().expect("pkg")].to_string());
+            }
+        }
+    }
+    graph
+}
+
+fn closure(graph: &Graph, root: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![root.to_string()];
+    while let Some(name) = todo.pop() {
+        for dep in graph.get(&name).into_iter().flatten() {
+            if seen.insert(dep.clone()) {
+                todo.push(dep.clone());
+            }
+        }
+    }
+    seen
+}
+
+/// Every broken rule, one line each.
+fn violations(graph: &Graph, members: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    if closure(graph, "storaged").contains("crypto") {
+        found.push("storaged depends on crypto: the server could open chunks".to_string());
+    }
+    for (external, owner) in [
+        ("fuser", "vaultfs"),
+        ("mongodb", "storaged"),
+        ("rusqlite", "storaged"),
+    ] {
+        for member in members.iter().filter(|m| **m != owner) {
+            if graph
+                .get(*member)
+                .is_some_and(|deps| deps.contains(external))
+            {
+                found.push(format!("{member} depends on {external}; only {owner} may"));
+            }
+        }
+    }
+    for pure in ["format", "identity", "crypto"] {
+        let deps = closure(graph, pure);
+        for io in ["tokio", "tonic", "fuser", "mongodb", "rusqlite", "proto"] {
+            if deps.contains(io) {
+                found.push(format!("{pure} must stay pure but depends on {io}"));
+            }
+        }
+    }
+    found
+}
+
+fn workspace_metadata() -> Value {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--filter-platform", &host_triple()])
+        .current_dir(tests::workspace_root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON")
+}
+
+/// The platform the tests run on: only its dependencies matter (and are downloaded).
+fn host_triple() -> String {
+    format!("{}-unknown-{}-gnu", std::env::consts::ARCH, std::env::consts::OS)
+}
+
+fn member_names(metadata: &Value) -> Vec<String> {
+    let members: BTreeSet<&str> = metadata["workspace_members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|id| id.as_str().expect("member id"))
+        .collect();
+    metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .filter(|p| members.contains(p["id"].as_str().expect("id")))
+        .map(|p| p["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+#[test]
+fn dependency_rules_hold() {
+    let metadata = workspace_metadata();
+    let members = member_names(&metadata);
+    for expected in [
+        "format", "identity", "crypto", "proto", "vaultfs", "storaged", "vmctl", "netctl",
+    ] {
+        assert!(
+            members.iter().any(|m| m == expected),
+            "workspace member {expected} is missing"
+        );
+    }
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    let found = violations(&graph_of(&metadata), &members);
+    assert!(
+        found.is_empty(),
+        "ARCHITECTURE.md rules broken:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The checker itself finds each kind of violation, so that the test above can fail.
+#[test]
+fn checker_finds_broken_rules() {
+    let mut graph = Graph::new();
+    let mut add = |from: &str, to: &str| {
+        graph
+            .entry(from.to_string())
+            .or_default()
+            .insert(to.to_string());
+    };
+    add("storaged", "helper");
+    add("helper", "crypto");
+    add("netctl", "fuser");
+    add("vmctl", "mongodb");
+    add("crypto", "tokio");
+    let found = violations(&graph, &["storaged", "netctl", "vmctl", "crypto", "helper"]);
+    assert_eq!(found.len(), 4, "{found:#?}");
+}
+
+/// Within storaged, only the backend modules name their database crates.
+#[test]
+fn database_crates_stay_in_their_backends() {
+    let root = tests::workspace_root();
+    for (krate, allowed) in [("mongodb", "meta/mongo"), ("rusqlite", "meta/sqlite")] {
+        for file in rust_files(&root.join("storaged/src")) {
+            let relative = file
+                .strip_prefix(root.join("storaged/src"))
+                .expect("under src");
+            if relative.to_string_lossy().starts_with(allowed) {
+                continue;
+            }
+            let text = fs::read_to_string(&file).expect("source is readable");
+            assert!(
+                !text.contains(&format!("{krate}::")),
+                "{} names {krate}; only storaged/src/{allowed}* may",
+                file.display()
+            );
+        }
+    }
+}
+
+/// The pure crates do no I/O of their own.
+#[test]
+fn pure_crates_do_no_io() {
+    let root = tests::workspace_root();
+    for krate in ["format", "identity", "crypto"] {
+        for file in rust_files(&root.join(krate).join("src")) {
+            let text = fs::read_to_string(&file).expect("source is readable");
+            for io in ["std::fs", "std::net", "std::process", "tokio"] {
+                assert!(!text.contains(io), "{} uses {io}", file.display());
+            }
+        }
+    }
+}
+
+fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}

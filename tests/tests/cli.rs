@@ -1,0 +1,88 @@
+//! Every binary answers `--help` with its subcommands, and CLI errors are one line with a
+//! non-zero exit.
+
+use std::process::Command;
+
+fn run(binary: &str, args: &[&str]) -> std::process::Output {
+    Command::new(tests::binary(binary))
+        .args(args)
+        .env_remove("VAULT_PASSPHRASE")
+        .output()
+        .unwrap_or_else(|e| panic!("running {binary}: {e}"))
+}
+
+#[test]
+fn every_binary_answers_help() {
+    for (binary, expected) in [
+        ("vaultfs", "key"),
+        ("storaged", "admin"),
+        ("netctl", "Open vSwitch"),
+        ("vmctl", "libvirt"),
+    ] {
+        let output = run(binary, &["--help"]);
+        assert!(output.status.success(), "{binary} --help failed");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.contains("Usage:") && text.contains(expected),
+            "{binary} --help: {text}"
+        );
+    }
+}
+
+#[test]
+fn key_init_then_show_and_no_overwrite() {
+    let dir = std::env::temp_dir().join(format!("vault-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let key = dir.join("user.vkey");
+    let pass = dir.join("pass");
+    std::fs::write(&pass, "a passphrase\n").expect("write passphrase");
+    let key_arg = key.to_str().expect("utf-8 path");
+    let pass_arg = pass.to_str().expect("utf-8 path");
+
+    let created = run(
+        "vaultfs",
+        &[
+            "key",
+            "init",
+            "--key-file",
+            key_arg,
+            "--passphrase-file",
+            pass_arg,
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let fingerprint = String::from_utf8_lossy(&created.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint ").map(str::to_string))
+        .expect("init prints the fingerprint");
+    let shown = run("vaultfs", &["key", "show", "--key-file", key_arg]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&fingerprint));
+
+    let again = run(
+        "vaultfs",
+        &[
+            "key",
+            "init",
+            "--key-file",
+            key_arg,
+            "--passphrase-file",
+            pass_arg,
+        ],
+    );
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("already exists"), "{stderr}");
+
+    let missing = run(
+        "vaultfs",
+        &["key", "show", "--key-file", "/nonexistent/user.vkey"],
+    );
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no key file"));
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

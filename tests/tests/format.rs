@@ -1,0 +1,173 @@
+//! The format as documented and as stored: the test vectors in `docs/format.md` and the golden
+//! fixture under `tests/fixtures/` must open with this build, forever.
+
+use std::collections::HashMap;
+use std::fs;
+
+use crypto::{ChunkContext, DataKey, WrapContext, WrapKind, open, unwrap};
+use format::envelope::file_tag;
+use format::ids::{FileId, VaultId};
+use format::layout;
+use identity::{KeyFile, KeyKind};
+use sha2::{Digest, Sha256};
+
+/// `name = value` lines of the ```vectors blocks in docs/format.md.
+fn documented_vectors() -> HashMap<String, String> {
+    let text = fs::read_to_string(tests::workspace_root().join("docs/format.md"))
+        .expect("docs/format.md is readable");
+    let mut vectors = HashMap::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("```") {
+            inside = line == "```vectors";
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(" = ").filter(|_| inside) {
+            vectors.insert(name.trim().to_string(), value.trim().to_string());
+        }
+    }
+    vectors
+}
+
+fn bytes(vectors: &HashMap<String, String>, name: &str) -> Vec<u8> {
+    let value = vectors
+        .get(name)
+        .unwrap_or_else(|| panic!("vector {name} is documented"));
+    hex::decode(value).unwrap_or_else(|_| panic!("vector {name} is hex"))
+}
+
+fn array<const N: usize>(vectors: &HashMap<String, String>, name: &str) -> [u8; N] {
+    bytes(vectors, name)
+        .try_into()
+        .unwrap_or_else(|_| panic!("vector {name} has {N} bytes"))
+}
+
+fn file_id(vectors: &HashMap<String, String>, name: &str) -> FileId {
+    FileId(u64::from_be_bytes(array(vectors, name)))
+}
+
+#[test]
+fn documented_chunk_vector_opens() {
+    let v = documented_vectors();
+    let key = DataKey::from_bytes(array(&v, "chunk.data_key"));
+    let cipher = key.chunk_cipher();
+    assert_eq!(
+        cipher.encryption_key()[..],
+        bytes(&v, "chunk.encryption_key")[..]
+    );
+    assert_eq!(cipher.commitment()[..], bytes(&v, "chunk.commitment")[..]);
+    let vault = VaultId(array(&v, "chunk.vault"));
+    let file = file_id(&v, "chunk.file");
+    assert_eq!(file_tag(vault, file)[..], bytes(&v, "chunk.file_tag")[..]);
+    let context = ChunkContext {
+        vault,
+        file,
+        index: 3,
+        generation: 7,
+        last: true,
+    };
+    let plaintext = open(&cipher, &context, &bytes(&v, "chunk.sealed")).expect("vector opens");
+    assert_eq!(plaintext, bytes(&v, "chunk.plaintext"));
+}
+
+#[test]
+fn documented_key_file_and_wrap_vectors_open() {
+    let v = documented_vectors();
+    let file = KeyFile::parse(&bytes(&v, "keyfile.bytes")).expect("key file parses");
+    assert_eq!(
+        file.public().signing[..],
+        bytes(&v, "keyfile.signing_public")[..]
+    );
+    assert_eq!(
+        file.public().wrapping[..],
+        bytes(&v, "keyfile.wrapping_public")[..]
+    );
+    assert_eq!(
+        file.public().fingerprint().0[..],
+        bytes(&v, "keyfile.fingerprint")[..]
+    );
+    let me = file
+        .open(&bytes(&v, "keyfile.passphrase"), KeyKind::User)
+        .expect("opens");
+
+    let context = WrapContext {
+        vault: VaultId(array(&v, "wrap.vault")),
+        kind: WrapKind::FileKey,
+        object: file_id(&v, "wrap.object").0,
+    };
+    let key = unwrap(&bytes(&v, "wrap.wrapped"), &me, &context).expect("unwraps");
+    assert_eq!(key.as_bytes()[..], bytes(&v, "wrap.data_key")[..]);
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    vault: String,
+    passphrase: String,
+    key_file: String,
+    file: Vec<ManifestFile>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFile {
+    id: String,
+    wrapped_key: String,
+    chunk: Vec<ManifestChunk>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestChunk {
+    index: u64,
+    generation: u64,
+    last: bool,
+    plaintext_sha256: String,
+}
+
+#[test]
+fn golden_fixture_v1_opens() {
+    let dir = tests::golden_dir();
+    let manifest: Manifest =
+        toml::from_str(&fs::read_to_string(dir.join("manifest.toml")).expect("manifest"))
+            .expect("manifest parses");
+    let vault = VaultId::from_hex(&manifest.vault).expect("vault id");
+    let key_file = KeyFile::parse(&fs::read(dir.join(&manifest.key_file)).expect("key file"))
+        .expect("key file parses");
+    let me = key_file
+        .open(manifest.passphrase.as_bytes(), KeyKind::User)
+        .expect("opens");
+    let mut opened = 0;
+    for entry in &manifest.file {
+        let file = FileId(u64::from_str_radix(&entry.id, 16).expect("file id"));
+        let wrapped = fs::read(dir.join(&entry.wrapped_key)).expect("wrapped key");
+        let context = WrapContext {
+            vault,
+            kind: WrapKind::FileKey,
+            object: file.0,
+        };
+        let cipher = unwrap(&wrapped, &me, &context)
+            .expect("file key unwraps")
+            .chunk_cipher();
+        for chunk in &entry.chunk {
+            let path = layout::chunk_path(&dir.join("chunks"), file, chunk.index, chunk.generation);
+            let sealed = fs::read(&path).expect("chunk file");
+            let context = ChunkContext {
+                vault,
+                file,
+                index: chunk.index,
+                generation: chunk.generation,
+                last: chunk.last,
+            };
+            let plaintext = open(&cipher, &context, &sealed)
+                .unwrap_or_else(|e| panic!("{} does not open: {e}", path.display()));
+            assert_eq!(
+                hex::encode(Sha256::digest(&plaintext)),
+                chunk.plaintext_sha256
+            );
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, 3, "the fixture holds three chunks");
+}
