@@ -1,0 +1,2 @@
+# Building the workspace: a C compiler for the -sys crates.
+apt_install build-essential pkg-config
