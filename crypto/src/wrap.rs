@@ -1,22 +1,11 @@
 //! Wrapping a data key to a recipient's X25519 public key: HPKE (RFC 9180) in base mode with
-//! DHKEM(X25519, HKDF-SHA256), HKDF-SHA256 and AES-256-GCM.
-//!
-//! ```text
-//! offset len  field
-//!      0   2  magic "VW"
-//!      2   1  version (1)
-//!      3   1  kind: 1 = file key, 2 = drive key
-//!      4  16  vault ID
-//!     20   8  object ID (file or drive), u64 LE
-//!     28  32  recipient's X25519 public key
-//!     60  32  HPKE encapsulated key
-//!     92  32  encrypted data key
-//!    124  16  AES-GCM tag
-//! ```
-//! Bytes 0..60 are the HPKE authenticated data, so a wrapped key cannot be re-pointed at
-//! another vault, object, kind or recipient: it would fail to open.
+//! DHKEM(X25519, HKDF-SHA256), HKDF-SHA256 and AES-256-GCM. The plain header (the HPKE
+//! authenticated data) is laid out in `format::wrapped`; a wrapped key therefore cannot be
+//! re-pointed at another vault, object, kind or recipient: it would fail to open.
 
 use format::ids::VaultId;
+use format::wrapped::{HEADER_BYTES, WrapHeader, WrapHeaderError};
+pub use format::wrapped::{WRAPPED_KEY_BYTES, WrapKind};
 use hpke::aead::{AeadTag, AesGcm256};
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
@@ -26,23 +15,13 @@ use zeroize::Zeroizing;
 
 use crate::keys::{DATA_KEY_BYTES, DataKey};
 
-pub const WRAPPED_KEY_BYTES: usize = 140;
-
-const MAGIC: [u8; 2] = *b"VW";
-const VERSION_1: u8 = 1;
-const AAD_END: usize = 60;
-const ENC_AT: usize = 60;
+const AAD_END: usize = HEADER_BYTES;
+const ENC_AT: usize = HEADER_BYTES;
 const CIPHERTEXT_AT: usize = 92;
 const TAG_AT: usize = 124;
 const HPKE_INFO: &[u8] = b"vault/v1 key wrap";
 
 type KemSuite = X25519HkdfSha256;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WrapKind {
-    FileKey = 1,
-    DriveKey = 2,
-}
 
 /// What a wrapped key is for: the wrapped blob binds all of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +48,7 @@ pub enum UnwrapError {
 /// Wraps `key` to `recipient` for `context`.
 pub fn wrap(key: &DataKey, recipient: &PublicIdentity, context: &WrapContext) -> Vec<u8> {
     let mut out = vec![0u8; WRAPPED_KEY_BYTES];
-    out[..AAD_END].copy_from_slice(&header(context, &recipient.wrapping));
+    out[..AAD_END].copy_from_slice(&header(context, &recipient.wrapping).encode());
     let recipient_key = <KemSuite as Kem>::PublicKey::from_bytes(&recipient.wrapping)
         .expect("every 32-byte string is an X25519 public key");
     let (aad, rest) = out.split_at_mut(AAD_END);
@@ -94,20 +73,15 @@ pub fn unwrap(
     me: &Identity,
     expected: &WrapContext,
 ) -> Result<DataKey, UnwrapError> {
-    if wrapped.len() != WRAPPED_KEY_BYTES {
-        return Err(UnwrapError::Malformed("wrong length"));
-    }
-    if wrapped[..2] != MAGIC {
-        return Err(UnwrapError::Malformed("bad magic"));
-    }
-    if wrapped[2] != VERSION_1 {
-        return Err(UnwrapError::UnsupportedVersion(wrapped[2]));
-    }
+    let found = WrapHeader::parse(wrapped).map_err(|e| match e {
+        WrapHeaderError::Malformed(what) => UnwrapError::Malformed(what),
+        WrapHeaderError::UnsupportedVersion(v) => UnwrapError::UnsupportedVersion(v),
+    })?;
     let my_public = me.public().wrapping;
-    if wrapped[28..AAD_END] != my_public {
+    if found.recipient != my_public {
         return Err(UnwrapError::NotForMe);
     }
-    if wrapped[..AAD_END] != header(expected, &my_public) {
+    if found != header(expected, &my_public) {
         return Err(UnwrapError::WrongContext);
     }
     let secret = Zeroizing::new(*me.wrapping_secret());
@@ -132,13 +106,11 @@ pub fn unwrap(
     Ok(DataKey::from_bytes(*key))
 }
 
-fn header(context: &WrapContext, recipient: &[u8; 32]) -> [u8; AAD_END] {
-    let mut out = [0u8; AAD_END];
-    out[..2].copy_from_slice(&MAGIC);
-    out[2] = VERSION_1;
-    out[3] = context.kind as u8;
-    out[4..20].copy_from_slice(&context.vault.0);
-    out[20..28].copy_from_slice(&context.object.to_le_bytes());
-    out[28..].copy_from_slice(recipient);
-    out
+fn header(context: &WrapContext, recipient: &[u8; 32]) -> WrapHeader {
+    WrapHeader {
+        kind: context.kind,
+        vault: context.vault,
+        object: context.object,
+        recipient: *recipient,
+    }
 }

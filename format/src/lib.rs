@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod ids;
 pub mod layout;
 pub mod limits;
+pub mod wrapped;
 
 pub use envelope::{Header, HeaderError};
 pub use ids::{FileId, VaultId};

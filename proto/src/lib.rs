@@ -1,4 +1,70 @@
-//! The wire between `vaultfs` and `storaged`: the gRPC schema (with the storage daemon's
-//! issue) and the limits both sides enforce, in one place with units in their names.
+//! The wire between `vaultfs` and `storaged`: the gRPC schema (`vault.proto`, compiled here)
+//! and the limits both sides enforce, in one place with units in their names.
 
 pub mod limits;
+
+/// The generated messages, client and server of `vault.proto`.
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("vault.v1");
+}
+
+pub use v1::{ErrorKind, FileKind};
+
+/// The status metadata key that carries an [`ErrorKind`] name.
+pub const ERROR_KIND_KEY: &str = "vault-error";
+
+/// Signature domains (see `identity::Identity::sign`).
+pub mod domains {
+    pub const REGISTER: &str = "vault/v1 register";
+    pub const LOGIN: &str = "vault/v1 login";
+    pub const USER_CERTIFICATE: &str = "vault/v1 user certificate";
+}
+
+/// The message a registration proof signs: vault ID, name, signing key, wrapping key.
+pub fn register_message(vault: &[u8], name: &str, signing: &[u8], wrapping: &[u8]) -> Vec<u8> {
+    framed(&[vault, name.as_bytes(), signing, wrapping])
+}
+
+/// The message a login signs: vault ID and challenge.
+pub fn login_message(vault: &[u8], challenge: &[u8]) -> Vec<u8> {
+    framed(&[vault, challenge])
+}
+
+/// The message a user certificate signs: vault ID, uid, name, signing key, wrapping key.
+pub fn certificate_message(
+    vault: &[u8],
+    uid: u32,
+    name: &str,
+    signing: &[u8],
+    wrapping: &[u8],
+) -> Vec<u8> {
+    framed(&[
+        vault,
+        &uid.to_le_bytes(),
+        name.as_bytes(),
+        signing,
+        wrapping,
+    ])
+}
+
+/// Each field prefixed by its length (u32 LE), so that no two field lists sign alike.
+fn framed(fields: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for field in fields {
+        out.extend_from_slice(&(field.len() as u32).to_le_bytes());
+        out.extend_from_slice(field);
+    }
+    out
+}
+
+impl ErrorKind {
+    /// The metadata form: lower case with dashes ("not-empty").
+    pub fn wire_name(self) -> String {
+        self.as_str_name().to_ascii_lowercase().replace('_', "-")
+    }
+
+    pub fn from_wire_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::from_str_name(&name.to_ascii_uppercase().replace('-', "_"))
+    }
+}

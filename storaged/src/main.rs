@@ -2,12 +2,12 @@
 //!
 //! It never depends on the `crypto` crate: it cannot open a chunk, by construction.
 
-use std::path::PathBuf;
+mod admin;
+
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use identity::KeyKind;
-use keystore::PassphraseSource;
+use clap::{Parser, Subcommand};
+use storaged::config::{Config, ServeArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,47 +25,43 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the daemon (logs go to stderr; RUST_LOG sets the level, default info).
+    Serve(ServeArgs),
     /// Site administration with the admin key (held by the administrator, never the daemon).
     #[command(subcommand)]
-    Admin(AdminCommand),
+    Admin(admin::AdminCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Subcommand, Debug)]
-enum AdminCommand {
-    /// Create the site administrator's key pair and key file; print its fingerprint.
-    Init(AdminKeyArgs),
-    /// Print the admin key file's public keys and fingerprint.
-    Show(AdminKeyFile),
-}
-
-#[derive(Args, Debug)]
-struct AdminKeyFile {
-    /// The site admin key file [default: ~/.config/vault/admin.vkey].
-    #[arg(long, env = "VAULT_ADMIN_KEY_FILE")]
-    admin_key: Option<PathBuf>,
-}
-
-impl AdminKeyFile {
-    fn path(&self) -> PathBuf {
-        self.admin_key
-            .clone()
-            .unwrap_or_else(|| keystore::default_path("admin.vkey"))
-    }
-}
-
-#[derive(Args, Debug)]
-struct AdminKeyArgs {
-    #[command(flatten)]
-    key_file: AdminKeyFile,
-    /// Read the passphrase from this file instead of VAULT_PASSPHRASE or a prompt.
-    #[arg(long)]
-    passphrase_file: Option<PathBuf>,
+enum AuditCommand {
+    /// Walk the hash chain of the audit log and report the first break.
+    Verify(ServeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("storaged: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
         Err(error) if cli.verbose => {
             eprintln!("storaged: {error:?}");
             ExitCode::FAILURE
@@ -77,25 +73,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Admin(AdminCommand::Init(args)) => {
-            let path = args.key_file.path();
-            let source = PassphraseSource {
-                file: args.passphrase_file,
-            };
-            let public = keystore::create(&path, KeyKind::SiteAdmin, &source)?;
-            println!("created {}", path.display());
-            println!("fingerprint {}", public.fingerprint());
-            Ok(())
+        Command::Serve(args) => {
+            storaged::server::serve(Config::resolve(&args)?).await?;
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Admin(AdminCommand::Show(args)) => {
-            let path = args.path();
-            println!(
-                "{}",
-                keystore::describe(&path, &keystore::read_key_file(&path)?)
-            );
-            Ok(())
+        Command::Admin(command) => admin::run(command).await.map(|()| ExitCode::SUCCESS),
+        Command::Audit(AuditCommand::Verify(args)) => {
+            let config = Config::resolve(&args)?;
+            let store = storaged::server::open_store(&config)?;
+            match storaged::audit::verify(&*store).await? {
+                storaged::audit::Verdict::Intact { entries } => {
+                    println!("audit log intact: {entries} entries");
+                    Ok(ExitCode::SUCCESS)
+                }
+                storaged::audit::Verdict::Broken { seq, reason } => {
+                    println!("audit log BROKEN at entry {seq}: {reason}");
+                    Ok(ExitCode::from(2))
+                }
+            }
         }
     }
 }

@@ -87,7 +87,13 @@ fn violations(graph: &Graph, members: &[&str]) -> Vec<String> {
 fn workspace_metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--filter-platform", &host_triple()])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            &host_triple(),
+        ])
         .current_dir(tests::workspace_root())
         .output()
         .expect("cargo metadata runs");
@@ -101,7 +107,11 @@ fn workspace_metadata() -> Value {
 
 /// The platform the tests run on: only its dependencies matter (and are downloaded).
 fn host_triple() -> String {
-    format!("{}-unknown-{}-gnu", std::env::consts::ARCH, std::env::consts::OS)
+    format!(
+        "{}-unknown-{}-gnu",
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    )
 }
 
 fn member_names(metadata: &Value) -> Vec<String> {

@@ -1,0 +1,255 @@
+//! Logging in and checking sessions.
+//!
+//! A client asks for a challenge, signs it with its signing key, and gets a session token
+//! that expires. Challenges are stateless (a MAC under a secret all storaged instances of the
+//! vault share, with a timestamp), so a login may land on another instance than its
+//! challenge. Tokens are stored only as their SHA-256.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::audit;
+use crate::meta::{self, MetaStore, Session, Time, now};
+use crate::ops::users::ADMIN_NAME;
+use crate::ops::{Caller, OpError};
+use crate::settings::VaultSettings;
+
+/// A challenge: issue time (i64 LE), 16 random bytes, 16 bytes of MAC.
+pub const CHALLENGE_BYTES: usize = 40;
+const CHALLENGE_LIFETIME: Duration = Duration::from_secs(120);
+/// How long a session's caller stays cached in memory: a logout or revocation reaches every
+/// instance within this time.
+const CALLER_CACHE_LIFETIME: Duration = Duration::from_secs(10);
+const CALLER_CACHE_ENTRIES_MAX: usize = 10_000;
+
+#[derive(Debug)]
+pub struct Auth {
+    settings: VaultSettings,
+    session_lifetime: Duration,
+    callers: Mutex<HashMap<[u8; 32], (Caller, Time, Time)>>,
+    used_challenges: Mutex<HashMap<[u8; CHALLENGE_BYTES], Time>>,
+}
+
+/// A new session.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub token: String,
+    pub expires: Time,
+    pub uid: u32,
+    pub admin: bool,
+}
+
+fn nanos(duration: Duration) -> Time {
+    i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
+}
+
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl Auth {
+    pub fn new(settings: VaultSettings, session_lifetime: Duration) -> Auth {
+        Auth {
+            settings,
+            session_lifetime,
+            callers: Mutex::new(HashMap::new()),
+            used_challenges: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &VaultSettings {
+        &self.settings
+    }
+
+    fn mac(&self, name: &str, issued_and_random: &[u8]) -> [u8; 16] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.settings.challenge_secret)
+            .expect("HMAC takes keys of any length");
+        mac.update(b"vault/v1 challenge");
+        mac.update(&(name.len() as u64).to_le_bytes());
+        mac.update(name.as_bytes());
+        mac.update(issued_and_random);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&mac.finalize().into_bytes()[..16]);
+        out
+    }
+
+    pub fn challenge(&self, name: &str) -> Vec<u8> {
+        let mut challenge = Vec::with_capacity(CHALLENGE_BYTES);
+        challenge.extend_from_slice(&now().to_le_bytes());
+        challenge.extend_from_slice(&identity::random_bytes::<16>());
+        let mac = self.mac(name, &challenge);
+        challenge.extend_from_slice(&mac);
+        challenge
+    }
+
+    /// A challenge this vault issued for `name`, recently, and not used before.
+    fn check_challenge(&self, name: &str, challenge: &[u8]) -> Result<(), OpError> {
+        let challenge: [u8; CHALLENGE_BYTES] = challenge
+            .try_into()
+            .map_err(|_| OpError::Unauthenticated("malformed challenge".into()))?;
+        let expected = self.mac(name, &challenge[..24]);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            &expected[..],
+            &challenge[24..],
+        )) {
+            return Err(OpError::Unauthenticated(
+                "challenge was not issued for this name".into(),
+            ));
+        }
+        let issued = i64::from_le_bytes(challenge[..8].try_into().expect("8 bytes"));
+        let now = now();
+        if now - issued > nanos(CHALLENGE_LIFETIME) || issued > now + nanos(Duration::from_secs(5))
+        {
+            return Err(OpError::Unauthenticated("challenge expired".into()));
+        }
+        let mut used = self.used_challenges.lock().expect("challenge set poisoned");
+        used.retain(|_, at| now - *at <= nanos(CHALLENGE_LIFETIME));
+        if used.insert(challenge, now).is_some() {
+            return Err(OpError::Unauthenticated("challenge already used".into()));
+        }
+        Ok(())
+    }
+
+    /// Checks the signed challenge and opens a session. Every failure is audited.
+    pub async fn login(
+        &self,
+        store: &dyn MetaStore,
+        name: &str,
+        challenge: &[u8],
+        signature: &[u8],
+    ) -> Result<Login, OpError> {
+        let outcome = self.try_login(store, name, challenge, signature).await;
+        if let Err(error) = &outcome {
+            let detail = format!("{name}: {error}");
+            let logged = meta::write(store, move |txn| -> Result<(), OpError> {
+                Ok(audit::append(txn, 0, "login-failed", 0, &detail, now())?)
+            })
+            .await;
+            if let Err(audit_error) = logged {
+                tracing::error!(%audit_error, "could not audit a failed login");
+            }
+        }
+        outcome
+    }
+
+    async fn try_login(
+        &self,
+        store: &dyn MetaStore,
+        name: &str,
+        challenge: &[u8],
+        signature: &[u8],
+    ) -> Result<Login, OpError> {
+        self.check_challenge(name, challenge)?;
+        let signature: [u8; 64] = signature
+            .try_into()
+            .map_err(|_| OpError::Unauthenticated("a signature has 64 bytes".into()))?;
+        let (public, uid, admin) = if name == ADMIN_NAME {
+            (self.settings.admin, 0, true)
+        } else {
+            let lookup = name.to_string();
+            let user = meta::read(store, move |txn| -> Result<_, OpError> {
+                Ok(txn.get_user_by_name(&lookup)?)
+            })
+            .await?
+            .filter(|u| u.is_active())
+            .ok_or_else(|| OpError::Unauthenticated(format!("no active user {name}")))?;
+            let public = identity::PublicIdentity {
+                signing: user.signing_key,
+                wrapping: user.wrapping_key,
+            };
+            (public, user.uid, false)
+        };
+        let message = proto::login_message(&self.settings.vault.0, challenge);
+        public
+            .verify(proto::domains::LOGIN, &message, &signature)
+            .map_err(|_| OpError::Unauthenticated("login signature does not verify".into()))?;
+
+        let token = hex::encode(identity::random_bytes::<32>());
+        let session = Session {
+            token_hash: token_hash(&token),
+            uid,
+            admin,
+            expires: now() + nanos(self.session_lifetime),
+        };
+        let stored = session.clone();
+        let who = name.to_string();
+        meta::write(store, move |txn| -> Result<(), OpError> {
+            txn.put_session(&stored)?;
+            txn.delete_expired_sessions(now())?;
+            Ok(audit::append(txn, uid, "login", 0, &who, now())?)
+        })
+        .await?;
+        Ok(Login {
+            token,
+            expires: session.expires,
+            uid,
+            admin,
+        })
+    }
+
+    /// The caller behind a session token.
+    pub async fn authenticate(
+        &self,
+        store: &dyn MetaStore,
+        token: &str,
+    ) -> Result<Caller, OpError> {
+        let hash = token_hash(token);
+        let now = now();
+        if let Some((caller, expires, cached)) = self
+            .callers
+            .lock()
+            .expect("caller cache poisoned")
+            .get(&hash)
+            .cloned()
+            && expires > now
+            && now - cached < nanos(CALLER_CACHE_LIFETIME)
+        {
+            return Ok(caller);
+        }
+        let (session, groups) = meta::read(store, move |txn| -> Result<_, OpError> {
+            let Some(session) = txn.get_session(&hash)? else {
+                return Ok(None);
+            };
+            let groups = txn.groups_of(session.uid)?;
+            Ok(Some((session, groups)))
+        })
+        .await?
+        .ok_or_else(|| OpError::Unauthenticated("unknown or ended session".into()))?;
+        if session.expires <= now {
+            return Err(OpError::Unauthenticated(
+                "session expired; log in again".into(),
+            ));
+        }
+        let mut all_groups = vec![crate::ops::access::EVERYONE];
+        all_groups.extend(groups);
+        let caller = Caller {
+            uid: session.uid,
+            groups: all_groups,
+            admin: session.admin,
+        };
+        let mut cache = self.callers.lock().expect("caller cache poisoned");
+        if cache.len() >= CALLER_CACHE_ENTRIES_MAX {
+            cache.retain(|_, (_, expires, cached)| {
+                *expires > now && now - *cached < nanos(CALLER_CACHE_LIFETIME)
+            });
+        }
+        cache.insert(hash, (caller.clone(), session.expires, now));
+        Ok(caller)
+    }
+
+    pub async fn logout(&self, store: &dyn MetaStore, token: &str) -> Result<(), OpError> {
+        let hash = token_hash(token);
+        self.callers
+            .lock()
+            .expect("caller cache poisoned")
+            .remove(&hash);
+        meta::write(store, move |txn| -> Result<(), OpError> {
+            Ok(txn.delete_session(&hash)?)
+        })
+        .await
+    }
+}

@@ -1,0 +1,169 @@
+//! Users and groups: registration with proof of possession, approval with the site
+//! administrator's certificate, groups as principals.
+
+use super::names::check_principal_name;
+use super::{Caller, OpError};
+use crate::audit;
+use crate::meta::{Group, Time, Txn, User};
+use crate::settings::VaultSettings;
+use identity::PublicIdentity;
+
+/// The name the site administrator logs in with. No user may register it.
+pub const ADMIN_NAME: &str = "admin";
+/// Vault uids start here (below are the administrator, 0, and reserved numbers).
+pub const FIRST_UID: u32 = 1000;
+pub const FIRST_GID: u32 = 1000;
+const PENDING_LIST_MAX: usize = 1000;
+
+fn check_admin(caller: &Caller) -> Result<(), OpError> {
+    if caller.admin {
+        Ok(())
+    } else {
+        Err(OpError::AccessDenied(
+            "only the site administrator may do this".into(),
+        ))
+    }
+}
+
+fn signature(bytes: &[u8]) -> Result<[u8; 64], OpError> {
+    bytes
+        .try_into()
+        .map_err(|_| OpError::invalid("a signature has 64 bytes"))
+}
+
+fn public_key(bytes: &[u8], what: &str) -> Result<[u8; 32], OpError> {
+    bytes
+        .try_into()
+        .map_err(|_| OpError::invalid(format!("a {what} has 32 bytes")))
+}
+
+/// Records a registration, pending approval. Registering the same name with the same keys
+/// again returns the same uid.
+pub fn register(
+    txn: &mut dyn Txn,
+    settings: &VaultSettings,
+    name: &str,
+    signing_key: &[u8],
+    wrapping_key: &[u8],
+    proof: &[u8],
+    now: Time,
+) -> Result<u32, OpError> {
+    check_principal_name(name)?;
+    if name == ADMIN_NAME {
+        return Err(OpError::invalid("the name admin is reserved"));
+    }
+    let public = PublicIdentity {
+        signing: public_key(signing_key, "signing key")?,
+        wrapping: public_key(wrapping_key, "wrapping key")?,
+    };
+    let message =
+        proto::register_message(&settings.vault.0, name, &public.signing, &public.wrapping);
+    public
+        .verify(proto::domains::REGISTER, &message, &signature(proof)?)
+        .map_err(|e| OpError::invalid(format!("registration proof: {e}")))?;
+    if let Some(existing) = txn.get_user_by_name(name)? {
+        if existing.signing_key == public.signing && existing.wrapping_key == public.wrapping {
+            return Ok(existing.uid);
+        }
+        return Err(OpError::Exists);
+    }
+    let uid = txn.next_in_sequence("uid", FIRST_UID)?;
+    txn.put_user(&User {
+        uid,
+        name: name.to_string(),
+        signing_key: public.signing,
+        wrapping_key: public.wrapping,
+        certificate: Vec::new(),
+        created: now,
+    })?;
+    audit::append(txn, uid, "register", 0, name, now)?;
+    Ok(uid)
+}
+
+pub fn pending(txn: &mut dyn Txn, caller: &Caller) -> Result<Vec<User>, OpError> {
+    check_admin(caller)?;
+    Ok(txn.list_pending_users(PENDING_LIST_MAX)?)
+}
+
+/// Activates a registration with the administrator's certificate over its name, uid and
+/// keys. The daemon only checks the certificate; it cannot make one.
+pub fn approve(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    settings: &VaultSettings,
+    name: &str,
+    uid: u32,
+    certificate: &[u8],
+    now: Time,
+) -> Result<(), OpError> {
+    check_admin(caller)?;
+    let mut user = txn.get_user_by_name(name)?.ok_or(OpError::NotFound)?;
+    if user.uid != uid {
+        return Err(OpError::invalid(format!(
+            "user {name} has uid {}, not {uid}",
+            user.uid
+        )));
+    }
+    let message = proto::certificate_message(
+        &settings.vault.0,
+        uid,
+        name,
+        &user.signing_key,
+        &user.wrapping_key,
+    );
+    settings
+        .admin
+        .verify(
+            proto::domains::USER_CERTIFICATE,
+            &message,
+            &signature(certificate)?,
+        )
+        .map_err(|e| OpError::invalid(format!("certificate: {e}")))?;
+    user.certificate = certificate.to_vec();
+    txn.put_user(&user)?;
+    audit::append(txn, caller.uid, "approve", 0, name, now)?;
+    Ok(())
+}
+
+pub fn create_group(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    name: &str,
+    now: Time,
+) -> Result<Group, OpError> {
+    check_admin(caller)?;
+    check_principal_name(name)?;
+    if txn.get_group_by_name(name)?.is_some() {
+        return Err(OpError::Exists);
+    }
+    let group = Group {
+        gid: txn.next_in_sequence("gid", FIRST_GID)?,
+        name: name.into(),
+        members: vec![],
+    };
+    txn.put_group(&group)?;
+    audit::append(txn, caller.uid, "group-create", 0, name, now)?;
+    Ok(group)
+}
+
+pub fn set_member(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    gid: u32,
+    uid: u32,
+    member: bool,
+    now: Time,
+) -> Result<Group, OpError> {
+    check_admin(caller)?;
+    let mut group = txn.get_group(gid)?.ok_or(OpError::NotFound)?;
+    txn.get_user(uid)?.ok_or(OpError::NotFound)?;
+    group.members.retain(|m| *m != uid);
+    if member {
+        group.members.push(uid);
+        group.members.sort_unstable();
+    }
+    txn.put_group(&group)?;
+    let detail = format!("{} {uid}", if member { "add" } else { "remove" });
+    audit::append(txn, caller.uid, "group-member", 0, &detail, now)?;
+    Ok(group)
+}

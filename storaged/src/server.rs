@@ -1,0 +1,199 @@
+//! Wiring: open the stores, initialise or load the vault, then serve the API on the Unix
+//! socket (and TCP with TLS when asked), metrics, and garbage collection, until SIGTERM or
+//! SIGINT.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use identity::PublicIdentity;
+use proto::v1::vault_server::VaultServer;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Identity as TlsCert, Server, ServerTlsConfig};
+
+use crate::api::{Service, State};
+use crate::auth::Auth;
+use crate::chunkstore::DirChunkStore;
+use crate::config::{Config, MetaBackend};
+use crate::meta::{self, MetaStore, now, sqlite::SqliteStore};
+use crate::metrics::Metrics;
+use crate::ops::OpError;
+use crate::{gc, settings, tls};
+
+/// The first line of the site administrator's public key file.
+const ADMIN_KEY_TAG: &str = "vault-admin-key v1";
+
+/// The text of an administrator public key file.
+pub fn admin_key_text(admin: &PublicIdentity) -> String {
+    format!(
+        "{ADMIN_KEY_TAG} {} {}\n# fingerprint {}\n",
+        hex::encode(admin.signing),
+        hex::encode(admin.wrapping),
+        admin.fingerprint()
+    )
+}
+
+pub fn read_admin_key(path: &Path) -> anyhow::Result<PublicIdentity> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading the site administrator's public key {} (create it with `storaged admin init \
+             --data-dir DIR`)",
+            path.display()
+        )
+    })?;
+    let line = text.lines().next().unwrap_or_default();
+    let fields: Vec<&str> = line
+        .strip_prefix(ADMIN_KEY_TAG)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let parse = |hex_text: &str| -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_text, &mut out).ok().map(|()| out)
+    };
+    match fields.as_slice() {
+        [signing, wrapping] => anyhow::Ok(PublicIdentity {
+            signing: parse(signing).context("bad signing key")?,
+            wrapping: parse(wrapping).context("bad wrapping key")?,
+        }),
+        _ => bail!(
+            "{} is not a site administrator public key file",
+            path.display()
+        ),
+    }
+    .with_context(|| format!("in {}", path.display()))
+}
+
+/// Opens the configured metadata store.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
+    match &config.meta {
+        MetaBackend::Sqlite(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let store = SqliteStore::open(path)
+                .with_context(|| format!("opening the metadata database {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        MetaBackend::Mongo(_) => {
+            bail!(
+                "the MongoDB metadata backend is not part of this build yet; use meta = \"sqlite\""
+            )
+        }
+    }
+}
+
+/// Runs the daemon until a signal stops it.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    let admin = read_admin_key(&config.admin_public_key)?;
+    let store = open_store(&config)?;
+    let vault = meta::write(&*store, move |txn| {
+        settings::init_or_load(txn, &admin, now())
+    })
+    .await
+    .map_err(|e: OpError| anyhow::anyhow!(e))
+    .context("initialising the vault")?;
+    let chunks = Arc::new(DirChunkStore::open(&config.chunk_root)?);
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(State {
+        store,
+        chunks,
+        auth: Auth::new(vault.clone(), config.session_lifetime),
+        metrics: metrics.clone(),
+    });
+    let service = VaultServer::new(Service {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(proto::limits::MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(proto::limits::MESSAGE_BYTES_MAX);
+
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+
+    tokio::spawn(gc::run(state.clone(), config.gc_interval));
+    if let Some(addr) = config.metrics_addr {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(error) = crate::metrics::serve(addr, metrics).await {
+                tracing::error!(%error, %addr, "metrics endpoint failed");
+            }
+        });
+    }
+
+    let listener = bind_socket(&config.socket)?;
+    let mut announce = format!(
+        "storaged ready: vault {} ({} metadata) on unix:{}",
+        vault.vault,
+        state.store.backend(),
+        config.socket.display()
+    );
+    let unix = Server::builder().serve_with_incoming_shutdown(
+        service.clone(),
+        UnixListenerStream::new(listener),
+        until_stopped(stopped.clone()),
+    );
+    let tcp = match config.listen {
+        Some(addr) => {
+            let identity = tls::load_or_create(&config.data_dir.join("tls"))?;
+            announce += &format!(" and https://{addr} (certificate {})", identity.fingerprint);
+            let tls = ServerTlsConfig::new()
+                .identity(TlsCert::from_pem(identity.cert_pem, identity.key_pem));
+            let server = Server::builder()
+                .tls_config(tls)
+                .context("configuring TLS")?;
+            Some(server.serve_with_shutdown(addr, service, until_stopped(stopped.clone())))
+        }
+        None => None,
+    };
+    println!("{announce}");
+    tracing::info!("{announce}");
+    let served = match tcp {
+        Some(tcp) => tokio::try_join!(unix, tcp).map(drop),
+        None => unix.await,
+    };
+    let _ = std::fs::remove_file(&config.socket);
+    served.context("serving")?;
+    tracing::info!("storaged stopped");
+    Ok(())
+}
+
+/// Binds the Unix socket, replacing a stale socket file but never a live daemon's.
+fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another storaged is already serving on {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding the socket {}", path.display()))?;
+    // Every local user may connect; the API authenticates each call.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("opening up {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
