@@ -666,6 +666,7 @@ pub fn setattr(
             _ => return Err(OpError::invalid("only regular files have a size to set")),
         }
         check_write(caller, &node)?;
+        super::chunks::check_resize_without_rewrite(txn, ino, node.size, size)?;
         truncate_chunks(txn, ino, size)?;
         node.size = size;
         node.mtime = changes.mtime.unwrap_or(now);
