@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use format::ids::VaultId;
-use format::wrapped::{WrapHeader, WrapKind, WRAPPED_KEY_BYTES};
+use format::wrapped::{WRAPPED_KEY_BYTES, WrapHeader, WrapKind};
 use identity::Identity;
-use storaged::meta::{self, memory::MemoryStore, sqlite::SqliteStore, now, Kind, MetaStore, Principal, ROOT_INO};
+use storaged::meta::{
+    self, Kind, MetaStore, Principal, ROOT_INO, memory::MemoryStore, now, sqlite::SqliteStore,
+};
 use storaged::ops::chunks::{self, Uploaded};
 use storaged::ops::tree::{self, AttrChanges, NewNode, RenameMode};
-use storaged::ops::{sharing, users, xattrs, Caller, OpError};
+use storaged::ops::{Caller, OpError, sharing, users, xattrs};
 use storaged::settings::{self, VaultSettings};
 
 const MIB8: u64 = 8 * 1024 * 1024;
@@ -27,47 +29,99 @@ struct World {
 async fn world(store: Arc<dyn MetaStore>) -> World {
     let admin_identity = Identity::generate();
     let admin_public = admin_identity.public();
-    let settings: VaultSettings =
-        meta::write(&*store, move |txn| settings::init_or_load(txn, &admin_public, now()))
-            .await
-            .expect("init vault");
-    let admin = Caller { uid: 0, groups: vec![0], admin: true };
+    let settings: VaultSettings = meta::write(&*store, move |txn| {
+        settings::init_or_load(txn, &admin_public, now())
+    })
+    .await
+    .expect("init vault");
+    let admin = Caller {
+        uid: 0,
+        groups: vec![0],
+        admin: true,
+    };
     let mut made = Vec::new();
     for name in ["alice", "bob"] {
         let me = Identity::generate();
         let public = me.public();
-        let message = proto::register_message(&settings.vault.0, name, &public.signing, &public.wrapping);
+        let message =
+            proto::register_message(&settings.vault.0, name, &public.signing, &public.wrapping);
         let proof = me.sign(proto::domains::REGISTER, &message);
         let s = settings.clone();
         let uid = meta::write(&*store, move |txn| {
-            users::register(txn, &s, name, &public.signing, &public.wrapping, &proof, now())
+            users::register(
+                txn,
+                &s,
+                name,
+                &public.signing,
+                &public.wrapping,
+                &proof,
+                now(),
+            )
         })
         .await
         .expect("register");
         let certificate = admin_identity.sign(
             proto::domains::USER_CERTIFICATE,
-            &proto::certificate_message(&settings.vault.0, uid, name, &public.signing, &public.wrapping),
+            &proto::certificate_message(
+                &settings.vault.0,
+                uid,
+                name,
+                &public.signing,
+                &public.wrapping,
+            ),
         );
         let (s, a) = (settings.clone(), admin.clone());
-        meta::write(&*store, move |txn| users::approve(txn, &a, &s, name, uid, &certificate, now()))
-            .await
-            .expect("approve");
-        made.push((Caller { uid, groups: vec![0], admin: false }, public.wrapping));
+        meta::write(&*store, move |txn| {
+            users::approve(txn, &a, &s, name, uid, &certificate, now())
+        })
+        .await
+        .expect("approve");
+        made.push((
+            Caller {
+                uid,
+                groups: vec![0],
+                admin: false,
+            },
+            public.wrapping,
+        ));
     }
     let (bob, bob_key) = made.pop().expect("bob");
     let (alice, alice_key) = made.pop().expect("alice");
-    World { store, settings, alice, alice_key, bob, bob_key, admin }
+    World {
+        store,
+        settings,
+        alice,
+        alice_key,
+        bob,
+        bob_key,
+        admin,
+    }
 }
 
 /// A wrapped key the server accepts: a valid header for (file, recipient) and opaque rest.
 fn wrapped(vault: VaultId, ino: u64, recipient: [u8; 32]) -> Vec<u8> {
-    let mut blob = WrapHeader { kind: WrapKind::FileKey, vault, object: ino, recipient }.encode().to_vec();
+    let mut blob = WrapHeader {
+        kind: WrapKind::FileKey,
+        vault,
+        object: ino,
+        recipient,
+    }
+    .encode()
+    .to_vec();
     blob.resize(WRAPPED_KEY_BYTES, 7);
     blob
 }
 
 fn node(kind: Kind, ino: Option<u64>) -> NewNode {
-    NewNode { kind, perm: 0o755, uid: 1000, gid: 1000, rdev: 0, target: Vec::new(), ino }
+    NewNode {
+        kind,
+        perm: 0o755,
+        uid: 1000,
+        gid: 1000,
+        rdev: 0,
+        target: Vec::new(),
+        ino,
+    }
 }
 
 impl World {
@@ -87,46 +141,112 @@ impl World {
 
     async fn mkdir(&self, who: &Caller, parent: u64, name: &str) -> Result<meta::Inode, OpError> {
         let (who, name) = (who.clone(), name.to_string());
-        self.write(move |txn| tree::create_node(txn, &who, parent, name.as_bytes(), &node(Kind::Directory, None), now()))
-            .await
+        self.write(move |txn| {
+            tree::create_node(
+                txn,
+                &who,
+                parent,
+                name.as_bytes(),
+                &node(Kind::Directory, None),
+                now(),
+            )
+        })
+        .await
     }
 
-    async fn create(&self, who: &Caller, key: [u8; 32], parent: u64, name: &str) -> Result<meta::Inode, OpError> {
+    async fn create(
+        &self,
+        who: &Caller,
+        key: [u8; 32],
+        parent: u64,
+        name: &str,
+    ) -> Result<meta::Inode, OpError> {
         let ino = u64::from_le_bytes(identity::random_bytes()) | 2;
-        let keys = vec![(Principal::User(who.uid), wrapped(self.settings.vault, ino, key))];
+        let keys = vec![(
+            Principal::User(who.uid),
+            wrapped(self.settings.vault, ino, key),
+        )];
         let (who, name) = (who.clone(), name.to_string());
         self.write(move |txn| {
-            tree::create_file(txn, &who, parent, name.as_bytes(), &node(Kind::Regular, Some(ino)), &keys, true, now())
-                .map(|(inode, _)| inode)
+            tree::create_file(
+                txn,
+                &who,
+                parent,
+                name.as_bytes(),
+                &node(Kind::Regular, Some(ino)),
+                &keys,
+                true,
+                now(),
+            )
+            .map(|(inode, _)| inode)
         })
         .await
     }
 
     async fn lookup(&self, who: &Caller, parent: u64, name: &str) -> Result<meta::Inode, OpError> {
         let (who, name) = (who.clone(), name.to_string());
-        self.read(move |txn| tree::lookup(txn, &who, parent, name.as_bytes())).await
+        self.read(move |txn| tree::lookup(txn, &who, parent, name.as_bytes()))
+            .await
     }
 
     async fn names(&self, who: &Caller, dir: u64) -> Vec<String> {
         let who = who.clone();
-        let (listing, _) = self.read(move |txn| tree::readdir(txn, &who, dir, b"", 1000)).await.expect("readdir");
-        listing.into_iter().map(|(n, _)| String::from_utf8(n).expect("utf-8")).collect()
+        let (listing, _) = self
+            .read(move |txn| tree::readdir(txn, &who, dir, b"", 1000))
+            .await
+            .expect("readdir");
+        listing
+            .into_iter()
+            .map(|(n, _)| String::from_utf8(n).expect("utf-8"))
+            .collect()
     }
 
-    async fn rename(&self, who: &Caller, from: (u64, &str), to: (u64, &str), mode: RenameMode) -> Result<Option<u64>, OpError> {
+    async fn rename(
+        &self,
+        who: &Caller,
+        from: (u64, &str),
+        to: (u64, &str),
+        mode: RenameMode,
+    ) -> Result<Option<u64>, OpError> {
         let who = who.clone();
         let (a, b) = (from.1.to_string(), to.1.to_string());
-        self.write(move |txn| tree::rename(txn, &who, from.0, a.as_bytes(), to.0, b.as_bytes(), mode, now())).await
+        self.write(move |txn| {
+            tree::rename(
+                txn,
+                &who,
+                from.0,
+                a.as_bytes(),
+                to.0,
+                b.as_bytes(),
+                mode,
+                now(),
+            )
+        })
+        .await
     }
 
-    async fn commit(&self, who: &Caller, ino: u64, chunks: Vec<Uploaded>, size: u64, truncate: bool) -> Result<meta::Inode, OpError> {
+    async fn commit(
+        &self,
+        who: &Caller,
+        ino: u64,
+        chunks: Vec<Uploaded>,
+        size: u64,
+        truncate: bool,
+    ) -> Result<meta::Inode, OpError> {
         let who = who.clone();
-        self.write(move |txn| chunks::commit(txn, &who, ino, &chunks, size, truncate, &[], now())).await
+        self.write(move |txn| chunks::commit(txn, &who, ino, &chunks, size, truncate, &[], now()))
+            .await
     }
 }
 
 fn upload(index: u64, base: u64, generation: u64, last: bool, bytes: u64) -> Uploaded {
-    Uploaded { index, base, generation, last, plaintext_bytes: bytes }
+    Uploaded {
+        index,
+        base,
+        generation,
+        last,
+        plaintext_bytes: bytes,
+    }
 }
 
 async fn tree_operations(store: Arc<dyn MetaStore>) {
@@ -134,35 +254,69 @@ async fn tree_operations(store: Arc<dyn MetaStore>) {
     let a = &w.alice;
     let home = w.mkdir(a, ROOT_INO, "alice").await.expect("mkdir");
     assert_eq!(home.kind, Kind::Directory);
-    assert!(matches!(w.mkdir(a, ROOT_INO, "alice").await, Err(OpError::Exists)));
-    let file = w.create(a, w.alice_key, home.ino, "notes.txt").await.expect("create");
-    assert_eq!(w.lookup(a, home.ino, "notes.txt").await.expect("lookup").ino, file.ino);
-    assert!(matches!(w.lookup(a, home.ino, "missing").await, Err(OpError::NotFound)));
-    assert!(matches!(w.lookup(a, file.ino, "x").await, Err(OpError::NotDirectory)));
+    assert!(matches!(
+        w.mkdir(a, ROOT_INO, "alice").await,
+        Err(OpError::Exists)
+    ));
+    let file = w
+        .create(a, w.alice_key, home.ino, "notes.txt")
+        .await
+        .expect("create");
+    assert_eq!(
+        w.lookup(a, home.ino, "notes.txt")
+            .await
+            .expect("lookup")
+            .ino,
+        file.ino
+    );
+    assert!(matches!(
+        w.lookup(a, home.ino, "missing").await,
+        Err(OpError::NotFound)
+    ));
+    assert!(matches!(
+        w.lookup(a, file.ino, "x").await,
+        Err(OpError::NotDirectory)
+    ));
 
     // Names.
     for bad in ["", ".", "..", "a/b", "a\0b"] {
         let r = w.mkdir(a, home.ino, bad).await;
         assert!(matches!(r, Err(OpError::Invalid(_))), "{bad:?}: {r:?}");
     }
-    assert!(matches!(w.mkdir(a, home.ino, &"n".repeat(256)).await, Err(OpError::NameTooLong)));
+    assert!(matches!(
+        w.mkdir(a, home.ino, &"n".repeat(256)).await,
+        Err(OpError::NameTooLong)
+    ));
 
     // Symlinks and hard links.
     let who = a.clone();
     let link = w
         .write(move |txn| {
-            let n = NewNode { target: b"notes.txt".to_vec(), ..node(Kind::Symlink, None) };
+            let n = NewNode {
+                target: b"notes.txt".to_vec(),
+                ..node(Kind::Symlink, None)
+            };
             tree::create_node(txn, &who, home.ino, b"link", &n, now())
         })
         .await
         .expect("symlink");
     let who = a.clone();
-    assert_eq!(w.read(move |txn| tree::readlink(txn, &who, link.ino)).await.expect("readlink"), b"notes.txt");
+    assert_eq!(
+        w.read(move |txn| tree::readlink(txn, &who, link.ino))
+            .await
+            .expect("readlink"),
+        b"notes.txt"
+    );
     let who = a.clone();
-    let linked = w.write(move |txn| tree::link(txn, &who, file.ino, home.ino, b"hard", now())).await.expect("link");
+    let linked = w
+        .write(move |txn| tree::link(txn, &who, file.ino, home.ino, b"hard", now()))
+        .await
+        .expect("link");
     assert_eq!(linked.nlink, 2);
     let who = a.clone();
-    let dir_link = w.write(move |txn| tree::link(txn, &who, home.ino, ROOT_INO, b"dirlink", now())).await;
+    let dir_link = w
+        .write(move |txn| tree::link(txn, &who, home.ino, ROOT_INO, b"dirlink", now()))
+        .await;
     assert!(matches!(dir_link, Err(OpError::NotSupported(_))));
 
     // Listing, in pages.
@@ -174,31 +328,65 @@ async fn tree_operations(store: Arc<dyn MetaStore>) {
     loop {
         let who = a.clone();
         let cursor = after.clone();
-        let (page, more) = w.read(move |txn| tree::readdir(txn, &who, home.ino, &cursor, 3)).await.expect("page");
+        let (page, more) = w
+            .read(move |txn| tree::readdir(txn, &who, home.ino, &cursor, 3))
+            .await
+            .expect("page");
         assert!(page.len() <= 3);
         after = page.last().map(|(n, _)| n.clone()).unwrap_or_default();
-        seen.extend(page.into_iter().map(|(n, _)| String::from_utf8(n).expect("utf-8")));
+        seen.extend(
+            page.into_iter()
+                .map(|(n, _)| String::from_utf8(n).expect("utf-8")),
+        );
         if !more {
             break;
         }
     }
     assert_eq!(seen, w.names(a, home.ino).await);
     assert_eq!(seen.len(), 10, "{seen:?}");
-    assert_eq!(w.lookup(a, ROOT_INO, "alice").await.expect("home").nlink, 2 + 7);
+    assert_eq!(
+        w.lookup(a, ROOT_INO, "alice").await.expect("home").nlink,
+        2 + 7
+    );
 
     // Removing.
     let who = a.clone();
-    assert!(matches!(w.write(move |txn| tree::rmdir(txn, &who, ROOT_INO, b"alice", now())).await, Err(OpError::NotEmpty)));
+    assert!(matches!(
+        w.write(move |txn| tree::rmdir(txn, &who, ROOT_INO, b"alice", now()))
+            .await,
+        Err(OpError::NotEmpty)
+    ));
     let who = a.clone();
-    assert!(matches!(w.write(move |txn| tree::unlink(txn, &who, home.ino, b"d0", false, now())).await, Err(OpError::IsDirectory)));
+    assert!(matches!(
+        w.write(move |txn| tree::unlink(txn, &who, home.ino, b"d0", false, now()))
+            .await,
+        Err(OpError::IsDirectory)
+    ));
     let who = a.clone();
-    assert!(matches!(w.write(move |txn| tree::rmdir(txn, &who, home.ino, b"hard", now())).await, Err(OpError::NotDirectory)));
+    assert!(matches!(
+        w.write(move |txn| tree::rmdir(txn, &who, home.ino, b"hard", now()))
+            .await,
+        Err(OpError::NotDirectory)
+    ));
     let who = a.clone();
-    w.write(move |txn| tree::unlink(txn, &who, home.ino, b"hard", false, now())).await.expect("unlink one link");
-    assert_eq!(w.lookup(a, home.ino, "notes.txt").await.expect("still there").nlink, 1);
+    w.write(move |txn| tree::unlink(txn, &who, home.ino, b"hard", false, now()))
+        .await
+        .expect("unlink one link");
+    assert_eq!(
+        w.lookup(a, home.ino, "notes.txt")
+            .await
+            .expect("still there")
+            .nlink,
+        1
+    );
     let who = a.clone();
-    w.write(move |txn| tree::rmdir(txn, &who, home.ino, b"d0", now())).await.expect("rmdir");
-    assert_eq!(w.lookup(a, ROOT_INO, "alice").await.expect("home").nlink, 2 + 6);
+    w.write(move |txn| tree::rmdir(txn, &who, home.ino, b"d0", now()))
+        .await
+        .expect("rmdir");
+    assert_eq!(
+        w.lookup(a, ROOT_INO, "alice").await.expect("home").nlink,
+        2 + 6
+    );
 }
 
 async fn renames(store: Arc<dyn MetaStore>) {
@@ -211,148 +399,339 @@ async fn renames(store: Arc<dyn MetaStore>) {
     let f2 = w.create(a, w.alice_key, home, "f2").await.expect("f2");
 
     // Into its own subtree: refused, nothing changes.
-    let r = w.rename(a, (home, "sub"), (deeper, "sub"), RenameMode::Replace).await;
+    let r = w
+        .rename(a, (home, "sub"), (deeper, "sub"), RenameMode::Replace)
+        .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
     assert_eq!(w.lookup(a, home, "sub").await.expect("unchanged").ino, sub);
     // No-replace over an existing name.
-    assert!(matches!(w.rename(a, (home, "f1"), (home, "f2"), RenameMode::NoReplace).await, Err(OpError::Exists)));
+    assert!(matches!(
+        w.rename(a, (home, "f1"), (home, "f2"), RenameMode::NoReplace)
+            .await,
+        Err(OpError::Exists)
+    ));
     // Exchange.
-    w.rename(a, (home, "f1"), (home, "f2"), RenameMode::Exchange).await.expect("exchange");
+    w.rename(a, (home, "f1"), (home, "f2"), RenameMode::Exchange)
+        .await
+        .expect("exchange");
     assert_eq!(w.lookup(a, home, "f1").await.expect("f1").ino, f2.ino);
     assert_eq!(w.lookup(a, home, "f2").await.expect("f2").ino, f1.ino);
     // Replace: the replaced file lost its last link and is returned for release.
-    let replaced = w.rename(a, (home, "f1"), (home, "f2"), RenameMode::Replace).await.expect("replace");
+    let replaced = w
+        .rename(a, (home, "f1"), (home, "f2"), RenameMode::Replace)
+        .await
+        .expect("replace");
     assert_eq!(replaced, Some(f1.ino));
-    assert!(matches!(w.lookup(a, home, "f1").await, Err(OpError::NotFound)));
+    assert!(matches!(
+        w.lookup(a, home, "f1").await,
+        Err(OpError::NotFound)
+    ));
     let who = a.clone();
-    w.write(move |txn| tree::release(txn, &who, f1.ino, now())).await.expect("release");
-    assert!(w.read(move |txn| Ok(txn.get_inode(f1.ino)?)).await.expect("read").is_none());
+    w.write(move |txn| tree::release(txn, &who, f1.ino, now()))
+        .await
+        .expect("release");
+    assert!(
+        w.read(move |txn| Ok(txn.get_inode(f1.ino)?))
+            .await
+            .expect("read")
+            .is_none()
+    );
     // Directory over file and file over directory.
-    assert!(matches!(w.rename(a, (home, "sub"), (home, "f2"), RenameMode::Replace).await, Err(OpError::NotDirectory)));
-    assert!(matches!(w.rename(a, (home, "f2"), (home, "sub"), RenameMode::Replace).await, Err(OpError::IsDirectory)));
+    assert!(matches!(
+        w.rename(a, (home, "sub"), (home, "f2"), RenameMode::Replace)
+            .await,
+        Err(OpError::NotDirectory)
+    ));
+    assert!(matches!(
+        w.rename(a, (home, "f2"), (home, "sub"), RenameMode::Replace)
+            .await,
+        Err(OpError::IsDirectory)
+    ));
     // Across directories: parents' link counts follow.
     let other = w.mkdir(a, ROOT_INO, "other").await.expect("mkdir").ino;
-    w.rename(a, (home, "sub"), (other, "moved"), RenameMode::Replace).await.expect("move dir");
+    w.rename(a, (home, "sub"), (other, "moved"), RenameMode::Replace)
+        .await
+        .expect("move dir");
     assert_eq!(w.lookup(a, ROOT_INO, "home").await.expect("home").nlink, 2);
-    assert_eq!(w.lookup(a, ROOT_INO, "other").await.expect("other").nlink, 3);
+    assert_eq!(
+        w.lookup(a, ROOT_INO, "other").await.expect("other").nlink,
+        3
+    );
     let who = a.clone();
-    assert_eq!(w.read(move |txn| tree::getattr(txn, &who, sub)).await.expect("sub").parent, other);
+    assert_eq!(
+        w.read(move |txn| tree::getattr(txn, &who, sub))
+            .await
+            .expect("sub")
+            .parent,
+        other
+    );
     // Over an empty directory, and not over a full one.
     w.mkdir(a, home, "empty").await.expect("mkdir");
-    w.rename(a, (other, "moved"), (home, "empty"), RenameMode::Replace).await.expect("over empty dir");
+    w.rename(a, (other, "moved"), (home, "empty"), RenameMode::Replace)
+        .await
+        .expect("over empty dir");
     w.mkdir(a, other, "full").await.expect("mkdir");
     w.mkdir(a, ROOT_INO, "x").await.expect("mkdir");
-    let r = w.rename(a, (ROOT_INO, "x"), (home, "empty"), RenameMode::Replace).await;
+    let r = w
+        .rename(a, (ROOT_INO, "x"), (home, "empty"), RenameMode::Replace)
+        .await;
     assert!(matches!(r, Err(OpError::NotEmpty)), "{r:?}");
 }
 
 async fn chunk_commits(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let a = &w.alice;
-    let file = w.create(a, w.alice_key, ROOT_INO, "data").await.expect("create").ino;
+    let file = w
+        .create(a, w.alice_key, ROOT_INO, "data")
+        .await
+        .expect("create")
+        .ino;
     // First chunk, a 100-byte file.
-    let f = w.commit(a, file, vec![upload(0, 0, 10, true, 100)], 100, false).await.expect("commit");
+    let f = w
+        .commit(a, file, vec![upload(0, 0, 10, true, 100)], 100, false)
+        .await
+        .expect("commit");
     assert_eq!(f.size, 100);
     // Stale base: refused, nothing changes.
-    let r = w.commit(a, file, vec![upload(0, 0, 11, true, 100)], 100, false).await;
-    assert!(matches!(r, Err(OpError::StaleGeneration { index: 0, base: 0, current: 10 })), "{r:?}");
+    let r = w
+        .commit(a, file, vec![upload(0, 0, 11, true, 100)], 100, false)
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(OpError::StaleGeneration {
+                index: 0,
+                base: 0,
+                current: 10
+            })
+        ),
+        "{r:?}"
+    );
     // A generation not newer than its base.
-    let r = w.commit(a, file, vec![upload(0, 10, 10, true, 100)], 100, false).await;
+    let r = w
+        .commit(a, file, vec![upload(0, 10, 10, true, 100)], 100, false)
+        .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
     // A chunk whose flags or length disagree with the size.
-    let r = w.commit(a, file, vec![upload(0, 10, 12, false, 100)], 100, false).await;
+    let r = w
+        .commit(a, file, vec![upload(0, 10, 12, false, 100)], 100, false)
+        .await;
     assert!(matches!(r, Err(OpError::BadChunk(_))), "{r:?}");
     // Growing into chunk 2 without rewriting chunk 0 (it would stay marked last): refused.
-    let r = w.commit(a, file, vec![upload(2, 0, 5, true, 10)], 2 * MIB8 + 10, false).await;
+    let r = w
+        .commit(
+            a,
+            file,
+            vec![upload(2, 0, 5, true, 10)],
+            2 * MIB8 + 10,
+            false,
+        )
+        .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
     // With the rewrite, in one commit: fine. Chunk 1 is a hole.
     let f = w
-        .commit(a, file, vec![upload(0, 10, 13, false, MIB8), upload(2, 0, 5, true, 10)], 2 * MIB8 + 10, false)
+        .commit(
+            a,
+            file,
+            vec![upload(0, 10, 13, false, MIB8), upload(2, 0, 5, true, 10)],
+            2 * MIB8 + 10,
+            false,
+        )
         .await
         .expect("grow");
     assert_eq!(f.size, 2 * MIB8 + 10);
     let who = a.clone();
-    let (listed, more) = w.read(move |txn| chunks::list(txn, &who, file, 0, 10)).await.expect("list");
+    let (listed, more) = w
+        .read(move |txn| chunks::list(txn, &who, file, 0, 10))
+        .await
+        .expect("list");
     assert_eq!((listed, more), (vec![(0, 13), (2, 5)], false));
-    let garbage = w.read(|txn| Ok(txn.list_garbage(100)?)).await.expect("garbage");
-    assert!(garbage.iter().any(|c| c.ino == file && c.index == 0 && c.generation == 10));
+    let garbage = w
+        .read(|txn| Ok(txn.list_garbage(100)?))
+        .await
+        .expect("garbage");
+    assert!(
+        garbage
+            .iter()
+            .any(|c| c.ino == file && c.index == 0 && c.generation == 10)
+    );
     // Truncating through setattr may not change a stored chunk's role.
     let who = a.clone();
     let r = w
         .write(move |txn| {
-            tree::setattr(txn, &who, file, &AttrChanges { size: Some(MIB8 / 2), ..Default::default() }, now())
+            tree::setattr(
+                txn,
+                &who,
+                file,
+                &AttrChanges {
+                    size: Some(MIB8 / 2),
+                    ..Default::default()
+                },
+                now(),
+            )
         })
         .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
     // Truncating with a commit that rewrites the new last chunk: chunks past it go.
-    let f = w.commit(a, file, vec![upload(0, 13, 14, true, MIB8 / 2)], MIB8 / 2, true).await.expect("truncate");
+    let f = w
+        .commit(
+            a,
+            file,
+            vec![upload(0, 13, 14, true, MIB8 / 2)],
+            MIB8 / 2,
+            true,
+        )
+        .await
+        .expect("truncate");
     assert_eq!(f.size, MIB8 / 2);
     let who = a.clone();
-    let (listed, _) = w.read(move |txn| chunks::list(txn, &who, file, 0, 10)).await.expect("list");
+    let (listed, _) = w
+        .read(move |txn| chunks::list(txn, &who, file, 0, 10))
+        .await
+        .expect("list");
     assert_eq!(listed, vec![(0, 14)]);
     // Truncating to zero through setattr is always fine.
     let who = a.clone();
-    w.write(move |txn| tree::setattr(txn, &who, file, &AttrChanges { size: Some(0), ..Default::default() }, now()))
-        .await
-        .expect("truncate to 0");
+    w.write(move |txn| {
+        tree::setattr(
+            txn,
+            &who,
+            file,
+            &AttrChanges {
+                size: Some(0),
+                ..Default::default()
+            },
+            now(),
+        )
+    })
+    .await
+    .expect("truncate to 0");
     let who = a.clone();
-    assert_eq!(w.read(move |txn| chunks::current(txn, &who, file, 0)).await.expect("hole"), 0);
+    assert_eq!(
+        w.read(move |txn| chunks::current(txn, &who, file, 0))
+            .await
+            .expect("hole"),
+        0
+    );
     // Unlinking frees every chunk into the garbage list.
-    w.commit(a, file, vec![upload(0, 0, 20, true, 1)], 1, false).await.expect("commit");
+    w.commit(a, file, vec![upload(0, 0, 20, true, 1)], 1, false)
+        .await
+        .expect("commit");
     let who = a.clone();
-    w.write(move |txn| tree::unlink(txn, &who, ROOT_INO, b"data", false, now())).await.expect("unlink");
-    let garbage = w.read(|txn| Ok(txn.list_garbage(100)?)).await.expect("garbage");
+    w.write(move |txn| tree::unlink(txn, &who, ROOT_INO, b"data", false, now()))
+        .await
+        .expect("unlink");
+    let garbage = w
+        .read(|txn| Ok(txn.list_garbage(100)?))
+        .await
+        .expect("garbage");
     assert!(garbage.iter().any(|c| c.ino == file && c.generation == 20));
 }
 
 async fn access_control(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let (a, b) = (&w.alice, &w.bob);
-    let secret = w.create(a, w.alice_key, ROOT_INO, "alice-secret").await.expect("create");
-    let mine = w.create(b, w.bob_key, ROOT_INO, "bob-file").await.expect("create");
+    let secret = w
+        .create(a, w.alice_key, ROOT_INO, "alice-secret")
+        .await
+        .expect("create");
+    let mine = w
+        .create(b, w.bob_key, ROOT_INO, "bob-file")
+        .await
+        .expect("create");
     // Each sees only its own at the (shared, sticky) root.
     assert_eq!(w.names(a, ROOT_INO).await, vec!["alice-secret"]);
     assert_eq!(w.names(b, ROOT_INO).await, vec!["bob-file"]);
-    assert!(matches!(w.lookup(b, ROOT_INO, "alice-secret").await, Err(OpError::AccessDenied(_))));
+    assert!(matches!(
+        w.lookup(b, ROOT_INO, "alice-secret").await,
+        Err(OpError::AccessDenied(_))
+    ));
     // Bob cannot remove or rename Alice's entry at the sticky root.
     let who = b.clone();
-    let r = w.write(move |txn| tree::unlink(txn, &who, ROOT_INO, b"alice-secret", false, now())).await;
+    let r = w
+        .write(move |txn| tree::unlink(txn, &who, ROOT_INO, b"alice-secret", false, now()))
+        .await;
     assert!(matches!(r, Err(OpError::AccessDenied(_))), "{r:?}");
-    let r = w.rename(b, (ROOT_INO, "alice-secret"), (ROOT_INO, "stolen"), RenameMode::Replace).await;
+    let r = w
+        .rename(
+            b,
+            (ROOT_INO, "alice-secret"),
+            (ROOT_INO, "stolen"),
+            RenameMode::Replace,
+        )
+        .await;
     assert!(matches!(r, Err(OpError::AccessDenied(_))), "{r:?}");
     // Nor write her chunks, nor share her file.
-    let r = w.commit(b, secret.ino, vec![upload(0, 0, 1, true, 1)], 1, false).await;
+    let r = w
+        .commit(b, secret.ino, vec![upload(0, 0, 1, true, 1)], 1, false)
+        .await;
     assert!(matches!(r, Err(OpError::AccessDenied(_))), "{r:?}");
     // Sharing needs a wrapped key addressed to the recipient.
-    let entry = meta::AclEntry { principal: Principal::User(b.uid), read: true, write: false };
+    let entry = meta::AclEntry {
+        principal: Principal::User(b.uid),
+        read: true,
+        write: false,
+    };
     let wrong = wrapped(w.settings.vault, secret.ino, w.alice_key);
     let who = a.clone();
-    let r = w.write(move |txn| sharing::share(txn, &who, secret.ino, entry, &wrong, now())).await;
+    let r = w
+        .write(move |txn| sharing::share(txn, &who, secret.ino, entry, &wrong, now()))
+        .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
     let right = wrapped(w.settings.vault, secret.ino, w.bob_key);
     let who = b.clone();
-    let r = w.write(move |txn| sharing::share(txn, &who, mine.ino, entry, &right, now())).await;
-    assert!(matches!(r, Err(OpError::Invalid(_)) | Err(OpError::AccessDenied(_))), "{r:?}");
+    let r = w
+        .write(move |txn| sharing::share(txn, &who, mine.ino, entry, &right, now()))
+        .await;
+    assert!(
+        matches!(r, Err(OpError::Invalid(_)) | Err(OpError::AccessDenied(_))),
+        "{r:?}"
+    );
     let right = wrapped(w.settings.vault, secret.ino, w.bob_key);
     let who = a.clone();
-    w.write(move |txn| sharing::share(txn, &who, secret.ino, entry, &right, now())).await.expect("share");
-    assert_eq!(w.lookup(b, ROOT_INO, "alice-secret").await.expect("shared").ino, secret.ino);
+    w.write(move |txn| sharing::share(txn, &who, secret.ino, entry, &right, now()))
+        .await
+        .expect("share");
+    assert_eq!(
+        w.lookup(b, ROOT_INO, "alice-secret")
+            .await
+            .expect("shared")
+            .ino,
+        secret.ino
+    );
     let who = b.clone();
-    let keys = w.read(move |txn| sharing::my_wrapped_keys(txn, &who, secret.ino)).await.expect("keys");
+    let keys = w
+        .read(move |txn| sharing::my_wrapped_keys(txn, &who, secret.ino))
+        .await
+        .expect("keys");
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].0, Principal::User(b.uid));
     // Read-only: still no writing.
-    let r = w.commit(b, secret.ino, vec![upload(0, 0, 1, true, 1)], 1, false).await;
+    let r = w
+        .commit(b, secret.ino, vec![upload(0, 0, 1, true, 1)], 1, false)
+        .await;
     assert!(matches!(r, Err(OpError::AccessDenied(_))), "{r:?}");
     // Unshare: gone again, key removed.
     let who = a.clone();
     let bob = Principal::User(b.uid);
-    w.write(move |txn| sharing::unshare(txn, &who, secret.ino, bob, now())).await.expect("unshare");
-    assert!(matches!(w.lookup(b, ROOT_INO, "alice-secret").await, Err(OpError::AccessDenied(_))));
+    w.write(move |txn| sharing::unshare(txn, &who, secret.ino, bob, now()))
+        .await
+        .expect("unshare");
+    assert!(matches!(
+        w.lookup(b, ROOT_INO, "alice-secret").await,
+        Err(OpError::AccessDenied(_))
+    ));
     let who = b.clone();
-    assert!(w.read(move |txn| sharing::my_wrapped_keys(txn, &who, secret.ino)).await.is_err());
+    assert!(
+        w.read(move |txn| sharing::my_wrapped_keys(txn, &who, secret.ino))
+            .await
+            .is_err()
+    );
     // The site administrator reads no one's files.
-    assert!(matches!(w.lookup(&w.admin, ROOT_INO, "alice-secret").await, Err(OpError::AccessDenied(_))));
+    assert!(matches!(
+        w.lookup(&w.admin, ROOT_INO, "alice-secret").await,
+        Err(OpError::AccessDenied(_))
+    ));
 }
 
 async fn failed_operations_leave_nothing(store: Arc<dyn MetaStore>) {
@@ -362,19 +741,51 @@ async fn failed_operations_leave_nothing(store: Arc<dyn MetaStore>) {
     // whole transaction must roll back.
     let r = w
         .write(move |txn| {
-            tree::create_file(txn, &a, ROOT_INO, b"half", &node(Kind::Regular, Some(77)), &[], true, now())
+            tree::create_file(
+                txn,
+                &a,
+                ROOT_INO,
+                b"half",
+                &node(Kind::Regular, Some(77)),
+                &[],
+                true,
+                now(),
+            )
         })
         .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
-    assert!(matches!(w.lookup(&w.alice, ROOT_INO, "half").await, Err(OpError::NotFound)));
-    assert!(w.read(|txn| Ok(txn.get_inode(77)?)).await.expect("read").is_none());
+    assert!(matches!(
+        w.lookup(&w.alice, ROOT_INO, "half").await,
+        Err(OpError::NotFound)
+    ));
+    assert!(
+        w.read(|txn| Ok(txn.get_inode(77)?))
+            .await
+            .expect("read")
+            .is_none()
+    );
     // Client-chosen inode numbers may not collide or take reserved ones.
-    let file = w.create(&w.alice, w.alice_key, ROOT_INO, "one").await.expect("create");
-    let keys = vec![(Principal::User(w.alice.uid), wrapped(w.settings.vault, file.ino, w.alice_key))];
+    let file = w
+        .create(&w.alice, w.alice_key, ROOT_INO, "one")
+        .await
+        .expect("create");
+    let keys = vec![(
+        Principal::User(w.alice.uid),
+        wrapped(w.settings.vault, file.ino, w.alice_key),
+    )];
     let a = w.alice.clone();
     let r = w
         .write(move |txn| {
-            tree::create_file(txn, &a, ROOT_INO, b"two", &node(Kind::Regular, Some(file.ino)), &keys, true, now())
+            tree::create_file(
+                txn,
+                &a,
+                ROOT_INO,
+                b"two",
+                &node(Kind::Regular, Some(file.ino)),
+                &keys,
+                true,
+                now(),
+            )
         })
         .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
@@ -382,23 +793,53 @@ async fn failed_operations_leave_nothing(store: Arc<dyn MetaStore>) {
 
 async fn extended_attributes(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
-    let file = w.create(&w.alice, w.alice_key, ROOT_INO, "f").await.expect("create").ino;
+    let file = w
+        .create(&w.alice, w.alice_key, ROOT_INO, "f")
+        .await
+        .expect("create")
+        .ino;
     let set = |name: &'static [u8], value: &'static [u8], mode| {
         let who = w.alice.clone();
         w.write(move |txn| xattrs::set(txn, &who, file, name, value, mode, now()))
     };
-    set(b"user.a", b"1", xattrs::SetMode::Either).await.expect("set");
-    assert!(matches!(set(b"user.a", b"2", xattrs::SetMode::CreateOnly).await, Err(OpError::Exists)));
-    assert!(matches!(set(b"user.b", b"2", xattrs::SetMode::ReplaceOnly).await, Err(OpError::NoData)));
-    set(b"user.a", b"3", xattrs::SetMode::ReplaceOnly).await.expect("replace");
+    set(b"user.a", b"1", xattrs::SetMode::Either)
+        .await
+        .expect("set");
+    assert!(matches!(
+        set(b"user.a", b"2", xattrs::SetMode::CreateOnly).await,
+        Err(OpError::Exists)
+    ));
+    assert!(matches!(
+        set(b"user.b", b"2", xattrs::SetMode::ReplaceOnly).await,
+        Err(OpError::NoData)
+    ));
+    set(b"user.a", b"3", xattrs::SetMode::ReplaceOnly)
+        .await
+        .expect("replace");
     let who = w.alice.clone();
-    assert_eq!(w.read(move |txn| xattrs::get(txn, &who, file, b"user.a")).await.expect("get"), b"3");
+    assert_eq!(
+        w.read(move |txn| xattrs::get(txn, &who, file, b"user.a"))
+            .await
+            .expect("get"),
+        b"3"
+    );
     let who = w.alice.clone();
-    assert_eq!(w.read(move |txn| xattrs::list(txn, &who, file)).await.expect("list"), vec![b"user.a".to_vec()]);
+    assert_eq!(
+        w.read(move |txn| xattrs::list(txn, &who, file))
+            .await
+            .expect("list"),
+        vec![b"user.a".to_vec()]
+    );
     let who = w.alice.clone();
-    w.write(move |txn| xattrs::remove(txn, &who, file, b"user.a", now())).await.expect("remove");
+    w.write(move |txn| xattrs::remove(txn, &who, file, b"user.a", now()))
+        .await
+        .expect("remove");
     let who = w.alice.clone();
-    assert!(matches!(w.read(move |txn| xattrs::get(txn, &who, file, b"user.a")).await, Err(OpError::NoData)));
+    assert!(matches!(
+        w.read(move |txn| xattrs::get(txn, &who, file, b"user.a"))
+            .await,
+        Err(OpError::NoData)
+    ));
     let who = w.bob.clone();
     let r = w.read(move |txn| xattrs::list(txn, &who, file)).await;
     assert!(matches!(r, Err(OpError::AccessDenied(_))));
@@ -410,53 +851,128 @@ async fn users_and_groups(store: Arc<dyn MetaStore>) {
     let public = me.public();
     let proof = me.sign(
         proto::domains::REGISTER,
-        &proto::register_message(&w.settings.vault.0, "carol", &public.signing, &public.wrapping),
+        &proto::register_message(
+            &w.settings.vault.0,
+            "carol",
+            &public.signing,
+            &public.wrapping,
+        ),
     );
     let register = |name: &'static str, proof: [u8; 64]| {
         let s = w.settings.clone();
-        w.write(move |txn| users::register(txn, &s, name, &public.signing, &public.wrapping, &proof, now()))
+        w.write(move |txn| {
+            users::register(
+                txn,
+                &s,
+                name,
+                &public.signing,
+                &public.wrapping,
+                &proof,
+                now(),
+            )
+        })
     };
     let uid = register("carol", proof).await.expect("register");
-    assert_eq!(register("carol", proof).await.expect("again"), uid, "idempotent");
-    assert!(matches!(register("dave", proof).await, Err(OpError::Invalid(_))), "proof binds the name");
-    assert!(matches!(register("admin", proof).await, Err(OpError::Invalid(_))));
+    assert_eq!(
+        register("carol", proof).await.expect("again"),
+        uid,
+        "idempotent"
+    );
+    assert!(
+        matches!(register("dave", proof).await, Err(OpError::Invalid(_))),
+        "proof binds the name"
+    );
+    assert!(matches!(
+        register("admin", proof).await,
+        Err(OpError::Invalid(_))
+    ));
     let admin = w.admin.clone();
-    let pending = w.read(move |txn| users::pending(txn, &admin)).await.expect("pending");
-    assert_eq!(pending.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), vec!["carol"]);
+    let pending = w
+        .read(move |txn| users::pending(txn, &admin))
+        .await
+        .expect("pending");
+    assert_eq!(
+        pending.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+        vec!["carol"]
+    );
     let alice = w.alice.clone();
-    assert!(matches!(w.read(move |txn| users::pending(txn, &alice)).await, Err(OpError::AccessDenied(_))));
+    assert!(matches!(
+        w.read(move |txn| users::pending(txn, &alice)).await,
+        Err(OpError::AccessDenied(_))
+    ));
     // A forged certificate (signed by someone else) is refused.
     let forged = me.sign(
         proto::domains::USER_CERTIFICATE,
-        &proto::certificate_message(&w.settings.vault.0, uid, "carol", &public.signing, &public.wrapping),
+        &proto::certificate_message(
+            &w.settings.vault.0,
+            uid,
+            "carol",
+            &public.signing,
+            &public.wrapping,
+        ),
     );
     let (admin, s) = (w.admin.clone(), w.settings.clone());
-    let r = w.write(move |txn| users::approve(txn, &admin, &s, "carol", uid, &forged, now())).await;
+    let r = w
+        .write(move |txn| users::approve(txn, &admin, &s, "carol", uid, &forged, now()))
+        .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
     // Groups grant access to their members.
     let admin = w.admin.clone();
-    let group = w.write(move |txn| users::create_group(txn, &admin, "lab", now())).await.expect("group");
+    let group = w
+        .write(move |txn| users::create_group(txn, &admin, "lab", now()))
+        .await
+        .expect("group");
     let (admin, bob) = (w.admin.clone(), w.bob.uid);
-    let group = w.write(move |txn| users::set_member(txn, &admin, group.gid, bob, true, now())).await.expect("member");
+    let group = w
+        .write(move |txn| users::set_member(txn, &admin, group.gid, bob, true, now()))
+        .await
+        .expect("member");
     assert_eq!(group.members, vec![w.bob.uid]);
     let bob = w.bob.uid;
-    assert_eq!(w.read(move |txn| Ok(txn.groups_of(bob)?)).await.expect("groups"), vec![group.gid]);
+    assert_eq!(
+        w.read(move |txn| Ok(txn.groups_of(bob)?))
+            .await
+            .expect("groups"),
+        vec![group.gid]
+    );
     let dir = w.mkdir(&w.alice, ROOT_INO, "shared").await.expect("mkdir");
-    let entry = meta::AclEntry { principal: Principal::Group(group.gid), read: true, write: true };
+    let entry = meta::AclEntry {
+        principal: Principal::Group(group.gid),
+        read: true,
+        write: true,
+    };
     let who = w.alice.clone();
-    w.write(move |txn| sharing::share(txn, &who, dir.ino, entry, &[], now())).await.expect("share dir");
-    let bob_in_lab = Caller { groups: vec![0, group.gid], ..w.bob.clone() };
-    assert_eq!(w.lookup(&bob_in_lab, ROOT_INO, "shared").await.expect("visible").ino, dir.ino);
+    w.write(move |txn| sharing::share(txn, &who, dir.ino, entry, &[], now()))
+        .await
+        .expect("share dir");
+    let bob_in_lab = Caller {
+        groups: vec![0, group.gid],
+        ..w.bob.clone()
+    };
+    assert_eq!(
+        w.lookup(&bob_in_lab, ROOT_INO, "shared")
+            .await
+            .expect("visible")
+            .ino,
+        dir.ino
+    );
     // A new file inherits the directory's ACL; the owner's wrapped key is still required.
-    w.mkdir(&bob_in_lab, dir.ino, "bobs").await.expect("bob writes into the shared dir");
+    w.mkdir(&bob_in_lab, dir.ino, "bobs")
+        .await
+        .expect("bob writes into the shared dir");
 }
 
 async fn audit_chain(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     w.mkdir(&w.alice, ROOT_INO, "a").await.expect("mkdir");
     let verdict = storaged::audit::verify(&*w.store).await.expect("verify");
-    let storaged::audit::Verdict::Intact { entries } = verdict else { panic!("{verdict:?}") };
-    assert!(entries >= 5, "registrations, approvals and the mkdir are audited: {entries}");
+    let storaged::audit::Verdict::Intact { entries } = verdict else {
+        panic!("{verdict:?}")
+    };
+    assert!(
+        entries >= 5,
+        "registrations, approvals and the mkdir are audited: {entries}"
+    );
 }
 
 async fn concurrent_writes_all_land(store: Arc<dyn MetaStore>) {
@@ -464,22 +980,37 @@ async fn concurrent_writes_all_land(store: Arc<dyn MetaStore>) {
     let mut tasks = Vec::new();
     for i in 0..64 {
         let w = w.clone();
-        tasks.push(tokio::spawn(async move { w.mkdir(&w.alice, ROOT_INO, &format!("d{i}")).await }));
+        tasks.push(tokio::spawn(async move {
+            w.mkdir(&w.alice, ROOT_INO, &format!("d{i}")).await
+        }));
     }
     for task in tasks {
         task.await.expect("task").expect("mkdir");
     }
     assert_eq!(w.names(&w.alice, ROOT_INO).await.len(), 64);
-    assert_eq!(w.lookup(&w.alice, ROOT_INO, "d0").await.expect("d0").parent, ROOT_INO);
-    let root = w.read(|txn| Ok(txn.get_inode(ROOT_INO)?)).await.expect("root").expect("exists");
+    assert_eq!(
+        w.lookup(&w.alice, ROOT_INO, "d0").await.expect("d0").parent,
+        ROOT_INO
+    );
+    let root = w
+        .read(|txn| Ok(txn.get_inode(ROOT_INO)?))
+        .await
+        .expect("root")
+        .expect("exists");
     assert_eq!(root.nlink, 2 + 64);
 }
 
 async fn schema_and_settings_persist(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let other_admin = Identity::generate().public();
-    let r = meta::write(&*w.store, move |txn| settings::init_or_load(txn, &other_admin, now())).await;
-    assert!(matches!(r, Err(OpError::Invalid(_))), "a vault keeps its administrator key");
+    let r = meta::write(&*w.store, move |txn| {
+        settings::init_or_load(txn, &other_admin, now())
+    })
+    .await;
+    assert!(
+        matches!(r, Err(OpError::Invalid(_))),
+        "a vault keeps its administrator key"
+    );
 }
 
 fn memory() -> Arc<dyn MetaStore> {
@@ -525,8 +1056,11 @@ fn sqlite_refuses_a_newer_schema() {
     let path = dir.path().join("meta.db");
     drop(SqliteStore::open(&path).expect("create"));
     let conn = rusqlite::Connection::open(&path).expect("open");
-    conn.execute("UPDATE settings SET value = ?1 WHERE key = 'schema_version'", [99u32.to_le_bytes().to_vec()])
-        .expect("bump");
+    conn.execute(
+        "UPDATE settings SET value = ?1 WHERE key = 'schema_version'",
+        [99u32.to_le_bytes().to_vec()],
+    )
+    .expect("bump");
     drop(conn);
     let error = SqliteStore::open(&path).expect_err("newer schema");
     assert!(error.to_string().contains("newer"), "{error}");

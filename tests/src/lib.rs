@@ -35,3 +35,6 @@ pub fn binary(name: &str) -> PathBuf {
     );
     path
 }
+
+pub mod daemon;
+pub mod vault;

@@ -1,0 +1,965 @@
+//! The real storaged binary on a temp dir, driven over the wire: operations, isolation
+//! between users, compare-and-swap on chunks, crash safety, the audit chain, bad input.
+
+use std::time::Duration;
+
+use client::{ClientError, Connection, Fingerprint, Target};
+use proto::ErrorKind;
+use proto::v1::*;
+use tests::daemon::{Storaged, free_port};
+use tests::vault::{create_file, open_file, principal_user};
+
+const ROOT: u64 = 1;
+
+fn kind<T: std::fmt::Debug>(result: Result<T, impl Into<ClientError>>) -> ErrorKind {
+    match result {
+        Ok(value) => panic!("expected an error, got {value:?}"),
+        Err(error) => error.into().kind(),
+    }
+}
+
+fn name(text: &str) -> Vec<u8> {
+    text.as_bytes().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_over_the_wire() {
+    let daemon = Storaged::start(&[]);
+    let alice = daemon.user("alice").await;
+    let api = alice.connection.api();
+
+    let home = api
+        .clone()
+        .mkdir(MkdirRequest {
+            parent: ROOT,
+            name: name("home"),
+            perm: 0o750,
+            uid: 1000,
+            gid: 1000,
+        })
+        .await
+        .expect("mkdir")
+        .into_inner();
+    assert_eq!(home.kind, FileKind::Directory as i32);
+    assert_eq!(home.perm, 0o750);
+
+    let (file, attr) = create_file(&alice, home.ino, "report.txt")
+        .await
+        .expect("create");
+    assert_eq!(attr.size, 0);
+    let written = file
+        .write_single(&alice, 0, 5, b"hello, vault")
+        .await
+        .expect("write");
+    assert_eq!(written.size, 12);
+    assert_eq!(
+        file.read_chunk(&alice, 0, true).await.expect("read"),
+        (5, b"hello, vault".to_vec())
+    );
+    let looked = api
+        .clone()
+        .lookup(LookupRequest {
+            parent: home.ino,
+            name: name("report.txt"),
+        })
+        .await
+        .expect("lookup");
+    assert_eq!(looked.into_inner().ino, file.ino);
+
+    // setattr: mode and times.
+    let changed = api
+        .clone()
+        .set_attr(SetAttrRequest {
+            ino: file.ino,
+            perm: Some(0o600),
+            mtime: Some(Timestamp {
+                seconds: 1_000_000,
+                nanos: 5,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("setattr")
+        .into_inner();
+    assert_eq!(changed.perm, 0o600);
+    assert_eq!(
+        changed.mtime,
+        Some(Timestamp {
+            seconds: 1_000_000,
+            nanos: 5
+        })
+    );
+
+    // Symlink, readlink, hard link, mknod.
+    let link = api
+        .clone()
+        .symlink(SymlinkRequest {
+            parent: home.ino,
+            name: name("latest"),
+            target: name("report.txt"),
+            uid: 1,
+            gid: 1,
+        })
+        .await
+        .expect("symlink")
+        .into_inner();
+    let target = api
+        .clone()
+        .read_link(ReadLinkRequest { ino: link.ino })
+        .await
+        .expect("readlink")
+        .into_inner();
+    assert_eq!(target.target, b"report.txt");
+    let hard = api
+        .clone()
+        .link(LinkRequest {
+            ino: file.ino,
+            new_parent: ROOT,
+            new_name: name("report-link"),
+        })
+        .await
+        .expect("link")
+        .into_inner();
+    assert_eq!(hard.nlink, 2);
+    let fifo = api
+        .clone()
+        .mknod(MknodRequest {
+            parent: home.ino,
+            name: name("pipe"),
+            kind: FileKind::Fifo as i32,
+            perm: 0o644,
+            uid: 1,
+            gid: 1,
+            rdev: 0,
+        })
+        .await
+        .expect("mknod")
+        .into_inner();
+    assert_eq!(fifo.kind, FileKind::Fifo as i32);
+
+    // Extended attributes.
+    api.clone()
+        .set_xattr(SetXattrRequest {
+            ino: file.ino,
+            name: name("user.tag"),
+            value: name("blue"),
+            ..Default::default()
+        })
+        .await
+        .expect("setxattr");
+    let value = api
+        .clone()
+        .get_xattr(GetXattrRequest {
+            ino: file.ino,
+            name: name("user.tag"),
+        })
+        .await
+        .expect("get");
+    assert_eq!(value.into_inner().value, b"blue");
+    let names = api
+        .clone()
+        .list_xattr(ListXattrRequest { ino: file.ino })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(names.names, vec![name("user.tag")]);
+    api.clone()
+        .remove_xattr(RemoveXattrRequest {
+            ino: file.ino,
+            name: name("user.tag"),
+        })
+        .await
+        .expect("remove");
+    assert_eq!(
+        kind(
+            api.clone()
+                .get_xattr(GetXattrRequest {
+                    ino: file.ino,
+                    name: name("user.tag")
+                })
+                .await
+        ),
+        ErrorKind::NoData
+    );
+
+    // Listing with attributes, paged.
+    for i in 0..5 {
+        api.clone()
+            .mkdir(MkdirRequest {
+                parent: home.ino,
+                name: name(&format!("d{i}")),
+                perm: 0o755,
+                uid: 1,
+                gid: 1,
+            })
+            .await
+            .expect("mkdir");
+    }
+    let mut seen = Vec::new();
+    let mut after = Vec::new();
+    for _ in 0..10 {
+        let page = api
+            .clone()
+            .read_dir(ReadDirRequest {
+                ino: home.ino,
+                after: after.clone(),
+                limit: 3,
+            })
+            .await
+            .expect("readdir")
+            .into_inner();
+        for entry in &page.entries {
+            assert!(entry.attr.is_some());
+            seen.push(String::from_utf8(entry.name.clone()).expect("utf-8"));
+        }
+        after = page
+            .entries
+            .last()
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        ["d0", "d1", "d2", "d3", "d4", "latest", "pipe", "report.txt"]
+    );
+
+    // Rename across directories, then unlink and rmdir.
+    api.clone()
+        .rename(RenameRequest {
+            parent: home.ino,
+            name: name("report.txt"),
+            new_parent: ROOT,
+            new_name: name("moved.txt"),
+            ..Default::default()
+        })
+        .await
+        .expect("rename");
+    assert_eq!(
+        kind(
+            api.clone()
+                .lookup(LookupRequest {
+                    parent: home.ino,
+                    name: name("report.txt")
+                })
+                .await
+        ),
+        ErrorKind::NotFound
+    );
+    api.clone()
+        .unlink(UnlinkRequest {
+            parent: ROOT,
+            name: name("report-link"),
+            keep_open: false,
+        })
+        .await
+        .expect("unlink");
+    api.clone()
+        .rmdir(RmdirRequest {
+            parent: home.ino,
+            name: name("d0"),
+        })
+        .await
+        .expect("rmdir");
+    let stat = api
+        .clone()
+        .stat_fs(StatFsRequest {})
+        .await
+        .expect("statfs")
+        .into_inner();
+    assert!(stat.total_bytes > 0 && stat.files >= 8, "{stat:?}");
+    let chunks = api
+        .clone()
+        .list_chunks(ListChunksRequest {
+            ino: file.ino,
+            from_index: 0,
+            limit: 0,
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        chunks.into_inner().chunks,
+        vec![ChunkInfo {
+            index: 0,
+            generation: 5
+        }]
+    );
+
+    // The chunk file on disk is the sealed chunk: plaintext + 64 bytes, no plaintext in it.
+    let chunk_path = format::layout::chunk_path(
+        &daemon.data_dir().join("chunks"),
+        format::ids::FileId(file.ino),
+        0,
+        5,
+    );
+    let on_disk = std::fs::read(&chunk_path).expect("chunk file");
+    assert_eq!(on_disk.len(), 12 + 64);
+    assert!(!on_disk.windows(5).any(|w| w == b"hello"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_cannot_see_each_others_files_until_shared() {
+    let daemon = Storaged::start(&[]);
+    let alice = daemon.user("alice").await;
+    let bob = daemon.user("bob").await;
+    let (file, _) = create_file(&alice, ROOT, "alice.txt")
+        .await
+        .expect("create");
+    file.write_single(&alice, 0, 1, b"for alice only")
+        .await
+        .expect("write");
+
+    let bob_api = bob.connection.api();
+    let listing = bob_api
+        .clone()
+        .read_dir(ReadDirRequest {
+            ino: ROOT,
+            after: vec![],
+            limit: 100,
+        })
+        .await
+        .expect("readdir");
+    assert!(
+        listing.into_inner().entries.is_empty(),
+        "bob sees nothing of alice's"
+    );
+    assert_eq!(
+        kind(
+            bob_api
+                .clone()
+                .lookup(LookupRequest {
+                    parent: ROOT,
+                    name: name("alice.txt")
+                })
+                .await
+        ),
+        ErrorKind::AccessDenied
+    );
+    assert_eq!(
+        kind(
+            bob_api
+                .clone()
+                .get_chunk(GetChunkRequest {
+                    ino: file.ino,
+                    index: 0
+                })
+                .await
+        ),
+        ErrorKind::AccessDenied
+    );
+    assert_eq!(
+        kind(
+            bob_api
+                .clone()
+                .get_wrapped_keys(GetWrappedKeysRequest { ino: file.ino })
+                .await
+        ),
+        ErrorKind::AccessDenied
+    );
+    assert_eq!(
+        kind(
+            bob_api
+                .clone()
+                .unlink(UnlinkRequest {
+                    parent: ROOT,
+                    name: name("alice.txt"),
+                    keep_open: false
+                })
+                .await
+        ),
+        ErrorKind::AccessDenied
+    );
+
+    // Alice shares: she wraps the file key to bob's public key (after checking his certificate).
+    let bob_user = alice
+        .connection
+        .api()
+        .get_user(GetUserRequest {
+            by: Some(get_user_request::By::Name("bob".into())),
+        })
+        .await
+        .expect("get bob")
+        .into_inner();
+    let admin = identity::PublicIdentity::from_slices(
+        &alice
+            .connection
+            .hello()
+            .await
+            .expect("hello")
+            .admin_signing_key,
+        &[0; 32],
+    )
+    .expect("keys");
+    let bob_public =
+        identity::PublicIdentity::from_slices(&bob_user.signing_key, &bob_user.wrapping_key)
+            .expect("keys");
+    let certificate: [u8; 64] = bob_user
+        .certificate
+        .as_slice()
+        .try_into()
+        .expect("certificate");
+    let message = proto::certificate_message(
+        &file.vault.0,
+        bob_user.uid,
+        "bob",
+        &bob_public.signing,
+        &bob_public.wrapping,
+    );
+    admin
+        .verify(proto::domains::USER_CERTIFICATE, &message, &certificate)
+        .expect("bob's certificate is the admin's");
+    let key = {
+        let keys = alice
+            .connection
+            .api()
+            .get_wrapped_keys(GetWrappedKeysRequest { ino: file.ino })
+            .await
+            .expect("keys")
+            .into_inner()
+            .keys;
+        crypto::unwrap(
+            &keys[0].blob,
+            &alice.identity,
+            &crypto::WrapContext {
+                vault: file.vault,
+                kind: crypto::WrapKind::FileKey,
+                object: file.ino,
+            },
+        )
+        .expect("alice unwraps")
+    };
+    let for_bob = crypto::wrap(
+        &key,
+        &bob_public,
+        &crypto::WrapContext {
+            vault: file.vault,
+            kind: crypto::WrapKind::FileKey,
+            object: file.ino,
+        },
+    );
+    alice
+        .connection
+        .api()
+        .share(ShareRequest {
+            ino: file.ino,
+            entry: Some(AclEntry {
+                principal: Some(principal_user(bob.uid)),
+                read: true,
+                write: false,
+            }),
+            wrapped_key: for_bob,
+        })
+        .await
+        .expect("share");
+    let shared = open_file(&bob, file.ino)
+        .await
+        .expect("bob opens the shared file");
+    assert_eq!(
+        shared.read_chunk(&bob, 0, true).await.expect("read").1,
+        b"for alice only"
+    );
+    // Read-only: bob cannot write.
+    assert_eq!(
+        kind(shared.write_single(&bob, 1, 2, b"bob was here").await),
+        ErrorKind::AccessDenied
+    );
+
+    // Unshare: gone again.
+    alice
+        .connection
+        .api()
+        .unshare(UnshareRequest {
+            ino: file.ino,
+            principal: Some(principal_user(bob.uid)),
+        })
+        .await
+        .expect("unshare");
+    assert_eq!(
+        kind(
+            bob_api
+                .clone()
+                .get_chunk(GetChunkRequest {
+                    ino: file.ino,
+                    index: 0
+                })
+                .await
+        ),
+        ErrorKind::AccessDenied
+    );
+
+    // Every refusal was audited.
+    drop(bob_api);
+    let mut daemon = daemon;
+    daemon.stop();
+    let entries = audit_events(&daemon);
+    assert!(
+        entries
+            .iter()
+            .filter(|e| e.as_str() == "access-denied")
+            .count()
+            >= 4,
+        "{entries:?}"
+    );
+    assert!(entries.iter().any(|e| e == "share") && entries.iter().any(|e| e == "unshare"));
+}
+
+fn audit_events(daemon: &Storaged) -> Vec<String> {
+    let conn = rusqlite::Connection::open(daemon.data_dir().join("meta.db")).expect("open db");
+    let mut statement = conn
+        .prepare("SELECT event FROM audit ORDER BY seq")
+        .expect("prepare");
+    statement
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_chunk_puts_exactly_one_wins() {
+    let daemon = Storaged::start(&[]);
+    let alice = daemon.user("alice").await;
+    let (file, _) = create_file(&alice, ROOT, "contended")
+        .await
+        .expect("create");
+    let file = std::sync::Arc::new(file);
+    let mut writers = Vec::new();
+    for writer in 0..8u64 {
+        let (file, alice) = (file.clone(), alice.clone());
+        writers.push(tokio::spawn(async move {
+            let text = format!("writer {writer}");
+            let outcome = file
+                .write_single(&alice, 0, 100 + writer, text.as_bytes())
+                .await;
+            (text, outcome.map(|_| ()).map_err(|e| e.kind()))
+        }));
+    }
+    let mut winners = Vec::new();
+    for writer in writers {
+        let (text, outcome) = writer.await.expect("task");
+        match outcome {
+            Ok(()) => winners.push(text),
+            Err(ErrorKind::StaleGeneration) | Err(ErrorKind::Conflict) => {}
+            Err(other) => panic!("a losing writer must see a stale generation, not {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one writer wins: {winners:?}");
+    let (_, stored) = file.read_chunk(&alice, 0, true).await.expect("read");
+    assert_eq!(stored, winners[0].as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged() {
+    let mut daemon = Storaged::start(&[]);
+    let alice = daemon.user("alice").await;
+    let mut files = Vec::new();
+    for i in 0..4 {
+        files.push(std::sync::Arc::new(
+            create_file(&alice, ROOT, &format!("f{i}"))
+                .await
+                .expect("create")
+                .0,
+        ));
+    }
+    // Writers rewrite their file's chunk again and again; each acknowledged write is recorded.
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        (0u64, Vec::<u8>::new());
+        files.len()
+    ]));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (slot, file) in files.iter().enumerate() {
+        let (file, alice, acknowledged, stop) = (
+            file.clone(),
+            alice.clone(),
+            acknowledged.clone(),
+            stop.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut base = 0;
+            for round in 1..=10_000u64 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let text = format!("file {slot} round {round} ").repeat(2000);
+                match file
+                    .write_single(&alice, base, round, text.as_bytes())
+                    .await
+                {
+                    Ok(_) => {
+                        base = round;
+                        acknowledged.lock().expect("lock")[slot] = (round, text.into_bytes());
+                    }
+                    Err(_) => break, // The daemon died: this write was not acknowledged.
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    daemon.kill();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    daemon.spawn();
+    let alice_again = tests::daemon::TestUser {
+        connection: {
+            let c = Connection::new(&daemon.target()).expect("connection");
+            c.login("alice", &alice.identity)
+                .await
+                .expect("login after restart");
+            c
+        },
+        ..alice.clone()
+    };
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    let mut total = 0;
+    for (file, (generation, text)) in files.iter().zip(&acknowledged) {
+        let (stored_generation, stored) = file
+            .read_chunk(&alice_again, 0, true)
+            .await
+            .expect("read after crash");
+        assert!(*generation > 0, "every writer got some writes acknowledged");
+        // The last acknowledged write is current; a later, unacknowledged one may also have
+        // landed (the crash hit between its commit and its reply).
+        assert!(
+            stored_generation >= *generation,
+            "acknowledged generation {generation} lost"
+        );
+        if stored_generation == *generation {
+            assert_eq!(&stored, text);
+        }
+        total += generation;
+    }
+    assert!(total > 4, "the stream made progress before the kill");
+    // No half-written file is current, and no temporary file is left where it matters.
+    for file in &files {
+        file.read_chunk(&alice_again, 0, true)
+            .await
+            .expect("every current chunk opens");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_chain_breaks_detectably_when_edited_on_disk() {
+    let mut daemon = Storaged::start(&[]);
+    let alice = daemon.user("alice").await;
+    create_file(&alice, ROOT, "a").await.expect("create");
+    daemon.stop();
+    let verify = |daemon: &Storaged| {
+        std::process::Command::new(tests::binary("storaged"))
+            .args(["audit", "verify", "--data-dir"])
+            .arg(daemon.data_dir())
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run audit verify")
+    };
+    let intact = verify(&daemon);
+    assert!(
+        intact.status.success(),
+        "{}",
+        String::from_utf8_lossy(&intact.stderr)
+    );
+    assert!(String::from_utf8_lossy(&intact.stdout).contains("intact"));
+
+    let conn = rusqlite::Connection::open(daemon.data_dir().join("meta.db")).expect("open db");
+    let edited = conn
+        .execute("UPDATE audit SET detail = 'mallory' WHERE seq = 3", [])
+        .expect("edit");
+    assert_eq!(edited, 1);
+    drop(conn);
+    let broken = verify(&daemon);
+    assert_eq!(broken.status.code(), Some(2));
+    let report = String::from_utf8_lossy(&broken.stdout);
+    assert!(report.contains("BROKEN at entry 3"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_status_and_changes_nothing() {
+    let daemon = Storaged::start(&["--session-seconds", "2"]);
+    let alice = daemon.user("alice").await;
+    let api = alice.connection.api();
+    let dir = api
+        .clone()
+        .mkdir(MkdirRequest {
+            parent: ROOT,
+            name: name("d"),
+            perm: 0o755,
+            uid: 1,
+            gid: 1,
+        })
+        .await
+        .expect("mkdir")
+        .into_inner();
+    let sub = api
+        .clone()
+        .mkdir(MkdirRequest {
+            parent: dir.ino,
+            name: name("sub"),
+            perm: 0o755,
+            uid: 1,
+            gid: 1,
+        })
+        .await
+        .expect("mkdir")
+        .into_inner();
+
+    // Names.
+    for bad in [
+        name(""),
+        name("."),
+        name(".."),
+        name("a/b"),
+        b"a\0b".to_vec(),
+    ] {
+        let r = api
+            .clone()
+            .mkdir(MkdirRequest {
+                parent: ROOT,
+                name: bad.clone(),
+                perm: 0o755,
+                uid: 1,
+                gid: 1,
+            })
+            .await;
+        assert_eq!(kind(r), ErrorKind::Invalid, "{bad:?}");
+    }
+    let long = MkdirRequest {
+        parent: ROOT,
+        name: vec![b'x'; 256],
+        perm: 0o755,
+        uid: 1,
+        gid: 1,
+    };
+    assert_eq!(kind(api.clone().mkdir(long).await), ErrorKind::NameTooLong);
+    // Unknown and stale IDs.
+    assert_eq!(
+        kind(
+            api.clone()
+                .get_attr(GetAttrRequest { ino: 0xdead_beef })
+                .await
+        ),
+        ErrorKind::NotFound
+    );
+    // A directory into its own subtree; rmdir of a non-empty directory.
+    let into_itself = RenameRequest {
+        parent: ROOT,
+        name: name("d"),
+        new_parent: sub.ino,
+        new_name: name("d"),
+        ..Default::default()
+    };
+    assert_eq!(
+        kind(api.clone().rename(into_itself).await),
+        ErrorKind::Invalid
+    );
+    assert_eq!(
+        kind(
+            api.clone()
+                .rmdir(RmdirRequest {
+                    parent: ROOT,
+                    name: name("d")
+                })
+                .await
+        ),
+        ErrorKind::NotEmpty
+    );
+
+    // Chunks: truncated, wrong header, wrong index, another file's, stale generation, too large.
+    let (file, _) = create_file(&alice, ROOT, "f").await.expect("create");
+    file.write_single(&alice, 0, 10, b"good data")
+        .await
+        .expect("write");
+    let put = |data: Vec<u8>, index: u64, ino: u64| PutChunkRequest {
+        ino,
+        index,
+        data: data.into(),
+        commit: true,
+        base_generation: 10,
+        size: 9,
+        truncate: true,
+    };
+    let sealed = file.seal(0, 11, true, b"new data!");
+    assert_eq!(
+        kind(
+            api.clone()
+                .put_chunk(put(sealed[..40].to_vec(), 0, file.ino))
+                .await
+        ),
+        ErrorKind::BadChunk
+    );
+    let mut bad_magic = sealed.clone();
+    bad_magic[0] = b'X';
+    assert_eq!(
+        kind(api.clone().put_chunk(put(bad_magic, 0, file.ino)).await),
+        ErrorKind::BadChunk
+    );
+    assert_eq!(
+        kind(
+            api.clone()
+                .put_chunk(put(sealed.clone(), 1, file.ino))
+                .await
+        ),
+        ErrorKind::BadChunk
+    );
+    let (other, _) = create_file(&alice, ROOT, "g").await.expect("create");
+    assert_eq!(
+        kind(
+            api.clone()
+                .put_chunk(put(sealed.clone(), 0, other.ino))
+                .await
+        ),
+        ErrorKind::BadChunk
+    );
+    let stale = file.seal(0, 9, true, b"old data!");
+    assert_eq!(
+        kind(api.clone().put_chunk(put(stale, 0, file.ino)).await),
+        ErrorKind::StaleGeneration
+    );
+    let mut wrong_base = put(file.seal(0, 12, true, b"new data!"), 0, file.ino);
+    wrong_base.base_generation = 3;
+    assert_eq!(
+        kind(api.clone().put_chunk(wrong_base).await),
+        ErrorKind::StaleGeneration
+    );
+    let huge = vec![0u8; proto::limits::MESSAGE_BYTES_MAX + 1024];
+    let unlimited = api.clone().max_encoding_message_size(usize::MAX);
+    assert_eq!(
+        kind(unlimited.clone().put_chunk(put(huge, 0, file.ino)).await),
+        ErrorKind::TooLarge
+    );
+    // Nothing changed: the good data is still current.
+    assert_eq!(
+        file.read_chunk(&alice, 0, true).await.expect("read"),
+        (10, b"good data".to_vec())
+    );
+
+    // Tokens: missing, forged, expired.
+    let anonymous = Connection::new(&daemon.target()).expect("connection");
+    assert_eq!(
+        kind(anonymous.api().get_attr(GetAttrRequest { ino: ROOT }).await),
+        ErrorKind::Unauthenticated
+    );
+    anonymous.set_token(Some("f".repeat(64)));
+    assert_eq!(
+        kind(anonymous.api().get_attr(GetAttrRequest { ino: ROOT }).await),
+        ErrorKind::Unauthenticated
+    );
+    tokio::time::sleep(Duration::from_millis(12_500)).await; // session 2 s + caller cache 10 s
+    assert_eq!(
+        kind(api.clone().get_attr(GetAttrRequest { ino: ROOT }).await),
+        ErrorKind::Unauthenticated
+    );
+    // A login with someone else's signature fails.
+    let mallory = identity::Identity::generate();
+    assert_eq!(
+        kind(
+            Connection::new(&daemon.target())
+                .expect("c")
+                .login("alice", &mallory)
+                .await
+        ),
+        ErrorKind::Unauthenticated
+    );
+}
+
+#[test]
+fn config_file_with_an_unknown_key_or_bad_value_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (text, expect) in [
+        ("gc_secnds = 3\n", "unknown field"),
+        ("gc_seconds = \"soon\"\n", "invalid type"),
+    ] {
+        std::fs::write(dir.path().join("storaged.toml"), text).expect("write");
+        let output = std::process::Command::new(tests::binary("storaged"))
+            .args(["serve", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("run storaged");
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(expect) && stderr.contains("storaged.toml"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_pin_the_certificate_and_metrics_count_requests() {
+    let port = free_port();
+    let metrics_port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let daemon = Storaged::start(&["--listen", &listen, "--metrics-addr", &metrics]);
+    let pin = daemon
+        .ready_line
+        .split("certificate ")
+        .nth(1)
+        .and_then(|rest| Fingerprint::parse(rest.trim_end_matches(')')))
+        .expect("the ready line names the certificate fingerprint");
+    let alice = daemon.user("alice").await;
+    let over_tls =
+        Connection::new(&Target::parse(&format!("https://{listen}"), Some(pin)).expect("target"))
+            .expect("c");
+    over_tls
+        .login("alice", &alice.identity)
+        .await
+        .expect("login over TLS");
+    over_tls
+        .api()
+        .get_attr(GetAttrRequest { ino: ROOT })
+        .await
+        .expect("getattr over TLS");
+    let wrong = Connection::new(
+        &Target::parse(&format!("https://{listen}"), Some(Fingerprint([7; 32]))).expect("t"),
+    )
+    .expect("c");
+    assert_eq!(
+        kind(wrong.hello().await),
+        ErrorKind::Unavailable,
+        "a wrong pin never talks to the server"
+    );
+
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&metrics).expect("metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("response");
+        body
+    })
+    .await
+    .expect("task");
+    assert!(
+        body.contains("vault_requests_total{op=\"get_attr\",outcome=\"ok\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("vault_request_seconds_bucket"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_survives_a_restart() {
+    let mut daemon = Storaged::start(&[]);
+    let alice = daemon.user("alice").await;
+    let (file, _) = create_file(&alice, ROOT, "kept").await.expect("create");
+    file.write_single(&alice, 0, 3, b"still here")
+        .await
+        .expect("write");
+    daemon.stop();
+    daemon.spawn();
+    let again = Connection::new(&daemon.target()).expect("c");
+    again.login("alice", &alice.identity).await.expect("login");
+    let user = tests::daemon::TestUser {
+        connection: again,
+        ..alice
+    };
+    assert_eq!(
+        file.read_chunk(&user, 0, true).await.expect("read"),
+        (3, b"still here".to_vec())
+    );
+}
