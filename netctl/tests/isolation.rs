@@ -28,9 +28,10 @@ address = "10.10.0.2"
 port = 7000
 "#;
 
-const VMS: [(&str, &str, &str); 4] = [
+const VMS: [(&str, &str, &str); 5] = [
     ("a1", "h1", "alpha"),
     ("a3", "h3", "alpha"),
+    ("a4", "h3", "alpha"),
     ("b2", "h2", "beta"),
     ("b3", "h3", "beta"),
 ];
@@ -56,10 +57,12 @@ fn projects_are_isolated_spoofing_is_dropped_and_apply_converges() {
         "VM ports wait for their devices before the VMs exist: {first}"
     );
     let port = |name: &str| netctl.port(name).expect("port");
-    let ports: Vec<VmPort> = ["a1", "a3", "b2", "b3", "storaged"].map(port).to_vec();
-    let [a1, a3, b2, b3, storaged] = ports.clone().try_into().expect("five ports");
+    let ports: Vec<VmPort> = ["a1", "a3", "a4", "b2", "b3", "storaged"]
+        .map(port)
+        .to_vec();
+    let [a1, a3, a4, b2, b3, storaged] = ports.clone().try_into().expect("six ports");
     let ns: Vec<String> = ports.iter().map(|p| lab.attach(p)).collect();
-    let [ns_a1, ns_a3, ns_b2, ns_b3, ns_storaged] = ns.try_into().expect("five namespaces");
+    let [ns_a1, ns_a3, ns_a4, ns_b2, ns_b3, ns_storaged] = ns.try_into().expect("six namespaces");
     lab.serve(&ns_a3, 5000, None);
     lab.serve(&ns_storaged, 7000, None);
     lab.serve(&ns_storaged, 7001, None);
@@ -113,7 +116,11 @@ fn projects_are_isolated_spoofing_is_dropped_and_apply_converges() {
         "beta reached storaged"
     );
 
-    check_anti_spoofing(&lab, &ns_a1, &a1, &ns_a3, &a3);
+    // Anti-spoofing on the sender's host (a4 and a3 share h3, so nothing else stands in the
+    // way), and across hosts.
+    eventually("a4 pings a3 on the same host", || ping(&ns_a4, a3.ip));
+    check_anti_spoofing(&ns_a4, &a4, &ns_a3, &a3);
+    check_anti_spoofing(&ns_a1, &a1, &ns_a3, &a3);
 
     // No rules about beta's VMs on h1, which holds no VM they may talk to.
     let h1_flows = lab.flows(lab.host_index("h1"), "br-int");
@@ -156,23 +163,28 @@ fn projects_are_isolated_spoofing_is_dropped_and_apply_converges() {
     eventually("a1 still pings a3", || ping(&ns_a1, a3.ip));
 }
 
-/// A VM may send only from its own address and MAC: forged packets never arrive.
-fn check_anti_spoofing(lab: &Lab, ns: &str, vm: &VmPort, peer_ns: &str, peer: &VmPort) {
-    let _ = lab;
-    sh(&[
-        "ip",
-        "-n",
-        ns,
-        "neigh",
-        "replace",
-        &peer.ip.to_string(),
-        "lladdr",
-        &peer.mac.to_string(),
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
+/// A VM may send only from its own address and MAC: forged packets never arrive. The
+/// sender holds a static neighbour entry for the peer, so it sends IP without ARP (whose
+/// anti-spoofing is a separate rule).
+fn check_anti_spoofing(ns: &str, vm: &VmPort, peer_ns: &str, peer: &VmPort) {
+    let (peer_ip, peer_mac) = (peer.ip.to_string(), peer.mac.to_string());
+    let neighbour = || {
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "neigh",
+            "replace",
+            &peer_ip,
+            "lladdr",
+            &peer_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+    };
+    neighbour();
     let received = || icmp_echoes_received(peer_ns);
     let start = received();
     ping_from(ns, vm.ip, peer.ip, 2);
@@ -203,6 +215,7 @@ fn check_anti_spoofing(lab: &Lab, ns: &str, vm: &VmPort, peer_ns: &str, peer: &V
         "eth0",
     ]);
 
+    // Changing the MAC flushes the neighbour table: restore the entry.
     sh(&[
         "ip",
         "-n",
@@ -213,6 +226,7 @@ fn check_anti_spoofing(lab: &Lab, ns: &str, vm: &VmPort, peer_ns: &str, peer: &V
         "address",
         "02:00:00:00:00:99",
     ]);
+    neighbour();
     ping_from(ns, vm.ip, peer.ip, 3);
     assert_eq!(received(), honest, "packets from a forged MAC arrived");
     sh(&[
@@ -235,5 +249,10 @@ fn check_anti_spoofing(lab: &Lab, ns: &str, vm: &VmPort, peer_ns: &str, peer: &V
         "via",
         &vm.gateway.to_string(),
     ]);
-    eventually("pings flow again with the real MAC", || ping(ns, peer.ip));
+    neighbour();
+    ping_from(ns, vm.ip, peer.ip, 1);
+    assert!(
+        received() > honest,
+        "pings from the real MAC stopped arriving"
+    );
 }
