@@ -28,7 +28,7 @@ struct Cli {
     /// The state store, instead of the one the cluster file names.
     #[arg(long, env = "NETCTL_STATE")]
     state: Option<PathBuf>,
-    /// On error, print the whole chain of causes.
+    /// On error, print the causes one per line (by default they share one line).
     #[arg(long, short = 'v')]
     verbose: bool,
     #[command(subcommand)]
@@ -97,9 +97,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             if cli.verbose {
-                eprintln!("netctl: {error:#}");
+                eprintln!("netctl: {error:?}");
             } else {
-                eprintln!("netctl: {error}");
+                eprintln!("netctl: {error:#}");
             }
             ExitCode::FAILURE
         }

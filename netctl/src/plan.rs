@@ -136,7 +136,8 @@ pub fn plan_host(desired: &HostDesired, actual: &Actual) -> Result<HostPlan, Ovs
             None => plan.ports.push(PortChange::Add((*spec).clone())),
             Some(port)
                 if port.bridge.as_deref() != Some(&spec.bridge)
-                    || port.spec.as_deref() != Some(&spec.spec_hash()) =>
+                    || port.spec.as_deref() != Some(&spec.spec_hash())
+                    || (port.error.is_none() && port.ofport != i64::from(spec.ofport)) =>
             {
                 plan.ports.push(PortChange::Replace((*spec).clone()));
             }
