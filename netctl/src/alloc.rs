@@ -564,3 +564,7 @@ fn vm_record<'a>(state: &'a State, vm: &str) -> Result<&'a PortRecord, AllocErro
         .filter(|r| r.kind == PortKind::Vm)
         .ok_or_else(|| AllocError::UnknownVm { vm: vm.to_string() })
 }
+
+#[cfg(test)]
+#[path = "alloc_tests.rs"]
+mod tests;
