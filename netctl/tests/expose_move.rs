@@ -6,31 +6,8 @@ mod lab;
 use std::path::Path;
 use std::process::Command;
 
-use lab::{Lab, eventually, ping, sh, tcp_echo, tcp_exchange};
+use lab::{Lab, cmd, eventually, ping, tcp_echo, tcp_exchange};
 use netctl::Netctl;
-
-const CLUSTER: &str = r#"
-[[network]]
-name = "research"
-cidr = "10.10.0.0/24"
-gateway = "10.10.0.1"
-tunnel_key = 100
-
-[[project]]
-name = "alpha"
-
-[[vm]]
-name = "a1"
-host = "h1"
-project = "alpha"
-network = "research"
-
-[[vm]]
-name = "a3"
-host = "h3"
-project = "alpha"
-network = "research"
-"#;
 
 /// Runs the netctl binary; returns stdout, or panics with stderr.
 fn netctl_cli(cluster: &Path, args: &[&str]) -> String {
@@ -51,7 +28,8 @@ fn netctl_cli(cluster: &Path, args: &[&str]) -> String {
 #[test]
 fn exposed_port_reaches_only_that_port_and_follows_a_moved_vm() {
     let mut lab = Lab::new("exp", 3);
-    let cluster = lab.write_cluster(CLUSTER);
+    let body = lab::project("alpha", &[]) + &lab::vm("a1", "h1", "alpha", None);
+    let cluster = lab.write_cluster(&(body + &lab::vm("a3", "h3", "alpha", None)));
     netctl_cli(&cluster, &["apply"]);
     let netctl = Netctl::open(&cluster).expect("cluster file");
     let a1 = netctl.port("a1").expect("a1");
@@ -79,16 +57,7 @@ fn exposed_port_reaches_only_that_port_and_follows_a_moved_vm() {
         !tcp_echo(&client, h1, 20001),
         "an unexposed pool port answered"
     );
-    sh(&[
-        "ip",
-        "-n",
-        &client,
-        "route",
-        "add",
-        "10.10.0.0/24",
-        "via",
-        &h1.to_string(),
-    ]);
+    cmd(&format!("ip -n {client} route add 10.10.0.0/24 via {h1}"));
     assert_eq!(
         tcp_exchange(&client, a1.ip, 80, "hello"),
         "",

@@ -8,41 +8,16 @@ use std::process::Command;
 use lab::{Lab, eventually, ping};
 use netctl::{Error, Netctl};
 
-const NETWORK: &str = r#"
-[[network]]
-name = "research"
-cidr = "10.10.0.0/24"
-gateway = "10.10.0.1"
-tunnel_key = 100
-
-[[project]]
-name = "alpha"
-
-[[vm]]
-name = "a1"
-host = "h1"
-project = "alpha"
-network = "research"
-
-[[vm]]
-name = "a2"
-host = "h2"
-project = "alpha"
-network = "research"
-"#;
-
-const EXTRA_VM: &str = r#"
-[[vm]]
-name = "a5"
-host = "h1"
-project = "alpha"
-network = "research"
-"#;
+/// alpha with a1 on h1 and a2 on h2, and maybe more VMs.
+fn cluster_body(extra: &str) -> String {
+    let vms = lab::vm("a1", "h1", "alpha", None) + &lab::vm("a2", "h2", "alpha", None);
+    lab::project("alpha", &[]) + &vms + extra
+}
 
 #[test]
 fn stopped_vswitchd_changes_nothing_and_a_failed_step_converges_later() {
     let mut lab = Lab::new("flt", 2);
-    let cluster = lab.write_cluster(NETWORK);
+    let cluster = lab.write_cluster(&cluster_body(""));
     let netctl = Netctl::open(&cluster).expect("cluster file");
     netctl.apply().expect("first apply");
     let (a1, a2) = (
@@ -54,19 +29,12 @@ fn stopped_vswitchd_changes_nothing_and_a_failed_step_converges_later() {
 
     // h2's vswitchd stops; the file gains a VM, which would change both hosts.
     lab.stop_vswitchd(1);
-    let cluster = lab.write_cluster(&format!("{NETWORK}{EXTRA_VM}"));
+    let cluster = lab.write_cluster(&cluster_body(&lab::vm("a5", "h1", "alpha", None)));
     let netctl = Netctl::open(&cluster).expect("cluster file");
     let state_before = std::fs::read(netctl.store().path()).expect("state file");
     let h1_before = lab.next_cfg(0);
     let error = netctl.apply().expect_err("apply with h2 down");
-    let message = error.to_string();
-    assert!(matches!(error, Error::Unreachable(_)), "{message}");
-    assert!(
-        message.contains("host `h2`")
-            && message.contains("br-int.mgmt")
-            && message.contains("nothing was changed"),
-        "{message}"
-    );
+    lab::assert_unreachable(error, "h2", "br-int.mgmt");
     assert_eq!(
         lab.next_cfg(0),
         h1_before,
@@ -100,20 +68,10 @@ fn stopped_vswitchd_changes_nothing_and_a_failed_step_converges_later() {
 
     // A step that fails on h1 only: another port holds the OpenFlow port number netctl's
     // patch port needs on br-phy. h2 is applied, h1 reports the problem.
-    lab.vsctl(0, &["del-port", "br-phy", "nc-int"]);
+    lab.vsctl(0, "del-port br-phy nc-int");
     lab.vsctl(
         0,
-        &[
-            "add-port",
-            "br-phy",
-            "intruder",
-            "--",
-            "set",
-            "Interface",
-            "intruder",
-            "type=internal",
-            "ofport_request=65000",
-        ],
+        "add-port br-phy intruder -- set Interface intruder type=internal ofport_request=65000",
     );
     let error = netctl
         .apply()
@@ -135,7 +93,7 @@ fn stopped_vswitchd_changes_nothing_and_a_failed_step_converges_later() {
     assert!(status.contains("problem: "), "{status}");
 
     // Once the number is free (OVS may then renumber the port itself), apply converges.
-    lab.vsctl(0, &["del-port", "br-phy", "intruder"]);
+    lab.vsctl(0, "del-port br-phy intruder");
     netctl.apply().expect("apply once the port number is free");
     assert_eq!(netctl.apply().expect("again").change_count(), 0);
     let status = netctl.status().expect("status").to_string();

@@ -1,9 +1,13 @@
-//! Bad input: each a clear error before anything changes. Needs no OVS daemons.
+//! Bad input: each a clear error before anything changes. Needs no OVS daemons (only the
+//! lab's cluster file pieces).
+
+mod lab;
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
+use lab::vm;
 use netctl::{AllocError, Cluster, ConfigError, Error, Netctl, PortRequest};
 
 const HOSTS: &str = r#"
@@ -25,38 +29,22 @@ ovsdb = "unix:/nonexistent/h2/db.sock"
 underlay_ip = "192.168.50.2"
 "#;
 
-const NETWORKS: &str = r#"
-[[network]]
-name = "research"
-cidr = "10.10.0.0/24"
-gateway = "10.10.0.1"
-tunnel_key = 100
-
-[[project]]
-name = "alpha"
-services = ["storaged"]
-
-[[service]]
-name = "storaged"
-host = "h2"
-network = "research"
-address = "10.10.0.2"
-port = 7000
-"#;
+/// The hosts, the research network, project alpha and the storaged service it may use.
+fn base() -> String {
+    let project = lab::project("alpha", &["storaged"]);
+    format!(
+        "{HOSTS}{}{project}{}",
+        lab::NETWORK,
+        lab::service("storaged", "h2", "10.10.0.2", 7000)
+    )
+}
 
 fn parse(extra: &str) -> Result<Cluster, ConfigError> {
-    Cluster::parse(&format!("{HOSTS}{NETWORKS}{extra}"), Path::new("/tmp"))
+    Cluster::parse(&(base() + extra), Path::new("/tmp"))
 }
 
 fn error_of(extra: &str) -> String {
     parse(extra).expect_err("invalid cluster file").to_string()
-}
-
-fn vm(name: &str, host: &str, project: &str, address: Option<&str>) -> String {
-    let address = address.map_or(String::new(), |a| format!("address = \"{a}\"\n"));
-    format!(
-        "\n[[vm]]\nname = \"{name}\"\nhost = \"{host}\"\nproject = \"{project}\"\nnetwork = \"research\"\n{address}"
-    )
 }
 
 #[test]
@@ -74,7 +62,7 @@ fn a_valid_file_with_vmctl_fields_loads() {
 
 #[test]
 fn unknown_keys_are_refused_with_their_line() {
-    let text = format!("{HOSTS}{NETWORKS}").replace("cpus = 8", "cpus = 8\ncolour = \"red\"");
+    let text = base().replace("cpus = 8", "cpus = 8\ncolour = \"red\"");
     let error = Cluster::parse(&text, Path::new("/tmp"))
         .expect_err("unknown key")
         .to_string();
@@ -124,7 +112,7 @@ fn bad_ranges_addresses_and_names_are_refused() {
         .expect_err("dup")
         .to_string();
     assert!(error.contains("two host entries are named `h1`"), "{error}");
-    let bad_pool = format!("{HOSTS}{NETWORKS}").replace("20000-20001", "30000-20000");
+    let bad_pool = base().replace("20000-20001", "30000-20000");
     let error = Cluster::parse(&bad_pool, Path::new("/tmp"))
         .expect_err("pool")
         .to_string();
@@ -133,7 +121,7 @@ fn bad_ranges_addresses_and_names_are_refused() {
 
 /// A controller over a temporary state store (no OVS is contacted by allocation).
 fn controller(dir: &Path, extra: &str) -> Netctl {
-    let text = format!("{HOSTS}{NETWORKS}{extra}");
+    let text = base() + extra;
     let cluster = Cluster::parse(&text, dir).expect("valid");
     Netctl::new(cluster).expect("controller")
 }
@@ -195,8 +183,7 @@ fn exhausted_pools_and_taken_addresses_change_nothing() {
 #[test]
 fn a_full_network_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let small = NETWORKS.replace("10.10.0.0/24", "10.10.0.0/29");
-    let text = format!("{HOSTS}{small}");
+    let text = base().replace("10.10.0.0/24", "10.10.0.0/29");
     let netctl =
         Netctl::new(Cluster::parse(&text, dir.path()).expect("valid")).expect("controller");
     // A /29 has 6 usable addresses: the gateway and storaged hold two.
@@ -227,7 +214,7 @@ fn a_full_network_is_a_clear_error() {
 #[test]
 fn concurrent_runs_never_hand_out_the_same_address() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let text = Arc::new(format!("{HOSTS}{NETWORKS}"));
+    let text = Arc::new(base());
     let dir_path = Arc::new(dir.path().to_path_buf());
     let threads: Vec<_> = (0..8)
         .map(|t| {
@@ -298,14 +285,7 @@ fn an_unreachable_database_is_an_error_before_anything_changes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let netctl = controller(dir.path(), &vm("a1", "h1", "alpha", None));
     let error = netctl.apply().expect_err("no database");
-    let message = error.to_string();
-    assert!(matches!(error, Error::Unreachable(_)), "{message}");
-    assert!(
-        message.contains("host `h1`")
-            && message.contains("database connection failed")
-            && message.contains("nothing was changed"),
-        "{message}"
-    );
+    lab::assert_unreachable(error, "h1", "database connection failed");
     assert!(
         !netctl.store().path().exists(),
         "the state store was written"
@@ -335,11 +315,7 @@ fn cli_errors_are_one_line_and_help_lists_the_commands() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let cluster = dir.path().join("cluster.toml");
-    std::fs::write(
-        &cluster,
-        format!("{HOSTS}{NETWORKS}{}", vm("a1", "h9", "alpha", None)),
-    )
-    .expect("write");
+    std::fs::write(&cluster, base() + &vm("a1", "h9", "alpha", None)).expect("write");
     for args in [
         vec!["plan"],
         vec!["vm", "show", "a1"],

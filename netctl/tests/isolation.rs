@@ -3,30 +3,8 @@
 
 mod lab;
 
-use lab::{Lab, eventually, icmp_echoes_received, ping, ping_from, sh, tcp_echo};
+use lab::{Lab, cmd, eventually, icmp_echoes_received, ping, ping_from, tcp_echo};
 use netctl::{Netctl, VmPort};
-
-const NETWORK: &str = r#"
-[[network]]
-name = "research"
-cidr = "10.10.0.0/24"
-gateway = "10.10.0.1"
-tunnel_key = 100
-
-[[project]]
-name = "alpha"
-services = ["storaged"]
-
-[[project]]
-name = "beta"
-
-[[service]]
-name = "storaged"
-host = "h2"
-network = "research"
-address = "10.10.0.2"
-port = 7000
-"#;
 
 const VMS: [(&str, &str, &str); 5] = [
     ("a1", "h1", "alpha"),
@@ -36,18 +14,20 @@ const VMS: [(&str, &str, &str); 5] = [
     ("b3", "h3", "beta"),
 ];
 
-fn vm_toml(vms: &[(&str, &str, &str)]) -> String {
-    vms.iter()
-        .map(|(name, host, project)| {
-            format!("[[vm]]\nname = \"{name}\"\nhost = \"{host}\"\nproject = \"{project}\"\nnetwork = \"research\"\n\n")
-        })
-        .collect()
+/// Two projects, alpha allowed to use storaged on h2, and the VMs.
+fn cluster_body(vms: &[(&str, &str, &str)]) -> String {
+    let mut body = lab::project("alpha", &["storaged"]) + &lab::project("beta", &[]);
+    body += &lab::service("storaged", "h2", "10.10.0.2", 7000);
+    for (name, host, project) in vms {
+        body += &lab::vm(name, host, project, None);
+    }
+    body
 }
 
 #[test]
 fn projects_are_isolated_spoofing_is_dropped_and_apply_converges() {
     let mut lab = Lab::new("iso", 3);
-    let cluster = lab.write_cluster(&format!("{NETWORK}\n{}", vm_toml(&VMS)));
+    let cluster = lab.write_cluster(&cluster_body(&VMS));
     let netctl = Netctl::open(&cluster).expect("cluster file");
 
     let first = netctl.apply().expect("first apply");
@@ -76,20 +56,7 @@ fn projects_are_isolated_spoofing_is_dropped_and_apply_converges() {
     // neighbour entry (so it is the flows that stop it, not ARP).
     assert!(!ping(&ns_b2, a1.ip), "beta reached alpha across hosts");
     assert!(!ping(&ns_b3, a3.ip), "beta reached alpha on the same host");
-    sh(&[
-        "ip",
-        "-n",
-        &ns_b3,
-        "neigh",
-        "replace",
-        &a3.ip.to_string(),
-        "lladdr",
-        &a3.mac.to_string(),
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
+    lab::static_neighbour(&ns_b3, &a3);
     let before = icmp_echoes_received(&ns_a3);
     ping_from(&ns_b3, b3.ip, a3.ip, 3);
     assert_eq!(
@@ -144,12 +111,12 @@ fn projects_are_isolated_spoofing_is_dropped_and_apply_converges() {
     assert_eq!(before, after, "the second apply touched OVS");
 
     // What leaves the file is removed: b3's port, its flows and its allocation.
-    let cluster = lab.write_cluster(&format!("{NETWORK}\n{}", vm_toml(&VMS[..3])));
+    let cluster = lab.write_cluster(&cluster_body(&VMS[..4]));
     let netctl = Netctl::open(&cluster).expect("cluster file");
     assert!(netctl.plan().expect("plan").change_count() > 0);
     netctl.apply().expect("apply without b3");
     let h3 = lab.host_index("h3");
-    let ports_h3 = lab.vsctl(h3, &["list-ports", "br-int"]);
+    let ports_h3 = lab.vsctl(h3, "list-ports br-int");
     assert!(
         !ports_h3.lines().any(|p| p == b3.interface),
         "b3's port stayed: {ports_h3}"
@@ -167,89 +134,31 @@ fn projects_are_isolated_spoofing_is_dropped_and_apply_converges() {
 /// sender holds a static neighbour entry for the peer, so it sends IP without ARP (whose
 /// anti-spoofing is a separate rule).
 fn check_anti_spoofing(ns: &str, vm: &VmPort, peer_ns: &str, peer: &VmPort) {
-    let (peer_ip, peer_mac) = (peer.ip.to_string(), peer.mac.to_string());
-    let neighbour = || {
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "neigh",
-            "replace",
-            &peer_ip,
-            "lladdr",
-            &peer_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
-    };
-    neighbour();
+    lab::static_neighbour(ns, peer);
     let received = || icmp_echoes_received(peer_ns);
     let start = received();
     ping_from(ns, vm.ip, peer.ip, 2);
     let honest = received();
     assert!(honest > start, "the control pings did not arrive");
 
-    let forged = "10.10.0.99".parse().expect("address");
-    sh(&[
-        "ip",
-        "-n",
-        ns,
-        "addr",
-        "add",
-        "10.10.0.99/24",
-        "dev",
-        "eth0",
-    ]);
-    ping_from(ns, forged, peer.ip, 3);
+    cmd(&format!("ip -n {ns} addr add 10.10.0.99/24 dev eth0"));
+    ping_from(ns, "10.10.0.99".parse().expect("address"), peer.ip, 3);
     assert_eq!(received(), honest, "packets from a forged address arrived");
-    sh(&[
-        "ip",
-        "-n",
-        ns,
-        "addr",
-        "del",
-        "10.10.0.99/24",
-        "dev",
-        "eth0",
-    ]);
+    cmd(&format!("ip -n {ns} addr del 10.10.0.99/24 dev eth0"));
 
     // Changing the MAC flushes the neighbour table: restore the entry.
-    sh(&[
-        "ip",
-        "-n",
-        ns,
-        "link",
-        "set",
-        "eth0",
-        "address",
-        "02:00:00:00:00:99",
-    ]);
-    neighbour();
+    cmd(&format!(
+        "ip -n {ns} link set eth0 address 02:00:00:00:00:99"
+    ));
+    lab::static_neighbour(ns, peer);
     ping_from(ns, vm.ip, peer.ip, 3);
     assert_eq!(received(), honest, "packets from a forged MAC arrived");
-    sh(&[
-        "ip",
-        "-n",
-        ns,
-        "link",
-        "set",
-        "eth0",
-        "address",
-        &vm.mac.to_string(),
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        ns,
-        "route",
-        "replace",
-        "default",
-        "via",
-        &vm.gateway.to_string(),
-    ]);
-    neighbour();
+    cmd(&format!("ip -n {ns} link set eth0 address {}", vm.mac));
+    cmd(&format!(
+        "ip -n {ns} route replace default via {}",
+        vm.gateway
+    ));
+    lab::static_neighbour(ns, peer);
     ping_from(ns, vm.ip, peer.ip, 1);
     assert!(
         received() > honest,

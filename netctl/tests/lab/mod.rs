@@ -7,8 +7,9 @@
 //! Everything the lab makes is removed when it is dropped, also when a test fails: processes
 //! it started (killed by PID), namespaces (with their veths and bridges) and the temporary
 //! directory.
-#![allow(dead_code)]
+#![allow(dead_code)] // Each test crate uses a part of the helpers.
 
+mod toml;
 mod traffic;
 
 use std::net::Ipv4Addr;
@@ -17,10 +18,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub use toml::*;
+#[allow(unused_imports)] // Tests that use no traffic helpers (input.rs).
 pub use traffic::*;
 
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
-const UNDERLAY_PREFIX_LEN: u8 = 24;
 /// Labs run one at a time: three vswitchd per lab are plenty for a 2-core machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -44,32 +46,19 @@ pub struct LabHost {
 
 /// Fails (never skips) when the machine lacks what the tests need.
 pub fn require_prerequisites() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        })
-        .unwrap_or_default();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next());
     assert_eq!(
-        uid, "0",
+        uid,
+        Some("0"),
         "netctl integration tests must run as root (namespaces, OVS)"
     );
-    for program in [
-        "ip",
-        "ovsdb-tool",
-        "ovsdb-server",
-        "ovs-vswitchd",
-        "ovs-vsctl",
-        "ovs-ofctl",
-        "ovs-appctl",
-        "ethtool",
-        "ping",
-        "socat",
-        "ss",
-        "timeout",
-    ] {
+    let programs = "ip ovsdb-tool ovsdb-server ovs-vswitchd ovs-vsctl ovs-ofctl ovs-appctl \
+                    ethtool ping socat ss timeout sysctl";
+    for program in programs.split_whitespace() {
         assert!(
             which(program).is_some(),
             "netctl integration tests need `{program}`, which is not installed \
@@ -100,15 +89,19 @@ pub fn run(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
 }
 
-/// Runs a command that must succeed and returns its stdout.
-pub fn sh(args: &[&str]) -> String {
-    let output = run(args);
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+/// Runs a command line (words split at whitespace) that must succeed; returns its stdout.
+pub fn cmd(line: &str) -> String {
+    let output = run(&line.split_whitespace().collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "`{line}` failed: {stderr}");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs a command line (words split at whitespace); returns whether it succeeded.
+pub fn try_cmd(line: &str) -> bool {
+    run(&line.split_whitespace().collect::<Vec<_>>())
+        .status
+        .success()
 }
 
 /// Waits (bounded in time and tries) until `check` holds.
@@ -126,6 +119,20 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// Checks that an operation failed before changing anything because `host` could not be
+/// read, with `detail` in the message.
+pub fn assert_unreachable(error: netctl::Error, host: &str, detail: &str) {
+    let message = error.to_string();
+    assert!(matches!(error, netctl::Error::Unreachable(_)), "{message}");
+    let host = format!("host `{host}`");
+    for expected in [host.as_str(), detail, "nothing was changed"] {
+        assert!(
+            message.contains(expected),
+            "`{expected}` missing in: {message}"
+        );
+    }
+}
+
 impl Lab {
     /// A lab of `host_count` hosts named h1, h2, ...; `tag` makes namespace names unique.
     pub fn new(tag: &str, host_count: usize) -> Lab {
@@ -133,23 +140,20 @@ impl Lab {
         let serial = SERIAL
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let prefix = format!("nc{tag}{}", std::process::id() % 100_000);
         let mut lab = Lab {
+            prefix: format!("nc{tag}{}", std::process::id() % 100_000),
             dir: tempfile::Builder::new()
                 .prefix("netctl-lab-")
                 .tempdir()
                 .expect("temp dir"),
-            prefix,
             hosts: Vec::new(),
             namespaces: Vec::new(),
             children: Vec::new(),
             _serial: serial,
         };
         let underlay = lab.add_namespace("u");
-        sh(&[
-            "ip", "-n", &underlay, "link", "add", "br0", "type", "bridge",
-        ]);
-        sh(&["ip", "-n", &underlay, "link", "set", "br0", "up"]);
+        cmd(&format!("ip -n {underlay} link add br0 type bridge"));
+        cmd(&format!("ip -n {underlay} link set br0 up"));
         for i in 1..=host_count {
             lab.add_host(i);
         }
@@ -158,24 +162,21 @@ impl Lab {
 
     fn add_namespace(&mut self, suffix: &str) -> String {
         let name = format!("{}-{suffix}", self.prefix);
-        let _ = run(&["ip", "netns", "del", &name]);
-        sh(&["ip", "netns", "add", &name]);
+        let _ = try_cmd(&format!("ip netns del {name}"));
+        cmd(&format!("ip netns add {name}"));
         self.namespaces.push(name.clone());
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        cmd(&format!("ip -n {name} link set lo up"));
         name
     }
 
     /// Joins a namespace to the underlay bridge through a veth whose end there is `ifname`.
     fn join_underlay(&self, ns: &str, ifname: &str, link: &str) {
         let underlay = format!("{}-u", self.prefix);
-        sh(&[
-            "ip", "-n", &underlay, "link", "add", link, "mtu", "1600", "type", "veth", "peer",
-            "name", ifname, "netns", ns,
-        ]);
-        sh(&[
-            "ip", "-n", &underlay, "link", "set", link, "master", "br0", "up",
-        ]);
-        sh(&["ip", "-n", ns, "link", "set", ifname, "mtu", "1600", "up"]);
+        cmd(&format!(
+            "ip -n {underlay} link add {link} mtu 1600 type veth peer name {ifname} netns {ns}"
+        ));
+        cmd(&format!("ip -n {underlay} link set {link} master br0 up"));
+        cmd(&format!("ip -n {ns} link set {ifname} mtu 1600 up"));
     }
 
     fn add_host(&mut self, i: usize) {
@@ -183,90 +184,65 @@ impl Lab {
         let ns = self.add_namespace(&name);
         let run_dir = self.dir.path().join(&name);
         std::fs::create_dir_all(&run_dir).expect("host run dir");
-        let host = LabHost {
+        self.join_underlay(&ns, "phy0", &format!("u{i}"));
+        // The kernel must leave the underlay port to OVS: no ARP or IPv6 of its own there.
+        cmd(&format!("ip -n {ns} link set phy0 arp off"));
+        cmd(&format!(
+            "ip netns exec {ns} sysctl -qw net.ipv6.conf.phy0.disable_ipv6=1"
+        ));
+        cmd(&format!(
+            "ovsdb-tool create {}/conf.db {SCHEMA}",
+            run_dir.display()
+        ));
+        self.hosts.push(LabHost {
             name,
-            ns: ns.clone(),
+            ns,
             ip: Ipv4Addr::new(192, 168, 50, i as u8),
             run_dir,
             ovsdb: None,
             vswitchd: None,
-        };
-        self.join_underlay(&ns, "phy0", &format!("u{i}"));
-        // The kernel must leave the underlay port to OVS: no ARP or IPv6 of its own there.
-        sh(&["ip", "-n", &ns, "link", "set", "phy0", "arp", "off"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.phy0.disable_ipv6=1",
-        ]);
-        let db = host.run_dir.join("conf.db");
-        sh(&["ovsdb-tool", "create", &db.to_string_lossy(), SCHEMA]);
-        self.hosts.push(host);
+        });
         let index = self.hosts.len() - 1;
         self.start_ovsdb(index);
-        self.vsctl(index, &["--no-wait", "init"]);
+        self.vsctl(index, "--no-wait init");
         self.start_vswitchd(index);
-        let hwaddr = format!("other_config:hwaddr=02:aa:00:00:00:{i:02x}");
+        // br-phy gets its own MAC, so the kernel does not take the host's traffic on phy0.
         self.vsctl(
             index,
-            &[
-                "add-br",
-                "br-phy",
-                "--",
-                "set",
-                "Bridge",
-                "br-phy",
-                "datapath_type=netdev",
-                &hwaddr,
-                "--",
-                "add-port",
-                "br-phy",
-                "phy0",
-                "--",
-                "set",
-                "Interface",
-                "br-phy",
-                "mtu_request=1600",
-            ],
+            &format!(
+                "add-br br-phy -- set Bridge br-phy datapath_type=netdev \
+                 other_config:hwaddr=02:aa:00:00:00:{i:02x} -- add-port br-phy phy0 \
+                 -- set Interface br-phy mtu_request=1600"
+            ),
         );
         self.configure_underlay_address(index);
     }
 
     /// Puts the host's address on br-phy and tells OVS's router about the underlay.
     fn configure_underlay_address(&self, index: usize) {
-        let host = &self.hosts[index];
-        let address = format!("{}/{UNDERLAY_PREFIX_LEN}", host.ip);
+        let LabHost {
+            ns, ip, run_dir, ..
+        } = &self.hosts[index];
         wait_until("br-phy device", Duration::from_secs(10), || {
-            run(&["ip", "-n", &host.ns, "link", "show", "br-phy"])
-                .status
-                .success()
+            try_cmd(&format!("ip -n {ns} link show br-phy"))
         });
-        sh(&[
-            "ip", "-n", &host.ns, "addr", "replace", &address, "dev", "br-phy",
-        ]);
-        sh(&["ip", "-n", &host.ns, "link", "set", "br-phy", "up"]);
-        let ctl = host.run_dir.join("ovs-vswitchd.ctl");
-        sh(&[
-            "ovs-appctl",
-            "-t",
-            &ctl.to_string_lossy(),
-            "ovs/route/add",
-            "192.168.50.0/24",
-            "br-phy",
-        ]);
+        cmd(&format!("ip -n {ns} addr replace {ip}/24 dev br-phy"));
+        cmd(&format!("ip -n {ns} link set br-phy up"));
+        let ctl = run_dir.join("ovs-vswitchd.ctl");
+        cmd(&format!(
+            "ovs-appctl -t {} ovs/route/add 192.168.50.0/24 br-phy",
+            ctl.display()
+        ));
     }
 
-    fn spawn_in(&self, ns: &str, run_dir: &Path, args: &[&str]) -> Child {
-        let program = which(args[0]).unwrap_or_else(|| panic!("no {}", args[0]));
-        let program = program.to_string_lossy().into_owned();
-        let mut all = vec!["netns", "exec", ns, program.as_str()];
-        all.extend(&args[1..]);
+    /// Starts an OVS daemon of a host in its namespace, with the host's run directory.
+    fn spawn_daemon(&self, index: usize, program: &str, args: &[String]) -> Child {
+        let LabHost { ns, run_dir, .. } = &self.hosts[index];
+        let path = which(program).unwrap_or_else(|| panic!("no {program}"));
         Command::new(which("ip").expect("ip"))
-            .args(&all)
+            .args(["netns", "exec", ns])
+            .arg(path)
+            .args(args)
             .env("OVS_RUNDIR", run_dir)
             .env("OVS_LOGDIR", run_dir)
             .env("OVS_DBDIR", run_dir)
@@ -274,24 +250,17 @@ impl Lab {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"))
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
     }
 
     fn start_ovsdb(&mut self, index: usize) {
-        let host = &self.hosts[index];
-        let dir = host.run_dir.to_string_lossy().into_owned();
-        let child = self.spawn_in(
-            &host.ns,
-            &host.run_dir,
-            &[
-                "ovsdb-server",
-                &format!("{dir}/conf.db"),
-                &format!("--remote=punix:{dir}/db.sock"),
-                &format!("--unixctl={dir}/ovsdb-server.ctl"),
-                &format!("--log-file={dir}/ovsdb-server.log"),
-            ],
+        let dir = self.hosts[index].run_dir.display().to_string();
+        let args = format!(
+            "{dir}/conf.db --remote=punix:{dir}/db.sock --unixctl={dir}/ovsdb-server.ctl \
+             --log-file={dir}/ovsdb-server.log"
         );
-        self.hosts[index].ovsdb = Some(child);
+        let args: Vec<String> = args.split_whitespace().map(str::to_string).collect();
+        self.hosts[index].ovsdb = Some(self.spawn_daemon(index, "ovsdb-server", &args));
         let socket = self.hosts[index].run_dir.join("db.sock");
         wait_until("ovsdb-server socket", Duration::from_secs(10), || {
             socket.exists()
@@ -299,40 +268,24 @@ impl Lab {
     }
 
     pub fn start_vswitchd(&mut self, index: usize) {
-        let host = &self.hosts[index];
-        let dir = host.run_dir.to_string_lossy().into_owned();
-        let child = self.spawn_in(
-            &host.ns,
-            &host.run_dir,
-            &[
-                "ovs-vswitchd",
-                &format!("unix:{dir}/db.sock"),
-                &format!("--unixctl={dir}/ovs-vswitchd.ctl"),
-                &format!("--log-file={dir}/ovs-vswitchd.log"),
-            ],
+        let dir = self.hosts[index].run_dir.display().to_string();
+        let args = format!(
+            "unix:{dir}/db.sock --unixctl={dir}/ovs-vswitchd.ctl --log-file={dir}/ovs-vswitchd.log"
         );
-        self.hosts[index].vswitchd = Some(child);
-        let ctl = format!("{dir}/ovs-vswitchd.ctl");
+        let args: Vec<String> = args.split_whitespace().map(str::to_string).collect();
+        self.hosts[index].vswitchd = Some(self.spawn_daemon(index, "ovs-vswitchd", &args));
         wait_until(
             "ovs-vswitchd control socket",
             Duration::from_secs(10),
-            || run(&["ovs-appctl", "-t", &ctl, "version"]).status.success(),
+            || try_cmd(&format!("ovs-appctl -t {dir}/ovs-vswitchd.ctl version")),
         );
     }
 
-    /// Stops a host's ovs-vswitchd (the database stays up).
+    /// Kills a host's ovs-vswitchd (the database stays up; its sockets stay, refusing).
     pub fn stop_vswitchd(&mut self, index: usize) {
         if let Some(mut child) = self.hosts[index].vswitchd.take() {
             let _ = child.kill();
             let _ = child.wait();
-        }
-        let dir = &self.hosts[index].run_dir;
-        // A killed vswitchd leaves its sockets behind; they no longer answer.
-        for entry in std::fs::read_dir(dir).expect("run dir").flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".mgmt") || name.ends_with(".snoop") || name == "ovs-vswitchd.ctl" {
-                let _ = std::fs::remove_file(entry.path());
-            }
         }
     }
 
@@ -343,69 +296,30 @@ impl Lab {
     }
 
     pub fn db(&self, index: usize) -> String {
-        format!(
-            "unix:{}",
-            self.hosts[index].run_dir.join("db.sock").display()
-        )
+        format!("unix:{}/db.sock", self.hosts[index].run_dir.display())
     }
 
-    pub fn vsctl(&self, index: usize, args: &[&str]) -> String {
-        let db = format!("--db={}", self.db(index));
-        let mut all = vec!["ovs-vsctl", db.as_str(), "--timeout=20"];
-        all.extend(args);
-        sh(&all)
+    /// Runs `ovs-vsctl` against a host's database (words split at whitespace).
+    pub fn vsctl(&self, index: usize, line: &str) -> String {
+        cmd(&format!(
+            "ovs-vsctl --db={} --timeout=20 {line}",
+            self.db(index)
+        ))
     }
 
     /// The flows of a bridge on a host, as `ovs-ofctl dump-flows` prints them.
     pub fn flows(&self, index: usize, bridge: &str) -> String {
-        let target = format!(
-            "unix:{}",
-            self.hosts[index]
-                .run_dir
-                .join(format!("{bridge}.mgmt"))
-                .display()
-        );
-        sh(&[
-            "ovs-ofctl",
-            "-O",
-            "OpenFlow13",
-            "--no-stats",
-            "dump-flows",
-            &target,
-        ])
+        let dir = self.hosts[index].run_dir.display();
+        cmd(&format!(
+            "ovs-ofctl -O OpenFlow13 --no-stats dump-flows unix:{dir}/{bridge}.mgmt"
+        ))
     }
 
     /// The database's change counter of a host: it moves whenever anything is written.
     pub fn next_cfg(&self, index: usize) -> String {
-        self.vsctl(index, &["get", "Open_vSwitch", ".", "next_cfg"])
+        self.vsctl(index, "get Open_vSwitch . next_cfg")
             .trim()
             .to_string()
-    }
-
-    /// The `[[host]]` entries of a cluster file for this lab.
-    pub fn hosts_toml(&self) -> String {
-        let mut text = String::new();
-        for (i, host) in self.hosts.iter().enumerate() {
-            text.push_str(&format!(
-                "[[host]]\nname = \"{}\"\novsdb = \"{}\"\nunderlay_ip = \"{}\"\n\
-                 external_bridge = \"br-phy\"\nlibvirt_uri = \"qemu:///system\"\ncpus = 2\nmemory_mib = 4096\n\n",
-                host.name,
-                self.db(i),
-                host.ip
-            ));
-        }
-        text
-    }
-
-    /// Writes a cluster file into the lab's directory (state beside it) and returns its path.
-    pub fn write_cluster(&self, body: &str) -> PathBuf {
-        let path = self.dir.path().join("cluster.toml");
-        let text = format!(
-            "state = \"state.json\"\nexpose_ports = \"20000-20009\"\n\n{}{body}",
-            self.hosts_toml()
-        );
-        std::fs::write(&path, text).expect("write cluster file");
-        path
     }
 
     pub fn host_index(&self, name: &str) -> usize {
@@ -423,22 +337,16 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for child in &mut self.children {
+        let hosts = self.hosts.iter_mut();
+        let daemons = hosts
+            .flat_map(|h| [h.vswitchd.take(), h.ovsdb.take()])
+            .flatten();
+        for mut child in self.children.drain(..).chain(daemons.collect::<Vec<_>>()) {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for host in &mut self.hosts {
-            for child in [host.vswitchd.take(), host.ovsdb.take()]
-                .into_iter()
-                .flatten()
-            {
-                let mut child = child;
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
         for ns in self.namespaces.iter().rev() {
-            let _ = run(&["ip", "netns", "del", ns]);
+            let _ = try_cmd(&format!("ip netns del {ns}"));
         }
     }
 }

@@ -7,89 +7,61 @@ use std::time::Duration;
 
 use netctl::VmPort;
 
-use super::{Lab, run, sh, wait_until, which};
+use super::{Lab, cmd, try_cmd, wait_until, which};
 
 /// The address of the outside client on the underlay.
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
 
 impl Lab {
-    /// The namespace of a VM (created on first use).
-    pub fn vm_ns(&self, vm: &str) -> String {
-        format!("{}-{vm}", self.prefix)
-    }
-
-    /// Plugs a VM namespace into its port's host, the way a VM's tap would appear: a veth
-    /// whose host end has the port's interface name, with the port's MAC and address inside.
+    /// Plugs a VM namespace (created on first use) into its port's host, the way a VM's tap
+    /// would appear: a veth whose host end has the port's interface name, with the port's MAC
+    /// and address inside.
     pub fn attach(&mut self, port: &VmPort) -> String {
-        let ns = self.vm_ns(&port.vm);
+        let ns = format!("{}-{}", self.prefix, port.vm);
         if !std::path::Path::new("/run/netns").join(&ns).exists() {
-            let suffix = port.vm.clone();
-            self.add_namespace(&suffix);
+            self.add_namespace(&port.vm);
         }
-        let host_ns = self.hosts[self.host_index(&port.host)].ns.clone();
-        sh(&[
-            "ip",
-            "-n",
-            &host_ns,
-            "link",
-            "add",
-            &port.interface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ns,
-        ]);
-        sh(&["ip", "-n", &host_ns, "link", "set", &port.interface, "up"]);
-        let mac = port.mac.to_string();
-        let address = format!("{}/{}", port.ip, port.prefix_len);
-        sh(&["ip", "-n", &ns, "link", "set", "eth0", "address", &mac]);
-        sh(&["ip", "-n", &ns, "addr", "add", &address, "dev", "eth0"]);
-        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &port.gateway.to_string(),
-        ]);
-        sh(&[
-            "ip", "netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off",
-        ]);
+        let host = &self.hosts[self.host_index(&port.host)].ns;
+        let VmPort {
+            interface,
+            mac,
+            ip,
+            prefix_len,
+            gateway,
+            ..
+        } = port;
+        cmd(&format!(
+            "ip -n {host} link add {interface} type veth peer name eth0 netns {ns}"
+        ));
+        cmd(&format!("ip -n {host} link set {interface} up"));
+        cmd(&format!("ip -n {ns} link set eth0 address {mac}"));
+        cmd(&format!("ip -n {ns} addr add {ip}/{prefix_len} dev eth0"));
+        cmd(&format!("ip -n {ns} link set eth0 up"));
+        cmd(&format!("ip -n {ns} route add default via {gateway}"));
+        cmd(&format!("ip netns exec {ns} ethtool -K eth0 tx off"));
         ns
     }
 
     /// Unplugs a VM from its host (as when the VM stops there).
     pub fn detach(&self, port: &VmPort) {
-        let host_ns = &self.hosts[self.host_index(&port.host)].ns;
-        sh(&["ip", "-n", host_ns, "link", "del", &port.interface]);
+        let host = &self.hosts[self.host_index(&port.host)].ns;
+        cmd(&format!("ip -n {host} link del {}", port.interface));
     }
 
     /// A client outside the VM network, on the underlay.
     pub fn client(&mut self) -> String {
         let ns = self.add_namespace("c");
         self.join_underlay(&ns, "eth0", "uc");
-        let address = format!("{CLIENT_IP}/24");
-        sh(&["ip", "-n", &ns, "addr", "add", &address, "dev", "eth0"]);
-        sh(&[
-            "ip", "netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off",
-        ]);
+        cmd(&format!("ip -n {ns} addr add {CLIENT_IP}/24 dev eth0"));
+        cmd(&format!("ip netns exec {ns} ethtool -K eth0 tx off"));
         ns
     }
 
-    /// Starts a TCP echo server on `port` in a namespace; with `banner` it sends that line
+    /// Starts a TCP echo server on `port` in a namespace; with `banner` it sends that word
     /// instead of echoing.
     pub fn serve(&mut self, ns: &str, port: u16, banner: Option<&str>) {
         let listen = format!("TCP-LISTEN:{port},fork,reuseaddr");
-        let reply = match banner {
-            Some(text) => format!("SYSTEM:echo {text}"),
-            None => "PIPE".to_string(),
-        };
+        let reply = banner.map_or("PIPE".to_string(), |word| format!("SYSTEM:echo {word}"));
         let child = Command::new(which("ip").expect("ip"))
             .args(["netns", "exec", ns, "socat", "-T", "5", &listen, &reply])
             .stdin(Stdio::null())
@@ -98,49 +70,31 @@ impl Lab {
             .spawn()
             .expect("start socat");
         self.keep(child);
-        let needle = format!(":{port} ");
         wait_until("echo server listening", Duration::from_secs(10), || {
-            sh(&["ip", "netns", "exec", ns, "ss", "-ltnH"]).contains(&needle)
+            cmd(&format!("ip netns exec {ns} ss -ltnH")).contains(&format!(":{port} "))
         });
     }
 }
 
-/// One ping, one second at most.
-pub fn ping(ns: &str, to: Ipv4Addr) -> bool {
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "1",
-        &to.to_string(),
-    ])
-    .status
-    .success()
+/// A permanent neighbour entry for `peer`, so that `ns` sends to it without asking ARP.
+pub fn static_neighbour(ns: &str, peer: &VmPort) {
+    let VmPort { ip, mac, .. } = peer;
+    cmd(&format!(
+        "ip -n {ns} neigh replace {ip} lladdr {mac} dev eth0 nud permanent"
+    ));
 }
 
-/// Pings from a given source address (which the namespace must hold).
+/// One ping, one second at most.
+pub fn ping(ns: &str, to: Ipv4Addr) -> bool {
+    try_cmd(&format!("ip netns exec {ns} ping -c 1 -W 1 {to}"))
+}
+
+/// Pings from a given source address (which the namespace must hold); the result is not
+/// checked, the receiver's counters are.
 pub fn ping_from(ns: &str, from: Ipv4Addr, to: Ipv4Addr, count: u32) {
-    let _ = run(&[
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "ping",
-        "-c",
-        &count.to_string(),
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-I",
-        &from.to_string(),
-        &to.to_string(),
-    ]);
+    let _ = try_cmd(&format!(
+        "ip netns exec {ns} ping -c {count} -i 0.2 -W 1 -I {from} {to}"
+    ));
 }
 
 /// Sends a line over TCP and returns what came back (empty if the connection failed), at
@@ -171,21 +125,15 @@ pub fn tcp_echo(ns: &str, to: Ipv4Addr, port: u16) -> bool {
 
 /// The ICMP echo requests a namespace's kernel has received.
 pub fn icmp_echoes_received(ns: &str) -> u64 {
-    let snmp = sh(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]);
+    let snmp = cmd(&format!("ip netns exec {ns} cat /proc/net/snmp"));
     let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
     let (names, values) = (
-        icmp.next().expect("Icmp header"),
+        icmp.next().expect("Icmp names"),
         icmp.next().expect("Icmp values"),
     );
-    let position = names
-        .split_whitespace()
-        .position(|n| n == "InEchos")
-        .expect("InEchos column");
-    values
-        .split_whitespace()
-        .nth(position)
-        .and_then(|v| v.parse().ok())
-        .expect("InEchos value")
+    let position = names.split_whitespace().position(|n| n == "InEchos");
+    let value = position.and_then(|p| values.split_whitespace().nth(p));
+    value.and_then(|v| v.parse().ok()).expect("InEchos value")
 }
 
 /// Waits until `check` holds (bounded), for traffic that needs a moment after an apply
