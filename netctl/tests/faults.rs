@@ -8,6 +8,9 @@ use std::process::Command;
 use lab::{Lab, eventually, ping};
 use netctl::{Error, Netctl};
 
+/// This test runs its tunnels over VXLAN (the others use the default, GENEVE).
+const VXLAN: &str = "tunnel = \"vxlan\"";
+
 /// alpha with a1 on h1 and a2 on h2, and maybe more VMs.
 fn cluster_body(extra: &str) -> String {
     let vms = lab::vm("a1", "h1", "alpha", None) + &lab::vm("a2", "h2", "alpha", None);
@@ -17,9 +20,10 @@ fn cluster_body(extra: &str) -> String {
 #[test]
 fn stopped_vswitchd_changes_nothing_and_a_failed_step_converges_later() {
     let mut lab = Lab::new("flt", 2);
-    let cluster = lab.write_cluster(&cluster_body(""));
+    let cluster = lab.write_cluster_with(VXLAN, &cluster_body(""));
     let netctl = Netctl::open(&cluster).expect("cluster file");
     netctl.apply().expect("first apply");
+    assert_eq!(lab.vsctl(0, "get Interface nt-h2 type").trim(), "vxlan");
     let (a1, a2) = (
         netctl.port("a1").expect("a1"),
         netctl.port("a2").expect("a2"),
@@ -29,7 +33,7 @@ fn stopped_vswitchd_changes_nothing_and_a_failed_step_converges_later() {
 
     // h2's vswitchd stops; the file gains a VM, which would change both hosts.
     lab.stop_vswitchd(1);
-    let cluster = lab.write_cluster(&cluster_body(&lab::vm("a5", "h1", "alpha", None)));
+    let cluster = lab.write_cluster_with(VXLAN, &cluster_body(&lab::vm("a5", "h1", "alpha", None)));
     let netctl = Netctl::open(&cluster).expect("cluster file");
     let state_before = std::fs::read(netctl.store().path()).expect("state file");
     let h1_before = lab.next_cfg(0);

@@ -58,9 +58,14 @@ impl Lab {
 
     /// Writes a cluster file into the lab's directory (state beside it) and returns its path.
     pub fn write_cluster(&self, body: &str) -> PathBuf {
+        self.write_cluster_with("", body)
+    }
+
+    /// Writes a cluster file with extra top-level settings (`tunnel = "vxlan"`).
+    pub fn write_cluster_with(&self, settings: &str, body: &str) -> PathBuf {
         let path = self.dir.path().join("cluster.toml");
         let text = format!(
-            "state = \"state.json\"\nexpose_ports = \"20000-20009\"\n{}{NETWORK}{body}",
+            "state = \"state.json\"\nexpose_ports = \"20000-20009\"\n{settings}\n{}{NETWORK}{body}",
             self.hosts_toml()
         );
         std::fs::write(&path, text).expect("write cluster file");
