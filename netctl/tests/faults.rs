@@ -1,0 +1,109 @@
+//! A host whose ovs-vswitchd is stopped, and a step that fails on one host: clear errors,
+//! nothing half-done, and a later apply converges. Root and real OVS; see lab/mod.rs.
+
+mod lab;
+
+use std::process::Command;
+
+use lab::{Lab, eventually, ping};
+use netctl::{Error, Netctl};
+
+/// This test runs its tunnels over VXLAN (the others use the default, GENEVE).
+const VXLAN: &str = "tunnel = \"vxlan\"";
+
+/// alpha with a1 on h1 and a2 on h2, and maybe more VMs.
+fn cluster_body(extra: &str) -> String {
+    let vms = lab::vm("a1", "h1", "alpha", None) + &lab::vm("a2", "h2", "alpha", None);
+    lab::project("alpha", &[]) + &vms + extra
+}
+
+#[test]
+fn stopped_vswitchd_changes_nothing_and_a_failed_step_converges_later() {
+    let mut lab = Lab::new("flt", 2);
+    let cluster = lab.write_cluster_with(VXLAN, &cluster_body(""));
+    let netctl = Netctl::open(&cluster).expect("cluster file");
+    netctl.apply().expect("first apply");
+    assert_eq!(lab.vsctl(0, "get Interface nt-h2 type").trim(), "vxlan");
+    let (a1, a2) = (
+        netctl.port("a1").expect("a1"),
+        netctl.port("a2").expect("a2"),
+    );
+    let (ns_a1, _ns_a2) = (lab.attach(&a1), lab.attach(&a2));
+    eventually("a1 pings a2", || ping(&ns_a1, a2.ip));
+
+    // h2's vswitchd stops; the file gains a VM, which would change both hosts.
+    lab.stop_vswitchd(1);
+    let cluster = lab.write_cluster_with(VXLAN, &cluster_body(&lab::vm("a5", "h1", "alpha", None)));
+    let netctl = Netctl::open(&cluster).expect("cluster file");
+    let state_before = std::fs::read(netctl.store().path()).expect("state file");
+    let h1_before = lab.next_cfg(0);
+    let error = netctl.apply().expect_err("apply with h2 down");
+    lab::assert_unreachable(error, "h2", "br-int.mgmt");
+    assert_eq!(
+        lab.next_cfg(0),
+        h1_before,
+        "h1 changed although h2 could not be read"
+    );
+    assert_eq!(
+        std::fs::read(netctl.store().path()).expect("state"),
+        state_before
+    );
+
+    // The command line says the same in one line, and status shows the host as unreachable.
+    let output = Command::new(env!("CARGO_BIN_EXE_netctl"))
+        .arg("--cluster")
+        .arg(&cluster)
+        .arg("apply")
+        .output()
+        .expect("run netctl");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("host `h2`"), "{stderr}");
+    let status = netctl.status().expect("status").to_string();
+    assert!(status.contains("host h2: UNREACHABLE"), "{status}");
+    assert!(status.contains("drift: "), "{status}");
+
+    // Back up: apply converges, traffic flows, and a second apply has nothing to do.
+    lab.restart_vswitchd(1);
+    netctl.apply().expect("apply after the restart");
+    eventually("a1 pings a2 after the restart", || ping(&ns_a1, a2.ip));
+    assert_eq!(netctl.apply().expect("again").change_count(), 0);
+
+    // A step that fails on h1 only: another port holds the OpenFlow port number netctl's
+    // patch port needs on br-phy. h2 is applied, h1 reports the problem.
+    lab.vsctl(0, "del-port br-phy nc-int");
+    lab.vsctl(
+        0,
+        "add-port br-phy intruder -- set Interface intruder type=internal ofport_request=65000",
+    );
+    let error = netctl
+        .apply()
+        .expect_err("apply with the port number taken");
+    let message = error.to_string();
+    match &error {
+        Error::Apply { failed, applied } => {
+            assert_eq!(failed.len(), 1, "{message}");
+            assert_eq!(failed[0].host, "h1", "{message}");
+            assert_eq!(applied, &["h2".to_string()], "{message}");
+        }
+        other => panic!("expected a failed apply, got: {other}"),
+    }
+    assert!(
+        message.contains("65000") && message.contains("apply again"),
+        "{message}"
+    );
+    let status = netctl.status().expect("status").to_string();
+    assert!(status.contains("problem: "), "{status}");
+
+    // Once the number is free (OVS may then renumber the port itself), apply converges.
+    lab.vsctl(0, "del-port br-phy intruder");
+    netctl.apply().expect("apply once the port number is free");
+    assert_eq!(netctl.apply().expect("again").change_count(), 0);
+    let status = netctl.status().expect("status").to_string();
+    assert!(
+        !status.contains("problem: ") && !status.contains("UNREACHABLE"),
+        "{status}"
+    );
+    eventually("a1 pings a2 at the end", || ping(&ns_a1, a2.ip));
+}
