@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --release -p storaged --bin storaged
-cargo run --quiet --release -p benches --bin storaged -- "$@"
+cargo run --quiet --release -p benches --bin bench-storaged -- "$@"

@@ -56,6 +56,8 @@ pub type Passphrase = Zeroizing<Vec<u8>>;
 #[derive(Debug, Clone, Default)]
 pub struct PassphraseSource {
     pub file: Option<PathBuf>,
+    /// Read one line from standard input (a parent process hands the passphrase over).
+    pub stdin: bool,
 }
 
 impl PassphraseSource {
@@ -63,6 +65,16 @@ impl PassphraseSource {
     pub fn read(&self, prompt: &str, confirm: bool) -> Result<Passphrase, KeystoreError> {
         let passphrase = if let Some(path) = &self.file {
             read_passphrase_file(path)?
+        } else if self.stdin {
+            let mut line = Zeroizing::new(String::new());
+            io::stdin()
+                .read_line(&mut line)
+                .map_err(|source| KeystoreError::Io {
+                    action: "reading the passphrase from",
+                    path: PathBuf::from("standard input"),
+                    source,
+                })?;
+            Zeroizing::new(line.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
         } else if let Some(value) = std::env::var_os(PASSPHRASE_ENV) {
             Zeroizing::new(value.into_encoded_bytes())
         } else if io::stdin().is_terminal() {
@@ -269,6 +281,7 @@ mod tests {
         fs::write(&path, b"secret words\n").expect("write");
         let source = PassphraseSource {
             file: Some(path.clone()),
+            ..Default::default()
         };
         assert_eq!(&source.read("", false).expect("read")[..], b"secret words");
         fs::write(&path, b"\n").expect("write");

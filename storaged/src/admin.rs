@@ -52,6 +52,7 @@ impl KeyArgs {
     fn source(&self) -> PassphraseSource {
         PassphraseSource {
             file: self.passphrase_file.clone(),
+            ..Default::default()
         }
     }
 }

@@ -151,6 +151,32 @@ fn dependency_rules_hold() {
     );
 }
 
+/// Binaries share one target directory: two with one name would overwrite each other (a
+/// benchmark named `storaged` once replaced the daemon and started itself recursively).
+#[test]
+fn binary_names_are_unique() {
+    let metadata = workspace_metadata();
+    let mut seen = BTreeMap::new();
+    for package in metadata["packages"].as_array().expect("packages") {
+        for target in package["targets"].as_array().expect("targets") {
+            let is_bin = target["kind"]
+                .as_array()
+                .expect("kind")
+                .iter()
+                .any(|k| k == "bin");
+            if !is_bin {
+                continue;
+            }
+            let name = target["name"].as_str().expect("name").to_string();
+            let owner = package["name"].as_str().expect("package").to_string();
+            if let Some(other) = seen.insert(name.clone(), owner.clone()) {
+                panic!("binary {name} is built by both {other} and {owner}");
+            }
+        }
+    }
+    assert!(seen.contains_key("storaged") && seen.contains_key("vaultfs"));
+}
+
 /// The checker itself finds each kind of violation, so that the test above can fail.
 #[test]
 fn checker_finds_broken_rules() {

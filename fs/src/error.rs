@@ -1,0 +1,103 @@
+//! The client's errors, and the one place that turns them into errno values.
+
+use client::ClientError;
+use proto::ErrorKind;
+
+/// Why a filesystem operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FsError {
+    /// The server refused or could not do it.
+    #[error("{message}")]
+    Remote { kind: ErrorKind, message: String },
+    /// A chunk did not open: tampered with, rolled back, truncated or corrupted. The reader
+    /// gets EIO, never the chunk's bytes.
+    #[error("chunk {index} of file {ino:016x} failed its integrity check: {reason}")]
+    Integrity {
+        ino: u64,
+        index: u64,
+        reason: String,
+    },
+    /// The file's key could not be obtained or opened.
+    #[error("no usable key for file {ino:016x}: {reason}")]
+    Key { ino: u64, reason: String },
+    /// Something the kernel or caller asked for that the vault does not do or allow.
+    #[error("{1}")]
+    Local(ErrorKind, String),
+}
+
+impl FsError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FsError::Remote { kind, .. } | FsError::Local(kind, _) => *kind,
+            FsError::Integrity { .. } => ErrorKind::BadChunk,
+            FsError::Key { .. } => ErrorKind::AccessDenied,
+        }
+    }
+
+    pub fn local(kind: ErrorKind, message: impl Into<String>) -> FsError {
+        FsError::Local(kind, message.into())
+    }
+}
+
+impl From<ClientError> for FsError {
+    fn from(error: ClientError) -> Self {
+        FsError::Remote {
+            kind: error.kind(),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<tonic::Status> for FsError {
+    fn from(status: tonic::Status) -> Self {
+        ClientError::from(status).into()
+    }
+}
+
+/// The errno for an error: the only mapping from errors to errno in the client.
+pub fn errno(error: &FsError) -> i32 {
+    match error.kind() {
+        ErrorKind::NotFound => libc::ENOENT,
+        ErrorKind::Exists => libc::EEXIST,
+        ErrorKind::NotEmpty => libc::ENOTEMPTY,
+        ErrorKind::NotDirectory => libc::ENOTDIR,
+        ErrorKind::IsDirectory => libc::EISDIR,
+        ErrorKind::NameTooLong => libc::ENAMETOOLONG,
+        ErrorKind::Invalid => libc::EINVAL,
+        ErrorKind::AccessDenied => libc::EACCES,
+        ErrorKind::TooLarge => libc::EFBIG,
+        ErrorKind::NoData => libc::ENODATA,
+        ErrorKind::NotSupported => libc::EPERM,
+        ErrorKind::Loop => libc::ELOOP,
+        ErrorKind::StaleGeneration
+        | ErrorKind::Conflict
+        | ErrorKind::BadChunk
+        | ErrorKind::Unauthenticated
+        | ErrorKind::Unavailable
+        | ErrorKind::Internal
+        | ErrorKind::Unspecified => libc::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_an_errno() {
+        for code in 0..=18 {
+            let kind = ErrorKind::try_from(code).expect("a known kind");
+            assert!(errno(&FsError::local(kind, "x")) > 0);
+        }
+        let integrity = FsError::Integrity {
+            ino: 1,
+            index: 0,
+            reason: "flipped".into(),
+        };
+        assert_eq!(errno(&integrity), libc::EIO);
+        assert_eq!(
+            errno(&FsError::local(ErrorKind::AccessDenied, "no")),
+            libc::EACCES
+        );
+    }
+}

@@ -1,0 +1,774 @@
+//! One file's contents as this client sees them: committed chunks (read through the cache),
+//! dirty chunks (written here, not committed yet), and the flush that seals, uploads and
+//! commits them in one compare-and-swap.
+//!
+//! A stream of small writes into one chunk costs one seal and one upload, at flush time (close,
+//! fsync, eviction, unmount). Full chunks that the file has grown past are sealed and uploaded
+//! in the background while the writer goes on ("write-behind"); the commit that makes them
+//! current still happens at flush, with the file's final size.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crypto::{ChunkCipher, ChunkContext};
+use format::ids::FileId;
+use format::limits::{CHUNK_BYTES, FILE_BYTES_MAX};
+use proto::ErrorKind;
+use proto::v1::{
+    Attr, ChunkCommit, CommitChunksRequest, GetAttrRequest, ListChunksRequest, PutChunkRequest,
+};
+use tokio::task::JoinHandle;
+
+use crate::error::FsError;
+use crate::shared::{ChunkRead, Shared};
+
+pub const CHUNK: u64 = CHUNK_BYTES as u64;
+/// How often a flush re-reads the file and retries after losing a compare-and-swap.
+const FLUSH_ATTEMPTS_MAX: usize = 8;
+
+/// The last chunk index of a file of `size` bytes (none when empty).
+pub fn last_index(size: u64) -> Option<u64> {
+    size.checked_sub(1).map(|s| s / CHUNK)
+}
+
+/// The plaintext length chunk `index` has in a file of `size` bytes.
+fn chunk_len(size: u64, index: u64) -> usize {
+    match last_index(size) {
+        Some(last) if index < last => CHUNK_BYTES,
+        Some(last) if index == last => (size - last * CHUNK) as usize,
+        _ => 0,
+    }
+}
+
+/// Byte ranges within a chunk, kept sorted and merged.
+#[derive(Clone, Debug, Default)]
+struct Ranges(Vec<(usize, usize)>);
+
+impl Ranges {
+    fn add(&mut self, start: usize, end: usize) {
+        self.0.push((start, end));
+        self.0.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.0.len());
+        for &(s, e) in &self.0 {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.0 = merged;
+    }
+
+    fn clip(&mut self, len: usize) {
+        self.0.retain(|r| r.0 < len);
+        for r in &mut self.0 {
+            r.1 = r.1.min(len);
+        }
+    }
+}
+
+/// A sealed copy of a dirty chunk on the server, not committed yet.
+#[derive(Debug)]
+struct Upload {
+    generation: u64,
+    last: bool,
+    len: usize,
+    task: Option<JoinHandle<Result<(), FsError>>>,
+}
+
+#[derive(Debug)]
+struct Dirty {
+    data: Arc<Vec<u8>>,
+    /// What this client wrote into the chunk: re-applied on top of another writer's chunk
+    /// when a commit loses the compare-and-swap.
+    written: Ranges,
+    /// The committed generation the buffer started from (0: none).
+    base: u64,
+    upload: Option<Upload>,
+    /// The highest generation used for this chunk, so that every upload has a new one.
+    last_generation: u64,
+}
+
+/// The state of one file while it is open or has dirty data. Callers hold it locked.
+#[derive(Debug)]
+pub struct FileState {
+    pub ino: u64,
+    pub cipher: Arc<ChunkCipher>,
+    /// The size readers here see: committed size plus local writes and truncations.
+    pub size: u64,
+    pub committed_size: u64,
+    /// The size went down here since the last commit.
+    truncated: bool,
+    /// Committed generation of every stored chunk.
+    generations: BTreeMap<u64, u64>,
+    dirty: BTreeMap<u64, Dirty>,
+    pub version: u64,
+    pub handles: u32,
+    /// Unlinked while open: released on the server when the last handle closes.
+    pub unlinked: bool,
+    /// The index just past the last chunk read, to notice sequential readers.
+    next_sequential: u64,
+}
+
+fn next_generation(base: u64, used: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    now.max(base + 1).max(used + 1)
+}
+
+impl FileState {
+    /// Loads a file's committed state: attributes and chunk generations.
+    pub async fn open(shared: &Shared, ino: u64) -> Result<FileState, FsError> {
+        let cipher = shared.keys.cipher(ino).await?;
+        let mut state = FileState {
+            ino,
+            cipher,
+            size: 0,
+            committed_size: 0,
+            truncated: false,
+            generations: BTreeMap::new(),
+            dirty: BTreeMap::new(),
+            version: 0,
+            handles: 0,
+            unlinked: false,
+            next_sequential: 0,
+        };
+        state.refresh(shared).await?;
+        Ok(state)
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || self.size != self.committed_size || self.truncated
+    }
+
+    /// Re-reads the committed size and chunk map.
+    async fn refresh(&mut self, shared: &Shared) -> Result<Attr, FsError> {
+        let ino = self.ino;
+        let attr = shared
+            .remote
+            .call("get_attr", |mut api| async move {
+                api.get_attr(GetAttrRequest { ino }).await
+            })
+            .await?;
+        let mut generations = BTreeMap::new();
+        let mut from = 0;
+        loop {
+            let page = shared
+                .remote
+                .call("list_chunks", |mut api| async move {
+                    api.list_chunks(ListChunksRequest {
+                        ino,
+                        from_index: from,
+                        limit: 4096,
+                    })
+                    .await
+                })
+                .await?;
+            for chunk in &page.chunks {
+                generations.insert(chunk.index, chunk.generation);
+            }
+            match (page.more, page.chunks.last()) {
+                (true, Some(last)) => from = last.index + 1,
+                _ => break,
+            }
+        }
+        if !self.is_dirty() {
+            self.size = attr.size;
+        } else if !self.truncated {
+            self.size = self.size.max(attr.size);
+        }
+        self.committed_size = attr.size;
+        self.generations = generations;
+        self.version = attr.version;
+        Ok(attr)
+    }
+
+    fn chunk_read(&self, index: u64) -> Option<ChunkRead> {
+        let generation = *self.generations.get(&index)?;
+        Some(ChunkRead {
+            ino: self.ino,
+            index,
+            generation,
+            last: last_index(self.committed_size) == Some(index),
+            len: chunk_len(self.committed_size, index),
+            cipher: self.cipher.clone(),
+        })
+    }
+
+    /// A committed chunk's plaintext; on an integrity failure, re-reads the file once (another
+    /// client may have changed it) before giving up.
+    async fn committed(
+        &mut self,
+        shared: &Shared,
+        index: u64,
+    ) -> Result<Option<Arc<crate::cache::CleanChunk>>, FsError> {
+        let Some(read) = self.chunk_read(index) else {
+            return Ok(None);
+        };
+        match shared.load(&read).await {
+            Ok(chunk) => Ok(Some(chunk)),
+            Err(FsError::Integrity { .. }) => {
+                self.refresh(shared).await?;
+                let Some(read) = self.chunk_read(index) else {
+                    return Ok(None);
+                };
+                shared.load(&read).await.map(Some)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    pub async fn read(
+        &mut self,
+        shared: &Arc<Shared>,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, FsError> {
+        let end = self.size.min(offset.saturating_add(u64::from(len)));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / CHUNK;
+            let within = (pos % CHUNK) as usize;
+            let n = (CHUNK - pos % CHUNK).min(end - pos) as usize;
+            let copied = if let Some(dirty) = self.dirty.get(&index) {
+                copy_out(&mut out, &dirty.data, within, n)
+            } else if let Some(chunk) = self.committed(shared, index).await? {
+                copy_out(&mut out, &chunk.plaintext, within, n)
+            } else {
+                0
+            };
+            out.resize(out.len() + (n - copied), 0);
+            pos += n as u64;
+        }
+        self.prefetch(shared, offset / CHUNK, (end - 1) / CHUNK);
+        Ok(out)
+    }
+
+    /// Reads ahead of a sequential reader, in the background.
+    fn prefetch(&mut self, shared: &Arc<Shared>, first: u64, last: u64) {
+        let sequential =
+            first == self.next_sequential || first + 1 == self.next_sequential || first == 0;
+        self.next_sequential = last + 1;
+        if !sequential {
+            return;
+        }
+        for index in last + 1..=last + shared.limits.prefetch_chunks {
+            if self.dirty.contains_key(&index) {
+                continue;
+            }
+            let Some(read) = self.chunk_read(index) else {
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Err(error) = shared.load(&read).await {
+                    tracing::debug!(%error, "prefetch failed; the reader will retry");
+                }
+            });
+        }
+    }
+
+    /// Makes chunk `index` dirty, starting from its committed content unless `whole` says the
+    /// caller overwrites all of it.
+    async fn make_dirty(
+        &mut self,
+        shared: &Shared,
+        index: u64,
+        whole: bool,
+    ) -> Result<(), FsError> {
+        if self.dirty.contains_key(&index) {
+            return Ok(());
+        }
+        let base = self.generations.get(&index).copied().unwrap_or(0);
+        let content = match (whole, base) {
+            (true, _) | (_, 0) => Vec::new(),
+            _ => self
+                .committed(shared, index)
+                .await?
+                .map(|c| c.plaintext.clone())
+                .unwrap_or_default(),
+        };
+        let base = self.generations.get(&index).copied().unwrap_or(0);
+        shared.add_dirty(content.len());
+        self.dirty.insert(
+            index,
+            Dirty {
+                data: Arc::new(content),
+                written: Ranges::default(),
+                base,
+                upload: None,
+                last_generation: base,
+            },
+        );
+        Ok(())
+    }
+
+    pub async fn write(
+        &mut self,
+        shared: &Arc<Shared>,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), FsError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= FILE_BYTES_MAX)
+            .ok_or_else(|| {
+                FsError::local(
+                    ErrorKind::TooLarge,
+                    "write past the largest file the format holds",
+                )
+            })?;
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / CHUNK;
+            let within = (pos % CHUNK) as usize;
+            let n = (CHUNK - pos % CHUNK).min(end - pos) as usize;
+            self.make_dirty(shared, index, within == 0 && n == CHUNK_BYTES)
+                .await?;
+            let dirty = self.dirty.get_mut(&index).expect("made dirty above");
+            let buffer = Arc::make_mut(&mut dirty.data);
+            if buffer.len() < within + n {
+                shared.add_dirty(within + n - buffer.len());
+                buffer.resize(within + n, 0);
+            }
+            let from = (pos - offset) as usize;
+            buffer[within..within + n].copy_from_slice(&data[from..from + n]);
+            dirty.written.add(within, within + n);
+            dirty.upload = None;
+            pos += n as u64;
+        }
+        self.size = self.size.max(end);
+        self.write_behind(
+            shared,
+            (offset / CHUNK).saturating_sub(1),
+            (end - 1) / CHUNK,
+        );
+        if shared.over_dirty_budget() {
+            self.flush(shared).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts uploading full chunks in `first..=last` that the file has grown past.
+    fn write_behind(&mut self, shared: &Arc<Shared>, first: u64, last: u64) {
+        let Some(file_last) = last_index(self.size) else {
+            return;
+        };
+        for index in first..=last.min(file_last.saturating_sub(1)) {
+            if index >= file_last {
+                break;
+            }
+            let full = self
+                .dirty
+                .get(&index)
+                .is_some_and(|d| d.upload.is_none() && d.data.len() == CHUNK_BYTES);
+            if full {
+                self.start_upload(shared, index, false, CHUNK_BYTES);
+            }
+        }
+    }
+
+    fn start_upload(&mut self, shared: &Arc<Shared>, index: u64, last: bool, len: usize) {
+        let ino = self.ino;
+        let vault = shared.keys.vault();
+        let cipher = self.cipher.clone();
+        let dirty = self.dirty.get_mut(&index).expect("uploading a dirty chunk");
+        let generation = next_generation(dirty.base, dirty.last_generation);
+        dirty.last_generation = generation;
+        let data = dirty.data.clone();
+        let shared = shared.clone();
+        let task = tokio::spawn(async move {
+            let _slot = shared
+                .uploads
+                .acquire()
+                .await
+                .expect("upload semaphore closed");
+            let context = ChunkContext {
+                vault,
+                file: FileId(ino),
+                index,
+                generation,
+                last,
+            };
+            let sealed =
+                tokio::task::spawn_blocking(move || crypto::seal(&cipher, &context, &data[..len]))
+                    .await
+                    .expect("sealing task panicked")
+                    .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
+            let sealed = bytes::Bytes::from(sealed);
+            shared
+                .remote
+                .call("put_chunk", |mut api| {
+                    let data = sealed.clone();
+                    async move {
+                        api.put_chunk(PutChunkRequest {
+                            ino,
+                            index,
+                            data,
+                            ..Default::default()
+                        })
+                        .await
+                    }
+                })
+                .await
+                .map(drop)
+        });
+        dirty.upload = Some(Upload {
+            generation,
+            last,
+            len,
+            task: Some(task),
+        });
+    }
+
+    /// Sets the size: drops what lies past a smaller one, reads zeros up to a larger one, and
+    /// commits at once (a truncation is visible to others right away).
+    pub async fn truncate(&mut self, shared: &Arc<Shared>, size: u64) -> Result<Attr, FsError> {
+        if size > FILE_BYTES_MAX {
+            return Err(FsError::local(
+                ErrorKind::TooLarge,
+                "size past the largest file the format holds",
+            ));
+        }
+        if size < self.size {
+            self.truncated = true;
+            let keep = last_index(size).map_or(0, |l| l + 1);
+            let gone: Vec<u64> = self.dirty.range(keep..).map(|(i, _)| *i).collect();
+            for index in gone {
+                let dirty = self.dirty.remove(&index).expect("listed");
+                shared.sub_dirty(dirty.data.len());
+            }
+        }
+        self.size = size;
+        match self.flush(shared).await? {
+            Some(attr) => Ok(attr),
+            None => {
+                let ino = self.ino;
+                shared
+                    .remote
+                    .call("get_attr", |mut api| async move {
+                        api.get_attr(GetAttrRequest { ino }).await
+                    })
+                    .await
+            }
+        }
+    }
+
+    /// Makes everything written here durable and current on the server. Returns the new
+    /// attributes, or none if there was nothing to do.
+    pub async fn flush(&mut self, shared: &Arc<Shared>) -> Result<Option<Attr>, FsError> {
+        if !self.is_dirty() {
+            return Ok(None);
+        }
+        for attempt in 1..=FLUSH_ATTEMPTS_MAX {
+            self.shape(shared).await?;
+            let single = self.dirty.len() == 1 && self.dirty.values().all(|d| d.upload.is_none());
+            let outcome = if single {
+                self.commit_inline(shared).await
+            } else {
+                match self.upload_all(shared).await {
+                    Ok(()) => self.commit(shared).await,
+                    Err(error) => Err(error),
+                }
+            };
+            match outcome {
+                Ok(attr) => return Ok(Some(attr)),
+                Err(error) if retryable(&error) && attempt < FLUSH_ATTEMPTS_MAX => {
+                    tracing::info!(ino = %format!("{:016x}", self.ino), %error, attempt, "another writer changed the file; merging and retrying");
+                    self.rebase(shared).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(FsError::local(
+            ErrorKind::Conflict,
+            "the file kept changing under this writer",
+        ))
+    }
+
+    /// Brings the dirty chunks into the shape the commit needs: chunks whose role the size
+    /// change alters are rewritten, and every chunk has the length the size implies.
+    async fn shape(&mut self, shared: &Arc<Shared>) -> Result<(), FsError> {
+        let size = self.size;
+        let new_last = last_index(size);
+        if size != self.committed_size {
+            let old_last = last_index(self.committed_size);
+            let mut roles_change: Vec<u64> = new_last.into_iter().collect();
+            if let (Some(old), Some(new)) = (old_last, new_last)
+                && old < new
+            {
+                roles_change.push(old);
+            }
+            for index in roles_change {
+                if self.generations.contains_key(&index) {
+                    self.make_dirty(shared, index, false).await?;
+                }
+            }
+        }
+        for (&index, dirty) in self.dirty.iter_mut() {
+            let want_len = chunk_len(size, index);
+            if dirty.data.len() != want_len {
+                let buffer = Arc::make_mut(&mut dirty.data);
+                if want_len > buffer.len() {
+                    shared.add_dirty(want_len - buffer.len());
+                } else {
+                    shared.sub_dirty(buffer.len() - want_len);
+                }
+                buffer.resize(want_len, 0);
+                dirty.written.clip(want_len);
+                dirty.upload = None;
+            }
+            let want_last = new_last == Some(index);
+            if dirty
+                .upload
+                .as_ref()
+                .is_some_and(|u| u.last != want_last || u.len != want_len)
+            {
+                dirty.upload = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals and uploads every dirty chunk that has no usable upload yet, and waits for all.
+    async fn upload_all(&mut self, shared: &Arc<Shared>) -> Result<(), FsError> {
+        let new_last = last_index(self.size);
+        let missing: Vec<(u64, usize)> = self
+            .dirty
+            .iter()
+            .filter(|(_, d)| d.upload.is_none())
+            .map(|(&index, d)| (index, d.data.len()))
+            .collect();
+        for (index, len) in missing {
+            self.start_upload(shared, index, new_last == Some(index), len);
+        }
+        for dirty in self.dirty.values_mut() {
+            let upload = dirty
+                .upload
+                .as_mut()
+                .expect("every dirty chunk is uploading");
+            if let Some(task) = upload.task.take()
+                && let Err(error) = task.await.expect("upload task panicked")
+            {
+                dirty.upload = None;
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// One dirty chunk: seal it and commit it in the same call.
+    async fn commit_inline(&mut self, shared: &Arc<Shared>) -> Result<Attr, FsError> {
+        let (ino, size) = (self.ino, self.size);
+        let truncate = self.truncated || self.size < self.committed_size;
+        let (&index, dirty) = self.dirty.iter_mut().next().expect("one dirty chunk");
+        let generation = next_generation(dirty.base, dirty.last_generation);
+        dirty.last_generation = generation;
+        let context = ChunkContext {
+            vault: shared.keys.vault(),
+            file: FileId(ino),
+            index,
+            generation,
+            last: last_index(size) == Some(index),
+        };
+        let (cipher, data) = (self.cipher.clone(), dirty.data.clone());
+        let sealed = tokio::task::spawn_blocking(move || crypto::seal(&cipher, &context, &data))
+            .await
+            .expect("sealing task panicked")
+            .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
+        let sealed = bytes::Bytes::from(sealed);
+        let base = dirty.base;
+        let reply = shared
+            .remote
+            .call("put_chunk", |mut api| {
+                let data = sealed.clone();
+                async move {
+                    api.put_chunk(PutChunkRequest {
+                        ino,
+                        index,
+                        data,
+                        commit: true,
+                        base_generation: base,
+                        size,
+                        truncate,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        dirty.upload = Some(Upload {
+            generation,
+            last: context.last,
+            len: dirty.data.len(),
+            task: None,
+        });
+        let attr = reply.attr.ok_or_else(|| {
+            FsError::local(
+                ErrorKind::Internal,
+                "a committed put returned no attributes",
+            )
+        })?;
+        Ok(self.committed_now(shared, attr, truncate))
+    }
+
+    async fn commit(&mut self, shared: &Arc<Shared>) -> Result<Attr, FsError> {
+        let ino = self.ino;
+        let truncate = self.truncated || self.size < self.committed_size;
+        let chunks: Vec<ChunkCommit> = self
+            .dirty
+            .iter()
+            .map(|(&index, d)| ChunkCommit {
+                index,
+                base_generation: d.base,
+                generation: d.upload.as_ref().expect("uploaded").generation,
+            })
+            .collect();
+        let request = CommitChunksRequest {
+            ino,
+            chunks: chunks.clone(),
+            size: self.size,
+            truncate,
+            rekey: vec![],
+        };
+        let attr = shared
+            .remote
+            .call("commit_chunks", |mut api| {
+                let request = request.clone();
+                async move { api.commit_chunks(request).await }
+            })
+            .await?;
+        Ok(self.committed_now(shared, attr, truncate))
+    }
+
+    /// After a successful commit: the dirty chunks are clean now (their plaintext stays in the
+    /// cache), and the committed state is the server's.
+    fn committed_now(&mut self, shared: &Shared, attr: Attr, truncate: bool) -> Attr {
+        let ino = self.ino;
+        let mut cache = shared.cache.lock().expect("cache poisoned");
+        for (index, dirty) in std::mem::take(&mut self.dirty) {
+            let generation = dirty.upload.as_ref().expect("uploaded").generation;
+            shared.sub_dirty(dirty.data.len());
+            self.generations.insert(index, generation);
+            let plaintext = Arc::try_unwrap(dirty.data).unwrap_or_else(|shared| (*shared).clone());
+            cache.insert(
+                ino,
+                index,
+                Arc::new(crate::cache::CleanChunk {
+                    generation,
+                    plaintext,
+                }),
+            );
+        }
+        if truncate {
+            let keep = last_index(attr.size).map_or(0, |l| l + 1);
+            let dropped: Vec<u64> = self.generations.range(keep..).map(|(i, _)| *i).collect();
+            for index in dropped {
+                self.generations.remove(&index);
+                cache.remove(ino, index);
+            }
+        }
+        self.committed_size = attr.size;
+        self.size = attr.size;
+        self.truncated = false;
+        self.version = attr.version;
+        attr
+    }
+
+    /// After losing a compare-and-swap: re-read the file and re-apply this client's writes on
+    /// top of the other writer's chunks.
+    async fn rebase(&mut self, shared: &Arc<Shared>) -> Result<(), FsError> {
+        self.refresh(shared).await?;
+        let indices: Vec<u64> = self.dirty.keys().copied().collect();
+        for index in indices {
+            let current = self.generations.get(&index).copied().unwrap_or(0);
+            if self.dirty[&index].base == current {
+                continue;
+            }
+            let theirs = self
+                .committed(shared, index)
+                .await?
+                .map(|c| c.plaintext.clone())
+                .unwrap_or_default();
+            let dirty = self.dirty.get_mut(&index).expect("listed");
+            let mut merged = theirs;
+            for &(start, end) in &dirty.written.0 {
+                if merged.len() < end {
+                    merged.resize(end, 0);
+                }
+                merged[start..end].copy_from_slice(&dirty.data[start..end]);
+            }
+            shared.add_dirty(merged.len());
+            shared.sub_dirty(dirty.data.len());
+            dirty.data = Arc::new(merged);
+            dirty.base = current;
+            dirty.last_generation = dirty.last_generation.max(current);
+            dirty.upload = None;
+        }
+        Ok(())
+    }
+
+    /// Drops dirty state without committing (the file is gone).
+    pub fn discard(&mut self, shared: &Shared) {
+        for (_, dirty) in std::mem::take(&mut self.dirty) {
+            shared.sub_dirty(dirty.data.len());
+        }
+        self.size = self.committed_size;
+        self.truncated = false;
+    }
+}
+
+fn retryable(error: &FsError) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::StaleGeneration | ErrorKind::Conflict
+    ) || matches!(error, FsError::Remote { kind: ErrorKind::Invalid | ErrorKind::BadChunk, message } if message.contains("resizing") || message.contains("does not fit"))
+}
+
+/// Copies `n` bytes from `source[within..]` (as far as it goes); returns how many.
+fn copy_out(out: &mut Vec<u8>, source: &[u8], within: usize, n: usize) -> usize {
+    let available = source.len().saturating_sub(within).min(n);
+    out.extend_from_slice(&source[within..within + available]);
+    available
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge() {
+        let mut ranges = Ranges::default();
+        ranges.add(10, 20);
+        ranges.add(30, 40);
+        ranges.add(15, 32);
+        assert_eq!(ranges.0, vec![(10, 40)]);
+        ranges.add(0, 5);
+        ranges.clip(12);
+        assert_eq!(ranges.0, vec![(0, 5), (10, 12)]);
+    }
+
+    #[test]
+    fn chunk_lengths_follow_the_size() {
+        assert_eq!(last_index(0), None);
+        assert_eq!(last_index(1), Some(0));
+        assert_eq!(last_index(CHUNK), Some(0));
+        assert_eq!(last_index(CHUNK + 1), Some(1));
+        assert_eq!(chunk_len(CHUNK + 5, 0), CHUNK_BYTES);
+        assert_eq!(chunk_len(CHUNK + 5, 1), 5);
+        assert_eq!(chunk_len(CHUNK + 5, 2), 0);
+        assert_eq!(chunk_len(CHUNK, 0), CHUNK_BYTES);
+    }
+
+    #[test]
+    fn generations_always_grow() {
+        let g1 = next_generation(5, 5);
+        let g2 = next_generation(5, g1);
+        assert!(g1 > 5 && g2 > g1);
+        assert_eq!(next_generation(u64::MAX - 1, 0), u64::MAX);
+    }
+}

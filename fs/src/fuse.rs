@@ -1,0 +1,638 @@
+//! The FUSE adapter: each operation turns the kernel's request into a call of [`Vault`] and
+//! its result into a reply. No logic lives here beyond conversions.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+use proto::v1::{Attr, FileKind, Timestamp};
+
+use crate::error::{FsError, errno};
+use crate::vault::{Changes, RenameMode, Vault};
+
+/// How long the kernel may trust an entry or attributes (short: other clients change files).
+const TTL: Duration = Duration::from_secs(1);
+/// Writes up to 1 MiB per request.
+const MAX_WRITE_BYTES: u32 = 1 << 20;
+
+pub struct VaultFs {
+    vault: Arc<Vault>,
+    /// The user who mounted: only they (and root) may use the mount.
+    owner_uid: u32,
+}
+
+impl std::fmt::Debug for VaultFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VaultFs(owner {})", self.owner_uid)
+    }
+}
+
+impl VaultFs {
+    pub fn new(vault: Arc<Vault>, owner_uid: u32) -> VaultFs {
+        VaultFs { vault, owner_uid }
+    }
+
+    /// The mount carries its owner's vault credentials; other local users must not use them.
+    fn allowed(&self, request: &Request) -> Result<(), Errno> {
+        if request.uid() == self.owner_uid || request.uid() == 0 {
+            Ok(())
+        } else {
+            Err(Errno::EACCES)
+        }
+    }
+}
+
+fn fail(error: &FsError) -> Errno {
+    tracing::debug!(%error, "operation failed");
+    Errno::from_i32(errno(error))
+}
+
+fn time(stamp: Option<&Timestamp>) -> SystemTime {
+    stamp
+        .and_then(|t| {
+            let secs = u64::try_from(t.seconds).ok()?;
+            UNIX_EPOCH.checked_add(Duration::new(secs, t.nanos))
+        })
+        .unwrap_or(UNIX_EPOCH)
+}
+
+fn stamp(time: SystemTime) -> Timestamp {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos(),
+    }
+}
+
+fn file_type(kind: i32) -> FileType {
+    match FileKind::try_from(kind) {
+        Ok(FileKind::Directory) => FileType::Directory,
+        Ok(FileKind::Symlink) => FileType::Symlink,
+        Ok(FileKind::Fifo) => FileType::NamedPipe,
+        Ok(FileKind::Socket) => FileType::Socket,
+        Ok(FileKind::CharDevice) => FileType::CharDevice,
+        Ok(FileKind::BlockDevice) => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn file_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: time(attr.atime.as_ref()),
+        mtime: time(attr.mtime.as_ref()),
+        ctime: time(attr.ctime.as_ref()),
+        crtime: time(attr.ctime.as_ref()),
+        kind: file_type(attr.kind),
+        perm: (attr.perm & 0o7777) as u16,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: attr.rdev as u32,
+        blksize: MAX_WRITE_BYTES,
+        flags: 0,
+    }
+}
+
+fn time_or_now(value: Option<TimeOrNow>) -> (Option<Timestamp>, bool) {
+    match value {
+        Some(TimeOrNow::Now) => (None, true),
+        Some(TimeOrNow::SpecificTime(t)) => (Some(stamp(t)), false),
+        None => (None, false),
+    }
+}
+
+macro_rules! allowed_or_reply {
+    ($self:ident, $req:ident, $reply:ident) => {
+        if let Err(e) = $self.allowed($req) {
+            $reply.error(e);
+            return;
+        }
+    };
+}
+
+impl Filesystem for VaultFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE_BYTES);
+        let _ = config.set_max_readahead(MAX_WRITE_BYTES);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(error) = self.vault.flush_all() {
+            tracing::error!(%error, "unflushed data at unmount");
+        }
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.lookup(parent.0, name.as_bytes()) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.getattr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        allowed_or_reply!(self, req, reply);
+        let (atime, atime_now) = time_or_now(atime);
+        let (mtime, mtime_now) = time_or_now(mtime);
+        let changes = Changes {
+            perm: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            atime_now,
+            mtime_now,
+        };
+        match self.vault.setattr(ino.0, &changes) {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        allowed_or_reply!(self, req, reply);
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            libc::S_IFREG => {
+                // A regular file through mknod: create it (with its key) and close it.
+                let created = self.vault.create(
+                    parent.0,
+                    name.as_bytes(),
+                    mode & !umask & 0o7777,
+                    true,
+                    req.uid(),
+                    req.gid(),
+                );
+                match created.and_then(|(attr, fh)| self.vault.release(fh).map(|()| attr)) {
+                    Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                    Err(e) => reply.error(fail(&e)),
+                }
+                return;
+            }
+            _ => {
+                reply.error(Errno::EINVAL);
+                return;
+            }
+        };
+        let perm = mode & !umask & 0o7777;
+        match self.vault.mknod(
+            parent.0,
+            name.as_bytes(),
+            kind,
+            perm,
+            u64::from(rdev),
+            req.uid(),
+            req.gid(),
+        ) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.mkdir(
+            parent.0,
+            name.as_bytes(),
+            mode & !umask & 0o7777,
+            req.uid(),
+            req.gid(),
+        ) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.unlink(parent.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.rmdir(parent.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.symlink(
+            parent.0,
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+            req.uid(),
+            req.gid(),
+        ) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        allowed_or_reply!(self, req, reply);
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else {
+            RenameMode::Replace
+        };
+        match self.vault.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            mode,
+        ) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.link(ino.0, newparent.0, newname.as_bytes()) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.open(ino.0) {
+            Ok((fh, keep_cache)) => {
+                let flags = if keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags);
+            }
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.vault.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.vault.write(fh.0, offset, data) {
+            Ok(written) => reply.written(written as u32),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.vault.flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.vault.release(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.vault.flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let listing = match self.vault.listing(fh.0) {
+            Ok(listing) => listing,
+            Err(e) => return reply.error(fail(&e)),
+        };
+        // Offsets: 1 is ".", 2 is "..", 3 + i is listing entry i.
+        let dots = [
+            (ino, FileType::Directory, &b"."[..]),
+            (ino, FileType::Directory, &b".."[..]),
+        ];
+        let mut position = offset;
+        while (position as usize) < 2 {
+            let (entry_ino, kind, name) = dots[position as usize];
+            position += 1;
+            if reply.add(entry_ino, position, kind, OsStr::from_bytes(name)) {
+                return reply.ok();
+            }
+        }
+        for (name, attr) in listing.iter().skip(position as usize - 2) {
+            position += 1;
+            if reply.add(
+                INodeNo(attr.ino),
+                position,
+                file_type(attr.kind),
+                OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.vault.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are durable on the server before they are acknowledged.
+        reply.ok();
+    }
+
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.statfs() {
+            Ok(s) => {
+                let block = u64::from(s.block_bytes.max(512));
+                reply.statfs(
+                    s.total_bytes / block,
+                    s.free_bytes / block,
+                    s.available_bytes / block,
+                    s.files,
+                    s.free_files,
+                    block as u32,
+                    s.name_bytes_max,
+                    block as u32,
+                );
+            }
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        allowed_or_reply!(self, req, reply);
+        let create = flags & libc::XATTR_CREATE != 0;
+        let replace = flags & libc::XATTR_REPLACE != 0;
+        match self
+            .vault
+            .setxattr(ino.0, name.as_bytes(), value, create, replace)
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.getxattr(ino.0, name.as_bytes()) {
+            Ok(value) => xattr_reply(reply, size, &value),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.listxattr(ino.0) {
+            Ok(names) => {
+                let mut list = Vec::new();
+                for name in names {
+                    list.extend_from_slice(&name);
+                    list.push(0);
+                }
+                xattr_reply(reply, size, &list);
+            }
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        allowed_or_reply!(self, req, reply);
+        match self.vault.removexattr(ino.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn access(&self, req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        allowed_or_reply!(self, req, reply);
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        allowed_or_reply!(self, req, reply);
+        let exclusive = flags & libc::O_EXCL != 0;
+        match self.vault.create(
+            parent.0,
+            name.as_bytes(),
+            mode & !umask & 0o7777,
+            exclusive,
+            req.uid(),
+            req.gid(),
+        ) {
+            Ok((attr, fh)) => reply.created(
+                &TTL,
+                &file_attr(&attr),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+}
+
+/// getxattr/listxattr: a size query (0) gets the length; a buffer too small gets ERANGE.
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}

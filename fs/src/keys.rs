@@ -1,0 +1,220 @@
+//! File keys: unwrapping them with the user's private key (cached per open file), wrapping a
+//! new file's key to its owner and to everyone its directory is shared with, and checking
+//! every recipient's public key against the site administrator's signature first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crypto::{ChunkCipher, DataKey, WrapContext, WrapKind};
+use format::ids::VaultId;
+use identity::PublicIdentity;
+use proto::ErrorKind;
+use proto::v1::{
+    GetAclRequest, GetUserRequest, GetWrappedKeysRequest, Principal, WrappedKey, get_user_request,
+    principal,
+};
+
+use crate::error::FsError;
+use crate::remote::Remote;
+
+#[derive(Debug)]
+pub struct Keys {
+    remote: Remote,
+    vault: VaultId,
+    /// The site administrator's key, pinned when the user logged in first.
+    admin: PublicIdentity,
+    uid: u32,
+    ciphers: Mutex<HashMap<u64, Arc<ChunkCipher>>>,
+    users: Mutex<HashMap<u32, PublicIdentity>>,
+}
+
+fn key_error(ino: u64, reason: impl std::fmt::Display) -> FsError {
+    FsError::Key {
+        ino,
+        reason: reason.to_string(),
+    }
+}
+
+pub fn user_principal(uid: u32) -> Principal {
+    Principal {
+        kind: Some(principal::Kind::User(uid)),
+    }
+}
+
+impl Keys {
+    pub fn new(remote: Remote, vault: VaultId, admin: PublicIdentity, uid: u32) -> Keys {
+        Keys {
+            remote,
+            vault,
+            admin,
+            uid,
+            ciphers: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn vault(&self) -> VaultId {
+        self.vault
+    }
+
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    fn context(&self, ino: u64) -> WrapContext {
+        WrapContext {
+            vault: self.vault,
+            kind: WrapKind::FileKey,
+            object: ino,
+        }
+    }
+
+    /// The chunk cipher of a file: from memory, or by unwrapping the file key wrapped to us.
+    pub async fn cipher(&self, ino: u64) -> Result<Arc<ChunkCipher>, FsError> {
+        if let Some(cipher) = self.ciphers.lock().expect("key cache poisoned").get(&ino) {
+            return Ok(cipher.clone());
+        }
+        let keys = self
+            .remote
+            .call("get_wrapped_keys", |mut api| async move {
+                api.get_wrapped_keys(GetWrappedKeysRequest { ino }).await
+            })
+            .await?
+            .keys;
+        let mine = user_principal(self.uid);
+        let blob = keys
+            .iter()
+            .find(|k| k.principal.as_ref() == Some(&mine))
+            .ok_or_else(|| {
+                key_error(
+                    ino,
+                    "no key is wrapped to you (group keys are not supported yet)",
+                )
+            })?;
+        let key = crypto::unwrap(&blob.blob, self.remote.identity(), &self.context(ino))
+            .map_err(|e| key_error(ino, e))?;
+        Ok(self.remember(ino, &key))
+    }
+
+    pub fn remember(&self, ino: u64, key: &DataKey) -> Arc<ChunkCipher> {
+        let cipher = Arc::new(key.chunk_cipher());
+        self.ciphers
+            .lock()
+            .expect("key cache poisoned")
+            .insert(ino, cipher.clone());
+        cipher
+    }
+
+    pub fn forget(&self, ino: u64) {
+        self.ciphers
+            .lock()
+            .expect("key cache poisoned")
+            .remove(&ino);
+    }
+
+    /// A user's public keys, after checking the site administrator's certificate on them.
+    pub async fn user(&self, uid: u32) -> Result<PublicIdentity, FsError> {
+        if let Some(public) = self.users.lock().expect("user cache poisoned").get(&uid) {
+            return Ok(*public);
+        }
+        let user = self
+            .remote
+            .call("get_user", |mut api| async move {
+                api.get_user(GetUserRequest {
+                    by: Some(get_user_request::By::Uid(uid)),
+                })
+                .await
+            })
+            .await?;
+        let public = PublicIdentity::from_slices(&user.signing_key, &user.wrapping_key)
+            .ok_or_else(|| {
+                FsError::local(ErrorKind::Internal, format!("user {uid}: malformed keys"))
+            })?;
+        let certificate: [u8; 64] = user.certificate.as_slice().try_into().map_err(|_| {
+            FsError::local(
+                ErrorKind::AccessDenied,
+                format!("user {} is not approved", user.name),
+            )
+        })?;
+        let message = proto::certificate_message(
+            &self.vault.0,
+            uid,
+            &user.name,
+            &public.signing,
+            &public.wrapping,
+        );
+        self.admin
+            .verify(proto::domains::USER_CERTIFICATE, &message, &certificate)
+            .map_err(|_| {
+                FsError::local(
+                    ErrorKind::AccessDenied,
+                    format!(
+                        "user {}'s keys are not certified by this vault's administrator",
+                        user.name
+                    ),
+                )
+            })?;
+        self.users
+            .lock()
+            .expect("user cache poisoned")
+            .insert(uid, public);
+        Ok(public)
+    }
+
+    /// The wrapped keys a new file in `parent` needs: one for us, and one for every user the
+    /// directory's ACL lets read (the file inherits that ACL).
+    pub async fn wrap_new_file(
+        &self,
+        ino: u64,
+        key: &DataKey,
+        parent: u64,
+    ) -> Result<Vec<WrappedKey>, FsError> {
+        let acl = self
+            .remote
+            .call("get_acl", |mut api| async move {
+                api.get_acl(GetAclRequest { ino: parent }).await
+            })
+            .await?;
+        let mut recipients = vec![self.uid];
+        for entry in acl.entries.iter().filter(|e| e.read) {
+            if let Some(principal::Kind::User(uid)) = entry.principal.and_then(|p| p.kind)
+                && !recipients.contains(&uid)
+            {
+                recipients.push(uid);
+            }
+        }
+        let mut wrapped = Vec::with_capacity(recipients.len());
+        for uid in recipients {
+            let public = if uid == self.uid {
+                self.remote.identity().public()
+            } else {
+                self.user(uid).await?
+            };
+            wrapped.push(WrappedKey {
+                principal: Some(user_principal(uid)),
+                blob: crypto::wrap(key, &public, &self.context(ino)),
+            });
+        }
+        Ok(wrapped)
+    }
+
+    /// The file's key wrapped for another user (for sharing).
+    pub async fn wrap_for(&self, ino: u64, uid: u32) -> Result<Vec<u8>, FsError> {
+        let public = self.user(uid).await?;
+        let keys = self
+            .remote
+            .call("get_wrapped_keys", |mut api| async move {
+                api.get_wrapped_keys(GetWrappedKeysRequest { ino }).await
+            })
+            .await?
+            .keys;
+        let mine = user_principal(self.uid);
+        let blob = keys
+            .iter()
+            .find(|k| k.principal.as_ref() == Some(&mine))
+            .ok_or_else(|| key_error(ino, "no key is wrapped to you"))?;
+        let key = crypto::unwrap(&blob.blob, self.remote.identity(), &self.context(ino))
+            .map_err(|e| key_error(ino, e))?;
+        Ok(crypto::wrap(&key, &public, &self.context(ino)))
+    }
+}

@@ -1,0 +1,20 @@
+//! vaultfs: the vault's client. It holds the user's private key (unlocked by passphrase),
+//! wraps and unwraps file keys, seals and opens every chunk, caches plaintext in memory, and
+//! presents the vault as a FUSE filesystem. It is the only process that ever sees plaintext.
+//!
+//! Layers: [`vault::Vault`] has every filesystem operation as a plain function (testable
+//! without a mount); [`file`] the per-file chunk logic (dirty buffers, write-behind, flush
+//! with compare-and-swap); [`shared`] the cache and chunk loading with integrity checks;
+//! [`fuse`] the thin FUSE adapter; [`error::errno`] the one errno mapping.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod file;
+pub mod fuse;
+pub mod keys;
+pub mod mount;
+pub mod remote;
+pub mod shared;
+pub mod status;
+pub mod vault;

@@ -1,0 +1,192 @@
+//! Mounting: log in, check the pinned administrator key, start the FUSE session, and keep it
+//! until it is unmounted or the process is told to stop (then flush and unmount).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use client::Connection;
+use format::ids::VaultId;
+use fuser::{Config, MountOption, SessionACL};
+use identity::Identity;
+
+use crate::config::ClientConfig;
+use crate::fuse::VaultFs;
+use crate::keys::Keys;
+use crate::remote::Remote;
+use crate::shared::{Limits, Shared};
+use crate::status::{self, MountStatus};
+use crate::vault::Vault;
+
+/// Everything a mount needs.
+#[derive(Debug)]
+pub struct MountSettings {
+    pub config: ClientConfig,
+    /// Where the client config lives: a first mount pins the vault and admin key there.
+    pub config_path: PathBuf,
+    pub mountpoint: PathBuf,
+    pub limits: Limits,
+    /// How long operations wait for an unreachable server before failing.
+    pub server_wait: Duration,
+}
+
+/// Connects and logs in, and checks the server against the pinned vault and admin key.
+/// Returns the config with the vault and admin key pinned (changed only on first contact).
+pub async fn connect(
+    config: &ClientConfig,
+    identity: Arc<Identity>,
+    wait: Duration,
+) -> anyhow::Result<(Remote, VaultId, ClientConfig)> {
+    let target = config.target()?;
+    let name = config.name()?.to_string();
+    let connection = Connection::new(&target)?;
+    let hello = connection
+        .hello()
+        .await
+        .with_context(|| format!("reaching storaged at {target}"))?;
+    let mut pinned = config.clone();
+    pinned.pin(
+        &hello.vault_id,
+        &identity::PublicIdentity::from_slices(&hello.admin_signing_key, &hello.admin_wrapping_key)
+            .context("the server sent a malformed administrator key")?,
+    )?;
+    let vault = VaultId(
+        hello
+            .vault_id
+            .as_slice()
+            .try_into()
+            .context("the server sent a malformed vault ID")?,
+    );
+    let remote = Remote::new(connection, &name, identity, wait);
+    remote
+        .login()
+        .await
+        .with_context(|| format!("logging in to {target} as {name}"))?;
+    Ok((remote, vault, pinned))
+}
+
+/// Mounts and serves until unmounted or signalled. Calls `ready` once the mount is live.
+pub fn run(
+    settings: MountSettings,
+    identity: Identity,
+    ready: impl FnOnce(&str),
+) -> anyhow::Result<()> {
+    let mountpoint = std::fs::canonicalize(&settings.mountpoint)
+        .with_context(|| format!("mount point {}", settings.mountpoint.display()))?;
+    if !mountpoint.is_dir() {
+        bail!("mount point {} is not a directory", mountpoint.display());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("vaultfs-io")
+        .build()
+        .context("starting the async runtime")?;
+    let identity = Arc::new(identity);
+    let uid = runtime.block_on(async {
+        let (remote, vault, pinned) =
+            connect(&settings.config, identity.clone(), settings.server_wait).await?;
+        if pinned != settings.config {
+            pinned.save(&settings.config_path)?;
+        }
+        let logged = remote.login().await?;
+        let admin = pinned.admin()?;
+        let keys = Keys::new(remote.clone(), vault, admin, logged.uid);
+        Ok::<_, anyhow::Error>((Shared::new(remote, keys, settings.limits), logged.uid))
+    })?;
+    let (shared, vault_uid) = uid;
+    let shared = Arc::new(shared);
+    let vault = Arc::new(Vault::new(shared.clone(), runtime.handle().clone()));
+    let owner = rustix::process::getuid().as_raw();
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("vaultfs".into()),
+        MountOption::Subtype("vaultfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::AutoUnmount,
+        MountOption::NoAtime,
+    ];
+    // AutoUnmount needs allow_other; `VaultFs` itself refuses every user but the owner.
+    config.acl = SessionACL::All;
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    let session = fuser::spawn_mount(VaultFs::new(vault.clone(), owner), &mountpoint, &config)
+        .with_context(|| {
+            format!(
+                "mounting on {} (is fuse3 installed and /dev/fuse present?)",
+                mountpoint.display()
+            )
+        })?;
+    let description = format!("{} (vault user {vault_uid})", mountpoint.display());
+    ready(&description);
+    tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        let _ = stop_tx.send(());
+    });
+    let status_path = status::path_for(std::process::id());
+    loop {
+        report(&settings, &mountpoint, &vault, &runtime);
+        if session.guard.is_finished() {
+            tracing::info!("unmounted");
+            let _ = std::fs::remove_file(&status_path);
+            vault.flush_all().context("flushing after unmount")?;
+            return session.join().context("the FUSE session failed");
+        }
+        if stop_rx.recv_timeout(Duration::from_secs(2)).is_ok() {
+            tracing::info!("stopping: flushing and unmounting");
+            let flushed = vault.flush_all();
+            let _ = std::fs::remove_file(&status_path);
+            session.umount_and_join().context("unmounting")?;
+            return flushed.context("flushing at shutdown");
+        }
+    }
+}
+
+fn report(
+    settings: &MountSettings,
+    mountpoint: &Path,
+    vault: &Vault,
+    runtime: &tokio::runtime::Runtime,
+) {
+    let (cache_bytes, dirty_bytes, open_files) = vault.usage();
+    let reachable = runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            vault.shared().remote.connection().hello(),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let written = status::write(&MountStatus {
+        pid: std::process::id(),
+        mountpoint: mountpoint.display().to_string(),
+        server: settings.config.server.clone().unwrap_or_default(),
+        user: settings.config.name.clone().unwrap_or_default(),
+        cache_bytes,
+        cache_bytes_max: settings.limits.cache_bytes_max,
+        dirty_bytes,
+        open_files,
+        server_reachable: reachable,
+        updated_unix: now,
+    });
+    if let Err(error) = written {
+        tracing::debug!(%error, "could not write the status file");
+    }
+}

@@ -1,0 +1,221 @@
+//! What every file of a mount shares: the server connection, keys, the chunk cache, the
+//! write-back budget, and loading committed chunks (with checks) into the cache.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crypto::{ChunkCipher, ChunkContext};
+use format::ids::FileId;
+use proto::v1::GetChunkRequest;
+
+use crate::cache::{ChunkCache, CleanChunk};
+use crate::error::FsError;
+use crate::keys::Keys;
+use crate::remote::Remote;
+
+/// Sizes the client keeps to.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Plaintext chunk cache.
+    pub cache_bytes_max: usize,
+    /// Dirty chunks (written, not yet committed) across all files.
+    pub dirty_bytes_max: usize,
+    /// Chunks sealed and uploaded at once.
+    pub uploads_in_flight_max: usize,
+    /// Chunks read ahead of a sequential reader.
+    pub prefetch_chunks: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            cache_bytes_max: 256 << 20,
+            dirty_bytes_max: 256 << 20,
+            uploads_in_flight_max: 4,
+            prefetch_chunks: 2,
+        }
+    }
+}
+
+/// Held while one chunk is being fetched, so that concurrent readers wait for it.
+type LoadLock = Arc<tokio::sync::Mutex<()>>;
+
+#[derive(Debug)]
+pub struct Shared {
+    pub remote: Remote,
+    pub keys: Keys,
+    pub cache: Mutex<ChunkCache>,
+    pub limits: Limits,
+    pub dirty_bytes: AtomicUsize,
+    pub uploads: tokio::sync::Semaphore,
+    loads: Mutex<HashMap<(u64, u64), LoadLock>>,
+    /// The last name each inode was seen under, for log lines.
+    names: Mutex<HashMap<u64, String>>,
+}
+
+/// What reading a committed chunk expects of it.
+#[derive(Clone, Debug)]
+pub struct ChunkRead {
+    pub ino: u64,
+    pub index: u64,
+    /// The generation this client knows to be current (the server may have a newer one).
+    pub generation: u64,
+    pub last: bool,
+    pub len: usize,
+    pub cipher: Arc<ChunkCipher>,
+}
+
+impl Shared {
+    pub fn new(remote: Remote, keys: Keys, limits: Limits) -> Shared {
+        Shared {
+            remote,
+            keys,
+            cache: Mutex::new(ChunkCache::new(limits.cache_bytes_max)),
+            uploads: tokio::sync::Semaphore::new(limits.uploads_in_flight_max),
+            limits,
+            dirty_bytes: AtomicUsize::new(0),
+            loads: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn remember_name(&self, ino: u64, name: &[u8]) {
+        let mut names = self.names.lock().expect("names poisoned");
+        if names.len() > 100_000 {
+            names.clear();
+        }
+        names.insert(ino, String::from_utf8_lossy(name).into_owned());
+    }
+
+    pub fn name_of(&self, ino: u64) -> String {
+        self.names
+            .lock()
+            .expect("names poisoned")
+            .get(&ino)
+            .cloned()
+            .unwrap_or_else(|| "?".into())
+    }
+
+    pub fn add_dirty(&self, bytes: usize) {
+        self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn sub_dirty(&self, bytes: usize) {
+        self.dirty_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub fn over_dirty_budget(&self) -> bool {
+        self.dirty_bytes.load(Ordering::Relaxed) > self.limits.dirty_bytes_max
+    }
+
+    fn cached(&self, read: &ChunkRead) -> Option<Arc<CleanChunk>> {
+        let chunk = self
+            .cache
+            .lock()
+            .expect("cache poisoned")
+            .get(read.ino, read.index)?;
+        (chunk.generation >= read.generation && chunk.plaintext.len() == read.len).then_some(chunk)
+    }
+
+    /// A committed chunk's plaintext, from the cache or fetched, opened and checked. One load
+    /// per chunk at a time: concurrent readers of the same chunk wait for the first.
+    pub async fn load(&self, read: &ChunkRead) -> Result<Arc<CleanChunk>, FsError> {
+        if let Some(chunk) = self.cached(read) {
+            return Ok(chunk);
+        }
+        let lock = self
+            .loads
+            .lock()
+            .expect("loads poisoned")
+            .entry((read.ino, read.index))
+            .or_default()
+            .clone();
+        let _loading = lock.lock().await;
+        let result = match self.cached(read) {
+            Some(chunk) => Ok(chunk),
+            None => self.fetch(read).await,
+        };
+        self.loads
+            .lock()
+            .expect("loads poisoned")
+            .remove(&(read.ino, read.index));
+        result
+    }
+
+    async fn fetch(&self, read: &ChunkRead) -> Result<Arc<CleanChunk>, FsError> {
+        let (ino, index) = (read.ino, read.index);
+        let reply = self
+            .remote
+            .call("get_chunk", |mut api| async move {
+                api.get_chunk(GetChunkRequest { ino, index }).await
+            })
+            .await
+            .map_err(|e| match e.kind() {
+                proto::ErrorKind::BadChunk => self.integrity(read, e.to_string()),
+                _ => e,
+            })?;
+        if reply.generation < read.generation {
+            let reason = if reply.generation == 0 {
+                format!(
+                    "the server has no chunk, but generation {} was written",
+                    read.generation
+                )
+            } else {
+                format!(
+                    "the server offers generation {}, older than {} (rolled back)",
+                    reply.generation, read.generation
+                )
+            };
+            return Err(self.integrity(read, reason));
+        }
+        let context = ChunkContext {
+            vault: self.keys.vault(),
+            file: FileId(ino),
+            index,
+            generation: reply.generation,
+            last: read.last,
+        };
+        let cipher = read.cipher.clone();
+        let opened =
+            tokio::task::spawn_blocking(move || crypto::open(&cipher, &context, &reply.data))
+                .await
+                .expect("decryption task panicked")
+                .map_err(|e| self.integrity(read, e.to_string()))?;
+        if opened.len() != read.len {
+            return Err(self.integrity(
+                read,
+                format!(
+                    "holds {} bytes where the file size needs {}",
+                    opened.len(),
+                    read.len
+                ),
+            ));
+        }
+        let chunk = Arc::new(CleanChunk {
+            generation: reply.generation,
+            plaintext: opened,
+        });
+        self.cache
+            .lock()
+            .expect("cache poisoned")
+            .insert(ino, index, chunk.clone());
+        Ok(chunk)
+    }
+
+    /// An integrity failure: logged with the file and chunk, returned as EIO.
+    pub fn integrity(&self, read: &ChunkRead, reason: String) -> FsError {
+        tracing::error!(
+            file = %self.name_of(read.ino),
+            ino = %format!("{:016x}", read.ino),
+            chunk = read.index,
+            %reason,
+            "chunk failed its integrity check; returning EIO"
+        );
+        FsError::Integrity {
+            ino: read.ino,
+            index: read.index,
+            reason,
+        }
+    }
+}

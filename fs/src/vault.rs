@@ -1,0 +1,691 @@
+//! Every filesystem operation as a plain function returning `Result<_, FsError>`: the FUSE
+//! adapter is a thin layer over this, and tests can drive it without a mount.
+//!
+//! The functions are synchronous (FUSE threads call them) and run their network work on the
+//! mount's async runtime.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crypto::DataKey;
+use proto::ErrorKind;
+use proto::v1::*;
+
+use crate::error::FsError;
+use crate::file::FileState;
+use crate::shared::Shared;
+
+type SharedFile = Arc<tokio::sync::Mutex<FileState>>;
+/// A directory's entries with their attributes, as `opendir` saw them.
+pub type Listing = Arc<Vec<(Vec<u8>, Attr)>>;
+
+/// Readdir pages fetched from the server at once.
+const READDIR_PAGE: u32 = 1024;
+/// A directory larger than this is listed only this far (each `opendir` snapshots it).
+const READDIR_ENTRIES_MAX: usize = 1_000_000;
+
+#[derive(Debug)]
+enum Handle {
+    File { ino: u64, file: SharedFile },
+    Dir { listing: Listing },
+}
+
+/// What `setattr` may change.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Timestamp>,
+    pub mtime: Option<Timestamp>,
+    pub atime_now: bool,
+    pub mtime_now: bool,
+}
+
+/// How `rename` treats an existing target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    Replace,
+    NoReplace,
+    Exchange,
+}
+
+#[derive(Debug)]
+pub struct Vault {
+    shared: Arc<Shared>,
+    runtime: tokio::runtime::Handle,
+    files: Mutex<HashMap<u64, SharedFile>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_handle: AtomicU64,
+    /// The inode version each file had when this client last read or wrote it.
+    versions: Mutex<HashMap<u64, u64>>,
+}
+
+impl Vault {
+    pub fn new(shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> Vault {
+        Vault {
+            shared,
+            runtime,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            versions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    fn block<T>(&self, work: impl Future<Output = T>) -> T {
+        self.runtime.block_on(work)
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .expect("handles poisoned")
+            .insert(fh, handle);
+        fh
+    }
+
+    fn file_of(&self, fh: u64) -> Result<(u64, SharedFile), FsError> {
+        match self.handles.lock().expect("handles poisoned").get(&fh) {
+            Some(Handle::File { ino, file }) => Ok((*ino, file.clone())),
+            _ => Err(FsError::local(
+                ErrorKind::Invalid,
+                format!("no open file handle {fh}"),
+            )),
+        }
+    }
+
+    fn open_file(&self, ino: u64) -> Option<SharedFile> {
+        self.files
+            .lock()
+            .expect("files poisoned")
+            .get(&ino)
+            .cloned()
+    }
+
+    /// A file's attributes as this client sees them: an open file with local writes shows
+    /// its local size.
+    async fn local_view(&self, mut attr: Attr) -> Attr {
+        if let Some(file) = self.open_file(attr.ino) {
+            let state = file.lock().await;
+            attr.size = state.size;
+        }
+        attr
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        self.block(async {
+            let name_owned = name.to_vec();
+            let attr = self
+                .shared
+                .remote
+                .call("lookup", |mut api| {
+                    let name = name_owned.clone();
+                    async move { api.lookup(LookupRequest { parent, name }).await }
+                })
+                .await?;
+            self.shared.remember_name(attr.ino, name);
+            Ok(self.local_view(attr).await)
+        })
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        self.block(async {
+            let attr = self
+                .shared
+                .remote
+                .call("get_attr", |mut api| async move {
+                    api.get_attr(GetAttrRequest { ino }).await
+                })
+                .await?;
+            Ok(self.local_view(attr).await)
+        })
+    }
+
+    pub fn setattr(&self, ino: u64, changes: &Changes) -> Result<Attr, FsError> {
+        self.block(async {
+            if let Some(size) = changes.size {
+                self.truncate(ino, size).await?;
+            }
+            let rest = SetAttrRequest {
+                ino,
+                perm: changes.perm,
+                uid: changes.uid,
+                gid: changes.gid,
+                size: None,
+                atime: changes.atime,
+                mtime: changes.mtime,
+                atime_now: changes.atime_now,
+                mtime_now: changes.mtime_now,
+            };
+            let attr = self
+                .shared
+                .remote
+                .call("set_attr", |mut api| {
+                    let request = rest;
+                    async move { api.set_attr(request).await }
+                })
+                .await?;
+            Ok(self.local_view(attr).await)
+        })
+    }
+
+    async fn truncate(&self, ino: u64, size: u64) -> Result<(), FsError> {
+        let file = match self.open_file(ino) {
+            Some(file) => file,
+            None => Arc::new(tokio::sync::Mutex::new(
+                FileState::open(&self.shared, ino).await?,
+            )),
+        };
+        let mut state = file.lock().await;
+        let attr = state.truncate(&self.shared, size).await?;
+        self.versions
+            .lock()
+            .expect("versions poisoned")
+            .insert(ino, attr.version);
+        Ok(())
+    }
+
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, FsError> {
+        let name = name.to_vec();
+        self.block(self.shared.remote.call("mkdir", |mut api| {
+            let name = name.clone();
+            async move {
+                api.mkdir(MkdirRequest {
+                    parent,
+                    name,
+                    perm,
+                    uid,
+                    gid,
+                })
+                .await
+            }
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, FsError> {
+        let name = name.to_vec();
+        self.block(self.shared.remote.call("mknod", |mut api| {
+            let name = name.clone();
+            async move {
+                api.mknod(MknodRequest {
+                    parent,
+                    name,
+                    kind: kind as i32,
+                    perm,
+                    uid,
+                    gid,
+                    rdev,
+                })
+                .await
+            }
+        }))
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, FsError> {
+        let (name, target) = (name.to_vec(), target.to_vec());
+        self.block(self.shared.remote.call("symlink", |mut api| {
+            let (name, target) = (name.clone(), target.clone());
+            async move {
+                api.symlink(SymlinkRequest {
+                    parent,
+                    name,
+                    target,
+                    uid,
+                    gid,
+                })
+                .await
+            }
+        }))
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        self.block(self.shared.remote.call("read_link", |mut api| async move {
+            api.read_link(ReadLinkRequest { ino }).await
+        }))
+        .map(|r| r.target)
+    }
+
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr, FsError> {
+        let new_name = new_name.to_vec();
+        self.block(async {
+            let attr = self
+                .shared
+                .remote
+                .call("link", |mut api| {
+                    let new_name = new_name.clone();
+                    async move {
+                        api.link(LinkRequest {
+                            ino,
+                            new_parent,
+                            new_name,
+                        })
+                        .await
+                    }
+                })
+                .await?;
+            Ok(self.local_view(attr).await)
+        })
+    }
+
+    /// The inode behind a name, if this client has it open (so that removing the name keeps
+    /// the data until the last close).
+    async fn open_inode_named(&self, parent: u64, name: &[u8]) -> Option<SharedFile> {
+        if self.files.lock().expect("files poisoned").is_empty() {
+            return None;
+        }
+        let name = name.to_vec();
+        let attr = self
+            .shared
+            .remote
+            .call("lookup", |mut api| {
+                let name = name.clone();
+                async move { api.lookup(LookupRequest { parent, name }).await }
+            })
+            .await
+            .ok()?;
+        self.open_file(attr.ino)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        self.block(async {
+            let open = self.open_inode_named(parent, name).await;
+            let keep_open = open.is_some();
+            let name = name.to_vec();
+            self.shared
+                .remote
+                .call("unlink", |mut api| {
+                    let name = name.clone();
+                    async move {
+                        api.unlink(UnlinkRequest {
+                            parent,
+                            name,
+                            keep_open,
+                        })
+                        .await
+                    }
+                })
+                .await?;
+            if let Some(file) = open {
+                let mut state = file.lock().await;
+                let links = self.shared.remote.call("get_attr", |mut api| {
+                    let ino = state.ino;
+                    async move { api.get_attr(GetAttrRequest { ino }).await }
+                });
+                state.unlinked = links.await.is_ok_and(|a| a.nlink == 0);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        let name = name.to_vec();
+        self.block(self.shared.remote.call("rmdir", |mut api| {
+            let name = name.clone();
+            async move { api.rmdir(RmdirRequest { parent, name }).await }
+        }))
+        .map(drop)
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<(), FsError> {
+        let (name, new_name) = (name.to_vec(), new_name.to_vec());
+        self.block(async {
+            let reply = self
+                .shared
+                .remote
+                .call("rename", |mut api| {
+                    let (name, new_name) = (name.clone(), new_name.clone());
+                    async move {
+                        api.rename(RenameRequest {
+                            parent,
+                            name,
+                            new_parent,
+                            new_name,
+                            no_replace: mode == RenameMode::NoReplace,
+                            exchange: mode == RenameMode::Exchange,
+                        })
+                        .await
+                    }
+                })
+                .await?;
+            let replaced = reply.replaced_ino;
+            if replaced != 0 {
+                match self.open_file(replaced) {
+                    Some(file) => file.lock().await.unlinked = true,
+                    None => self.release_orphan(replaced).await,
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn release_orphan(&self, ino: u64) {
+        let released = self
+            .shared
+            .remote
+            .call("release", |mut api| async move {
+                api.release(ReleaseRequest { ino }).await
+            })
+            .await;
+        if let Err(error) = released {
+            tracing::warn!(%error, ino = %format!("{ino:016x}"), "could not free an unlinked file; the server frees it later");
+        }
+    }
+
+    /// Creates a regular file with a fresh key and opens it.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+        exclusive: bool,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(Attr, u64), FsError> {
+        self.block(async {
+            let ino = loop {
+                let candidate = u64::from_le_bytes(identity::random_bytes());
+                if candidate > 1 {
+                    break candidate;
+                }
+            };
+            let key = DataKey::generate();
+            let wrapped_keys = self.shared.keys.wrap_new_file(ino, &key, parent).await?;
+            let name_owned = name.to_vec();
+            let attr = self
+                .shared
+                .remote
+                .call("create", |mut api| {
+                    let request = CreateRequest {
+                        parent,
+                        name: name_owned.clone(),
+                        perm,
+                        uid,
+                        gid,
+                        ino,
+                        wrapped_keys: wrapped_keys.clone(),
+                        exclusive,
+                    };
+                    async move { api.create(request).await }
+                })
+                .await?;
+            self.shared.remember_name(attr.ino, name);
+            if attr.ino == ino {
+                self.shared.keys.remember(ino, &key);
+            }
+            let fh = self.open_async(attr.ino).await?.0;
+            Ok((attr, fh))
+        })
+    }
+
+    /// Opens a file: revalidates it against the server (close-to-open consistency) and says
+    /// whether the kernel may keep its cached pages.
+    pub fn open(&self, ino: u64) -> Result<(u64, bool), FsError> {
+        self.block(self.open_async(ino))
+    }
+
+    async fn open_async(&self, ino: u64) -> Result<(u64, bool), FsError> {
+        let existing = self.open_file(ino);
+        let file = match existing {
+            Some(file) => file,
+            None => {
+                let state = FileState::open(&self.shared, ino).await?;
+                let file = Arc::new(tokio::sync::Mutex::new(state));
+                self.files
+                    .lock()
+                    .expect("files poisoned")
+                    .entry(ino)
+                    .or_insert(file)
+                    .clone()
+            }
+        };
+        let version = {
+            let mut state = file.lock().await;
+            state.handles += 1;
+            state.version
+        };
+        let previous = self
+            .versions
+            .lock()
+            .expect("versions poisoned")
+            .insert(ino, version);
+        let keep_cache = previous == Some(version);
+        if !keep_cache {
+            self.shared
+                .cache
+                .lock()
+                .expect("cache poisoned")
+                .forget_file(ino);
+        }
+        Ok((self.add_handle(Handle::File { ino, file }), keep_cache))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let (_, file) = self.file_of(fh)?;
+        self.block(async { file.lock().await.read(&self.shared, offset, size).await })
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, FsError> {
+        let (_, file) = self.file_of(fh)?;
+        self.block(async { file.lock().await.write(&self.shared, offset, data).await })?;
+        Ok(data.len())
+    }
+
+    /// close(2) and fsync(2): everything written through this file is made durable and
+    /// current on the server.
+    pub fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let (ino, file) = self.file_of(fh)?;
+        self.block(async {
+            let mut state = file.lock().await;
+            if let Some(attr) = state.flush(&self.shared).await? {
+                self.versions
+                    .lock()
+                    .expect("versions poisoned")
+                    .insert(ino, attr.version);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn release(&self, fh: u64) -> Result<(), FsError> {
+        let (ino, file) = self.file_of(fh)?;
+        self.handles.lock().expect("handles poisoned").remove(&fh);
+        self.block(async {
+            let mut state = file.lock().await;
+            state.handles = state.handles.saturating_sub(1);
+            if state.handles > 0 {
+                return Ok(());
+            }
+            let flushed = if state.unlinked {
+                state.discard(&self.shared);
+                self.release_orphan(ino).await;
+                Ok(())
+            } else {
+                state.flush(&self.shared).await.map(drop)
+            };
+            if !state.is_dirty() {
+                self.files.lock().expect("files poisoned").remove(&ino);
+            }
+            flushed
+        })
+    }
+
+    /// Snapshots a directory listing for `readdir`.
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let mut listing = Vec::new();
+        let mut after = Vec::new();
+        self.block(async {
+            loop {
+                let page = self
+                    .shared
+                    .remote
+                    .call("read_dir", |mut api| {
+                        let after = after.clone();
+                        async move {
+                            api.read_dir(ReadDirRequest {
+                                ino,
+                                after,
+                                limit: READDIR_PAGE,
+                            })
+                            .await
+                        }
+                    })
+                    .await?;
+                after = page
+                    .entries
+                    .last()
+                    .map(|e| e.name.clone())
+                    .unwrap_or_default();
+                for entry in page.entries {
+                    if let Some(attr) = entry.attr {
+                        listing.push((entry.name, self.local_view(attr).await));
+                    }
+                }
+                if !page.more || listing.len() >= READDIR_ENTRIES_MAX {
+                    return Ok::<(), FsError>(());
+                }
+            }
+        })?;
+        Ok(self.add_handle(Handle::Dir {
+            listing: Arc::new(listing),
+        }))
+    }
+
+    /// The snapshot taken at `opendir`.
+    pub fn listing(&self, fh: u64) -> Result<Listing, FsError> {
+        match self.handles.lock().expect("handles poisoned").get(&fh) {
+            Some(Handle::Dir { listing }) => Ok(listing.clone()),
+            _ => Err(FsError::local(
+                ErrorKind::Invalid,
+                format!("no open directory handle {fh}"),
+            )),
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.lock().expect("handles poisoned").remove(&fh);
+    }
+
+    pub fn statfs(&self) -> Result<StatFsReply, FsError> {
+        self.block(self.shared.remote.call("stat_fs", |mut api| async move {
+            api.stat_fs(StatFsRequest {}).await
+        }))
+    }
+
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        create_only: bool,
+        replace_only: bool,
+    ) -> Result<(), FsError> {
+        let (name, value) = (name.to_vec(), value.to_vec());
+        self.block(self.shared.remote.call("set_xattr", |mut api| {
+            let (name, value) = (name.clone(), value.clone());
+            async move {
+                api.set_xattr(SetXattrRequest {
+                    ino,
+                    name,
+                    value,
+                    create_only,
+                    replace_only,
+                })
+                .await
+            }
+        }))
+        .map(drop)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        let name = name.to_vec();
+        self.block(self.shared.remote.call("get_xattr", |mut api| {
+            let name = name.clone();
+            async move { api.get_xattr(GetXattrRequest { ino, name }).await }
+        }))
+        .map(|r| r.value)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
+        self.block(self.shared.remote.call("list_xattr", |mut api| async move {
+            api.list_xattr(ListXattrRequest { ino }).await
+        }))
+        .map(|r| r.names)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
+        let name = name.to_vec();
+        self.block(self.shared.remote.call("remove_xattr", |mut api| {
+            let name = name.clone();
+            async move { api.remove_xattr(RemoveXattrRequest { ino, name }).await }
+        }))
+        .map(drop)
+    }
+
+    /// Flushes every file with dirty data (unmount, shutdown).
+    pub fn flush_all(&self) -> Result<(), FsError> {
+        let files: Vec<SharedFile> = self
+            .files
+            .lock()
+            .expect("files poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut first_error = None;
+        for file in files {
+            let outcome = self.block(async { file.lock().await.flush(&self.shared).await });
+            if let Err(error) = outcome {
+                tracing::error!(%error, "could not flush a file at unmount");
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Cache and write-back figures for `vaultfs status`.
+    pub fn usage(&self) -> (usize, usize, usize) {
+        let cache = self.shared.cache.lock().expect("cache poisoned").bytes();
+        let dirty = self.shared.dirty_bytes.load(Ordering::Relaxed);
+        let open = self.files.lock().expect("files poisoned").len();
+        (cache, dirty, open)
+    }
+}
