@@ -732,7 +732,9 @@ fn retryable(error: &FsError) -> bool {
 /// Copies `n` bytes from `source[within..]` (as far as it goes); returns how many.
 fn copy_out(out: &mut Vec<u8>, source: &[u8], within: usize, n: usize) -> usize {
     let available = source.len().saturating_sub(within).min(n);
-    out.extend_from_slice(&source[within..within + available]);
+    if available > 0 {
+        out.extend_from_slice(&source[within..within + available]);
+    }
     available
 }
 

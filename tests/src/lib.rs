@@ -37,4 +37,5 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 pub mod daemon;
+pub mod mount;
 pub mod vault;

@@ -1,0 +1,326 @@
+//! POSIX behaviour through a real mount of a real daemon, one operation at a time, with the
+//! error cases a program meets.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use tests::daemon::Storaged;
+use tests::mount::{ClientFiles, Mount};
+
+fn errno(result: std::io::Result<impl std::fmt::Debug>) -> i32 {
+    match result {
+        Ok(value) => panic!("expected an error, got {value:?}"),
+        Err(error) => error
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("not an OS error: {error}")),
+    }
+}
+
+fn chunk_files(daemon: &Storaged) -> usize {
+    fn count(dir: &Path) -> usize {
+        fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count(&e.path())
+                    } else {
+                        usize::from(!e.file_name().to_string_lossy().starts_with('.'))
+                    }
+                })
+                .sum()
+        })
+    }
+    count(&daemon.data_dir().join("chunks"))
+}
+
+struct Setup {
+    daemon: Storaged,
+    alice: Mount,
+    _client: ClientFiles,
+}
+
+fn setup() -> Setup {
+    let daemon = Storaged::start(&["--gc-seconds", "1"]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let user = runtime.block_on(daemon.user("alice"));
+    let client = ClientFiles::for_user(&user);
+    let alice = Mount::start(&daemon, &client, &[]);
+    Setup {
+        daemon,
+        alice,
+        _client: client,
+    }
+}
+
+#[test]
+fn files_directories_and_links() {
+    let s = setup();
+    let m = &s.alice;
+    fs::create_dir(m.join("docs")).expect("mkdir");
+    fs::write(m.join("docs/a.txt"), b"alpha").expect("write");
+    assert_eq!(fs::read(m.join("docs/a.txt")).expect("read"), b"alpha");
+    assert_eq!(errno(fs::create_dir(m.join("docs"))), libc::EEXIST);
+    assert_eq!(errno(fs::read(m.join("docs/missing"))), libc::ENOENT);
+    assert_eq!(errno(fs::remove_dir(m.join("docs"))), libc::ENOTEMPTY);
+    assert_eq!(errno(fs::read(m.join("docs/a.txt/x"))), libc::ENOTDIR);
+    assert_eq!(
+        errno(OpenOptions::new().write(true).open(m.join("docs"))),
+        libc::EISDIR
+    );
+    assert_eq!(errno(fs::remove_file(m.join("docs"))), libc::EISDIR);
+    assert_eq!(
+        errno(fs::write(m.join(&"n".repeat(256)), b"x")),
+        libc::ENAMETOOLONG
+    );
+    // O_EXCL.
+    assert_eq!(
+        errno(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(m.join("docs/a.txt"))
+        ),
+        libc::EEXIST
+    );
+
+    // Symlinks and hard links.
+    std::os::unix::fs::symlink("a.txt", m.join("docs/link")).expect("symlink");
+    assert_eq!(
+        fs::read_link(m.join("docs/link")).expect("readlink"),
+        Path::new("a.txt")
+    );
+    assert_eq!(fs::read(m.join("docs/link")).expect("follow"), b"alpha");
+    fs::hard_link(m.join("docs/a.txt"), m.join("hard.txt")).expect("link");
+    assert_eq!(fs::metadata(m.join("hard.txt")).expect("stat").nlink(), 2);
+    fs::write(m.join("hard.txt"), b"beta").expect("write through the other name");
+    assert_eq!(fs::read(m.join("docs/a.txt")).expect("read"), b"beta");
+    fs::remove_file(m.join("hard.txt")).expect("unlink one name");
+    assert_eq!(fs::metadata(m.join("docs/a.txt")).expect("stat").nlink(), 1);
+
+    // Renames: over an existing file, across directories, and RENAME_NOREPLACE.
+    fs::write(m.join("b.txt"), b"bravo").expect("write");
+    fs::rename(m.join("b.txt"), m.join("docs/a.txt")).expect("rename over");
+    assert_eq!(fs::read(m.join("docs/a.txt")).expect("read"), b"bravo");
+    fs::write(m.join("c.txt"), b"charlie").expect("write");
+    let root = File::open(m.path()).expect("open root");
+    let noreplace = rustix::fs::renameat_with(
+        &root,
+        "c.txt",
+        &root,
+        "docs/a.txt",
+        rustix::fs::RenameFlags::NOREPLACE,
+    );
+    assert_eq!(
+        noreplace.expect_err("must not replace").raw_os_error(),
+        libc::EEXIST
+    );
+    rustix::fs::renameat_with(
+        &root,
+        "c.txt",
+        &root,
+        "docs/c.txt",
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .expect("noreplace to a free name");
+    fs::create_dir(m.join("docs/sub")).expect("mkdir");
+    assert_eq!(
+        errno(fs::rename(m.join("docs"), m.join("docs/sub/docs"))),
+        libc::EINVAL
+    );
+    fs::rename(m.join("docs/sub"), m.join("sub")).expect("move a directory up");
+    let names: Vec<String> = fs::read_dir(m.join("docs"))
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["a.txt", "c.txt", "link"]);
+    fs::remove_dir(m.join("sub")).expect("rmdir");
+}
+
+#[test]
+fn attributes_times_and_extended_attributes() {
+    let s = setup();
+    let m = &s.alice;
+    let path = m.join("f");
+    fs::write(&path, b"data").expect("write");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_eq!(fs::metadata(&path).expect("stat").mode() & 0o7777, 0o600);
+    rustix::fs::chown(
+        &path,
+        Some(rustix::process::Uid::from_raw(1234)),
+        Some(rustix::process::Gid::from_raw(4321)),
+    )
+    .expect("chown as root");
+    let meta = fs::metadata(&path).expect("stat");
+    assert_eq!((meta.uid(), meta.gid()), (1234, 4321));
+    let when = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 1_000_000,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 2_000_000,
+            tv_nsec: 500,
+        },
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, &path, &when, rustix::fs::AtFlags::empty())
+        .expect("utimens");
+    let meta = fs::metadata(&path).expect("stat");
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (2_000_000, 500));
+
+    rustix::fs::setxattr(
+        &path,
+        "user.colour",
+        b"blue",
+        rustix::fs::XattrFlags::CREATE,
+    )
+    .expect("setxattr");
+    let mut value = [0u8; 16];
+    let n = rustix::fs::getxattr(&path, "user.colour", &mut value).expect("getxattr");
+    assert_eq!(&value[..n], b"blue");
+    let again = rustix::fs::setxattr(&path, "user.colour", b"red", rustix::fs::XattrFlags::CREATE);
+    assert_eq!(again.expect_err("exists").raw_os_error(), libc::EEXIST);
+    let mut list = [0u8; 64];
+    let n = rustix::fs::listxattr(&path, &mut list).expect("listxattr");
+    assert_eq!(&list[..n], b"user.colour\0");
+    rustix::fs::removexattr(&path, "user.colour").expect("removexattr");
+    assert_eq!(
+        rustix::fs::getxattr(&path, "user.colour", &mut value)
+            .expect_err("gone")
+            .raw_os_error(),
+        libc::ENODATA
+    );
+
+    let stat = rustix::fs::statvfs(m.path()).expect("statfs");
+    assert!(
+        stat.f_blocks > 0 && stat.f_namemax == 255,
+        "blocks {} namemax {}",
+        stat.f_blocks,
+        stat.f_namemax
+    );
+
+    // A FIFO is a node in the vault; its I/O stays in the kernel.
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &m.join("pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .expect("mkfifo");
+    assert!(
+        rustix::fs::stat(&m.join("pipe")).expect("stat").st_mode & libc::S_IFMT == libc::S_IFIFO
+    );
+}
+
+#[test]
+fn sizes_sparse_files_append_truncate_and_sync() {
+    let s = setup();
+    let m = &s.alice;
+    let path = m.join("sparse");
+    let before = chunk_files(&s.daemon);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    file.seek(SeekFrom::Start(20 * 1024 * 1024)).expect("seek");
+    file.write_all(b"tail").expect("write");
+    file.sync_all().expect("fsync");
+    file.sync_data().expect("fdatasync");
+    assert_eq!(
+        fs::metadata(&path).expect("stat").len(),
+        20 * 1024 * 1024 + 4
+    );
+    // Only the chunk that holds data is stored: chunks 0 and 1 are holes.
+    assert_eq!(
+        chunk_files(&s.daemon) - before,
+        1,
+        "a never-written chunk is not stored"
+    );
+    let mut head = vec![1u8; 4096];
+    file.seek(SeekFrom::Start(9 * 1024 * 1024)).expect("seek");
+    file.read_exact(&mut head).expect("read a hole");
+    assert!(head.iter().all(|&b| b == 0), "holes read as zeros");
+    drop(file);
+
+    // Truncate down and up: growing reads as zeros.
+    fs::write(m.join("t"), vec![7u8; 100_000]).expect("write");
+    let file = OpenOptions::new()
+        .write(true)
+        .open(m.join("t"))
+        .expect("open");
+    file.set_len(10).expect("truncate down");
+    file.set_len(50_000).expect("truncate up");
+    drop(file);
+    let content = fs::read(m.join("t")).expect("read");
+    assert_eq!(content.len(), 50_000);
+    assert!(content[..10].iter().all(|&b| b == 7) && content[10..].iter().all(|&b| b == 0));
+
+    // O_TRUNC and O_APPEND.
+    fs::write(m.join("log"), b"first\n").expect("write");
+    let mut log = OpenOptions::new()
+        .append(true)
+        .open(m.join("log"))
+        .expect("append");
+    log.write_all(b"second\n").expect("append");
+    drop(log);
+    assert_eq!(fs::read(m.join("log")).expect("read"), b"first\nsecond\n");
+    let mut truncated = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.join("log"))
+        .expect("O_TRUNC");
+    truncated.write_all(b"third\n").expect("write");
+    drop(truncated);
+    assert_eq!(fs::read(m.join("log")).expect("read"), b"third\n");
+}
+
+#[test]
+fn an_unlinked_open_file_stays_readable_until_closed() {
+    let s = setup();
+    let m = &s.alice;
+    fs::write(m.join("doomed"), b"still here").expect("write");
+    let mut open = File::open(m.join("doomed")).expect("open");
+    fs::remove_file(m.join("doomed")).expect("unlink");
+    assert_eq!(errno(fs::metadata(m.join("doomed"))), libc::ENOENT);
+    let mut content = String::new();
+    open.read_to_string(&mut content)
+        .expect("read after unlink");
+    assert_eq!(content, "still here");
+    drop(open);
+}
+
+#[test]
+fn another_users_files_are_refused() {
+    let s = setup();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let bob = runtime.block_on(s.daemon.user("bob"));
+    let bob_client = ClientFiles::for_user(&bob);
+    let bob_mount = Mount::start(&s.daemon, &bob_client, &[]);
+    fs::write(s.alice.join("private.txt"), b"alice only").expect("write");
+    fs::create_dir(s.alice.join("alice-dir")).expect("mkdir");
+    let listed: Vec<_> = fs::read_dir(bob_mount.path()).expect("readdir").collect();
+    assert!(
+        listed.is_empty(),
+        "bob sees none of alice's entries: {listed:?}"
+    );
+    assert_eq!(errno(fs::read(bob_mount.join("private.txt"))), libc::EACCES);
+    assert_eq!(
+        errno(fs::read_dir(bob_mount.join("alice-dir"))),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(fs::remove_file(bob_mount.join("private.txt"))),
+        libc::EACCES
+    );
+    assert_eq!(
+        fs::read(s.alice.join("private.txt")).expect("alice still reads"),
+        b"alice only"
+    );
+}
