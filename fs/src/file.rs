@@ -23,8 +23,11 @@ use crate::error::FsError;
 use crate::shared::{ChunkRead, Shared};
 
 pub const CHUNK: u64 = CHUNK_BYTES as u64;
-/// How often a flush re-reads the file and retries after losing a compare-and-swap.
-const FLUSH_ATTEMPTS_MAX: usize = 8;
+/// How often a flush re-reads the file and retries after losing a compare-and-swap. Between
+/// attempts it backs off for a random, growing time, so that two writers that keep colliding
+/// on one chunk take turns instead of starving each other.
+const FLUSH_ATTEMPTS_MAX: usize = 40;
+const FLUSH_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// The last chunk index of a file of `size` bytes (none when empty).
 pub fn last_index(size: u64) -> Option<u64> {
@@ -480,6 +483,7 @@ impl FileState {
                 Ok(attr) => return Ok(Some(attr)),
                 Err(error) if retryable(&error) && attempt < FLUSH_ATTEMPTS_MAX => {
                     tracing::info!(ino = %format!("{:016x}", self.ino), %error, attempt, "another writer changed the file; merging and retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
                     self.rebase(shared).await?;
                 }
                 Err(error) => return Err(error),
@@ -720,6 +724,13 @@ impl FileState {
         self.size = self.committed_size;
         self.truncated = false;
     }
+}
+
+/// A random pause that grows with the attempt: 10 ms times 2^attempt at most, capped.
+fn backoff(attempt: usize) -> std::time::Duration {
+    let ceiling = (10u64 << attempt.min(6)).min(FLUSH_BACKOFF_MAX.as_millis() as u64);
+    let random = u64::from_le_bytes(identity::random_bytes()) % ceiling.max(1);
+    std::time::Duration::from_millis(random + 1)
 }
 
 fn retryable(error: &FsError) -> bool {

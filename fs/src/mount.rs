@@ -150,10 +150,39 @@ pub fn run(
             tracing::info!("stopping: flushing and unmounting");
             let flushed = vault.flush_all();
             let _ = std::fs::remove_file(&status_path);
-            session.umount_and_join().context("unmounting")?;
+            unmount(&mountpoint)?;
+            session.join().context("the FUSE session failed")?;
             return flushed.context("flushing at shutdown");
         }
     }
+}
+
+/// Unmounts through fusermount3 (the session was mounted through it, with AutoUnmount); lazily
+/// when something still holds the mount busy, so that the process can finish.
+fn unmount(mountpoint: &Path) -> anyhow::Result<()> {
+    let run = |lazy: bool| {
+        let mut command = std::process::Command::new("fusermount3");
+        command.arg("-u");
+        if lazy {
+            command.arg("-z");
+        }
+        command
+            .arg(mountpoint)
+            .output()
+            .context("running fusermount3 (install fuse3)")
+    };
+    if run(false)?.status.success() {
+        return Ok(());
+    }
+    let output = run(true)?;
+    if output.status.success() {
+        return Ok(());
+    }
+    bail!(
+        "unmounting {}: {}",
+        mountpoint.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    )
 }
 
 fn report(

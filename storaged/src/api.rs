@@ -952,6 +952,8 @@ impl Vault for Service {
             let (ino, index) = (r.ino, r.index);
             // A writer may replace the chunk between reading its generation and its file (and
             // the old file may be collected): then read both again, a bounded number of times.
+            // A file still missing after that is gone, not replaced.
+            let mut missing = None;
             for _ in 0..3 {
                 let who = caller.clone();
                 let generation = state
@@ -985,13 +987,18 @@ impl Vault for Service {
                             data: sealed.into(),
                         });
                     }
-                    Err(ChunkStoreError::Missing { .. }) => continue,
+                    Err(error @ ChunkStoreError::Missing { .. }) => missing = Some(error),
                     Err(other) => return Err(chunk_error(other)),
                 }
             }
-            Err(OpError::Store(meta::StoreError::Conflict(
-                "chunk kept changing while read".into(),
-            )))
+            Err(missing.map_or_else(
+                || {
+                    OpError::Store(meta::StoreError::Conflict(
+                        "chunk kept changing while read".into(),
+                    ))
+                },
+                chunk_error,
+            ))
         })
         .await
     }

@@ -324,3 +324,33 @@ fn another_users_files_are_refused() {
         b"alice only"
     );
 }
+
+#[test]
+fn other_local_users_cannot_use_a_mount() {
+    let s = setup();
+    fs::write(s.alice.join("mine.txt"), b"alice's").expect("write");
+    fs::set_permissions(s.alice.join("mine.txt"), fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    // The mount carries alice's vault credentials: a local user other than its owner (and
+    // root) is refused even where the mode bits would let them in.
+    let output = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "cat",
+        ])
+        .arg(s.alice.join("mine.txt"))
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(
+        !output.status.success(),
+        "nobody read through alice's mount"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Permission denied"),
+        "{output:?}"
+    );
+}
