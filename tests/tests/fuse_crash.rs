@@ -24,6 +24,7 @@ fn a_killed_client_leaves_a_clean_mount_point_and_its_closed_files() {
     fs::write(mount.join("closed.txt"), b"safe").expect("write and close");
     let mut open = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .open(mount.join("open.txt"))
         .expect("open");
@@ -60,6 +61,7 @@ fn stopping_a_client_flushes_dirty_data() {
     let writer = std::thread::spawn(move || {
         let mut file = OpenOptions::new()
             .create(true)
+            .truncate(true)
             .write(true)
             .open(path)
             .expect("open");

@@ -206,14 +206,14 @@ fn attributes_times_and_extended_attributes() {
     // A FIFO is a node in the vault; its I/O stays in the kernel.
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &m.join("pipe"),
+        m.join("pipe"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,
     )
     .expect("mkfifo");
     assert!(
-        rustix::fs::stat(&m.join("pipe")).expect("stat").st_mode & libc::S_IFMT == libc::S_IFIFO
+        rustix::fs::stat(m.join("pipe")).expect("stat").st_mode & libc::S_IFMT == libc::S_IFIFO
     );
 }
 
@@ -225,6 +225,7 @@ fn sizes_sparse_files_append_truncate_and_sync() {
     let before = chunk_files(&s.daemon);
     let mut file = OpenOptions::new()
         .create(true)
+        .truncate(false)
         .read(true)
         .write(true)
         .open(&path)

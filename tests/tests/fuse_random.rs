@@ -236,6 +236,7 @@ fn file_of(op: &Op) -> usize {
 fn open(path: &Path) -> File {
     OpenOptions::new()
         .create(true)
+        .truncate(false)
         .read(true)
         .write(true)
         .open(path)
