@@ -15,20 +15,10 @@ data=$demo/data
 mnt=$demo/mnt
 export XDG_CONFIG_HOME=$demo/config   # key files and the client config of the demo
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-
-stop() {
-    if grep -qs " $mnt fuse" /proc/mounts; then
-        "$bin/vaultfs" unmount "$mnt"
-    fi
-    if [[ -s $demo/storaged.pid ]] && kill -0 "$(cat "$demo/storaged.pid")" 2>/dev/null; then
-        kill -TERM "$(cat "$demo/storaged.pid")"
-        echo "stopped storaged (pid $(cat "$demo/storaged.pid"))"
-    fi
-    rm -f "$demo/storaged.pid"
-}
+source scripts/lib.sh
 
 if [[ ${1:-} == stop ]]; then
-    stop
+    vault_stop "$demo" "$mnt"
     exit 0
 fi
 
@@ -36,53 +26,14 @@ say "Installing system packages and building (release)"
 scripts/setup.sh
 cargo build --release --locked --bins
 
-mkdir -p "$demo" "$mnt"
-chmod 700 "$demo"
-# A demo passphrase in a file, so that the script runs unattended. Real users type theirs.
-if [[ ! -s $demo/passphrase ]]; then
-    head -c 18 /dev/urandom | base64 > "$demo/passphrase"
-    chmod 600 "$demo/passphrase"
-fi
-pass=(--passphrase-file "$demo/passphrase")
-
-say "The site administrator's key (held by the administrator, never by the daemon)"
-if [[ ! -f $XDG_CONFIG_HOME/vault/admin.vkey ]]; then
-    "$bin/storaged" admin init "${pass[@]}" --data-dir "$data"
-else
-    "$bin/storaged" admin show
-fi
-
-say "Starting storaged (embedded SQLite metadata, chunks under $data/chunks)"
-if [[ -s $demo/storaged.pid ]] && kill -0 "$(cat "$demo/storaged.pid")" 2>/dev/null; then
-    echo "already running (pid $(cat "$demo/storaged.pid"))"
-else
-    setsid "$bin/storaged" serve --data-dir "$data" > "$demo/storaged.out" 2> "$demo/storaged.log" < /dev/null &
-    echo $! > "$demo/storaged.pid"
-    for _ in $(seq 100); do
-        grep -qs "storaged ready" "$demo/storaged.out" && break
-        sleep 0.1
-    done
-    cat "$demo/storaged.out"
-fi
-server=unix:$data/storaged.sock
+say "Starting storaged (embedded SQLite metadata; chunk files under $data/chunks)"
+vault_start_daemon "$demo"
 
 say "A demo user: key file, registration, approval by the administrator, login"
-if [[ ! -f $XDG_CONFIG_HOME/vault/user.vkey ]]; then
-    "$bin/vaultfs" key init "${pass[@]}"
-fi
-fingerprint=$("$bin/vaultfs" key show | awk '/^fingerprint/ {$1=""; print substr($0, 2)}')
-"$bin/vaultfs" register --server "$server" --name demo "${pass[@]}" > /dev/null
-if "$bin/storaged" admin pending --server "$server" "${pass[@]}" | grep -q '^demo'; then
-    "$bin/storaged" admin approve demo --fingerprint "$fingerprint" --server "$server" "${pass[@]}"
-fi
-"$bin/vaultfs" login "${pass[@]}"
+vault_user "$demo" demo
 
 say "Mounting the vault on $mnt"
-if grep -qs " $mnt fuse" /proc/mounts; then
-    echo "already mounted"
-else
-    "$bin/vaultfs" mount "$mnt" "${pass[@]}"
-fi
+vault_mount "$demo" "$mnt"
 
 say "Copying a few files in"
 mkdir -p "$mnt/demo"

@@ -123,7 +123,10 @@ const MESSAGE_BYTES_MAX: usize = proto::limits::MESSAGE_BYTES_MAX;
 pub fn channel(target: &Target) -> Result<Channel, ClientError> {
     let endpoint = Endpoint::from_static("http://storaged.invalid")
         .connect_timeout(std::time::Duration::from_secs(5))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .initial_stream_window_size(proto::limits::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(proto::limits::CONNECTION_WINDOW_BYTES)
+        .max_frame_size(proto::limits::FRAME_BYTES_MAX);
     match target.clone() {
         Target::Unix(path) => Ok(endpoint.connect_with_connector_lazy(tower::service_fn(
             move |_| {

@@ -15,7 +15,8 @@ use format::ids::FileId;
 use format::limits::{CHUNK_BYTES, FILE_BYTES_MAX};
 use proto::ErrorKind;
 use proto::v1::{
-    Attr, ChunkCommit, CommitChunksRequest, GetAttrRequest, ListChunksRequest, PutChunkRequest,
+    Attr, ChunkCommit, CommitChunksRequest, GetAttrRequest, ListChunksRequest, OpenReply,
+    OpenRequest, PutChunkRequest,
 };
 use tokio::task::JoinHandle;
 
@@ -112,6 +113,15 @@ pub struct FileState {
     next_sequential: u64,
 }
 
+async fn open_call(shared: &Shared, ino: u64) -> Result<OpenReply, FsError> {
+    shared
+        .remote
+        .call("open", |mut api| async move {
+            api.open(OpenRequest { ino }).await
+        })
+        .await
+}
+
 fn next_generation(base: u64, used: u64) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -122,9 +132,24 @@ fn next_generation(base: u64, used: u64) -> u64 {
 
 impl FileState {
     /// Loads a file's committed state: attributes and chunk generations.
+    /// Loads a file's committed state (attributes, chunk generations, key) in one call.
     pub async fn open(shared: &Shared, ino: u64) -> Result<FileState, FsError> {
-        let cipher = shared.keys.cipher(ino).await?;
-        let mut state = FileState {
+        let reply = open_call(shared, ino).await?;
+        let cipher = shared.keys.cipher_from(ino, &reply.keys)?;
+        let mut state = FileState::empty(ino, cipher);
+        state.take_committed(shared, reply).await?;
+        Ok(state)
+    }
+
+    /// The state of a file this client just created: empty, nothing to ask the server.
+    pub fn created(ino: u64, cipher: Arc<ChunkCipher>, attr: &Attr) -> FileState {
+        let mut state = FileState::empty(ino, cipher);
+        state.version = attr.version;
+        state
+    }
+
+    fn empty(ino: u64, cipher: Arc<ChunkCipher>) -> FileState {
+        FileState {
             ino,
             cipher,
             size: 0,
@@ -136,9 +161,7 @@ impl FileState {
             handles: 0,
             unlinked: false,
             next_sequential: 0,
-        };
-        state.refresh(shared).await?;
-        Ok(state)
+        }
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -147,16 +170,25 @@ impl FileState {
 
     /// Re-reads the committed size and chunk map.
     async fn refresh(&mut self, shared: &Shared) -> Result<Attr, FsError> {
+        let reply = open_call(shared, self.ino).await?;
+        self.take_committed(shared, reply).await
+    }
+
+    /// Adopts the server's committed state from an `Open` reply (paging in the rest of a
+    /// large file's chunk map).
+    async fn take_committed(&mut self, shared: &Shared, reply: OpenReply) -> Result<Attr, FsError> {
         let ino = self.ino;
-        let attr = shared
-            .remote
-            .call("get_attr", |mut api| async move {
-                api.get_attr(GetAttrRequest { ino }).await
-            })
-            .await?;
-        let mut generations = BTreeMap::new();
-        let mut from = 0;
-        loop {
+        let attr = reply.attr.ok_or_else(|| {
+            FsError::local(ErrorKind::Internal, "an open reply without attributes")
+        })?;
+        let mut generations: BTreeMap<u64, u64> = reply
+            .chunks
+            .iter()
+            .map(|c| (c.index, c.generation))
+            .collect();
+        let mut more = reply.more_chunks;
+        while more {
+            let from = generations.keys().next_back().map_or(0, |last| last + 1);
             let page = shared
                 .remote
                 .call("list_chunks", |mut api| async move {
@@ -168,13 +200,8 @@ impl FileState {
                     .await
                 })
                 .await?;
-            for chunk in &page.chunks {
-                generations.insert(chunk.index, chunk.generation);
-            }
-            match (page.more, page.chunks.last()) {
-                (true, Some(last)) => from = last.index + 1,
-                _ => break,
-            }
+            generations.extend(page.chunks.iter().map(|c| (c.index, c.generation)));
+            more = page.more && !page.chunks.is_empty();
         }
         if !self.is_dirty() {
             self.size = attr.size;

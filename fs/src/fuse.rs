@@ -20,6 +20,8 @@ use crate::vault::{Changes, RenameMode, Vault};
 
 /// How long the kernel may trust an entry or attributes (short: other clients change files).
 const TTL: Duration = Duration::from_secs(1);
+/// The attribute holding a file's capabilities, which the vault does not store.
+const FILE_CAPABILITIES: &[u8] = b"security.capability";
 /// Writes up to 1 MiB per request.
 const MAX_WRITE_BYTES: u32 = 1 << 20;
 
@@ -547,6 +549,9 @@ impl Filesystem for VaultFs {
         reply: ReplyEmpty,
     ) {
         allowed_or_reply!(self, req, reply);
+        if name.as_bytes() == FILE_CAPABILITIES {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let create = flags & libc::XATTR_CREATE != 0;
         let replace = flags & libc::XATTR_REPLACE != 0;
         match self
@@ -560,6 +565,11 @@ impl Filesystem for VaultFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         allowed_or_reply!(self, req, reply);
+        // The kernel asks for this on every write (to drop file capabilities); the vault does
+        // not keep file capabilities, so answer here instead of asking the server each time.
+        if name.as_bytes() == FILE_CAPABILITIES {
+            return reply.error(Errno::ENODATA);
+        }
         match self.vault.getxattr(ino.0, name.as_bytes()) {
             Ok(value) => xattr_reply(reply, size, &value),
             Err(e) => reply.error(fail(&e)),

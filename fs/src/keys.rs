@@ -26,7 +26,11 @@ pub struct Keys {
     uid: u32,
     ciphers: Mutex<HashMap<u64, Arc<ChunkCipher>>>,
     users: Mutex<HashMap<u32, PublicIdentity>>,
+    acls: Mutex<HashMap<u64, (std::time::Instant, Vec<u32>)>>,
 }
+
+/// How long a directory's readers are trusted for new files' keys.
+const ACL_CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn key_error(ino: u64, reason: impl std::fmt::Display) -> FsError {
     FsError::Key {
@@ -50,6 +54,7 @@ impl Keys {
             uid,
             ciphers: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
+            acls: Mutex::new(HashMap::new()),
         }
     }
 
@@ -81,6 +86,14 @@ impl Keys {
             })
             .await?
             .keys;
+        self.cipher_from(ino, &keys)
+    }
+
+    /// The chunk cipher of a file, from memory or from the wrapped keys an `Open` returned.
+    pub fn cipher_from(&self, ino: u64, keys: &[WrappedKey]) -> Result<Arc<ChunkCipher>, FsError> {
+        if let Some(cipher) = self.ciphers.lock().expect("key cache poisoned").get(&ino) {
+            return Ok(cipher.clone());
+        }
         let mine = user_principal(self.uid);
         let blob = keys
             .iter()
@@ -169,20 +182,7 @@ impl Keys {
         key: &DataKey,
         parent: u64,
     ) -> Result<Vec<WrappedKey>, FsError> {
-        let acl = self
-            .remote
-            .call("get_acl", |mut api| async move {
-                api.get_acl(GetAclRequest { ino: parent }).await
-            })
-            .await?;
-        let mut recipients = vec![self.uid];
-        for entry in acl.entries.iter().filter(|e| e.read) {
-            if let Some(principal::Kind::User(uid)) = entry.principal.and_then(|p| p.kind)
-                && !recipients.contains(&uid)
-            {
-                recipients.push(uid);
-            }
-        }
+        let recipients = self.readers_of(parent).await?;
         let mut wrapped = Vec::with_capacity(recipients.len());
         for uid in recipients {
             let public = if uid == self.uid {
@@ -196,6 +196,36 @@ impl Keys {
             });
         }
         Ok(wrapped)
+    }
+
+    /// This user and every user a directory's ACL lets read: the recipients of a new file's
+    /// key. Cached for a second, so that creating many files costs one ACL lookup.
+    async fn readers_of(&self, dir: u64) -> Result<Vec<u32>, FsError> {
+        if let Some((at, readers)) = self.acls.lock().expect("acl cache poisoned").get(&dir) {
+            if at.elapsed() < ACL_CACHE_LIFETIME {
+                return Ok(readers.clone());
+            }
+        }
+        let acl = self
+            .remote
+            .call("get_acl", |mut api| async move {
+                api.get_acl(GetAclRequest { ino: dir }).await
+            })
+            .await?;
+        let mut readers = vec![self.uid];
+        for entry in acl.entries.iter().filter(|e| e.read) {
+            if let Some(principal::Kind::User(uid)) = entry.principal.and_then(|p| p.kind) {
+                if !readers.contains(&uid) {
+                    readers.push(uid);
+                }
+            }
+        }
+        let mut acls = self.acls.lock().expect("acl cache poisoned");
+        if acls.len() > 10_000 {
+            acls.clear();
+        }
+        acls.insert(dir, (std::time::Instant::now(), readers.clone()));
+        Ok(readers)
     }
 
     /// The file's key wrapped for another user (for sharing).

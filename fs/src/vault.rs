@@ -449,11 +449,25 @@ impl Vault {
                 })
                 .await?;
             self.shared.remember_name(attr.ino, name);
-            if attr.ino == ino {
-                self.shared.keys.remember(ino, &key);
+            if attr.ino != ino {
+                // Not exclusive, and the name existed: open that file as it is.
+                let fh = self.open_async(attr.ino).await?.0;
+                return Ok((attr, fh));
             }
-            let fh = self.open_async(attr.ino).await?.0;
-            Ok((attr, fh))
+            // A new, empty file: its state is known without asking the server.
+            let cipher = self.shared.keys.remember(ino, &key);
+            let mut state = FileState::created(ino, cipher, &attr);
+            state.handles = 1;
+            let file = Arc::new(tokio::sync::Mutex::new(state));
+            self.files
+                .lock()
+                .expect("files poisoned")
+                .insert(ino, file.clone());
+            self.versions
+                .lock()
+                .expect("versions poisoned")
+                .insert(ino, attr.version);
+            Ok((attr, self.add_handle(Handle::File { ino, file })))
         })
     }
 

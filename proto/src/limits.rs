@@ -14,5 +14,13 @@ pub const MESSAGE_OVERHEAD_BYTES_MAX: usize = 64 * 1024;
 /// The largest gRPC message either side accepts.
 pub const MESSAGE_BYTES_MAX: usize = SEALED_CHUNK_BYTES_MAX + MESSAGE_OVERHEAD_BYTES_MAX;
 
+/// HTTP/2 flow-control windows: a stream may carry two sealed chunks (and more) before it waits for the
+/// peer, a connection about eleven. (The protocol's 64 KiB default throttles 8 MiB messages.)
+pub const STREAM_WINDOW_BYTES: u32 = 24 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 96 << 20;
+/// HTTP/2 frames of up to 1 MiB (the default 16 KiB costs a frame header per 16 KiB).
+pub const FRAME_BYTES_MAX: u32 = 1 << 20;
+
 const _: () = assert!(NAME_BYTES_MAX < PATH_BYTES_MAX);
+const _: () = assert!(STREAM_WINDOW_BYTES as usize >= 2 * SEALED_CHUNK_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX > SEALED_CHUNK_BYTES_MAX);

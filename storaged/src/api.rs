@@ -27,6 +27,7 @@ pub struct State {
     pub chunks: Arc<dyn ChunkStore>,
     pub auth: Auth,
     pub metrics: Arc<Metrics>,
+    pub audit: crate::audit::AuditQueue,
 }
 
 impl std::fmt::Debug for State {
@@ -68,15 +69,14 @@ impl State {
             .expect("chunk store task panicked")
     }
 
+    /// Queues a read-side audit event (see [`crate::audit::AuditQueue`]).
     async fn audit(&self, uid: u32, event: &'static str, ino: u64, detail: String) {
-        let logged = self
-            .write(move |txn| Ok(crate::audit::append(txn, uid, event, ino, &detail, now())?))
-            .await;
-        if let Err(error) = logged {
-            tracing::error!(%error, event, "could not write an audit event");
-        }
+        self.audit.record(uid, event, ino, detail).await;
     }
 }
+
+/// Chunk generations an `Open` reply carries (a 32 GiB file); larger files page the rest.
+const OPEN_CHUNKS_MAX: usize = 4096;
 
 fn status(error: &OpError) -> Status {
     use tonic::Code;
@@ -521,6 +521,39 @@ impl Vault for Service {
                 .read(move |txn| tree::getattr(txn, &who, r.ino))
                 .await?;
             Ok(attr(&found, &caller))
+        })
+        .await
+    }
+
+    async fn open(&self, request: Request<OpenRequest>) -> Result<Response<OpenReply>, Status> {
+        self.serve("open", request, |state, caller, r| async move {
+            let who = caller.clone();
+            let (inode, (chunks, more_chunks), keys) = state
+                .read(move |txn| {
+                    let inode = tree::getattr(txn, &who, r.ino)?;
+                    let listed = match inode.kind {
+                        Kind::Regular => chunks::list(txn, &who, r.ino, 0, OPEN_CHUNKS_MAX)?,
+                        _ => (Vec::new(), false),
+                    };
+                    let keys = sharing::my_wrapped_keys(txn, &who, r.ino)?;
+                    Ok((inode, listed, keys))
+                })
+                .await?;
+            Ok(OpenReply {
+                attr: Some(attr(&inode, &caller)),
+                chunks: chunks
+                    .into_iter()
+                    .map(|(index, generation)| ChunkInfo { index, generation })
+                    .collect(),
+                more_chunks,
+                keys: keys
+                    .into_iter()
+                    .map(|(p, blob)| WrappedKey {
+                        principal: Some(principal_to_wire(p)),
+                        blob,
+                    })
+                    .collect(),
+            })
         })
         .await
     }

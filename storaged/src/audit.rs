@@ -78,3 +78,105 @@ fn check(entry: &AuditEntry, expected_seq: u64, prev_hash: &[u8; 32]) -> Option<
     }
     None
 }
+
+/// Read-side events (a chunk read, a refused call, a failed login) change nothing else, so
+/// they need no transaction of their own: they are queued and appended in batches, at most
+/// `BATCH_DELAY` after they happen. A crash may lose the last batch; every event that records
+/// a change is written in the same transaction as the change.
+#[derive(Debug, Clone)]
+pub struct AuditQueue {
+    sender: tokio::sync::mpsc::Sender<Queued>,
+}
+
+const QUEUE_EVENTS_MAX: usize = 65_536;
+const BATCH_EVENTS_MAX: usize = 1024;
+const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
+#[derive(Debug)]
+enum Queued {
+    Event {
+        uid: u32,
+        event: &'static str,
+        ino: Ino,
+        detail: String,
+        time: Time,
+    },
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl AuditQueue {
+    /// Starts the task that writes queued events.
+    pub fn start(store: std::sync::Arc<dyn MetaStore>) -> AuditQueue {
+        let (sender, receiver) = tokio::sync::mpsc::channel(QUEUE_EVENTS_MAX);
+        tokio::spawn(write_batches(store, receiver));
+        AuditQueue { sender }
+    }
+
+    /// Queues an event; waits only when the queue is full.
+    pub async fn record(&self, uid: u32, event: &'static str, ino: Ino, detail: String) {
+        let queued = Queued::Event {
+            uid,
+            event,
+            ino,
+            detail,
+            time: crate::meta::now(),
+        };
+        if self.sender.send(queued).await.is_err() {
+            tracing::error!(event, "the audit writer stopped; an event is lost");
+        }
+    }
+
+    /// Waits until every event queued so far is written.
+    pub async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.sender.send(Queued::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn write_batches(
+    store: std::sync::Arc<dyn MetaStore>,
+    mut receiver: tokio::sync::mpsc::Receiver<Queued>,
+) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
+        while batch.len() < BATCH_EVENTS_MAX && !matches!(batch.last(), Some(Queued::Flush(_))) {
+            match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                Ok(Some(next)) => batch.push(next),
+                _ => break,
+            }
+        }
+        let mut events = Vec::new();
+        let mut flushes = Vec::new();
+        for queued in batch {
+            match queued {
+                Queued::Event {
+                    uid,
+                    event,
+                    ino,
+                    detail,
+                    time,
+                } => events.push((uid, event, ino, detail, time)),
+                Queued::Flush(done) => flushes.push(done),
+            }
+        }
+        if !events.is_empty() {
+            let count = events.len();
+            let written = crate::meta::write(&*store, move |txn| -> Result<(), StoreError> {
+                for (uid, event, ino, detail, time) in &events {
+                    append(txn, *uid, event, *ino, detail, *time)?;
+                }
+                Ok(())
+            })
+            .await;
+            if let Err(error) = written {
+                tracing::error!(%error, count, "could not write audit events");
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}

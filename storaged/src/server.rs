@@ -100,6 +100,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let chunks = Arc::new(DirChunkStore::open(&config.chunk_root)?);
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(State {
+        audit: crate::audit::AuditQueue::start(store.clone()),
         store,
         chunks,
         auth: Auth::new(vault.clone(), config.session_lifetime),
@@ -137,7 +138,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         state.store.backend(),
         config.socket.display()
     );
-    let unix = Server::builder().serve_with_incoming_shutdown(
+    let unix = http2_server().serve_with_incoming_shutdown(
         service.clone(),
         UnixListenerStream::new(listener),
         until_stopped(stopped.clone()),
@@ -148,9 +149,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             announce += &format!(" and https://{addr} (certificate {})", identity.fingerprint);
             let tls = ServerTlsConfig::new()
                 .identity(TlsCert::from_pem(identity.cert_pem, identity.key_pem));
-            let server = Server::builder()
-                .tls_config(tls)
-                .context("configuring TLS")?;
+            let server = http2_server().tls_config(tls).context("configuring TLS")?;
             Some(server.serve_with_shutdown(addr, service, until_stopped(stopped.clone())))
         }
         None => None,
@@ -162,9 +161,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => unix.await,
     };
     let _ = std::fs::remove_file(&config.socket);
+    state.audit.flush().await;
     served.context("serving")?;
     tracing::info!("storaged stopped");
     Ok(())
+}
+
+/// The gRPC server with flow-control windows sized for 8 MiB chunks.
+fn http2_server() -> Server {
+    Server::builder()
+        .initial_stream_window_size(proto::limits::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(proto::limits::CONNECTION_WINDOW_BYTES)
+        .max_frame_size(proto::limits::FRAME_BYTES_MAX)
+        .tcp_nodelay(true)
 }
 
 /// Binds the Unix socket, replacing a stale socket file but never a live daemon's.

@@ -21,7 +21,8 @@ async fn main() {
     let daemon = Storaged::start(&extra);
     let user = daemon.user("bench").await;
     let mut rows = Vec::new();
-    for clients in [1usize, 16] {
+    let only_chunks = std::env::var_os("BENCH_ONLY_CHUNKS").is_some();
+    for clients in [1usize, 16].into_iter().filter(|_| !only_chunks) {
         let users = connections(&daemon, &user, clients).await;
         let dirs = make_dirs(&users, clients).await;
         let per_client = CREATES_PER_RUN / clients;

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# vaultfs and gocryptfs side by side, in one run, over the same disk: sequential write and read
+# of a 1 GiB file (dd, 1 MiB blocks, fsync, caches dropped), create + read + unlink of 5,000
+# 4 KiB files, and unpacking then deleting a real source tree of about 10,000 files. Prints a
+# table with ratios and vaultfs's peak memory. Run as root on Debian 12.
+#
+#   benches/fs.sh [ROUNDS]    (default 1; with more, each figure is the median)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-1}
+work=${VAULT_BENCH_DIR:-/var/tmp/vault-bench}
+bin=$PWD/target/release
+cache_mib=128
+dirty_mib=128
+source scripts/lib.sh
+
+scripts/setup.sh > /dev/null
+if ! command -v gocryptfs > /dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gocryptfs > /dev/null
+fi
+cargo build --quiet --release --locked --bins
+
+cleanup() {
+    fusermount3 -u "$work/gocryptfs.mnt" 2> /dev/null || true
+    vault_stop "$work/vault" "$work/vault.mnt" > /dev/null 2>&1 || true
+}
+trap cleanup EXIT
+cleanup
+rm -rf "$work"
+mkdir -p "$work"
+
+# The source tree: real Rust crate sources from the cargo registry, about 10,000 files.
+tree=$work/tree.tar
+(
+    cd "$HOME/.cargo/registry/src"/*/
+    count=0
+    for crate in */; do
+        echo "$crate"
+        count=$((count + $(find "$crate" -type f | wc -l)))
+        ((count >= 10000)) && break
+    done > "$work/crates"
+    tar -cf "$tree" -T "$work/crates"
+)
+tree_files=$(tar -tf "$tree" | grep -vc '/$')
+
+vault_start_daemon "$work/vault" > /dev/null
+vault_user "$work/vault" bench > /dev/null
+mount_vault() {
+    vault_mount "$work/vault" "$work/vault.mnt" --cache-mib "$cache_mib" --dirty-mib "$dirty_mib" > /dev/null
+}
+remount_vault() {
+    "$bin/vaultfs" unmount "$work/vault.mnt" > /dev/null
+    mount_vault
+}
+mount_gocryptfs() {
+    if [[ ! -d $work/gocryptfs.cipher ]]; then
+        mkdir -p "$work/gocryptfs.cipher" "$work/gocryptfs.mnt"
+        gocryptfs -q -init -extpass "echo bench-passphrase" "$work/gocryptfs.cipher"
+    fi
+    gocryptfs -q -extpass "echo bench-passphrase" "$work/gocryptfs.cipher" "$work/gocryptfs.mnt"
+}
+remount_gocryptfs() {
+    fusermount3 -u "$work/gocryptfs.mnt"
+    mount_gocryptfs
+}
+mount_vault
+mount_gocryptfs
+
+now() { date +%s.%N; }
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+# seconds_for COMMAND...: wall time of a command.
+seconds_for() {
+    local start
+    start=$(now)
+    "$@"
+    python3 -c "print($(now) - $start)"
+}
+
+small_files() { # DIR PHASE: 5,000 files of 4 KiB
+    python3 - "$1" "$2" <<'PY'
+import os, sys
+d, phase = sys.argv[1], sys.argv[2]
+block = os.urandom(4096)
+if phase == "create":
+    os.makedirs(d, exist_ok=True)
+    for i in range(5000):
+        with open(f"{d}/f{i}", "wb") as f:
+            f.write(block)
+elif phase == "read":
+    for i in range(5000):
+        with open(f"{d}/f{i}", "rb") as f:
+            assert len(f.read()) == 4096
+else:
+    for i in range(5000):
+        os.unlink(f"{d}/f{i}")
+    os.rmdir(d)
+PY
+}
+
+declare -A results
+measure() { # NAME MOUNTPOINT REMOUNT
+    local name=$1 mnt=$2 remount=$3
+    drop_caches
+    results[$name.write]=$(seconds_for dd if=/dev/zero of="$mnt/big" bs=1M count=1024 conv=fsync status=none)
+    $remount
+    drop_caches
+    results[$name.read]=$(seconds_for dd if="$mnt/big" of=/dev/null bs=1M status=none)
+    rm -f "$mnt/big"
+    drop_caches
+    results[$name.create]=$(seconds_for small_files "$mnt/small" create)
+    $remount
+    drop_caches
+    results[$name.readsmall]=$(seconds_for small_files "$mnt/small" read)
+    results[$name.unlink]=$(seconds_for small_files "$mnt/small" unlink)
+    drop_caches
+    results[$name.untar]=$(seconds_for tar -xf "$tree" -C "$mnt")
+    results[$name.rmtree]=$(seconds_for rm -rf "$mnt"/*)
+}
+
+declare -A samples
+for round in $(seq "$rounds"); do
+    measure vault "$work/vault.mnt" remount_vault
+    vault_pid=$(pgrep -f "vaultfs mount $work/vault.mnt" | head -n 1)
+    measure gocryptfs "$work/gocryptfs.mnt" remount_gocryptfs
+    for key in "${!results[@]}"; do
+        samples[$key]+="${results[$key]} "
+    done
+done
+peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$vault_pid/status" 2> /dev/null || echo 0)
+
+python3 - "$tree_files" "$peak_kib" "$cache_mib" "$dirty_mib" "$(declare -p samples)" <<'PY'
+import re, statistics, sys
+tree_files, peak_kib, cache_mib, dirty_mib, dump = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+samples = {k: [float(x) for x in v.split()] for k, v in re.findall(r'\[([^\]]+)\]="([^"]*)"', dump)}
+t = {k: statistics.median(v) for k, v in samples.items()}
+rows = [
+    ("sequential write 1 GiB (dd, fsync)", "MB/s", lambda s: 1073.741824 / t[s + ".write"]),
+    ("sequential read 1 GiB (caches dropped)", "MB/s", lambda s: 1073.741824 / t[s + ".read"]),
+    ("create 5,000 x 4 KiB files", "files/s", lambda s: 5000 / t[s + ".create"]),
+    ("read 5,000 x 4 KiB files (caches dropped)", "files/s", lambda s: 5000 / t[s + ".readsmall"]),
+    ("unlink 5,000 files", "files/s", lambda s: 5000 / t[s + ".unlink"]),
+    (f"unpack a source tree ({tree_files} files)", "files/s", lambda s: tree_files / t[s + ".untar"]),
+    ("delete that tree", "files/s", lambda s: tree_files / t[s + ".rmtree"]),
+]
+print(f"| test | unit | vaultfs | gocryptfs | vaultfs / gocryptfs |")
+print(f"|---|---|---:|---:|---:|")
+for name, unit, rate in rows:
+    v, g = rate("vault"), rate("gocryptfs")
+    print(f"| {name} | {unit} | {v:,.0f} | {g:,.0f} | {v / g:.2f}x |")
+print()
+print(f"vaultfs peak memory (VmHWM): {peak_kib / 1024:.0f} MiB, with --cache-mib {cache_mib} "
+      f"--dirty-mib {dirty_mib} (budget {cache_mib + dirty_mib} MiB + 64 MiB = {cache_mib + dirty_mib + 64} MiB)")
+PY
