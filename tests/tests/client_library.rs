@@ -1,0 +1,99 @@
+//! The client's filesystem operations as plain functions, driven without a mount against a
+//! real daemon: what the FUSE adapter calls, and the errors it turns into errno.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tests::daemon::Storaged;
+use vaultfs::config::ClientConfig;
+use vaultfs::error::errno;
+use vaultfs::keys::Keys;
+use vaultfs::shared::{Limits, Shared};
+use vaultfs::vault::{Changes, RenameMode, Vault};
+
+const ROOT: u64 = 1;
+
+#[test]
+fn file_operations_without_a_mount() {
+    let daemon = Storaged::start(&[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let user = runtime.block_on(daemon.user("alice"));
+    let config = ClientConfig {
+        server: Some(format!("unix:{}", daemon.socket().display())),
+        name: Some("alice".into()),
+        ..ClientConfig::default()
+    };
+    let (remote, vault_id, pinned) = runtime
+        .block_on(vaultfs::mount::connect(
+            &config,
+            user.identity.clone(),
+            Duration::from_secs(5),
+        ))
+        .expect("connect");
+    let keys = Keys::new(
+        remote.clone(),
+        vault_id,
+        pinned.admin().expect("pinned admin key"),
+        user.uid,
+    );
+    let shared = Arc::new(Shared::new(remote, keys, Limits::default()));
+    let vault = Vault::new(shared, runtime.handle().clone());
+
+    let dir = vault.mkdir(ROOT, b"dir", 0o755, 0, 0).expect("mkdir");
+    let (attr, fh) = vault
+        .create(dir.ino, b"file", 0o644, true, 0, 0)
+        .expect("create");
+    assert_eq!(vault.write(fh, 0, b"hello").expect("write"), 5);
+    assert_eq!(
+        vault
+            .write(fh, 8 * 1024 * 1024 - 2, b"across")
+            .expect("write across a boundary"),
+        6
+    );
+    vault.flush(fh).expect("flush");
+    vault.release(fh).expect("release");
+    assert_eq!(
+        vault.getattr(attr.ino).expect("getattr").size,
+        8 * 1024 * 1024 + 4
+    );
+
+    let (fh, _) = vault.open(attr.ino).expect("open");
+    assert_eq!(vault.read(fh, 0, 5).expect("read"), b"hello");
+    assert_eq!(
+        vault.read(fh, 8 * 1024 * 1024 - 2, 100).expect("read"),
+        b"across"
+    );
+    assert_eq!(vault.read(fh, 100, 4).expect("a hole"), vec![0; 4]);
+    vault.release(fh).expect("release");
+
+    vault
+        .setattr(
+            attr.ino,
+            &Changes {
+                size: Some(3),
+                ..Changes::default()
+            },
+        )
+        .expect("truncate");
+    let (fh, _) = vault.open(attr.ino).expect("open");
+    assert_eq!(vault.read(fh, 0, 100).expect("read"), b"hel");
+    vault.release(fh).expect("release");
+
+    vault
+        .rename(dir.ino, b"file", ROOT, b"moved", RenameMode::Replace)
+        .expect("rename");
+    let missing = vault.lookup(dir.ino, b"file").expect_err("moved away");
+    assert_eq!(errno(&missing), libc::ENOENT);
+    assert_eq!(
+        errno(&vault.rmdir(ROOT, b"moved").expect_err("not a directory")),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno(&vault.mkdir(ROOT, b"dir", 0o755, 0, 0).expect_err("exists")),
+        libc::EEXIST
+    );
+    vault.unlink(ROOT, b"moved").expect("unlink");
+    vault.rmdir(ROOT, b"dir").expect("rmdir");
+    let (_, dirty, open) = vault.usage();
+    assert_eq!((dirty, open), (0, 0), "nothing left dirty or open");
+}
