@@ -170,26 +170,10 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Unlocks the admin key file and logs in with it.
 async fn connect(args: &ServerArgs) -> anyhow::Result<Connection> {
-    let identity: Identity =
-        keystore::unlock(&args.key.path(), KeyKind::SiteAdmin, &args.key.source())?;
-    let text = args.server.clone().unwrap_or_else(|| {
-        format!(
-            "unix:{}",
-            default_data_dir().join("storaged.sock").display()
-        )
-    });
-    let pin = args
-        .server_fingerprint
-        .as_deref()
-        .map(|f| Fingerprint::parse(f).context("bad --server-fingerprint"))
-        .transpose()?;
-    let connection = Connection::new(&Target::parse(&text, pin)?)?;
-    connection
-        .login(storaged::ops::users::ADMIN_NAME, &identity)
-        .await
-        .with_context(|| format!("logging in to {text} as the site administrator"))?;
-    Ok(connection)
+    let identity = keystore::unlock(&args.key.path(), KeyKind::SiteAdmin, &args.key.source())?;
+    connect_with(args, &identity).await
 }
 
 async fn approve(args: ApproveArgs) -> anyhow::Result<()> {

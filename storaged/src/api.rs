@@ -58,6 +58,21 @@ impl State {
         meta::write(&*self.store, op).await
     }
 
+    /// Creates a directory entry and its inode (mkdir, mknod, symlink); the caller's view of it.
+    async fn create_node(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: Vec<u8>,
+        node: NewNode,
+    ) -> Result<Attr, OpError> {
+        let who = caller.clone();
+        let made = self
+            .write(move |txn| tree::create_node(txn, &who, parent, &name, &node, now()))
+            .await?;
+        Ok(attr(&made, &caller))
+    }
+
     /// Runs blocking chunk-store work off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -628,11 +643,7 @@ impl Vault for Service {
                 target: Vec::new(),
                 ino: None,
             };
-            let who = caller.clone();
-            let dir = state
-                .write(move |txn| tree::create_node(txn, &who, r.parent, &r.name, &node, now()))
-                .await?;
-            Ok(attr(&dir, &caller))
+            state.create_node(caller, r.parent, r.name, node).await
         })
         .await
     }
@@ -659,11 +670,7 @@ impl Vault for Service {
                 target: Vec::new(),
                 ino: None,
             };
-            let who = caller.clone();
-            let made = state
-                .write(move |txn| tree::create_node(txn, &who, r.parent, &r.name, &node, now()))
-                .await?;
-            Ok(attr(&made, &caller))
+            state.create_node(caller, r.parent, r.name, node).await
         })
         .await
     }
@@ -679,11 +686,7 @@ impl Vault for Service {
                 target: r.target,
                 ino: None,
             };
-            let who = caller.clone();
-            let link = state
-                .write(move |txn| tree::create_node(txn, &who, r.parent, &r.name, &node, now()))
-                .await?;
-            Ok(attr(&link, &caller))
+            state.create_node(caller, r.parent, r.name, node).await
         })
         .await
     }
