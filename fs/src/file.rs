@@ -111,6 +111,8 @@ pub struct FileState {
     pub unlinked: bool,
     /// The index just past the last chunk read, to notice sequential readers.
     next_sequential: u64,
+    /// Chunks below this were already read ahead in the current sequential pass.
+    prefetched_to: u64,
 }
 
 async fn open_call(shared: &Shared, ino: u64) -> Result<OpenReply, FsError> {
@@ -161,6 +163,7 @@ impl FileState {
             handles: 0,
             unlinked: false,
             next_sequential: 0,
+            prefetched_to: 0,
         }
     }
 
@@ -285,9 +288,14 @@ impl FileState {
             first == self.next_sequential || first + 1 == self.next_sequential || first == 0;
         self.next_sequential = last + 1;
         if !sequential {
+            self.prefetched_to = 0;
             return;
         }
-        for index in last + 1..=last + shared.limits.prefetch_chunks {
+        // Each chunk is asked for once per sequential pass, not once per read request.
+        let from = (last + 1).max(self.prefetched_to);
+        let to = last + shared.limits.prefetch_chunks;
+        self.prefetched_to = to + 1;
+        for index in from..=to {
             if self.dirty.contains_key(&index) {
                 continue;
             }
