@@ -19,6 +19,13 @@ use crate::limits;
 use crate::placement;
 use crate::store::State;
 
+/// How long `move` waits for the graceful stop (then forces it), and for the guest to come up.
+#[derive(Debug, Clone, Copy)]
+pub struct MoveTimeouts {
+    pub stop: Duration,
+    pub start: Duration,
+}
+
 /// What `start` (and `move`) report.
 #[derive(Debug, Clone)]
 pub struct Started {
@@ -137,7 +144,7 @@ impl Vmctl {
         name: &str,
         to: &str,
         key: Option<&OwnerKey>,
-        timeout: Duration,
+        timeouts: MoveTimeouts,
     ) -> Result<Option<Started>> {
         let state = self.store.read()?;
         let vm = state.vm(name)?.clone();
@@ -173,12 +180,12 @@ impl Vmctl {
         }
         let port = self.net.port(name)?;
         let spec = self.domain_spec(name, &vm, &state, &port, target.accel()?)?;
-        source.stop(name, &domain, timeout)?;
+        source.stop(name, &domain, timeouts.stop)?;
         self.clear_started(name)?;
         let mut undo = Undo::new();
         if was_running {
             undo.push(|| {
-                let _ = self.start(name, key, timeout);
+                let _ = self.start(name, key, timeouts.start);
             });
         }
         let defined = target.define(name, &spec.to_xml())?;
@@ -202,7 +209,7 @@ impl Vmctl {
         })?;
         undo.done();
         if was_running {
-            return self.start(name, key, timeout).map(Some);
+            return self.start(name, key, timeouts.start).map(Some);
         }
         Ok(None)
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use keystore::PassphraseSource;
-use vmctl::{CreateRequest, OwnerKey, Store, Vmctl, limits};
+use vmctl::{CreateRequest, MoveTimeouts, OwnerKey, Store, Vmctl, limits};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -85,8 +85,11 @@ enum Command {
         to: String,
         #[command(flatten)]
         key: KeyArgs,
-        /// Seconds for the graceful stop, and for the guest to come up again.
+        /// Seconds for the graceful stop before it is forced.
         #[arg(long, default_value_t = limits::STOP_TIMEOUT_S_DEFAULT)]
+        stop_timeout: u64,
+        /// Seconds to wait for the guest to come up on the new host.
+        #[arg(long, default_value_t = limits::START_TIMEOUT_S_DEFAULT)]
         timeout: u64,
     },
     /// Encrypted data drives.
@@ -224,10 +227,14 @@ fn vm(vmctl: &Vmctl, command: &Command) -> Result<()> {
             name,
             to,
             key,
+            stop_timeout,
             timeout,
         } => {
-            let timeout = Duration::from_secs(*timeout);
-            match vmctl.move_vm(name, to, key.owner_key().as_ref(), timeout)? {
+            let timeouts = MoveTimeouts {
+                stop: Duration::from_secs(*stop_timeout),
+                start: Duration::from_secs(*timeout),
+            };
+            match vmctl.move_vm(name, to, key.owner_key().as_ref(), timeouts)? {
                 Some(started) => print_started(&started),
                 None => println!("moved {name} to {to} (not running)"),
             }

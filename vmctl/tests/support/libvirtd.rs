@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::lab::{wait_until, which};
+use super::lab::which;
 
 /// The qemu.conf of test hosts: QEMU as root without a security driver (no systemd, no
 /// AppArmor here), its output to files (no virtlogd needed).
@@ -48,9 +48,10 @@ impl Libvirtd {
             ));
         }
         script.push_str(&format!(
-            "mkdir -p /run/openvswitch\nmount --bind {} /run/openvswitch\nexec {}\n",
+            "mkdir -p /run/openvswitch\nmount --bind {} /run/openvswitch\nexec {} --pid-file {}\n",
             ovs_dir.display(),
-            which("libvirtd").expect("libvirtd").display()
+            which("libvirtd").expect("libvirtd").display(),
+            dir.join("libvirtd.pid").display()
         ));
         let log = fs::File::create(dir.join("libvirtd.log")).expect("libvirtd log");
         // `ip netns exec`, `unshare` and the script's `exec` each replace the process, so the
@@ -70,9 +71,11 @@ impl Libvirtd {
             dir: dir.to_path_buf(),
             child: Some(child),
         };
-        wait_until("libvirtd socket", Duration::from_secs(20), || {
-            socket.exists() && virt::connect::Connect::open(Some(&daemon.uri)).is_ok()
-        });
+        let up = || socket.exists() && virt::connect::Connect::open(Some(&daemon.uri)).is_ok();
+        if !(0..200).any(|_| up() || sleep_false(Duration::from_millis(100))) {
+            let log = fs::read_to_string(dir.join("libvirtd.log")).unwrap_or_default();
+            panic!("libvirtd did not come up within 20 s; its log:\n{log}");
+        }
         daemon
     }
 
@@ -100,10 +103,9 @@ impl Libvirtd {
         for pid_file in super::files_under(&self.dir.join("run/qemu")) {
             if pid_file.extension().is_some_and(|e| e == "pid") {
                 let pid = fs::read_to_string(&pid_file).unwrap_or_default();
-                if let Ok(pid) = pid.trim().parse::<i32>() {
-                    if Path::new(&format!("/proc/{pid}")).exists() {
-                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                    }
+                let alive = |pid: &i32| Path::new(&format!("/proc/{pid}")).exists();
+                if let Some(pid) = pid.trim().parse::<i32>().ok().filter(alive) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
                 }
             }
         }
@@ -114,4 +116,10 @@ impl Drop for Libvirtd {
     fn drop(&mut self) {
         self.clean_up();
     }
+}
+
+/// Sleeps, then says "not yet" (for bounded polling loops).
+fn sleep_false(duration: Duration) -> bool {
+    std::thread::sleep(duration);
+    false
 }

@@ -117,8 +117,13 @@ pub fn cluster_text(lab: &Lab, uris: &[String], memory_mib: u64) -> String {
 /// A user key file (cheap KDF) and its passphrase file in `dir`.
 pub fn owner_key(dir: &Path) -> (Identity, OwnerKey) {
     let owner = Identity::generate();
-    let sealed = KeyFile::seal(&owner, KeyKind::User, PASSPHRASE.as_bytes(), KdfParams::MINIMUM)
-        .expect("seal key file");
+    let sealed = KeyFile::seal(
+        &owner,
+        KeyKind::User,
+        PASSPHRASE.as_bytes(),
+        KdfParams::MINIMUM,
+    )
+    .expect("seal key file");
     let key_file = dir.join("owner.vkey");
     let _ = fs::remove_file(&key_file);
     keystore::write_key_file(&key_file, &sealed).expect("write key file");
@@ -140,9 +145,12 @@ pub fn guest_image() -> PathBuf {
     let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for file in ["build.sh", "init"] {
-        fs::read(sources.join(file)).expect("guest source").hash(&mut hasher);
+        fs::read(sources.join(file))
+            .expect("guest source")
+            .hash(&mut hasher);
     }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vmctl-guest-{:016x}", hasher.finish()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("vmctl-guest-{:016x}", hasher.finish()));
     if !dir.join("image.toml").exists() {
         let output = Command::new("bash")
             .arg(sources.join("build.sh"))
@@ -172,7 +180,9 @@ pub fn install_image(guest: &Path, image_dir: &Path) {
 pub fn guest_shell(ns: &str, address: std::net::Ipv4Addr, commands: &str) -> String {
     let target = format!("TCP:{address}:{GUEST_SHELL_PORT},connect-timeout=3");
     let mut child = Command::new(which("ip").expect("ip"))
-        .args(["netns", "exec", ns, "timeout", "30", "socat", "-T", "20", "-", &target])
+        .args([
+            "netns", "exec", ns, "timeout", "30", "socat", "-T", "20", "-", &target,
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
