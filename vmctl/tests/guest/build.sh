@@ -15,7 +15,7 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 kernel_package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
 [[ -n $kernel_package ]] || { echo "build.sh: no kernel package behind linux-image-amd64" >&2; exit 1; }
-apt-get download -q=2 "$kernel_package" busybox-static 2>/dev/null
+apt-get download -q=2 -o APT::Sandbox::User=root "$kernel_package" busybox-static
 dpkg-deb -x linux-image-*.deb kernel
 dpkg-deb -x busybox-static_*.deb busybox
 version=$(ls kernel/lib/modules)
