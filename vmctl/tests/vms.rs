@@ -49,14 +49,15 @@ fn key_args(site: &Site) -> Vec<String> {
 }
 
 /// Finds the guest's disk whose serial number is `drive` (the guest names disks in the order
-/// they appear, whatever libvirt's target says), waiting up to 10 s; sets `$dev`.
+/// they appear, whatever libvirt's target says), waiting up to 30 s; sets `$dev`, or prints
+/// what the guest's kernel said when there is none.
 fn find_disk(drive: &str) -> String {
     format!(
-        "dev=; i=0; while [ -z \"$dev\" ] && [ $i -lt 100 ]; do \
+        "dev=; i=0; while [ -z \"$dev\" ] && [ $i -lt 300 ]; do \
            for d in /sys/block/vd*; do \
              [ \"$(cat $d/serial 2>/dev/null)\" = {drive} ] && dev=/dev/${{d##*/}}; \
            done; [ -z \"$dev\" ] && sleep 0.1; i=$((i+1)); \
-         done; echo dev=$dev;"
+         done; echo dev=$dev; [ -n \"$dev\" ] || dmesg | tail -n 20;"
     )
 }
 

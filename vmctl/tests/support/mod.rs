@@ -83,7 +83,7 @@ impl Site {
 
     /// A `vmctl` command line against this site.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_vmctl"))
+        Command::new(vmctl_binary())
             .arg("--cluster")
             .arg(&self.cluster_file)
             .arg("--store")
@@ -93,6 +93,17 @@ impl Site {
             .output()
             .expect("run vmctl")
     }
+}
+
+/// The `vmctl` binary: cargo's for integration tests, else the one beside the running
+/// example's directory (`target/debug/examples/..` -> `target/debug/vmctl`).
+pub fn vmctl_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_vmctl") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("vmctl")
 }
 
 /// A cluster file for the lab, with each host's libvirt URI.
@@ -149,8 +160,9 @@ pub fn guest_image() -> PathBuf {
             .expect("guest source")
             .hash(&mut hasher);
     }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("vmctl-guest-{:016x}", hasher.finish()));
+    // Integration tests cache it under the target dir; the benchmark (an example) under $TMPDIR.
+    let cache = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let dir = cache.join(format!("vmctl-guest-{:016x}", hasher.finish()));
     if !dir.join("image.toml").exists() {
         let output = Command::new("bash")
             .arg(sources.join("build.sh"))
@@ -176,12 +188,12 @@ pub fn install_image(guest: &Path, image_dir: &Path) {
 }
 
 /// Runs shell commands in the guest over its command port, from namespace `ns`; returns what
-/// they printed. Bounded: 3 s to connect, 30 s in all.
+/// they printed. Bounded: 3 s to connect, 40 s without output, 60 s in all.
 pub fn guest_shell(ns: &str, address: std::net::Ipv4Addr, commands: &str) -> String {
     let target = format!("TCP:{address}:{GUEST_SHELL_PORT},connect-timeout=3");
     let mut child = Command::new(which("ip").expect("ip"))
         .args([
-            "netns", "exec", ns, "timeout", "30", "socat", "-T", "20", "-", &target,
+            "netns", "exec", ns, "timeout", "60", "socat", "-T", "40", "-", &target,
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
