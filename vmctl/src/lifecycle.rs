@@ -1,0 +1,261 @@
+//! Starting (with the drives' keys as ephemeral secrets, waiting for the guest), stopping
+//! (gracefully, then forced) and moving VMs between hosts.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use virt::domain::Domain;
+
+use crate::controller::{OwnerKey, Undo, Vmctl, now_s};
+use crate::domain::SecretSpec;
+use crate::drive;
+use crate::error::{Error, Result, io_error};
+use crate::host::{Host, SecretGuard};
+use crate::image::Image;
+use crate::limits;
+use crate::placement;
+use crate::store::State;
+
+/// How long `move` waits for the graceful stop (then forces it), and for the guest to come up.
+#[derive(Debug, Clone, Copy)]
+pub struct MoveTimeouts {
+    pub stop: Duration,
+    pub start: Duration,
+}
+
+/// What `start` (and `move`) report.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub vm: String,
+    pub host: String,
+    pub address: std::net::Ipv4Addr,
+    /// From the start call until the guest printed its readiness marker (or, for an image
+    /// without one, until it ran).
+    pub elapsed: Duration,
+}
+
+impl Vmctl {
+    /// Starts a VM and waits (up to `timeout`) until the guest is up. Drive keys are opened
+    /// with `key` and handed to libvirt only for the start.
+    pub fn start(&self, name: &str, key: Option<&OwnerKey>, timeout: Duration) -> Result<Started> {
+        let state = self.store.read()?;
+        let vm = state.vm(name)?;
+        let host = self.connect(&vm.host)?;
+        let domain = host.domain(name)?;
+        let current = host.state(&domain)?;
+        if current.is_active() {
+            return Err(Error::WrongState {
+                vm: name.to_string(),
+                state: current.as_str().to_string(),
+                hint: "stop it first",
+            });
+        }
+        let secrets = self.drive_secrets(&host, name, &vm.drives, &state, key)?;
+        let console = self.store.console_path(name);
+        let _ = fs::remove_file(&console);
+        let started = Instant::now();
+        host.start(name, &domain)?;
+        drop(secrets);
+        self.store.update(|state| {
+            if let Some(vm) = state.vms.get_mut(name) {
+                vm.started_at = Some(now_s());
+            }
+            Ok(())
+        })?;
+        let image = Image::load(&self.store, &vm.image)?;
+        if let Some(marker) = &image.ready_marker {
+            wait_for_marker(name, &console, marker, started, timeout)?;
+        }
+        Ok(Started {
+            vm: name.to_string(),
+            host: vm.host.clone(),
+            address: self.net.port(name)?.ip,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Defines an ephemeral secret with the key of each of `drives`, opened with `key`. Fails
+    /// before anything is defined if a key cannot be opened.
+    pub(crate) fn drive_secrets(
+        &self,
+        host: &Host,
+        vm: &str,
+        drives: &[String],
+        state: &State,
+        key: Option<&OwnerKey>,
+    ) -> Result<Vec<SecretGuard>> {
+        if drives.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = key.ok_or_else(|| Error::KeyNeeded {
+            vm: vm.to_string(),
+            drives: drives.join(", "),
+        })?;
+        let owner = key.unlock()?;
+        let mut keys = Vec::new();
+        for name in drives {
+            let record = state.drive(name)?;
+            keys.push((
+                name,
+                record,
+                drive::unwrap_key(name, record, &state.site, &owner)?,
+            ));
+        }
+        keys.into_iter()
+            .map(|(name, record, key)| {
+                let spec = SecretSpec {
+                    uuid: record.secret_uuid.clone(),
+                    description: format!("vmctl drive {name} of VM {vm}"),
+                };
+                host.secret(&spec, &drive::passphrase(&key))
+            })
+            .collect()
+    }
+
+    /// Stops a VM: ACPI shutdown, then forced off after `timeout`. Returns whether the guest
+    /// stopped by itself.
+    pub fn stop(&self, name: &str, timeout: Duration) -> Result<bool> {
+        let state = self.store.read()?;
+        let vm = state.vm(name)?;
+        let host = self.connect(&vm.host)?;
+        let domain = host.domain(name)?;
+        let graceful = host.stop(name, &domain, timeout)?;
+        self.clear_started(name)?;
+        Ok(graceful)
+    }
+
+    fn clear_started(&self, name: &str) -> Result<()> {
+        self.store.update(|state| {
+            if let Some(vm) = state.vms.get_mut(name) {
+                vm.started_at = None;
+            }
+            Ok(())
+        })
+    }
+
+    /// Moves a VM to another host: stop, define there, move the network port, undefine here,
+    /// and start again if it was running. Name, address and drives stay. Every check (target
+    /// host reachable with room, drive keys open) happens before the VM is stopped.
+    pub fn move_vm(
+        &self,
+        name: &str,
+        to: &str,
+        key: Option<&OwnerKey>,
+        timeouts: MoveTimeouts,
+    ) -> Result<Option<Started>> {
+        let state = self.store.read()?;
+        let vm = state.vm(name)?.clone();
+        if vm.host == to {
+            return Err(Error::Invalid {
+                what: "move",
+                reason: format!("VM `{name}` is already on host `{to}`"),
+            });
+        }
+        let source = self.connect(&vm.host)?;
+        let target = self.connect(to)?;
+        placement::choose(
+            &self.capacities(&state, Some(name))?,
+            Some(to),
+            vm.cpus,
+            vm.memory_mib,
+        )?;
+        if target.lookup(name)?.is_some() {
+            return Err(Error::DuplicateVm {
+                name: name.to_string(),
+                host: to.to_string(),
+            });
+        }
+        let domain = source.domain(name)?;
+        let was_running = source.state(&domain)?.is_active();
+        if was_running && !vm.drives.is_empty() {
+            // Open the keys now: a wrong passphrase must fail before the VM stops.
+            let owner = key.ok_or_else(|| Error::KeyNeeded {
+                vm: name.to_string(),
+                drives: vm.drives.join(", "),
+            })?;
+            owner.unlock()?;
+        }
+        let port = self.net.port(name)?;
+        let spec = self.domain_spec(name, &vm, &state, &port, target.accel()?)?;
+        source.stop(name, &domain, timeouts.stop)?;
+        self.clear_started(name)?;
+        let mut undo = Undo::new();
+        if was_running {
+            undo.push(|| {
+                let _ = self.start(name, key, timeouts.start);
+            });
+        }
+        let defined = target.define(name, &spec.to_xml())?;
+        let target_ref = &target;
+        undo.push(move || {
+            let _ = target_ref.undefine(name, &defined);
+        });
+        let from = vm.host.clone();
+        self.net.move_vm(name, to)?;
+        undo.push(move || {
+            let _ = self.net.move_vm(name, &from);
+            let _ = self.net.apply();
+        });
+        self.net.apply()?;
+        source.undefine(name, &domain)?;
+        self.store.update(|state| {
+            if let Some(record) = state.vms.get_mut(name) {
+                record.host = to.to_string();
+            }
+            Ok(())
+        })?;
+        undo.done();
+        if was_running {
+            return self.start(name, key, timeouts.start).map(Some);
+        }
+        Ok(None)
+    }
+}
+
+/// Waits until the console log holds `marker` (bounded by `timeout` and a count of looks).
+fn wait_for_marker(
+    vm: &str,
+    console: &Path,
+    marker: &str,
+    started: Instant,
+    timeout: Duration,
+) -> Result<()> {
+    let looks = timeout.as_millis() / u128::from(limits::POLL_MS) + 1;
+    for _ in 0..looks {
+        if console_contains(console, marker)? {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            break;
+        }
+        sleep(Duration::from_millis(limits::POLL_MS));
+    }
+    Err(Error::NotReady {
+        vm: vm.to_string(),
+        timeout_s: timeout.as_secs(),
+        marker: marker.to_string(),
+        log: console.to_path_buf(),
+    })
+}
+
+fn console_contains(console: &Path, marker: &str) -> Result<bool> {
+    let mut text = Vec::new();
+    match fs::File::open(console) {
+        Ok(file) => {
+            file.take(limits::CONSOLE_BYTES_MAX)
+                .read_to_end(&mut text)
+                .map_err(io_error("reading", console))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_error("reading", console)(e)),
+    }
+    Ok(String::from_utf8_lossy(&text).contains(marker))
+}
+
+/// Whether a domain is running (for callers holding one).
+pub(crate) fn is_running(host: &Host, domain: &Domain) -> Result<bool> {
+    Ok(host.state(domain)?.is_active())
+}

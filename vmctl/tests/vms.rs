@@ -1,0 +1,392 @@
+//! Integration (root): real libvirtd per host (in netctl's lab of OVS hosts), the tiny TCG
+//! guest, real encrypted drives. Two boots in all: a start and a move.
+
+mod support;
+
+use std::net::Ipv4Addr;
+
+use netctl::PortRequest;
+use support::lab::{eventually, ping};
+use support::{Site, file_contains, files_under, guest_shell};
+
+const PATTERN: &str = "VAULT-PLAINTEXT-PATTERN-7f3a9c";
+
+fn stdout(output: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "vmctl failed: {}{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text
+}
+
+/// A namespace "VM" of `project` on `host`, plugged into the VM network.
+fn peer(site: &mut Site, name: &str, host: &str, project: &str) -> (String, Ipv4Addr) {
+    let port = site
+        .vmctl
+        .network()
+        .allocate_port(&PortRequest {
+            vm: name.into(),
+            host: host.into(),
+            project: project.into(),
+            network: "research".into(),
+            address: None,
+        })
+        .expect("peer port");
+    site.vmctl.network().apply().expect("apply");
+    (site.lab.attach(&port), port.ip)
+}
+
+fn key_args(site: &Site) -> Vec<String> {
+    let passphrase = site.key.passphrase.file.clone().expect("passphrase file");
+    vec![
+        "--key".into(),
+        site.key.key_file.display().to_string(),
+        "--passphrase-file".into(),
+        passphrase.display().to_string(),
+    ]
+}
+
+/// Finds the guest's disk whose serial number is `drive` (the guest names disks in the order
+/// they appear, whatever libvirt's target says), waiting up to 30 s; sets `$dev`, or prints
+/// what the guest's kernel said when there is none.
+fn find_disk(drive: &str) -> String {
+    format!(
+        "dev=; i=0; while [ -z \"$dev\" ] && [ $i -lt 300 ]; do \
+           for d in /sys/block/vd*; do \
+             [ \"$(cat $d/serial 2>/dev/null)\" = {drive} ] && dev=/dev/${{d##*/}}; \
+           done; [ -z \"$dev\" ] && sleep 0.1; i=$((i+1)); \
+         done; echo dev=$dev; [ -n \"$dev\" ] || dmesg | tail -n 20;"
+    )
+}
+
+/// What the guest sees of drive `data`, after writing `PATTERN` over its first 64 KiB when
+/// `write` is set: its device and the first bytes read back from the disk (caches dropped).
+fn guest_drive(ns: &str, address: Ipv4Addr, write: bool) -> String {
+    let writing = if write {
+        format!(
+            "i=0; while [ $i -lt 2048 ]; do echo {PATTERN}; i=$((i+1)); done > /tmp/pattern; \
+             dd if=/tmp/pattern of=$dev bs=4096 count=16 conv=fsync 2>/dev/null; sync;"
+        )
+    } else {
+        String::new()
+    };
+    let script = format!(
+        "{} [ -b \"$dev\" ] || exit; {writing} echo 3 > /proc/sys/vm/drop_caches; \
+         echo read=$(dd if=$dev bs=64 count=1 2>/dev/null | head -n 1)",
+        find_disk("data")
+    );
+    guest_shell(ns, address, &script)
+}
+
+#[test]
+fn a_vm_boots_answers_keeps_its_drive_encrypted_and_moves_across_hosts() {
+    let mut site = Site::new("v", 2, 4096);
+    let key = key_args(&site);
+    let key: Vec<&str> = key.iter().map(String::as_str).collect();
+    let owner_file = site.key.key_file.display().to_string();
+    stdout(&site.cli(&[
+        "drive",
+        "create",
+        "data",
+        "--size",
+        "1",
+        "--owner",
+        &owner_file,
+    ]));
+    let created = stdout(&site.cli(&[
+        "create",
+        "a1",
+        "--image",
+        "tiny",
+        "--cpus",
+        "1",
+        "--memory",
+        "256",
+        "--project",
+        "alpha",
+        "--host",
+        "h1",
+    ]));
+    assert!(created.contains("created a1 on h1"), "{created}");
+    let address = site.vmctl.network().port("a1").expect("port").ip;
+    let (friend, _) = peer(&mut site, "friend", "h2", "alpha");
+    let (stranger, _) = peer(&mut site, "stranger", "h2", "beta");
+
+    // Boot, and answer from another VM of the project on the other host.
+    let started = stdout(&site.cli(&["start", "a1"]));
+    assert!(started.contains("started a1 on h1 in"), "{started}");
+    eventually("a1 answers ping from its project", || {
+        ping(&friend, address)
+    });
+    assert!(guest_shell(&friend, address, "echo hello from $(hostname)").contains("hello from a1"));
+    assert!(
+        !ping(&stranger, address),
+        "another project must not reach a1"
+    );
+
+    // A live attach: the guest sees the disk, and what it writes is ciphertext on the host.
+    let attached =
+        stdout(&site.cli(&[&["drive", "attach", "data", "--to", "a1"], &key[..]].concat()));
+    assert!(attached.contains("as vdb"), "{attached}");
+    let seen = guest_drive(&friend, address, true);
+    assert!(
+        seen.contains("dev=/dev/vd"),
+        "the guest sees the drive: {seen}"
+    );
+    assert!(
+        seen.contains(&format!("read={PATTERN}")),
+        "the guest reads back: {seen}"
+    );
+    let qcow2 = site.store.join("drives/data.qcow2");
+    assert!(
+        !file_contains(&qcow2, PATTERN.as_bytes()),
+        "plaintext in the qcow2 file"
+    );
+    assert_key_never_on_disk(&site);
+
+    let status = stdout(&site.cli(&["status", "a1"]));
+    for expected in [
+        "running",
+        &format!("{address}/24"),
+        "data (vdb)",
+        "h1 (tcg)",
+    ] {
+        assert!(
+            status.contains(expected),
+            "`{expected}` missing in:\n{status}"
+        );
+    }
+    let list = stdout(&site.cli(&["list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("a1") && l.contains("running")),
+        "{list}"
+    );
+    assert!(stdout(&site.cli(&["console", "a1"])).contains("vault-guest: ready"));
+
+    // Move: same name, address and drive, on the other host.
+    let moved = stdout(
+        &site.cli(
+            &[
+                &["move", "a1", "--to", "h2", "--stop-timeout", "3"],
+                &key[..],
+            ]
+            .concat(),
+        ),
+    );
+    assert!(moved.contains("started a1 on h2"), "{moved}");
+    assert_eq!(site.vmctl.network().port("a1").expect("port").ip, address);
+    let h1 = site.vmctl.connect("h1").expect("h1");
+    assert!(h1.lookup("a1").expect("lookup").is_none(), "a1 left h1");
+    eventually("a1 answers on h2", || ping(&friend, address));
+    let seen = guest_drive(&friend, address, false);
+    assert!(
+        seen.contains(&format!("read={PATTERN}")),
+        "the drive moved along: {seen}"
+    );
+
+    // A live detach, a stop (the tiny guest ignores ACPI: forced), a destroy.
+    stdout(&site.cli(&["drive", "detach", "data"]));
+    let gone = guest_shell(&friend, address, "cat /sys/block/*/serial; echo end");
+    assert!(gone.contains("end") && !gone.contains("data"), "{gone}");
+    let stopped = stdout(&site.cli(&["stop", "a1", "--timeout", "2"]));
+    assert!(stopped.contains("forced off"), "{stopped}");
+    stdout(&site.cli(&["destroy", "a1"]));
+    assert!(site.vmctl.network().port("a1").is_err(), "port released");
+    let h2 = site.vmctl.connect("h2").expect("h2");
+    assert!(h2.lookup("a1").expect("lookup").is_none(), "a1 undefined");
+}
+
+/// The drive's key (and its LUKS passphrase form) is in no file of any libvirtd or the store,
+/// and no secret outlives the start or attach that needed it.
+fn assert_key_never_on_disk(site: &Site) {
+    let state = site.vmctl.store().read().expect("state");
+    let record = state.drive("data").expect("drive");
+    let key = vmctl::drive::unwrap_key("data", record, &state.site, &site.owner).expect("key");
+    let passphrase = vmctl::drive::passphrase(&key);
+    let mut files = files_under(&site.store);
+    for daemon in &site.daemons {
+        files.extend(daemon.files());
+    }
+    for file in files {
+        for needle in [&key.as_bytes()[..], &passphrase[..]] {
+            assert!(
+                !file_contains(&file, needle),
+                "the drive key is in {}",
+                file.display()
+            );
+        }
+    }
+    for host in ["h1", "h2"] {
+        let host = site.vmctl.connect(host).expect("host");
+        assert!(
+            !host.has_secret(&record.secret_uuid),
+            "a secret outlived its use"
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing_behind() {
+    let site = Site::new("b", 1, 1024);
+    let vmctl = &site.vmctl;
+    let owner_file = site.key.key_file.display().to_string();
+    stdout(&site.cli(&["create", "a1", "--image", "tiny", "--project", "alpha"]));
+    stdout(&site.cli(&["create", "a2", "--image", "tiny", "--project", "alpha"]));
+    stdout(&site.cli(&[
+        "drive",
+        "create",
+        "d1",
+        "--size",
+        "1",
+        "--owner",
+        &owner_file,
+    ]));
+    let attached = stdout(&site.cli(&["drive", "attach", "d1", "--to", "a1"]));
+    assert!(
+        attached.contains("as vdb"),
+        "offline attach needs no key: {attached}"
+    );
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["create", "a1", "--image", "tiny", "--project", "alpha"],
+            "a VM named `a1` already exists",
+        ),
+        (
+            vec!["create", "a3", "--image", "nope", "--project", "alpha"],
+            "unknown image `nope`",
+        ),
+        (
+            vec![
+                "create",
+                "a3",
+                "--image",
+                "tiny",
+                "--project",
+                "alpha",
+                "--host",
+                "h7",
+            ],
+            "unknown host `h7`",
+        ),
+        (
+            vec![
+                "create",
+                "a3",
+                "--image",
+                "tiny",
+                "--project",
+                "alpha",
+                "--memory",
+                "600",
+            ],
+            "no host has room",
+        ),
+        (
+            vec!["drive", "attach", "d1", "--to", "a2"],
+            "attached to VM `a1`: a drive has one writer",
+        ),
+        (
+            vec![
+                "drive",
+                "create",
+                "d1",
+                "--size",
+                "1",
+                "--owner",
+                &owner_file,
+            ],
+            "a drive named `d1` already exists",
+        ),
+        (
+            vec![
+                "drive",
+                "create",
+                "d2",
+                "--size",
+                "1",
+                "--owner",
+                "/nonexistent.vkey",
+            ],
+            "no key file",
+        ),
+        (vec!["start", "a1"], "pass its owner's key file"),
+        (vec!["start", "ghost"], "no VM named `ghost`"),
+    ];
+    for (args, expected) in &cases {
+        let output = site.cli(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.starts_with("vmctl: ") && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "`{expected}` missing in: {stderr}"
+        );
+    }
+
+    // A wrong passphrase: the VM stays off and no secret is left.
+    let wrong = site.lab.dir.path().join("wrong.pass");
+    std::fs::write(&wrong, "not the passphrase").expect("write");
+    let key = site.key.key_file.display().to_string();
+    let args = [
+        "start",
+        "a1",
+        "--key",
+        &key,
+        "--passphrase-file",
+        wrong.to_str().expect("utf-8"),
+    ];
+    let output = site.cli(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("wrong passphrase"),
+        "{stderr}"
+    );
+    let host = vmctl.connect("h1").expect("h1");
+    let domain = host.domain("a1").expect("a1");
+    assert!(
+        !host.state(&domain).expect("state").is_active(),
+        "a1 stays off"
+    );
+    let state = vmctl.store().read().expect("state");
+    assert!(!host.has_secret(&state.drive("d1").expect("d1").secret_uuid));
+
+    // Nothing of the refused VMs and drives exists; the accepted ones are intact.
+    let mut names = host.domain_names().expect("domains");
+    names.sort();
+    assert_eq!(names, ["a1", "a2"]);
+    let vms: Vec<String> = vmctl
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(vms, ["a1", "a2"]);
+    let ports: Vec<String> = vmctl
+        .network()
+        .ports()
+        .expect("ports")
+        .into_iter()
+        .map(|p| p.vm)
+        .collect();
+    assert_eq!(ports, ["a1", "a2"]);
+    assert_eq!(state.vm("a1").expect("a1").drives, ["d1"]);
+    assert!(state.vm("a2").expect("a2").drives.is_empty());
+    let drives: Vec<_> = files_under(&site.store.join("drives"));
+    assert_eq!(drives, [site.store.join("drives/d1.qcow2")]);
+
+    // A drive in use is not deleted; after destroy it is free again.
+    assert!(site.cli(&["drive", "delete", "d1"]).status.code() != Some(0));
+    stdout(&site.cli(&["destroy", "a1"]));
+    stdout(&site.cli(&["drive", "delete", "d1"]));
+    stdout(&site.cli(&["destroy", "a2"]));
+    assert!(host.domain_names().expect("domains").is_empty());
+    let ports = site.vmctl.network().ports().expect("ports");
+    assert!(ports.is_empty(), "ports left: {ports:?}");
+}
