@@ -142,6 +142,7 @@ impl KeyArgs {
             key_file,
             passphrase: PassphraseSource {
                 file: self.passphrase_file.clone(),
+                ..Default::default()
             },
         })
     }

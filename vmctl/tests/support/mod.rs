@@ -144,6 +144,7 @@ pub fn owner_key(dir: &Path) -> (Identity, OwnerKey) {
         key_file,
         passphrase: PassphraseSource {
             file: Some(passphrase_file),
+            ..Default::default()
         },
     };
     (owner, key)
