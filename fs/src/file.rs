@@ -24,6 +24,8 @@ use crate::error::FsError;
 use crate::shared::{ChunkRead, Shared};
 
 pub const CHUNK: u64 = CHUNK_BYTES as u64;
+/// Writes of this size or more reserve a whole chunk's buffer at once.
+const LARGE_WRITE_BYTES: usize = 256 * 1024;
 /// How often a flush re-reads the file and retries after losing a compare-and-swap. Between
 /// attempts it backs off for a random, growing time, so that two writers that keep colliding
 /// on one chunk take turns instead of starving each other.
@@ -371,6 +373,10 @@ impl FileState {
             let dirty = self.dirty.get_mut(&index).expect("made dirty above");
             let buffer = Arc::make_mut(&mut dirty.data);
             if buffer.len() < within + n {
+                if n >= LARGE_WRITE_BYTES {
+                    // A large writer will likely fill the chunk: grow it once, not by doubling.
+                    buffer.reserve_exact(CHUNK_BYTES - buffer.len());
+                }
                 shared.add_dirty(within + n - buffer.len());
                 buffer.resize(within + n, 0);
             }
