@@ -5,7 +5,7 @@ use crate::desired::{HostDesired, PortSpec};
 use crate::error::OvsError;
 use crate::flows::{COOKIE_PREFIX, COOKIE_PREFIX_MASK, FlowSet};
 use crate::ovs::{Actual, HostOvs};
-use crate::plan::{DATAPATH_TYPE, FAIL_MODE, HostPlan};
+use crate::plan::{DATAPATH_TYPE, FAIL_MODE, HostPlan, plan_host};
 
 /// What applying did on one host.
 #[derive(Debug, Clone)]
@@ -47,6 +47,24 @@ pub fn apply_host(
         )?;
     }
     Ok(HostReport { plan, waiting })
+}
+
+/// Deletes port `name` and adds it again, then applies the rest of the host's plan, each
+/// read back. For a device deleted and created again under the same name: OVS's userspace
+/// datapath keeps receiving from the deleted device (its packet socket stays bound to the old
+/// interface index) while the database shows no error. The deletion is its own transaction:
+/// in one with the addition, ovs-vswitchd sees an unchanged port and keeps the old socket.
+pub fn reattach_port(
+    ovs: &HostOvs,
+    desired: &HostDesired,
+    name: &str,
+) -> Result<HostReport, OvsError> {
+    let bridges = desired.bridges();
+    let delete = ["--", "--if-exists", "del-port", name].map(str::to_string);
+    ovs.vsctl(&delete)?;
+    let actual = ovs.read(&bridges)?;
+    let plan = plan_host(desired, &actual)?;
+    apply_host(ovs, desired, plan, &actual)
 }
 
 /// Checks the bridge and every desired port; returns the ports waiting for their device.

@@ -211,9 +211,7 @@ impl Netctl {
                     let desired = topology.host(host);
                     let ovs = HostOvs::new(host, self.cluster.ovs_timeout_s);
                     scope.spawn(move || {
-                        let mut bridges = vec![desired.bridge.as_str()];
-                        bridges.extend(desired.external.as_ref().map(|(b, _)| b.as_str()));
-                        let planned = ovs.read(&bridges).and_then(|actual| {
+                        let planned = ovs.read(&desired.bridges()).and_then(|actual| {
                             let plan = plan::plan_host(&desired, &actual)?;
                             Ok((actual, plan))
                         });
@@ -236,6 +234,15 @@ impl Netctl {
         &self,
         change: impl FnOnce(&mut State) -> Result<T, AllocError>,
     ) -> Result<(T, State), Error> {
+        let (value, state, _lock) = self.update_locked(change)?;
+        Ok((value, state))
+    }
+
+    /// Like `update`, and keeps the lock for the caller.
+    fn update_locked<T>(
+        &self,
+        change: impl FnOnce(&mut State) -> Result<T, AllocError>,
+    ) -> Result<(T, State, StateLock), Error> {
         let lock: StateLock = self.store.lock()?;
         let mut state = lock.load()?;
         let before = state.clone();
@@ -244,7 +251,7 @@ impl Netctl {
         if state != before {
             lock.save(&state)?;
         }
-        Ok((value, state))
+        Ok((value, state, lock))
     }
 
     /// Gives a VM a port (MAC, address, interface name) on a host; asking again for the same
@@ -265,6 +272,47 @@ impl Netctl {
     pub fn move_vm(&self, vm: &str, to: &str) -> Result<VmPort, Error> {
         let (_, state) = self.update(|state| alloc::move_port(&self.cluster, state, vm, to))?;
         self.view(&state, vm)
+    }
+
+    /// Re-attaches a VM's (or a service's) port to its device after the device was deleted
+    /// and created again under the same name, as libvirt does when a VM stops and starts
+    /// again on the same host: call it once the new device exists. OVS's userspace datapath
+    /// would otherwise keep reading the deleted device, with no error in its database. The
+    /// port is deleted and added again with the same OpenFlow port number, then the host's
+    /// ports and flows are read back (and put right, as `apply` would, if they drifted); other
+    /// hosts are not touched. Fails, with the port waiting for its device, when the device
+    /// does not exist; changes nothing when the host cannot be read.
+    pub fn reattach(&self, vm: &str) -> Result<VmPort, Error> {
+        let ((), state, _lock) = self.update_locked(|_| Ok(()))?;
+        let port = self.view(&state, vm)?;
+        let host = self
+            .cluster
+            .host(&port.host)
+            .ok_or_else(|| AllocError::Unknown {
+                kind: "host",
+                name: port.host.clone(),
+            })?;
+        let desired = Topology::new(&self.cluster, &state).host(host);
+        let ovs = HostOvs::new(host, self.cluster.ovs_timeout_s);
+        let on_host = |source| HostError {
+            host: port.host.clone(),
+            source,
+        };
+        ovs.read(&desired.bridges())
+            .map_err(|e| Error::Unreachable(vec![on_host(e)]))?;
+        let report =
+            apply::reattach_port(&ovs, &desired, &port.interface).map_err(|e| Error::Apply {
+                failed: vec![on_host(e)],
+                applied: Vec::new(),
+            })?;
+        if report.waiting.contains(&port.interface) {
+            return Err(Error::NoDevice {
+                vm: vm.to_string(),
+                host: port.host,
+                interface: port.interface,
+            });
+        }
+        Ok(port)
     }
 
     /// Publishes a VM's TCP port on a host port from the pool of the VM's host. Call `apply`

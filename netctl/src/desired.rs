@@ -41,6 +41,15 @@ pub struct HostDesired {
     pub external_flows: FlowSet,
 }
 
+impl HostDesired {
+    /// The bridges netctl reads flows from: the integration bridge and the external one.
+    pub fn bridges(&self) -> Vec<&str> {
+        let mut bridges = vec![self.bridge.as_str()];
+        bridges.extend(self.external.as_ref().map(|(b, _)| b.as_str()));
+        bridges
+    }
+}
+
 /// One OVS port netctl manages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortSpec {

@@ -19,6 +19,15 @@ pub enum Error {
     /// A host could not be read before any change: nothing was changed anywhere.
     #[error("{}; nothing was changed", HostErrors(.0))]
     Unreachable(Vec<HostError>),
+    /// A port's device does not exist on its host; the port waits for it.
+    #[error(
+        "vm `{vm}`: no device `{interface}` on host `{host}` (is the VM running there?); its port waits for it"
+    )]
+    NoDevice {
+        vm: String,
+        host: String,
+        interface: String,
+    },
     /// Applying failed on some hosts; the others were applied. The next apply converges.
     #[error("{}; {}", HostErrors(.failed), applied_note(.applied))]
     Apply {

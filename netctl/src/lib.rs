@@ -39,7 +39,10 @@
 //! `<interface type='ethernet'><target dev='NAME' managed='yes'/><mac address='MAC'/>`, with
 //! checksum offload off as machine.md says) and configures the guest with [`VmPort::ip`],
 //! [`VmPort::prefix_len`] and [`VmPort::gateway`] (there is no DHCP). netctl adds the OVS port
-//! at `apply` time whether or not the device exists yet; OVS attaches it when it appears.
+//! at `apply` time whether or not the device exists yet; OVS attaches it when it appears. A
+//! device deleted and created again under the same name (a VM stopped and started again on
+//! the same host) is not attached again by OVS's userspace datapath, which keeps reading the
+//! deleted one: call [`Netctl::reattach`] once the new device exists.
 //!
 //! Operations that change allocations ([`Netctl::allocate_port`], [`Netctl::release_port`],
 //! [`Netctl::move_vm`], [`Netctl::expose`], [`Netctl::unexpose`]) update the state store only;

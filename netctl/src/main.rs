@@ -57,7 +57,7 @@ enum Command {
         #[arg(long)]
         port: u16,
     },
-    /// VM ports: add, remove, move, show, list.
+    /// VM ports: add, remove, move, reattach, show, list.
     #[command(subcommand)]
     Vm(VmCommand),
 }
@@ -85,6 +85,9 @@ enum VmCommand {
         #[arg(long)]
         to: String,
     },
+    /// Attach a VM's port again to its device, once a VM stopped and started again on the
+    /// same host outside vmctl (the device was created anew under the same name).
+    Reattach { vm: String },
     /// Print a VM's port: host, MAC, address, gateway, interface name.
     Show { vm: String },
     /// Print every VM port and exposure.
@@ -186,6 +189,12 @@ fn vm(netctl: &Netctl, command: &VmCommand) -> Result<()> {
                 .with_context(|| format!("moving vm {vm} to {to}"))?;
             apply(netctl)?;
             println!("{port}");
+        }
+        VmCommand::Reattach { vm } => {
+            let port = netctl
+                .reattach(vm)
+                .with_context(|| format!("reattaching vm {vm}"))?;
+            println!("reattached {port}");
         }
         VmCommand::Show { vm } => println!("{}", netctl.port(vm)?),
         VmCommand::List => {

@@ -60,8 +60,8 @@ impl Netctl {
                     let problem = apply::check_ports(&desired, &actual)
                         .err()
                         .map(|e| e.to_string());
-                    let mut bridges = vec![desired.bridge.clone()];
-                    bridges.extend(desired.external.as_ref().map(|(b, _)| b.clone()));
+                    let bridges: Vec<String> =
+                        desired.bridges().into_iter().map(str::to_string).collect();
                     let mut flows = vec![(
                         desired.bridge.clone(),
                         present(&actual, &desired.bridge, true),

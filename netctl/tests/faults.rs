@@ -1,5 +1,6 @@
 //! A host whose ovs-vswitchd is stopped, and a step that fails on one host: clear errors,
-//! nothing half-done, and a later apply converges. Root and real OVS; see lab/mod.rs.
+//! nothing half-done, and a later apply converges. A VM's device deleted and created again on
+//! the same host: reattached. Root and real OVS; see lab/mod.rs.
 
 mod lab;
 
@@ -106,4 +107,66 @@ fn stopped_vswitchd_changes_nothing_and_a_failed_step_converges_later() {
         "{status}"
     );
     eventually("a1 pings a2 at the end", || ping(&ns_a1, a2.ip));
+}
+
+#[test]
+fn a_device_created_again_on_the_same_host_is_reattached() {
+    let mut lab = Lab::new("rat", 2);
+    let cluster = lab.write_cluster(&cluster_body(""));
+    let netctl = Netctl::open(&cluster).expect("cluster file");
+    netctl.apply().expect("first apply");
+    let (a1, a2) = (
+        netctl.port("a1").expect("a1"),
+        netctl.port("a2").expect("a2"),
+    );
+    let (ns_a1, _ns_a2) = (lab.attach(&a1), lab.attach(&a2));
+    eventually("a1 pings a2", || ping(&ns_a1, a2.ip));
+
+    // The VM stops and starts again on the same host: its device goes, and a new one comes
+    // with the same name. Reattached, it answers on the same OpenFlow port, and apply has
+    // nothing left to do.
+    lab.detach(&a1);
+    lab.attach(&a1);
+    let port = netctl.reattach("a1").expect("reattach");
+    assert_eq!(port, a1);
+    assert_eq!(
+        lab.vsctl(0, &format!("get Interface {} ofport", a1.interface))
+            .trim(),
+        a1.ofport.to_string()
+    );
+    eventually("a1 pings a2 after its device came back", || {
+        ping(&ns_a1, a2.ip)
+    });
+    assert_eq!(netctl.apply().expect("apply").change_count(), 0);
+
+    // The command line does the same; an unknown VM is a clear error.
+    let output = Command::new(env!("CARGO_BIN_EXE_netctl"))
+        .arg("--cluster")
+        .arg(&cluster)
+        .args(["vm", "reattach", "a2"])
+        .output()
+        .expect("run netctl");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.starts_with("reattached a2 host h2"), "{stdout}");
+    eventually("a1 pings a2 after reattaching a2", || ping(&ns_a1, a2.ip));
+    let error = netctl.reattach("ghost").expect_err("unknown VM");
+    assert!(error.to_string().contains("no VM named `ghost`"), "{error}");
+
+    // Without its device, reattaching says so and leaves the port waiting for it, as before a
+    // first start; the device that comes then is attached.
+    lab.detach(&a1);
+    let error = netctl
+        .reattach("a1")
+        .expect_err("reattach without a device");
+    let message = error.to_string();
+    assert!(matches!(error, Error::NoDevice { .. }), "{message}");
+    assert!(
+        message.contains(&a1.interface) && message.contains("host `h1`"),
+        "{message}"
+    );
+    lab.attach(&a1);
+    eventually("a1 pings a2 once its device is back", || {
+        ping(&ns_a1, a2.ip)
+    });
 }

@@ -65,6 +65,14 @@ pub enum Error {
         marker: String,
         log: PathBuf,
     },
+    #[error(
+        "VM `{vm}` started, but its network port could not follow its new tap, so it was forced off again: {source}"
+    )]
+    PortNotAttached {
+        vm: String,
+        #[source]
+        source: netctl::Error,
+    },
     #[error("a drive named `{0}` already exists")]
     DuplicateDrive(String),
     #[error("no drive named `{0}`")]

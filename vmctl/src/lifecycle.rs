@@ -59,6 +59,7 @@ impl Vmctl {
         let started = Instant::now();
         host.start(name, &domain)?;
         drop(secrets);
+        self.reattach_port(&host, name, &domain)?;
         self.store.update(|state| {
             if let Some(vm) = state.vms.get_mut(name) {
                 vm.started_at = Some(now_s());
@@ -75,6 +76,25 @@ impl Vmctl {
             address: self.net.port(name)?.ip,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// Attaches the VM's OVS port to the tap libvirt has just made for it. A start makes a new
+    /// tap under the port's interface name, and OVS's userspace datapath keeps reading the
+    /// one deleted at the last stop on this host (see `netctl::Netctl::reattach`). If that
+    /// fails, the VM is forced off again: a start leaves it running and reachable, or off.
+    fn reattach_port(&self, host: &Host, name: &str, domain: &Domain) -> Result<()> {
+        let mut undo = Undo::new();
+        undo.push(|| {
+            let _ = host.force_off(name, domain);
+        });
+        self.net
+            .reattach(name)
+            .map_err(|source| Error::PortNotAttached {
+                vm: name.to_string(),
+                source,
+            })?;
+        undo.done();
+        Ok(())
     }
 
     /// Defines an ephemeral secret with the key of each of `drives`, opened with `key`. Fails

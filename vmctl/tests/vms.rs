@@ -1,5 +1,6 @@
 //! Integration (root): real libvirtd per host (in netctl's lab of OVS hosts), the tiny TCG
-//! guest, real encrypted drives. Two boots in all: a start and a move.
+//! guest, real encrypted drives. Three boots in all: a start, a restart on the same host and a
+//! move.
 
 mod support;
 
@@ -126,6 +127,22 @@ fn a_vm_boots_answers_keeps_its_drive_encrypted_and_moves_across_hosts() {
         "another project must not reach a1"
     );
 
+    // Stopped and started again on the same host (libvirt deletes the tap at the stop and
+    // makes a new one of the same name at the start): it answers again, on the same port.
+    let ofport = site.vmctl.network().port("a1").expect("port").ofport;
+    let stopped = stdout(&site.cli(&["stop", "a1", "--timeout", "2"]));
+    assert!(stopped.contains("a1: forced off"), "{stopped}");
+    let restarted = stdout(&site.cli(&["start", "a1"]));
+    assert!(restarted.contains("started a1 on h1 in"), "{restarted}");
+    eventually("a1 answers ping after a restart on the same host", || {
+        ping(&friend, address)
+    });
+    assert!(guest_shell(&friend, address, "echo hello again").contains("hello again"));
+    assert_eq!(
+        site.vmctl.network().port("a1").expect("port").ofport,
+        ofport
+    );
+
     // A live attach: the guest sees the disk, and what it writes is ciphertext on the host.
     let attached =
         stdout(&site.cli(&[&["drive", "attach", "data", "--to", "a1"], &key[..]].concat()));
@@ -230,7 +247,7 @@ fn assert_key_never_on_disk(site: &Site) {
 
 #[test]
 fn bad_input_is_refused_and_leaves_nothing_behind() {
-    let site = Site::new("b", 1, 1024);
+    let mut site = Site::new("b", 1, 1024);
     let vmctl = &site.vmctl;
     let owner_file = site.key.key_file.display().to_string();
     stdout(&site.cli(&["create", "a1", "--image", "tiny", "--project", "alpha"]));
@@ -356,6 +373,22 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
     );
     let state = vmctl.store().read().expect("state");
     assert!(!host.has_secret(&state.drive("d1").expect("d1").secret_uuid));
+
+    // The VM's port cannot follow its new tap (h1's ovs-vswitchd is down): the start fails
+    // and the VM is off again.
+    site.lab.stop_vswitchd(0);
+    let output = site.cli(&["start", "a2"]);
+    site.lab.restart_vswitchd(0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "start without OVS succeeded");
+    assert!(
+        stderr.lines().count() == 1
+            && stderr.contains("forced off again")
+            && stderr.contains("host `h1`"),
+        "{stderr}"
+    );
+    let a2 = host.domain("a2").expect("a2");
+    assert!(!host.state(&a2).expect("state").is_active(), "a2 is off");
 
     // Nothing of the refused VMs and drives exists; the accepted ones are intact.
     let mut names = host.domain_names().expect("domains");
