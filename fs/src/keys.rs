@@ -201,10 +201,10 @@ impl Keys {
     /// This user and every user a directory's ACL lets read: the recipients of a new file's
     /// key. Cached for a second, so that creating many files costs one ACL lookup.
     async fn readers_of(&self, dir: u64) -> Result<Vec<u32>, FsError> {
-        if let Some((at, readers)) = self.acls.lock().expect("acl cache poisoned").get(&dir) {
-            if at.elapsed() < ACL_CACHE_LIFETIME {
-                return Ok(readers.clone());
-            }
+        if let Some((at, readers)) = self.acls.lock().expect("acl cache poisoned").get(&dir)
+            && at.elapsed() < ACL_CACHE_LIFETIME
+        {
+            return Ok(readers.clone());
         }
         let acl = self
             .remote
@@ -214,10 +214,10 @@ impl Keys {
             .await?;
         let mut readers = vec![self.uid];
         for entry in acl.entries.iter().filter(|e| e.read) {
-            if let Some(principal::Kind::User(uid)) = entry.principal.and_then(|p| p.kind) {
-                if !readers.contains(&uid) {
-                    readers.push(uid);
-                }
+            if let Some(principal::Kind::User(uid)) = entry.principal.and_then(|p| p.kind)
+                && !readers.contains(&uid)
+            {
+                readers.push(uid);
             }
         }
         let mut acls = self.acls.lock().expect("acl cache poisoned");
