@@ -62,7 +62,12 @@ pub struct Vault {
     next_handle: AtomicU64,
     /// The inode version each file had when this client last read or wrote it.
     versions: Mutex<HashMap<u64, u64>>,
+    /// Attributes from this client's own latest commits, trusted for a moment.
+    attrs: Mutex<HashMap<u64, (std::time::Instant, Attr)>>,
 }
+
+/// How long attributes from this client's own commit answer `getattr` without a round trip.
+const FRESH_ATTR_LIFETIME: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Vault {
     pub fn new(shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> Vault {
@@ -73,6 +78,7 @@ impl Vault {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             versions: Mutex::new(HashMap::new()),
+            attrs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -133,11 +139,15 @@ impl Vault {
                 })
                 .await?;
             self.shared.remember_name(attr.ino, name);
+            self.learn_attr(&attr);
             Ok(self.local_view(attr).await)
         })
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        if let Some(attr) = self.fresh_attr(ino) {
+            return Ok(self.block(self.local_view(attr)));
+        }
         self.block(async {
             let attr = self
                 .shared
@@ -146,8 +156,33 @@ impl Vault {
                     api.get_attr(GetAttrRequest { ino }).await
                 })
                 .await?;
+            self.learn_attr(&attr);
             Ok(self.local_view(attr).await)
         })
+    }
+
+    /// Attributes this client learnt moments ago (a lookup, a create, a commit): the kernel
+    /// asks again right after it changed something in a directory (to check permissions on the
+    /// next path walk), and a round trip would tell it nothing new. Any namespace change of
+    /// this client forgets them all.
+    fn fresh_attr(&self, ino: u64) -> Option<Attr> {
+        let mut attrs = self.attrs.lock().expect("attrs poisoned");
+        match attrs.get(&ino) {
+            Some((at, attr)) if at.elapsed() < FRESH_ATTR_LIFETIME => Some(*attr),
+            Some(_) => {
+                attrs.remove(&ino);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn learn_attr(&self, attr: &Attr) {
+        let mut attrs = self.attrs.lock().expect("attrs poisoned");
+        if attrs.len() > 4096 {
+            attrs.retain(|_, (at, _)| at.elapsed() < FRESH_ATTR_LIFETIME);
+        }
+        attrs.insert(attr.ino, (std::time::Instant::now(), *attr));
     }
 
     pub fn setattr(&self, ino: u64, changes: &Changes) -> Result<Attr, FsError> {
@@ -174,7 +209,9 @@ impl Vault {
                     async move { api.set_attr(request).await }
                 })
                 .await?;
-            Ok(self.local_view(attr).await)
+            let attr = self.local_view(attr).await;
+            self.learn_attr(&attr);
+            Ok(attr)
         })
     }
 
@@ -279,6 +316,7 @@ impl Vault {
     }
 
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr, FsError> {
+        self.attrs.lock().expect("attrs poisoned").clear();
         let new_name = new_name.to_vec();
         self.block(async {
             let attr = self
@@ -320,6 +358,7 @@ impl Vault {
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        self.attrs.lock().expect("attrs poisoned").clear();
         self.block(async {
             let open = self.open_inode_named(parent, name).await;
             let keep_open = open.is_some();
@@ -351,6 +390,7 @@ impl Vault {
     }
 
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        self.attrs.lock().expect("attrs poisoned").clear();
         let name = name.to_vec();
         self.block(self.shared.remote.call("rmdir", |mut api| {
             let name = name.clone();
@@ -367,6 +407,7 @@ impl Vault {
         new_name: &[u8],
         mode: RenameMode,
     ) -> Result<(), FsError> {
+        self.attrs.lock().expect("attrs poisoned").clear();
         let (name, new_name) = (name.to_vec(), new_name.to_vec());
         self.block(async {
             let reply = self
@@ -449,6 +490,7 @@ impl Vault {
                 })
                 .await?;
             self.shared.remember_name(attr.ino, name);
+            self.learn_attr(&attr);
             if attr.ino != ino {
                 // Not exclusive, and the name existed: open that file as it is.
                 let fh = self.open_async(attr.ino).await?.0;
@@ -535,6 +577,7 @@ impl Vault {
                     .lock()
                     .expect("versions poisoned")
                     .insert(ino, attr.version);
+                self.learn_attr(&attr);
             }
             Ok(())
         })
@@ -633,6 +676,7 @@ impl Vault {
         create_only: bool,
         replace_only: bool,
     ) -> Result<(), FsError> {
+        self.attrs.lock().expect("attrs poisoned").clear();
         let (name, value) = (name.to_vec(), value.to_vec());
         self.block(self.shared.remote.call("set_xattr", |mut api| {
             let (name, value) = (name.clone(), value.clone());
@@ -667,6 +711,7 @@ impl Vault {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
+        self.attrs.lock().expect("attrs poisoned").clear();
         let name = name.to_vec();
         self.block(self.shared.remote.call("remove_xattr", |mut api| {
             let name = name.clone();

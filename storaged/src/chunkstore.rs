@@ -91,16 +91,19 @@ impl DirChunkStore {
         layout::chunk_path(&self.root, FileId(chunk.ino), chunk.index, chunk.generation)
     }
 
-    /// Creates the file's directory and any missing parent, syncing each parent that gained
-    /// an entry, so that a new chunk file is reachable after a crash.
-    fn ensure_dir(&self, dir: &Path) -> Result<(), ChunkStoreError> {
+    /// Creates the file's directory and any missing parent, and notes each parent that gained
+    /// an entry: it must be synced before a new chunk file in it counts as durable.
+    fn ensure_dir(&self, dir: &Path, gained: &mut Vec<PathBuf>) -> Result<(), ChunkStoreError> {
         if dir.is_dir() {
             return Ok(());
         }
         let parent = dir.parent().expect("chunk directories are below the root");
-        self.ensure_dir(parent)?;
+        self.ensure_dir(parent, gained)?;
         match fs::create_dir(dir) {
-            Ok(()) => sync_dir(parent),
+            Ok(()) => {
+                gained.push(parent.to_path_buf());
+                Ok(())
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             Err(e) => Err(io_error("creating", dir)(e)),
         }
@@ -116,28 +119,43 @@ impl ChunkStore for DirChunkStore {
         );
         let path = self.path(chunk);
         let dir = path.parent().expect("chunk files are in a directory");
-        self.ensure_dir(dir)?;
+        let mut gained = vec![dir.to_path_buf()];
+        self.ensure_dir(dir, &mut gained)?;
         let temp = dir.join(format!(
             ".tmp-{}",
             hex::encode(identity::random_bytes::<8>())
         ));
-        let written = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp)?;
-            file.write_all(sealed)?;
-            file.sync_all()
-        })();
-        let linked = written.map_err(io_error("writing", &temp)).and_then(|()| {
-            fs::hard_link(&temp, &path).map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => ChunkStoreError::Exists { path: path.clone() },
-                _ => io_error("linking", &path)(e),
-            })
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .and_then(|mut file| file.write_all(sealed).map(|()| file));
+        let file = written.map_err(io_error("writing", &temp));
+        let linked = file.and_then(|file| {
+            fs::hard_link(&temp, &path)
+                .map(|()| file)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::AlreadyExists => ChunkStoreError::Exists { path: path.clone() },
+                    _ => io_error("linking", &path)(e),
+                })
         });
         let _ = fs::remove_file(&temp);
-        linked?;
-        sync_dir(dir)
+        let file = linked?;
+        // The data and every directory that gained an entry are synced at once: the
+        // filesystem journals them together, so this costs about one sync, not several. The
+        // chunk counts only once the metadata commit that follows names it.
+        std::thread::scope(|scope| {
+            let syncs: Vec<_> = gained
+                .iter()
+                .map(|d| scope.spawn(move || sync_dir(d)))
+                .collect();
+            let data = file.sync_all().map_err(io_error("syncing", &path));
+            syncs
+                .into_iter()
+                .map(|s| s.join().expect("sync thread panicked"))
+                .chain([data])
+                .collect()
+        })
     }
 
     fn get(&self, chunk: ChunkRef) -> Result<Vec<u8>, ChunkStoreError> {

@@ -54,7 +54,7 @@ fn key_args(site: &Site) -> Vec<String> {
 /// what the guest's kernel said when there is none.
 fn find_disk(drive: &str) -> String {
     format!(
-        "dev=; i=0; while [ -z \"$dev\" ] && [ $i -lt 300 ]; do \
+        "dev=; i=0; while [ -z \"$dev\" ] && [ $i -lt 900 ]; do \
            for d in /sys/block/vd*; do \
              [ \"$(cat $d/serial 2>/dev/null)\" = {drive} ] && dev=/dev/${{d##*/}}; \
            done; [ -z \"$dev\" ] && sleep 0.1; i=$((i+1)); \

@@ -194,7 +194,7 @@ pub fn guest_shell(ns: &str, address: std::net::Ipv4Addr, commands: &str) -> Str
     let target = format!("TCP:{address}:{GUEST_SHELL_PORT},connect-timeout=3");
     let mut child = Command::new(which("ip").expect("ip"))
         .args([
-            "netns", "exec", ns, "timeout", "60", "socat", "-T", "40", "-", &target,
+            "netns", "exec", ns, "timeout", "150", "socat", "-T", "120", "-", &target,
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
