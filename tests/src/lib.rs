@@ -37,5 +37,6 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 pub mod daemon;
+pub mod mongo;
 pub mod mount;
 pub mod vault;
