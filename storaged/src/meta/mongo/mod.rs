@@ -16,6 +16,7 @@ pub mod schema;
 mod txn;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mongodb::options::{ClientOptions, ReadConcern, TransactionOptions, WriteConcern};
@@ -58,6 +59,10 @@ struct Shared {
     client: Client,
     collections: Collections,
     database: String,
+    /// Counts writes that found no server. A writer that queued for its turn while one did
+    /// fails at once instead of waiting for the server again behind it, so that during an
+    /// outage one write at a time probes the server and every other reports the outage.
+    outages: AtomicU64,
 }
 
 impl std::fmt::Debug for MongoStore {
@@ -91,6 +96,7 @@ impl MongoStore {
                 client,
                 collections,
                 database,
+                outages: AtomicU64::new(0),
             }),
             turn: tokio::sync::Mutex::new(()),
         })
@@ -110,7 +116,13 @@ fn redact(url: &str) -> String {
 impl MetaStore for MongoStore {
     fn write(&self, op: Operation) -> BoxFuture<'_, Result<(), OperationFailed>> {
         Box::pin(async move {
+            let outages = self.shared.outages.load(Ordering::Acquire);
             let _turn = self.turn.lock().await;
+            if self.shared.outages.load(Ordering::Acquire) != outages {
+                return Err(unavailable(
+                    "mongodb: no server reachable (the write before this one found none)".into(),
+                ));
+            }
             let shared = self.shared.clone();
             let handle = Handle::current();
             tokio::task::spawn_blocking(move || shared.write(&handle, op))
@@ -216,6 +228,9 @@ impl Shared {
                 Class::CommitUnknown | Class::Refused => false,
             };
             if !retry || attempt == WRITE_ATTEMPTS_MAX {
+                if failure::classify(&error) == Class::Unavailable {
+                    self.outages.fetch_add(1, Ordering::AcqRel);
+                }
                 let store_error = match failure::store_error(&error) {
                     StoreError::Conflict(last) => StoreError::Conflict(format!(
                         "gave up after {attempt} attempts in {:?}: {last}",
