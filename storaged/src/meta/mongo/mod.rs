@@ -44,7 +44,7 @@ const BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// A commit whose outcome is unknown (a dropped connection) is repeated at most this often.
 const COMMIT_ATTEMPTS_MAX: u32 = 4;
 /// An operation that met a broken connection is tried once more: the driver reconnects
-/// meanwhile, as after a server restart.
+/// meanwhile, as after a server restart. (So is a read whose snapshot the server dropped.)
 const UNAVAILABLE_ATTEMPTS_MAX: u32 = 2;
 
 pub struct MongoStore {
@@ -178,9 +178,12 @@ impl Shared {
                 Ok(done) => return done,
                 Err(Attempt::Done(done)) => return done,
                 Err(Attempt::Failed(error)) => {
-                    if !(failure::classify(&error) == Class::Unavailable
-                        && attempts < UNAVAILABLE_ATTEMPTS_MAX)
-                    {
+                    // A broken connection, or a snapshot the server could not keep: again.
+                    let again = matches!(
+                        failure::classify(&error),
+                        Class::Unavailable | Class::Conflict
+                    );
+                    if !again || attempts >= UNAVAILABLE_ATTEMPTS_MAX {
                         return Err(OperationFailed::Store(failure::store_error(&error)));
                     }
                 }

@@ -15,6 +15,9 @@ use super::schema::{Coll, Collections};
 use super::{block, failure};
 use crate::meta::*;
 
+/// The `sequences` document holding the audit chain's head: `next`, the next entry's seq.
+pub const AUDIT_HEAD: &str = "audit";
+
 pub struct MongoTxn<'a> {
     pub handle: &'a Handle,
     pub collections: &'a Collections,
@@ -58,7 +61,8 @@ impl<'a> MongoTxn<'a> {
         self.settle(result)
     }
 
-    /// The matching documents in `sort` order, at most `limit` (`usize::MAX`: all).
+    /// The matching documents in `sort` order (empty: any), at most `limit` (`usize::MAX`:
+    /// all).
     fn find(
         &mut self,
         which: Coll,
@@ -72,7 +76,10 @@ impl<'a> MongoTxn<'a> {
         }
         let session = &mut *self.session;
         let result = block(self.handle, async move {
-            let mut find = coll.find(filter).sort(sort);
+            let mut find = coll.find(filter);
+            if !sort.is_empty() {
+                find = find.sort(sort);
+            }
             if let Ok(limit) = i64::try_from(limit)
                 && limit < i64::MAX
             {
@@ -191,7 +198,7 @@ impl Txn for MongoTxn<'_> {
     }
     fn list_orphans(&mut self, before: Time, limit: usize) -> Result<Vec<Ino>, StoreError> {
         let filter = doc! { "orphaned_at": { "$lt": before } };
-        let found = self.find(Coll::Inodes, filter, doc! { "orphaned_at": 1 }, limit)?;
+        let found = self.find(Coll::Inodes, filter, doc! {}, limit)?;
         Self::decode_all(found, |d| Fields::new(d, "inodes").u64("_id"))
     }
 
@@ -279,7 +286,7 @@ impl Txn for MongoTxn<'_> {
         self.put(Coll::Garbage, filter.clone(), filter)
     }
     fn list_garbage(&mut self, limit: usize) -> Result<Vec<ChunkRef>, StoreError> {
-        let found = self.find(Coll::Garbage, doc! {}, doc! { "_id": 1 }, limit)?;
+        let found = self.find(Coll::Garbage, doc! {}, doc! {}, limit)?;
         Self::decode_all(found, docs::chunk_ref_from)
     }
     fn delete_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
@@ -398,6 +405,10 @@ impl Txn for MongoTxn<'_> {
         Self::decode_all(found, |d| Fields::new(d, "groups").u32("_id"))
     }
     fn next_in_sequence(&mut self, sequence: &str, first: u32) -> Result<u32, StoreError> {
+        assert_ne!(
+            sequence, AUDIT_HEAD,
+            "the audit head is not a numbering sequence"
+        );
         // Read then replace rather than findAndModify with $inc: the transaction already
         // makes it atomic, and plain updates stay fast on every server.
         let value = match self.find_one(Coll::Sequences, doc! { "_id": sequence })? {
@@ -430,19 +441,35 @@ impl Txn for MongoTxn<'_> {
     }
 
     fn last_audit(&mut self) -> Result<Option<AuditEntry>, StoreError> {
-        let found = self.find(Coll::Audit, doc! {}, doc! { "_id": -1 }, 1)?;
-        found.first().map(docs::audit_from).transpose()
+        // The head names the last entry, so that finding it takes two point reads rather than
+        // a sort (which not every server answers from the index).
+        let head = self.find_one(Coll::Sequences, doc! { "_id": AUDIT_HEAD })?;
+        let Some(head) = head else {
+            return match self.find_one(Coll::Audit, doc! {})? {
+                None => Ok(None),
+                Some(_) => Err(StoreError::Corrupt(
+                    "mongodb sequences: the audit log has entries but no head".into(),
+                )),
+            };
+        };
+        let f = Fields::new(&head, "sequences");
+        let last = f.u64("next")?.wrapping_sub(1);
+        let entry = self.find_one(Coll::Audit, doc! { "_id": long(last) })?;
+        let entry = entry.ok_or_else(|| f.corrupt("next", "follows a missing audit entry"))?;
+        docs::audit_from(&entry).map(Some)
     }
     fn append_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
         // An insert, not an upsert: two writers appending the same sequence number collide
-        // on `_id`, and the loser runs again on top of the winner's entry.
+        // on `_id` (and on the head), and the loser runs again on top of the winner's entry.
         let coll = self.writing(Coll::Audit)?;
         let result = block(
             self.handle,
             coll.insert_one(docs::audit_doc(entry))
                 .session(&mut *self.session),
         );
-        self.settle(result).map(drop)
+        self.settle(result)?;
+        let head = doc! { "_id": AUDIT_HEAD, "next": long(entry.seq.wrapping_add(1)) };
+        self.put(Coll::Sequences, doc! { "_id": AUDIT_HEAD }, head)
     }
     fn list_audit(&mut self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let filter = doc! { "_id": { "$gte": long(from_seq) } };
