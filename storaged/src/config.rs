@@ -26,7 +26,9 @@ pub struct ServeArgs {
     /// Also listen on TCP with TLS, for remote clients and VMs (e.g. 0.0.0.0:7443).
     #[arg(long, env = "VAULT_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Metadata store: "sqlite" (embedded, in the data dir) or a mongodb:// URL.
+    /// Metadata store: "sqlite" (embedded, in the data dir) or a mongodb:// URL of a replica
+    /// set, the database in its path (default "vault"), e.g.
+    /// mongodb://db1,db2,db3/vault?replicaSet=rs0.
     /// [default: sqlite]
     #[arg(long, env = "VAULT_META")]
     pub meta: Option<String>,
@@ -111,9 +113,11 @@ impl Config {
             .unwrap_or(data_dir_hint);
         let meta = match args.meta.clone().or(settings.meta).as_deref() {
             None | Some("sqlite") => MetaBackend::Sqlite(data_dir.join("meta.db")),
-            Some(url) if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") => {
-                MetaBackend::Mongo(url.to_string())
-            }
+            Some(url) if url.starts_with("mongodb://") => MetaBackend::Mongo(url.to_string()),
+            Some(url) if url.starts_with("mongodb+srv://") => anyhow::bail!(
+                "meta = mongodb+srv://...: this storaged is built without the DNS resolver SRV \
+                 lookups need; list the replica set's hosts in a mongodb:// URL instead"
+            ),
             Some(other) => {
                 anyhow::bail!("meta = {other:?}: expected \"sqlite\" or a mongodb:// URL")
             }
@@ -188,5 +192,16 @@ mod tests {
         assert!(Config::resolve(&args).is_err());
         std::fs::write(&file, "meta = \"postgres://x\"\n").expect("write");
         assert!(Config::resolve(&args).is_err());
+        std::fs::write(&file, "meta = \"mongodb+srv://db.example\"\n").expect("write");
+        let error = Config::resolve(&args)
+            .expect_err("no SRV lookups")
+            .to_string();
+        assert!(error.contains("mongodb://"), "{error}");
+        std::fs::write(&file, "meta = \"mongodb://db1,db2/v?replicaSet=rs\"\n").expect("write");
+        let config = Config::resolve(&args).expect("a MongoDB URL");
+        assert_eq!(
+            config.meta,
+            MetaBackend::Mongo("mongodb://db1,db2/v?replicaSet=rs".into())
+        );
     }
 }

@@ -16,7 +16,7 @@ use crate::api::{Service, State};
 use crate::auth::Auth;
 use crate::chunkstore::DirChunkStore;
 use crate::config::{Config, MetaBackend};
-use crate::meta::{self, MetaStore, now, sqlite::SqliteStore};
+use crate::meta::{self, MetaStore, mongo::MongoStore, now, sqlite::SqliteStore};
 use crate::metrics::Metrics;
 use crate::ops::OpError;
 use crate::{gc, settings, tls};
@@ -66,7 +66,7 @@ pub fn read_admin_key(path: &Path) -> anyhow::Result<PublicIdentity> {
 }
 
 /// Opens the configured metadata store.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
     match &config.meta {
         MetaBackend::Sqlite(path) => {
             if let Some(dir) = path.parent() {
@@ -77,10 +77,11 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
                 .with_context(|| format!("opening the metadata database {}", path.display()))?;
             Ok(Arc::new(store))
         }
-        MetaBackend::Mongo(_) => {
-            bail!(
-                "the MongoDB metadata backend is not part of this build yet; use meta = \"sqlite\""
-            )
+        MetaBackend::Mongo(url) => {
+            let store = MongoStore::open(url)
+                .await
+                .context("opening the MongoDB metadata store")?;
+            Ok(Arc::new(store))
         }
     }
 }
@@ -90,7 +91,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
     let admin = read_admin_key(&config.admin_public_key)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let vault = meta::write(&*store, move |txn| {
         settings::init_or_load(txn, &admin, now())
     })

@@ -7,7 +7,8 @@ use format::ids::VaultId;
 use format::wrapped::{WRAPPED_KEY_BYTES, WrapHeader, WrapKind};
 use identity::Identity;
 use storaged::meta::{
-    self, Kind, MetaStore, Principal, ROOT_INO, memory::MemoryStore, now, sqlite::SqliteStore,
+    self, Kind, MetaStore, Principal, ROOT_INO, memory::MemoryStore, mongo::MongoStore, now,
+    sqlite::SqliteStore,
 };
 use storaged::ops::chunks::{self, Uploaded};
 use storaged::ops::tree::{self, AttrChanges, NewNode, RenameMode};
@@ -1013,12 +1014,74 @@ async fn schema_and_settings_persist(store: Arc<dyn MetaStore>) {
     );
 }
 
+/// Names in byte order, whatever their encoding, and pages that continue after any of them.
+async fn listing_pages_in_byte_order(store: Arc<dyn MetaStore>) {
+    let w = world(store).await;
+    let dir = w
+        .mkdir(&w.alice, ROOT_INO, "names")
+        .await
+        .expect("mkdir")
+        .ino;
+    let mut names: Vec<Vec<u8>> = vec![
+        b"b".to_vec(),
+        b"a".to_vec(),
+        b"ab".to_vec(),
+        "\u{e9}t\u{e9}".as_bytes().to_vec(),
+        vec![0xff],
+        vec![b'a', 0x80],
+        vec![0xc3],
+        b"Z".to_vec(),
+    ];
+    for name in &names {
+        let (who, name) = (w.alice.clone(), name.clone());
+        w.write(move |txn| {
+            tree::create_node(txn, &who, dir, &name, &node(Kind::Fifo, None), now())
+        })
+        .await
+        .expect("create");
+    }
+    names.sort();
+    let mut seen = Vec::new();
+    let mut after = Vec::new();
+    for _ in 0..names.len() {
+        let (who, cursor) = (w.alice.clone(), after.clone());
+        let (page, more) = w
+            .read(move |txn| tree::readdir(txn, &who, dir, &cursor, 3))
+            .await
+            .expect("page");
+        after = page.last().map(|(n, _)| n.clone()).unwrap_or_default();
+        seen.extend(page.into_iter().map(|(n, _)| n));
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(seen, names);
+    let odd = vec![b'a', 0x80];
+    let who = w.alice.clone();
+    let found = w
+        .read(move |txn| tree::lookup(txn, &who, dir, &odd))
+        .await
+        .expect("lookup by a name that is not UTF-8");
+    assert_eq!(found.kind, Kind::Fifo);
+}
+
 fn memory() -> Arc<dyn MetaStore> {
     Arc::new(MemoryStore::new())
 }
 
 fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn MetaStore> {
     Arc::new(SqliteStore::open(&dir.path().join("meta.db")).expect("open sqlite"))
+}
+
+/// The SecantusDB server helper shared with the cross-crate tests.
+#[allow(dead_code)]
+#[path = "../../tests/src/mongo.rs"]
+mod mongo;
+
+/// A store on a database of its own in the server this test binary shares.
+async fn mongodb(server: &mongo::MongoServer, test: &str) -> Arc<dyn MetaStore> {
+    let url = server.url(&mongo::unique_database(test));
+    Arc::new(MongoStore::open(&url).await.expect("open mongodb"))
 }
 
 macro_rules! conformance {
@@ -1032,6 +1095,13 @@ macro_rules! conformance {
             async fn $test() {
                 let dir = tempfile::tempdir().expect("tempdir");
                 super::$test(super::sqlite(&dir)).await
+            })*
+        }
+        mod mongodb_backend {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let server = super::mongo::MongoServer::shared();
+                super::$test(super::mongodb(&server, stringify!($test)).await).await
             })*
         }
     };
@@ -1048,6 +1118,7 @@ conformance!(
     audit_chain,
     concurrent_writes_all_land,
     schema_and_settings_persist,
+    listing_pages_in_byte_order,
 );
 
 #[test]

@@ -3,19 +3,41 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use client::{Connection, Target};
 use identity::Identity;
 use proto::v1::{ApproveRequest, GetUserRequest, RegisterRequest, get_user_request};
 
+use crate::mongo::{MongoServer, unique_database};
+
 /// How long a daemon may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where a test daemon keeps its metadata.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// The embedded store in the data dir (the default).
+    Sqlite,
+    /// A database of its own on a SecantusDB server.
+    Mongo(Arc<MongoServer>),
+}
+
+impl Backend {
+    /// MongoDB on the server this test binary shares.
+    pub fn mongo() -> Backend {
+        Backend::Mongo(MongoServer::shared())
+    }
+}
+
 pub struct Storaged {
     pub dir: tempfile::TempDir,
-    pub admin: Identity,
+    pub admin: Arc<Identity>,
+    /// The `--meta` URL, when the metadata is in MongoDB.
+    meta_url: Option<String>,
+    /// Keeps the MongoDB server up while the daemon uses it.
+    server: Option<Arc<MongoServer>>,
     args: Vec<String>,
     child: Option<Child>,
     /// The daemon's first stdout line ("storaged ready: ...").
@@ -38,24 +60,82 @@ pub struct TestUser {
 }
 
 impl Storaged {
-    /// Starts a daemon on a new data dir with extra `serve` arguments.
+    /// Starts a daemon on a new data dir with extra `serve` arguments, on the embedded store.
     pub fn start(args: &[&str]) -> Storaged {
+        Storaged::start_on(&Backend::Sqlite, args)
+    }
+
+    /// Starts a daemon on a new data dir and `backend` (MongoDB: a new database).
+    pub fn start_on(backend: &Backend, args: &[&str]) -> Storaged {
+        let (meta_url, server) = match backend {
+            Backend::Sqlite => (None, None),
+            Backend::Mongo(server) => (
+                Some(server.url(&unique_database("storaged"))),
+                Some(server.clone()),
+            ),
+        };
+        Storaged::launch(Arc::new(Identity::generate()), meta_url, server, args)
+    }
+
+    /// Another instance of this vault: its own data dir and socket, the same administrator,
+    /// metadata store and chunk root (as behind a load balancer). Needs MongoDB.
+    pub fn another_instance(&self, args: &[&str]) -> Storaged {
+        let meta_url = self
+            .meta_url
+            .clone()
+            .expect("instances share metadata only through MongoDB");
+        let chunk_root = self.dir.path().join("chunks").display().to_string();
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(["--chunk-root", &chunk_root]);
+        Storaged::launch(
+            self.admin.clone(),
+            Some(meta_url),
+            self.server.clone(),
+            &args,
+        )
+    }
+
+    fn launch(
+        admin: Arc<Identity>,
+        meta_url: Option<String>,
+        server: Option<Arc<MongoServer>>,
+        args: &[&str],
+    ) -> Storaged {
         let dir = tempfile::tempdir().expect("temp data dir");
-        let admin = Identity::generate();
         std::fs::write(
             dir.path().join("admin.pub"),
             storaged::server::admin_key_text(&admin.public()),
         )
         .expect("write admin.pub");
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(url) = &meta_url {
+            args.extend(["--meta".to_string(), url.clone()]);
+        }
         let mut daemon = Storaged {
             dir,
             admin,
-            args: args.iter().map(|a| a.to_string()).collect(),
+            meta_url,
+            server,
+            args,
             child: None,
             ready_line: String::new(),
         };
         daemon.spawn();
         daemon
+    }
+
+    /// The MongoDB URL of its metadata, if that is where it is.
+    pub fn meta_url(&self) -> Option<&str> {
+        self.meta_url.as_deref()
+    }
+
+    /// `--meta URL` for a command over the same metadata (none for the embedded store, whose
+    /// place follows from `--data-dir`).
+    pub fn meta_args(&self) -> Vec<String> {
+        match &self.meta_url {
+            Some(url) => vec!["--meta".into(), url.clone()],
+            None => Vec::new(),
+        }
     }
 
     pub fn data_dir(&self) -> &Path {

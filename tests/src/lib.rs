@@ -36,6 +36,42 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Instantiates each named test once per metadata backend, the way the conformance suite
+/// does: `sqlite_backend::NAME` and `mongodb_backend::NAME` call `NAME(backend)`, a
+/// [`daemon::Backend`]. `async:` makes tokio tests of async functions, `sync:` plain tests.
+#[macro_export]
+macro_rules! on_every_backend {
+    (async: $($test:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test($crate::daemon::Backend::Sqlite).await
+            })*
+        }
+        mod mongodb_backend {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test($crate::daemon::Backend::mongo()).await
+            })*
+        }
+    };
+    (sync: $($test:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(#[test]
+            fn $test() {
+                super::$test($crate::daemon::Backend::Sqlite)
+            })*
+        }
+        mod mongodb_backend {
+            $(#[test]
+            fn $test() {
+                super::$test($crate::daemon::Backend::mongo())
+            })*
+        }
+    };
+}
+
 pub mod daemon;
+pub mod mongo;
 pub mod mount;
 pub mod vault;

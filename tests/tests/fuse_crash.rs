@@ -6,11 +6,11 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use tests::daemon::Storaged;
+use tests::daemon::{Backend, Storaged};
 use tests::mount::{ClientFiles, Mount, bounded};
 
-fn setup(extra: &[&str]) -> (Storaged, ClientFiles, Mount) {
-    let daemon = Storaged::start(&[]);
+fn setup(backend: &Backend, extra: &[&str]) -> (Storaged, ClientFiles, Mount) {
+    let daemon = Storaged::start_on(backend, &[]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let user = runtime.block_on(daemon.user("alice"));
     let client = ClientFiles::for_user(&user);
@@ -18,9 +18,8 @@ fn setup(extra: &[&str]) -> (Storaged, ClientFiles, Mount) {
     (daemon, client, mount)
 }
 
-#[test]
-fn a_killed_client_leaves_a_clean_mount_point_and_its_closed_files() {
-    let (_daemon, _client, mut mount) = setup(&[]);
+fn a_killed_client_leaves_a_clean_mount_point_and_its_closed_files(backend: Backend) {
+    let (_daemon, _client, mut mount) = setup(&backend, &[]);
     fs::write(mount.join("closed.txt"), b"safe").expect("write and close");
     let mut open = OpenOptions::new()
         .create(true)
@@ -54,9 +53,8 @@ fn a_killed_client_leaves_a_clean_mount_point_and_its_closed_files() {
     );
 }
 
-#[test]
-fn stopping_a_client_flushes_dirty_data() {
-    let (_daemon, _client, mut mount) = setup(&[]);
+fn stopping_a_client_flushes_dirty_data(backend: Backend) {
+    let (_daemon, _client, mut mount) = setup(&backend, &[]);
     let path = mount.join("dirty.txt");
     let writer = std::thread::spawn(move || {
         let mut file = OpenOptions::new()
@@ -80,9 +78,8 @@ fn stopping_a_client_flushes_dirty_data() {
     );
 }
 
-#[test]
-fn a_killed_daemon_fails_operations_cleanly_and_they_resume_after_restart() {
-    let (mut daemon, _client, mount) = setup(&["--server-wait-seconds", "2"]);
+fn a_killed_daemon_fails_operations_cleanly_and_they_resume_after_restart(backend: Backend) {
+    let (mut daemon, _client, mount) = setup(&backend, &["--server-wait-seconds", "2"]);
     fs::write(mount.join("kept.txt"), b"before the crash").expect("write");
     daemon.kill();
     // Fails, with an error, within the wait (not a hang).
@@ -109,9 +106,8 @@ fn a_killed_daemon_fails_operations_cleanly_and_they_resume_after_restart() {
     assert_eq!(fs::read(mount.join("after.txt")).expect("read"), b"after");
 }
 
-#[test]
-fn an_operation_waits_for_a_restarting_daemon() {
-    let (mut daemon, _client, mount) = setup(&["--server-wait-seconds", "30"]);
+fn an_operation_waits_for_a_restarting_daemon(backend: Backend) {
+    let (mut daemon, _client, mount) = setup(&backend, &["--server-wait-seconds", "30"]);
     fs::write(mount.join("a.txt"), b"waited for").expect("write");
     daemon.stop();
     let path = mount.join("b.txt");
@@ -127,3 +123,10 @@ fn an_operation_waits_for_a_restarting_daemon() {
         b"written after the restart"
     );
 }
+
+tests::on_every_backend!(
+    sync: a_killed_client_leaves_a_clean_mount_point_and_its_closed_files,
+    stopping_a_client_flushes_dirty_data,
+    a_killed_daemon_fails_operations_cleanly_and_they_resume_after_restart,
+    an_operation_waits_for_a_restarting_daemon,
+);

@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use tests::daemon::Storaged;
+use tests::daemon::{Backend, Storaged};
 use tests::mount::{ClientFiles, Mount};
 
 fn errno(result: std::io::Result<impl std::fmt::Debug>) -> i32 {
@@ -42,8 +42,8 @@ struct Setup {
     _client: ClientFiles,
 }
 
-fn setup() -> Setup {
-    let daemon = Storaged::start(&["--gc-seconds", "1"]);
+fn setup(backend: &Backend) -> Setup {
+    let daemon = Storaged::start_on(backend, &["--gc-seconds", "1"]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let user = runtime.block_on(daemon.user("alice"));
     let client = ClientFiles::for_user(&user);
@@ -55,9 +55,8 @@ fn setup() -> Setup {
     }
 }
 
-#[test]
-fn files_directories_and_links() {
-    let s = setup();
+fn files_directories_and_links(backend: Backend) {
+    let s = setup(&backend);
     let m = &s.alice;
     fs::create_dir(m.join("docs")).expect("mkdir");
     fs::write(m.join("docs/a.txt"), b"alpha").expect("write");
@@ -141,9 +140,8 @@ fn files_directories_and_links() {
     fs::remove_dir(m.join("sub")).expect("rmdir");
 }
 
-#[test]
-fn attributes_times_and_extended_attributes() {
-    let s = setup();
+fn attributes_times_and_extended_attributes(backend: Backend) {
+    let s = setup(&backend);
     let m = &s.alice;
     let path = m.join("f");
     fs::write(&path, b"data").expect("write");
@@ -217,9 +215,8 @@ fn attributes_times_and_extended_attributes() {
     );
 }
 
-#[test]
-fn sizes_sparse_files_append_truncate_and_sync() {
-    let s = setup();
+fn sizes_sparse_files_append_truncate_and_sync(backend: Backend) {
+    let s = setup(&backend);
     let m = &s.alice;
     let path = m.join("sparse");
     let before = chunk_files(&s.daemon);
@@ -282,9 +279,8 @@ fn sizes_sparse_files_append_truncate_and_sync() {
     assert_eq!(fs::read(m.join("log")).expect("read"), b"third\n");
 }
 
-#[test]
-fn an_unlinked_open_file_stays_readable_until_closed() {
-    let s = setup();
+fn an_unlinked_open_file_stays_readable_until_closed(backend: Backend) {
+    let s = setup(&backend);
     let m = &s.alice;
     fs::write(m.join("doomed"), b"still here").expect("write");
     let mut open = File::open(m.join("doomed")).expect("open");
@@ -297,9 +293,8 @@ fn an_unlinked_open_file_stays_readable_until_closed() {
     drop(open);
 }
 
-#[test]
-fn another_users_files_are_refused() {
-    let s = setup();
+fn another_users_files_are_refused(backend: Backend) {
+    let s = setup(&backend);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let bob = runtime.block_on(s.daemon.user("bob"));
     let bob_client = ClientFiles::for_user(&bob);
@@ -326,9 +321,8 @@ fn another_users_files_are_refused() {
     );
 }
 
-#[test]
-fn other_local_users_cannot_use_a_mount() {
-    let s = setup();
+fn other_local_users_cannot_use_a_mount(backend: Backend) {
+    let s = setup(&backend);
     fs::write(s.alice.join("mine.txt"), b"alice's").expect("write");
     fs::set_permissions(s.alice.join("mine.txt"), fs::Permissions::from_mode(0o644))
         .expect("chmod");
@@ -355,3 +349,12 @@ fn other_local_users_cannot_use_a_mount() {
         "{output:?}"
     );
 }
+
+tests::on_every_backend!(
+    sync: files_directories_and_links,
+    attributes_times_and_extended_attributes,
+    sizes_sparse_files_append_truncate_and_sync,
+    an_unlinked_open_file_stays_readable_until_closed,
+    another_users_files_are_refused,
+    other_local_users_cannot_use_a_mount,
+);

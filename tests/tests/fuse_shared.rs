@@ -1,23 +1,75 @@
-//! Two mounts of one vault (two client processes): close-to-open consistency, and concurrent
-//! writers to one file never leave a chunk that fails to open.
+//! Two mounts of one vault (two client processes): close-to-open consistency, concurrent
+//! writers to one file never leave a chunk that fails to open, and concurrent renames end with
+//! each file under exactly one name. Once through one daemon per backend, and once through two
+//! storaged instances sharing one MongoDB database and one chunk root (scaled out).
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tests::daemon::Storaged;
+use tests::daemon::{Backend, Storaged};
 use tests::mount::{ClientFiles, Mount, bounded};
 
 const CHUNK: usize = 8 * 1024 * 1024;
 
-#[test]
-fn what_one_mount_closes_the_other_reads_after_open() {
-    let daemon = Storaged::start(&[]);
+/// Two mounts of one user's view, through one daemon or through two instances of the vault.
+struct Pair {
+    first: Mount,
+    second: Mount,
+    _client: ClientFiles,
+    daemons: Vec<Storaged>,
+}
+
+fn pair(backend: &Backend, instances: usize) -> Pair {
+    let daemon = Storaged::start_on(backend, &[]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let user = runtime.block_on(daemon.user("alice"));
     let client = ClientFiles::for_user(&user);
-    let first = Mount::start(&daemon, &client, &[]);
-    let second = Mount::start(&daemon, &client, &[]);
+    let mut daemons = vec![daemon];
+    if instances == 2 {
+        let other = daemons[0].another_instance(&[]);
+        daemons.push(other);
+    }
+    let first = Mount::start(&daemons[0], &client, &[]);
+    let second = Mount::start(daemons.last().expect("a daemon"), &client, &[]);
+    Pair {
+        first,
+        second,
+        _client: client,
+        daemons,
+    }
+}
+
+fn what_one_mount_closes_the_other_reads_after_open(backend: Backend) {
+    close_to_open(pair(&backend, 1));
+}
+
+fn concurrent_writers_to_one_file_both_land_and_every_chunk_opens(backend: Backend) {
+    concurrent_writers(pair(&backend, 1));
+}
+
+fn concurrent_renames_move_each_file_exactly_once(backend: Backend) {
+    concurrent_renames(pair(&backend, 1));
+}
+
+#[test]
+fn through_two_instances_what_one_mount_closes_the_other_reads_after_open() {
+    close_to_open(pair(&Backend::mongo(), 2));
+}
+
+#[test]
+fn through_two_instances_concurrent_writers_both_land_and_every_chunk_opens() {
+    concurrent_writers(pair(&Backend::mongo(), 2));
+}
+
+#[test]
+fn through_two_instances_concurrent_renames_move_each_file_exactly_once() {
+    concurrent_renames(pair(&Backend::mongo(), 2));
+}
+
+fn close_to_open(pair: Pair) {
+    let Pair { first, second, .. } = &pair;
 
     fs::write(first.join("shared.txt"), b"version one").expect("write on the first");
     assert_eq!(
@@ -57,14 +109,8 @@ fn what_one_mount_closes_the_other_reads_after_open() {
     assert!(seen, "the rename never showed on the other mount");
 }
 
-#[test]
-fn concurrent_writers_to_one_file_both_land_and_every_chunk_opens() {
-    let daemon = Storaged::start(&[]);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let user = runtime.block_on(daemon.user("alice"));
-    let client = ClientFiles::for_user(&user);
-    let first = Mount::start(&daemon, &client, &[]);
-    let second = Mount::start(&daemon, &client, &[]);
+fn concurrent_writers(pair: Pair) {
+    let Pair { first, second, .. } = &pair;
     fs::write(first.join("contended"), vec![0u8; CHUNK + CHUNK / 2]).expect("create");
 
     // Each writer owns every other 64 KiB stripe, across both chunks, and syncs after each
@@ -91,7 +137,7 @@ fn concurrent_writers_to_one_file_both_land_and_every_chunk_opens() {
     for writer in writers {
         writer.join().expect("a writer failed");
     }
-    for mount in [&first, &second] {
+    for mount in [first, second] {
         let path = mount.join("contended");
         let content = bounded(std::time::Duration::from_secs(60), "read back", move || {
             fs::read(path)
@@ -112,3 +158,88 @@ fn concurrent_writers_to_one_file_both_land_and_every_chunk_opens() {
         }
     }
 }
+
+/// Both mounts rename the same files to names of their own at once: each rename either
+/// moves the file or finds it gone, every file ends under exactly one name with its content,
+/// and both mounts and the audit chain agree.
+fn concurrent_renames(pair: Pair) {
+    const FILES: usize = 12;
+    let Pair { first, second, .. } = &pair;
+    fs::create_dir(first.join("race")).expect("mkdir");
+    for i in 0..FILES {
+        fs::write(first.join(&format!("race/f{i}")), format!("file {i}")).expect("write");
+    }
+    let renamers: Vec<_> = [(first.path(), "a"), (second.path(), "b")]
+        .into_iter()
+        .map(|(root, tag)| {
+            std::thread::spawn(move || {
+                let mut moved = Vec::new();
+                for i in 0..FILES {
+                    let from = root.join(format!("race/f{i}"));
+                    match fs::rename(&from, root.join(format!("race/{tag}{i}"))) {
+                        Ok(()) => moved.push(i),
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                        Err(e) => panic!("rename {}: {e}", from.display()),
+                    }
+                }
+                moved
+            })
+        })
+        .collect();
+    let moved: Vec<Vec<usize>> = renamers
+        .into_iter()
+        .map(|r| r.join().expect("a renamer failed"))
+        .collect();
+    let mut all: Vec<usize> = moved.concat();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..FILES).collect::<Vec<_>>(),
+        "each file moved once: {moved:?}"
+    );
+
+    let name_of = |i: usize| match moved[0].contains(&i) {
+        true => format!("a{i}"),
+        false => format!("b{i}"),
+    };
+    let mut expected: Vec<String> = (0..FILES).map(name_of).collect();
+    expected.sort();
+    for mount in [first, second] {
+        // The other mount's kernel caches entries for a second.
+        let listing = || {
+            let mut names: Vec<String> = fs::read_dir(mount.join("race"))
+                .expect("readdir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let agreed = (0..40).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            listing() == expected
+        });
+        assert!(agreed, "{:?} != {expected:?}", listing());
+        for i in 0..FILES {
+            let content = fs::read(mount.join(&format!("race/{}", name_of(i)))).expect("read");
+            assert_eq!(content, format!("file {i}").as_bytes());
+        }
+    }
+    let verify = std::process::Command::new(tests::binary("storaged"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(pair.daemons[0].data_dir())
+        .args(pair.daemons[0].meta_args())
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run audit verify");
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && report.contains("intact"),
+        "{report}"
+    );
+}
+
+tests::on_every_backend!(
+    sync: what_one_mount_closes_the_other_reads_after_open,
+    concurrent_writers_to_one_file_both_land_and_every_chunk_opens,
+    concurrent_renames_move_each_file_exactly_once,
+);

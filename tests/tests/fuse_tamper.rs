@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Read;
 use std::path::PathBuf;
 
-use tests::daemon::Storaged;
+use tests::daemon::{Backend, Storaged};
 use tests::mount::{ClientFiles, Mount};
 
 const CHUNK: usize = 8 * 1024 * 1024;
@@ -36,9 +36,8 @@ fn read_errno(path: PathBuf) -> Option<i32> {
     }
 }
 
-#[test]
-fn every_tamper_gives_eio_and_intact_files_still_read() {
-    let daemon = Storaged::start(&["--gc-seconds", "1"]);
+fn every_tamper_gives_eio_and_intact_files_still_read(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &["--gc-seconds", "1"]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let user = runtime.block_on(daemon.user("alice"));
     let client = ClientFiles::for_user(&user);
@@ -109,3 +108,7 @@ fn every_tamper_gives_eio_and_intact_files_still_read() {
         "the client logs the file and chunk:\n{log}"
     );
 }
+
+tests::on_every_backend!(
+    sync: every_tamper_gives_eio_and_intact_files_still_read,
+);

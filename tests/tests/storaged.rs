@@ -1,12 +1,14 @@
 //! The real storaged binary on a temp dir, driven over the wire: operations, isolation
-//! between users, compare-and-swap on chunks, crash safety, the audit chain, bad input.
+//! between users, compare-and-swap on chunks, crash safety, the audit chain, bad input. Each
+//! test runs once per metadata backend (the embedded store and MongoDB).
 
 use std::time::Duration;
 
 use client::{ClientError, Connection, Fingerprint, Target};
+use mongodb::bson::{Document, doc};
 use proto::ErrorKind;
 use proto::v1::*;
-use tests::daemon::{Storaged, free_port};
+use tests::daemon::{Backend, Storaged, free_port};
 use tests::vault::{create_file, open_file, principal_user};
 
 const ROOT: u64 = 1;
@@ -22,9 +24,8 @@ fn name(text: &str) -> Vec<u8> {
     text.as_bytes().to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operations_over_the_wire() {
-    let daemon = Storaged::start(&[]);
+async fn operations_over_the_wire(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
     let alice = daemon.user("alice").await;
     let api = alice.connection.api();
 
@@ -299,9 +300,8 @@ async fn operations_over_the_wire() {
     assert!(!on_disk.windows(5).any(|w| w == b"hello"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_cannot_see_each_others_files_until_shared() {
-    let daemon = Storaged::start(&[]);
+async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
     let alice = daemon.user("alice").await;
     let bob = daemon.user("bob").await;
     let (file, _) = create_file(&alice, ROOT, "alice.txt")
@@ -493,7 +493,7 @@ async fn users_cannot_see_each_others_files_until_shared() {
     drop(bob_api);
     let mut daemon = daemon;
     daemon.stop();
-    let entries = audit_events(&daemon);
+    let entries = audit_events(&daemon).await;
     assert!(
         entries
             .iter()
@@ -505,21 +505,62 @@ async fn users_cannot_see_each_others_files_until_shared() {
     assert!(entries.iter().any(|e| e == "share") && entries.iter().any(|e| e == "unshare"));
 }
 
-fn audit_events(daemon: &Storaged) -> Vec<String> {
-    let conn = rusqlite::Connection::open(daemon.data_dir().join("meta.db")).expect("open db");
-    let mut statement = conn
-        .prepare("SELECT event FROM audit ORDER BY seq")
-        .expect("prepare");
-    statement
-        .query_map([], |r| r.get(0))
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect()
+/// The audit log's events in order, read from the store behind storaged's back.
+async fn audit_events(daemon: &Storaged) -> Vec<String> {
+    let Some(url) = daemon.meta_url() else {
+        let conn = rusqlite::Connection::open(daemon.data_dir().join("meta.db")).expect("db");
+        let mut statement = conn
+            .prepare("SELECT event FROM audit ORDER BY seq")
+            .expect("prepare");
+        return statement
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect();
+    };
+    let audit = mongo_collection(url, "audit").await;
+    let mut cursor = audit
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .expect("find");
+    let mut events = Vec::new();
+    while cursor.advance().await.expect("next") {
+        let entry = cursor.deserialize_current().expect("document");
+        events.push(entry.get_str("event").expect("event").to_string());
+    }
+    events
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_chunk_puts_exactly_one_wins() {
-    let daemon = Storaged::start(&[]);
+/// Rewrites the detail of audit entry `seq` behind storaged's back; how many entries changed.
+async fn tamper_with_audit(daemon: &Storaged, seq: u64, detail: &str) -> u64 {
+    let Some(url) = daemon.meta_url() else {
+        let conn = rusqlite::Connection::open(daemon.data_dir().join("meta.db")).expect("db");
+        let sql = "UPDATE audit SET detail = ?1 WHERE seq = ?2";
+        return conn
+            .execute(sql, rusqlite::params![detail, seq as i64])
+            .expect("edit") as u64;
+    };
+    let audit = mongo_collection(url, "audit").await;
+    let filter = doc! { "_id": seq as i64 };
+    let update = doc! { "$set": { "detail": detail } };
+    audit
+        .update_one(filter, update)
+        .await
+        .expect("edit")
+        .modified_count
+}
+
+async fn mongo_collection(url: &str, name: &str) -> mongodb::Collection<Document> {
+    let client = mongodb::Client::with_uri_str(url).await.expect("client");
+    let db = client
+        .default_database()
+        .expect("the URL names the database");
+    db.collection(name)
+}
+
+async fn concurrent_chunk_puts_exactly_one_wins(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
     let alice = daemon.user("alice").await;
     let (file, _) = create_file(&alice, ROOT, "contended")
         .await
@@ -550,9 +591,8 @@ async fn concurrent_chunk_puts_exactly_one_wins() {
     assert_eq!(stored, winners[0].as_bytes());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged() {
-    let mut daemon = Storaged::start(&[]);
+async fn sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged(backend: Backend) {
+    let mut daemon = Storaged::start_on(&backend, &[]);
     let alice = daemon.user("alice").await;
     let mut files = Vec::new();
     for i in 0..4 {
@@ -642,9 +682,8 @@ async fn sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_chain_breaks_detectably_when_edited_on_disk() {
-    let mut daemon = Storaged::start(&[]);
+async fn audit_chain_breaks_detectably_when_edited_on_disk(backend: Backend) {
+    let mut daemon = Storaged::start_on(&backend, &[]);
     let alice = daemon.user("alice").await;
     create_file(&alice, ROOT, "a").await.expect("create");
     daemon.stop();
@@ -652,6 +691,7 @@ async fn audit_chain_breaks_detectably_when_edited_on_disk() {
         std::process::Command::new(tests::binary("storaged"))
             .args(["audit", "verify", "--data-dir"])
             .arg(daemon.data_dir())
+            .args(daemon.meta_args())
             .env("RUST_LOG", "error")
             .output()
             .expect("run audit verify")
@@ -664,21 +704,15 @@ async fn audit_chain_breaks_detectably_when_edited_on_disk() {
     );
     assert!(String::from_utf8_lossy(&intact.stdout).contains("intact"));
 
-    let conn = rusqlite::Connection::open(daemon.data_dir().join("meta.db")).expect("open db");
-    let edited = conn
-        .execute("UPDATE audit SET detail = 'mallory' WHERE seq = 3", [])
-        .expect("edit");
-    assert_eq!(edited, 1);
-    drop(conn);
+    assert_eq!(tamper_with_audit(&daemon, 3, "mallory").await, 1);
     let broken = verify(&daemon);
     assert_eq!(broken.status.code(), Some(2));
     let report = String::from_utf8_lossy(&broken.stdout);
     assert!(report.contains("BROKEN at entry 3"), "{report}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_a_clear_status_and_changes_nothing() {
-    let daemon = Storaged::start(&["--session-seconds", "2"]);
+async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &["--session-seconds", "2"]);
     let alice = daemon.user("alice").await;
     let api = alice.connection.api();
     let dir = api
@@ -887,13 +921,12 @@ fn config_file_with_an_unknown_key_or_bad_value_is_refused() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_clients_pin_the_certificate_and_metrics_count_requests() {
+async fn tls_clients_pin_the_certificate_and_metrics_count_requests(backend: Backend) {
     let port = free_port();
     let metrics_port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let daemon = Storaged::start(&["--listen", &listen, "--metrics-addr", &metrics]);
+    let daemon = Storaged::start_on(&backend, &["--listen", &listen, "--metrics-addr", &metrics]);
     let pin = daemon
         .ready_line
         .split("certificate ")
@@ -942,9 +975,8 @@ async fn tls_clients_pin_the_certificate_and_metrics_count_requests() {
     assert!(body.contains("vault_request_seconds_bucket"), "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn everything_survives_a_restart() {
-    let mut daemon = Storaged::start(&[]);
+async fn everything_survives_a_restart(backend: Backend) {
+    let mut daemon = Storaged::start_on(&backend, &[]);
     let alice = daemon.user("alice").await;
     let (file, _) = create_file(&alice, ROOT, "kept").await.expect("create");
     file.write_single(&alice, 0, 3, b"still here")
@@ -963,3 +995,14 @@ async fn everything_survives_a_restart() {
         (3, b"still here".to_vec())
     );
 }
+
+tests::on_every_backend!(
+    async: operations_over_the_wire,
+    users_cannot_see_each_others_files_until_shared,
+    concurrent_chunk_puts_exactly_one_wins,
+    sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged,
+    audit_chain_breaks_detectably_when_edited_on_disk,
+    bad_input_gets_a_clear_status_and_changes_nothing,
+    tls_clients_pin_the_certificate_and_metrics_count_requests,
+    everything_survives_a_restart,
+);

@@ -7,6 +7,7 @@
 //! (a backend retries on conflicts), so it must have no effects outside its `Txn`.
 
 pub mod memory;
+pub mod mongo;
 mod records;
 pub mod sqlite;
 

@@ -1,0 +1,345 @@
+//! Records as MongoDB documents and back: named fields an operator can read in `mongosh`
+//! (`docs/format.md` section 7 lists them). Every decoding failure is `StoreError::Corrupt`
+//! naming the collection, the document and the field.
+
+use mongodb::bson::spec::BinarySubtype;
+use mongodb::bson::{Binary, Bson, Document, doc};
+
+use super::super::*;
+
+/// A 64-bit ID or count as BSON stores integers: its two's-complement `i64`.
+pub fn long(value: u64) -> i64 {
+    value as i64
+}
+
+pub fn binary(bytes: &[u8]) -> Bson {
+    Bson::Binary(Binary {
+        subtype: BinarySubtype::Generic,
+        bytes: bytes.to_vec(),
+    })
+}
+
+/// A name (directory entry, extended attribute) as stored: a string when it is UTF-8, so that
+/// operators read it and MongoDB orders it by its bytes; binary otherwise.
+pub fn name(bytes: &[u8]) -> Bson {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Bson::String(text.to_string()),
+        Err(_) => binary(bytes),
+    }
+}
+
+/// Reads the fields of one document, naming it in errors.
+pub struct Fields<'a> {
+    doc: &'a Document,
+    what: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(doc: &'a Document, what: &'static str) -> Fields<'a> {
+        Fields { doc, what }
+    }
+
+    pub fn corrupt(&self, field: &str, problem: &str) -> StoreError {
+        let id = self
+            .doc
+            .get("_id")
+            .map_or_else(|| "?".to_string(), |id| id.to_string());
+        StoreError::Corrupt(format!(
+            "mongodb {} document {id}: field {field:?} {problem}",
+            self.what
+        ))
+    }
+
+    fn get(&self, field: &str) -> Result<&'a Bson, StoreError> {
+        self.doc
+            .get(field)
+            .ok_or_else(|| self.corrupt(field, "is missing"))
+    }
+
+    /// An integer: Int64 as written, Int32 or an integral Double as an operator's edit in
+    /// mongosh may leave it.
+    pub fn int(&self, field: &str) -> Result<i64, StoreError> {
+        match self.get(field)? {
+            Bson::Int64(v) => Ok(*v),
+            Bson::Int32(v) => Ok(i64::from(*v)),
+            Bson::Double(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => Ok(*v as i64),
+            _ => Err(self.corrupt(field, "is not an integer")),
+        }
+    }
+
+    pub fn u64(&self, field: &str) -> Result<u64, StoreError> {
+        self.int(field).map(|v| v as u64)
+    }
+
+    pub fn u32(&self, field: &str) -> Result<u32, StoreError> {
+        u32::try_from(self.int(field)?).map_err(|_| self.corrupt(field, "is out of range"))
+    }
+
+    pub fn bool(&self, field: &str) -> Result<bool, StoreError> {
+        match self.get(field)? {
+            Bson::Boolean(v) => Ok(*v),
+            _ => Err(self.corrupt(field, "is not a boolean")),
+        }
+    }
+
+    pub fn text(&self, field: &str) -> Result<String, StoreError> {
+        match self.get(field)? {
+            Bson::String(v) => Ok(v.clone()),
+            _ => Err(self.corrupt(field, "is not a string")),
+        }
+    }
+
+    pub fn bytes(&self, field: &str) -> Result<Vec<u8>, StoreError> {
+        match self.get(field)? {
+            Bson::Binary(v) => Ok(v.bytes.clone()),
+            _ => Err(self.corrupt(field, "is not binary")),
+        }
+    }
+
+    pub fn key32(&self, field: &str) -> Result<[u8; 32], StoreError> {
+        self.bytes(field)?
+            .try_into()
+            .map_err(|_| self.corrupt(field, "is not 32 bytes"))
+    }
+
+    /// A name written by [`name`].
+    pub fn name(&self, field: &str) -> Result<Vec<u8>, StoreError> {
+        match self.get(field)? {
+            Bson::String(v) => Ok(v.as_bytes().to_vec()),
+            Bson::Binary(v) => Ok(v.bytes.clone()),
+            _ => Err(self.corrupt(field, "is neither a string nor binary")),
+        }
+    }
+
+    pub fn kind(&self, field: &str) -> Result<Kind, StoreError> {
+        Kind::from_code(self.int(field)?).ok_or_else(|| self.corrupt(field, "is no file kind"))
+    }
+}
+
+pub fn inode_doc(i: &Inode) -> Document {
+    let acl: Vec<Bson> = i
+        .acl
+        .iter()
+        .map(|e| {
+            Bson::Document(doc! {
+                "principal": e.principal.key(), "read": e.read, "write": e.write,
+            })
+        })
+        .collect();
+    let mut d = doc! {
+        "_id": long(i.ino), "kind": i.kind as i32, "perm": i64::from(i.perm),
+        "uid": i64::from(i.uid), "gid": i64::from(i.gid), "nlink": i64::from(i.nlink),
+        "size": long(i.size), "atime": i.atime, "mtime": i.mtime, "ctime": i.ctime,
+        "rdev": long(i.rdev), "owner": i64::from(i.owner), "version": long(i.version),
+        "parent": long(i.parent), "target": binary(&i.target), "acl": acl,
+    };
+    // Absent unless orphaned: the partial index on it then holds only orphans.
+    if let Some(at) = i.orphaned_at {
+        d.insert("orphaned_at", at);
+    }
+    d
+}
+
+pub fn inode_from(d: &Document) -> Result<Inode, StoreError> {
+    let f = Fields::new(d, "inodes");
+    let acl = match d.get("acl") {
+        Some(Bson::Array(entries)) => entries
+            .iter()
+            .map(|entry| acl_entry_from(&f, entry))
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => return Err(f.corrupt("acl", "is not an array")),
+    };
+    let orphaned_at = match d.get("orphaned_at") {
+        None | Some(Bson::Null) => None,
+        Some(_) => Some(f.int("orphaned_at")?),
+    };
+    Ok(Inode {
+        ino: f.u64("_id")?,
+        kind: f.kind("kind")?,
+        perm: f.u32("perm")?,
+        uid: f.u32("uid")?,
+        gid: f.u32("gid")?,
+        nlink: f.u32("nlink")?,
+        size: f.u64("size")?,
+        atime: f.int("atime")?,
+        mtime: f.int("mtime")?,
+        ctime: f.int("ctime")?,
+        rdev: f.u64("rdev")?,
+        owner: f.u32("owner")?,
+        version: f.u64("version")?,
+        parent: f.u64("parent")?,
+        target: f.bytes("target")?,
+        acl,
+        orphaned_at,
+    })
+}
+
+fn acl_entry_from(inode: &Fields<'_>, entry: &Bson) -> Result<AclEntry, StoreError> {
+    let Bson::Document(d) = entry else {
+        return Err(inode.corrupt("acl", "holds a non-document"));
+    };
+    let f = Fields::new(d, "inodes.acl");
+    let principal = Principal::from_key(&f.text("principal")?)
+        .ok_or_else(|| inode.corrupt("acl", "names no principal"))?;
+    Ok(AclEntry {
+        principal,
+        read: f.bool("read")?,
+        write: f.bool("write")?,
+    })
+}
+
+pub fn entry_from(d: &Document) -> Result<(Vec<u8>, Entry), StoreError> {
+    let f = Fields::new(d, "entries");
+    Ok((
+        f.name("name")?,
+        Entry {
+            ino: f.u64("ino")?,
+            kind: f.kind("kind")?,
+        },
+    ))
+}
+
+pub fn chunk_ref_from(d: &Document) -> Result<ChunkRef, StoreError> {
+    let f = Fields::new(d, "garbage");
+    Ok(ChunkRef {
+        ino: f.u64("ino")?,
+        index: f.u64("index")?,
+        generation: f.u64("generation")?,
+    })
+}
+
+pub fn user_doc(u: &User) -> Document {
+    doc! {
+        "_id": i64::from(u.uid), "name": &u.name, "signing_key": binary(&u.signing_key),
+        "wrapping_key": binary(&u.wrapping_key), "certificate": binary(&u.certificate),
+        "created": u.created,
+    }
+}
+
+pub fn user_from(d: &Document) -> Result<User, StoreError> {
+    let f = Fields::new(d, "users");
+    Ok(User {
+        uid: f.u32("_id")?,
+        name: f.text("name")?,
+        signing_key: f.key32("signing_key")?,
+        wrapping_key: f.key32("wrapping_key")?,
+        certificate: f.bytes("certificate")?,
+        created: f.int("created")?,
+    })
+}
+
+pub fn group_doc(g: &Group) -> Document {
+    let members: Vec<i64> = g.members.iter().map(|&uid| i64::from(uid)).collect();
+    doc! { "_id": i64::from(g.gid), "name": &g.name, "members": members }
+}
+
+pub fn group_from(d: &Document) -> Result<Group, StoreError> {
+    let f = Fields::new(d, "groups");
+    let members = match d.get("members") {
+        Some(Bson::Array(members)) => members
+            .iter()
+            .map(|m| match m {
+                Bson::Int64(v) => u32::try_from(*v).ok(),
+                Bson::Int32(v) => u32::try_from(*v).ok(),
+                _ => None,
+            })
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| f.corrupt("members", "holds a non-uid"))?,
+        _ => return Err(f.corrupt("members", "is not an array")),
+    };
+    let mut members = members;
+    members.sort_unstable();
+    Ok(Group {
+        gid: f.u32("_id")?,
+        name: f.text("name")?,
+        members,
+    })
+}
+
+pub fn session_doc(s: &Session) -> Document {
+    doc! {
+        "_id": binary(&s.token_hash), "uid": i64::from(s.uid), "admin": s.admin,
+        "expires": s.expires,
+    }
+}
+
+pub fn session_from(d: &Document) -> Result<Session, StoreError> {
+    let f = Fields::new(d, "sessions");
+    Ok(Session {
+        token_hash: f.key32("_id")?,
+        uid: f.u32("uid")?,
+        admin: f.bool("admin")?,
+        expires: f.int("expires")?,
+    })
+}
+
+pub fn audit_doc(e: &AuditEntry) -> Document {
+    doc! {
+        "_id": long(e.seq), "time": e.time, "uid": i64::from(e.uid), "event": &e.event,
+        "ino": long(e.ino), "detail": &e.detail, "prev_hash": binary(&e.prev_hash),
+        "hash": binary(&e.hash),
+    }
+}
+
+pub fn audit_from(d: &Document) -> Result<AuditEntry, StoreError> {
+    let f = Fields::new(d, "audit");
+    Ok(AuditEntry {
+        seq: f.u64("_id")?,
+        time: f.int("time")?,
+        uid: f.u32("uid")?,
+        event: f.text("event")?,
+        ino: f.u64("ino")?,
+        detail: f.text("detail")?,
+        prev_hash: f.key32("prev_hash")?,
+        hash: f.key32("hash")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_damage_is_named() {
+        let inode = Inode {
+            ino: u64::MAX - 3,
+            kind: Kind::Regular,
+            perm: 0o640,
+            uid: u32::MAX,
+            gid: 7,
+            nlink: 1,
+            size: 1 << 40,
+            atime: -5,
+            mtime: 6,
+            ctime: 7,
+            rdev: 0,
+            owner: 1000,
+            version: 3,
+            parent: 1,
+            target: vec![],
+            acl: vec![AclEntry {
+                principal: Principal::Group(9),
+                read: true,
+                write: false,
+            }],
+            orphaned_at: Some(12),
+        };
+        assert_eq!(inode_from(&inode_doc(&inode)).expect("decode"), inode);
+        let mut damaged = inode_doc(&inode);
+        damaged.insert("perm", "rw-r-----");
+        let error = inode_from(&damaged).expect_err("damaged").to_string();
+        assert!(error.contains("\"perm\""), "{error}");
+        damaged.insert("perm", 416.0);
+        assert_eq!(inode_from(&damaged).expect("an integral double").perm, 416);
+    }
+
+    #[test]
+    fn names_are_text_when_utf8_and_binary_otherwise() {
+        assert_eq!(name("café".as_bytes()), Bson::String("café".into()));
+        assert!(matches!(name(&[0xff, b'a']), Bson::Binary(_)));
+        for bytes in [&b"plain"[..], &[0xff, 0], "é".as_bytes()] {
+            let d = doc! { "name": name(bytes) };
+            assert_eq!(Fields::new(&d, "t").name("name").expect("name"), bytes);
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The collections, their indexes, and the schema version with its upgrade steps
+//! (`docs/format.md` section 7).
+
+use mongodb::bson::{Document, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, Database, IndexModel};
+
+use super::{StoreError, failure};
+
+/// The schema this build writes. Older databases are upgraded on open; newer ones refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The collection holding the schema version: one document `{_id: "vault", version}`.
+const SCHEMA: &str = "schema";
+const SCHEMA_ID: &str = "vault";
+
+/// MongoDB's "NamespaceExists": the collection was created already.
+const NAMESPACE_EXISTS: i32 = 48;
+
+/// Every collection of the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coll {
+    Settings,
+    Inodes,
+    Entries,
+    Chunks,
+    Garbage,
+    Xattrs,
+    WrappedKeys,
+    Users,
+    Groups,
+    Sequences,
+    Sessions,
+    Audit,
+}
+
+impl Coll {
+    pub const ALL: [Coll; 12] = [
+        Coll::Settings,
+        Coll::Inodes,
+        Coll::Entries,
+        Coll::Chunks,
+        Coll::Garbage,
+        Coll::Xattrs,
+        Coll::WrappedKeys,
+        Coll::Users,
+        Coll::Groups,
+        Coll::Sequences,
+        Coll::Sessions,
+        Coll::Audit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Coll::Settings => "settings",
+            Coll::Inodes => "inodes",
+            Coll::Entries => "entries",
+            Coll::Chunks => "chunks",
+            Coll::Garbage => "garbage",
+            Coll::Xattrs => "xattrs",
+            Coll::WrappedKeys => "wrapped_keys",
+            Coll::Users => "users",
+            Coll::Groups => "groups",
+            Coll::Sequences => "sequences",
+            Coll::Sessions => "sessions",
+            Coll::Audit => "audit",
+        }
+    }
+}
+
+/// Handles on every collection of one database.
+#[derive(Clone, Debug)]
+pub struct Collections {
+    all: Vec<Collection<Document>>,
+}
+
+impl Collections {
+    pub fn new(db: &Database) -> Collections {
+        Collections {
+            all: Coll::ALL
+                .iter()
+                .map(|c| db.collection::<Document>(c.name()))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, which: Coll) -> &Collection<Document> {
+        &self.all[which as usize]
+    }
+}
+
+/// The indexes of schema version 1, beyond `_id`: (collection, keys, unique, only where the
+/// first key exists).
+fn indexes_v1() -> Vec<(Coll, Document, bool, bool)> {
+    vec![
+        (Coll::Inodes, doc! { "orphaned_at": 1 }, false, true),
+        (Coll::Entries, doc! { "parent": 1, "name": 1 }, true, false),
+        (Coll::Chunks, doc! { "ino": 1, "index": 1 }, true, false),
+        (
+            Coll::Garbage,
+            doc! { "ino": 1, "index": 1, "generation": 1 },
+            true,
+            false,
+        ),
+        (Coll::Xattrs, doc! { "ino": 1, "name": 1 }, true, false),
+        (
+            Coll::WrappedKeys,
+            doc! { "ino": 1, "principal": 1 },
+            true,
+            false,
+        ),
+        (Coll::Users, doc! { "name": 1 }, true, false),
+        (Coll::Groups, doc! { "name": 1 }, true, false),
+        (Coll::Groups, doc! { "members": 1 }, false, false),
+        (Coll::Sessions, doc! { "expires": 1 }, false, false),
+    ]
+}
+
+/// Version 1: every collection (created up front, since a transaction on an older server may
+/// not create one) and its indexes. Idempotent, so that two storaged instances opening a new
+/// database at once both succeed.
+async fn step_v1(db: &Database, collections: &Collections) -> Result<(), StoreError> {
+    for which in Coll::ALL {
+        match db.create_collection(which.name()).await {
+            Ok(()) => {}
+            Err(error) if failure::code(&error) == Some(NAMESPACE_EXISTS) => {}
+            Err(error) => return Err(failure::store_error(&error)),
+        }
+    }
+    for (which, keys, unique, partial) in indexes_v1() {
+        let mut options = IndexOptions::builder().unique(unique).build();
+        if partial {
+            let field = keys.keys().next().cloned().unwrap_or_default();
+            options.partial_filter_expression = Some(doc! { field: { "$exists": true } });
+        }
+        let model = IndexModel::builder().keys(keys).options(options).build();
+        collections
+            .get(which)
+            .create_index(model)
+            .await
+            .map_err(|e| failure::store_error(&e))?;
+    }
+    Ok(())
+}
+
+/// Brings the database to [`SCHEMA_VERSION`], or refuses a newer one without touching it.
+pub async fn migrate(db: &Database, collections: &Collections) -> Result<(), StoreError> {
+    let schema = db.collection::<Document>(SCHEMA);
+    let found = match schema
+        .find_one(doc! { "_id": SCHEMA_ID })
+        .await
+        .map_err(|e| failure::store_error(&e))?
+    {
+        None => 0,
+        Some(d) => super::docs::Fields::new(&d, SCHEMA).u32("version")?,
+    };
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    // Each step takes the schema from version N to N + 1; a new version appends one.
+    for next in found + 1..=SCHEMA_VERSION {
+        match next {
+            1 => step_v1(db, collections).await?,
+            _ => unreachable!("no upgrade step to schema version {next}"),
+        }
+        // $max: a slower instance finishing the same step never moves the version back.
+        schema
+            .update_one(
+                doc! { "_id": SCHEMA_ID },
+                doc! {
+                    "$max": { "version": i64::from(next) },
+                    "$set": { "upgraded_by": concat!("storaged ", env!("CARGO_PKG_VERSION")) },
+                },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| failure::store_error(&e))?;
+        tracing::info!(version = next, "metadata schema upgraded");
+    }
+    Ok(())
+}
