@@ -115,6 +115,9 @@ pub struct FileState {
     next_sequential: u64,
     /// Chunks below this were already read ahead in the current sequential pass.
     prefetched_to: u64,
+    /// Another writer's changes were merged into this client's commit since the last one was
+    /// recorded: the kernel's cached pages of the file may lack them.
+    pub merged_foreign: bool,
 }
 
 async fn open_call(shared: &Shared, ino: u64) -> Result<OpenReply, FsError> {
@@ -166,6 +169,7 @@ impl FileState {
             unlinked: false,
             next_sequential: 0,
             prefetched_to: 0,
+            merged_foreign: false,
         }
     }
 
@@ -751,6 +755,7 @@ impl FileState {
             shared.sub_dirty(dirty.data.len());
             dirty.data = Arc::new(merged);
             dirty.base = current;
+            self.merged_foreign = true;
             dirty.last_generation = dirty.last_generation.max(current);
             dirty.upload = None;
         }

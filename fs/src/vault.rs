@@ -62,6 +62,8 @@ pub struct Vault {
     next_handle: AtomicU64,
     /// The inode version each file had when this client last read or wrote it.
     versions: Mutex<HashMap<u64, u64>>,
+    /// Files whose pages in the kernel's cache may lack another writer's merged changes.
+    stale_pages: Mutex<std::collections::HashSet<u64>>,
     /// Attributes from this client's own latest commits, trusted for a moment.
     attrs: Mutex<HashMap<u64, (std::time::Instant, Attr)>>,
 }
@@ -79,6 +81,7 @@ impl Vault {
             next_handle: AtomicU64::new(1),
             versions: Mutex::new(HashMap::new()),
             attrs: Mutex::new(HashMap::new()),
+            stale_pages: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -224,10 +227,7 @@ impl Vault {
         };
         let mut state = file.lock().await;
         let attr = state.truncate(&self.shared, size).await?;
-        self.versions
-            .lock()
-            .expect("versions poisoned")
-            .insert(ino, attr.version);
+        self.record_commit(&attr, &mut state);
         Ok(())
     }
 
@@ -544,7 +544,12 @@ impl Vault {
             .lock()
             .expect("versions poisoned")
             .insert(ino, version);
-        let keep_cache = previous == Some(version);
+        let stale = self
+            .stale_pages
+            .lock()
+            .expect("stale pages poisoned")
+            .remove(&ino);
+        let keep_cache = previous == Some(version) && !stale;
         if !keep_cache {
             self.shared
                 .cache
@@ -569,18 +574,31 @@ impl Vault {
     /// close(2) and fsync(2): everything written through this file is made durable and
     /// current on the server.
     pub fn flush(&self, fh: u64) -> Result<(), FsError> {
-        let (ino, file) = self.file_of(fh)?;
+        let (_, file) = self.file_of(fh)?;
         self.block(async {
             let mut state = file.lock().await;
             if let Some(attr) = state.flush(&self.shared).await? {
-                self.versions
-                    .lock()
-                    .expect("versions poisoned")
-                    .insert(ino, attr.version);
-                self.learn_attr(&attr);
+                self.record_commit(&attr, &mut state);
             }
             Ok(())
         })
+    }
+
+    /// After this client committed a file. When another writer's changes were merged into the
+    /// commit, the kernel's cached pages of the file lack them: the next open drops them
+    /// (whatever this client commits in between).
+    fn record_commit(&self, attr: &Attr, state: &mut FileState) {
+        if std::mem::take(&mut state.merged_foreign) {
+            self.stale_pages
+                .lock()
+                .expect("stale pages poisoned")
+                .insert(attr.ino);
+        }
+        self.versions
+            .lock()
+            .expect("versions poisoned")
+            .insert(attr.ino, attr.version);
+        self.learn_attr(attr);
     }
 
     pub fn release(&self, fh: u64) -> Result<(), FsError> {
@@ -597,7 +615,14 @@ impl Vault {
                 self.release_orphan(ino).await;
                 Ok(())
             } else {
-                state.flush(&self.shared).await.map(drop)
+                match state.flush(&self.shared).await {
+                    Ok(Some(attr)) => {
+                        self.record_commit(&attr, &mut state);
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(error) => Err(error),
+                }
             };
             if !state.is_dirty() {
                 self.files.lock().expect("files poisoned").remove(&ino);

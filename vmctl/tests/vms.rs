@@ -56,7 +56,8 @@ fn find_disk(drive: &str) -> String {
     format!(
         "dev=; i=0; while [ -z \"$dev\" ] && [ $i -lt 900 ]; do \
            for d in /sys/block/vd*; do \
-             [ \"$(cat $d/serial 2>/dev/null)\" = {drive} ] && dev=/dev/${{d##*/}}; \
+             [ -e \"$d\" ] || continue; \
+             [ \"$(cat \"$d/serial\" 2>/dev/null)\" = {drive} ] && dev=/dev/${{d##*/}}; \
            done; [ -z \"$dev\" ] && sleep 0.1; i=$((i+1)); \
          done; echo dev=$dev; [ -n \"$dev\" ] || dmesg | tail -n 20;"
     )
