@@ -118,6 +118,9 @@ pub struct FileState {
     /// Another writer's changes were merged into this client's commit since the last one was
     /// recorded: the kernel's cached pages of the file may lack them.
     pub merged_foreign: bool,
+    /// The last handle closed and this state left the open-files table: an open that
+    /// finds it must start afresh from the server.
+    pub retired: bool,
 }
 
 async fn open_call(shared: &Shared, ino: u64) -> Result<OpenReply, FsError> {
@@ -170,6 +173,7 @@ impl FileState {
             next_sequential: 0,
             prefetched_to: 0,
             merged_foreign: false,
+            retired: false,
         }
     }
 

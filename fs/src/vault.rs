@@ -68,6 +68,8 @@ pub struct Vault {
     attrs: Mutex<HashMap<u64, (std::time::Instant, Attr)>>,
 }
 
+/// How often an open retries when the state it found was retired by a racing release.
+const OPEN_ATTEMPTS: usize = 8;
 /// How long attributes from this client's own commit answer `getattr` without a round trip.
 const FRESH_ATTR_LIFETIME: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -520,25 +522,41 @@ impl Vault {
     }
 
     async fn open_async(&self, ino: u64) -> Result<(u64, bool), FsError> {
-        let existing = self.open_file(ino);
-        let file = match existing {
-            Some(file) => file,
-            None => {
-                let state = FileState::open(&self.shared, ino).await?;
-                let file = Arc::new(tokio::sync::Mutex::new(state));
-                self.files
-                    .lock()
-                    .expect("files poisoned")
-                    .entry(ino)
-                    .or_insert(file)
-                    .clone()
-            }
-        };
-        let version = {
-            let mut state = file.lock().await;
-            state.handles += 1;
-            state.version
-        };
+        // A release racing with this open may retire the state found in the table; it
+        // leaves the table first, so a second look finds a fresh one.
+        for _ in 0..OPEN_ATTEMPTS {
+            let existing = self.open_file(ino);
+            let file = match existing {
+                Some(file) => file,
+                None => {
+                    let state = FileState::open(&self.shared, ino).await?;
+                    let file = Arc::new(tokio::sync::Mutex::new(state));
+                    self.files
+                        .lock()
+                        .expect("files poisoned")
+                        .entry(ino)
+                        .or_insert(file)
+                        .clone()
+                }
+            };
+            let version = {
+                let mut state = file.lock().await;
+                if state.retired {
+                    continue;
+                }
+                state.handles += 1;
+                state.version
+            };
+            return Ok(self.opened(ino, file, version));
+        }
+        Err(FsError::local(
+            ErrorKind::Internal,
+            format!("file {ino:016x} kept closing while being opened"),
+        ))
+    }
+
+    /// Registers a handle on a file just opened; says whether the kernel may keep its pages.
+    fn opened(&self, ino: u64, file: SharedFile, version: u64) -> (u64, bool) {
         let previous = self
             .versions
             .lock()
@@ -557,7 +575,7 @@ impl Vault {
                 .expect("cache poisoned")
                 .forget_file(ino);
         }
-        Ok((self.add_handle(Handle::File { ino, file }), keep_cache))
+        (self.add_handle(Handle::File { ino, file }), keep_cache)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
@@ -625,7 +643,11 @@ impl Vault {
                 }
             };
             if !state.is_dirty() {
-                self.files.lock().expect("files poisoned").remove(&ino);
+                state.retired = true;
+                let mut files = self.files.lock().expect("files poisoned");
+                if files.get(&ino).is_some_and(|f| Arc::ptr_eq(f, &file)) {
+                    files.remove(&ino);
+                }
             }
             flushed
         })

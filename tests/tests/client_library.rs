@@ -13,10 +13,7 @@ use vaultfs::vault::{Changes, RenameMode, Vault};
 
 const ROOT: u64 = 1;
 
-#[test]
-fn file_operations_without_a_mount() {
-    let daemon = Storaged::start(&[]);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+fn vault_of(daemon: &Storaged, runtime: &tokio::runtime::Runtime) -> Vault {
     let user = runtime.block_on(daemon.user("alice"));
     let config = ClientConfig {
         server: Some(format!("unix:{}", daemon.socket().display())),
@@ -37,7 +34,14 @@ fn file_operations_without_a_mount() {
         user.uid,
     );
     let shared = Arc::new(Shared::new(remote, keys, Limits::default()));
-    let vault = Vault::new(shared, runtime.handle().clone());
+    Vault::new(shared, runtime.handle().clone())
+}
+
+#[test]
+fn file_operations_without_a_mount() {
+    let daemon = Storaged::start(&[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let vault = vault_of(&daemon, &runtime);
 
     let dir = vault.mkdir(ROOT, b"dir", 0o755, 0, 0).expect("mkdir");
     let (attr, fh) = vault
@@ -96,4 +100,40 @@ fn file_operations_without_a_mount() {
     vault.rmdir(ROOT, b"dir").expect("rmdir");
     let (_, dirty, open) = vault.usage();
     assert_eq!((dirty, open), (0, 0), "nothing left dirty or open");
+}
+
+/// The kernel sends a close's release asynchronously, so an open of the same file can arrive
+/// while that release is still flushing. The open must end up registered as open: unlinking
+/// the file afterwards keeps it readable through that handle.
+#[test]
+fn an_open_racing_a_release_keeps_the_file_open() {
+    let daemon = Storaged::start(&[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let vault = vault_of(&daemon, &runtime);
+    for round in 0..8u8 {
+        let name = format!("raced-{round}");
+        let (attr, old) = vault
+            .create(ROOT, name.as_bytes(), 0o644, true, 0, 0)
+            .expect("create");
+        // Dirty data makes the release flush two chunks, which takes a while; the open
+        // comes in meanwhile.
+        let content = vec![round; 9 << 20];
+        vault.write(old, 0, &content).expect("write");
+        let fresh = std::thread::scope(|scope| {
+            let releasing = scope.spawn(|| vault.release(old));
+            std::thread::sleep(Duration::from_millis(5));
+            let opened = vault.open(attr.ino).expect("open").0;
+            releasing.join().expect("release thread").expect("release");
+            opened
+        });
+        assert_eq!(vault.usage().2, 1, "round {round}: the new handle is open");
+        vault.unlink(ROOT, name.as_bytes()).expect("unlink");
+        assert_eq!(
+            vault.read(fresh, 0, 1 << 20).expect("read after unlink"),
+            content[..1 << 20],
+            "round {round}"
+        );
+        vault.release(fresh).expect("release");
+        assert_eq!(vault.usage().2, 0, "round {round}: nothing left open");
+    }
 }
