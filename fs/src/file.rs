@@ -401,7 +401,7 @@ impl FileState {
             (end - 1) / CHUNK,
         );
         if shared.over_dirty_budget() {
-            self.flush(shared).await?;
+            self.flush(shared, false).await?;
         }
         Ok(())
     }
@@ -497,7 +497,7 @@ impl FileState {
             }
         }
         self.size = size;
-        match self.flush(shared).await? {
+        match self.flush(shared, false).await? {
             Some(attr) => Ok(attr),
             None => {
                 let ino = self.ino;
@@ -511,9 +511,14 @@ impl FileState {
         }
     }
 
-    /// Makes everything written here durable and current on the server. Returns the new
-    /// attributes, or none if there was nothing to do.
-    pub async fn flush(&mut self, shared: &Arc<Shared>) -> Result<Option<Attr>, FsError> {
+    /// Makes everything written here current on the server (seen by every later open), and
+    /// durable there too if `durable`. Returns the new attributes, or none if there was
+    /// nothing to do.
+    pub async fn flush(
+        &mut self,
+        shared: &Arc<Shared>,
+        durable: bool,
+    ) -> Result<Option<Attr>, FsError> {
         if !self.is_dirty() {
             return Ok(None);
         }
@@ -521,10 +526,10 @@ impl FileState {
             self.shape(shared).await?;
             let single = self.dirty.len() == 1 && self.dirty.values().all(|d| d.upload.is_none());
             let outcome = if single {
-                self.commit_inline(shared).await
+                self.commit_inline(shared, durable).await
             } else {
                 match self.upload_all(shared).await {
-                    Ok(()) => self.commit(shared).await,
+                    Ok(()) => self.commit(shared, durable).await,
                     Err(error) => Err(error),
                 }
             };
@@ -616,7 +621,11 @@ impl FileState {
     }
 
     /// One dirty chunk: seal it and commit it in the same call.
-    async fn commit_inline(&mut self, shared: &Arc<Shared>) -> Result<Attr, FsError> {
+    async fn commit_inline(
+        &mut self,
+        shared: &Arc<Shared>,
+        durable: bool,
+    ) -> Result<Attr, FsError> {
         let (ino, size) = (self.ino, self.size);
         let truncate = self.truncated || self.size < self.committed_size;
         let (&index, dirty) = self.dirty.iter_mut().next().expect("one dirty chunk");
@@ -649,6 +658,7 @@ impl FileState {
                         base_generation: base,
                         size,
                         truncate,
+                        lazy: !durable,
                     })
                     .await
                 }
@@ -669,7 +679,7 @@ impl FileState {
         Ok(self.committed_now(shared, attr, truncate))
     }
 
-    async fn commit(&mut self, shared: &Arc<Shared>) -> Result<Attr, FsError> {
+    async fn commit(&mut self, shared: &Arc<Shared>, durable: bool) -> Result<Attr, FsError> {
         let ino = self.ino;
         let truncate = self.truncated || self.size < self.committed_size;
         let chunks: Vec<ChunkCommit> = self
@@ -687,6 +697,7 @@ impl FileState {
             size: self.size,
             truncate,
             rekey: vec![],
+            lazy: !durable,
         };
         let attr = shared
             .remote

@@ -441,7 +441,7 @@ impl Filesystem for VaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vault.flush(fh.0) {
+        match self.vault.fsync(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail(&e)),
         }
@@ -514,8 +514,10 @@ impl Filesystem for VaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Directory changes are durable on the server before they are acknowledged.
-        reply.ok();
+        match self.vault.sync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail(&e)),
+        }
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -196,6 +196,7 @@ impl Vault {
                 self.truncate(ino, size).await?;
             }
             let rest = SetAttrRequest {
+                lazy: true,
                 ino,
                 perm: changes.perm,
                 uid: changes.uid,
@@ -246,6 +247,7 @@ impl Vault {
             let name = name.clone();
             async move {
                 api.mkdir(MkdirRequest {
+                    lazy: true,
                     parent,
                     name,
                     perm,
@@ -273,6 +275,7 @@ impl Vault {
             let name = name.clone();
             async move {
                 api.mknod(MknodRequest {
+                    lazy: true,
                     parent,
                     name,
                     kind: kind as i32,
@@ -299,6 +302,7 @@ impl Vault {
             let (name, target) = (name.clone(), target.clone());
             async move {
                 api.symlink(SymlinkRequest {
+                    lazy: true,
                     parent,
                     name,
                     target,
@@ -328,6 +332,7 @@ impl Vault {
                     let new_name = new_name.clone();
                     async move {
                         api.link(LinkRequest {
+                            lazy: true,
                             ino,
                             new_parent,
                             new_name,
@@ -371,6 +376,7 @@ impl Vault {
                     let name = name.clone();
                     async move {
                         api.unlink(UnlinkRequest {
+                            lazy: true,
                             parent,
                             name,
                             keep_open,
@@ -396,7 +402,14 @@ impl Vault {
         let name = name.to_vec();
         self.block(self.shared.remote.call("rmdir", |mut api| {
             let name = name.clone();
-            async move { api.rmdir(RmdirRequest { parent, name }).await }
+            async move {
+                api.rmdir(RmdirRequest {
+                    lazy: true,
+                    parent,
+                    name,
+                })
+                .await
+            }
         }))
         .map(drop)
     }
@@ -419,6 +432,7 @@ impl Vault {
                     let (name, new_name) = (name.clone(), new_name.clone());
                     async move {
                         api.rename(RenameRequest {
+                            lazy: true,
                             parent,
                             name,
                             new_parent,
@@ -446,7 +460,7 @@ impl Vault {
             .shared
             .remote
             .call("release", |mut api| async move {
-                api.release(ReleaseRequest { ino }).await
+                api.release(ReleaseRequest { lazy: true, ino }).await
             })
             .await;
         if let Err(error) = released {
@@ -479,6 +493,7 @@ impl Vault {
                 .remote
                 .call("create", |mut api| {
                     let request = CreateRequest {
+                        lazy: true,
                         parent,
                         name: name_owned.clone(),
                         perm,
@@ -589,17 +604,46 @@ impl Vault {
         Ok(data.len())
     }
 
-    /// close(2) and fsync(2): everything written through this file is made durable and
-    /// current on the server.
+    /// close(2): everything written through this file becomes current on the server, seen by
+    /// every later open (close-to-open consistency).
     pub fn flush(&self, fh: u64) -> Result<(), FsError> {
+        self.flush_as(fh, false)
+    }
+
+    /// fsync(2): as close, and durable on the server, with every change this client made
+    /// before (the file's creation and name among them).
+    pub fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        self.flush_as(fh, true)
+    }
+
+    fn flush_as(&self, fh: u64, durable: bool) -> Result<(), FsError> {
         let (_, file) = self.file_of(fh)?;
         self.block(async {
             let mut state = file.lock().await;
-            if let Some(attr) = state.flush(&self.shared).await? {
-                self.record_commit(&attr, &mut state);
+            match state.flush(&self.shared, durable).await? {
+                Some(attr) => self.record_commit(&attr, &mut state),
+                // A durable commit covers what came before it; without one, ask.
+                None if durable => self.sync_async().await?,
+                None => {}
             }
             Ok(())
         })
+    }
+
+    /// fsyncdir(2), syncfs(2): every change acknowledged so far becomes durable.
+    pub fn sync(&self) -> Result<(), FsError> {
+        self.block(self.sync_async())
+    }
+
+    async fn sync_async(&self) -> Result<(), FsError> {
+        self.shared
+            .remote
+            .call(
+                "sync",
+                |mut api| async move { api.sync(SyncRequest {}).await },
+            )
+            .await
+            .map(drop)
     }
 
     /// After this client committed a file. When another writer's changes were merged into the
@@ -633,7 +677,7 @@ impl Vault {
                 self.release_orphan(ino).await;
                 Ok(())
             } else {
-                match state.flush(&self.shared).await {
+                match state.flush(&self.shared, false).await {
                     Ok(Some(attr)) => {
                         self.record_commit(&attr, &mut state);
                         Ok(())
@@ -729,6 +773,7 @@ impl Vault {
             let (name, value) = (name.clone(), value.clone());
             async move {
                 api.set_xattr(SetXattrRequest {
+                    lazy: true,
                     ino,
                     name,
                     value,
@@ -762,12 +807,19 @@ impl Vault {
         let name = name.to_vec();
         self.block(self.shared.remote.call("remove_xattr", |mut api| {
             let name = name.clone();
-            async move { api.remove_xattr(RemoveXattrRequest { ino, name }).await }
+            async move {
+                api.remove_xattr(RemoveXattrRequest {
+                    lazy: true,
+                    ino,
+                    name,
+                })
+                .await
+            }
         }))
         .map(drop)
     }
 
-    /// Flushes every file with dirty data (unmount, shutdown).
+    /// Flushes every file with dirty data and makes it all durable (unmount, shutdown).
     pub fn flush_all(&self) -> Result<(), FsError> {
         let files: Vec<SharedFile> = self
             .files
@@ -778,11 +830,15 @@ impl Vault {
             .collect();
         let mut first_error = None;
         for file in files {
-            let outcome = self.block(async { file.lock().await.flush(&self.shared).await });
+            let outcome = self.block(async { file.lock().await.flush(&self.shared, false).await });
             if let Err(error) = outcome {
                 tracing::error!(%error, "could not flush a file at unmount");
                 first_error.get_or_insert(error);
             }
+        }
+        if let Err(error) = self.sync() {
+            tracing::error!(%error, "could not make the changes durable at unmount");
+            first_error.get_or_insert(error);
         }
         first_error.map_or(Ok(()), Err)
     }

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::chunkstore::{ChunkStore, ChunkStoreError};
-use crate::meta::{self, ChunkRef, Inode, Kind, MetaStore, Principal, Time, Txn, now};
+use crate::meta::{self, ChunkRef, Durability, Inode, Kind, MetaStore, Principal, Time, Txn, now};
 use crate::metrics::Metrics;
 use crate::ops::chunks::Uploaded;
 use crate::ops::tree::{AttrChanges, NewNode, RenameMode};
@@ -58,6 +58,20 @@ impl State {
         meta::write(&*self.store, op).await
     }
 
+    /// A write for a request that may be `lazy` (see `Durability` in vault.proto).
+    pub async fn write_as<T, F>(&self, lazy: bool, op: F) -> Result<T, OpError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut dyn Txn) -> Result<T, OpError> + Send + 'static,
+    {
+        let durability = if lazy {
+            Durability::Visible
+        } else {
+            Durability::Durable
+        };
+        meta::write_as(&*self.store, durability, op).await
+    }
+
     /// Creates a directory entry and its inode (mkdir, mknod, symlink); the caller's view of it.
     async fn create_node(
         &self,
@@ -65,10 +79,13 @@ impl State {
         parent: u64,
         name: Vec<u8>,
         node: NewNode,
+        lazy: bool,
     ) -> Result<Attr, OpError> {
         let who = caller.clone();
         let made = self
-            .write(move |txn| tree::create_node(txn, &who, parent, &name, &node, now()))
+            .write_as(lazy, move |txn| {
+                tree::create_node(txn, &who, parent, &name, &node, now())
+            })
             .await?;
         Ok(attr(&made, &caller))
     }
@@ -593,7 +610,9 @@ impl Vault for Service {
             };
             let who = caller.clone();
             let changed = state
-                .write(move |txn| tree::setattr(txn, &who, r.ino, &changes, now()))
+                .write_as(r.lazy, move |txn| {
+                    tree::setattr(txn, &who, r.ino, &changes, now())
+                })
                 .await?;
             Ok(attr(&changed, &caller))
         })
@@ -614,7 +633,7 @@ impl Vault for Service {
             };
             let who = caller.clone();
             let (file, _) = state
-                .write(move |txn| {
+                .write_as(r.lazy, move |txn| {
                     tree::create_file(
                         txn,
                         &who,
@@ -643,7 +662,9 @@ impl Vault for Service {
                 target: Vec::new(),
                 ino: None,
             };
-            state.create_node(caller, r.parent, r.name, node).await
+            state
+                .create_node(caller, r.parent, r.name, node, r.lazy)
+                .await
         })
         .await
     }
@@ -670,7 +691,9 @@ impl Vault for Service {
                 target: Vec::new(),
                 ino: None,
             };
-            state.create_node(caller, r.parent, r.name, node).await
+            state
+                .create_node(caller, r.parent, r.name, node, r.lazy)
+                .await
         })
         .await
     }
@@ -686,7 +709,9 @@ impl Vault for Service {
                 target: r.target,
                 ino: None,
             };
-            state.create_node(caller, r.parent, r.name, node).await
+            state
+                .create_node(caller, r.parent, r.name, node, r.lazy)
+                .await
         })
         .await
     }
@@ -708,7 +733,9 @@ impl Vault for Service {
         self.serve("link", request, |state, caller, r| async move {
             let who = caller.clone();
             let linked = state
-                .write(move |txn| tree::link(txn, &who, r.ino, r.new_parent, &r.new_name, now()))
+                .write_as(r.lazy, move |txn| {
+                    tree::link(txn, &who, r.ino, r.new_parent, &r.new_name, now())
+                })
                 .await?;
             Ok(attr(&linked, &caller))
         })
@@ -721,7 +748,9 @@ impl Vault for Service {
     ) -> Result<Response<UnlinkReply>, Status> {
         self.serve("unlink", request, |state, caller, r| async move {
             state
-                .write(move |txn| tree::unlink(txn, &caller, r.parent, &r.name, r.keep_open, now()))
+                .write_as(r.lazy, move |txn| {
+                    tree::unlink(txn, &caller, r.parent, &r.name, r.keep_open, now())
+                })
                 .await?;
             Ok(UnlinkReply {})
         })
@@ -731,7 +760,9 @@ impl Vault for Service {
     async fn rmdir(&self, request: Request<RmdirRequest>) -> Result<Response<RmdirReply>, Status> {
         self.serve("rmdir", request, |state, caller, r| async move {
             state
-                .write(move |txn| tree::rmdir(txn, &caller, r.parent, &r.name, now()))
+                .write_as(r.lazy, move |txn| {
+                    tree::rmdir(txn, &caller, r.parent, &r.name, now())
+                })
                 .await?;
             Ok(RmdirReply {})
         })
@@ -754,7 +785,7 @@ impl Vault for Service {
                 }
             };
             let replaced = state
-                .write(move |txn| {
+                .write_as(r.lazy, move |txn| {
                     tree::rename(
                         txn,
                         &caller,
@@ -780,7 +811,7 @@ impl Vault for Service {
     ) -> Result<Response<ReleaseReply>, Status> {
         self.serve("release", request, |state, caller, r| async move {
             state
-                .write(move |txn| tree::release(txn, &caller, r.ino, now()))
+                .write_as(r.lazy, move |txn| tree::release(txn, &caller, r.ino, now()))
                 .await?;
             Ok(ReleaseReply {})
         })
@@ -805,6 +836,14 @@ impl Vault for Service {
                 })
                 .collect();
             Ok(ReadDirReply { entries, more })
+        })
+        .await
+    }
+
+    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncReply>, Status> {
+        self.serve("sync", request, |state, _caller, _r| async move {
+            state.store.sync().await?;
+            Ok(SyncReply {})
         })
         .await
     }
@@ -848,7 +887,9 @@ impl Vault for Service {
                 }
             };
             state
-                .write(move |txn| xattrs::set(txn, &caller, r.ino, &r.name, &r.value, mode, now()))
+                .write_as(r.lazy, move |txn| {
+                    xattrs::set(txn, &caller, r.ino, &r.name, &r.value, mode, now())
+                })
                 .await?;
             Ok(SetXattrReply {})
         })
@@ -887,7 +928,9 @@ impl Vault for Service {
     ) -> Result<Response<RemoveXattrReply>, Status> {
         self.serve("remove_xattr", request, |state, caller, r| async move {
             state
-                .write(move |txn| xattrs::remove(txn, &caller, r.ino, &r.name, now()))
+                .write_as(r.lazy, move |txn| {
+                    xattrs::remove(txn, &caller, r.ino, &r.name, now())
+                })
                 .await?;
             Ok(RemoveXattrReply {})
         })
@@ -926,7 +969,7 @@ impl Vault for Service {
             let upload = Uploaded::from_header(&header, r.data.len() as u64, r.base_generation);
             let who = caller.clone();
             let committed = state
-                .write(move |txn| {
+                .write_as(r.lazy, move |txn| {
                     chunks::commit(txn, &who, ino, &[upload], r.size, r.truncate, &[], now())
                 })
                 .await;
@@ -962,7 +1005,7 @@ impl Vault for Service {
             let rekey = wrapped_keys_of(&r.rekey)?;
             let who = caller.clone();
             let file = state
-                .write(move |txn| {
+                .write_as(r.lazy, move |txn| {
                     chunks::commit(
                         txn,
                         &who,

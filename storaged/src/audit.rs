@@ -164,13 +164,17 @@ async fn write_batches(
         }
         if !events.is_empty() {
             let count = events.len();
-            let written = crate::meta::write(&*store, move |txn| -> Result<(), StoreError> {
-                for (uid, event, ino, detail, time) in &events {
-                    append(txn, *uid, event, *ino, detail, *time)?;
-                }
-                Ok(())
-            })
-            .await;
+            // Read-side events are not worth a sync of their own: the next durable commit, at
+            // most a second away, takes them along.
+            let visible = crate::meta::Durability::Visible;
+            let written =
+                crate::meta::write_as(&*store, visible, move |txn| -> Result<(), StoreError> {
+                    for (uid, event, ino, detail, time) in &events {
+                        append(txn, *uid, event, *ino, detail, *time)?;
+                    }
+                    Ok(())
+                })
+                .await;
             if let Err(error) = written {
                 tracing::error!(%error, count, "could not write audit events");
             }

@@ -1,14 +1,17 @@
 //! The chunk store: one file per sealed chunk under the chunk root, laid out as
 //! `docs/format.md` section 3 says (`format::layout`).
 //!
-//! A chunk file is written once and never changed: temporary file, fsync, hard link to its
-//! final name (which fails if the name exists, so nothing is ever replaced), fsync of the
-//! directory. Backup tools may copy the tree at any moment. The store checks lengths and
-//! headers but cannot decrypt anything.
+//! A chunk file is written once and never changed: temporary file, hard link to its final
+//! name (which fails if the name exists, so nothing is ever replaced), and then durable: at
+//! once (fsync of the file and of each directory that gained an entry), or, in a store that
+//! defers, at the next [`ChunkStore::sync_pending`], which the metadata store calls before
+//! any commit naming the chunk becomes durable. Backup tools may copy the tree at any moment.
+//! The store checks lengths and headers but cannot decrypt anything.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use format::envelope::Header;
 use format::ids::FileId;
@@ -45,8 +48,11 @@ pub struct Space {
 
 /// Where sealed chunks live. Operations block (call them from a blocking thread).
 pub trait ChunkStore: Send + Sync + 'static {
-    /// Stores a new chunk file; fails with `Exists` rather than replace one.
+    /// Stores a new chunk file; fails with `Exists` rather than replace one. Durable on
+    /// return unless the store defers, then after the next [`ChunkStore::sync_pending`].
     fn put(&self, chunk: ChunkRef, sealed: &[u8]) -> Result<(), ChunkStoreError>;
+    /// Makes every chunk file put before the call durable.
+    fn sync_pending(&self) -> Result<(), ChunkStoreError>;
     fn get(&self, chunk: ChunkRef) -> Result<Vec<u8>, ChunkStoreError>;
     /// The header and total length of a stored chunk, without reading its body.
     fn header(&self, chunk: ChunkRef) -> Result<(Header, u64), ChunkStoreError>;
@@ -57,9 +63,16 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn space(&self) -> Result<Space, ChunkStoreError>;
 }
 
+/// A deferred chunk file at least this large starts its writeback at once.
+const EARLY_WRITEBACK_BYTES: usize = 1 << 20;
+
 #[derive(Debug)]
 pub struct DirChunkStore {
     root: PathBuf,
+    /// Puts leave syncing to [`ChunkStore::sync_pending`].
+    deferred: bool,
+    /// A deferred put happened since the last sync.
+    pending: AtomicBool,
 }
 
 fn io_error<'a>(
@@ -80,10 +93,14 @@ fn sync_dir(dir: &Path) -> Result<(), ChunkStoreError> {
 }
 
 impl DirChunkStore {
-    pub fn open(root: &Path) -> Result<DirChunkStore, ChunkStoreError> {
+    /// Opens the chunk root. `deferred`: puts are not synced one by one; whoever commits
+    /// metadata durably calls [`ChunkStore::sync_pending`] first.
+    pub fn open(root: &Path, deferred: bool) -> Result<DirChunkStore, ChunkStoreError> {
         fs::create_dir_all(root).map_err(io_error("creating chunk root", root))?;
         Ok(DirChunkStore {
             root: root.to_path_buf(),
+            deferred,
+            pending: AtomicBool::new(false),
         })
     }
 
@@ -141,6 +158,15 @@ impl ChunkStore for DirChunkStore {
         });
         let _ = fs::remove_file(&temp);
         let file = linked?;
+        if self.deferred {
+            if sealed.len() >= EARLY_WRITEBACK_BYTES {
+                // Start writing it out now, so that the next sync finds little left to do and
+                // a stream of large chunks overlaps its disk writes with the network.
+                let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
+            }
+            self.pending.store(true, Ordering::Release);
+            return Ok(());
+        }
         // The data and every directory that gained an entry are synced at once: the
         // filesystem journals them together, so this costs about one sync, not several. The
         // chunk counts only once the metadata commit that follows names it.
@@ -156,6 +182,21 @@ impl ChunkStore for DirChunkStore {
                 .chain([data])
                 .collect()
         })
+    }
+
+    fn sync_pending(&self) -> Result<(), ChunkStoreError> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // One syncfs writes out every file and directory of the chunk filesystem and commits
+        // its journal once: far cheaper than a sync per chunk file when many are pending.
+        let synced = File::open(&self.root)
+            .and_then(|root| rustix::fs::syncfs(&root).map_err(io::Error::from));
+        if let Err(error) = synced {
+            self.pending.store(true, Ordering::Release);
+            return Err(io_error("syncing the filesystem of", &self.root)(error));
+        }
+        Ok(())
     }
 
     fn get(&self, chunk: ChunkRef) -> Result<Vec<u8>, ChunkStoreError> {
@@ -289,7 +330,7 @@ mod tests {
     #[test]
     fn put_never_replaces_and_get_reads_back() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = DirChunkStore::open(dir.path()).expect("open");
+        let store = DirChunkStore::open(dir.path(), false).expect("open");
         let chunk = ChunkRef {
             ino: 0xabcd_0000_0000_0001,
             index: 2,

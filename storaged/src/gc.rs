@@ -42,6 +42,8 @@ pub async fn collect(state: &State) -> Result<usize, OpError> {
         if garbage.is_empty() {
             return Ok(removed);
         }
+        // The commits that put them on the list must be durable before the files go.
+        state.store.sync().await?;
         let batch = garbage.clone();
         state
             .blocking_delete(batch)
@@ -94,6 +96,8 @@ pub async fn sweep(state: &State, upload_grace: Duration) -> Result<usize, OpErr
     }
     let count = litter.len();
     if count > 0 {
+        // What made them superseded must be durable before they go.
+        state.store.sync().await?;
         tracing::info!(
             count,
             "removing chunk files that were never committed or are superseded"

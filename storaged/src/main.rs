@@ -82,7 +82,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Admin(command) => admin::run(command).await.map(|()| ExitCode::SUCCESS),
         Command::Audit(AuditCommand::Verify(args)) => {
             let config = Config::resolve(&args)?;
-            let store = storaged::server::open_store(&config).await?;
+            let store = storaged::server::open_store(&config, None).await?;
             match storaged::audit::verify(&*store).await? {
                 storaged::audit::Verdict::Intact { entries } => {
                     println!("audit log intact: {entries} entries");

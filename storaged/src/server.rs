@@ -14,7 +14,7 @@ use tonic::transport::{Identity as TlsCert, Server, ServerTlsConfig};
 
 use crate::api::{Service, State};
 use crate::auth::Auth;
-use crate::chunkstore::DirChunkStore;
+use crate::chunkstore::{ChunkStore, DirChunkStore};
 use crate::config::{Config, MetaBackend};
 use crate::meta::{self, MetaStore, mongo::MongoStore, now, sqlite::SqliteStore};
 use crate::metrics::Metrics;
@@ -65,15 +65,23 @@ pub fn read_admin_key(path: &Path) -> anyhow::Result<PublicIdentity> {
     .with_context(|| format!("in {}", path.display()))
 }
 
-/// Opens the configured metadata store.
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
+/// Opens the configured metadata store. `chunks`: the chunk store whose files its records
+/// name, when the daemon serves: an embedded store then defers syncing them (see
+/// `meta::Barrier`).
+pub async fn open_store(
+    config: &Config,
+    chunks: Option<Arc<DirChunkStore>>,
+) -> anyhow::Result<Arc<dyn MetaStore>> {
     match &config.meta {
         MetaBackend::Sqlite(path) => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
-            let store = SqliteStore::open(path)
+            let barrier = chunks.map(|chunks| -> meta::Barrier {
+                Box::new(move || chunks.sync_pending().map_err(|e| e.to_string()))
+            });
+            let store = SqliteStore::open(path, barrier)
                 .with_context(|| format!("opening the metadata database {}", path.display()))?;
             Ok(Arc::new(store))
         }
@@ -91,14 +99,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
     let admin = read_admin_key(&config.admin_public_key)?;
-    let store = open_store(&config).await?;
+    // MongoDB cannot order its journal after our chunk files: with it, each chunk file is
+    // synced before its commit; the embedded store syncs them in batches (see `meta::Barrier`).
+    let deferred = matches!(config.meta, MetaBackend::Sqlite(_));
+    let chunks = Arc::new(DirChunkStore::open(&config.chunk_root, deferred)?);
+    let store = open_store(&config, Some(chunks.clone())).await?;
     let vault = meta::write(&*store, move |txn| {
         settings::init_or_load(txn, &admin, now())
     })
     .await
     .map_err(|e: OpError| anyhow::anyhow!(e))
     .context("initialising the vault")?;
-    let chunks = Arc::new(DirChunkStore::open(&config.chunk_root)?);
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(State {
         audit: crate::audit::AuditQueue::start(store.clone()),

@@ -7,8 +7,8 @@ use format::ids::VaultId;
 use format::wrapped::{WRAPPED_KEY_BYTES, WrapHeader, WrapKind};
 use identity::Identity;
 use storaged::meta::{
-    self, Kind, MetaStore, Principal, ROOT_INO, memory::MemoryStore, mongo::MongoStore, now,
-    sqlite::SqliteStore,
+    self, Durability, Kind, MetaStore, Principal, ROOT_INO, StoreError, memory::MemoryStore,
+    mongo::MongoStore, now, sqlite::SqliteStore,
 };
 use storaged::ops::chunks::{self, Uploaded};
 use storaged::ops::tree::{self, AttrChanges, NewNode, RenameMode};
@@ -1070,7 +1070,7 @@ fn memory() -> Arc<dyn MetaStore> {
 }
 
 fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn MetaStore> {
-    Arc::new(SqliteStore::open(&dir.path().join("meta.db")).expect("open sqlite"))
+    Arc::new(SqliteStore::open(&dir.path().join("meta.db"), None).expect("open sqlite"))
 }
 
 /// The SecantusDB server helper shared with the cross-crate tests.
@@ -1119,13 +1119,137 @@ conformance!(
     concurrent_writes_all_land,
     schema_and_settings_persist,
     listing_pages_in_byte_order,
+    visible_writes_are_read_at_once,
 );
+
+async fn put_setting(store: &dyn MetaStore, durability: Durability, key: &str, value: &[u8]) {
+    let (key, value) = (key.to_string(), value.to_vec());
+    meta::write_as(store, durability, move |txn| -> Result<(), StoreError> {
+        txn.put_setting(&key, &value)
+    })
+    .await
+    .expect("write a setting");
+}
+
+async fn setting(store: &dyn MetaStore, key: &str) -> Option<Vec<u8>> {
+    let key = key.to_string();
+    meta::read(store, move |txn| -> Result<_, StoreError> {
+        txn.get_setting(&key)
+    })
+    .await
+    .expect("read a setting")
+}
+
+/// A visible write (close-to-open) is seen by the next read; a sync then returns.
+async fn visible_writes_are_read_at_once(store: Arc<dyn MetaStore>) {
+    for round in 0..20u8 {
+        put_setting(&*store, Durability::Visible, "visible", &[round]).await;
+        assert_eq!(setting(&*store, "visible").await, Some(vec![round]));
+    }
+    store.sync().await.expect("sync");
+    put_setting(&*store, Durability::Durable, "visible", b"durable").await;
+    assert_eq!(setting(&*store, "visible").await, Some(b"durable".to_vec()));
+}
+
+/// An embedded store with a barrier that counts its calls, failing while `fail` is set.
+fn sqlite_with_barrier(
+    dir: &tempfile::TempDir,
+) -> (
+    SqliteStore,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (counted, failing) = (calls.clone(), fail.clone());
+    let barrier: meta::Barrier = Box::new(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        if failing.load(Ordering::SeqCst) {
+            Err("the chunk disk is gone".into())
+        } else {
+            Ok(())
+        }
+    });
+    let store = SqliteStore::open(&dir.path().join("meta.db"), Some(barrier)).expect("open");
+    (store, calls, fail)
+}
+
+/// The ordering that keeps a durable record from naming a chunk file that is not: the
+/// chunk files are synced (the barrier) before every durable commit, and visible commits
+/// become durable within a second without anyone asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_syncs_chunk_files_before_anything_becomes_durable() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, calls, _) = sqlite_with_barrier(&dir);
+    let before = calls.load(Ordering::SeqCst);
+    put_setting(&store, Durability::Visible, "a", b"1").await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "a visible write syncs nothing"
+    );
+    store.sync().await.expect("sync");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 1,
+        "sync calls the barrier"
+    );
+    store.sync().await.expect("sync");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 1,
+        "nothing pending: a sync is free"
+    );
+    put_setting(&store, Durability::Durable, "a", b"2").await;
+    assert_eq!(calls.load(Ordering::SeqCst), before + 2, "durable write");
+
+    put_setting(&store, Durability::Visible, "a", b"3").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while calls.load(Ordering::SeqCst) < before + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a visible write was not made durable within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A barrier that fails fails the durable write, which then leaves nothing; earlier visible
+/// writes stay visible, and are made durable once the barrier works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_durable_write_fails_whole_when_chunk_files_cannot_sync() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, calls, fail) = sqlite_with_barrier(&dir);
+    put_setting(&store, Durability::Visible, "visible", b"kept").await;
+    fail.store(true, Ordering::SeqCst);
+    let failed = meta::write_as(
+        &store,
+        Durability::Durable,
+        |txn| -> Result<(), StoreError> { txn.put_setting("durable", b"lost") },
+    )
+    .await
+    .expect_err("the barrier failed");
+    assert!(
+        failed.to_string().contains("chunk disk is gone"),
+        "{failed}"
+    );
+    assert_eq!(setting(&store, "durable").await, None);
+    assert_eq!(setting(&store, "visible").await, Some(b"kept".to_vec()));
+    assert!(store.sync().await.is_err(), "sync reports the failure");
+    fail.store(false, Ordering::SeqCst);
+    let before = calls.load(Ordering::SeqCst);
+    store.sync().await.expect("sync once the barrier works");
+    assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+}
 
 #[test]
 fn sqlite_refuses_a_newer_schema() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("meta.db");
-    drop(SqliteStore::open(&path).expect("create"));
+    drop(SqliteStore::open(&path, None).expect("create"));
     let conn = rusqlite::Connection::open(&path).expect("open");
     conn.execute(
         "UPDATE settings SET value = ?1 WHERE key = 'schema_version'",
@@ -1133,6 +1257,6 @@ fn sqlite_refuses_a_newer_schema() {
     )
     .expect("bump");
     drop(conn);
-    let error = SqliteStore::open(&path).expect_err("newer schema");
+    let error = SqliteStore::open(&path, None).expect_err("newer schema");
     assert!(error.to_string().contains("newer"), "{error}");
 }

@@ -63,6 +63,7 @@ pub async fn create_file(
                 blob,
             }],
             exclusive: true,
+            lazy: false,
         })
         .await?
         .into_inner();
@@ -136,6 +137,7 @@ impl TestFile {
                 base_generation: base,
                 size: plaintext.len() as u64,
                 truncate: true,
+                lazy: false,
             })
             .await?
             .into_inner();

@@ -32,6 +32,7 @@ async fn operations_over_the_wire(backend: Backend) {
     let home = api
         .clone()
         .mkdir(MkdirRequest {
+            lazy: false,
             parent: ROOT,
             name: name("home"),
             perm: 0o750,
@@ -95,6 +96,7 @@ async fn operations_over_the_wire(backend: Backend) {
     let link = api
         .clone()
         .symlink(SymlinkRequest {
+            lazy: false,
             parent: home.ino,
             name: name("latest"),
             target: name("report.txt"),
@@ -114,6 +116,7 @@ async fn operations_over_the_wire(backend: Backend) {
     let hard = api
         .clone()
         .link(LinkRequest {
+            lazy: false,
             ino: file.ino,
             new_parent: ROOT,
             new_name: name("report-link"),
@@ -125,6 +128,7 @@ async fn operations_over_the_wire(backend: Backend) {
     let fifo = api
         .clone()
         .mknod(MknodRequest {
+            lazy: false,
             parent: home.ino,
             name: name("pipe"),
             kind: FileKind::Fifo as i32,
@@ -166,6 +170,7 @@ async fn operations_over_the_wire(backend: Backend) {
     assert_eq!(names.names, vec![name("user.tag")]);
     api.clone()
         .remove_xattr(RemoveXattrRequest {
+            lazy: false,
             ino: file.ino,
             name: name("user.tag"),
         })
@@ -187,6 +192,7 @@ async fn operations_over_the_wire(backend: Backend) {
     for i in 0..5 {
         api.clone()
             .mkdir(MkdirRequest {
+                lazy: false,
                 parent: home.ino,
                 name: name(&format!("d{i}")),
                 perm: 0o755,
@@ -251,6 +257,7 @@ async fn operations_over_the_wire(backend: Backend) {
     );
     api.clone()
         .unlink(UnlinkRequest {
+            lazy: false,
             parent: ROOT,
             name: name("report-link"),
             keep_open: false,
@@ -259,6 +266,7 @@ async fn operations_over_the_wire(backend: Backend) {
         .expect("unlink");
     api.clone()
         .rmdir(RmdirRequest {
+            lazy: false,
             parent: home.ino,
             name: name("d0"),
         })
@@ -363,6 +371,7 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
             bob_api
                 .clone()
                 .unlink(UnlinkRequest {
+                    lazy: false,
                     parent: ROOT,
                     name: name("alice.txt"),
                     keep_open: false
@@ -718,6 +727,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
     let dir = api
         .clone()
         .mkdir(MkdirRequest {
+            lazy: false,
             parent: ROOT,
             name: name("d"),
             perm: 0o755,
@@ -730,6 +740,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
     let sub = api
         .clone()
         .mkdir(MkdirRequest {
+            lazy: false,
             parent: dir.ino,
             name: name("sub"),
             perm: 0o755,
@@ -751,6 +762,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
         let r = api
             .clone()
             .mkdir(MkdirRequest {
+                lazy: false,
                 parent: ROOT,
                 name: bad.clone(),
                 perm: 0o755,
@@ -761,6 +773,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
         assert_eq!(kind(r), ErrorKind::Invalid, "{bad:?}");
     }
     let long = MkdirRequest {
+        lazy: false,
         parent: ROOT,
         name: vec![b'x'; 256],
         perm: 0o755,
@@ -793,6 +806,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
         kind(
             api.clone()
                 .rmdir(RmdirRequest {
+                    lazy: false,
                     parent: ROOT,
                     name: name("d")
                 })
@@ -807,6 +821,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
         .await
         .expect("write");
     let put = |data: Vec<u8>, index: u64, ino: u64| PutChunkRequest {
+        lazy: false,
         ino,
         index,
         data: data.into(),

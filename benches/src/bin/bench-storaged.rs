@@ -133,6 +133,7 @@ async fn make_dirs(users: &[TestUser], clients: usize) -> Vec<u64> {
             .connection
             .api()
             .mkdir(MkdirRequest {
+                lazy: false,
                 parent: 1,
                 name: name.into_bytes(),
                 perm: 0o755,
@@ -249,6 +250,7 @@ async fn chunk_throughput(user: &TestUser) -> (f64, f64) {
     user.connection
         .api()
         .commit_chunks(proto::v1::CommitChunksRequest {
+            lazy: false,
             ino: file.ino,
             chunks: commits,
             size: CHUNKS * format::limits::CHUNK_BYTES as u64,

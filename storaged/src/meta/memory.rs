@@ -37,7 +37,12 @@ impl MemoryStore {
 }
 
 impl MetaStore for MemoryStore {
-    fn write(&self, mut op: Operation) -> BoxFuture<'_, Result<(), OperationFailed>> {
+    /// Nothing here is ever durable, so nothing waits for it.
+    fn write(
+        &self,
+        mut op: Operation,
+        _durability: Durability,
+    ) -> BoxFuture<'_, Result<(), OperationFailed>> {
         let mut state = self.state.lock().expect("memory store poisoned");
         let mut draft = state.clone();
         let outcome = op(&mut MemoryTxn {
@@ -57,6 +62,10 @@ impl MetaStore for MemoryStore {
             writable: false,
         });
         Box::pin(std::future::ready(outcome))
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn backend(&self) -> &'static str {

@@ -57,11 +57,38 @@ impl From<StoreError> for OperationFailed {
     }
 }
 
+/// When a write's reply may be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After the write is on disk.
+    Durable,
+    /// As soon as every later read sees it (close-to-open visibility). It becomes durable
+    /// with the next durable write or [`MetaStore::sync`], and within
+    /// [`VISIBLE_WRITES_DURABLE_WITHIN`] in any case. A backend that cannot defer durability
+    /// makes it durable at once.
+    Visible,
+}
+
+/// The longest a visible write waits to be made durable.
+pub const VISIBLE_WRITES_DURABLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Makes the chunk files written since its last call durable. A backend that defers
+/// durability calls it before anything that makes its deferred writes durable, so a
+/// durable record never names a chunk file that is not. A backend that does not defer
+/// takes none, and the chunk store syncs every chunk file before its commit.
+pub type Barrier = Box<dyn Fn() -> Result<(), String> + Send>;
+
 /// A metadata backend.
 pub trait MetaStore: Send + Sync + 'static {
-    /// Runs `op` in a read-write transaction: all of its writes become durable together, or
-    /// none do. Resolves after they are durable.
-    fn write(&self, op: Operation) -> BoxFuture<'_, Result<(), OperationFailed>>;
+    /// Runs `op` in a read-write transaction: all of its writes become visible (and durable)
+    /// together, or none do. Resolves as `durability` says.
+    fn write(
+        &self,
+        op: Operation,
+        durability: Durability,
+    ) -> BoxFuture<'_, Result<(), OperationFailed>>;
+    /// Resolves once every write acknowledged before the call is durable.
+    fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Runs `op` in a read-only transaction (a consistent snapshot where the backend has one).
     /// Writes inside it are a bug.
     fn read(&self, op: Operation) -> BoxFuture<'_, Result<(), OperationFailed>>;
@@ -69,15 +96,25 @@ pub trait MetaStore: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 }
 
-/// Runs a typed operation in a write transaction.
+/// Runs a typed operation in a write transaction; resolves once it is durable.
 pub async fn write<T, E, F>(store: &dyn MetaStore, op: F) -> Result<T, E>
 where
     T: Send + 'static,
     E: From<StoreError> + Send + 'static,
     F: FnMut(&mut dyn Txn) -> Result<T, E> + Send + 'static,
 {
+    write_as(store, Durability::Durable, op).await
+}
+
+/// Runs a typed operation in a write transaction; resolves as `durability` says.
+pub async fn write_as<T, E, F>(store: &dyn MetaStore, durability: Durability, op: F) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnMut(&mut dyn Txn) -> Result<T, E> + Send + 'static,
+{
     let (erased, slot) = erase(op);
-    let outcome = store.write(erased).await;
+    let outcome = store.write(erased, durability).await;
     finish(outcome, &slot)
 }
 

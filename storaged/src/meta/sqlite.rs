@@ -2,11 +2,21 @@
 //!
 //! One writer thread owns the write connection and commits concurrent operations together
 //! (group commit): it takes every queued operation, runs each under its own savepoint (a
-//! failed operation rolls back alone), commits once, syncs once, and only then replies to
-//! each. Reads run on a small pool of read connections, each in its own snapshot.
+//! failed operation rolls back alone), commits once, and only then replies to each.
+//!
+//! Durability is per batch. A batch holding a [`Durability::Durable`] write calls the
+//! [`Barrier`] (the chunk files written so far become durable) and commits with
+//! `synchronous=FULL`, so the WAL is synced before anyone hears back; that sync also covers
+//! every earlier visible-only batch, which committed with `synchronous=NORMAL` (in the WAL,
+//! seen by every later read, not yet synced). The writer makes a durable commit when visible
+//! batches have waited [`VISIBLE_WRITES_DURABLE_WITHIN`], and checkpoints the WAL only right
+//! after a durable commit (automatic checkpoints are off): a checkpoint syncs the WAL, and it
+//! must not make a record durable before the chunk file it names. Reads run on a small pool
+//! of read connections, each in its own snapshot.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
@@ -18,6 +28,14 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// How many operations one commit may carry.
 const GROUP_COMMIT_OPERATIONS_MAX: usize = 512;
+/// Commits between two checkpoints of the WAL into the database file (at least).
+const CHECKPOINT_AFTER_COMMITS: u32 = 256;
+/// Commits after which the next one is made durable so that a checkpoint may follow; bounds
+/// the WAL while only visible writes come.
+const DURABLE_AFTER_COMMITS: u32 = 1024;
+/// The settings row a durable commit writes when it has nothing else to write, so that the
+/// commit syncs the WAL.
+const DURABLE_MARK: &str = "durable_mark";
 const READ_CONNECTIONS: usize = 4;
 
 pub struct SqliteStore {
@@ -33,7 +51,9 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 struct Job {
-    op: Operation,
+    /// `None`: a sync, which asks only that what came before be durable.
+    op: Option<Operation>,
+    durability: Durability,
     reply: oneshot::Sender<Result<(), OperationFailed>>,
 }
 
@@ -43,9 +63,22 @@ fn unavailable(error: rusqlite::Error) -> StoreError {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
-    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    /// `barrier` makes the chunk files written so far durable (see [`Barrier`]); without one,
+    /// the chunk store must sync each chunk file itself.
+    pub fn open(path: &Path, barrier: Option<Barrier>) -> Result<SqliteStore, StoreError> {
         let writer = open_connection(path, false)?;
         migrate(&writer)?;
+        // Checkpoints happen only after durable commits (see the module comment).
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(unavailable)?;
+        let writer = Writer {
+            conn: writer,
+            barrier,
+            undurable_since: None,
+            commits_since_checkpoint: 0,
+            synchronous_full: true,
+        };
         let readers = (0..READ_CONNECTIONS)
             .map(|_| open_connection(path, true))
             .collect::<Result<Vec<_>, _>>()?;
@@ -75,7 +108,8 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
         .map_err(unavailable)?;
     if !read_only {
         // WAL: readers never block the writer. synchronous=FULL: a commit is on disk (the WAL
-        // is fsynced) before it returns, which group commit amortises.
+        // is fsynced) before it returns, which group commit amortises; the writer lowers it to
+        // NORMAL for visible-only batches.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(unavailable)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -159,8 +193,35 @@ CREATE TABLE audit (seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, uid INTEGER 
     prev_hash BLOB NOT NULL, hash BLOB NOT NULL)
 ";
 
-fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
+/// The write connection and what its thread knows about durability.
+struct Writer {
+    conn: Connection,
+    barrier: Option<Barrier>,
+    /// When the oldest commit that is visible but not yet durable was made.
+    undurable_since: Option<Instant>,
+    commits_since_checkpoint: u32,
+    /// The connection's `synchronous` setting: FULL (true) or NORMAL.
+    synchronous_full: bool,
+}
+
+fn writer_loop(mut writer: Writer, jobs: mpsc::Receiver<Job>) {
+    loop {
+        let first = match writer.undurable_since {
+            None => jobs.recv().ok(),
+            Some(since) => {
+                let wait = (since + VISIBLE_WRITES_DURABLE_WITHIN)
+                    .saturating_duration_since(Instant::now());
+                match jobs.recv_timeout(wait) {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        writer.make_durable();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                }
+            }
+        };
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_OPERATIONS_MAX {
             match jobs.try_recv() {
@@ -168,66 +229,175 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let outcomes = run_batch(&conn, &mut batch);
+        let outcomes = writer.run_batch(&mut batch);
         for (job, outcome) in batch.into_iter().zip(outcomes) {
             let _ = job.reply.send(outcome);
         }
     }
+    // Stopping: the connection checkpoints as it closes, which must not come before the
+    // chunk files of the visible commits.
+    writer.make_durable();
 }
 
-/// Runs a batch in one transaction; each operation under its own savepoint.
-fn run_batch(conn: &Connection, batch: &mut [Job]) -> Vec<Result<(), OperationFailed>> {
-    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let error = unavailable(error);
-        return batch
-            .iter()
-            .map(|_| Err(OperationFailed::Store(error.clone())))
-            .collect();
+impl Writer {
+    /// Whether the next commit must be durable even if no one asked.
+    fn durability_due(&self) -> bool {
+        self.commits_since_checkpoint >= DURABLE_AFTER_COMMITS
+            || self
+                .undurable_since
+                .is_some_and(|since| since.elapsed() >= VISIBLE_WRITES_DURABLE_WITHIN)
     }
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for job in batch.iter_mut() {
-        let outcome = conn
-            .execute_batch("SAVEPOINT op")
-            .map_err(unavailable)
-            .map_err(Into::into);
-        let outcome = outcome.and_then(|()| {
-            (job.op)(&mut SqliteTxn {
-                conn,
-                writable: true,
-            })
-        });
-        let end = if outcome.is_ok() {
-            "RELEASE op"
-        } else {
-            "ROLLBACK TO op; RELEASE op"
-        };
-        let outcome = match conn.execute_batch(end) {
-            Ok(()) => outcome,
-            Err(error) => Err(OperationFailed::Store(unavailable(error))),
-        };
-        outcomes.push(outcome);
+
+    /// A durable commit of nothing but the mark, when visible commits wait for one.
+    fn make_durable(&mut self) {
+        if self.undurable_since.is_none() {
+            return;
+        }
+        if let Err(error) = self.commit(&mut [], true) {
+            tracing::error!(%error, "could not make the visible metadata writes durable; will retry");
+            // Retry in a while, not at once.
+            self.undurable_since = Some(Instant::now());
+        }
     }
-    if let Err(error) = conn.execute_batch("COMMIT") {
-        let _ = conn.execute_batch("ROLLBACK");
-        let error = unavailable(error);
-        return batch
-            .iter()
-            .map(|_| Err(OperationFailed::Store(error.clone())))
-            .collect();
+
+    /// Runs a batch in one transaction, each operation under its own savepoint, and commits
+    /// it as durably as its most demanding member asks.
+    fn run_batch(&mut self, batch: &mut [Job]) -> Vec<Result<(), OperationFailed>> {
+        let durable =
+            self.durability_due() || batch.iter().any(|j| j.durability == Durability::Durable);
+        let only_syncs = batch.iter().all(|j| j.op.is_none());
+        if only_syncs && self.undurable_since.is_none() {
+            // Everything acknowledged is durable already.
+            return batch.iter().map(|_| Ok(())).collect();
+        }
+        match self.commit(batch, durable) {
+            Ok(outcomes) => outcomes,
+            Err(error) => batch
+                .iter()
+                .map(|_| Err(OperationFailed::Store(error.clone())))
+                .collect(),
+        }
     }
-    outcomes
+
+    fn commit(
+        &mut self,
+        batch: &mut [Job],
+        durable: bool,
+    ) -> Result<Vec<Result<(), OperationFailed>>, StoreError> {
+        if self.synchronous_full != durable {
+            let level = if durable { "FULL" } else { "NORMAL" };
+            self.conn
+                .pragma_update(None, "synchronous", level)
+                .map_err(unavailable)?;
+            self.synchronous_full = durable;
+        }
+        if durable && let Some(barrier) = &self.barrier {
+            // Every job in the batch was queued after its chunk files were written.
+            barrier()
+                .map_err(|e| StoreError::Unavailable(format!("syncing the chunk files: {e}")))?;
+        }
+        let conn = &self.conn;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(unavailable)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for job in batch.iter_mut() {
+            let Some(op) = job.op.as_mut() else {
+                outcomes.push(Ok(()));
+                continue;
+            };
+            let outcome = conn
+                .execute_batch("SAVEPOINT op")
+                .map_err(unavailable)
+                .map_err(Into::into);
+            let outcome = outcome.and_then(|()| {
+                op(&mut SqliteTxn {
+                    conn,
+                    writable: true,
+                })
+            });
+            let end = if outcome.is_ok() {
+                "RELEASE op"
+            } else {
+                "ROLLBACK TO op; RELEASE op"
+            };
+            let outcome = match conn.execute_batch(end) {
+                Ok(()) => outcome,
+                Err(error) => Err(OperationFailed::Store(unavailable(error))),
+            };
+            outcomes.push(outcome);
+        }
+        let committed = (|| {
+            if durable {
+                // A commit with nothing written syncs nothing: the mark makes sure it does.
+                let mark = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                conn.execute(
+                    "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+                    params![DURABLE_MARK, mark.to_le_bytes().to_vec()],
+                )
+                .map_err(unavailable)?;
+            }
+            conn.execute_batch("COMMIT").map_err(unavailable)
+        })();
+        if let Err(error) = committed {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(error);
+        }
+        self.commits_since_checkpoint += 1;
+        if durable {
+            self.undurable_since = None;
+            if self.commits_since_checkpoint >= CHECKPOINT_AFTER_COMMITS {
+                // Right after a durable commit: everything the WAL holds may become durable.
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    Ok(()) => self.commits_since_checkpoint = 0,
+                    Err(error) => tracing::warn!(%error, "WAL checkpoint failed; will retry"),
+                }
+            }
+        } else if self.undurable_since.is_none() {
+            self.undurable_since = Some(Instant::now());
+        }
+        Ok(outcomes)
+    }
+}
+
+impl SqliteStore {
+    fn queue(
+        &self,
+        op: Option<Operation>,
+        durability: Durability,
+    ) -> BoxFuture<'_, Result<(), OperationFailed>> {
+        Box::pin(async move {
+            let stopped =
+                || OperationFailed::Store(StoreError::Unavailable("sqlite writer stopped".into()));
+            let (reply, done) = oneshot::channel();
+            self.writer
+                .send(Job {
+                    op,
+                    durability,
+                    reply,
+                })
+                .map_err(|_| stopped())?;
+            done.await.map_err(|_| stopped())?
+        })
+    }
 }
 
 impl MetaStore for SqliteStore {
-    fn write(&self, op: Operation) -> BoxFuture<'_, Result<(), OperationFailed>> {
+    fn write(
+        &self,
+        op: Operation,
+        durability: Durability,
+    ) -> BoxFuture<'_, Result<(), OperationFailed>> {
+        self.queue(Some(op), durability)
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let (reply, done) = oneshot::channel();
-            self.writer.send(Job { op, reply }).map_err(|_| {
-                OperationFailed::Store(StoreError::Unavailable("sqlite writer stopped".into()))
-            })?;
-            done.await.map_err(|_| {
-                OperationFailed::Store(StoreError::Unavailable("sqlite writer stopped".into()))
-            })?
+            match self.queue(None, Durability::Durable).await {
+                Ok(()) => Ok(()),
+                Err(OperationFailed::Store(error)) => Err(error),
+                Err(OperationFailed::Rejected) => unreachable!("a sync runs no operation"),
+            }
         })
     }
 

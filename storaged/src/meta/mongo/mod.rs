@@ -35,9 +35,12 @@ pub const DEFAULT_DATABASE: &str = "vault";
 /// How long a call waits for a usable server before it fails as unavailable, unless the URL
 /// sets `serverSelectionTimeoutMS`.
 const SERVER_WAIT_DEFAULT: Duration = Duration::from_secs(5);
-/// A conflicting write is run again at most this often, and not after this long.
-const WRITE_ATTEMPTS_MAX: u32 = 64;
-const WRITE_RETRY_TIME_MAX: Duration = Duration::from_secs(10);
+/// A conflicting write is run again at most this often, and not after this long: longer than
+/// MongoDB keeps an abandoned transaction (`transactionLifetimeLimitSeconds`, 60 s by
+/// default). A storaged killed mid-transaction leaves its documents locked until the server
+/// reaps that transaction; writes meanwhile wait it out instead of failing.
+const WRITE_ATTEMPTS_MAX: u32 = 2048;
+const WRITE_RETRY_TIME_MAX: Duration = Duration::from_secs(75);
 /// The backoff before the n-th retry doubles from the first value up to the second.
 const BACKOFF_FIRST: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_millis(100);
@@ -114,7 +117,13 @@ fn redact(url: &str) -> String {
 }
 
 impl MetaStore for MongoStore {
-    fn write(&self, op: Operation) -> BoxFuture<'_, Result<(), OperationFailed>> {
+    /// Every commit is durable (majority write concern): MongoDB cannot order its
+    /// journal after our chunk files, so it does not defer.
+    fn write(
+        &self,
+        op: Operation,
+        _durability: Durability,
+    ) -> BoxFuture<'_, Result<(), OperationFailed>> {
         Box::pin(async move {
             let outages = self.shared.outages.load(Ordering::Acquire);
             let _turn = self.turn.lock().await;
@@ -139,6 +148,10 @@ impl MetaStore for MongoStore {
                 .await
                 .map_err(|e| unavailable(format!("mongodb reader: {e}")))?
         })
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn backend(&self) -> &'static str {
