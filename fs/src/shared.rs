@@ -23,7 +23,8 @@ pub struct Limits {
     pub dirty_bytes_max: usize,
     /// Chunks sealed and uploaded at once.
     pub uploads_in_flight_max: usize,
-    /// Chunks read ahead of a sequential reader.
+    /// Chunks read ahead of a sequential reader (four: 32 MiB in flight keeps the disk, the
+    /// wire and both cores busy).
     pub prefetch_chunks: u64,
 }
 
@@ -33,7 +34,7 @@ impl Default for Limits {
             cache_bytes_max: 256 << 20,
             dirty_bytes_max: 256 << 20,
             uploads_in_flight_max: 4,
-            prefetch_chunks: 2,
+            prefetch_chunks: 4,
         }
     }
 }
