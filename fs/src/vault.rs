@@ -630,7 +630,8 @@ impl Vault {
         })
     }
 
-    /// fsyncdir(2), syncfs(2): every change acknowledged so far becomes durable.
+    /// fsyncdir(2), and fsync(2) with nothing left to commit: every change acknowledged so far
+    /// becomes durable.
     pub fn sync(&self) -> Result<(), FsError> {
         self.block(self.sync_async())
     }
