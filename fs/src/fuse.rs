@@ -52,6 +52,14 @@ impl VaultFs {
     }
 }
 
+/// Answers a request that returns nothing but success or an errno.
+fn reply_empty(reply: ReplyEmpty, outcome: Result<(), FsError>) {
+    match outcome {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(fail(&e)),
+    }
+}
+
 fn fail(error: &FsError) -> Errno {
     tracing::debug!(%error, "operation failed");
     Errno::from_i32(errno(error))
@@ -273,18 +281,12 @@ impl Filesystem for VaultFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.unlink(parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_empty(reply, self.vault.unlink(parent.0, name.as_bytes()));
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.rmdir(parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_empty(reply, self.vault.rmdir(parent.0, name.as_bytes()));
     }
 
     fn symlink(
@@ -326,16 +328,16 @@ impl Filesystem for VaultFs {
         } else {
             RenameMode::Replace
         };
-        match self.vault.rename(
-            parent.0,
-            name.as_bytes(),
-            newparent.0,
-            newname.as_bytes(),
-            mode,
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_empty(
+            reply,
+            self.vault.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                mode,
+            ),
+        );
     }
 
     fn link(
@@ -411,10 +413,7 @@ impl Filesystem for VaultFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.vault.flush(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_empty(reply, self.vault.flush(fh.0));
     }
 
     fn release(
@@ -427,10 +426,7 @@ impl Filesystem for VaultFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vault.release(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_empty(reply, self.vault.release(fh.0));
     }
 
     fn fsync(
@@ -441,10 +437,7 @@ impl Filesystem for VaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vault.fsync(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_empty(reply, self.vault.fsync(fh.0));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -514,10 +507,7 @@ impl Filesystem for VaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vault.sync() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_empty(reply, self.vault.sync());
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -556,13 +546,11 @@ impl Filesystem for VaultFs {
         }
         let create = flags & libc::XATTR_CREATE != 0;
         let replace = flags & libc::XATTR_REPLACE != 0;
-        match self
-            .vault
-            .setxattr(ino.0, name.as_bytes(), value, create, replace)
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_empty(
+            reply,
+            self.vault
+                .setxattr(ino.0, name.as_bytes(), value, create, replace),
+        );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -595,10 +583,7 @@ impl Filesystem for VaultFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.removexattr(ino.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_empty(reply, self.vault.removexattr(ino.0, name.as_bytes()));
     }
 
     fn access(&self, req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
