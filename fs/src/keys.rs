@@ -74,18 +74,23 @@ impl Keys {
         }
     }
 
+    /// The wrapped keys of a file that this user can open.
+    async fn wrapped_keys(&self, ino: u64) -> Result<Vec<WrappedKey>, FsError> {
+        let reply = self
+            .remote
+            .call("get_wrapped_keys", |mut api| async move {
+                api.get_wrapped_keys(GetWrappedKeysRequest { ino }).await
+            })
+            .await?;
+        Ok(reply.keys)
+    }
+
     /// The chunk cipher of a file: from memory, or by unwrapping the file key wrapped to us.
     pub async fn cipher(&self, ino: u64) -> Result<Arc<ChunkCipher>, FsError> {
         if let Some(cipher) = self.ciphers.lock().expect("key cache poisoned").get(&ino) {
             return Ok(cipher.clone());
         }
-        let keys = self
-            .remote
-            .call("get_wrapped_keys", |mut api| async move {
-                api.get_wrapped_keys(GetWrappedKeysRequest { ino }).await
-            })
-            .await?
-            .keys;
+        let keys = self.wrapped_keys(ino).await?;
         self.cipher_from(ino, &keys)
     }
 
@@ -231,13 +236,7 @@ impl Keys {
     /// The file's key wrapped for another user (for sharing).
     pub async fn wrap_for(&self, ino: u64, uid: u32) -> Result<Vec<u8>, FsError> {
         let public = self.user(uid).await?;
-        let keys = self
-            .remote
-            .call("get_wrapped_keys", |mut api| async move {
-                api.get_wrapped_keys(GetWrappedKeysRequest { ino }).await
-            })
-            .await?
-            .keys;
+        let keys = self.wrapped_keys(ino).await?;
         let mine = user_principal(self.uid);
         let blob = keys
             .iter()

@@ -108,6 +108,17 @@ impl DirChunkStore {
         layout::chunk_path(&self.root, FileId(chunk.ino), chunk.index, chunk.generation)
     }
 
+    /// Opens a stored chunk file: its path, the file, and its length.
+    fn open_chunk(&self, chunk: ChunkRef) -> Result<(PathBuf, File, u64), ChunkStoreError> {
+        let path = self.path(chunk);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ChunkStoreError::Missing { path: path.clone() },
+            _ => io_error("opening", &path)(e),
+        })?;
+        let len = file.metadata().map_err(io_error("reading", &path))?.len();
+        Ok((path, file, len))
+    }
+
     /// Creates the file's directory and any missing parent, and notes each parent that gained
     /// an entry: it must be synced before a new chunk file in it counts as durable.
     fn ensure_dir(&self, dir: &Path, gained: &mut Vec<PathBuf>) -> Result<(), ChunkStoreError> {
@@ -200,12 +211,7 @@ impl ChunkStore for DirChunkStore {
     }
 
     fn get(&self, chunk: ChunkRef) -> Result<Vec<u8>, ChunkStoreError> {
-        let path = self.path(chunk);
-        let mut file = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ChunkStoreError::Missing { path: path.clone() },
-            _ => io_error("opening", &path)(e),
-        })?;
-        let len = file.metadata().map_err(io_error("reading", &path))?.len();
+        let (path, mut file, len) = self.open_chunk(chunk)?;
         if len > SEALED_CHUNK_BYTES_MAX as u64 || len < ENVELOPE_BYTES as u64 {
             return Err(ChunkStoreError::Damaged {
                 path,
@@ -219,12 +225,7 @@ impl ChunkStore for DirChunkStore {
     }
 
     fn header(&self, chunk: ChunkRef) -> Result<(Header, u64), ChunkStoreError> {
-        let path = self.path(chunk);
-        let mut file = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ChunkStoreError::Missing { path: path.clone() },
-            _ => io_error("opening", &path)(e),
-        })?;
-        let len = file.metadata().map_err(io_error("reading", &path))?.len();
+        let (path, mut file, len) = self.open_chunk(chunk)?;
         let mut head = vec![0u8; ENVELOPE_BYTES];
         file.read_exact(&mut head)
             .map_err(io_error("reading", &path))?;

@@ -33,8 +33,8 @@ const CHECKPOINT_AFTER_COMMITS: u32 = 256;
 /// Commits after which the next one is made durable so that a checkpoint may follow; bounds
 /// the WAL while only visible writes come.
 const DURABLE_AFTER_COMMITS: u32 = 1024;
-/// The settings row a durable commit writes when it has nothing else to write, so that the
-/// commit syncs the WAL.
+/// The settings row a durable commit writes when visible commits wait for it, so that it
+/// syncs the WAL even when it has nothing else to write.
 const DURABLE_MARK: &str = "durable_mark";
 const READ_CONNECTIONS: usize = 4;
 
@@ -326,8 +326,9 @@ impl Writer {
             outcomes.push(outcome);
         }
         let committed = (|| {
-            if durable {
-                // A commit with nothing written syncs nothing: the mark makes sure it does.
+            if durable && self.undurable_since.is_some() {
+                // Earlier visible commits wait for this one's WAL sync, but a commit with
+                // nothing written syncs nothing: the mark makes sure it does.
                 let mark = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64);
