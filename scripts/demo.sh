@@ -47,8 +47,9 @@ head -n 5 "$mnt/demo/README.md"
 cmp "$demo/random.bin" "$mnt/demo/random.bin" && echo "random.bin reads back identical (20 MiB, 3 chunks)"
 
 say "Ciphertext, as the storage administrator (and any backup tool) sees it"
-find "$data/chunks" -type f | head -n 8
-first=$(find "$data/chunks" -type f -size -100k | head -n 1)
+# (sed reads to the end: head would end find with SIGPIPE, fatal under pipefail)
+find "$data/chunks" -type f | sed -n 1,8p
+first=$(find "$data/chunks" -type f -size -100k -print -quit)
 echo "the first 96 bytes of $first (a 64-byte envelope, then ciphertext):"
 od -A d -t x1 -N 96 "$first"
 if grep -rqs "end-to-end encrypted research vault" "$data/chunks"; then
