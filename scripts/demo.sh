@@ -48,8 +48,9 @@ cmp "$demo/random.bin" "$mnt/demo/random.bin" && echo "random.bin reads back ide
 
 say "Ciphertext, as the storage administrator (and any backup tool) sees it"
 # (sed reads to the end: head would end find with SIGPIPE, fatal under pipefail)
-find "$data/chunks" -type f | sed -n 1,8p
-first=$(find "$data/chunks" -type f -size -100k -print -quit)
+# Chunk files are <file id>.<index>.<generation> (docs/format.md section 3).
+find "$data/chunks" -type f -name '?*.*.*' | sed -n 1,8p
+first=$(find "$data/chunks" -type f -name '?*.*.*' -size -100k -print -quit)
 echo "the first 96 bytes of $first (a 64-byte envelope, then ciphertext):"
 od -A d -t x1 -N 96 "$first"
 if grep -rqs "end-to-end encrypted research vault" "$data/chunks"; then

@@ -15,13 +15,13 @@ use format::ids::FileId;
 use format::limits::{CHUNK_BYTES, FILE_BYTES_MAX};
 use proto::ErrorKind;
 use proto::v1::{
-    Attr, ChunkCommit, CommitChunksRequest, GetAttrRequest, ListChunksRequest, OpenReply,
-    OpenRequest, PutChunkRequest,
+    Attr, ChunkCommit, CommitChunksRequest, GetAttrRequest, GetChunkReply, ListChunksRequest,
+    OpenReply, OpenRequest, PutChunkRequest,
 };
 use tokio::task::JoinHandle;
 
 use crate::error::FsError;
-use crate::shared::{ChunkRead, Shared};
+use crate::shared::{ChunkRead, Shared, crypto_work};
 
 pub const CHUNK: u64 = CHUNK_BYTES as u64;
 /// Writes of this size or more reserve a whole chunk's buffer at once.
@@ -121,6 +121,9 @@ pub struct FileState {
     /// The last handle closed and this state left the open-files table: an open that
     /// finds it must start afresh from the server.
     pub retired: bool,
+    /// A small file's only chunk that came with the last `Open` reply, taken into the cache
+    /// by the first read (after the open has settled what the cache may keep).
+    arrived: Option<GetChunkReply>,
 }
 
 async fn open_call(shared: &Shared, ino: u64) -> Result<OpenReply, FsError> {
@@ -174,6 +177,7 @@ impl FileState {
             prefetched_to: 0,
             merged_foreign: false,
             retired: false,
+            arrived: None,
         }
     }
 
@@ -224,6 +228,7 @@ impl FileState {
         self.committed_size = attr.size;
         self.generations = generations;
         self.version = attr.version;
+        self.arrived = reply.small_chunk;
         Ok(attr)
     }
 
@@ -246,6 +251,15 @@ impl FileState {
         shared: &Shared,
         index: u64,
     ) -> Result<Option<Arc<crate::cache::CleanChunk>>, FsError> {
+        if let Some(small) = self.arrived.take()
+            && !self.dirty.contains_key(&0)
+            && let Some(read) = self.chunk_read(0)
+            && read.generation == small.generation
+        {
+            // Into the cache for this read; a chunk that fails its checks is fetched (and
+            // reported) again below.
+            let _ = shared.accept(&read, small).await;
+        }
         let Some(read) = self.chunk_read(index) else {
             return Ok(None);
         };
@@ -447,11 +461,9 @@ impl FileState {
                 generation,
                 last,
             };
-            let sealed =
-                tokio::task::spawn_blocking(move || crypto::seal(&cipher, &context, &data[..len]))
-                    .await
-                    .expect("sealing task panicked")
-                    .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
+            let sealed = crypto_work(len, move || crypto::seal(&cipher, &context, &data[..len]))
+                .await
+                .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
             let sealed = bytes::Bytes::from(sealed);
             shared
                 .remote
@@ -639,9 +651,8 @@ impl FileState {
             last: last_index(size) == Some(index),
         };
         let (cipher, data) = (self.cipher.clone(), dirty.data.clone());
-        let sealed = tokio::task::spawn_blocking(move || crypto::seal(&cipher, &context, &data))
+        let sealed = crypto_work(data.len(), move || crypto::seal(&cipher, &context, &data))
             .await
-            .expect("sealing task panicked")
             .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
         let sealed = bytes::Bytes::from(sealed);
         let base = dirty.base;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crypto::{ChunkCipher, ChunkContext};
 use format::ids::FileId;
-use proto::v1::GetChunkRequest;
+use proto::v1::{GetChunkReply, GetChunkRequest};
 
 use crate::cache::{ChunkCache, CleanChunk};
 use crate::error::FsError;
@@ -156,6 +156,17 @@ impl Shared {
                 proto::ErrorKind::BadChunk => self.integrity(read, e.to_string()),
                 _ => e,
             })?;
+        self.accept(read, reply).await
+    }
+
+    /// Checks and opens a chunk the server sent (a `GetChunk` reply, or a small file's chunk
+    /// in an `Open` reply) and caches its plaintext.
+    pub async fn accept(
+        &self,
+        read: &ChunkRead,
+        reply: GetChunkReply,
+    ) -> Result<Arc<CleanChunk>, FsError> {
+        let (ino, index) = (read.ino, read.index);
         if reply.generation < read.generation {
             let reason = if reply.generation == 0 {
                 format!(
@@ -178,11 +189,11 @@ impl Shared {
             last: read.last,
         };
         let cipher = read.cipher.clone();
-        let opened =
-            tokio::task::spawn_blocking(move || crypto::open(&cipher, &context, &reply.data))
-                .await
-                .expect("decryption task panicked")
-                .map_err(|e| self.integrity(read, e.to_string()))?;
+        let opened = crypto_work(reply.data.len(), move || {
+            crypto::open(&cipher, &context, &reply.data)
+        })
+        .await
+        .map_err(|e| self.integrity(read, e.to_string()))?;
         if opened.len() != read.len {
             return Err(self.integrity(
                 read,
@@ -218,5 +229,23 @@ impl Shared {
             index: read.index,
             reason,
         }
+    }
+}
+
+/// Sealing or opening up to this many bytes runs on the calling thread (tens of
+/// microseconds); more goes to a blocking thread so the async threads stay free.
+const CRYPTO_INLINE_BYTES: usize = 128 * 1024;
+
+/// Runs AES-GCM work on `len` bytes where it costs least (see [`CRYPTO_INLINE_BYTES`]).
+pub(crate) async fn crypto_work<T: Send + 'static>(
+    len: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    if len <= CRYPTO_INLINE_BYTES {
+        work()
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .expect("crypto task panicked")
     }
 }

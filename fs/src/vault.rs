@@ -169,7 +169,7 @@ impl Vault {
     /// Attributes this client learnt moments ago (a lookup, a create, a commit): the kernel
     /// asks again right after it changed something in a directory (to check permissions on the
     /// next path walk), and a round trip would tell it nothing new. Any namespace change of
-    /// this client forgets them all.
+    /// this client forgets them all (unlink and rmdir then learn the directory's new ones).
     fn fresh_attr(&self, ino: u64) -> Option<Attr> {
         let mut attrs = self.attrs.lock().expect("attrs poisoned");
         match attrs.get(&ino) {
@@ -370,7 +370,8 @@ impl Vault {
             let open = self.open_inode_named(parent, name).await;
             let keep_open = open.is_some();
             let name = name.to_vec();
-            self.shared
+            let reply = self
+                .shared
                 .remote
                 .call("unlink", |mut api| {
                     let name = name.clone();
@@ -385,13 +386,12 @@ impl Vault {
                     }
                 })
                 .await?;
+            // The kernel asks for the directory's attributes next (they changed).
+            if let Some(parent) = &reply.parent {
+                self.learn_attr(parent);
+            }
             if let Some(file) = open {
-                let mut state = file.lock().await;
-                let links = self.shared.remote.call("get_attr", |mut api| {
-                    let ino = state.ino;
-                    async move { api.get_attr(GetAttrRequest { ino }).await }
-                });
-                state.unlinked = links.await.is_ok_and(|a| a.nlink == 0);
+                file.lock().await.unlinked = reply.nlink == 0;
             }
             Ok(())
         })
@@ -400,7 +400,7 @@ impl Vault {
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
         self.attrs.lock().expect("attrs poisoned").clear();
         let name = name.to_vec();
-        self.block(self.shared.remote.call("rmdir", |mut api| {
+        let reply = self.block(self.shared.remote.call("rmdir", |mut api| {
             let name = name.clone();
             async move {
                 api.rmdir(RmdirRequest {
@@ -410,8 +410,12 @@ impl Vault {
                 })
                 .await
             }
-        }))
-        .map(drop)
+        }))?;
+        // The kernel asks for the directory's attributes next (they changed).
+        if let Some(parent) = &reply.parent {
+            self.learn_attr(parent);
+        }
+        Ok(())
     }
 
     pub fn rename(

@@ -101,6 +101,16 @@ impl State {
             .expect("chunk store task panicked")
     }
 
+    /// Chunk-store work that moves at most [`INLINE_CHUNK_BYTES`] and waits for no sync (a
+    /// header, an unlink, a small chunk put by a deferring store): on this thread, which is
+    /// cheaper than a hand-off for so little.
+    async fn small<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&dyn ChunkStore) -> Result<T, ChunkStoreError> + Send + 'static,
+    ) -> Result<T, ChunkStoreError> {
+        work(&*self.chunks)
+    }
+
     /// Queues a read-side audit event (see [`crate::audit::AuditQueue`]).
     async fn audit(&self, uid: u32, event: &'static str, ino: u64, detail: String) {
         self.audit.record(uid, event, ino, detail).await;
@@ -109,6 +119,12 @@ impl State {
 
 /// Chunk generations an `Open` reply carries (a 32 GiB file); larger files page the rest.
 const OPEN_CHUNKS_MAX: usize = 4096;
+
+/// A file this small comes with its only chunk in the `Open` reply.
+const SMALL_CHUNK_PLAINTEXT_BYTES: u64 = 64 * 1024;
+
+/// Chunk-store work up to this many bytes runs on the request's thread (see `State::small`).
+const INLINE_CHUNK_BYTES: usize = 128 * 1024;
 
 fn status(error: &OpError) -> Status {
     use tonic::Code;
@@ -329,6 +345,31 @@ impl Service {
     }
 }
 
+/// A small file's only chunk for an `Open` reply, if it reads and checks out now (otherwise
+/// the client's `GetChunk` reports the problem).
+async fn small_chunk(
+    state: &Arc<State>,
+    caller: &Caller,
+    ino: u64,
+    generation: u64,
+) -> Option<GetChunkReply> {
+    let chunk = ChunkRef {
+        ino,
+        index: 0,
+        generation,
+    };
+    let sealed = state.small(move |store| store.get(chunk)).await.ok()?;
+    check_stored(state, chunk, &sealed).ok()?;
+    state.metrics.bytes_out(sealed.len());
+    state
+        .audit(caller.uid, "chunk-read", ino, format!("0@{generation}"))
+        .await;
+    Some(GetChunkReply {
+        generation,
+        data: sealed.into(),
+    })
+}
+
 /// Reads the header and length of an uploaded chunk for a commit.
 async fn uploaded(state: &State, ino: u64, commit: &ChunkCommit) -> Result<Uploaded, OpError> {
     let chunk = ChunkRef {
@@ -337,7 +378,7 @@ async fn uploaded(state: &State, ino: u64, commit: &ChunkCommit) -> Result<Uploa
         generation: commit.generation,
     };
     let (header, len) = state
-        .blocking(move |store| store.header(chunk))
+        .small(move |store| store.header(chunk))
         .await
         .map_err(|e| match e {
             ChunkStoreError::Missing { .. } => OpError::invalid(format!(
@@ -571,7 +612,14 @@ impl Vault for Service {
                     Ok((inode, listed, keys))
                 })
                 .await?;
+            let small_chunk = match chunks.as_slice() {
+                [(0, generation)] if inode.size <= SMALL_CHUNK_PLAINTEXT_BYTES => {
+                    small_chunk(&state, &caller, r.ino, *generation).await
+                }
+                _ => None,
+            };
             Ok(OpenReply {
+                small_chunk,
                 attr: Some(attr(&inode, &caller)),
                 chunks: chunks
                     .into_iter()
@@ -747,24 +795,31 @@ impl Vault for Service {
         request: Request<UnlinkRequest>,
     ) -> Result<Response<UnlinkReply>, Status> {
         self.serve("unlink", request, |state, caller, r| async move {
-            state
+            let who = caller.clone();
+            let unlinked = state
                 .write_as(r.lazy, move |txn| {
-                    tree::unlink(txn, &caller, r.parent, &r.name, r.keep_open, now())
+                    tree::unlink(txn, &who, r.parent, &r.name, r.keep_open, now())
                 })
                 .await?;
-            Ok(UnlinkReply {})
+            Ok(UnlinkReply {
+                parent: Some(attr(&unlinked.parent, &caller)),
+                nlink: unlinked.links_left,
+            })
         })
         .await
     }
 
     async fn rmdir(&self, request: Request<RmdirRequest>) -> Result<Response<RmdirReply>, Status> {
         self.serve("rmdir", request, |state, caller, r| async move {
-            state
+            let who = caller.clone();
+            let parent = state
                 .write_as(r.lazy, move |txn| {
-                    tree::rmdir(txn, &caller, r.parent, &r.name, now())
+                    tree::rmdir(txn, &who, r.parent, &r.name, now())
                 })
                 .await?;
-            Ok(RmdirReply {})
+            Ok(RmdirReply {
+                parent: Some(attr(&parent, &caller)),
+            })
         })
         .await
     }
@@ -955,10 +1010,13 @@ impl Vault for Service {
                 generation: header.generation,
             };
             let data = r.data.clone();
-            state
-                .blocking(move |store| store.put(chunk, &data))
-                .await
-                .map_err(chunk_error)?;
+            let put = move |store: &dyn ChunkStore| store.put(chunk, &data);
+            if r.data.len() <= INLINE_CHUNK_BYTES && state.chunks.defers() {
+                state.small(put).await
+            } else {
+                state.blocking(put).await
+            }
+            .map_err(chunk_error)?;
             state.metrics.bytes_in(r.data.len());
             if !r.commit {
                 return Ok(PutChunkReply {
@@ -980,7 +1038,7 @@ impl Vault for Service {
                 }),
                 Err(error) => {
                     // Never current, so nothing refers to it: remove it now.
-                    let _ = state.blocking(move |store| store.delete(chunk)).await;
+                    let _ = state.small(move |store| store.delete(chunk)).await;
                     Err(error)
                 }
             }

@@ -46,8 +46,12 @@ pub struct Space {
     pub block_bytes: u32,
 }
 
-/// Where sealed chunks live. Operations block (call them from a blocking thread).
+/// Where sealed chunks live. Operations block: call them from a blocking thread, except work
+/// on a few KiB, and a `put` only when the store [`defers`](ChunkStore::defers) its sync.
 pub trait ChunkStore: Send + Sync + 'static {
+    /// Whether `put` leaves the sync to [`ChunkStore::sync_pending`] (and so does not wait
+    /// for the disk).
+    fn defers(&self) -> bool;
     /// Stores a new chunk file; fails with `Exists` rather than replace one. Durable on
     /// return unless the store defers, then after the next [`ChunkStore::sync_pending`].
     fn put(&self, chunk: ChunkRef, sealed: &[u8]) -> Result<(), ChunkStoreError>;
@@ -93,15 +97,87 @@ fn sync_dir(dir: &Path) -> Result<(), ChunkStoreError> {
 }
 
 impl DirChunkStore {
-    /// Opens the chunk root. `deferred`: puts are not synced one by one; whoever commits
+    /// Opens the chunk root, converting a layout 1 root to layout 2 first (see
+    /// [`format::layout`]). `deferred`: puts are not synced one by one; whoever commits
     /// metadata durably calls [`ChunkStore::sync_pending`] first.
     pub fn open(root: &Path, deferred: bool) -> Result<DirChunkStore, ChunkStoreError> {
         fs::create_dir_all(root).map_err(io_error("creating chunk root", root))?;
-        Ok(DirChunkStore {
+        let store = DirChunkStore {
             root: root.to_path_buf(),
             deferred,
             pending: AtomicBool::new(false),
-        })
+        };
+        let marker = root.join(layout::LAYOUT_FILE);
+        match fs::read_to_string(&marker) {
+            Ok(text) if text.trim() == layout::LAYOUT_VERSION.to_string() => return Ok(store),
+            Ok(text) => {
+                return Err(ChunkStoreError::Damaged {
+                    path: marker,
+                    reason: format!(
+                        "names layout {:?}; this build reads layouts 1 and {}",
+                        text.trim(),
+                        layout::LAYOUT_VERSION
+                    ),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("reading", &marker)(e)),
+        }
+        let moved = store.convert_layout_1()?;
+        if moved > 0 {
+            tracing::info!(root = %root.display(), chunks = moved, "converted the chunk root from layout 1 to layout {}", layout::LAYOUT_VERSION);
+        }
+        // The conversion is durable before the marker says it is done.
+        File::open(root)
+            .and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from))
+            .map_err(io_error("syncing the filesystem of", root))?;
+        let temp = root.join(format!(
+            ".tmp-{}",
+            hex::encode(identity::random_bytes::<8>())
+        ));
+        fs::write(&temp, format!("{}\n", layout::LAYOUT_VERSION))
+            .and_then(|()| File::open(&temp)?.sync_all())
+            .and_then(|()| fs::rename(&temp, &marker))
+            .map_err(io_error("writing", &marker))?;
+        sync_dir(root)?;
+        Ok(store)
+    }
+
+    /// Moves every chunk file of layout 1 to its layout 2 name (a rename: atomic, and safe to
+    /// repeat after a crash) and removes the emptied directories. Returns how many moved.
+    fn convert_layout_1(&self) -> Result<usize, ChunkStoreError> {
+        let mut moved = 0;
+        for first in read_dir_names(&self.root)? {
+            let first_dir = self.root.join(&first);
+            if first.len() != 2 || !first_dir.is_dir() {
+                continue;
+            }
+            for second in read_dir_names(&first_dir)? {
+                let second_dir = first_dir.join(&second);
+                if second.len() != 2 || !second_dir.is_dir() {
+                    continue;
+                }
+                for name in read_dir_names(&second_dir)? {
+                    let file_dir = second_dir.join(&name);
+                    let Some(file) = layout::parse_v1_file_dir(&name) else {
+                        continue;
+                    };
+                    for chunk_name in read_dir_names(&file_dir)? {
+                        let Some((index, generation)) = layout::parse_v1_chunk_name(&chunk_name)
+                        else {
+                            continue;
+                        };
+                        let to = layout::chunk_path(&self.root, file, index, generation);
+                        let from = file_dir.join(&chunk_name);
+                        fs::rename(&from, &to).map_err(io_error("moving", &from))?;
+                        moved += 1;
+                    }
+                    let _ = fs::remove_dir(&file_dir);
+                }
+                let _ = fs::remove_dir(&second_dir);
+            }
+        }
+        Ok(moved)
     }
 
     pub fn path(&self, chunk: ChunkRef) -> PathBuf {
@@ -119,26 +195,25 @@ impl DirChunkStore {
         Ok((path, file, len))
     }
 
-    /// Creates the file's directory and any missing parent, and notes each parent that gained
-    /// an entry: it must be synced before a new chunk file in it counts as durable.
-    fn ensure_dir(&self, dir: &Path, gained: &mut Vec<PathBuf>) -> Result<(), ChunkStoreError> {
+    /// Creates a chunk directory if missing; true if the root gained it (the root must then
+    /// be synced before a new chunk file in it counts as durable).
+    fn ensure_dir(&self, dir: &Path) -> Result<bool, ChunkStoreError> {
         if dir.is_dir() {
-            return Ok(());
+            return Ok(false);
         }
-        let parent = dir.parent().expect("chunk directories are below the root");
-        self.ensure_dir(parent, gained)?;
         match fs::create_dir(dir) {
-            Ok(()) => {
-                gained.push(parent.to_path_buf());
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(io_error("creating", dir)(e)),
         }
     }
 }
 
 impl ChunkStore for DirChunkStore {
+    fn defers(&self) -> bool {
+        self.deferred
+    }
+
     fn put(&self, chunk: ChunkRef, sealed: &[u8]) -> Result<(), ChunkStoreError> {
         assert!(
             (ENVELOPE_BYTES..=SEALED_CHUNK_BYTES_MAX).contains(&sealed.len()),
@@ -148,7 +223,9 @@ impl ChunkStore for DirChunkStore {
         let path = self.path(chunk);
         let dir = path.parent().expect("chunk files are in a directory");
         let mut gained = vec![dir.to_path_buf()];
-        self.ensure_dir(dir, &mut gained)?;
+        if self.ensure_dir(dir)? {
+            gained.push(self.root.clone());
+        }
         let temp = dir.join(format!(
             ".tmp-{}",
             hex::encode(identity::random_bytes::<8>())
@@ -248,12 +325,7 @@ impl ChunkStore for DirChunkStore {
     fn delete(&self, chunk: ChunkRef) -> Result<(), ChunkStoreError> {
         let path = self.path(chunk);
         match fs::remove_file(&path) {
-            Ok(()) => {
-                let dir = path.parent().expect("chunk files are in a directory");
-                // Leave no empty directories behind; a concurrent put recreates them.
-                let _ = fs::remove_dir(dir);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_error("removing", &path)(e)),
         }
@@ -262,31 +334,27 @@ impl ChunkStore for DirChunkStore {
     fn list(&self) -> Result<Vec<(ChunkRef, u64)>, ChunkStoreError> {
         let mut out = Vec::new();
         for first in read_dir_names(&self.root)? {
-            for second in read_dir_names(&self.root.join(&first))? {
-                for file in read_dir_names(&self.root.join(&first).join(&second))? {
-                    let Ok(ino) = u64::from_str_radix(&file, 16) else {
-                        continue;
-                    };
-                    let dir = self.root.join(&first).join(&second).join(&file);
-                    for name in read_dir_names(&dir)? {
-                        let Some((index, generation)) = layout::parse_chunk_name(&name) else {
-                            continue;
-                        };
-                        let age = fs::metadata(dir.join(&name))
-                            .and_then(|m| m.modified())
-                            .ok()
-                            .and_then(|t| t.elapsed().ok())
-                            .map_or(0, |d| d.as_secs());
-                        out.push((
-                            ChunkRef {
-                                ino,
-                                index,
-                                generation,
-                            },
-                            age,
-                        ));
-                    }
-                }
+            let dir = self.root.join(&first);
+            if first.len() != 2 || !dir.is_dir() {
+                continue;
+            }
+            for name in read_dir_names(&dir)? {
+                let Some((file, index, generation)) = layout::parse_chunk_name(&name) else {
+                    continue;
+                };
+                let age = fs::metadata(dir.join(&name))
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .map_or(0, |d| d.as_secs());
+                out.push((
+                    ChunkRef {
+                        ino: file.0,
+                        index,
+                        generation,
+                    },
+                    age,
+                ));
             }
         }
         Ok(out)
@@ -346,7 +414,7 @@ mod tests {
         let (header, len) = store.header(chunk).expect("header");
         assert!(header.last);
         assert_eq!(len, 100);
-        assert!(store.path(chunk).ends_with("ab/cd/abcd000000000001/2.5"));
+        assert!(store.path(chunk).ends_with("ab/abcd000000000001.2.5"));
         assert_eq!(store.list().expect("list"), vec![(chunk, 0)]);
         store.delete(chunk).expect("delete");
         store.delete(chunk).expect("deleting twice is fine");
@@ -354,12 +422,45 @@ mod tests {
             store.get(chunk),
             Err(ChunkStoreError::Missing { .. })
         ));
-        let leftovers: Vec<_> = fs::read_dir(dir.path().join("ab/cd"))
-            .expect("dir")
-            .collect();
-        assert!(
-            leftovers.is_empty(),
-            "no temporary files or empty directories stay"
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("ab")).expect("dir").collect();
+        assert!(leftovers.is_empty(), "no temporary files stay");
+    }
+
+    #[test]
+    fn a_layout_1_root_is_converted_once_and_then_marked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chunks = [
+            (0xabcd_0000_0000_0001_u64, 0_u64, 1_u64, 100_usize),
+            (0xabcd_0000_0000_0001, 1, 7, 90),
+            (0x1234_0000_0000_0002, 0, 3, 80),
+        ];
+        for &(ino, index, generation, len) in &chunks {
+            let path = layout::v1_chunk_path(dir.path(), FileId(ino), index, generation);
+            fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+            fs::write(&path, sealed(len)).expect("write");
+        }
+        // Something that is not a chunk stays where it is.
+        fs::write(dir.path().join("ab/cd/notes.txt"), b"x").expect("write");
+        let store = DirChunkStore::open(dir.path(), true).expect("open converts");
+        for &(ino, index, generation, len) in &chunks {
+            let chunk = ChunkRef {
+                ino,
+                index,
+                generation,
+            };
+            assert_eq!(store.get(chunk).expect("moved"), sealed(len));
+        }
+        assert_eq!(store.list().expect("list").len(), chunks.len());
+        assert!(!dir.path().join("12/34").exists(), "emptied dirs go");
+        assert!(dir.path().join("ab/cd/notes.txt").exists());
+        assert_eq!(
+            fs::read_to_string(dir.path().join(layout::LAYOUT_FILE)).expect("marker"),
+            "2\n"
         );
+        // A layout 1 file appearing later is not looked for: the marker says the root is done.
+        DirChunkStore::open(dir.path(), true).expect("opens again");
+        fs::write(dir.path().join(layout::LAYOUT_FILE), "9\n").expect("write");
+        let error = DirChunkStore::open(dir.path(), true).expect_err("unknown layout");
+        assert!(error.to_string().contains("layout"), "{error}");
     }
 }

@@ -73,7 +73,8 @@ fn main() -> std::io::Result<()> {
                 last: true,
             };
             let sealed = seal(&cipher, &context, &plaintext).expect("seal");
-            let path = layout::chunk_path(&out.join("chunks"), file, index, generation);
+            // The fixture is layout 1, as its name says (storaged converts it on open).
+            let path = layout::v1_chunk_path(&out.join("chunks"), file, index, generation);
             fs::create_dir_all(path.parent().expect("chunk dir"))?;
             fs::write(&path, &sealed)?;
             manifest += &format!(

@@ -19,6 +19,7 @@ fn errno(result: std::io::Result<impl std::fmt::Debug>) -> i32 {
 }
 
 fn chunk_files(daemon: &Storaged) -> usize {
+    /// Chunk files only: not temporary files, not the root's layout marker.
     fn count(dir: &Path) -> usize {
         fs::read_dir(dir).map_or(0, |entries| {
             entries
@@ -27,7 +28,8 @@ fn chunk_files(daemon: &Storaged) -> usize {
                     if e.path().is_dir() {
                         count(&e.path())
                     } else {
-                        usize::from(!e.file_name().to_string_lossy().starts_with('.'))
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        usize::from(format::layout::parse_chunk_name(&name).is_some())
                     }
                 })
                 .sum()

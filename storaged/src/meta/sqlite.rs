@@ -11,8 +11,8 @@
 //! seen by every later read, not yet synced). The writer makes a durable commit when visible
 //! batches have waited [`VISIBLE_WRITES_DURABLE_WITHIN`], and checkpoints the WAL only right
 //! after a durable commit (automatic checkpoints are off): a checkpoint syncs the WAL, and it
-//! must not make a record durable before the chunk file it names. Reads run on a small pool
-//! of read connections, each in its own snapshot.
+//! must not make a record durable before the chunk file it names. Reads run on the calling
+//! thread, on a small pool of read connections, each in its own snapshot.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
@@ -403,34 +403,32 @@ impl MetaStore for SqliteStore {
     }
 
     fn read(&self, mut op: Operation) -> BoxFuture<'_, Result<(), OperationFailed>> {
-        let readers = self.readers.clone();
-        let path = self.path.clone();
+        // Inline on the calling thread: an indexed read takes microseconds, less than handing
+        // it to another thread and back would.
         Box::pin(async move {
-            let task = tokio::task::spawn_blocking(move || {
-                let pooled = readers.lock().expect("reader pool poisoned").pop();
-                // All pooled readers busy: open one more; it joins the pool afterwards, so the
-                // pool grows only as far as concurrency actually went.
-                let conn = match pooled {
-                    Some(conn) => conn,
-                    None => open_connection(&path, true)?,
-                };
-                let outcome = conn
-                    .execute_batch("BEGIN")
-                    .map_err(unavailable)
-                    .map_err(OperationFailed::from)
-                    .and_then(|()| {
-                        op(&mut SqliteTxn {
-                            conn: &conn,
-                            writable: false,
-                        })
-                    });
-                let _ = conn.execute_batch("COMMIT");
-                readers.lock().expect("reader pool poisoned").push(conn);
-                outcome
-            });
-            task.await.map_err(|e| {
-                OperationFailed::Store(StoreError::Unavailable(format!("sqlite reader: {e}")))
-            })?
+            let pooled = self.readers.lock().expect("reader pool poisoned").pop();
+            // All pooled readers busy: open one more; it joins the pool afterwards, so the
+            // pool grows only as far as concurrency actually went.
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_connection(&self.path, true)?,
+            };
+            let outcome = conn
+                .execute_batch("BEGIN")
+                .map_err(unavailable)
+                .map_err(OperationFailed::from)
+                .and_then(|()| {
+                    op(&mut SqliteTxn {
+                        conn: &conn,
+                        writable: false,
+                    })
+                });
+            let _ = conn.execute_batch("COMMIT");
+            self.readers
+                .lock()
+                .expect("reader pool poisoned")
+                .push(conn);
+            outcome
         })
     }
 

@@ -280,7 +280,7 @@ pub fn unlink(
     name: &[u8],
     keep_open: bool,
     now: Time,
-) -> Result<Ino, OpError> {
+) -> Result<Unlinked, OpError> {
     check_name(name)?;
     let mut dir = directory(txn, parent)?;
     let entry = txn.get_entry(parent, name)?.ok_or(OpError::NotFound)?;
@@ -293,8 +293,21 @@ pub fn unlink(
     dir.mtime = now;
     touch(&mut dir, now);
     txn.put_inode(&dir)?;
-    drop_link(txn, caller, child, keep_open, now)?;
-    Ok(entry.ino)
+    let links_left = drop_link(txn, caller, child, keep_open, now)?;
+    Ok(Unlinked {
+        ino: entry.ino,
+        parent: dir,
+        links_left,
+    })
+}
+
+/// What an unlink changed: the file (and the links it has left; 0: gone, or kept until its
+/// release when it is open), and its directory as it is now.
+#[derive(Debug)]
+pub struct Unlinked {
+    pub ino: Ino,
+    pub parent: Inode,
+    pub links_left: u32,
 }
 
 /// One link of `child` is gone: count it down and free the file when none is left.
@@ -304,7 +317,7 @@ fn drop_link(
     mut child: Inode,
     keep_open: bool,
     now: Time,
-) -> Result<(), OpError> {
+) -> Result<u32, OpError> {
     child.nlink = child.nlink.saturating_sub(1);
     touch(&mut child, now);
     if child.nlink > 0 {
@@ -316,7 +329,7 @@ fn drop_link(
         audit::append(txn, caller.uid, "delete", child.ino, "", now)?;
         purge(txn, child.ino)?;
     }
-    Ok(())
+    Ok(child.nlink)
 }
 
 /// Frees an inode: its chunk files go to the garbage list, its records away.
@@ -358,7 +371,7 @@ pub fn rmdir(
     parent: Ino,
     name: &[u8],
     now: Time,
-) -> Result<(), OpError> {
+) -> Result<Inode, OpError> {
     check_name(name)?;
     let mut dir = directory(txn, parent)?;
     let entry = txn.get_entry(parent, name)?.ok_or(OpError::NotFound)?;
@@ -384,7 +397,7 @@ pub fn rmdir(
         now,
     )?;
     txn.delete_inode(child.ino)?;
-    Ok(())
+    Ok(dir)
 }
 
 /// How a rename treats an existing target name.
