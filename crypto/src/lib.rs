@@ -11,4 +11,7 @@ mod wrap;
 pub use chunk::{AAD_BYTES, OpenError, SealError, authenticated_data, open, open_in_place, seal};
 pub use format::envelope::ChunkContext;
 pub use keys::{ChunkCipher, DATA_KEY_BYTES, DataKey};
-pub use wrap::{UnwrapError, WRAPPED_KEY_BYTES, WrapContext, WrapKind, unwrap, wrap};
+pub use wrap::{
+    PreparedWrap, UnwrapError, WRAPPED_KEY_BYTES, WrapContext, WrapKind, prepare_wrap, unwrap,
+    wrap, wrap_prepared,
+};

@@ -45,24 +45,66 @@ pub enum UnwrapError {
     AuthenticationFailed,
 }
 
-/// Wraps `key` to `recipient` for `context`.
-pub fn wrap(key: &DataKey, recipient: &PublicIdentity, context: &WrapContext) -> Vec<u8> {
-    let mut out = vec![0u8; WRAPPED_KEY_BYTES];
-    out[..AAD_END].copy_from_slice(&header(context, &recipient.wrapping).encode());
+/// The recipient-dependent half of a wrap, made ahead of time: a fresh ephemeral X25519 key
+/// agreed with the recipient's key and the HPKE key schedule (nearly all of a wrap's cost).
+/// It seals exactly one key: [`wrap_prepared`] consumes it, so an ephemeral key is never
+/// used twice, and the result is byte for byte what [`wrap`] would have made.
+pub struct PreparedWrap {
+    recipient: [u8; 32],
+    encapped: <KemSuite as Kem>::EncappedKey,
+    context: hpke::aead::AeadCtxS<AesGcm256, HkdfSha256, KemSuite>,
+}
+
+impl std::fmt::Debug for PreparedWrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreparedWrap(to {})", hex::encode(&self.recipient[..8]))
+    }
+}
+
+impl PreparedWrap {
+    /// Whether this was prepared for `recipient`.
+    pub fn is_for(&self, recipient: &PublicIdentity) -> bool {
+        self.recipient == recipient.wrapping
+    }
+}
+
+/// Prepares one wrap to `recipient` (see [`PreparedWrap`]).
+pub fn prepare_wrap(recipient: &PublicIdentity) -> PreparedWrap {
     let recipient_key = <KemSuite as Kem>::PublicKey::from_bytes(&recipient.wrapping)
         .expect("every 32-byte string is an X25519 public key");
-    let (aad, rest) = out.split_at_mut(AAD_END);
-    let (enc, ciphertext) = rest.split_at_mut(CIPHERTEXT_AT - ENC_AT);
-    let (encrypted, tag_out) = ciphertext.split_at_mut(DATA_KEY_BYTES);
-    let (encapped, tag) = hpke::single_shot_seal_inout_detached::<AesGcm256, HkdfSha256, KemSuite>(
+    let (encapped, context) = hpke::setup_sender::<AesGcm256, HkdfSha256, KemSuite>(
         &OpModeS::Base,
         &recipient_key,
         HPKE_INFO,
-        hpke::inout::InOutBuf::new(key.as_bytes(), encrypted).expect("equal lengths"),
-        aad,
     )
-    .expect("X25519 encapsulation to a valid key and a 32-byte seal cannot fail");
-    enc.copy_from_slice(&encapped.to_bytes());
+    .expect("X25519 encapsulation to a valid key cannot fail");
+    PreparedWrap {
+        recipient: recipient.wrapping,
+        encapped,
+        context,
+    }
+}
+
+/// Wraps `key` to `recipient` for `context`.
+pub fn wrap(key: &DataKey, recipient: &PublicIdentity, context: &WrapContext) -> Vec<u8> {
+    wrap_prepared(prepare_wrap(recipient), key, context)
+}
+
+/// Wraps `key` for `context` to the recipient `prepared` was made for.
+pub fn wrap_prepared(mut prepared: PreparedWrap, key: &DataKey, context: &WrapContext) -> Vec<u8> {
+    let mut out = vec![0u8; WRAPPED_KEY_BYTES];
+    out[..AAD_END].copy_from_slice(&header(context, &prepared.recipient).encode());
+    let (aad, rest) = out.split_at_mut(AAD_END);
+    let (enc, ciphertext) = rest.split_at_mut(CIPHERTEXT_AT - ENC_AT);
+    let (encrypted, tag_out) = ciphertext.split_at_mut(DATA_KEY_BYTES);
+    let tag = prepared
+        .context
+        .seal_inout_detached(
+            hpke::inout::InOutBuf::new(key.as_bytes(), encrypted).expect("equal lengths"),
+            aad,
+        )
+        .expect("the first seal of a fresh context cannot fail");
+    enc.copy_from_slice(&prepared.encapped.to_bytes());
     tag_out.copy_from_slice(&tag.to_bytes());
     out
 }

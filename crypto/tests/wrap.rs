@@ -1,6 +1,9 @@
 //! Key wrapping: a wrapped key opens only for its recipient, vault, object and kind.
 
-use crypto::{DataKey, UnwrapError, WRAPPED_KEY_BYTES, WrapContext, WrapKind, unwrap, wrap};
+use crypto::{
+    DataKey, UnwrapError, WRAPPED_KEY_BYTES, WrapContext, WrapKind, prepare_wrap, unwrap, wrap,
+    wrap_prepared,
+};
 use format::ids::VaultId;
 use identity::Identity;
 
@@ -22,6 +25,34 @@ fn wrapped_key_opens_for_its_recipient() {
     assert_eq!(unwrapped.as_bytes(), key.as_bytes());
     // Wrapping is randomised: the same key wraps to different bytes.
     assert_ne!(wrap(&key, &alice.public(), &context(42)), wrapped);
+}
+
+#[test]
+fn a_wrap_prepared_ahead_opens_for_its_recipient_only() {
+    let alice = Identity::generate();
+    let bob = Identity::generate();
+    let key = DataKey::generate();
+    let prepared = [prepare_wrap(&alice.public()), prepare_wrap(&alice.public())];
+    assert!(prepared[0].is_for(&alice.public()));
+    assert!(!prepared[0].is_for(&bob.public()));
+    let [first, second] = prepared;
+    let one = wrap_prepared(first, &key, &context(7));
+    let two = wrap_prepared(second, &key, &context(8));
+    assert_eq!(one.len(), WRAPPED_KEY_BYTES);
+    // Each preparation is a fresh ephemeral key: no two wraps share one.
+    assert_ne!(one[60..92], two[60..92]);
+    for (wrapped, object) in [(&one, 7), (&two, 8)] {
+        let unwrapped = unwrap(wrapped, &alice, &context(object)).expect("unwrap");
+        assert_eq!(unwrapped.as_bytes(), key.as_bytes());
+        assert_eq!(
+            unwrap(wrapped, &bob, &context(object)).err(),
+            Some(UnwrapError::NotForMe)
+        );
+    }
+    assert_eq!(
+        unwrap(&one, &alice, &context(8)).err(),
+        Some(UnwrapError::WrongContext)
+    );
 }
 
 #[test]

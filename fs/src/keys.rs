@@ -27,7 +27,16 @@ pub struct Keys {
     ciphers: Mutex<HashMap<u64, Arc<ChunkCipher>>>,
     users: Mutex<HashMap<u32, PublicIdentity>>,
     acls: Mutex<HashMap<u64, (std::time::Instant, Vec<u32>)>>,
+    /// Wraps to this user's own key prepared ahead (see [`crypto::PreparedWrap`]): a new
+    /// file's key is wrapped without X25519 work on the creating thread.
+    own_wraps: Arc<Mutex<Vec<crypto::PreparedWrap>>>,
+    /// A refill of `own_wraps` is under way.
+    refilling: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// `own_wraps` is refilled to [`OWN_WRAPS_MAX`] when it falls below [`OWN_WRAPS_LOW`].
+const OWN_WRAPS_LOW: usize = 16;
+const OWN_WRAPS_MAX: usize = 64;
 
 /// How long a directory's readers are trusted for new files' keys.
 const ACL_CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
@@ -55,6 +64,8 @@ impl Keys {
             ciphers: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             acls: Mutex::new(HashMap::new()),
+            own_wraps: Arc::new(Mutex::new(Vec::new())),
+            refilling: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -195,12 +206,41 @@ impl Keys {
             } else {
                 self.user(uid).await?
             };
+            let blob = if uid == self.uid {
+                crypto::wrap_prepared(self.own_wrap(&public), key, &self.context(ino))
+            } else {
+                crypto::wrap(key, &public, &self.context(ino))
+            };
             wrapped.push(WrappedKey {
                 principal: Some(user_principal(uid)),
-                blob: crypto::wrap(key, &public, &self.context(ino)),
+                blob,
             });
         }
         Ok(wrapped)
+    }
+
+    /// A wrap to this user's own key, from the prepared ones if any are left (then a refill
+    /// starts on a blocking thread when they run low), else made now.
+    fn own_wrap(&self, me: &PublicIdentity) -> crypto::PreparedWrap {
+        use std::sync::atomic::Ordering;
+        let (taken, left) = {
+            let mut wraps = self.own_wraps.lock().expect("wraps poisoned");
+            (wraps.pop(), wraps.len())
+        };
+        if left < OWN_WRAPS_LOW && !self.refilling.swap(true, Ordering::AcqRel) {
+            let (wraps, refilling, me) = (self.own_wraps.clone(), self.refilling.clone(), *me);
+            tokio::task::spawn_blocking(move || {
+                while wraps.lock().expect("wraps poisoned").len() < OWN_WRAPS_MAX {
+                    let prepared = crypto::prepare_wrap(&me);
+                    wraps.lock().expect("wraps poisoned").push(prepared);
+                }
+                refilling.store(false, Ordering::Release);
+            });
+        }
+        match taken {
+            Some(prepared) if prepared.is_for(me) => prepared,
+            _ => crypto::prepare_wrap(me),
+        }
     }
 
     /// This user and every user a directory's ACL lets read: the recipients of a new file's
