@@ -15,8 +15,8 @@ use format::ids::FileId;
 use format::limits::{CHUNK_BYTES, FILE_BYTES_MAX};
 use proto::ErrorKind;
 use proto::v1::{
-    Attr, ChunkCommit, CommitChunksRequest, GetAttrRequest, GetChunkReply, ListChunksRequest,
-    OpenReply, OpenRequest, PutChunkRequest,
+    Attr, ChunkCommit, CommitChunksRequest, CreateRequest, GetAttrRequest, GetChunkReply,
+    ListChunksRequest, OpenReply, OpenRequest, PutChunkRequest,
 };
 use tokio::task::JoinHandle;
 
@@ -124,6 +124,9 @@ pub struct FileState {
     /// A small file's only chunk that came with the last `Open` reply, taken into the cache
     /// by the first read (after the open has settled what the cache may keep).
     arrived: Option<GetChunkReply>,
+    /// A new file this client has not created on the server yet: its first flush creates it
+    /// (with its first chunk, in one commit, when it has one).
+    pub pending_create: Option<CreateRequest>,
 }
 
 async fn open_call(shared: &Shared, ino: u64) -> Result<OpenReply, FsError> {
@@ -178,11 +181,59 @@ impl FileState {
             merged_foreign: false,
             retired: false,
             arrived: None,
+            pending_create: None,
         }
     }
 
     pub fn is_dirty(&self) -> bool {
-        !self.dirty.is_empty() || self.size != self.committed_size || self.truncated
+        !self.dirty.is_empty()
+            || self.size != self.committed_size
+            || self.truncated
+            || self.pending_create.is_some()
+    }
+
+    /// Creates a pending new file on the server now (see `pending_create`). A creation the
+    /// server refuses (the name was taken meanwhile by another client, the directory went)
+    /// drops what was written locally and returns the error.
+    pub async fn materialize(
+        &mut self,
+        shared: &Shared,
+        durable: bool,
+    ) -> Result<Option<Attr>, FsError> {
+        let Some(mut request) = self.pending_create.take() else {
+            return Ok(None);
+        };
+        request.lazy = !durable;
+        let created = shared
+            .remote
+            .call("create", |mut api| {
+                let request = request.clone();
+                async move { api.create(request).await }
+            })
+            .await;
+        shared.forget_pending(self.ino);
+        match created {
+            Ok(attr) => {
+                self.version = attr.version;
+                Ok(Some(attr))
+            }
+            Err(error) => {
+                self.lost_creation(shared, &request, &error);
+                Err(error)
+            }
+        }
+    }
+
+    fn lost_creation(&mut self, shared: &Shared, request: &CreateRequest, error: &FsError) {
+        tracing::error!(
+            file = %String::from_utf8_lossy(&request.name),
+            %error,
+            "the server refused to create a new file at its first flush; its data is lost"
+        );
+        self.discard(shared);
+        self.size = 0;
+        self.committed_size = 0;
+        self.truncated = false;
     }
 
     /// Re-reads the committed size and chunk map.
@@ -409,6 +460,10 @@ impl FileState {
             pos += n as u64;
         }
         self.size = self.size.max(end);
+        if self.pending_create.is_some() && self.size > CHUNK {
+            // Full chunks upload before the commit: the file must exist for them.
+            self.materialize(shared, false).await?;
+        }
         self.write_behind(
             shared,
             (offset / CHUNK).saturating_sub(1),
@@ -534,6 +589,14 @@ impl FileState {
         if !self.is_dirty() {
             return Ok(None);
         }
+        let single = self.dirty.len() == 1 && self.dirty.values().all(|d| d.upload.is_none());
+        if self.pending_create.is_some() && !single {
+            // No chunk to create it with (or several): create it on its own first.
+            let created = self.materialize(shared, durable).await?;
+            if !self.is_dirty() {
+                return Ok(created);
+            }
+        }
         for attempt in 1..=FLUSH_ATTEMPTS_MAX {
             self.shape(shared).await?;
             let single = self.dirty.len() == 1 && self.dirty.values().all(|d| d.upload.is_none());
@@ -656,10 +719,12 @@ impl FileState {
             .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
         let sealed = bytes::Bytes::from(sealed);
         let base = dirty.base;
+        let create = self.pending_create.take();
         let reply = shared
             .remote
             .call("put_chunk", |mut api| {
                 let data = sealed.clone();
+                let create = create.clone();
                 async move {
                     api.put_chunk(PutChunkRequest {
                         ino,
@@ -670,11 +735,23 @@ impl FileState {
                         size,
                         truncate,
                         lazy: !durable,
+                        create,
                     })
                     .await
                 }
             })
-            .await?;
+            .await;
+        if let Some(request) = &create {
+            shared.forget_pending(ino);
+            if let Err(error) = &reply {
+                self.lost_creation(shared, request, error);
+            }
+        }
+        let reply = reply?;
+        let dirty = self
+            .dirty
+            .get_mut(&index)
+            .expect("the committed chunk is still dirty");
         dirty.upload = Some(Upload {
             generation,
             last: context.last,

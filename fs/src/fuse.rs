@@ -16,7 +16,7 @@ use fuser::{
 use proto::v1::{Attr, FileKind, Timestamp};
 
 use crate::error::{FsError, errno};
-use crate::vault::{Changes, RenameMode, Vault};
+use crate::vault::{Changes, RenameMode, Vault, stamp};
 
 /// How long the kernel may trust an entry or attributes (short: other clients change files).
 const TTL: Duration = Duration::from_secs(1);
@@ -72,14 +72,6 @@ fn time(stamp: Option<&Timestamp>) -> SystemTime {
             UNIX_EPOCH.checked_add(Duration::new(secs, t.nanos))
         })
         .unwrap_or(UNIX_EPOCH)
-}
-
-fn stamp(time: SystemTime) -> Timestamp {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos(),
-    }
 }
 
 fn file_type(kind: i32) -> FileType {

@@ -53,6 +53,17 @@ pub struct Shared {
     loads: Mutex<HashMap<(u64, u64), LoadLock>>,
     /// The last name each inode was seen under, for log lines.
     names: Mutex<HashMap<u64, String>>,
+    /// New files whose creation waits for their first flush: inode -> where, and the
+    /// attributes they were created with.
+    pending: Mutex<HashMap<u64, Pending>>,
+}
+
+/// A new file not yet created on the server (see `FileState::pending_create`).
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub attr: proto::v1::Attr,
 }
 
 /// What reading a committed chunk expects of it.
@@ -78,6 +89,7 @@ impl Shared {
             dirty_bytes: AtomicUsize::new(0),
             loads: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
         }
     }
 
@@ -96,6 +108,42 @@ impl Shared {
             .get(&ino)
             .cloned()
             .unwrap_or_else(|| "?".into())
+    }
+
+    pub fn add_pending(&self, ino: u64, pending: Pending) {
+        self.pending
+            .lock()
+            .expect("pending poisoned")
+            .insert(ino, pending);
+    }
+
+    pub fn forget_pending(&self, ino: u64) {
+        self.pending.lock().expect("pending poisoned").remove(&ino);
+    }
+
+    /// The attributes of a pending new file.
+    pub fn pending_attr(&self, ino: u64) -> Option<proto::v1::Attr> {
+        let pending = self.pending.lock().expect("pending poisoned");
+        pending.get(&ino).map(|p| p.attr)
+    }
+
+    /// The pending new file under this name, if any.
+    pub fn pending_named(&self, parent: u64, name: &[u8]) -> Option<proto::v1::Attr> {
+        let pending = self.pending.lock().expect("pending poisoned");
+        pending
+            .values()
+            .find(|p| p.parent == parent && p.name == name)
+            .map(|p| p.attr)
+    }
+
+    /// Pending new files in `parent`, or everywhere.
+    pub fn pending_in(&self, parent: Option<u64>) -> Vec<u64> {
+        let pending = self.pending.lock().expect("pending poisoned");
+        pending
+            .iter()
+            .filter(|(_, p)| parent.is_none_or(|dir| p.parent == dir))
+            .map(|(&ino, _)| ino)
+            .collect()
     }
 
     pub fn add_dirty(&self, bytes: usize) {

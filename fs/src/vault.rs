@@ -68,6 +68,17 @@ pub struct Vault {
     attrs: Mutex<HashMap<u64, (std::time::Instant, Attr)>>,
 }
 
+/// A time as the wire carries it.
+pub fn stamp(time: std::time::SystemTime) -> Timestamp {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos(),
+    }
+}
+
 /// How often an open retries when the state it found was retired by a racing release.
 const OPEN_ATTEMPTS: usize = 8;
 /// How long attributes from this client's own commit answer `getattr` without a round trip.
@@ -134,6 +145,9 @@ impl Vault {
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         self.block(async {
+            if let Some(attr) = self.shared.pending_named(parent, name) {
+                return Ok(self.local_view(attr).await);
+            }
             let name_owned = name.to_vec();
             let attr = self
                 .shared
@@ -150,7 +164,10 @@ impl Vault {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        if let Some(attr) = self.fresh_attr(ino) {
+        if let Some(attr) = self
+            .fresh_attr(ino)
+            .or_else(|| self.shared.pending_attr(ino))
+        {
             return Ok(self.block(self.local_view(attr)));
         }
         self.block(async {
@@ -192,6 +209,7 @@ impl Vault {
 
     pub fn setattr(&self, ino: u64, changes: &Changes) -> Result<Attr, FsError> {
         self.block(async {
+            self.materialize(ino).await?;
             if let Some(size) = changes.size {
                 self.truncate(ino, size).await?;
             }
@@ -325,6 +343,7 @@ impl Vault {
         self.attrs.lock().expect("attrs poisoned").clear();
         let new_name = new_name.to_vec();
         self.block(async {
+            self.materialize(ino).await?;
             let attr = self
                 .shared
                 .remote
@@ -367,6 +386,7 @@ impl Vault {
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
         self.attrs.lock().expect("attrs poisoned").clear();
         self.block(async {
+            self.materialize_in(Some(parent)).await?;
             let open = self.open_inode_named(parent, name).await;
             let keep_open = open.is_some();
             let name = name.to_vec();
@@ -399,6 +419,8 @@ impl Vault {
 
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
         self.attrs.lock().expect("attrs poisoned").clear();
+        // The directory may hold new files not created on the server yet.
+        self.block(self.materialize_in(None))?;
         let name = name.to_vec();
         let reply = self.block(self.shared.remote.call("rmdir", |mut api| {
             let name = name.clone();
@@ -429,6 +451,8 @@ impl Vault {
         self.attrs.lock().expect("attrs poisoned").clear();
         let (name, new_name) = (name.to_vec(), new_name.to_vec());
         self.block(async {
+            self.materialize_in(Some(parent)).await?;
+            self.materialize_in(Some(new_parent)).await?;
             let reply = self
                 .shared
                 .remote
@@ -492,6 +516,23 @@ impl Vault {
             let key = DataKey::generate();
             let wrapped_keys = self.shared.keys.wrap_new_file(ino, &key, parent).await?;
             let name_owned = name.to_vec();
+            if !exclusive {
+                // Created on the server at its first flush, with its first chunk (one round
+                // trip for a small file instead of two). O_EXCL asks the server now: its
+                // answer must be atomic with the open.
+                let request = CreateRequest {
+                    lazy: true,
+                    parent,
+                    name: name_owned,
+                    perm,
+                    uid,
+                    gid,
+                    ino,
+                    wrapped_keys,
+                    exclusive: true,
+                };
+                return Ok(self.created(ino, &key, parent, Some(request)));
+            }
             let attr = self
                 .shared
                 .remote
@@ -517,21 +558,95 @@ impl Vault {
                 let fh = self.open_async(attr.ino).await?.0;
                 return Ok((attr, fh));
             }
-            // A new, empty file: its state is known without asking the server.
-            let cipher = self.shared.keys.remember(ino, &key);
-            let mut state = FileState::created(ino, cipher, &attr);
-            state.handles = 1;
-            let file = Arc::new(tokio::sync::Mutex::new(state));
-            self.files
-                .lock()
-                .expect("files poisoned")
-                .insert(ino, file.clone());
-            self.versions
-                .lock()
-                .expect("versions poisoned")
-                .insert(ino, attr.version);
-            Ok((attr, self.add_handle(Handle::File { ino, file })))
+            Ok(self.created_known(ino, &key, attr, None))
         })
+    }
+
+    /// A new file this client made: created on the server already (`pending` is none), or
+    /// to be created at its first flush, with the attributes the server would give it.
+    fn created(
+        &self,
+        ino: u64,
+        key: &DataKey,
+        parent: u64,
+        pending: Option<CreateRequest>,
+    ) -> (Attr, u64) {
+        let request = pending.as_ref().expect("a pending creation");
+        let now = Some(stamp(std::time::SystemTime::now()));
+        let attr = Attr {
+            ino,
+            kind: FileKind::Regular as i32,
+            perm: request.perm & 0o7777,
+            uid: request.uid,
+            gid: request.gid,
+            nlink: 1,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+            owner: self.shared.keys.uid(),
+            version: 1,
+            may_read: true,
+            may_write: true,
+        };
+        self.shared.add_pending(
+            ino,
+            crate::shared::Pending {
+                parent,
+                name: request.name.clone(),
+                attr,
+            },
+        );
+        self.created_known(ino, key, attr, pending)
+    }
+
+    fn created_known(
+        &self,
+        ino: u64,
+        key: &DataKey,
+        attr: Attr,
+        pending: Option<CreateRequest>,
+    ) -> (Attr, u64) {
+        // A new, empty file: its state is known without asking the server.
+        let cipher = self.shared.keys.remember(ino, key);
+        let mut state = FileState::created(ino, cipher, &attr);
+        state.handles = 1;
+        state.pending_create = pending;
+        let file = Arc::new(tokio::sync::Mutex::new(state));
+        self.files
+            .lock()
+            .expect("files poisoned")
+            .insert(ino, file.clone());
+        self.versions
+            .lock()
+            .expect("versions poisoned")
+            .insert(ino, attr.version);
+        self.learn_attr(&attr);
+        (attr, self.add_handle(Handle::File { ino, file }))
+    }
+
+    /// Creates a pending new file on the server now, before anything that needs it there.
+    async fn materialize(&self, ino: u64) -> Result<(), FsError> {
+        if self.shared.pending_attr(ino).is_none() {
+            return Ok(());
+        }
+        if let Some(file) = self.open_file(ino) {
+            let mut state = file.lock().await;
+            if let Some(attr) = state.materialize(&self.shared, false).await? {
+                self.record_commit(&attr, &mut state);
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates every pending new file in `parent` (or everywhere) on the server now: before
+    /// listing, renaming or removing names there.
+    async fn materialize_in(&self, parent: Option<u64>) -> Result<(), FsError> {
+        for ino in self.shared.pending_in(parent) {
+            self.materialize(ino).await?;
+        }
+        Ok(())
     }
 
     /// Opens a file: revalidates it against the server (close-to-open consistency) and says
@@ -641,6 +756,8 @@ impl Vault {
     }
 
     async fn sync_async(&self) -> Result<(), FsError> {
+        // New files not created on the server yet are created first, so they are covered.
+        self.materialize_in(None).await?;
         self.shared
             .remote
             .call(
@@ -707,6 +824,7 @@ impl Vault {
         let mut listing = Vec::new();
         let mut after = Vec::new();
         self.block(async {
+            self.materialize_in(Some(ino)).await?;
             loop {
                 let page = self
                     .shared
@@ -773,6 +891,7 @@ impl Vault {
         replace_only: bool,
     ) -> Result<(), FsError> {
         self.attrs.lock().expect("attrs poisoned").clear();
+        self.block(self.materialize(ino))?;
         let (name, value) = (name.to_vec(), value.to_vec());
         self.block(self.shared.remote.call("set_xattr", |mut api| {
             let (name, value) = (name.clone(), value.clone());
@@ -792,6 +911,10 @@ impl Vault {
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        if self.shared.pending_attr(ino).is_some() {
+            // A new file has no attributes yet (and asking must not create it).
+            return Err(FsError::local(ErrorKind::NoData, "no such attribute"));
+        }
         let name = name.to_vec();
         self.block(self.shared.remote.call("get_xattr", |mut api| {
             let name = name.clone();
@@ -801,6 +924,9 @@ impl Vault {
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
+        if self.shared.pending_attr(ino).is_some() {
+            return Ok(Vec::new());
+        }
         self.block(self.shared.remote.call("list_xattr", |mut api| async move {
             api.list_xattr(ListXattrRequest { ino }).await
         }))
@@ -809,6 +935,7 @@ impl Vault {
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
         self.attrs.lock().expect("attrs poisoned").clear();
+        self.block(self.materialize(ino))?;
         let name = name.to_vec();
         self.block(self.shared.remote.call("remove_xattr", |mut api| {
             let name = name.clone();

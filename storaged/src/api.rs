@@ -345,6 +345,23 @@ impl Service {
     }
 }
 
+/// What `tree::create_file` needs from a `Create` request: parent, name, node, wrapped keys.
+type NewFile = (u64, Vec<u8>, NewNode, Vec<(Principal, Vec<u8>)>);
+
+fn new_file(r: &CreateRequest) -> Result<NewFile, OpError> {
+    let keys = wrapped_keys_of(&r.wrapped_keys)?;
+    let node = NewNode {
+        kind: Kind::Regular,
+        perm: r.perm,
+        uid: r.uid,
+        gid: r.gid,
+        rdev: 0,
+        target: Vec::new(),
+        ino: Some(r.ino),
+    };
+    Ok((r.parent, r.name.clone(), node, keys))
+}
+
 /// A small file's only chunk for an `Open` reply, if it reads and checks out now (otherwise
 /// the client's `GetChunk` reports the problem).
 async fn small_chunk(
@@ -669,29 +686,11 @@ impl Vault for Service {
 
     async fn create(&self, request: Request<CreateRequest>) -> Result<Response<Attr>, Status> {
         self.serve("create", request, |state, caller, r| async move {
-            let keys = wrapped_keys_of(&r.wrapped_keys)?;
-            let node = NewNode {
-                kind: Kind::Regular,
-                perm: r.perm,
-                uid: r.uid,
-                gid: r.gid,
-                rdev: 0,
-                target: Vec::new(),
-                ino: Some(r.ino),
-            };
+            let (parent, name, node, keys) = new_file(&r)?;
             let who = caller.clone();
             let (file, _) = state
                 .write_as(r.lazy, move |txn| {
-                    tree::create_file(
-                        txn,
-                        &who,
-                        r.parent,
-                        &r.name,
-                        &node,
-                        &keys,
-                        r.exclusive,
-                        now(),
-                    )
+                    tree::create_file(txn, &who, parent, &name, &node, &keys, r.exclusive, now())
                 })
                 .await?;
             Ok(attr(&file, &caller))
@@ -1001,9 +1000,27 @@ impl Vault for Service {
             let vault = state.auth.settings().vault;
             let who = caller.clone();
             let (ino, index) = (r.ino, r.index);
-            state
-                .read(move |txn| chunks::check_upload(txn, &who, vault, ino, index, &header))
-                .await?;
+            let create = match &r.create {
+                None => {
+                    state
+                        .read(move |txn| {
+                            chunks::check_upload(txn, &who, vault, ino, index, &header)
+                        })
+                        .await?;
+                    None
+                }
+                Some(create) => {
+                    if !r.commit || create.ino != ino {
+                        return Err(OpError::invalid(
+                            "a put that creates its file must commit, and name the same inode",
+                        ));
+                    }
+                    // The file does not exist yet: its header is all there is to check now;
+                    // the commit below checks the rest with the creation.
+                    chunks::check_header(vault, ino, index, &header)?;
+                    Some(new_file(create)?)
+                }
+            };
             let chunk = ChunkRef {
                 ino,
                 index,
@@ -1028,7 +1045,11 @@ impl Vault for Service {
             let who = caller.clone();
             let committed = state
                 .write_as(r.lazy, move |txn| {
-                    chunks::commit(txn, &who, ino, &[upload], r.size, r.truncate, &[], now())
+                    let now = now();
+                    if let Some((parent, name, node, keys)) = &create {
+                        tree::create_file(txn, &who, *parent, name, node, keys, true, now)?;
+                    }
+                    chunks::commit(txn, &who, ino, &[upload], r.size, r.truncate, &[], now)
                 })
                 .await;
             match committed {

@@ -138,6 +138,7 @@ impl TestFile {
                 size: plaintext.len() as u64,
                 truncate: true,
                 lazy: false,
+                create: None,
             })
             .await?
             .into_inner();

@@ -137,3 +137,99 @@ fn an_open_racing_a_release_keeps_the_file_open() {
         assert_eq!(vault.usage().2, 0, "round {round}: nothing left open");
     }
 }
+
+/// A file created without O_EXCL exists only in this client until its first flush, which
+/// creates it on the server together with its first chunk (one commit). Until then this client
+/// answers for it; anything that needs it on the server creates it first.
+#[test]
+fn a_new_file_reaches_the_server_at_its_first_flush() {
+    let daemon = Storaged::start(&[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let vault = vault_of(&daemon, &runtime);
+    let on_server = |name: &'static [u8]| {
+        runtime.block_on(vault.shared().remote.call("lookup", |mut api| async move {
+            api.lookup(proto::v1::LookupRequest {
+                parent: ROOT,
+                name: name.to_vec(),
+            })
+            .await
+        }))
+    };
+
+    let (attr, fh) = vault
+        .create(ROOT, b"late", 0o640, false, 0, 0)
+        .expect("create");
+    assert_eq!(
+        errno(&on_server(b"late").expect_err("not on the server yet")),
+        libc::ENOENT
+    );
+    assert_eq!(vault.lookup(ROOT, b"late").expect("lookup").ino, attr.ino);
+    assert_eq!(vault.getattr(attr.ino).expect("getattr").perm, 0o640);
+    assert!(vault.listxattr(attr.ino).expect("listxattr").is_empty());
+    vault.write(fh, 0, b"hello").expect("write");
+    assert_eq!(vault.getattr(attr.ino).expect("getattr").size, 5);
+    vault.flush(fh).expect("flush creates it with its chunk");
+    let created = on_server(b"late").expect("on the server now");
+    assert_eq!(
+        (created.ino, created.size, created.perm),
+        (attr.ino, 5, 0o640)
+    );
+    vault.release(fh).expect("release");
+    let (fh, _) = vault.open(attr.ino).expect("open");
+    assert_eq!(vault.read(fh, 0, 100).expect("read"), b"hello");
+    vault.release(fh).expect("release");
+
+    // Listing the directory creates what is pending in it first; so does an empty close.
+    let (listed, fh) = vault
+        .create(ROOT, b"listed", 0o644, false, 0, 0)
+        .expect("create");
+    let dh = vault.opendir(ROOT).expect("opendir");
+    let names: Vec<Vec<u8>> = vault
+        .listing(dh)
+        .expect("listing")
+        .iter()
+        .map(|(name, _)| name.clone())
+        .collect();
+    vault.releasedir(dh);
+    assert!(names.contains(&b"listed".to_vec()), "{names:?}");
+    assert_eq!(on_server(b"listed").expect("listed").ino, listed.ino);
+    vault.release(fh).expect("release");
+    let (empty, fh) = vault
+        .create(ROOT, b"empty", 0o644, false, 0, 0)
+        .expect("create");
+    vault
+        .release(fh)
+        .expect("an empty file is created at its close");
+    assert_eq!(on_server(b"empty").expect("empty").ino, empty.ino);
+
+    // Unlinking an open new file creates it first, so the open handle keeps it.
+    let (_, fh) = vault
+        .create(ROOT, b"gone", 0o644, false, 0, 0)
+        .expect("create");
+    vault.write(fh, 0, b"still here").expect("write");
+    vault.unlink(ROOT, b"gone").expect("unlink");
+    assert_eq!(vault.read(fh, 0, 100).expect("read"), b"still here");
+    vault.release(fh).expect("release");
+    assert_eq!(errno(&on_server(b"gone").expect_err("gone")), libc::ENOENT);
+
+    // Another client took the name meanwhile: the flush fails with EEXIST, leaves the other
+    // file alone and nothing half-created.
+    let (_, fh) = vault
+        .create(ROOT, b"taken", 0o644, false, 0, 0)
+        .expect("create");
+    vault.write(fh, 0, b"mine").expect("write");
+    let (theirs, other) = vault
+        .create(ROOT, b"taken", 0o644, true, 0, 0)
+        .expect("another creates the name on the server");
+    vault.write(other, 0, b"theirs").expect("write");
+    vault.release(other).expect("release");
+    assert_eq!(
+        errno(&vault.flush(fh).expect_err("the name is taken")),
+        libc::EEXIST
+    );
+    vault.release(fh).expect("release after a failed creation");
+    let taken = on_server(b"taken").expect("theirs");
+    assert_eq!((taken.ino, taken.size), (theirs.ino, 6));
+    let (_, dirty, open) = vault.usage();
+    assert_eq!((dirty, open), (0, 0), "nothing left dirty or open");
+}

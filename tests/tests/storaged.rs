@@ -829,6 +829,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
         base_generation: 10,
         size: 9,
         truncate: true,
+        create: None,
     };
     let sealed = file.seal(0, 11, true, b"new data!");
     assert_eq!(
@@ -866,6 +867,37 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
     assert_eq!(
         kind(api.clone().put_chunk(put(stale, 0, file.ino)).await),
         ErrorKind::StaleGeneration
+    );
+    // A put that creates its file: it must commit and name the same inode, and it never
+    // replaces an existing name.
+    let creating = |name: &str, ino: u64| proto::v1::CreateRequest {
+        parent: ROOT,
+        name: name.as_bytes().to_vec(),
+        perm: 0o644,
+        ino,
+        ..Default::default()
+    };
+    let fresh = file.seal(0, 12, true, b"new data!");
+    let mut uncommitted = put(fresh.clone(), 0, file.ino);
+    uncommitted.commit = false;
+    uncommitted.create = Some(creating("new", file.ino));
+    assert_eq!(
+        kind(api.clone().put_chunk(uncommitted).await),
+        ErrorKind::Invalid
+    );
+    let mut elsewhere = put(fresh.clone(), 0, file.ino);
+    elsewhere.create = Some(creating("new", file.ino ^ 4));
+    assert_eq!(
+        kind(api.clone().put_chunk(elsewhere).await),
+        ErrorKind::Invalid
+    );
+    let mut taken = put(fresh, 0, file.ino);
+    taken.create = Some(creating("f", file.ino));
+    assert_eq!(kind(api.clone().put_chunk(taken).await), ErrorKind::Exists);
+    assert_eq!(
+        file.read_chunk(&alice, 0, true).await.expect("read"),
+        (10, b"good data".to_vec()),
+        "a refused creation changes nothing"
     );
     let mut wrong_base = put(file.seal(0, 12, true, b"new data!"), 0, file.ino);
     wrong_base.base_generation = 3;

@@ -64,6 +64,21 @@ pub fn check_upload(
 ) -> Result<u64, OpError> {
     let file = regular_file(txn, ino)?;
     check_write(caller, &file)?;
+    check_header(vault, ino, index, header)?;
+    let current = txn.get_chunk(ino, index)?.unwrap_or(0);
+    if header.generation <= current {
+        return Err(OpError::StaleGeneration {
+            index,
+            base: header.generation,
+            current,
+        });
+    }
+    Ok(current)
+}
+
+/// What an uploaded chunk's header must say without looking at the file's records: the index
+/// it is uploaded as, within the format's range, and the file's tag.
+pub fn check_header(vault: VaultId, ino: Ino, index: u64, header: &Header) -> Result<(), OpError> {
     if index > CHUNK_INDEX_MAX {
         return Err(OpError::invalid(format!(
             "chunk index {index} is past the format's maximum"
@@ -78,15 +93,7 @@ pub fn check_upload(
     if header.file_tag != file_tag(vault, FileId(ino)) {
         return Err(OpError::BadChunk("header names another file".into()));
     }
-    let current = txn.get_chunk(ino, index)?.unwrap_or(0);
-    if header.generation <= current {
-        return Err(OpError::StaleGeneration {
-            index,
-            base: header.generation,
-            current,
-        });
-    }
-    Ok(current)
+    Ok(())
 }
 
 /// Makes uploaded chunks current, atomically, each only if its base is still the current
