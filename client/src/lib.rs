@@ -190,7 +190,13 @@ pub struct LoggedIn {
 
 impl Connection {
     pub fn new(target: &Target) -> Result<Connection, ClientError> {
-        let token = TokenInterceptor::default();
+        Connection::over_new_channel(target, TokenInterceptor::default())
+    }
+
+    fn over_new_channel(
+        target: &Target,
+        token: TokenInterceptor,
+    ) -> Result<Connection, ClientError> {
         let api = VaultClient::with_interceptor(channel(target)?, token.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -199,6 +205,13 @@ impl Connection {
             token,
             target: target.clone(),
         })
+    }
+
+    /// The same server and session over a channel of its own, whose tasks run on the runtime
+    /// this is called in (so a thread driving its own runtime makes its calls without
+    /// handing them to another thread).
+    pub fn another_channel(&self) -> Result<Connection, ClientError> {
+        Connection::over_new_channel(&self.target, self.token.clone())
     }
 
     /// The generated client, carrying this connection's session token.

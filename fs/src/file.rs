@@ -377,9 +377,9 @@ impl FileState {
             let Some(read) = self.chunk_read(index) else {
                 continue;
             };
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                if let Err(error) = shared.load(&read).await {
+            let background = shared.clone();
+            shared.spawn(async move {
+                if let Err(error) = background.load(&read).await {
                     tracing::debug!(%error, "prefetch failed; the reader will retry");
                 }
             });
@@ -502,8 +502,9 @@ impl FileState {
         let generation = next_generation(dirty.base, dirty.last_generation);
         dirty.last_generation = generation;
         let data = dirty.data.clone();
-        let shared = shared.clone();
-        let task = tokio::spawn(async move {
+        let background = shared.clone();
+        let task = shared.spawn(async move {
+            let shared = background;
             let _slot = shared
                 .uploads
                 .acquire()

@@ -2,8 +2,11 @@
 //! session has expired, and waits (bounded) while the server is unreachable, so that a
 //! restarted daemon is picked up without remounting.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use client::{Api, Connection};
@@ -12,8 +15,38 @@ use proto::ErrorKind;
 
 use crate::error::FsError;
 
+thread_local! {
+    /// The runtime this thread drives its filesystem calls on (see [`drive`]).
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a thread's own async runtime");
+    /// Set while this thread drives [`RUNTIME`].
+    static DRIVING: Cell<bool> = const { Cell::new(false) };
+    /// Each remote's channel of this thread, whose tasks run on [`RUNTIME`].
+    static OWN: RefCell<HashMap<u64, Connection>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `work` to completion on this thread, calls to storaged included: a call made inside
+/// goes out on this thread's own channel to the server and its reply is read by this thread,
+/// with no hand-off to the mount's runtime threads and back (each such wake-up costs more
+/// than the call itself on a small VM). Work spawned inside must go to the mount's runtime
+/// ([`crate::shared::Shared::spawn`]): this runtime runs only while its thread is in here.
+pub fn drive<T>(work: impl Future<Output = T>) -> T {
+    RUNTIME.with(|runtime| {
+        let was = DRIVING.replace(true);
+        let out = runtime.block_on(work);
+        DRIVING.set(was);
+        out
+    })
+}
+
+static NEXT_REMOTE: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Clone)]
 pub struct Remote {
+    /// Tells this remote's channels apart in [`OWN`] (threads may serve several vaults).
+    id: u64,
     connection: Connection,
     name: String,
     identity: Arc<Identity>,
@@ -36,6 +69,7 @@ impl Remote {
         wait: Duration,
     ) -> Remote {
         Remote {
+            id: NEXT_REMOTE.fetch_add(1, Ordering::Relaxed),
             connection,
             name: name.to_string(),
             identity,
@@ -57,6 +91,24 @@ impl Remote {
         Ok(self.connection.login(&self.name, &self.identity).await?)
     }
 
+    /// The client for a call: this thread's own channel while it [`drive`]s its runtime,
+    /// else the shared one (whose tasks run on the runtime that made it).
+    fn api(&self) -> Api {
+        if !DRIVING.get() {
+            return self.connection.api();
+        }
+        OWN.with(|own| {
+            let mut own = own.borrow_mut();
+            if let Some(connection) = own.get(&self.id) {
+                return connection.api();
+            }
+            match self.connection.another_channel() {
+                Ok(connection) => own.entry(self.id).or_insert(connection).api(),
+                Err(_) => self.connection.api(),
+            }
+        })
+    }
+
     /// Runs one API call with re-login and bounded waiting for the server.
     pub async fn call<T, F, Fut>(&self, what: &'static str, mut call: F) -> Result<T, FsError>
     where
@@ -67,8 +119,21 @@ impl Remote {
         let mut relogged = false;
         let mut pause = Duration::from_millis(50);
         loop {
-            let error: FsError = match call(self.connection.api()).await {
+            let error: FsError = match call(self.api()).await {
                 Ok(reply) => return Ok(reply.into_inner()),
+                // Every refusal of the server names its kind; a status without one comes
+                // from the transport. This thread's own channel notices a dropped connection
+                // only when it sends (it is idle between calls): start a new one, and treat
+                // the failure as the server being unreachable.
+                Err(status)
+                    if DRIVING.get() && status.metadata().get(proto::ERROR_KIND_KEY).is_none() =>
+                {
+                    OWN.with(|own| own.borrow_mut().remove(&self.id));
+                    FsError::local(
+                        ErrorKind::Unavailable,
+                        format!("connection to storaged lost: {}", status.message()),
+                    )
+                }
                 Err(status) => status.into(),
             };
             match error.kind() {

@@ -56,6 +56,8 @@ pub struct Shared {
     /// New files whose creation waits for their first flush: inode -> where, and the
     /// attributes they were created with.
     pending: Mutex<HashMap<u64, Pending>>,
+    /// The mount's runtime, where background work (uploads, read-ahead) runs.
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// A new file not yet created on the server (see `FileState::pending_create`).
@@ -90,6 +92,7 @@ impl Shared {
             loads: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            runtime: std::sync::OnceLock::new(),
         }
     }
 
@@ -108,6 +111,24 @@ impl Shared {
             .get(&ino)
             .cloned()
             .unwrap_or_else(|| "?".into())
+    }
+
+    /// Names the runtime background work runs on (the mount's).
+    pub fn set_runtime(&self, runtime: tokio::runtime::Handle) {
+        let _ = self.runtime.set(runtime);
+    }
+
+    /// Starts background work on the mount's runtime, never on a thread's own (which runs
+    /// only while that thread waits for it: see `remote::drive`).
+    pub fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.runtime.get() {
+            Some(runtime) => runtime.spawn(work),
+            None => tokio::spawn(work),
+        }
     }
 
     pub fn add_pending(&self, ino: u64, pending: Pending) {

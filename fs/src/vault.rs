@@ -1,8 +1,9 @@
 //! Every filesystem operation as a plain function returning `Result<_, FsError>`: the FUSE
 //! adapter is a thin layer over this, and tests can drive it without a mount.
 //!
-//! The functions are synchronous (FUSE threads call them) and run their network work on the
-//! mount's async runtime.
+//! The functions are synchronous (FUSE threads call them) and drive their network work on the
+//! calling thread (`remote::drive`); background work (uploads, read-ahead) runs on the
+//! mount's async runtime, given to [`Vault::new`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -56,7 +57,6 @@ pub enum RenameMode {
 #[derive(Debug)]
 pub struct Vault {
     shared: Arc<Shared>,
-    runtime: tokio::runtime::Handle,
     files: Mutex<HashMap<u64, SharedFile>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
@@ -86,9 +86,9 @@ const FRESH_ATTR_LIFETIME: std::time::Duration = std::time::Duration::from_milli
 
 impl Vault {
     pub fn new(shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> Vault {
+        shared.set_runtime(runtime);
         Vault {
             shared,
-            runtime,
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -103,7 +103,7 @@ impl Vault {
     }
 
     fn block<T>(&self, work: impl Future<Output = T>) -> T {
-        self.runtime.block_on(work)
+        crate::remote::drive(work)
     }
 
     fn add_handle(&self, handle: Handle) -> u64 {
