@@ -101,16 +101,6 @@ impl State {
             .expect("chunk store task panicked")
     }
 
-    /// Chunk-store work that moves at most [`INLINE_CHUNK_BYTES`] and waits for no sync (a
-    /// header, an unlink, a small chunk put by a deferring store): on this thread, which is
-    /// cheaper than a hand-off for so little.
-    async fn small<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&dyn ChunkStore) -> Result<T, ChunkStoreError> + Send + 'static,
-    ) -> Result<T, ChunkStoreError> {
-        work(&*self.chunks)
-    }
-
     /// Queues a read-side audit event (see [`crate::audit::AuditQueue`]).
     async fn audit(&self, uid: u32, event: &'static str, ino: u64, detail: String) {
         self.audit.record(uid, event, ino, detail).await;
@@ -123,7 +113,8 @@ const OPEN_CHUNKS_MAX: usize = 4096;
 /// A file this small comes with its only chunk in the `Open` reply.
 const SMALL_CHUNK_PLAINTEXT_BYTES: u64 = 64 * 1024;
 
-/// Chunk-store work up to this many bytes runs on the request's thread (see `State::small`).
+/// A put of up to this many bytes into a store that defers its sync runs on the request's
+/// thread: cheaper than a hand-off for so little. (Headers, small reads and unlinks always do.)
 const INLINE_CHUNK_BYTES: usize = 128 * 1024;
 
 fn status(error: &OpError) -> Status {
@@ -375,7 +366,7 @@ async fn small_chunk(
         index: 0,
         generation,
     };
-    let sealed = state.small(move |store| store.get(chunk)).await.ok()?;
+    let sealed = state.chunks.get(chunk).ok()?;
     check_stored(state, chunk, &sealed).ok()?;
     state.metrics.bytes_out(sealed.len());
     state
@@ -394,16 +385,13 @@ async fn uploaded(state: &State, ino: u64, commit: &ChunkCommit) -> Result<Uploa
         index: commit.index,
         generation: commit.generation,
     };
-    let (header, len) = state
-        .small(move |store| store.header(chunk))
-        .await
-        .map_err(|e| match e {
-            ChunkStoreError::Missing { .. } => OpError::invalid(format!(
-                "chunk {} generation {} was not uploaded",
-                commit.index, commit.generation
-            )),
-            other => chunk_error(other),
-        })?;
+    let (header, len) = state.chunks.header(chunk).map_err(|e| match e {
+        ChunkStoreError::Missing { .. } => OpError::invalid(format!(
+            "chunk {} generation {} was not uploaded",
+            commit.index, commit.generation
+        )),
+        other => chunk_error(other),
+    })?;
     if u64::from(header.index) != commit.index || header.generation != commit.generation {
         return Err(OpError::BadChunk(format!(
             "stored chunk {chunk:?} has a different header"
@@ -1026,12 +1014,11 @@ impl Vault for Service {
                 index,
                 generation: header.generation,
             };
-            let data = r.data.clone();
-            let put = move |store: &dyn ChunkStore| store.put(chunk, &data);
             if r.data.len() <= INLINE_CHUNK_BYTES && state.chunks.defers() {
-                state.small(put).await
+                state.chunks.put(chunk, &r.data)
             } else {
-                state.blocking(put).await
+                let data = r.data.clone();
+                state.blocking(move |store| store.put(chunk, &data)).await
             }
             .map_err(chunk_error)?;
             state.metrics.bytes_in(r.data.len());
@@ -1059,7 +1046,7 @@ impl Vault for Service {
                 }),
                 Err(error) => {
                     // Never current, so nothing refers to it: remove it now.
-                    let _ = state.small(move |store| store.delete(chunk)).await;
+                    let _ = state.chunks.delete(chunk);
                     Err(error)
                 }
             }

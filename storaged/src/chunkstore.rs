@@ -96,6 +96,22 @@ fn sync_dir(dir: &Path) -> Result<(), ChunkStoreError> {
         .map_err(io_error("syncing directory", dir))
 }
 
+/// One syncfs writes out every file and directory of the filesystem holding `root` and commits
+/// its journal once: far cheaper than a sync per file when many are pending.
+fn sync_filesystem(root: &Path) -> Result<(), ChunkStoreError> {
+    File::open(root)
+        .and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from))
+        .map_err(io_error("syncing the filesystem of", root))
+}
+
+/// A fresh name for a temporary file in `dir` (chunk names never start with a dot).
+fn temp_path(dir: &Path) -> PathBuf {
+    dir.join(format!(
+        ".tmp-{}",
+        hex::encode(identity::random_bytes::<8>())
+    ))
+}
+
 impl DirChunkStore {
     /// Opens the chunk root, converting a layout 1 root to layout 2 first (see
     /// [`format::layout`]). `deferred`: puts are not synced one by one; whoever commits
@@ -128,13 +144,8 @@ impl DirChunkStore {
             tracing::info!(root = %root.display(), chunks = moved, "converted the chunk root from layout 1 to layout {}", layout::LAYOUT_VERSION);
         }
         // The conversion is durable before the marker says it is done.
-        File::open(root)
-            .and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from))
-            .map_err(io_error("syncing the filesystem of", root))?;
-        let temp = root.join(format!(
-            ".tmp-{}",
-            hex::encode(identity::random_bytes::<8>())
-        ));
+        sync_filesystem(root)?;
+        let temp = temp_path(root);
         fs::write(&temp, format!("{}\n", layout::LAYOUT_VERSION))
             .and_then(|()| File::open(&temp)?.sync_all())
             .and_then(|()| fs::rename(&temp, &marker))
@@ -226,10 +237,7 @@ impl ChunkStore for DirChunkStore {
         if self.ensure_dir(dir)? {
             gained.push(self.root.clone());
         }
-        let temp = dir.join(format!(
-            ".tmp-{}",
-            hex::encode(identity::random_bytes::<8>())
-        ));
+        let temp = temp_path(dir);
         let written = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -276,15 +284,11 @@ impl ChunkStore for DirChunkStore {
         if !self.pending.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        // One syncfs writes out every file and directory of the chunk filesystem and commits
-        // its journal once: far cheaper than a sync per chunk file when many are pending.
-        let synced = File::open(&self.root)
-            .and_then(|root| rustix::fs::syncfs(&root).map_err(io::Error::from));
-        if let Err(error) = synced {
+        let synced = sync_filesystem(&self.root);
+        if synced.is_err() {
             self.pending.store(true, Ordering::Release);
-            return Err(io_error("syncing the filesystem of", &self.root)(error));
         }
-        Ok(())
+        synced
     }
 
     fn get(&self, chunk: ChunkRef) -> Result<Vec<u8>, ChunkStoreError> {

@@ -15,7 +15,7 @@
 //! thread, on a small pool of read connections, each in its own snapshot.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Mutex, mpsc};
 use std::time::Instant;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -40,7 +40,7 @@ const READ_CONNECTIONS: usize = 4;
 
 pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
-    readers: Arc<Mutex<Vec<Connection>>>,
+    readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
 }
 
@@ -89,7 +89,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("starting the sqlite writer: {e}")))?;
         Ok(SqliteStore {
             writer: sender,
-            readers: Arc::new(Mutex::new(readers)),
+            readers: Mutex::new(readers),
             path: path.to_path_buf(),
         })
     }

@@ -295,17 +295,15 @@ pub fn unlink(
     txn.put_inode(&dir)?;
     let links_left = drop_link(txn, caller, child, keep_open, now)?;
     Ok(Unlinked {
-        ino: entry.ino,
         parent: dir,
         links_left,
     })
 }
 
-/// What an unlink changed: the file (and the links it has left; 0: gone, or kept until its
-/// release when it is open), and its directory as it is now.
+/// What an unlink changed: its directory as it is now, and the links the file has left (0:
+/// gone, or kept until its release when it is open).
 #[derive(Debug)]
 pub struct Unlinked {
-    pub ino: Ino,
     pub parent: Inode,
     pub links_left: u32,
 }
