@@ -211,29 +211,34 @@ impl FileState {
                 async move { api.create(request).await }
             })
             .await;
+        self.creation_settled(shared, &request, &created);
+        let attr = created?;
+        self.version = attr.version;
+        Ok(Some(attr))
+    }
+
+    /// After the call that carried this file's pending creation: it is no longer pending, and
+    /// a refused creation drops what was written (nothing of it exists on the server).
+    fn creation_settled<T>(
+        &mut self,
+        shared: &Shared,
+        request: &CreateRequest,
+        outcome: &Result<T, FsError>,
+    ) {
         shared.forget_pending(self.ino);
-        match created {
-            Ok(attr) => {
-                self.version = attr.version;
-                Ok(Some(attr))
-            }
-            Err(error) => {
-                self.lost_creation(shared, &request, &error);
-                Err(error)
-            }
+        if let Err(error) = outcome {
+            tracing::error!(
+                file = %String::from_utf8_lossy(&request.name),
+                %error,
+                "the server refused to create a new file at its first flush; its data is lost"
+            );
+            self.discard(shared);
         }
     }
 
-    fn lost_creation(&mut self, shared: &Shared, request: &CreateRequest, error: &FsError) {
-        tracing::error!(
-            file = %String::from_utf8_lossy(&request.name),
-            %error,
-            "the server refused to create a new file at its first flush; its data is lost"
-        );
-        self.discard(shared);
-        self.size = 0;
-        self.committed_size = 0;
-        self.truncated = false;
+    /// One dirty chunk, not uploaded yet: a flush seals and commits it in one call.
+    fn single_dirty(&self) -> bool {
+        self.dirty.len() == 1 && self.dirty.values().all(|d| d.upload.is_none())
     }
 
     /// Re-reads the committed size and chunk map.
@@ -590,8 +595,7 @@ impl FileState {
         if !self.is_dirty() {
             return Ok(None);
         }
-        let single = self.dirty.len() == 1 && self.dirty.values().all(|d| d.upload.is_none());
-        if self.pending_create.is_some() && !single {
+        if self.pending_create.is_some() && !self.single_dirty() {
             // No chunk to create it with (or several): create it on its own first.
             let created = self.materialize(shared, durable).await?;
             if !self.is_dirty() {
@@ -600,8 +604,7 @@ impl FileState {
         }
         for attempt in 1..=FLUSH_ATTEMPTS_MAX {
             self.shape(shared).await?;
-            let single = self.dirty.len() == 1 && self.dirty.values().all(|d| d.upload.is_none());
-            let outcome = if single {
+            let outcome = if self.single_dirty() {
                 self.commit_inline(shared, durable).await
             } else {
                 match self.upload_all(shared).await {
@@ -743,10 +746,7 @@ impl FileState {
             })
             .await;
         if let Some(request) = &create {
-            shared.forget_pending(ino);
-            if let Err(error) = &reply {
-                self.lost_creation(shared, request, error);
-            }
+            self.creation_settled(shared, request, &reply);
         }
         let reply = reply?;
         let dirty = self

@@ -93,11 +93,17 @@ pub fn run(
         let logged = remote.login().await?;
         let admin = pinned.admin()?;
         let keys = Keys::new(remote.clone(), vault, admin, logged.uid);
-        Ok::<_, anyhow::Error>((Shared::new(remote, keys, settings.limits), logged.uid))
+        let shared = Shared::new(
+            remote,
+            keys,
+            settings.limits,
+            tokio::runtime::Handle::current(),
+        );
+        Ok::<_, anyhow::Error>((shared, logged.uid))
     })?;
     let (shared, vault_uid) = uid;
     let shared = Arc::new(shared);
-    let vault = Arc::new(Vault::new(shared.clone(), runtime.handle().clone()));
+    let vault = Arc::new(Vault::new(shared.clone()));
     let owner = rustix::process::getuid().as_raw();
     let mut config = Config::default();
     config.mount_options = vec![

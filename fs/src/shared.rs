@@ -57,7 +57,7 @@ pub struct Shared {
     /// attributes they were created with.
     pending: Mutex<HashMap<u64, Pending>>,
     /// The mount's runtime, where background work (uploads, read-ahead) runs.
-    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    runtime: tokio::runtime::Handle,
 }
 
 /// A new file not yet created on the server (see `FileState::pending_create`).
@@ -81,7 +81,13 @@ pub struct ChunkRead {
 }
 
 impl Shared {
-    pub fn new(remote: Remote, keys: Keys, limits: Limits) -> Shared {
+    /// `runtime`: the mount's, where background work runs (see [`Shared::spawn`]).
+    pub fn new(
+        remote: Remote,
+        keys: Keys,
+        limits: Limits,
+        runtime: tokio::runtime::Handle,
+    ) -> Shared {
         Shared {
             remote,
             keys,
@@ -92,7 +98,7 @@ impl Shared {
             loads: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
-            runtime: std::sync::OnceLock::new(),
+            runtime,
         }
     }
 
@@ -113,11 +119,6 @@ impl Shared {
             .unwrap_or_else(|| "?".into())
     }
 
-    /// Names the runtime background work runs on (the mount's).
-    pub fn set_runtime(&self, runtime: tokio::runtime::Handle) {
-        let _ = self.runtime.set(runtime);
-    }
-
     /// Starts background work on the mount's runtime, never on a thread's own (which runs
     /// only while that thread waits for it: see `remote::drive`).
     pub fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
@@ -125,10 +126,7 @@ impl Shared {
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        match self.runtime.get() {
-            Some(runtime) => runtime.spawn(work),
-            None => tokio::spawn(work),
-        }
+        self.runtime.spawn(work)
     }
 
     pub fn add_pending(&self, ino: u64, pending: Pending) {

@@ -3,7 +3,7 @@
 //!
 //! The functions are synchronous (FUSE threads call them) and drive their network work on the
 //! calling thread (`remote::drive`); background work (uploads, read-ahead) runs on the
-//! mount's async runtime, given to [`Vault::new`].
+//! mount's async runtime ([`Shared::spawn`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -85,8 +85,7 @@ const OPEN_ATTEMPTS: usize = 8;
 const FRESH_ATTR_LIFETIME: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Vault {
-    pub fn new(shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> Vault {
-        shared.set_runtime(runtime);
+    pub fn new(shared: Arc<Shared>) -> Vault {
         Vault {
             shared,
             files: Mutex::new(HashMap::new()),
@@ -531,7 +530,7 @@ impl Vault {
                     wrapped_keys,
                     exclusive: true,
                 };
-                return Ok(self.created(ino, &key, parent, Some(request)));
+                return Ok(self.created_pending(ino, &key, parent, request));
             }
             let attr = self
                 .shared
@@ -562,16 +561,15 @@ impl Vault {
         })
     }
 
-    /// A new file this client made: created on the server already (`pending` is none), or
-    /// to be created at its first flush, with the attributes the server would give it.
-    fn created(
+    /// A new file to be created on the server at its first flush, with the attributes the
+    /// server will give it.
+    fn created_pending(
         &self,
         ino: u64,
         key: &DataKey,
         parent: u64,
-        pending: Option<CreateRequest>,
+        request: CreateRequest,
     ) -> (Attr, u64) {
-        let request = pending.as_ref().expect("a pending creation");
         let now = Some(stamp(std::time::SystemTime::now()));
         let attr = Attr {
             ino,
@@ -598,9 +596,11 @@ impl Vault {
                 attr,
             },
         );
-        self.created_known(ino, key, attr, pending)
+        self.created_known(ino, key, attr, Some(request))
     }
 
+    /// A new file this client made: created on the server already (`pending` is none), or
+    /// waiting for its first flush.
     fn created_known(
         &self,
         ino: u64,

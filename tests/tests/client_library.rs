@@ -33,8 +33,13 @@ fn vault_of(daemon: &Storaged, runtime: &tokio::runtime::Runtime) -> Vault {
         pinned.admin().expect("pinned admin key"),
         user.uid,
     );
-    let shared = Arc::new(Shared::new(remote, keys, Limits::default()));
-    Vault::new(shared, runtime.handle().clone())
+    let shared = Arc::new(Shared::new(
+        remote,
+        keys,
+        Limits::default(),
+        runtime.handle().clone(),
+    ));
+    Vault::new(shared)
 }
 
 #[test]
