@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod file;
 pub mod fuse;
+pub mod fusermount;
 pub mod keys;
 pub mod mount;
 pub mod remote;

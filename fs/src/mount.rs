@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use client::Connection;
 use format::ids::VaultId;
-use fuser::{Config, MountOption, SessionACL};
+use fuser::{Config, Session, SessionACL};
 use identity::Identity;
 
 use crate::config::ClientConfig;
 use crate::fuse::VaultFs;
+use crate::fusermount;
 use crate::keys::Keys;
 use crate::remote::Remote;
 use crate::shared::{Limits, Shared};
@@ -105,25 +106,29 @@ pub fn run(
     let shared = Arc::new(shared);
     let vault = Arc::new(Vault::new(shared.clone()));
     let owner = rustix::process::getuid().as_raw();
+    // AutoUnmount (fusermount3's `auto_unmount`) needs allow_other; `VaultFs` itself refuses
+    // every user but the owner.
+    let (device, _control) = fusermount::mount(
+        &mountpoint,
+        "fsname=vaultfs,subtype=vaultfs,default_permissions,noatime,allow_other",
+    )
+    .with_context(|| {
+        format!(
+            "mounting on {} (is fuse3 installed and /dev/fuse present?)",
+            mountpoint.display()
+        )
+    })?;
     let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("vaultfs".into()),
-        MountOption::Subtype("vaultfs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::AutoUnmount,
-        MountOption::NoAtime,
-    ];
-    // AutoUnmount needs allow_other; `VaultFs` itself refuses every user but the owner.
-    config.acl = SessionACL::All;
     config.n_threads = Some(4);
     config.clone_fd = true;
-    let session = fuser::spawn_mount(VaultFs::new(vault.clone(), owner), &mountpoint, &config)
-        .with_context(|| {
-            format!(
-                "mounting on {} (is fuse3 installed and /dev/fuse present?)",
-                mountpoint.display()
-            )
-        })?;
+    let session = Session::from_fd(
+        VaultFs::new(vault.clone(), owner),
+        device,
+        SessionACL::All,
+        config,
+    )
+    .and_then(Session::spawn)
+    .context("starting the FUSE session")?;
     let description = format!("{} (vault user {vault_uid})", mountpoint.display());
     ready(&description);
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
