@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use proto::v1::{Attr, FileKind, Timestamp};
 
 use crate::error::{FsError, errno};
-use crate::vault::{Changes, RenameMode, Vault, stamp};
+use crate::vault::{Changes, Listing, RenameMode, Vault, stamp};
 
 /// How long the kernel may trust an entry or attributes (short: other clients change files).
 const TTL: Duration = Duration::from_secs(1);
@@ -106,6 +106,30 @@ fn file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
+/// Pages through a directory the way the kernel asks for it: offset 1 is ".", 2 is "..",
+/// 3 + i is listing entry i. `add` gets each entry's inode, its offset (where the next page
+/// starts), name and attributes (none for the dots); it returns true when the reply is full.
+fn page_listing(
+    ino: u64,
+    listing: &Listing,
+    offset: u64,
+    mut add: impl FnMut(u64, u64, &[u8], Option<&Attr>) -> bool,
+) {
+    let mut position = offset;
+    for dots in [&b"."[..], &b".."[..]].into_iter().skip(offset as usize) {
+        position += 1;
+        if add(ino, position, dots, None) {
+            return;
+        }
+    }
+    for (name, attr) in listing.iter().skip((position as usize).saturating_sub(2)) {
+        position += 1;
+        if add(attr.ino, position, name, Some(attr)) {
+            return;
+        }
+    }
+}
+
 fn time_or_now(value: Option<TimeOrNow>) -> (Option<Timestamp>, bool) {
     match value {
         Some(TimeOrNow::Now) => (None, true),
@@ -127,6 +151,8 @@ impl Filesystem for VaultFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE_BYTES);
         let _ = config.set_max_readahead(MAX_WRITE_BYTES);
+        // Directory listings carry attributes (`readdirplus`) where the kernel can take them.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -448,34 +474,64 @@ impl Filesystem for VaultFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listing = match self.vault.listing(fh.0) {
+        let (listing, _) = match self.vault.listing(fh.0) {
             Ok(listing) => listing,
             Err(e) => return reply.error(fail(&e)),
         };
-        // Offsets: 1 is ".", 2 is "..", 3 + i is listing entry i.
-        let dots = [
-            (ino, FileType::Directory, &b"."[..]),
-            (ino, FileType::Directory, &b".."[..]),
-        ];
-        let mut position = offset;
-        while (position as usize) < 2 {
-            let (entry_ino, kind, name) = dots[position as usize];
-            position += 1;
-            if reply.add(entry_ino, position, kind, OsStr::from_bytes(name)) {
-                return reply.ok();
-            }
-        }
-        for (name, attr) in listing.iter().skip(position as usize - 2) {
-            position += 1;
-            if reply.add(
-                INodeNo(attr.ino),
-                position,
-                file_type(attr.kind),
-                OsStr::from_bytes(name),
-            ) {
-                break;
-            }
-        }
+        page_listing(
+            ino.0,
+            &listing,
+            offset,
+            |entry_ino, position, name, attr| {
+                let kind = attr.map_or(FileType::Directory, |attr| file_type(attr.kind));
+                reply.add(INodeNo(entry_ino), position, kind, OsStr::from_bytes(name))
+            },
+        );
+        reply.ok();
+    }
+
+    /// Like `readdir`, with each entry's attributes: the kernel then knows the entries without
+    /// a LOOKUP each (`ls -l`, `rm -r`, `find`).
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (listing, current) = match self.vault.listing(fh.0) {
+            Ok(listing) => listing,
+            Err(e) => return reply.error(fail(&e)),
+        };
+        // Attributes from before a change this client made would overwrite the kernel's newer
+        // ones; then they come already expired, and the kernel asks again before using them.
+        let ttl = if current { TTL } else { Duration::ZERO };
+        // The kernel links no entry for "." and "..", so their attributes are never read.
+        let dot = Attr {
+            ino: ino.0,
+            kind: FileKind::Directory as i32,
+            ..Attr::default()
+        };
+        page_listing(
+            ino.0,
+            &listing,
+            offset,
+            |entry_ino, position, name, attr| {
+                let attr = match attr {
+                    Some(attr) => self.vault.local_attr(*attr),
+                    None => dot,
+                };
+                reply.add(
+                    INodeNo(entry_ino),
+                    position,
+                    OsStr::from_bytes(name),
+                    &ttl,
+                    &file_attr(&attr),
+                    Generation(0),
+                )
+            },
+        );
         reply.ok();
     }
 

@@ -53,7 +53,25 @@ pub struct Remote {
     /// How long a call waits for an unreachable server before it fails.
     wait: Duration,
     relogin: Arc<tokio::sync::Mutex<()>>,
+    /// Counts finished calls that may have changed something on the server.
+    changes: Arc<AtomicU64>,
 }
+
+/// Calls that change nothing on the server.
+const READ_ONLY: &[&str] = &[
+    "lookup",
+    "get_attr",
+    "read_dir",
+    "read_link",
+    "get_chunk",
+    "list_chunks",
+    "get_xattr",
+    "list_xattr",
+    "get_acl",
+    "get_user",
+    "get_wrapped_keys",
+    "stat_fs",
+];
 
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,7 +93,15 @@ impl Remote {
             identity,
             wait,
             relogin: Arc::new(tokio::sync::Mutex::new(())),
+            changes: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Moves on after every call that may have changed something on the server (whatever its
+    /// outcome): what this client learnt from the server before is current only while this
+    /// stays the same (read it before asking).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
     }
 
     pub fn identity(&self) -> &Identity {
@@ -110,7 +136,19 @@ impl Remote {
     }
 
     /// Runs one API call with re-login and bounded waiting for the server.
-    pub async fn call<T, F, Fut>(&self, what: &'static str, mut call: F) -> Result<T, FsError>
+    pub async fn call<T, F, Fut>(&self, what: &'static str, call: F) -> Result<T, FsError>
+    where
+        F: FnMut(Api) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let outcome = self.call_retrying(what, call).await;
+        if !READ_ONLY.contains(&what) {
+            self.changes.fetch_add(1, Ordering::SeqCst);
+        }
+        outcome
+    }
+
+    async fn call_retrying<T, F, Fut>(&self, what: &'static str, mut call: F) -> Result<T, FsError>
     where
         F: FnMut(Api) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,

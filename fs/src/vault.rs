@@ -29,8 +29,15 @@ const READDIR_ENTRIES_MAX: usize = 1_000_000;
 
 #[derive(Debug)]
 enum Handle {
-    File { ino: u64, file: SharedFile },
-    Dir { listing: Listing },
+    File {
+        ino: u64,
+        file: SharedFile,
+    },
+    Dir {
+        listing: Listing,
+        /// `Remote::changes` before the listing was read.
+        changes: u64,
+    },
 }
 
 /// What `setattr` may change.
@@ -130,6 +137,11 @@ impl Vault {
             .expect("files poisoned")
             .get(&ino)
             .cloned()
+    }
+
+    /// `local_view` for a caller outside the runtime (a listing taken earlier).
+    pub fn local_attr(&self, attr: Attr) -> Attr {
+        self.block(self.local_view(attr))
     }
 
     /// A file's attributes as this client sees them: an open file with local writes shows
@@ -823,8 +835,10 @@ impl Vault {
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let mut listing = Vec::new();
         let mut after = Vec::new();
+        let mut changes = 0;
         self.block(async {
             self.materialize_in(Some(ino)).await?;
+            changes = self.shared.remote.changes();
             loop {
                 let page = self
                     .shared
@@ -858,13 +872,18 @@ impl Vault {
         })?;
         Ok(self.add_handle(Handle::Dir {
             listing: Arc::new(listing),
+            changes,
         }))
     }
 
-    /// The snapshot taken at `opendir`.
-    pub fn listing(&self, fh: u64) -> Result<Listing, FsError> {
+    /// The snapshot taken at `opendir`, and whether its attributes are still current: nothing
+    /// was changed through this client since (another client's change shows after the attribute
+    /// timeout, as with lookups).
+    pub fn listing(&self, fh: u64) -> Result<(Listing, bool), FsError> {
         match self.handles.lock().expect("handles poisoned").get(&fh) {
-            Some(Handle::Dir { listing }) => Ok(listing.clone()),
+            Some(Handle::Dir { listing, changes }) => {
+                Ok((listing.clone(), *changes == self.shared.remote.changes()))
+            }
             _ => Err(FsError::local(
                 ErrorKind::Invalid,
                 format!("no open directory handle {fh}"),

@@ -192,6 +192,7 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
     let names: Vec<Vec<u8>> = vault
         .listing(dh)
         .expect("listing")
+        .0
         .iter()
         .map(|(name, _)| name.clone())
         .collect();

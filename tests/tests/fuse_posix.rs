@@ -352,6 +352,75 @@ fn other_local_users_cannot_use_a_mount(backend: Backend) {
     );
 }
 
+/// A listing gives each entry's attributes with it (readdirplus): they are the current ones,
+/// an open file's unflushed size included, and a change made while a listing is being read
+/// is not undone by the older attributes of its later pages.
+fn listings_carry_current_attributes(backend: Backend) {
+    let setup = setup(&backend);
+    let alice = &setup.alice;
+    let dir = alice.join("listed");
+    fs::create_dir(&dir).expect("mkdir");
+    fs::write(dir.join("a"), b"abc").expect("write");
+    fs::create_dir(dir.join("sub")).expect("mkdir");
+    std::os::unix::fs::symlink("a", dir.join("link")).expect("symlink");
+    let mut open = File::create(dir.join("open")).expect("create");
+    open.write_all(b"unflushed").expect("write");
+    let mut seen = Vec::new();
+    for entry in fs::read_dir(&dir).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let meta = fs::symlink_metadata(entry.path()).expect("stat");
+        let kind = if meta.is_dir() {
+            "dir"
+        } else if meta.file_type().is_symlink() {
+            "symlink"
+        } else {
+            "file"
+        };
+        seen.push((
+            entry.file_name().into_string().expect("utf-8"),
+            kind,
+            meta.len(),
+        ));
+    }
+    seen.sort();
+    let sub_size = fs::metadata(dir.join("sub")).expect("stat").len();
+    assert_eq!(
+        seen,
+        [
+            ("a".to_string(), "file", 3),
+            ("link".to_string(), "symlink", 1),
+            ("open".to_string(), "file", 9),
+            ("sub".to_string(), "dir", sub_size),
+        ]
+    );
+    drop(open);
+
+    // Enough entries for several pages; the last one grows while the listing is read.
+    let many = alice.join("many");
+    fs::create_dir(&many).expect("mkdir");
+    for i in 0..400 {
+        fs::write(many.join(format!("f{i:03}")), b"x").expect("write");
+    }
+    // Small reads of the directory (4 KiB each), so that its entries come in several pages.
+    let fd = rustix::fs::open(
+        &many,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .expect("open the directory");
+    let mut buffer = [std::mem::MaybeUninit::uninit(); 4096];
+    let mut pages = rustix::fs::RawDir::new(&fd, &mut buffer);
+    pages.next().expect("a first entry").expect("entry");
+    fs::write(many.join("f399"), vec![b'y'; 100]).expect("grow the last entry");
+    let mut rest = 0;
+    while let Some(entry) = pages.next() {
+        entry.expect("entry");
+        rest += 1;
+    }
+    assert_eq!(rest, 401, "400 files and \"..\" after \".\"");
+    assert_eq!(fs::metadata(many.join("f399")).expect("stat").len(), 100);
+}
+
 tests::on_every_backend!(
     sync: files_directories_and_links,
     attributes_times_and_extended_attributes,
@@ -359,4 +428,5 @@ tests::on_every_backend!(
     an_unlinked_open_file_stays_readable_until_closed,
     another_users_files_are_refused,
     other_local_users_cannot_use_a_mount,
+    listings_carry_current_attributes,
 );
