@@ -21,7 +21,13 @@ use crate::vault::{Changes, Listing, RenameMode, Vault, stamp};
 /// How long the kernel may trust an entry or attributes (short: other clients change files).
 const TTL: Duration = Duration::from_secs(1);
 /// The attribute holding a file's capabilities, which the vault does not store.
-const FILE_CAPABILITIES: &[u8] = b"security.capability";
+/// The extended attributes a vault keeps: the `user.` namespace. The others have meanings the
+/// vault does not implement (POSIX ACLs, security labels, file capabilities); it refuses to
+/// store them rather than keep bytes that look enforced and are not, and answers "none" to
+/// the kernel's and `ls`'s queries for them without asking the server.
+fn kept_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+}
 /// Writes up to 1 MiB per request.
 const MAX_WRITE_BYTES: u32 = 1 << 20;
 
@@ -589,7 +595,7 @@ impl Filesystem for VaultFs {
         reply: ReplyEmpty,
     ) {
         allowed_or_reply!(self, req, reply);
-        if name.as_bytes() == FILE_CAPABILITIES {
+        if !kept_xattr(name.as_bytes()) {
             return reply.error(Errno::EOPNOTSUPP);
         }
         let create = flags & libc::XATTR_CREATE != 0;
@@ -603,9 +609,9 @@ impl Filesystem for VaultFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         allowed_or_reply!(self, req, reply);
-        // The kernel asks for this on every write (to drop file capabilities); the vault does
-        // not keep file capabilities, so answer here instead of asking the server each time.
-        if name.as_bytes() == FILE_CAPABILITIES {
+        // The kernel asks for security.capability on every write, `ls -l` for an ACL and a
+        // security label of every entry.
+        if !kept_xattr(name.as_bytes()) {
             return reply.error(Errno::ENODATA);
         }
         match self.vault.getxattr(ino.0, name.as_bytes()) {
@@ -619,8 +625,8 @@ impl Filesystem for VaultFs {
         match self.vault.listxattr(ino.0) {
             Ok(names) => {
                 let mut list = Vec::new();
-                for name in names {
-                    list.extend_from_slice(&name);
+                for name in names.iter().filter(|name| kept_xattr(name)) {
+                    list.extend_from_slice(name);
                     list.push(0);
                 }
                 xattr_reply(reply, size, &list);

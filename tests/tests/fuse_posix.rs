@@ -194,6 +194,30 @@ fn attributes_times_and_extended_attributes(backend: Backend) {
             .raw_os_error(),
         libc::ENODATA
     );
+    // Only the user namespace is kept: an ACL or a security label would look enforced and
+    // not be; the kernel's and `ls`'s queries for them get "none".
+    // (The kernel itself checks an ACL's bytes before it asks the vault to store one.)
+    for name in ["security.selinux", "trusted.note"] {
+        let refused = rustix::fs::setxattr(&path, name, b"x", rustix::fs::XattrFlags::empty());
+        assert_eq!(
+            refused.expect_err(name).raw_os_error(),
+            libc::EOPNOTSUPP,
+            "{name}"
+        );
+    }
+    for name in [
+        "system.posix_acl_access",
+        "security.selinux",
+        "trusted.note",
+    ] {
+        assert_eq!(
+            rustix::fs::getxattr(&path, name, &mut value)
+                .expect_err(name)
+                .raw_os_error(),
+            libc::ENODATA,
+            "{name}"
+        );
+    }
 
     let stat = rustix::fs::statvfs(m.path()).expect("statfs");
     assert!(
