@@ -112,6 +112,18 @@ fn file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
+/// A file opened only for writing skips the kernel's page cache (`FOPEN_DIRECT_IO`): its
+/// writes reach the client straight from the writer's memory, a copy less, and nothing reads
+/// what the cache would keep. Every write(2) is one FUSE request either way (no kernel
+/// write-back cache here).
+fn write_only(flags: i32) -> FopenFlags {
+    if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 /// Pages through a directory the way the kernel asks for it: offset 1 is ".", 2 is "..",
 /// 3 + i is listing entry i. `add` gets each entry's inode, its offset (where the next page
 /// starts), name and attributes (none for the dots); it returns true when the reply is full.
@@ -379,16 +391,15 @@ impl Filesystem for VaultFs {
         }
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         allowed_or_reply!(self, req, reply);
         match self.vault.open(ino.0) {
             Ok((fh, keep_cache)) => {
-                let flags = if keep_cache {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), flags);
+                let mut open_flags = write_only(flags.0);
+                if keep_cache {
+                    open_flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(fh), open_flags);
             }
             Err(e) => reply.error(fail(&e)),
         }
@@ -670,7 +681,7 @@ impl Filesystem for VaultFs {
                 &file_attr(&attr),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                write_only(flags),
             ),
             Err(e) => reply.error(fail(&e)),
         }

@@ -445,6 +445,32 @@ fn listings_carry_current_attributes(backend: Backend) {
     assert_eq!(fs::metadata(many.join("f399")).expect("stat").len(), 100);
 }
 
+/// A file opened only for writing bypasses the kernel's page cache; a reader that has the file
+/// open (and cached) still sees every write at once.
+fn a_reader_sees_what_a_write_only_descriptor_wrote(backend: Backend) {
+    use std::os::unix::fs::FileExt;
+    let setup = setup(&backend);
+    let path = setup.alice.join("shared-page");
+    fs::write(&path, vec![b'a'; 8192]).expect("write");
+    let reader = File::open(&path).expect("open for reading");
+    let mut head = [0u8; 4];
+    reader.read_exact_at(&mut head, 4096).expect("read");
+    assert_eq!(&head, b"aaaa");
+    let writer = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open for writing");
+    writer.write_all_at(b"bbbb", 4096).expect("write");
+    reader.read_exact_at(&mut head, 4096).expect("read again");
+    assert_eq!(&head, b"bbbb", "the reader's cached page was dropped");
+    writer.write_all_at(b"cccc", 4096).expect("write");
+    drop(writer);
+    reader
+        .read_exact_at(&mut head, 4096)
+        .expect("read after close");
+    assert_eq!(&head, b"cccc");
+}
+
 tests::on_every_backend!(
     sync: files_directories_and_links,
     attributes_times_and_extended_attributes,
@@ -453,4 +479,5 @@ tests::on_every_backend!(
     another_users_files_are_refused,
     other_local_users_cannot_use_a_mount,
     listings_carry_current_attributes,
+    a_reader_sees_what_a_write_only_descriptor_wrote,
 );
