@@ -374,7 +374,7 @@ async fn small_chunk(
         .await;
     Some(GetChunkReply {
         generation,
-        data: sealed.into(),
+        data: sealed,
     })
 }
 
@@ -1129,7 +1129,7 @@ impl Vault for Service {
                             .await;
                         return Ok(GetChunkReply {
                             generation,
-                            data: sealed.into(),
+                            data: sealed,
                         });
                     }
                     Err(error @ ChunkStoreError::Missing { .. }) => missing = Some(error),
