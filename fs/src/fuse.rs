@@ -29,7 +29,7 @@ fn kept_xattr(name: &[u8]) -> bool {
     name.starts_with(b"user.")
 }
 /// Writes up to 1 MiB per request.
-const MAX_WRITE_BYTES: u32 = 1 << 20;
+pub const MAX_WRITE_BYTES: u32 = 1 << 20;
 
 pub struct VaultFs {
     vault: Arc<Vault>,

@@ -129,6 +129,7 @@ pub fn run(
     )
     .and_then(Session::spawn)
     .context("starting the FUSE session")?;
+    raise_readahead(&mountpoint);
     let description = format!("{} (vault user {vault_uid})", mountpoint.display());
     ready(&description);
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
@@ -165,6 +166,27 @@ pub fn run(
             session.join().context("the FUSE session failed")?;
             return flushed.context("flushing at shutdown");
         }
+    }
+}
+
+/// The kernel reads ahead at most 128 KiB on a FUSE mount unless the mount's backing device
+/// info says more, so a sequential reader costs one request per 128 KiB. Root raises it to the
+/// request size the client takes (1 MiB, a tenth of the requests); for others it stays.
+fn raise_readahead(mountpoint: &Path) {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let Ok(stat) = rustix::fs::stat(mountpoint) else {
+        return;
+    };
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        rustix::fs::major(stat.st_dev),
+        rustix::fs::minor(stat.st_dev)
+    );
+    let kib = crate::fuse::MAX_WRITE_BYTES / 1024;
+    if let Err(error) = std::fs::write(&path, format!("{kib}\n")) {
+        tracing::info!(%error, path, "keeping the kernel's readahead");
     }
 }
 

@@ -471,6 +471,24 @@ fn a_reader_sees_what_a_write_only_descriptor_wrote(backend: Backend) {
     assert_eq!(&head, b"cccc");
 }
 
+/// A mount made by root reads ahead 1 MiB (the kernel's default for FUSE is 128 KiB), so a
+/// sequential reader costs a request per MiB.
+fn a_root_mount_reads_ahead_a_whole_request(backend: Backend) {
+    let setup = setup(&backend);
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (CI runs as root)"
+    );
+    let dev = fs::metadata(setup.alice.path()).expect("stat").dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev)
+    );
+    let kib = fs::read_to_string(&path).expect("the mount's readahead");
+    assert_eq!(kib.trim(), "1024", "{path}");
+}
+
 tests::on_every_backend!(
     sync: files_directories_and_links,
     attributes_times_and_extended_attributes,
@@ -480,4 +498,5 @@ tests::on_every_backend!(
     other_local_users_cannot_use_a_mount,
     listings_carry_current_attributes,
     a_reader_sees_what_a_write_only_descriptor_wrote,
+    a_root_mount_reads_ahead_a_whole_request,
 );
