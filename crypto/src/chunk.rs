@@ -93,21 +93,18 @@ pub fn open(
     Ok(plaintext)
 }
 
-/// Like [`open`], decrypting in the chunk's own buffer: no second 8 MiB allocation.
-pub fn open_in_place(
+/// Like [`open`], decrypting in the chunk's own buffer (no second 8 MiB allocation); returns
+/// the plaintext, which is the buffer past the envelope header. On an error the buffer holds
+/// no plaintext, but it may no longer hold the ciphertext either.
+pub fn open_in_place<'a>(
     cipher: &ChunkCipher,
     expected: &ChunkContext,
-    mut sealed: Vec<u8>,
-) -> Result<Vec<u8>, OpenError> {
-    let header = check_envelope(cipher, expected, &sealed)?;
-    decrypt(
-        cipher,
-        expected,
-        &header,
-        (&mut sealed[ENVELOPE_BYTES..]).into(),
-    )?;
-    sealed.drain(..ENVELOPE_BYTES);
-    Ok(sealed)
+    sealed: &'a mut [u8],
+) -> Result<&'a mut [u8], OpenError> {
+    let header = check_envelope(cipher, expected, sealed)?;
+    let body = &mut sealed[ENVELOPE_BYTES..];
+    decrypt(cipher, expected, &header, (&mut *body).into())?;
+    Ok(body)
 }
 
 fn check_envelope(

@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use lru::LruCache;
 
 /// A decrypted chunk as the server stored it.
 #[derive(Debug)]
 pub struct CleanChunk {
     pub generation: u64,
-    pub plaintext: Vec<u8>,
+    pub plaintext: Bytes,
 }
 
 #[derive(Debug)]
@@ -84,7 +85,7 @@ mod tests {
     fn chunk(len: usize) -> Arc<CleanChunk> {
         Arc::new(CleanChunk {
             generation: 1,
-            plaintext: vec![0; len],
+            plaintext: vec![0; len].into(),
         })
     }
 

@@ -408,7 +408,7 @@ impl FileState {
             _ => self
                 .committed(shared, index)
                 .await?
-                .map(|c| c.plaintext.clone())
+                .map(|c| c.plaintext.to_vec())
                 .unwrap_or_default(),
         };
         let base = self.generations.get(&index).copied().unwrap_or(0);
@@ -807,7 +807,9 @@ impl FileState {
             let generation = dirty.upload.as_ref().expect("uploaded").generation;
             shared.sub_dirty(dirty.data.len());
             self.generations.insert(index, generation);
-            let plaintext = Arc::try_unwrap(dirty.data).unwrap_or_else(|shared| (*shared).clone());
+            let plaintext = Arc::try_unwrap(dirty.data)
+                .unwrap_or_else(|shared| (*shared).clone())
+                .into();
             cache.insert(
                 ino,
                 index,
@@ -845,7 +847,7 @@ impl FileState {
             let theirs = self
                 .committed(shared, index)
                 .await?
-                .map(|c| c.plaintext.clone())
+                .map(|c| c.plaintext.to_vec())
                 .unwrap_or_default();
             let dirty = self.dirty.get_mut(&index).expect("listed");
             let mut merged = theirs;

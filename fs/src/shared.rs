@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use crypto::{ChunkCipher, ChunkContext};
 use format::ids::FileId;
 use proto::v1::{GetChunkReply, GetChunkRequest};
@@ -257,7 +258,7 @@ impl Shared {
         };
         let cipher = read.cipher.clone();
         let opened = crypto_work(reply.data.len(), move || {
-            crypto::open(&cipher, &context, &reply.data)
+            open_chunk(&cipher, &context, reply.data)
         })
         .await
         .map_err(|e| self.integrity(read, e.to_string()))?;
@@ -304,6 +305,25 @@ impl Shared {
 const CRYPTO_INLINE_BYTES: usize = 128 * 1024;
 
 /// Runs AES-GCM work on `len` bytes where it costs least (see [`CRYPTO_INLINE_BYTES`]).
+/// Opens a chunk in the buffer it arrived in when this is its only user and it is not much
+/// larger than the chunk (no second allocation, zeroed and faulted in, per chunk read); else
+/// into a buffer of its own.
+fn open_chunk(
+    cipher: &ChunkCipher,
+    context: &ChunkContext,
+    sealed: Bytes,
+) -> Result<Bytes, crypto::OpenError> {
+    match sealed.try_into_mut() {
+        Ok(mut buffer) if buffer.capacity() <= buffer.len() + buffer.len() / 8 => {
+            let len = crypto::open_in_place(cipher, context, &mut buffer)?.len();
+            let plaintext = buffer.freeze();
+            Ok(plaintext.slice(plaintext.len() - len..))
+        }
+        Ok(buffer) => crypto::open(cipher, context, &buffer).map(Bytes::from),
+        Err(shared) => crypto::open(cipher, context, &shared).map(Bytes::from),
+    }
+}
+
 pub(crate) async fn crypto_work<T: Send + 'static>(
     len: usize,
     work: impl FnOnce() -> T + Send + 'static,
