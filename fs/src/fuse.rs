@@ -429,11 +429,16 @@ impl Filesystem for VaultFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Err(e) = self.vault.drop_setid_bits(fh.0)
+        {
+            return reply.error(fail(&e));
+        }
         match self.vault.write(fh.0, offset, data) {
             Ok(written) => reply.written(written as u32),
             Err(e) => reply.error(fail(&e)),

@@ -32,6 +32,8 @@ enum Handle {
     File {
         ino: u64,
         file: SharedFile,
+        /// Set-ID bits were checked for a write by a user without CAP_FSETID.
+        setid_checked: bool,
     },
     Dir {
         listing: Listing,
@@ -123,7 +125,7 @@ impl Vault {
 
     fn file_of(&self, fh: u64) -> Result<(u64, SharedFile), FsError> {
         match self.handles.lock().expect("handles poisoned").get(&fh) {
-            Some(Handle::File { ino, file }) => Ok((*ino, file.clone())),
+            Some(Handle::File { ino, file, .. }) => Ok((*ino, file.clone())),
             _ => Err(FsError::local(
                 ErrorKind::Invalid,
                 format!("no open file handle {fh}"),
@@ -635,7 +637,14 @@ impl Vault {
             .expect("versions poisoned")
             .insert(ino, attr.version);
         self.learn_attr(&attr);
-        (attr, self.add_handle(Handle::File { ino, file }))
+        (
+            attr,
+            self.add_handle(Handle::File {
+                ino,
+                file,
+                setid_checked: false,
+            }),
+        )
     }
 
     /// Creates a pending new file on the server now, before anything that needs it there.
@@ -721,7 +730,14 @@ impl Vault {
                 .expect("cache poisoned")
                 .forget_file(ino);
         }
-        (self.add_handle(Handle::File { ino, file }), keep_cache)
+        (
+            self.add_handle(Handle::File {
+                ino,
+                file,
+                setid_checked: false,
+            }),
+            keep_cache,
+        )
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
@@ -733,6 +749,32 @@ impl Vault {
         let (_, file) = self.file_of(fh)?;
         self.block(async { file.lock().await.write(&self.shared, offset, data).await })?;
         Ok(data.len())
+    }
+
+    /// A write by a user without CAP_FSETID drops the file's set-user-ID bit, and its
+    /// set-group-ID bit when group execution is allowed (what the kernel does itself for
+    /// writes through its page cache; for direct writes it leaves it to the filesystem). Checked
+    /// once per open file.
+    pub fn drop_setid_bits(&self, fh: u64) -> Result<(), FsError> {
+        let ino = match self.handles.lock().expect("handles poisoned").get_mut(&fh) {
+            Some(Handle::File {
+                ino, setid_checked, ..
+            }) if !*setid_checked => {
+                *setid_checked = true;
+                *ino
+            }
+            _ => return Ok(()),
+        };
+        let perm = self.getattr(ino)?.perm & 0o7777;
+        let drop = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
+        if perm & drop == 0 {
+            return Ok(());
+        }
+        let changes = Changes {
+            perm: Some(perm & !drop),
+            ..Changes::default()
+        };
+        self.setattr(ino, &changes).map(|_| ())
     }
 
     /// close(2): everything written through this file becomes current on the server, seen by

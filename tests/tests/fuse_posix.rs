@@ -489,6 +489,41 @@ fn a_root_mount_reads_ahead_a_whole_request(backend: Backend) {
     assert_eq!(kib.trim(), "1024", "{path}");
 }
 
+/// A write by a user without CAP_FSETID drops the set-user-ID bit (and set-group-ID with group
+/// execution), as on a local filesystem; root's writes keep them.
+fn writes_without_fsetid_drop_set_id_bits(backend: Backend) {
+    let setup = setup(&backend);
+    let path = setup.alice.join("tool");
+    fs::write(&path, b"#!/bin/sh\n").expect("write");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o6755)).expect("chmod");
+    let mode = |path: &Path| fs::metadata(path).expect("stat").permissions().mode() & 0o7777;
+    OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open")
+        .write_all(b"# root\n")
+        .expect("append as root");
+    assert_eq!(mode(&path), 0o6755, "root (CAP_FSETID) keeps them");
+    // The same append by a process without CAP_FSETID (setpriv is in util-linux).
+    let status = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set=-fsetid",
+            "--",
+            "sh",
+            "-c",
+            "printf '# user\\n' >> \"$0\"",
+        ])
+        .arg(&path)
+        .status()
+        .expect("running setpriv (util-linux)");
+    assert!(status.success(), "{status}");
+    assert_eq!(mode(&path), 0o0755);
+    assert_eq!(
+        fs::read(&path).expect("read"),
+        b"#!/bin/sh\n# root\n# user\n"
+    );
+}
+
 tests::on_every_backend!(
     sync: files_directories_and_links,
     attributes_times_and_extended_attributes,
@@ -499,4 +534,5 @@ tests::on_every_backend!(
     listings_carry_current_attributes,
     a_reader_sees_what_a_write_only_descriptor_wrote,
     a_root_mount_reads_ahead_a_whole_request,
+    writes_without_fsetid_drop_set_id_bits,
 );
