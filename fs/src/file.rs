@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use crypto::{ChunkCipher, ChunkContext};
 use format::ids::FileId;
 use format::limits::{CHUNK_BYTES, FILE_BYTES_MAX};
@@ -337,10 +338,23 @@ impl FileState {
         shared: &Arc<Shared>,
         offset: u64,
         len: u32,
-    ) -> Result<Vec<u8>, FsError> {
+    ) -> Result<Bytes, FsError> {
         let end = self.size.min(offset.saturating_add(u64::from(len)));
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
+        }
+        // A read inside one committed chunk is a slice of its cached plaintext, not a copy.
+        let first = offset / CHUNK;
+        if (end - 1) / CHUNK == first
+            && !self.dirty.contains_key(&first)
+            && let Some(chunk) = self.committed(shared, first).await?
+        {
+            let within = (offset % CHUNK) as usize;
+            let n = (end - offset) as usize;
+            if within + n <= chunk.plaintext.len() {
+                self.prefetch(shared, first, first);
+                return Ok(chunk.plaintext.slice(within..within + n));
+            }
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
@@ -359,7 +373,7 @@ impl FileState {
             pos += n as u64;
         }
         self.prefetch(shared, offset / CHUNK, (end - 1) / CHUNK);
-        Ok(out)
+        Ok(out.into())
     }
 
     /// Reads ahead of a sequential reader, in the background.

@@ -740,7 +740,7 @@ impl Vault {
         )
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<bytes::Bytes, FsError> {
         let (_, file) = self.file_of(fh)?;
         self.block(async { file.lock().await.read(&self.shared, offset, size).await })
     }

@@ -67,10 +67,10 @@ fn file_operations_without_a_mount() {
     );
 
     let (fh, _) = vault.open(attr.ino).expect("open");
-    assert_eq!(vault.read(fh, 0, 5).expect("read"), b"hello");
+    assert_eq!(vault.read(fh, 0, 5).expect("read"), &b"hello"[..]);
     assert_eq!(
         vault.read(fh, 8 * 1024 * 1024 - 2, 100).expect("read"),
-        b"across"
+        &b"across"[..]
     );
     assert_eq!(vault.read(fh, 100, 4).expect("a hole"), vec![0; 4]);
     vault.release(fh).expect("release");
@@ -85,7 +85,7 @@ fn file_operations_without_a_mount() {
         )
         .expect("truncate");
     let (fh, _) = vault.open(attr.ino).expect("open");
-    assert_eq!(vault.read(fh, 0, 100).expect("read"), b"hel");
+    assert_eq!(vault.read(fh, 0, 100).expect("read"), &b"hel"[..]);
     vault.release(fh).expect("release");
 
     vault
@@ -181,7 +181,7 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
     );
     vault.release(fh).expect("release");
     let (fh, _) = vault.open(attr.ino).expect("open");
-    assert_eq!(vault.read(fh, 0, 100).expect("read"), b"hello");
+    assert_eq!(vault.read(fh, 0, 100).expect("read"), &b"hello"[..]);
     vault.release(fh).expect("release");
 
     // Listing the directory creates what is pending in it first; so does an empty close.
@@ -214,7 +214,7 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
         .expect("create");
     vault.write(fh, 0, b"still here").expect("write");
     vault.unlink(ROOT, b"gone").expect("unlink");
-    assert_eq!(vault.read(fh, 0, 100).expect("read"), b"still here");
+    assert_eq!(vault.read(fh, 0, 100).expect("read"), &b"still here"[..]);
     vault.release(fh).expect("release");
     assert_eq!(errno(&on_server(b"gone").expect_err("gone")), libc::ENOENT);
 
