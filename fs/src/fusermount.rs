@@ -69,6 +69,9 @@ pub fn mount(mountpoint: &Path, options: &str) -> anyhow::Result<(OwnedFd, Contr
     let device = match receive_device(&control) {
         Ok(Some(device)) => device,
         outcome => {
+            // Closing our end also ends a helper that mounted but could not hand the device
+            // over (it then removes that mount), so the wait below cannot hang.
+            drop(control);
             let output = child
                 .wait_with_output()
                 .context("waiting for fusermount3")?;
