@@ -20,7 +20,6 @@ use crate::vault::{Changes, Listing, RenameMode, Vault, stamp};
 
 /// How long the kernel may trust an entry or attributes (short: other clients change files).
 const TTL: Duration = Duration::from_secs(1);
-/// The attribute holding a file's capabilities, which the vault does not store.
 /// The extended attributes a vault keeps: the `user.` namespace. The others have meanings the
 /// vault does not implement (POSIX ACLs, security labels, file capabilities); it refuses to
 /// store them rather than keep bytes that look enforced and are not, and answers "none" to

@@ -85,7 +85,7 @@ pub fn run(
         .build()
         .context("starting the async runtime")?;
     let identity = Arc::new(identity);
-    let uid = runtime.block_on(async {
+    let (shared, vault_uid) = runtime.block_on(async {
         let (remote, vault, pinned) =
             connect(&settings.config, identity.clone(), settings.server_wait).await?;
         if pinned != settings.config {
@@ -102,7 +102,6 @@ pub fn run(
         );
         Ok::<_, anyhow::Error>((shared, logged.uid))
     })?;
-    let (shared, vault_uid) = uid;
     let shared = Arc::new(shared);
     let vault = Arc::new(Vault::new(shared.clone()));
     let owner = rustix::process::getuid().as_raw();

@@ -304,7 +304,6 @@ impl Shared {
 /// microseconds); more goes to a blocking thread so the async threads stay free.
 const CRYPTO_INLINE_BYTES: usize = 128 * 1024;
 
-/// Runs AES-GCM work on `len` bytes where it costs least (see [`CRYPTO_INLINE_BYTES`]).
 /// Opens a chunk in the buffer it arrived in when this is its only user and it is not much
 /// larger than the chunk (no second allocation, zeroed and faulted in, per chunk read); else
 /// into a buffer of its own.
@@ -324,6 +323,7 @@ fn open_chunk(
     }
 }
 
+/// Runs AES-GCM work on `len` bytes where it costs least (see [`CRYPTO_INLINE_BYTES`]).
 pub(crate) async fn crypto_work<T: Send + 'static>(
     len: usize,
     work: impl FnOnce() -> T + Send + 'static,

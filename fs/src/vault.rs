@@ -766,12 +766,12 @@ impl Vault {
             _ => return Ok(()),
         };
         let perm = self.getattr(ino)?.perm & 0o7777;
-        let drop = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
-        if perm & drop == 0 {
+        let cleared = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
+        if perm & cleared == 0 {
             return Ok(());
         }
         let changes = Changes {
-            perm: Some(perm & !drop),
+            perm: Some(perm & !cleared),
             ..Changes::default()
         };
         self.setattr(ino, &changes).map(|_| ())

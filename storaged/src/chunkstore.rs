@@ -94,45 +94,53 @@ thread_local! {
 /// the page cache and returns how many bytes that was; 0 when the filesystem cannot (the
 /// caller writes the rest, and everything it gets back, the usual way).
 fn write_uncached(file: &File, sealed: &[u8]) -> io::Result<usize> {
-    use rustix::fs::OFlags;
     let whole = sealed.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-    let flags = rustix::fs::fcntl_getfl(file)?;
-    if rustix::fs::fcntl_setfl(file, flags | OFlags::DIRECT).is_err() {
-        return Ok(0);
-    }
-    let written = STAGING.with(|staging| {
-        let mut staging = staging.borrow_mut();
-        if staging.len() < whole + DIRECT_ALIGN {
-            *staging =
-                vec![0u8; SEALED_CHUNK_BYTES_MAX.next_multiple_of(DIRECT_ALIGN) + DIRECT_ALIGN];
-        }
-        let skip = staging.as_ptr().align_offset(DIRECT_ALIGN);
-        let aligned = &mut staging[skip..skip + whole];
-        aligned.copy_from_slice(&sealed[..whole]);
-        let mut done = 0;
-        while done < whole {
-            match rustix::io::pwrite(file, &aligned[done..], done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(error) => return Err(error),
+    let written = with_direct_io(file, || {
+        STAGING.with(|staging| {
+            let mut staging = staging.borrow_mut();
+            if staging.len() < whole + DIRECT_ALIGN {
+                *staging =
+                    vec![0u8; SEALED_CHUNK_BYTES_MAX.next_multiple_of(DIRECT_ALIGN) + DIRECT_ALIGN];
             }
-        }
-        Ok(done)
-    });
-    rustix::fs::fcntl_setfl(file, flags)?;
+            let skip = staging.as_ptr().align_offset(DIRECT_ALIGN);
+            let aligned = &mut staging[skip..skip + whole];
+            aligned.copy_from_slice(&sealed[..whole]);
+            let mut done = 0;
+            while done < whole {
+                match rustix::io::pwrite(file, &aligned[done..], done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            Ok(done)
+        })
+    })?;
     match written {
         // A short direct write leaves a partial block: start over the usual way.
-        Ok(done) if done % DIRECT_ALIGN == 0 => Ok(done),
-        Ok(_) | Err(rustix::io::Errno::INVAL) => Ok(0),
-        Err(error) => Err(error.into()),
+        Some(Ok(done)) if done % DIRECT_ALIGN == 0 => Ok(done),
+        None | Some(Ok(_)) | Some(Err(rustix::io::Errno::INVAL)) => Ok(0),
+        Some(Err(error)) => Err(error.into()),
     }
+}
+
+/// Runs `io` on `file` with `O_DIRECT` set, and clears it again; `None` when the filesystem
+/// does not take the flag.
+fn with_direct_io<T>(file: &File, io: impl FnOnce() -> T) -> io::Result<Option<T>> {
+    use rustix::fs::OFlags;
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    if rustix::fs::fcntl_setfl(file, flags | OFlags::DIRECT).is_err() {
+        return Ok(None);
+    }
+    let outcome = io();
+    rustix::fs::fcntl_setfl(file, flags)?;
+    Ok(Some(outcome))
 }
 
 /// Reads a whole chunk file of `len` bytes past the page cache, unless its start is cached
 /// (then a buffered read is cheaper) or the filesystem cannot (`None` for both).
 fn read_uncached(file: &File, len: usize) -> io::Result<Option<Bytes>> {
-    use rustix::fs::OFlags;
     use rustix::io::{Errno, ReadWriteFlags};
     let mut probe = [0u8; 1];
     match rustix::io::preadv2(
@@ -145,37 +153,36 @@ fn read_uncached(file: &File, len: usize) -> io::Result<Option<Bytes>> {
         // Cached, or no way to tell.
         _ => return Ok(None),
     }
-    let flags = rustix::fs::fcntl_getfl(file)?;
-    if rustix::fs::fcntl_setfl(file, flags | OFlags::DIRECT).is_err() {
-        return Ok(None);
-    }
-    let rounded = len.next_multiple_of(DIRECT_ALIGN);
-    let mut buffer = vec![0u8; rounded + DIRECT_ALIGN];
-    let skip = buffer.as_ptr().align_offset(DIRECT_ALIGN);
-    let mut got = 0;
-    let outcome = loop {
-        let window = &mut buffer[skip + got..skip + rounded];
-        if window.is_empty() {
-            break Ok(());
-        }
-        match rustix::io::pread(file, window, got as u64) {
-            Ok(0) => break Ok(()),
-            // A read that ends off the alignment ended at the end of the file.
-            Ok(n) if n % DIRECT_ALIGN != 0 => {
-                got += n;
-                break Ok(());
+    let read = with_direct_io(file, || {
+        let rounded = len.next_multiple_of(DIRECT_ALIGN);
+        let mut buffer = vec![0u8; rounded + DIRECT_ALIGN];
+        let skip = buffer.as_ptr().align_offset(DIRECT_ALIGN);
+        let mut got = 0;
+        loop {
+            let window = &mut buffer[skip + got..skip + rounded];
+            if window.is_empty() {
+                break;
             }
-            Ok(n) => got += n,
-            Err(Errno::INTR) => {}
-            Err(error) => break Err(error),
+            match rustix::io::pread(file, window, got as u64) {
+                Ok(0) => break,
+                // A read that ends off the alignment ended at the end of the file.
+                Ok(n) if n % DIRECT_ALIGN != 0 => {
+                    got += n;
+                    break;
+                }
+                Ok(n) => got += n,
+                Err(Errno::INTR) => {}
+                Err(error) => return Err(error),
+            }
         }
-    };
-    rustix::fs::fcntl_setfl(file, flags)?;
-    match outcome {
-        Ok(()) if got == len => Ok(Some(Bytes::from(buffer).slice(skip..skip + len))),
-        // Changed under us (chunk files never do) or refused: read it the usual way.
-        Ok(()) | Err(Errno::INVAL) => Ok(None),
-        Err(error) => Err(error.into()),
+        Ok((got == len).then(|| Bytes::from(buffer).slice(skip..skip + len)))
+    })?;
+    match read {
+        Some(Ok(sealed)) => Ok(sealed),
+        // Refused: read it the usual way (as when it changed under us, which chunk files
+        // never do).
+        None | Some(Err(Errno::INVAL)) => Ok(None),
+        Some(Err(error)) => Err(error.into()),
     }
 }
 
