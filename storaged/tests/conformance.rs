@@ -1216,6 +1216,34 @@ async fn sqlite_syncs_chunk_files_before_anything_becomes_durable() {
     }
 }
 
+/// A visible write that finds the writer idle commits on the caller's thread (a hand-off to
+/// the writer thread and back cost more than the commit); a durable one goes to the writer
+/// thread, which syncs the chunk files first. Both land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commits_a_visible_write_where_it_is_asked_when_the_writer_is_idle() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, calls, _) = sqlite_with_barrier(&dir);
+    let committed_on = |durability, value: &'static [u8]| {
+        meta::write_as(&store, durability, move |txn| -> Result<_, StoreError> {
+            txn.put_setting("where", value)?;
+            Ok(std::thread::current().name().map(String::from))
+        })
+    };
+    let visible = committed_on(Durability::Visible, b"visible")
+        .await
+        .expect("visible write");
+    assert_ne!(visible.as_deref(), Some("sqlite-writer"));
+    assert_eq!(setting(&store, "where").await, Some(b"visible".to_vec()));
+    let before = calls.load(Ordering::SeqCst);
+    let durable = committed_on(Durability::Durable, b"durable")
+        .await
+        .expect("durable write");
+    assert_eq!(durable.as_deref(), Some("sqlite-writer"));
+    assert_eq!(calls.load(Ordering::SeqCst), before + 1, "the barrier ran");
+    assert_eq!(setting(&store, "where").await, Some(b"durable".to_vec()));
+}
+
 /// A barrier that fails fails the durable write, which then leaves nothing; earlier visible
 /// writes stay visible, and are made durable once the barrier works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

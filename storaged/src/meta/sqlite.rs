@@ -1,8 +1,11 @@
 //! The embedded metadata store: SQLite (bundled) in WAL mode, in one file of the data dir.
 //!
-//! One writer thread owns the write connection and commits concurrent operations together
-//! (group commit): it takes every queued operation, runs each under its own savepoint (a
-//! failed operation rolls back alone), commits once, and only then replies to each.
+//! One write connection, behind a lock. A visible-only write that finds it free and nobody
+//! queued runs on the caller's thread: handing it to another thread and back would cost more
+//! than the commit. Every other write is queued for the writer thread, which commits
+//! concurrent operations together (group commit): it takes every queued operation, runs each
+//! under its own savepoint (a failed operation rolls back alone; an operation alone in its
+//! batch needs none), commits once, and only then replies to each.
 //!
 //! Durability is per batch. A batch holding a [`Durability::Durable`] write calls the
 //! [`Barrier`] (the chunk files written so far become durable) and commits with
@@ -15,7 +18,8 @@
 //! thread, on a small pool of read connections, each in its own snapshot.
 
 use std::path::Path;
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -37,9 +41,15 @@ const DURABLE_AFTER_COMMITS: u32 = 1024;
 /// syncs the WAL even when it has nothing else to write.
 const DURABLE_MARK: &str = "durable_mark";
 const READ_CONNECTIONS: usize = 4;
+/// Prepared statements kept per connection: more than the store has distinct statements.
+const STATEMENTS_CACHED: usize = 128;
 
 pub struct SqliteStore {
-    writer: mpsc::Sender<Job>,
+    writer: Arc<Mutex<Writer>>,
+    /// To the writer thread.
+    queue: mpsc::Sender<Message>,
+    /// Jobs sent to the writer thread that it has not taken yet.
+    queued: Arc<AtomicUsize>,
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
 }
@@ -54,11 +64,25 @@ struct Job {
     /// `None`: a sync, which asks only that what came before be durable.
     op: Option<Operation>,
     durability: Durability,
-    reply: oneshot::Sender<Result<(), OperationFailed>>,
+}
+
+enum Message {
+    Job(Job, oneshot::Sender<Result<(), OperationFailed>>),
+    /// A commit on a caller's thread left the first visible writes waiting for durability:
+    /// the writer thread starts counting down to making them durable.
+    Undurable,
 }
 
 fn unavailable(error: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("sqlite: {error}"))
+}
+
+/// Runs one statement without parameters, prepared once per connection.
+fn run(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute([]))
+        .map(drop)
+        .map_err(unavailable)
 }
 
 impl SqliteStore {
@@ -82,13 +106,18 @@ impl SqliteStore {
         let readers = (0..READ_CONNECTIONS)
             .map(|_| open_connection(path, true))
             .collect::<Result<Vec<_>, _>>()?;
-        let (sender, receiver) = mpsc::channel::<Job>();
+        let writer = Arc::new(Mutex::new(writer));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (sender, receiver) = mpsc::channel();
+        let (thread_writer, thread_queued) = (writer.clone(), queued.clone());
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(writer, receiver))
+            .spawn(move || writer_loop(&thread_writer, &thread_queued, receiver))
             .map_err(|e| StoreError::Unavailable(format!("starting the sqlite writer: {e}")))?;
         Ok(SqliteStore {
-            writer: sender,
+            writer,
+            queue: sender,
+            queued,
             readers: Mutex::new(readers),
             path: path.to_path_buf(),
         })
@@ -106,6 +135,8 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
     let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(unavailable)?;
+    // Every statement this store runs stays prepared (there are fewer than this).
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED);
     if !read_only {
         // WAL: readers never block the writer. synchronous=FULL: a commit is on disk (the WAL
         // is fsynced) before it returns, which group commit amortises; the writer lowers it to
@@ -204,17 +235,22 @@ struct Writer {
     synchronous_full: bool,
 }
 
-fn writer_loop(mut writer: Writer, jobs: mpsc::Receiver<Job>) {
+fn lock(writer: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    writer.lock().expect("sqlite writer poisoned")
+}
+
+fn writer_loop(writer: &Mutex<Writer>, queued: &AtomicUsize, messages: mpsc::Receiver<Message>) {
     loop {
-        let first = match writer.undurable_since {
-            None => jobs.recv().ok(),
+        let undurable_since = lock(writer).undurable_since;
+        let first = match undurable_since {
+            None => messages.recv().ok(),
             Some(since) => {
                 let wait = (since + VISIBLE_WRITES_DURABLE_WITHIN)
                     .saturating_duration_since(Instant::now());
-                match jobs.recv_timeout(wait) {
-                    Ok(job) => Some(job),
+                match messages.recv_timeout(wait) {
+                    Ok(message) => Some(message),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        writer.make_durable();
+                        lock(writer).make_durable();
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => None,
@@ -222,21 +258,30 @@ fn writer_loop(mut writer: Writer, jobs: mpsc::Receiver<Job>) {
             }
         };
         let Some(first) = first else { break };
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_OPERATIONS_MAX {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        let (mut batch, mut replies) = (Vec::new(), Vec::new());
+        let mut next = Some(first);
+        while let Some(message) = next {
+            if let Message::Job(job, reply) = message {
+                queued.fetch_sub(1, Ordering::AcqRel);
+                batch.push(job);
+                replies.push(reply);
             }
+            next = match batch.len() < GROUP_COMMIT_OPERATIONS_MAX {
+                true => messages.try_recv().ok(),
+                false => None,
+            };
         }
-        let outcomes = writer.run_batch(&mut batch);
-        for (job, outcome) in batch.into_iter().zip(outcomes) {
-            let _ = job.reply.send(outcome);
+        if batch.is_empty() {
+            continue;
+        }
+        let outcomes = lock(writer).run_batch(&mut batch);
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            let _ = reply.send(outcome);
         }
     }
     // Stopping: the connection checkpoints as it closes, which must not come before the
     // chunk files of the visible commits.
-    writer.make_durable();
+    lock(writer).make_durable();
 }
 
 impl Writer {
@@ -297,31 +342,37 @@ impl Writer {
                 .map_err(|e| StoreError::Unavailable(format!("syncing the chunk files: {e}")))?;
         }
         let conn = &self.conn;
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(unavailable)?;
+        run(conn, "BEGIN IMMEDIATE")?;
+        // An operation alone in its transaction rolls back with it if it fails.
+        let alone = batch.len() == 1 && !durable;
         let mut outcomes = Vec::with_capacity(batch.len());
         for job in batch.iter_mut() {
             let Some(op) = job.op.as_mut() else {
                 outcomes.push(Ok(()));
                 continue;
             };
-            let outcome = conn
-                .execute_batch("SAVEPOINT op")
-                .map_err(unavailable)
-                .map_err(Into::into);
-            let outcome = outcome.and_then(|()| {
-                op(&mut SqliteTxn {
-                    conn,
-                    writable: true,
-                })
-            });
-            let end = if outcome.is_ok() {
-                "RELEASE op"
-            } else {
-                "ROLLBACK TO op; RELEASE op"
+            let mut txn = SqliteTxn {
+                conn,
+                writable: true,
             };
-            let outcome = match conn.execute_batch(end) {
+            if alone {
+                let outcome = op(&mut txn);
+                if outcome.is_err() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Ok(vec![outcome]);
+                }
+                outcomes.push(outcome);
+                continue;
+            }
+            let outcome = run(conn, "SAVEPOINT op").map_err(Into::into);
+            let outcome = outcome.and_then(|()| op(&mut txn));
+            let end = match outcome.is_ok() {
+                true => run(conn, "RELEASE op"),
+                false => run(conn, "ROLLBACK TO op").and_then(|()| run(conn, "RELEASE op")),
+            };
+            let outcome = match end {
                 Ok(()) => outcome,
-                Err(error) => Err(OperationFailed::Store(unavailable(error))),
+                Err(error) => Err(OperationFailed::Store(error)),
             };
             outcomes.push(outcome);
         }
@@ -338,7 +389,7 @@ impl Writer {
                 )
                 .map_err(unavailable)?;
             }
-            conn.execute_batch("COMMIT").map_err(unavailable)
+            run(conn, "COMMIT")
         })();
         if let Err(error) = committed {
             let _ = conn.execute_batch("ROLLBACK");
@@ -362,6 +413,40 @@ impl Writer {
 }
 
 impl SqliteStore {
+    /// Commits a visible-only write on this thread if the writer is idle: nothing queued, the
+    /// connection free, no durable commit due. Otherwise gives the operation back.
+    fn write_here(
+        &self,
+        op: Operation,
+        durability: Durability,
+    ) -> Result<Result<(), OperationFailed>, Operation> {
+        if durability != Durability::Visible || self.queued.load(Ordering::Acquire) > 0 {
+            return Err(op);
+        }
+        let Ok(mut writer) = self.writer.try_lock() else {
+            return Err(op);
+        };
+        if writer.durability_due() {
+            return Err(op);
+        }
+        let was_durable = writer.undurable_since.is_none();
+        let mut batch = [Job {
+            op: Some(op),
+            durability,
+        }];
+        let outcome = writer
+            .run_batch(&mut batch)
+            .pop()
+            .expect("one outcome per job");
+        let undurable = writer.undurable_since.is_some();
+        drop(writer);
+        if was_durable && undurable {
+            // If the thread is gone, so is everything else: the next write says so.
+            let _ = self.queue.send(Message::Undurable);
+        }
+        Ok(outcome)
+    }
+
     fn queue(
         &self,
         op: Option<Operation>,
@@ -371,13 +456,15 @@ impl SqliteStore {
             let stopped =
                 || OperationFailed::Store(StoreError::Unavailable("sqlite writer stopped".into()));
             let (reply, done) = oneshot::channel();
-            self.writer
-                .send(Job {
-                    op,
-                    durability,
-                    reply,
-                })
-                .map_err(|_| stopped())?;
+            self.queued.fetch_add(1, Ordering::AcqRel);
+            if self
+                .queue
+                .send(Message::Job(Job { op, durability }, reply))
+                .is_err()
+            {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                return Err(stopped());
+            }
             done.await.map_err(|_| stopped())?
         })
     }
@@ -389,7 +476,10 @@ impl MetaStore for SqliteStore {
         op: Operation,
         durability: Durability,
     ) -> BoxFuture<'_, Result<(), OperationFailed>> {
-        self.queue(Some(op), durability)
+        match self.write_here(op, durability) {
+            Ok(outcome) => Box::pin(std::future::ready(outcome)),
+            Err(op) => self.queue(Some(op), durability),
+        }
     }
 
     fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -413,9 +503,7 @@ impl MetaStore for SqliteStore {
                 Some(conn) => conn,
                 None => open_connection(&self.path, true)?,
             };
-            let outcome = conn
-                .execute_batch("BEGIN")
-                .map_err(unavailable)
+            let outcome = run(&conn, "BEGIN")
                 .map_err(OperationFailed::from)
                 .and_then(|()| {
                     op(&mut SqliteTxn {
@@ -423,7 +511,7 @@ impl MetaStore for SqliteStore {
                         writable: false,
                     })
                 });
-            let _ = conn.execute_batch("COMMIT");
+            let _ = run(&conn, "COMMIT");
             self.readers
                 .lock()
                 .expect("reader pool poisoned")
