@@ -1,8 +1,9 @@
 //! The chunk store: one file per sealed chunk under the chunk root, laid out as
 //! `docs/format.md` section 3 says (`format::layout`).
 //!
-//! A chunk file is written once and never changed: temporary file, hard link to its final
-//! name (which fails if the name exists, so nothing is ever replaced), and then durable: at
+//! A chunk file is written once and never changed: an unnamed file (`O_TMPFILE`, or a
+//! temporary name where the filesystem has none), linked to its final name (which fails if
+//! the name exists, so nothing is ever replaced), and then durable: at
 //! once (fsync of the file and of each directory that gained an entry), or, in a store that
 //! defers, at the next [`ChunkStore::sync_pending`], which the metadata store calls before
 //! any commit naming the chunk becomes durable. Backup tools may copy the tree at any moment.
@@ -193,6 +194,9 @@ pub struct DirChunkStore {
     deferred: bool,
     /// A deferred put happened since the last sync.
     pending: AtomicBool,
+    /// New chunk files start unnamed (`O_TMPFILE`) and get their name once written; false
+    /// where the filesystem or a missing `/proc` cannot, and they start under a temporary name.
+    unnamed_files: AtomicBool,
 }
 
 fn io_error<'a>(
@@ -221,6 +225,53 @@ fn sync_filesystem(root: &Path) -> Result<(), ChunkStoreError> {
 }
 
 /// A fresh name for a temporary file in `dir` (chunk names never start with a dot).
+/// Where an open file can be named by descriptor, for `linkat`.
+const PROC_FDS: &str = "/proc/self/fd";
+
+/// A chunk file being written: unnamed (`O_TMPFILE`) or under a temporary name.
+struct NewFile {
+    file: File,
+    temp: Option<TempName>,
+}
+
+/// A temporary file name, removed when dropped (after the file got its real name, or failed).
+struct TempName(PathBuf);
+
+impl Drop for TempName {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+impl NewFile {
+    /// Gives the written file its chunk name, which must not exist yet.
+    fn name(self, path: &Path) -> Result<File, ChunkStoreError> {
+        let NewFile { file, temp } = self;
+        let linked = match &temp {
+            None => {
+                use std::os::fd::AsRawFd;
+                let by_fd = format!("{PROC_FDS}/{}", file.as_raw_fd());
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    by_fd.as_str(),
+                    rustix::fs::CWD,
+                    path,
+                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                )
+                .map_err(io::Error::from)
+            }
+            Some(TempName(temp)) => fs::hard_link(temp, path),
+        };
+        match linked {
+            Ok(()) => Ok(file),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(ChunkStoreError::Exists {
+                path: path.to_path_buf(),
+            }),
+            Err(e) => Err(io_error("linking", path)(e)),
+        }
+    }
+}
+
 fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!(
         ".tmp-{}",
@@ -238,6 +289,7 @@ impl DirChunkStore {
             root: root.to_path_buf(),
             deferred,
             pending: AtomicBool::new(false),
+            unnamed_files: AtomicBool::new(Path::new(PROC_FDS).is_dir()),
         };
         let marker = root.join(layout::LAYOUT_FILE);
         match fs::read_to_string(&marker) {
@@ -322,6 +374,43 @@ impl DirChunkStore {
         Ok((path, file, len))
     }
 
+    /// A new, empty file in chunk directory `dir` (created if missing: then true), to be
+    /// named once written.
+    fn new_file(&self, dir: &Path) -> Result<(NewFile, bool), ChunkStoreError> {
+        use rustix::fs::{Mode, OFlags};
+        let mut made_dir = false;
+        while self.unnamed_files.load(Ordering::Relaxed) {
+            let flags = OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC;
+            match rustix::fs::open(dir, flags, Mode::from_raw_mode(0o666)) {
+                Ok(fd) => {
+                    let file = NewFile {
+                        file: File::from(fd),
+                        temp: None,
+                    };
+                    return Ok((file, made_dir));
+                }
+                Err(rustix::io::Errno::NOENT) if !made_dir => made_dir = self.ensure_dir(dir)?,
+                Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR) => {
+                    tracing::info!(dir = %dir.display(), "this filesystem has no unnamed files (O_TMPFILE); new chunk files start under a temporary name");
+                    self.unnamed_files.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(io_error("creating a chunk file in", dir)(e.into())),
+            }
+        }
+        made_dir |= self.ensure_dir(dir)?;
+        let temp = temp_path(dir);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(io_error("creating", &temp))?;
+        let file = NewFile {
+            file,
+            temp: Some(TempName(temp)),
+        };
+        Ok((file, made_dir))
+    }
+
     /// Creates a chunk directory if missing; true if the root gained it (the root must then
     /// be synced before a new chunk file in it counts as durable).
     fn ensure_dir(&self, dir: &Path) -> Result<bool, ChunkStoreError> {
@@ -350,35 +439,21 @@ impl ChunkStore for DirChunkStore {
         let path = self.path(chunk);
         let dir = path.parent().expect("chunk files are in a directory");
         let mut gained = vec![dir.to_path_buf()];
-        if self.ensure_dir(dir)? {
+        let (new, made_dir) = self.new_file(dir)?;
+        if made_dir {
             gained.push(self.root.clone());
         }
-        let temp = temp_path(dir);
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .and_then(|file| {
-                use std::os::unix::fs::FileExt;
-                let done = if sealed.len() >= UNCACHED_WRITE_BYTES {
-                    write_uncached(&file, sealed)?
-                } else {
-                    0
-                };
-                file.write_all_at(&sealed[done..], done as u64)
-                    .map(|()| file)
-            });
-        let file = written.map_err(io_error("writing", &temp));
-        let linked = file.and_then(|file| {
-            fs::hard_link(&temp, &path)
-                .map(|()| file)
-                .map_err(|e| match e.kind() {
-                    io::ErrorKind::AlreadyExists => ChunkStoreError::Exists { path: path.clone() },
-                    _ => io_error("linking", &path)(e),
-                })
-        });
-        let _ = fs::remove_file(&temp);
-        let file = linked?;
+        let done = if sealed.len() >= UNCACHED_WRITE_BYTES {
+            write_uncached(&new.file, sealed)
+        } else {
+            Ok(0)
+        };
+        done.and_then(|done| {
+            use std::os::unix::fs::FileExt;
+            new.file.write_all_at(&sealed[done..], done as u64)
+        })
+        .map_err(io_error("writing", &path))?;
+        let file = new.name(&path)?;
         if self.deferred {
             if sealed.len() >= EARLY_WRITEBACK_BYTES {
                 // Start writing it out now, so that the next sync finds little left to do and
@@ -531,16 +606,30 @@ mod tests {
         bytes
     }
 
+    /// Both ways of making a chunk file: unnamed until written (`O_TMPFILE`), and under a
+    /// temporary name where that is not available.
     #[test]
     fn put_never_replaces_and_get_reads_back() {
+        for unnamed in [true, false] {
+            put_never_replaces_and_get_reads_back_when(unnamed);
+        }
+    }
+
+    fn put_never_replaces_and_get_reads_back_when(unnamed: bool) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = DirChunkStore::open(dir.path(), false).expect("open");
+        store.unnamed_files.store(unnamed, Ordering::Relaxed);
         let chunk = ChunkRef {
             ino: 0xabcd_0000_0000_0001,
             index: 2,
             generation: 5,
         };
         store.put(chunk, &sealed(100)).expect("put");
+        assert_eq!(
+            store.unnamed_files.load(Ordering::Relaxed),
+            unnamed,
+            "a temporary directory on ext4 or tmpfs has unnamed files"
+        );
         assert!(matches!(
             store.put(chunk, &sealed(90)),
             Err(ChunkStoreError::Exists { .. })
