@@ -330,6 +330,11 @@ impl Service {
         self.state.metrics.record(op, elapsed, outcome.is_ok());
         span.in_scope(|| match &outcome {
             Ok(_) => tracing::debug!(micros = elapsed.as_micros() as u64, "ok"),
+            // A filesystem answers these all the time (a lookup before a create, a missing
+            // attribute): not worth a log line each.
+            Err(
+                error @ (OpError::NotFound | OpError::Exists | OpError::NotEmpty | OpError::NoData),
+            ) => tracing::debug!(micros = elapsed.as_micros() as u64, %error, "refused"),
             Err(error) => tracing::info!(micros = elapsed.as_micros() as u64, %error, "refused"),
         });
         outcome.map(Response::new).map_err(|e| status(&e))
