@@ -8,6 +8,7 @@
 //! [`fuse`] the thin FUSE adapter; [`error::errno`] the one errno mapping.
 
 pub mod cache;
+pub mod claims;
 pub mod config;
 pub mod error;
 pub mod file;

@@ -11,6 +11,7 @@ use format::ids::FileId;
 use proto::v1::{GetChunkReply, GetChunkRequest};
 
 use crate::cache::{ChunkCache, CleanChunk};
+use crate::claims::Claims;
 use crate::error::FsError;
 use crate::keys::Keys;
 use crate::remote::Remote;
@@ -59,6 +60,8 @@ pub struct Shared {
     pending: Mutex<HashMap<u64, Pending>>,
     /// The mount's runtime, where background work (uploads, read-ahead) runs.
     runtime: tokio::runtime::Handle,
+    /// Chunk files as descriptors, from a server on this machine (see [`Claims`]).
+    claims: Option<Arc<Claims>>,
 }
 
 /// A new file not yet created on the server (see `FileState::pending_create`).
@@ -89,7 +92,12 @@ impl Shared {
         limits: Limits,
         runtime: tokio::runtime::Handle,
     ) -> Shared {
+        let claims = match &remote.connection().target {
+            client::Target::Unix(api) => Some(Arc::new(Claims::new(api))),
+            _ => None,
+        };
         Shared {
+            claims,
             remote,
             keys,
             cache: Mutex::new(ChunkCache::new(limits.cache_bytes_max)),
@@ -213,18 +221,48 @@ impl Shared {
     }
 
     async fn fetch(&self, read: &ChunkRead) -> Result<Arc<CleanChunk>, FsError> {
+        let mut reply = self.get_chunk(read, self.claims.is_some()).await?;
+        if !reply.descriptor_ticket.is_empty() {
+            let claims = self
+                .claims
+                .clone()
+                .expect("a ticket only when asked for one");
+            let ticket = std::mem::take(&mut reply.descriptor_ticket);
+            let claimed = tokio::task::spawn_blocking(move || claims.read(&ticket))
+                .await
+                .expect("claiming a chunk file panicked");
+            match claimed {
+                Ok(sealed) => reply.data = sealed,
+                Err(error) => {
+                    tracing::warn!(%error, "could not take a chunk file from storaged; asking for its bytes");
+                    reply = self.get_chunk(read, false).await?;
+                }
+            }
+        }
+        self.accept(read, reply).await
+    }
+
+    /// Asks for a committed chunk: its bytes, or with `descriptor` a ticket for its file.
+    async fn get_chunk(
+        &self,
+        read: &ChunkRead,
+        descriptor: bool,
+    ) -> Result<GetChunkReply, FsError> {
         let (ino, index) = (read.ino, read.index);
-        let reply = self
-            .remote
+        self.remote
             .call("get_chunk", |mut api| async move {
-                api.get_chunk(GetChunkRequest { ino, index }).await
+                let request = GetChunkRequest {
+                    ino,
+                    index,
+                    descriptor,
+                };
+                api.get_chunk(request).await
             })
             .await
             .map_err(|e| match e.kind() {
                 proto::ErrorKind::BadChunk => self.integrity(read, e.to_string()),
                 _ => e,
-            })?;
-        self.accept(read, reply).await
+            })
     }
 
     /// Checks and opens a chunk the server sent (a `GetChunk` reply, or a small file's chunk

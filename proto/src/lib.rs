@@ -14,6 +14,14 @@ pub use v1::{ErrorKind, FileKind};
 /// The status metadata key that carries an [`ErrorKind`] name.
 pub const ERROR_KIND_KEY: &str = "vault-error";
 
+/// Where storaged takes claims for chunk file descriptors (`GetChunkReply.descriptor_ticket`):
+/// beside its Unix socket `api`, with `.fd` appended.
+pub fn descriptor_socket(api: &std::path::Path) -> std::path::PathBuf {
+    let mut path = api.as_os_str().to_owned();
+    path.push(".fd");
+    path.into()
+}
+
 /// Signature domains (see `identity::Identity::sign`).
 pub mod domains {
     pub const REGISTER: &str = "vault/v1 register";

@@ -28,6 +28,8 @@ pub struct State {
     pub auth: Auth,
     pub metrics: Arc<Metrics>,
     pub audit: crate::audit::AuditQueue,
+    /// Chunk files waiting to be claimed as descriptors by local clients.
+    pub descriptors: Arc<crate::descriptors::Descriptors>,
 }
 
 impl std::fmt::Debug for State {
@@ -380,6 +382,7 @@ async fn small_chunk(
     Some(GetChunkReply {
         generation,
         data: sealed,
+        descriptor_ticket: Vec::new(),
     })
 }
 
@@ -1098,6 +1101,12 @@ impl Vault for Service {
         &self,
         request: Request<GetChunkRequest>,
     ) -> Result<Response<GetChunkReply>, Status> {
+        // Only a client on this machine, over the Unix socket, can take a descriptor.
+        let local_uid = request
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .map(|peer| peer.uid());
         self.serve("get_chunk", request, |state, caller, r| async move {
             let (ino, index) = (r.ino, r.index);
             // A writer may replace the chunk between reading its generation and its file (and
@@ -1110,16 +1119,43 @@ impl Vault for Service {
                     .read(move |txn| chunks::current(txn, &who, ino, index))
                     .await?;
                 if generation == 0 {
-                    return Ok(GetChunkReply {
-                        generation: 0,
-                        data: bytes::Bytes::new(),
-                    });
+                    return Ok(GetChunkReply::default());
                 }
                 let chunk = ChunkRef {
                     ino,
                     index,
                     generation,
                 };
+                let by_descriptor = local_uid.filter(|_| r.descriptor);
+                if let Some(uid) = by_descriptor {
+                    match state.blocking(move |store| store.open(chunk)).await {
+                        Ok((file, header, len)) => {
+                            check_stored_header(&state, chunk, &header)?;
+                            // None: too many tickets wait; the bytes go out below.
+                            if let Some(ticket) = state.descriptors.issue(file, uid) {
+                                state.metrics.bytes_out(len as usize);
+                                state
+                                    .audit(
+                                        caller.uid,
+                                        "chunk-read",
+                                        ino,
+                                        format!("{index}@{generation}"),
+                                    )
+                                    .await;
+                                return Ok(GetChunkReply {
+                                    generation,
+                                    data: bytes::Bytes::new(),
+                                    descriptor_ticket: ticket.to_vec(),
+                                });
+                            }
+                        }
+                        Err(error @ ChunkStoreError::Missing { .. }) => {
+                            missing = Some(error);
+                            continue;
+                        }
+                        Err(other) => return Err(chunk_error(other)),
+                    }
+                }
                 match state.blocking(move |store| store.get(chunk)).await {
                     Ok(sealed) => {
                         check_stored(&state, chunk, &sealed)?;
@@ -1135,6 +1171,7 @@ impl Vault for Service {
                         return Ok(GetChunkReply {
                             generation,
                             data: sealed,
+                            descriptor_ticket: Vec::new(),
                         });
                     }
                     Err(error @ ChunkStoreError::Missing { .. }) => missing = Some(error),
@@ -1249,8 +1286,13 @@ impl Vault for Service {
 /// A stored chunk must still be the one its name says: the server's own check before it
 /// serves bytes (the client checks again, cryptographically).
 fn check_stored(state: &State, chunk: ChunkRef, sealed: &[u8]) -> Result<(), OpError> {
-    let vault = state.auth.settings().vault;
     let header = Header::parse(sealed).map_err(|e| damaged(chunk, &e.to_string()))?;
+    check_stored_header(state, chunk, &header)
+}
+
+/// The checks of [`check_stored`] on a header already parsed.
+fn check_stored_header(state: &State, chunk: ChunkRef, header: &Header) -> Result<(), OpError> {
+    let vault = state.auth.settings().vault;
     let expected_tag = format::envelope::file_tag(vault, format::ids::FileId(chunk.ino));
     if u64::from(header.index) != chunk.index || header.generation != chunk.generation {
         return Err(damaged(

@@ -61,7 +61,11 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn sync_pending(&self) -> Result<(), ChunkStoreError>;
     fn get(&self, chunk: ChunkRef) -> Result<Bytes, ChunkStoreError>;
     /// The header and total length of a stored chunk, without reading its body.
-    fn header(&self, chunk: ChunkRef) -> Result<(Header, u64), ChunkStoreError>;
+    fn header(&self, chunk: ChunkRef) -> Result<(Header, u64), ChunkStoreError> {
+        self.open(chunk).map(|(_, header, len)| (header, len))
+    }
+    /// A stored chunk file opened for reading, with its header and total length.
+    fn open(&self, chunk: ChunkRef) -> Result<(File, Header, u64), ChunkStoreError>;
     /// Removes a chunk file; a missing one is not an error.
     fn delete(&self, chunk: ChunkRef) -> Result<(), ChunkStoreError>;
     /// Every chunk file of every file, with its age in seconds, for the orphan sweep.
@@ -511,10 +515,11 @@ impl ChunkStore for DirChunkStore {
         Ok(sealed.into())
     }
 
-    fn header(&self, chunk: ChunkRef) -> Result<(Header, u64), ChunkStoreError> {
-        let (path, mut file, len) = self.open_chunk(chunk)?;
+    fn open(&self, chunk: ChunkRef) -> Result<(File, Header, u64), ChunkStoreError> {
+        use std::os::unix::fs::FileExt;
+        let (path, file, len) = self.open_chunk(chunk)?;
         let mut head = vec![0u8; ENVELOPE_BYTES];
-        file.read_exact(&mut head)
+        file.read_exact_at(&mut head, 0)
             .map_err(io_error("reading", &path))?;
         // Header::parse checks lengths against the buffer; check the real length here.
         if len > SEALED_CHUNK_BYTES_MAX as u64 {
@@ -529,7 +534,7 @@ impl ChunkStore for DirChunkStore {
             path,
             reason: e.to_string(),
         })?;
-        Ok((header, len))
+        Ok((file, header, len))
     }
 
     fn delete(&self, chunk: ChunkRef) -> Result<(), ChunkStoreError> {

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod chunkstore;
 pub mod config;
+pub mod descriptors;
 pub mod gc;
 pub mod meta;
 pub mod metrics;

@@ -117,6 +117,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         chunks,
         auth: Auth::new(vault.clone(), config.session_lifetime),
         metrics: metrics.clone(),
+        descriptors: Arc::default(),
     });
     let service = VaultServer::new(Service {
         state: state.clone(),
@@ -144,6 +145,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     let listener = bind_socket(&config.socket)?;
+    let descriptor_socket = proto::descriptor_socket(&config.socket);
+    let descriptor_listener = bind_socket(&descriptor_socket)?
+        .into_std()
+        .and_then(|listener| {
+            listener.set_nonblocking(false)?;
+            Ok(listener)
+        })
+        .context("the descriptor socket")?;
+    crate::descriptors::serve(descriptor_listener, state.descriptors.clone())
+        .context("starting the descriptor socket thread")?;
     let mut announce = format!(
         "storaged ready: vault {} ({} metadata) on unix:{}",
         vault.vault,
@@ -173,6 +184,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => unix.await,
     };
     let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(&descriptor_socket);
     state.audit.flush().await;
     served.context("serving")?;
     tracing::info!("storaged stopped");

@@ -158,6 +158,7 @@ impl TestFile {
             .get_chunk(GetChunkRequest {
                 ino: self.ino,
                 index,
+                descriptor: false,
             })
             .await?
             .into_inner();

@@ -351,7 +351,9 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
                 .clone()
                 .get_chunk(GetChunkRequest {
                     ino: file.ino,
-                    index: 0
+                    index: 0,
+                    // Asking for the file rather than the bytes changes nothing.
+                    descriptor: true,
                 })
                 .await
         ),
@@ -491,7 +493,9 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
                 .clone()
                 .get_chunk(GetChunkRequest {
                     ino: file.ino,
-                    index: 0
+                    index: 0,
+                    // Asking for the file rather than the bytes changes nothing.
+                    descriptor: true,
                 })
                 .await
         ),
@@ -993,6 +997,24 @@ async fn tls_clients_pin_the_certificate_and_metrics_count_requests(backend: Bac
         .get_attr(GetAttrRequest { ino: ROOT })
         .await
         .expect("getattr over TLS");
+    let (file, _) = create_file(&alice, ROOT, "remote").await.expect("create");
+    file.write_single(&alice, 0, 3, b"sent as bytes")
+        .await
+        .expect("write");
+    let reply = over_tls
+        .api()
+        .get_chunk(GetChunkRequest {
+            ino: file.ino,
+            index: 0,
+            descriptor: true,
+        })
+        .await
+        .expect("get_chunk over TLS")
+        .into_inner();
+    assert!(
+        reply.descriptor_ticket.is_empty() && !reply.data.is_empty(),
+        "a remote client gets the bytes, even when it asks for the file"
+    );
     let wrong = Connection::new(
         &Target::parse(&format!("https://{listen}"), Some(Fingerprint([7; 32]))).expect("t"),
     )
@@ -1043,8 +1065,48 @@ async fn everything_survives_a_restart(backend: Backend) {
     );
 }
 
+/// A client on the Unix socket may take a chunk file as a descriptor rather than its bytes
+/// (docs/format.md section 6): the same bytes, a ticket good once, refusals that leave the
+/// descriptor socket usable.
+async fn local_clients_take_chunk_files_as_descriptors(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
+    let alice = daemon.user("alice").await;
+    let (file, _) = create_file(&alice, ROOT, "f").await.expect("create");
+    file.write_single(&alice, 0, 3, b"by descriptor")
+        .await
+        .expect("write");
+    let ask = |descriptor| {
+        let request = GetChunkRequest {
+            ino: file.ino,
+            index: 0,
+            descriptor,
+        };
+        let mut api = alice.connection.api();
+        async move {
+            api.get_chunk(request)
+                .await
+                .expect("get_chunk")
+                .into_inner()
+        }
+    };
+    let bytes = ask(false).await;
+    assert!(bytes.descriptor_ticket.is_empty() && !bytes.data.is_empty());
+    let ticketed = ask(true).await;
+    assert_eq!(ticketed.generation, bytes.generation);
+    assert!(ticketed.data.is_empty());
+    assert_eq!(ticketed.descriptor_ticket.len(), 16);
+    let claims = vaultfs::claims::Claims::new(&daemon.socket());
+    let ticket = ticketed.descriptor_ticket;
+    assert_eq!(claims.read(&ticket).expect("claim"), bytes.data);
+    assert!(claims.read(&ticket).is_err(), "a ticket is good once");
+    assert!(claims.read(&[7; 16]).is_err(), "an unknown ticket");
+    let again = ask(true).await.descriptor_ticket;
+    assert_eq!(claims.read(&again).expect("claim again"), bytes.data);
+}
+
 tests::on_every_backend!(
     async: operations_over_the_wire,
+    local_clients_take_chunk_files_as_descriptors,
     users_cannot_see_each_others_files_until_shared,
     concurrent_chunk_puts_exactly_one_wins,
     sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged,

@@ -266,6 +266,7 @@ async fn chunk_throughput(user: &TestUser) -> (f64, f64) {
             .get_chunk(GetChunkRequest {
                 ino: file.ino,
                 index,
+                descriptor: false,
             })
             .await
             .expect("get");

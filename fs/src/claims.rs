@@ -1,0 +1,105 @@
+//! Claiming chunk files as descriptors from a storaged on this machine (see storaged's
+//! `descriptors` module and docs/format.md section 6): the chunk's bytes are then read from
+//! the file here, not copied through the daemon and the gRPC stream.
+
+use std::fs::File;
+use std::io::{IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use format::limits::SEALED_CHUNK_BYTES_MAX;
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+
+/// Idle connections kept for later claims.
+const IDLE_CONNECTIONS_MAX: usize = 8;
+
+/// The descriptor socket of one storaged, and connections to it.
+#[derive(Debug)]
+pub struct Claims {
+    socket: PathBuf,
+    idle: Mutex<Vec<UnixStream>>,
+}
+
+impl Claims {
+    /// For a server reached over the Unix socket `api`.
+    pub fn new(api: &std::path::Path) -> Claims {
+        Claims {
+            socket: proto::descriptor_socket(api),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Claims the chunk file of `ticket` and reads it whole. Blocks.
+    pub fn read(&self, ticket: &[u8]) -> std::io::Result<Bytes> {
+        let file = self.claim(ticket)?;
+        read_chunk_file(&file)
+    }
+
+    fn claim(&self, ticket: &[u8]) -> std::io::Result<File> {
+        let idle = self.idle.lock().expect("claims poisoned").pop();
+        let mut stream = match idle {
+            Some(stream) => stream,
+            None => UnixStream::connect(&self.socket)?,
+        };
+        stream.write_all(ticket)?;
+        let (status, file) = receive(&stream)?;
+        let mut idle = self.idle.lock().expect("claims poisoned");
+        if idle.len() < IDLE_CONNECTIONS_MAX {
+            idle.push(stream);
+        }
+        match (status, file) {
+            (0, Some(file)) => Ok(file),
+            _ => Err(std::io::Error::other(
+                "storaged refused the ticket (expired, used, or not ours)",
+            )),
+        }
+    }
+}
+
+/// One status byte and the descriptor that may come with it.
+fn receive(stream: &UnixStream) -> std::io::Result<(u8, Option<File>)> {
+    let mut status = [0u8; 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    loop {
+        match rustix::net::recvmsg(
+            stream,
+            &mut [IoSliceMut::new(&mut status)],
+            &mut ancillary,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(received) if received.bytes == 1 => break,
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "storaged closed the descriptor socket",
+                ));
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let file = ancillary.drain().find_map(|message| match message {
+        RecvAncillaryMessage::ScmRights(mut fds) => fds.next().map(File::from),
+        _ => None,
+    });
+    Ok((status[0], file))
+}
+
+/// A chunk file's bytes, at most one sealed chunk; its pages are dropped from the page cache
+/// afterwards (the plaintext cache is what serves reads again).
+fn read_chunk_file(file: &File) -> std::io::Result<Bytes> {
+    let len = file.metadata()?.len();
+    if len > SEALED_CHUNK_BYTES_MAX as u64 {
+        return Err(std::io::Error::other(format!(
+            "the chunk file holds {len} bytes, more than a sealed chunk"
+        )));
+    }
+    let mut sealed = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut sealed)?;
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
+    Ok(sealed.into())
+}
