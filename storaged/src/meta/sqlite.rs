@@ -41,6 +41,8 @@ const DURABLE_AFTER_COMMITS: u32 = 1024;
 /// syncs the WAL even when it has nothing else to write.
 const DURABLE_MARK: &str = "durable_mark";
 const READ_CONNECTIONS: usize = 4;
+/// The write connection's page cache, in KiB.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// Prepared statements kept per connection: more than the store has distinct statements.
 const STATEMENTS_CACHED: usize = 128;
 
@@ -95,6 +97,13 @@ impl SqliteStore {
         // Checkpoints happen only after durable commits (see the module comment).
         writer
             .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(unavailable)?;
+        // The pages a stream of creates touches (new files have random inode numbers, so all
+        // over the inode, chunk and key tables) stay in the daemon, whatever else evicts the
+        // OS page cache: creating files after `drop_caches` took 810 us a file with SQLite's
+        // default 2 MiB, 720 us with this.
+        writer
+            .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(unavailable)?;
         let writer = Writer {
             conn: writer,
