@@ -38,14 +38,19 @@ impl Claims {
         read_chunk_file(&file)
     }
 
+    fn connect(&self) -> std::io::Result<UnixStream> {
+        UnixStream::connect(&self.socket)
+    }
+
     fn claim(&self, ticket: &[u8]) -> std::io::Result<File> {
         let idle = self.idle.lock().expect("claims poisoned").pop();
-        let mut stream = match idle {
-            Some(stream) => stream,
-            None => UnixStream::connect(&self.socket)?,
+        // An idle connection may have been closed by the server (idle too long, or restarted)
+        // before it saw the ticket: then a new one.
+        let answered = match idle {
+            Some(stream) => ask(stream, ticket).or_else(|_| ask(self.connect()?, ticket)),
+            None => ask(self.connect()?, ticket),
         };
-        stream.write_all(ticket)?;
-        let (status, file) = receive(&stream)?;
+        let (stream, status, file) = answered?;
         let mut idle = self.idle.lock().expect("claims poisoned");
         if idle.len() < IDLE_CONNECTIONS_MAX {
             idle.push(stream);
@@ -57,6 +62,13 @@ impl Claims {
             )),
         }
     }
+}
+
+/// Sends a ticket; the connection, the status byte and the descriptor that may come with it.
+fn ask(mut stream: UnixStream, ticket: &[u8]) -> std::io::Result<(UnixStream, u8, Option<File>)> {
+    stream.write_all(ticket)?;
+    let (status, file) = receive(&stream)?;
+    Ok((stream, status, file))
 }
 
 /// One status byte and the descriptor that may come with it.

@@ -29,6 +29,8 @@ pub const TICKET_LIFETIME: Duration = Duration::from_secs(10);
 const TICKETS_MAX: usize = 256;
 /// Descriptor socket connections served at once (a thread each).
 const CONNECTIONS_MAX: usize = 64;
+/// A connection that sends no claim for this long is closed (clients connect again).
+const IDLE_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 pub type Ticket = [u8; 16];
 
@@ -67,7 +69,9 @@ impl Descriptors {
     /// The file of a ticket, which is used up; `None` if unknown, expired or another user's.
     pub fn claim(&self, ticket: &Ticket, uid: u32) -> Option<File> {
         let mut issued = self.issued.lock().expect("tickets poisoned");
-        let found = issued.remove(ticket)?;
+        let found = issued.remove(ticket);
+        issued.retain(|_, i| i.at.elapsed() < TICKET_LIFETIME);
+        let found = found?;
         (found.uid == uid && found.at.elapsed() < TICKET_LIFETIME).then_some(found.file)
     }
 }
@@ -80,7 +84,15 @@ pub fn serve(listener: UnixListener, descriptors: Arc<Descriptors>) -> std::io::
         .name("descriptors".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        // Out of descriptors, say: let some go before trying again.
+                        tracing::warn!(%error, "accepting on the descriptor socket");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
                 if connections.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
                     connections.fetch_sub(1, Ordering::AcqRel);
                     tracing::warn!("too many descriptor socket connections; closing one");
@@ -107,6 +119,12 @@ fn answer_claims(mut stream: UnixStream, descriptors: &Descriptors) {
         Ok(peer) => peer.uid.as_raw(),
         Err(_) => return,
     };
+    if stream
+        .set_read_timeout(Some(IDLE_CONNECTION_LIFETIME))
+        .is_err()
+    {
+        return;
+    }
     let mut ticket: Ticket = [0; 16];
     while stream.read_exact(&mut ticket).is_ok() {
         let file = descriptors.claim(&ticket, uid);

@@ -1067,9 +1067,9 @@ async fn everything_survives_a_restart(backend: Backend) {
 
 /// A client on the Unix socket may take a chunk file as a descriptor rather than its bytes
 /// (docs/format.md section 6): the same bytes, a ticket good once, refusals that leave the
-/// descriptor socket usable.
+/// descriptor socket usable, and a connection kept from before a restart replaced.
 async fn local_clients_take_chunk_files_as_descriptors(backend: Backend) {
-    let daemon = Storaged::start_on(&backend, &[]);
+    let mut daemon = Storaged::start_on(&backend, &[]);
     let alice = daemon.user("alice").await;
     let (file, _) = create_file(&alice, ROOT, "f").await.expect("create");
     file.write_single(&alice, 0, 3, b"by descriptor")
@@ -1102,6 +1102,29 @@ async fn local_clients_take_chunk_files_as_descriptors(backend: Backend) {
     assert!(claims.read(&[7; 16]).is_err(), "an unknown ticket");
     let again = ask(true).await.descriptor_ticket;
     assert_eq!(claims.read(&again).expect("claim again"), bytes.data);
+
+    daemon.stop();
+    daemon.spawn();
+    let connection = Connection::new(&daemon.target()).expect("c");
+    connection
+        .login("alice", &alice.identity)
+        .await
+        .expect("login");
+    let ticket = connection
+        .api()
+        .get_chunk(GetChunkRequest {
+            ino: file.ino,
+            index: 0,
+            descriptor: true,
+        })
+        .await
+        .expect("get_chunk after the restart")
+        .into_inner()
+        .descriptor_ticket;
+    assert_eq!(
+        claims.read(&ticket).expect("claim over a new connection"),
+        bytes.data
+    );
 }
 
 tests::on_every_backend!(
