@@ -360,6 +360,13 @@ fn new_file(r: &CreateRequest) -> Result<NewFile, OpError> {
     Ok((r.parent, r.name.clone(), node, keys))
 }
 
+/// Counts and audits a chunk going out to the caller `uid`, as bytes or as a descriptor.
+async fn chunk_read(state: &State, uid: u32, chunk: ChunkRef, bytes: usize) {
+    state.metrics.bytes_out(bytes);
+    let detail = format!("{}@{}", chunk.index, chunk.generation);
+    state.audit(uid, "chunk-read", chunk.ino, detail).await;
+}
+
 /// A small file's only chunk for an `Open` reply, if it reads and checks out now (otherwise
 /// the client's `GetChunk` reports the problem).
 async fn small_chunk(
@@ -375,10 +382,7 @@ async fn small_chunk(
     };
     let sealed = state.chunks.get(chunk).ok()?;
     check_stored(state, chunk, &sealed).ok()?;
-    state.metrics.bytes_out(sealed.len());
-    state
-        .audit(caller.uid, "chunk-read", ino, format!("0@{generation}"))
-        .await;
+    chunk_read(state, caller.uid, chunk, sealed.len()).await;
     Some(GetChunkReply {
         generation,
         data: sealed,
@@ -1133,15 +1137,7 @@ impl Vault for Service {
                             check_stored_header(&state, chunk, &header)?;
                             // None: too many tickets wait; the bytes go out below.
                             if let Some(ticket) = state.descriptors.issue(file, uid) {
-                                state.metrics.bytes_out(len as usize);
-                                state
-                                    .audit(
-                                        caller.uid,
-                                        "chunk-read",
-                                        ino,
-                                        format!("{index}@{generation}"),
-                                    )
-                                    .await;
+                                chunk_read(&state, caller.uid, chunk, len as usize).await;
                                 return Ok(GetChunkReply {
                                     generation,
                                     data: bytes::Bytes::new(),
@@ -1159,15 +1155,7 @@ impl Vault for Service {
                 match state.blocking(move |store| store.get(chunk)).await {
                     Ok(sealed) => {
                         check_stored(&state, chunk, &sealed)?;
-                        state.metrics.bytes_out(sealed.len());
-                        state
-                            .audit(
-                                caller.uid,
-                                "chunk-read",
-                                ino,
-                                format!("{index}@{generation}"),
-                            )
-                            .await;
+                        chunk_read(&state, caller.uid, chunk, sealed.len()).await;
                         return Ok(GetChunkReply {
                             generation,
                             data: sealed,

@@ -1001,16 +1001,7 @@ async fn tls_clients_pin_the_certificate_and_metrics_count_requests(backend: Bac
     file.write_single(&alice, 0, 3, b"sent as bytes")
         .await
         .expect("write");
-    let reply = over_tls
-        .api()
-        .get_chunk(GetChunkRequest {
-            ino: file.ino,
-            index: 0,
-            descriptor: true,
-        })
-        .await
-        .expect("get_chunk over TLS")
-        .into_inner();
+    let reply = first_chunk_asking_for_a_descriptor(&over_tls, file.ino).await;
     assert!(
         reply.descriptor_ticket.is_empty() && !reply.data.is_empty(),
         "a remote client gets the bytes, even when it asks for the file"
@@ -1065,6 +1056,17 @@ async fn everything_survives_a_restart(backend: Backend) {
     );
 }
 
+/// Chunk 0 of `ino`, asking for it as a descriptor.
+async fn first_chunk_asking_for_a_descriptor(connection: &Connection, ino: u64) -> GetChunkReply {
+    let request = GetChunkRequest {
+        ino,
+        index: 0,
+        descriptor: true,
+    };
+    let reply = connection.api().get_chunk(request).await;
+    reply.expect("get_chunk").into_inner()
+}
+
 /// A client on the Unix socket may take a chunk file as a descriptor rather than its bytes
 /// (docs/format.md section 6): the same bytes, a ticket good once, refusals that leave the
 /// descriptor socket usable, and a connection kept from before a restart replaced.
@@ -1110,16 +1112,8 @@ async fn local_clients_take_chunk_files_as_descriptors(backend: Backend) {
         .login("alice", &alice.identity)
         .await
         .expect("login");
-    let ticket = connection
-        .api()
-        .get_chunk(GetChunkRequest {
-            ino: file.ino,
-            index: 0,
-            descriptor: true,
-        })
+    let ticket = first_chunk_asking_for_a_descriptor(&connection, file.ino)
         .await
-        .expect("get_chunk after the restart")
-        .into_inner()
         .descriptor_ticket;
     assert_eq!(
         claims.read(&ticket).expect("claim over a new connection"),
