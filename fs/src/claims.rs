@@ -8,6 +8,7 @@ use std::mem::MaybeUninit;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use format::limits::SEALED_CHUNK_BYTES_MAX;
@@ -15,12 +16,17 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
 /// Idle connections kept for later claims.
 const IDLE_CONNECTIONS_MAX: usize = 8;
+/// How long chunks come as bytes after the descriptor socket could not be reached (not
+/// bind-mounted into a container, say, or an older storaged).
+const UNREACHABLE_PAUSE: Duration = Duration::from_secs(60);
 
 /// The descriptor socket of one storaged, and connections to it.
 #[derive(Debug)]
 pub struct Claims {
     socket: PathBuf,
     idle: Mutex<Vec<UnixStream>>,
+    /// Set when the socket could not be reached: until when not to try again.
+    unreachable_until: Mutex<Option<Instant>>,
 }
 
 impl Claims {
@@ -29,7 +35,14 @@ impl Claims {
         Claims {
             socket: proto::descriptor_socket(api),
             idle: Mutex::new(Vec::new()),
+            unreachable_until: Mutex::new(None),
         }
+    }
+
+    /// Whether to ask for descriptors now: not while the socket was lately unreachable.
+    pub fn usable(&self) -> bool {
+        let until = *self.unreachable_until.lock().expect("claims poisoned");
+        until.is_none_or(|until| Instant::now() >= until)
     }
 
     /// Claims the chunk file of `ticket` and reads it whole. Blocks.
@@ -39,7 +52,13 @@ impl Claims {
     }
 
     fn connect(&self) -> std::io::Result<UnixStream> {
-        UnixStream::connect(&self.socket)
+        UnixStream::connect(&self.socket).inspect_err(|error| {
+            let mut until = self.unreachable_until.lock().expect("claims poisoned");
+            if until.is_none_or(|until| Instant::now() >= until) {
+                tracing::warn!(socket = %self.socket.display(), %error, "storaged's descriptor socket is unreachable; chunks come as bytes for a minute");
+            }
+            *until = Some(Instant::now() + UNREACHABLE_PAUSE);
+        })
     }
 
     fn claim(&self, ticket: &[u8]) -> std::io::Result<File> {
@@ -114,4 +133,18 @@ fn read_chunk_file(file: &File) -> std::io::Result<Bytes> {
     file.take(len).read_to_end(&mut sealed)?;
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
     Ok(sealed.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_socket_pauses_asking_for_descriptors() {
+        let nowhere = std::path::Path::new("/nonexistent/vault/storaged.sock");
+        let claims = Claims::new(nowhere);
+        assert!(claims.usable());
+        assert!(claims.read(&[0; 16]).is_err());
+        assert!(!claims.usable(), "no socket: bytes for a while");
+    }
 }
