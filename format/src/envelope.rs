@@ -137,21 +137,26 @@ impl Header {
     /// Parses the header at the start of a sealed chunk and checks the chunk's length.
     /// This is what a server can check without knowing where the chunk belongs.
     pub fn parse(sealed: &[u8]) -> Result<Header, HeaderError> {
-        let len = sealed.len();
-        if len < ENVELOPE_BYTES {
+        Header::parse_head(sealed, sealed.len())
+    }
+
+    /// [`Header::parse`] from a chunk's first bytes (`head`, at least the envelope) and its
+    /// whole length `len`, for a reader that has not read the body.
+    pub fn parse_head(head: &[u8], len: usize) -> Result<Header, HeaderError> {
+        if len < ENVELOPE_BYTES || head.len() < ENVELOPE_BYTES {
             return Err(HeaderError::TooShort { len });
         }
         if len > SEALED_CHUNK_BYTES_MAX {
             return Err(HeaderError::TooLong { len });
         }
-        if sealed[0..2] != MAGIC {
+        if head[0..2] != MAGIC {
             return Err(HeaderError::BadMagic);
         }
-        let version = sealed[2];
+        let version = head[2];
         if version != VERSION_1 {
             return Err(HeaderError::UnsupportedVersion(version));
         }
-        let flags = sealed[3];
+        let flags = head[3];
         if flags & !FLAG_LAST != 0 {
             return Err(HeaderError::UnknownFlags(flags));
         }
@@ -163,12 +168,12 @@ impl Header {
         Ok(Header {
             version,
             last,
-            index: u32::from_le_bytes(take(sealed, 4)),
-            generation: u64::from_le_bytes(take(sealed, 8)),
-            file_tag: take(sealed, 16),
-            nonce: take(sealed, NONCE_AT),
-            tag: take(sealed, TAG_AT),
-            commitment: take(sealed, COMMITMENT_AT),
+            index: u32::from_le_bytes(take(head, 4)),
+            generation: u64::from_le_bytes(take(head, 8)),
+            file_tag: take(head, 16),
+            nonce: take(head, NONCE_AT),
+            tag: take(head, TAG_AT),
+            commitment: take(head, COMMITMENT_AT),
         })
     }
 
@@ -245,6 +250,11 @@ mod tests {
         let mut sealed = header.encode().to_vec();
         sealed.extend_from_slice(b"body");
         assert_eq!(Header::parse(&sealed), Ok(header));
+        assert_eq!(
+            Header::parse_head(&sealed[..ENVELOPE_BYTES], sealed.len()),
+            Ok(header),
+            "the envelope and the length are all parsing needs"
+        );
         assert_eq!(header.check_context(&context(true)), Ok(()));
     }
 

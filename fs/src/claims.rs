@@ -75,7 +75,7 @@ impl Claims {
             idle.push(stream);
         }
         match (status, file) {
-            (0, Some(file)) => Ok(file),
+            (proto::DESCRIPTOR_GRANTED, Some(file)) => Ok(file),
             _ => Err(std::io::Error::other(
                 "storaged refused the ticket (expired, used, or not ours)",
             )),

@@ -231,7 +231,7 @@ impl Shared {
         if !reply.descriptor_ticket.is_empty() {
             let claims = self
                 .claims
-                .clone()
+                .as_ref()
                 .expect("a ticket only when asked for one");
             let ticket = std::mem::take(&mut reply.descriptor_ticket);
             let claiming = claims.clone();

@@ -22,6 +22,14 @@ pub fn descriptor_socket(api: &std::path::Path) -> std::path::PathBuf {
     path.into()
 }
 
+/// The length of a `GetChunkReply.descriptor_ticket`, as written to the descriptor socket.
+pub const DESCRIPTOR_TICKET_BYTES: usize = 16;
+/// The descriptor socket's answer to a claim: the descriptor comes with it.
+pub const DESCRIPTOR_GRANTED: u8 = 0;
+/// The descriptor socket's answer to a claim: no descriptor (ticket unknown, used, expired,
+/// or another user's).
+pub const DESCRIPTOR_REFUSED: u8 = 1;
+
 /// Signature domains (see `identity::Identity::sign`).
 pub mod domains {
     pub const REGISTER: &str = "vault/v1 register";

@@ -228,7 +228,6 @@ fn sync_filesystem(root: &Path) -> Result<(), ChunkStoreError> {
         .map_err(io_error("syncing the filesystem of", root))
 }
 
-/// A fresh name for a temporary file in `dir` (chunk names never start with a dot).
 /// Where an open file can be named by descriptor, for `linkat`.
 const PROC_FDS: &str = "/proc/self/fd";
 
@@ -276,6 +275,7 @@ impl NewFile {
     }
 }
 
+/// A fresh name for a temporary file in `dir` (chunk names never start with a dot).
 fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!(
         ".tmp-{}",
@@ -518,22 +518,20 @@ impl ChunkStore for DirChunkStore {
     fn open(&self, chunk: ChunkRef) -> Result<(File, Header, u64), ChunkStoreError> {
         use std::os::unix::fs::FileExt;
         let (path, file, len) = self.open_chunk(chunk)?;
-        let mut head = vec![0u8; ENVELOPE_BYTES];
+        let mut head = [0u8; ENVELOPE_BYTES];
         file.read_exact_at(&mut head, 0)
             .map_err(io_error("reading", &path))?;
-        // Header::parse checks lengths against the buffer; check the real length here.
         if len > SEALED_CHUNK_BYTES_MAX as u64 {
             return Err(ChunkStoreError::Damaged {
                 path,
                 reason: format!("{len} bytes"),
             });
         }
-        let mut probe = head.clone();
-        probe.resize(len as usize, 0);
-        let header = Header::parse(&probe).map_err(|e| ChunkStoreError::Damaged {
-            path,
-            reason: e.to_string(),
-        })?;
+        let header =
+            Header::parse_head(&head, len as usize).map_err(|e| ChunkStoreError::Damaged {
+                path,
+                reason: e.to_string(),
+            })?;
         Ok((file, header, len))
     }
 

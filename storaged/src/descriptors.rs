@@ -32,7 +32,7 @@ const CONNECTIONS_MAX: usize = 64;
 /// A connection that sends no claim for this long is closed (clients connect again).
 const IDLE_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-pub type Ticket = [u8; 16];
+pub type Ticket = [u8; proto::DESCRIPTOR_TICKET_BYTES];
 
 struct Issued {
     file: File,
@@ -60,7 +60,7 @@ impl Descriptors {
         if issued.len() >= TICKETS_MAX {
             return None;
         }
-        let ticket = identity::random_bytes::<16>();
+        let ticket = identity::random_bytes::<{ proto::DESCRIPTOR_TICKET_BYTES }>();
         let at = Instant::now();
         issued.insert(ticket, Issued { file, uid, at });
         Some(ticket)
@@ -125,7 +125,7 @@ fn answer_claims(mut stream: UnixStream, descriptors: &Descriptors) {
     {
         return;
     }
-    let mut ticket: Ticket = [0; 16];
+    let mut ticket: Ticket = [0; proto::DESCRIPTOR_TICKET_BYTES];
     while stream.read_exact(&mut ticket).is_ok() {
         let file = descriptors.claim(&ticket, uid);
         if send(&stream, file.as_ref()).is_err() {
@@ -145,9 +145,9 @@ fn send(stream: &UnixStream, file: Option<&File>) -> std::io::Result<()> {
             if !ancillary.push(SendAncillaryMessage::ScmRights(&fds)) {
                 return Err(std::io::Error::other("no room for the descriptor"));
             }
-            0u8
+            proto::DESCRIPTOR_GRANTED
         }
-        None => 1,
+        None => proto::DESCRIPTOR_REFUSED,
     };
     loop {
         match rustix::net::sendmsg(

@@ -367,7 +367,7 @@ impl Writer {
             if alone {
                 let outcome = op(&mut txn);
                 if outcome.is_err() {
-                    let _ = conn.execute_batch("ROLLBACK");
+                    let _ = run(conn, "ROLLBACK");
                     return Ok(vec![outcome]);
                 }
                 outcomes.push(outcome);
