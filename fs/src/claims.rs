@@ -3,7 +3,7 @@
 //! the file here, not copied through the daemon and the gRPC stream.
 
 use std::fs::File;
-use std::io::{IoSliceMut, Read, Write};
+use std::io::{IoSliceMut, Read, Seek, Write};
 use std::mem::MaybeUninit;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -62,6 +62,12 @@ impl Claims {
     }
 
     fn claim(&self, ticket: &[u8]) -> std::io::Result<File> {
+        if ticket.len() != proto::DESCRIPTOR_TICKET_BYTES {
+            return Err(std::io::Error::other(format!(
+                "storaged sent a ticket of {} bytes",
+                ticket.len()
+            )));
+        }
         let idle = self.idle.lock().expect("claims poisoned").pop();
         // An idle connection may have been closed by the server (idle too long, or restarted)
         // before it saw the ticket: then a new one.
@@ -130,6 +136,9 @@ fn read_chunk_file(file: &File) -> std::io::Result<Bytes> {
         )));
     }
     let mut sealed = Vec::with_capacity(len as usize);
+    // From the start, wherever the server left the shared file offset.
+    let mut file = file;
+    file.seek(std::io::SeekFrom::Start(0))?;
     file.take(len).read_to_end(&mut sealed)?;
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
     Ok(sealed.into())

@@ -98,14 +98,16 @@ pub fn serve(listener: UnixListener, descriptors: Arc<Descriptors>) -> std::io::
                     tracing::warn!("too many descriptor socket connections; closing one");
                     continue;
                 }
-                let (descriptors, connections) = (descriptors.clone(), connections.clone());
+                let (descriptors, counted) = (descriptors.clone(), connections.clone());
                 let spawned = std::thread::Builder::new()
                     .name("descriptor-claims".into())
                     .spawn(move || {
                         answer_claims(stream, &descriptors);
-                        connections.fetch_sub(1, Ordering::AcqRel);
+                        counted.fetch_sub(1, Ordering::AcqRel);
                     });
                 if let Err(error) = spawned {
+                    // The thread that would have counted it out never ran.
+                    connections.fetch_sub(1, Ordering::AcqRel);
                     tracing::warn!(%error, "could not start a descriptor socket thread");
                 }
             }
