@@ -1288,3 +1288,35 @@ fn sqlite_refuses_a_newer_schema() {
     let error = SqliteStore::open(&path, None).expect_err("newer schema");
     assert!(error.to_string().contains("newer"), "{error}");
 }
+
+/// The WAL starts small again after each checkpoint. A WAL left at its largest is rewritten
+/// in place, and once the page cache has dropped its pages each frame write first reads the
+/// disk block it half covers: 8,000 such reads slowed 5,000 creates after `drop_caches` from
+/// 900 to 1,040 us a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_cuts_its_wal_back_after_a_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("meta.db");
+    let wal = dir.path().join("meta.db-wal");
+    let store = SqliteStore::open(&path, None).expect("open");
+    let value = vec![7u8; 3000];
+    // More commits than the writer makes between checkpoints, each writing a new page.
+    for i in 0..600 {
+        put_setting(&store, Durability::Visible, &format!("grow{i}"), &value).await;
+    }
+    let grown = std::fs::metadata(&wal).expect("the WAL").len();
+    assert!(
+        grown > 1 << 20,
+        "600 commits left a WAL of only {grown} bytes"
+    );
+    // A durable commit, after which the writer checkpoints; the next commit restarts the WAL.
+    store.sync().await.expect("sync");
+    put_setting(&store, Durability::Durable, "after", b"checkpoint").await;
+    put_setting(&store, Durability::Visible, "restarted", b"small").await;
+    let cut = std::fs::metadata(&wal).expect("the WAL").len();
+    assert!(
+        cut < 256 << 10,
+        "the WAL stayed at {cut} bytes after a checkpoint (it had grown to {grown})"
+    );
+    assert_eq!(setting(&store, "grow599").await, Some(value));
+}
