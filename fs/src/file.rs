@@ -6,6 +6,10 @@
 //! fsync, eviction, unmount). Full chunks that the file has grown past are sealed and uploaded
 //! in the background while the writer goes on ("write-behind"); the commit that makes them
 //! current still happens at flush, with the file's final size.
+//!
+//! Attribute changes made while there are unflushed writes (`tar` and `cp -p` set each file's
+//! times, owner and mode before they close it) are kept here and go with that commit too,
+//! instead of a round trip each; this mount shows them at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use format::limits::{CHUNK_BYTES, FILE_BYTES_MAX};
 use proto::ErrorKind;
 use proto::v1::{
     Attr, ChunkCommit, CommitChunksRequest, CreateRequest, GetAttrRequest, GetChunkReply,
-    ListChunksRequest, OpenReply, OpenRequest, PutChunkRequest,
+    ListChunksRequest, OpenReply, OpenRequest, PutChunkRequest, SetAttrRequest,
 };
 use tokio::task::JoinHandle;
 
@@ -128,6 +132,10 @@ pub struct FileState {
     /// A new file this client has not created on the server yet: its first flush creates it
     /// (with its first chunk, in one commit, when it has one).
     pub pending_create: Option<CreateRequest>,
+    /// The attributes the server gave last (open, creation, commit).
+    server_attr: Option<Attr>,
+    /// Attribute changes kept for the next commit (see `keep_attr_changes`).
+    attr_changes: Option<SetAttrRequest>,
 }
 
 async fn open_call(shared: &Shared, ino: u64) -> Result<OpenReply, FsError> {
@@ -162,6 +170,7 @@ impl FileState {
     pub fn created(ino: u64, cipher: Arc<ChunkCipher>, attr: &Attr) -> FileState {
         let mut state = FileState::empty(ino, cipher);
         state.version = attr.version;
+        state.server_attr = Some(*attr);
         state
     }
 
@@ -183,6 +192,90 @@ impl FileState {
             retired: false,
             arrived: None,
             pending_create: None,
+            server_attr: None,
+            attr_changes: None,
+        }
+    }
+
+    /// `attr` as this client sees it: with the local size and the attribute changes kept for
+    /// the next commit.
+    pub fn view(&self, mut attr: Attr) -> Attr {
+        attr.size = self.size;
+        if let Some(changes) = &self.attr_changes {
+            attr.perm = changes.perm.map_or(attr.perm, |p| p & 0o7777);
+            attr.uid = changes.uid.unwrap_or(attr.uid);
+            attr.gid = changes.gid.unwrap_or(attr.gid);
+            // A time set to "now" carries this client's clock for the view (the server sets
+            // its own at the commit).
+            attr.atime = changes.atime.or(attr.atime);
+            attr.mtime = changes.mtime.or(attr.mtime);
+        }
+        attr
+    }
+
+    /// Keeps attribute changes (no size) for the next commit instead of a round trip now,
+    /// when a commit is to come (unflushed writes) and the server will allow them: the checks
+    /// `SetAttr` makes are that the owner changes mode and owner, and a writer the times.
+    /// Returns the attributes the file shows now, or `None`: the changes must go now.
+    pub fn keep_attr_changes(&mut self, changes: SetAttrRequest, uid: u32) -> Option<Attr> {
+        let attr = self.server_attr?;
+        if changes.size.is_some() || !self.is_dirty() {
+            return None;
+        }
+        let owner_change = changes.perm.is_some() || changes.uid.is_some() || changes.gid.is_some();
+        let time_change = changes.atime.is_some()
+            || changes.atime_now
+            || changes.mtime.is_some()
+            || changes.mtime_now;
+        let times_fit = [changes.atime, changes.mtime].iter().flatten().all(|t| {
+            t.nanos < 1_000_000_000
+                && t.seconds
+                    .checked_mul(1_000_000_000)
+                    .and_then(|ns| ns.checked_add(i64::from(t.nanos)))
+                    .is_some()
+        });
+        if (owner_change && attr.owner != uid) || (time_change && !attr.may_write) || !times_fit {
+            return None;
+        }
+        let mut changes = changes;
+        let now = crate::vault::stamp(std::time::SystemTime::now());
+        if changes.atime_now {
+            changes.atime = Some(now);
+        }
+        if changes.mtime_now {
+            changes.mtime = Some(now);
+        }
+        let kept = self
+            .attr_changes
+            .get_or_insert_with(SetAttrRequest::default);
+        merge_attr_changes(kept, changes);
+        Some(self.view(attr))
+    }
+
+    /// The changes kept for the next commit with `newer` on top, to go to the server now
+    /// (then call `kept_attr_changes_sent`).
+    pub fn with_kept_attr_changes(&self, newer: SetAttrRequest) -> SetAttrRequest {
+        match self.attr_changes {
+            Some(mut kept) => {
+                merge_attr_changes(&mut kept, newer);
+                kept
+            }
+            None => newer,
+        }
+    }
+
+    /// The server took the changes of `with_kept_attr_changes`; it replied `attr`.
+    pub fn kept_attr_changes_sent(&mut self, attr: &Attr) {
+        self.attr_changes = None;
+        self.server_attr = Some(*attr);
+    }
+
+    /// A write or size change sets the modification time itself (to the commit's): one kept
+    /// from before it no longer applies.
+    fn forget_kept_mtime(&mut self) {
+        if let Some(changes) = &mut self.attr_changes {
+            changes.mtime = None;
+            changes.mtime_now = false;
         }
     }
 
@@ -215,7 +308,39 @@ impl FileState {
         self.creation_settled(shared, &request, &created);
         let attr = created?;
         self.version = attr.version;
+        self.server_attr = Some(attr);
         Ok(Some(attr))
+    }
+
+    /// Sends the attribute changes kept for a commit when there is no commit to carry them.
+    async fn flush_attr_changes(
+        &mut self,
+        shared: &Shared,
+        durable: bool,
+    ) -> Result<Option<Attr>, FsError> {
+        let Some(mut request) = self.attr_changes.take() else {
+            return Ok(None);
+        };
+        request.ino = self.ino;
+        request.lazy = !durable;
+        let changed = shared
+            .remote
+            .call(
+                "set_attr",
+                |mut api| async move { api.set_attr(request).await },
+            )
+            .await;
+        match changed {
+            Ok(attr) => {
+                self.version = attr.version;
+                self.server_attr = Some(attr);
+                Ok(Some(attr))
+            }
+            Err(error) => {
+                self.attr_changes = Some(request);
+                Err(error)
+            }
+        }
     }
 
     /// After the call that carried this file's pending creation: it is no longer pending, and
@@ -285,6 +410,7 @@ impl FileState {
         self.committed_size = attr.size;
         self.generations = generations;
         self.version = attr.version;
+        self.server_attr = Some(attr);
         self.arrived = reply.small_chunk;
         Ok(attr)
     }
@@ -479,6 +605,7 @@ impl FileState {
             pos += n as u64;
         }
         self.size = self.size.max(end);
+        self.forget_kept_mtime();
         if self.pending_create.is_some() && self.size > CHUNK {
             // Full chunks upload before the commit: the file must exist for them.
             self.materialize(shared, false).await?;
@@ -574,6 +701,7 @@ impl FileState {
                 "size past the largest file the format holds",
             ));
         }
+        self.forget_kept_mtime();
         if size < self.size {
             self.truncated = true;
             let keep = last_index(size).map_or(0, |l| l + 1);
@@ -607,13 +735,14 @@ impl FileState {
         durable: bool,
     ) -> Result<Option<Attr>, FsError> {
         if !self.is_dirty() {
-            return Ok(None);
+            return self.flush_attr_changes(shared, durable).await;
         }
         if self.pending_create.is_some() && !self.single_dirty() {
             // No chunk to create it with (or several): create it on its own first.
             let created = self.materialize(shared, durable).await?;
             if !self.is_dirty() {
-                return Ok(created);
+                let changed = self.flush_attr_changes(shared, durable).await?;
+                return Ok(changed.or(created));
             }
         }
         for attempt in 1..=FLUSH_ATTEMPTS_MAX {
@@ -738,6 +867,7 @@ impl FileState {
         let sealed = bytes::Bytes::from(sealed);
         let base = dirty.base;
         let create = self.pending_create.take();
+        let set_attr = self.attr_changes;
         let reply = shared
             .remote
             .call("put_chunk", |mut api| {
@@ -754,6 +884,7 @@ impl FileState {
                         truncate,
                         lazy: !durable,
                         create,
+                        set_attr,
                     })
                     .await
                 }
@@ -801,6 +932,7 @@ impl FileState {
             truncate,
             rekey: vec![],
             lazy: !durable,
+            set_attr: self.attr_changes,
         };
         let attr = shared
             .remote
@@ -845,6 +977,10 @@ impl FileState {
         self.size = attr.size;
         self.truncated = false;
         self.version = attr.version;
+        self.server_attr = Some(attr);
+        // Every commit carries the changes kept so far (and nothing changes them meanwhile:
+        // the state is locked through the flush).
+        self.attr_changes = None;
         attr
     }
 
@@ -889,6 +1025,21 @@ impl FileState {
         }
         self.size = self.committed_size;
         self.truncated = false;
+        self.attr_changes = None;
+    }
+}
+
+/// Puts `newer` attribute changes on top of `kept` ones.
+fn merge_attr_changes(kept: &mut SetAttrRequest, newer: SetAttrRequest) {
+    kept.perm = newer.perm.or(kept.perm);
+    kept.uid = newer.uid.or(kept.uid);
+    kept.gid = newer.gid.or(kept.gid);
+    kept.size = newer.size.or(kept.size);
+    if newer.atime.is_some() || newer.atime_now {
+        (kept.atime, kept.atime_now) = (newer.atime, newer.atime_now);
+    }
+    if newer.mtime.is_some() || newer.mtime_now {
+        (kept.mtime, kept.mtime_now) = (newer.mtime, newer.mtime_now);
     }
 }
 

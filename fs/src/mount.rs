@@ -59,7 +59,8 @@ pub async fn connect(
             .try_into()
             .context("the server sent a malformed vault ID")?,
     );
-    let remote = Remote::new(connection, &name, identity, wait);
+    let remote =
+        Remote::new(connection, &name, identity, wait).with_server_features(&hello.features);
     remote
         .login()
         .await

@@ -55,6 +55,7 @@ pub struct Remote {
     relogin: Arc<tokio::sync::Mutex<()>>,
     /// Counts finished calls that may have changed something on the server.
     changes: Arc<AtomicU64>,
+    features: Arc<Vec<String>>,
 }
 
 /// Calls that change nothing on the server.
@@ -94,7 +95,19 @@ impl Remote {
             wait,
             relogin: Arc::new(tokio::sync::Mutex::new(())),
             changes: Arc::new(AtomicU64::new(0)),
+            features: Arc::new(Vec::new()),
         }
+    }
+
+    /// What the server said it does beyond the first protocol (`HelloReply.features`).
+    pub fn with_server_features(mut self, features: &[String]) -> Remote {
+        self.features = Arc::new(features.to_vec());
+        self
+    }
+
+    /// Whether the server said it has `feature` (one of `proto::features`).
+    pub fn server_has(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
     }
 
     /// Moves on after every call that may have changed something on the server (whatever its

@@ -147,13 +147,12 @@ impl Vault {
     }
 
     /// A file's attributes as this client sees them: an open file with local writes shows
-    /// its local size.
-    async fn local_view(&self, mut attr: Attr) -> Attr {
-        if let Some(file) = self.open_file(attr.ino) {
-            let state = file.lock().await;
-            attr.size = state.size;
+    /// its local size, and the attribute changes it keeps for its next commit.
+    async fn local_view(&self, attr: Attr) -> Attr {
+        match self.open_file(attr.ino) {
+            Some(file) => file.lock().await.view(attr),
+            None => attr,
         }
-        attr
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
@@ -222,10 +221,6 @@ impl Vault {
 
     pub fn setattr(&self, ino: u64, changes: &Changes) -> Result<Attr, FsError> {
         self.block(async {
-            self.materialize(ino).await?;
-            if let Some(size) = changes.size {
-                self.truncate(ino, size).await?;
-            }
             let rest = SetAttrRequest {
                 lazy: true,
                 ino,
@@ -238,15 +233,42 @@ impl Vault {
                 atime_now: changes.atime_now,
                 mtime_now: changes.mtime_now,
             };
-            let attr = self
-                .shared
-                .remote
-                .call("set_attr", |mut api| {
-                    let request = rest;
-                    async move { api.set_attr(request).await }
-                })
-                .await?;
-            let attr = self.local_view(attr).await;
+            if changes.size.is_none()
+                && self
+                    .shared
+                    .remote
+                    .server_has(proto::features::COMMIT_SET_ATTR)
+                && let Some(file) = self.open_file(ino)
+                && let Some(attr) = file
+                    .lock()
+                    .await
+                    .keep_attr_changes(rest, self.shared.keys.uid())
+            {
+                // They go with the writes not flushed yet (see `FileState::keep_attr_changes`).
+                self.learn_attr(&attr);
+                return Ok(attr);
+            }
+            self.materialize(ino).await?;
+            if let Some(size) = changes.size {
+                self.truncate(ino, size).await?;
+            }
+            let set_attr = |request: SetAttrRequest| {
+                self.shared
+                    .remote
+                    .call("set_attr", move |mut api| async move {
+                        api.set_attr(request).await
+                    })
+            };
+            let attr = match self.open_file(ino) {
+                Some(file) => {
+                    // Changes kept for a commit go along, first, so that these override them.
+                    let mut state = file.lock().await;
+                    let attr = set_attr(state.with_kept_attr_changes(rest)).await?;
+                    state.kept_attr_changes_sent(&attr);
+                    state.view(attr)
+                }
+                None => set_attr(rest).await?,
+            };
             self.learn_attr(&attr);
             Ok(attr)
         })

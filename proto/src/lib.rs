@@ -30,6 +30,14 @@ pub const DESCRIPTOR_GRANTED: u8 = 0;
 /// or another user's).
 pub const DESCRIPTOR_REFUSED: u8 = 1;
 
+/// The names a server lists in `HelloReply.features`.
+pub mod features {
+    /// Commits apply `PutChunkRequest.set_attr` and `CommitChunksRequest.set_attr`.
+    pub const COMMIT_SET_ATTR: &str = "commit-set-attr";
+    /// Every feature this build's server has.
+    pub const ALL: &[&str] = &[COMMIT_SET_ATTR];
+}
+
 /// Signature domains (see `identity::Identity::sign`).
 pub mod domains {
     pub const REGISTER: &str = "vault/v1 register";

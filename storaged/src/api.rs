@@ -390,6 +390,38 @@ async fn small_chunk(
     })
 }
 
+/// What a `SetAttr` asks to change; "now" is the server's clock.
+fn attr_changes(r: &SetAttrRequest) -> Result<AttrChanges, OpError> {
+    let stamp = |now_flag: bool, given: Option<&Timestamp>| -> Result<Option<Time>, OpError> {
+        if now_flag {
+            Ok(Some(now()))
+        } else {
+            time_of(given)
+        }
+    };
+    Ok(AttrChanges {
+        perm: r.perm,
+        uid: r.uid,
+        gid: r.gid,
+        size: r.size,
+        atime: stamp(r.atime_now, r.atime.as_ref())?,
+        mtime: stamp(r.mtime_now, r.mtime.as_ref())?,
+    })
+}
+
+/// The attribute changes a commit carries, applied after its chunks.
+fn commit_attr_changes(set_attr: Option<&SetAttrRequest>) -> Result<Option<AttrChanges>, OpError> {
+    let Some(set_attr) = set_attr else {
+        return Ok(None);
+    };
+    if set_attr.size.is_some() {
+        return Err(OpError::invalid(
+            "the attribute changes of a commit cannot set a size",
+        ));
+    }
+    attr_changes(set_attr).map(Some)
+}
+
 /// Reads the header and length of an uploaded chunk for a commit.
 async fn uploaded(state: &State, ino: u64, commit: &ChunkCommit) -> Result<Uploaded, OpError> {
     let chunk = ChunkRef {
@@ -422,6 +454,7 @@ impl Vault for Service {
                 admin_signing_key: settings.admin.signing.to_vec(),
                 admin_wrapping_key: settings.admin.wrapping.to_vec(),
                 server_version: env!("CARGO_PKG_VERSION").into(),
+                features: proto::features::ALL.iter().map(|f| f.to_string()).collect(),
             })
         })
         .await
@@ -657,22 +690,7 @@ impl Vault for Service {
 
     async fn set_attr(&self, request: Request<SetAttrRequest>) -> Result<Response<Attr>, Status> {
         self.serve("set_attr", request, |state, caller, r| async move {
-            let stamp =
-                |now_flag: bool, given: Option<&Timestamp>| -> Result<Option<Time>, OpError> {
-                    if now_flag {
-                        Ok(Some(now()))
-                    } else {
-                        time_of(given)
-                    }
-                };
-            let changes = AttrChanges {
-                perm: r.perm,
-                uid: r.uid,
-                gid: r.gid,
-                size: r.size,
-                atime: stamp(r.atime_now, r.atime.as_ref())?,
-                mtime: stamp(r.mtime_now, r.mtime.as_ref())?,
-            };
+            let changes = attr_changes(&r)?;
             let who = caller.clone();
             let changed = state
                 .write_as(r.lazy, move |txn| {
@@ -1021,6 +1039,12 @@ impl Vault for Service {
                     Some(new_file(create)?)
                 }
             };
+            if r.set_attr.is_some() && !r.commit {
+                return Err(OpError::invalid(
+                    "a put that changes attributes must commit",
+                ));
+            }
+            let changes = commit_attr_changes(r.set_attr.as_ref())?;
             let chunk = ChunkRef {
                 ino,
                 index,
@@ -1048,7 +1072,12 @@ impl Vault for Service {
                     if let Some((parent, name, node, keys)) = &create {
                         tree::create_file(txn, &who, *parent, name, node, keys, true, now)?;
                     }
-                    chunks::commit(txn, &who, ino, &[upload], r.size, r.truncate, &[], now)
+                    let file =
+                        chunks::commit(txn, &who, ino, &[upload], r.size, r.truncate, &[], now)?;
+                    match &changes {
+                        Some(changes) => tree::setattr(txn, &who, ino, changes, now),
+                        None => Ok(file),
+                    }
                 })
                 .await;
             match committed {
@@ -1081,19 +1110,18 @@ impl Vault for Service {
                 uploads.push(uploaded(&state, r.ino, commit).await?);
             }
             let rekey = wrapped_keys_of(&r.rekey)?;
+            let changes = commit_attr_changes(r.set_attr.as_ref())?;
             let who = caller.clone();
             let file = state
                 .write_as(r.lazy, move |txn| {
-                    chunks::commit(
-                        txn,
-                        &who,
-                        r.ino,
-                        &uploads,
-                        r.size,
-                        r.truncate,
-                        &rekey,
-                        now(),
-                    )
+                    let now = now();
+                    let file = chunks::commit(
+                        txn, &who, r.ino, &uploads, r.size, r.truncate, &rekey, now,
+                    )?;
+                    match &changes {
+                        Some(changes) => tree::setattr(txn, &who, r.ino, changes, now),
+                        None => Ok(file),
+                    }
                 })
                 .await?;
             Ok(attr(&file, &caller))

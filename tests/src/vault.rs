@@ -139,6 +139,7 @@ impl TestFile {
                 truncate: true,
                 lazy: false,
                 create: None,
+                set_attr: None,
             })
             .await?
             .into_inner();

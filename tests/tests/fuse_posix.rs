@@ -524,9 +524,126 @@ fn writes_without_fsetid_drop_set_id_bits(backend: Backend) {
     );
 }
 
+/// What `tar` and `cp -p` do to each file before closing it: set its times, owner and mode
+/// while its data is not flushed yet. The mount shows each change at once; the changes reach
+/// the server with the data at the close (one commit), in the order they were made.
+fn attributes_set_before_close_land_with_the_data(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let user = runtime.block_on(daemon.user("alice"));
+    let client = ClientFiles::for_user(&user);
+    let mut alice = Mount::start(&daemon, &client, &[]);
+    // The file as the server has it, asked directly.
+    let on_server = |ino: u64| {
+        runtime
+            .block_on(
+                user.connection
+                    .api()
+                    .get_attr(proto::v1::GetAttrRequest { ino }),
+            )
+            .expect("get_attr")
+            .into_inner()
+    };
+    let when = |mtime: i64| rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 1_000_000,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: mtime,
+            tv_nsec: 500,
+        },
+    };
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let like_tar = |file: &File, mode: u32| {
+        rustix::fs::futimens(file, &when(2_000_000)).expect("futimens");
+        rustix::fs::fchown(
+            file,
+            Some(rustix::process::Uid::from_raw(1234)),
+            Some(rustix::process::Gid::from_raw(4321)),
+        )
+        .expect("fchown as root");
+        rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode)).expect("fchmod");
+        let meta = file.metadata().expect("fstat");
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+            (mode, 1234, 4321)
+        );
+        assert_eq!(
+            (meta.mtime(), meta.mtime_nsec(), meta.atime()),
+            (2_000_000, 500, 1_000_000)
+        );
+    };
+    // Created exclusively (on the server at once), as tar does; and without O_EXCL (created
+    // on the server with its first chunk).
+    let mut exclusive = File::create_new(alice.join("exclusive")).expect("create_new");
+    exclusive.write_all(b"tar's file").expect("write");
+    like_tar(&exclusive, 0o640);
+    let ino = exclusive.metadata().expect("fstat").ino();
+    let before = on_server(ino);
+    assert_ne!(
+        (before.perm, before.uid),
+        (0o640, 1234),
+        "the changes went to the server before the close"
+    );
+    drop(exclusive);
+    let after = on_server(ino);
+    assert_eq!((after.perm, after.uid, after.gid), (0o640, 1234, 4321));
+    let mut plain = File::create(alice.join("plain")).expect("create");
+    plain.write_all(b"cp's file").expect("write");
+    like_tar(&plain, 0o604);
+    drop(plain);
+    // A change with nothing written: the file is created, then changed.
+    let empty = File::create(alice.join("empty")).expect("create");
+    rustix::fs::fchmod(&empty, rustix::fs::Mode::from_raw_mode(0o600)).expect("fchmod");
+    drop(empty);
+    // A write after the times were set moves the modification time to its own.
+    let mut touched = File::create(alice.join("touched")).expect("create");
+    touched.write_all(b"before").expect("write");
+    rustix::fs::futimens(&touched, &when(2_000_000)).expect("futimens");
+    touched.write_all(b" and after").expect("write");
+    drop(touched);
+
+    alice.remount();
+    let m = &alice;
+    for (name, mode, contents) in [
+        ("exclusive", 0o640, &b"tar's file"[..]),
+        ("plain", 0o604, &b"cp's file"[..]),
+    ] {
+        let meta = fs::metadata(m.join(name)).expect("stat");
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+            (mode, 1234, 4321),
+            "{name}"
+        );
+        assert_eq!(
+            (meta.mtime(), meta.mtime_nsec(), meta.atime()),
+            (2_000_000, 500, 1_000_000),
+            "{name}"
+        );
+        assert_eq!(fs::read(m.join(name)).expect("read"), contents, "{name}");
+    }
+    let empty = fs::metadata(m.join("empty")).expect("stat");
+    assert_eq!((empty.mode() & 0o7777, empty.len()), (0o600, 0));
+    let touched = fs::metadata(m.join("touched")).expect("stat");
+    assert!(
+        touched.mtime() >= started - 60,
+        "a write after futimens left mtime at {}",
+        touched.mtime()
+    );
+    assert_eq!(
+        fs::read(m.join("touched")).expect("read"),
+        b"before and after"
+    );
+}
+
 tests::on_every_backend!(
     sync: files_directories_and_links,
     attributes_times_and_extended_attributes,
+    attributes_set_before_close_land_with_the_data,
     sizes_sparse_files_append_truncate_and_sync,
     an_unlinked_open_file_stays_readable_until_closed,
     another_users_files_are_refused,

@@ -834,6 +834,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
         size: 9,
         truncate: true,
         create: None,
+        set_attr: None,
     };
     let sealed = file.seal(0, 11, true, b"new data!");
     assert_eq!(
@@ -902,6 +903,26 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
         file.read_chunk(&alice, 0, true).await.expect("read"),
         (10, b"good data".to_vec()),
         "a refused creation changes nothing"
+    );
+    // Attribute changes ride on a commit only, and never set a size.
+    let mut changes_alone = put(file.seal(0, 12, true, b"new data!"), 0, file.ino);
+    changes_alone.commit = false;
+    changes_alone.set_attr = Some(proto::v1::SetAttrRequest {
+        perm: Some(0o600),
+        ..Default::default()
+    });
+    assert_eq!(
+        kind(api.clone().put_chunk(changes_alone).await),
+        ErrorKind::Invalid
+    );
+    let mut resizing = put(file.seal(0, 12, true, b"new data!"), 0, file.ino);
+    resizing.set_attr = Some(proto::v1::SetAttrRequest {
+        size: Some(1),
+        ..Default::default()
+    });
+    assert_eq!(
+        kind(api.clone().put_chunk(resizing).await),
+        ErrorKind::Invalid
     );
     let mut wrong_base = put(file.seal(0, 12, true, b"new data!"), 0, file.ino);
     wrong_base.base_generation = 3;

@@ -256,6 +256,7 @@ async fn chunk_throughput(user: &TestUser) -> (f64, f64) {
             size: CHUNKS * format::limits::CHUNK_BYTES as u64,
             truncate: false,
             rekey: vec![],
+            set_attr: None,
         })
         .await
         .expect("commit");
