@@ -606,12 +606,28 @@ fn attributes_set_before_close_land_with_the_data(backend: Backend) {
     rustix::fs::futimens(&touched, &when(2_000_000)).expect("futimens");
     touched.write_all(b" and after").expect("write");
     drop(touched);
+    // More than one chunk (a separate commit of uploaded chunks), and a truncation after the
+    // changes (which goes to the server at once, with the changes kept before it).
+    let big: Vec<u8> = (0..format::limits::CHUNK_BYTES + 100)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let mut two_chunks = File::create(alice.join("two-chunks")).expect("create");
+    two_chunks.write_all(&big).expect("write");
+    like_tar(&two_chunks, 0o660);
+    drop(two_chunks);
+    let mut cut = File::create(alice.join("cut")).expect("create");
+    cut.write_all(b"longer than kept").expect("write");
+    rustix::fs::fchmod(&cut, rustix::fs::Mode::from_raw_mode(0o611)).expect("fchmod");
+    cut.set_len(6).expect("ftruncate");
+    assert_eq!(cut.metadata().expect("fstat").mode() & 0o7777, 0o611);
+    drop(cut);
 
     alice.remount();
     let m = &alice;
     for (name, mode, contents) in [
         ("exclusive", 0o640, &b"tar's file"[..]),
         ("plain", 0o604, &b"cp's file"[..]),
+        ("two-chunks", 0o660, &big[..]),
     ] {
         let meta = fs::metadata(m.join(name)).expect("stat");
         assert_eq!(
@@ -638,6 +654,9 @@ fn attributes_set_before_close_land_with_the_data(backend: Backend) {
         fs::read(m.join("touched")).expect("read"),
         b"before and after"
     );
+    let cut = fs::metadata(m.join("cut")).expect("stat");
+    assert_eq!((cut.mode() & 0o7777, cut.len()), (0o611, 6));
+    assert_eq!(fs::read(m.join("cut")).expect("read"), b"longer");
 }
 
 tests::on_every_backend!(
