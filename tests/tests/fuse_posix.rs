@@ -524,6 +524,21 @@ fn writes_without_fsetid_drop_set_id_bits(backend: Backend) {
     );
 }
 
+/// `tar`'s steps for one file, in one process that starts no other: create it exclusively,
+/// write it, set its times, owner and mode, print its inode number, and close it once its
+/// standard input closes.
+const LIKE_TAR: &str = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+os.write(fd, b"tar's file")
+os.utime(fd, ns=(1_000_000 * 10**9, 2_000_000 * 10**9 + 500))
+os.fchown(fd, 1234, 4321)
+os.fchmod(fd, 0o640)
+print(os.fstat(fd).st_ino, flush=True)
+sys.stdin.read()
+os.close(fd)
+"#;
+
 /// What `tar` and `cp -p` do to each file before closing it: set its times, owner and mode
 /// while its data is not flushed yet. The mount shows each change at once; the changes reach
 /// the server with the data at the close (one commit), in the order they were made.
@@ -579,17 +594,31 @@ fn attributes_set_before_close_land_with_the_data(backend: Backend) {
     };
     // Created exclusively (on the server at once), as tar does; and without O_EXCL (created
     // on the server with its first chunk).
-    let mut exclusive = File::create_new(alice.join("exclusive")).expect("create_new");
-    exclusive.write_all(b"tar's file").expect("write");
-    like_tar(&exclusive, 0o640);
-    let ino = exclusive.metadata().expect("fstat").ino();
+    //
+    // Whether the changes wait for the close is asked of a child process: this test process
+    // runs other tests, whose children inherit its open descriptors until they exec, and each
+    // close of a FUSE file's descriptor flushes it.
+    let mut tar = std::process::Command::new("python3")
+        .args(["-c", LIKE_TAR, &alice.join("exclusive").to_string_lossy()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (our machines have it; MongoDB's stand-in runs on it)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(tar.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("the child's inode number");
+    let ino: u64 = line.trim().parse().expect("an inode number");
     let before = on_server(ino);
     assert_ne!(
         (before.perm, before.uid),
         (0o640, 1234),
         "the changes went to the server before the close"
     );
-    drop(exclusive);
+    drop(tar.stdin.take());
+    assert!(tar.wait().expect("wait").success(), "the child failed");
     let after = on_server(ino);
     assert_eq!((after.perm, after.uid, after.gid), (0o640, 1234, 4321));
     let mut plain = File::create(alice.join("plain")).expect("create");
