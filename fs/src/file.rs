@@ -197,9 +197,14 @@ impl FileState {
         }
     }
 
-    /// `attr` as this client sees it: with the local size and the attribute changes kept for
-    /// the next commit.
-    pub fn view(&self, mut attr: Attr) -> Attr {
+    /// `attr` as this client sees it: the newer of it and what this state last heard from the
+    /// server (an attribute cache may hold one from before this file's latest commit), with
+    /// the local size and the attribute changes kept for the next commit.
+    pub fn view(&self, attr: Attr) -> Attr {
+        let mut attr = match self.server_attr {
+            Some(known) if known.ino == attr.ino && known.version > attr.version => known,
+            _ => attr,
+        };
         attr.size = self.size;
         if let Some(changes) = &self.attr_changes {
             attr.perm = changes.perm.map_or(attr.perm, |p| p & 0o7777);

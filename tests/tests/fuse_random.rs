@@ -1,5 +1,6 @@
-//! Thousands of random writes, reads, truncates and reopens at random offsets across chunk
-//! boundaries on several files, checked against an in-memory model after every step, then
+//! Thousands of random writes, reads, truncates, reopens, mode and time changes at random
+//! offsets across chunk boundaries on several files, checked against an in-memory model (of
+//! the bytes, the mode, and the modification time while no write moved it) after every step, then
 //! again after a remount and after dropping the kernel's caches. A failure prints the seed
 //! and the shortest operation sequence that still fails.
 //!
@@ -7,7 +8,7 @@
 //! `VAULT_RANDOM_SEED` and `VAULT_RANDOM_OPS` override the seed and the number of operations.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,14 @@ enum Op {
     },
     Fsync {
         file: usize,
+    },
+    Chmod {
+        file: usize,
+        mode: u32,
+    },
+    Touch {
+        file: usize,
+        mtime: i64,
     },
 }
 
@@ -80,7 +89,7 @@ fn generate(seed: u64, count: usize) -> Vec<Op> {
     (0..count)
         .map(|_| {
             let file = rng.below(FILES as u64) as usize;
-            match rng.below(20) {
+            match rng.below(22) {
                 0..=8 => Op::Write {
                     file,
                     offset: offset(&mut rng),
@@ -97,7 +106,15 @@ fn generate(seed: u64, count: usize) -> Vec<Op> {
                     len: offset(&mut rng),
                 },
                 17..=18 => Op::Reopen { file },
-                _ => Op::Fsync { file },
+                19 => Op::Fsync { file },
+                20 => Op::Chmod {
+                    file,
+                    mode: 0o600 | rng.below(0o200) as u32,
+                },
+                _ => Op::Touch {
+                    file,
+                    mtime: 1_000_000_000 + rng.below(1_000_000) as i64,
+                },
             }
         })
         .collect()
@@ -116,16 +133,23 @@ fn data(fill: u8, offset: u64, len: usize) -> Vec<u8> {
 struct Run {
     files: Vec<File>,
     model: Vec<Vec<u8>>,
+    /// Each file's mode, and its modification time while no write or truncation moved it.
+    attrs: Vec<(u32, Option<i64>)>,
     paths: Vec<std::path::PathBuf>,
 }
 
 impl Run {
     fn new(dir: &Path, tag: &str) -> Run {
         let paths: Vec<_> = (0..FILES).map(|i| dir.join(format!("{tag}-{i}"))).collect();
-        let files = paths.iter().map(|p| open(p)).collect();
+        let files: Vec<File> = paths.iter().map(|p| open(p)).collect();
+        let attrs = files
+            .iter()
+            .map(|f| (f.metadata().expect("fstat").mode() & 0o7777, None))
+            .collect();
         Run {
             files,
             model: vec![Vec::new(); FILES],
+            attrs,
             paths,
         }
     }
@@ -149,6 +173,7 @@ impl Run {
                     model.resize(end, 0);
                 }
                 model[offset as usize..end].copy_from_slice(&bytes);
+                self.attrs[file].1 = None;
                 self.check_range(file, offset, len)?;
             }
             Op::Read { file, offset, len } => self.check_range(file, offset, len)?,
@@ -157,6 +182,7 @@ impl Run {
                     .set_len(len)
                     .map_err(|e| format!("truncate: {e}"))?;
                 self.model[file].resize(len as usize, 0);
+                self.attrs[file].1 = None;
                 let back = (len.saturating_sub(4096), 8192);
                 self.check_range(file, back.0, back.1)?;
             }
@@ -166,15 +192,55 @@ impl Run {
             Op::Fsync { file } => self.files[file]
                 .sync_all()
                 .map_err(|e| format!("fsync: {e}"))?,
+            Op::Chmod { file, mode } => {
+                rustix::fs::fchmod(&self.files[file], rustix::fs::Mode::from_raw_mode(mode))
+                    .map_err(|e| format!("fchmod: {e}"))?;
+                self.attrs[file].0 = mode;
+            }
+            Op::Touch { file, mtime } => {
+                let times = rustix::fs::Timestamps {
+                    last_access: rustix::fs::Timespec {
+                        tv_sec: 0,
+                        tv_nsec: rustix::fs::UTIME_OMIT,
+                    },
+                    last_modification: rustix::fs::Timespec {
+                        tv_sec: mtime,
+                        tv_nsec: 0,
+                    },
+                };
+                rustix::fs::futimens(&self.files[file], &times)
+                    .map_err(|e| format!("futimens: {e}"))?;
+                self.attrs[file].1 = Some(mtime);
+            }
         }
-        let size = self.files[file_of(op)]
+        let file = file_of(op);
+        let meta = self.files[file]
             .metadata()
-            .map_err(|e| format!("fstat: {e}"))?
-            .len();
-        if size != self.model[file_of(op)].len() as u64 {
+            .map_err(|e| format!("fstat: {e}"))?;
+        if meta.len() != self.model[file].len() as u64 {
             return Err(format!(
-                "size {size}, model {}",
-                self.model[file_of(op)].len()
+                "size {}, model {}",
+                meta.len(),
+                self.model[file].len()
+            ));
+        }
+        self.check_attrs(file, &meta)
+    }
+
+    fn check_attrs(&self, file: usize, meta: &std::fs::Metadata) -> Result<(), String> {
+        let (mode, mtime) = self.attrs[file];
+        if meta.mode() & 0o7777 != mode {
+            return Err(format!(
+                "file {file}: mode {:o}, model {mode:o}",
+                meta.mode() & 0o7777
+            ));
+        }
+        if let Some(mtime) = mtime
+            && meta.mtime() != mtime
+        {
+            return Err(format!(
+                "file {file}: mtime {}, model {mtime}",
+                meta.mtime()
             ));
         }
         Ok(())
@@ -219,6 +285,9 @@ impl Run {
                     self.model[file].len()
                 ));
             }
+            let meta =
+                std::fs::metadata(&self.paths[file]).map_err(|e| format!("stat {file}: {e}"))?;
+            self.check_attrs(file, &meta)?;
         }
         Ok(())
     }
@@ -230,7 +299,9 @@ fn file_of(op: &Op) -> usize {
         | Op::Read { file, .. }
         | Op::Truncate { file, .. }
         | Op::Reopen { file }
-        | Op::Fsync { file } => file,
+        | Op::Fsync { file }
+        | Op::Chmod { file, .. }
+        | Op::Touch { file, .. } => file,
     }
 }
 
@@ -317,11 +388,11 @@ fn random_operations_match_a_model_across_remounts(backend: Backend) {
         .unwrap_or_else(|p| panic!("seed {seed}: at the end: {p}"));
 
     // Again after a remount (the client's caches are gone) ...
-    let model = std::mem::take(&mut run.model);
+    let (model, attrs) = (std::mem::take(&mut run.model), run.attrs.clone());
     drop(run);
     mount.remount();
     let mut run = Run::new(&mount.path(), "run");
-    run.model = model;
+    (run.model, run.attrs) = (model, attrs);
     run.check_all()
         .unwrap_or_else(|p| panic!("seed {seed}: after remount: {p}"));
     // ... and after dropping the kernel's page cache.
