@@ -232,13 +232,10 @@ impl FileState {
             || changes.atime_now
             || changes.mtime.is_some()
             || changes.mtime_now;
-        let times_fit = [changes.atime, changes.mtime].iter().flatten().all(|t| {
-            t.nanos < 1_000_000_000
-                && t.seconds
-                    .checked_mul(1_000_000_000)
-                    .and_then(|ns| ns.checked_add(i64::from(t.nanos)))
-                    .is_some()
-        });
+        let times_fit = [changes.atime, changes.mtime]
+            .iter()
+            .flatten()
+            .all(|t| t.as_nanos().is_some());
         if (owner_change && attr.owner != uid) || (time_change && !attr.may_write) || !times_fit {
             return None;
         }

@@ -30,6 +30,19 @@ pub const DESCRIPTOR_GRANTED: u8 = 0;
 /// or another user's).
 pub const DESCRIPTOR_REFUSED: u8 = 1;
 
+impl v1::Timestamp {
+    /// Nanoseconds since the Unix epoch, as the metadata stores times; `None` when the
+    /// nanoseconds are out of range or the time does not fit.
+    pub fn as_nanos(&self) -> Option<i64> {
+        if self.nanos >= 1_000_000_000 {
+            return None;
+        }
+        self.seconds
+            .checked_mul(1_000_000_000)?
+            .checked_add(i64::from(self.nanos))
+    }
+}
+
 /// The names a server lists in `HelloReply.features`.
 pub mod features {
     /// Commits apply `PutChunkRequest.set_attr` and `CommitChunksRequest.set_attr`.

@@ -170,13 +170,9 @@ fn timestamp(time: Time) -> Timestamp {
 fn time_of(stamp: Option<&Timestamp>) -> Result<Option<Time>, OpError> {
     stamp
         .map(|t| {
-            if t.nanos >= 1_000_000_000 {
-                return Err(OpError::invalid("timestamp nanoseconds out of range"));
-            }
-            t.seconds
-                .checked_mul(1_000_000_000)
-                .and_then(|s| s.checked_add(i64::from(t.nanos)))
-                .ok_or_else(|| OpError::invalid("timestamp out of range"))
+            t.as_nanos().ok_or_else(|| {
+                OpError::invalid("timestamp out of range (or nanoseconds past 999,999,999)")
+            })
         })
         .transpose()
 }
@@ -407,6 +403,20 @@ fn attr_changes(r: &SetAttrRequest) -> Result<AttrChanges, OpError> {
         atime: stamp(r.atime_now, r.atime.as_ref())?,
         mtime: stamp(r.mtime_now, r.mtime.as_ref())?,
     })
+}
+
+/// The file after a commit (`file`, with its chunks committed) and then its attribute changes.
+fn set_after_commit(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    file: Inode,
+    changes: Option<&AttrChanges>,
+    now: Time,
+) -> Result<Inode, OpError> {
+    match changes {
+        Some(changes) => tree::setattr(txn, caller, file.ino, changes, now),
+        None => Ok(file),
+    }
 }
 
 /// The attribute changes a commit carries, applied after its chunks.
@@ -1074,10 +1084,7 @@ impl Vault for Service {
                     }
                     let file =
                         chunks::commit(txn, &who, ino, &[upload], r.size, r.truncate, &[], now)?;
-                    match &changes {
-                        Some(changes) => tree::setattr(txn, &who, ino, changes, now),
-                        None => Ok(file),
-                    }
+                    set_after_commit(txn, &who, file, changes.as_ref(), now)
                 })
                 .await;
             match committed {
@@ -1118,10 +1125,7 @@ impl Vault for Service {
                     let file = chunks::commit(
                         txn, &who, r.ino, &uploads, r.size, r.truncate, &rekey, now,
                     )?;
-                    match &changes {
-                        Some(changes) => tree::setattr(txn, &who, r.ino, changes, now),
-                        None => Ok(file),
-                    }
+                    set_after_commit(txn, &who, file, changes.as_ref(), now)
                 })
                 .await?;
             Ok(attr(&file, &caller))

@@ -521,14 +521,9 @@ impl ChunkStore for DirChunkStore {
         let mut head = [0u8; ENVELOPE_BYTES];
         file.read_exact_at(&mut head, 0)
             .map_err(io_error("reading", &path))?;
-        if len > SEALED_CHUNK_BYTES_MAX as u64 {
-            return Err(ChunkStoreError::Damaged {
-                path,
-                reason: format!("{len} bytes"),
-            });
-        }
-        let header =
-            Header::parse_head(&head, len as usize).map_err(|e| ChunkStoreError::Damaged {
+        // It checks the length too.
+        let header = Header::parse_head(&head, usize::try_from(len).unwrap_or(usize::MAX))
+            .map_err(|e| ChunkStoreError::Damaged {
                 path,
                 reason: e.to_string(),
             })?;
