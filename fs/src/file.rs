@@ -300,6 +300,7 @@ impl FileState {
             return Ok(None);
         };
         request.lazy = !durable;
+        let asked = std::time::Instant::now();
         let created = shared
             .remote
             .call("create", |mut api| {
@@ -307,7 +308,8 @@ impl FileState {
                 async move { api.create(request).await }
             })
             .await;
-        self.creation_settled(shared, &request, &created);
+        let version = crate::vault::parent_version(&created);
+        self.creation_settled(shared, &request, &created, version, asked);
         let attr = created?;
         self.version = attr.version;
         self.server_attr = Some(attr);
@@ -345,14 +347,20 @@ impl FileState {
         }
     }
 
-    /// After the call that carried this file's pending creation: it is no longer pending, and
-    /// a refused creation drops what was written (nothing of it exists on the server).
+    /// After the call that carried this file's pending creation (asked for at `asked`, leaving
+    /// the directory at `version`): it is no longer pending, and a refused creation drops what
+    /// was written (nothing of it exists on the server).
     fn creation_settled<T>(
         &mut self,
         shared: &Shared,
         request: &CreateRequest,
         outcome: &Result<T, FsError>,
+        version: u64,
+        asked: std::time::Instant,
     ) {
+        shared
+            .dirs()
+            .added(request.parent, &request.name, version, asked);
         shared.forget_pending(self.ino);
         if let Err(error) = outcome {
             tracing::error!(
@@ -870,6 +878,7 @@ impl FileState {
         let base = dirty.base;
         let create = self.pending_create.take();
         let set_attr = self.attr_changes;
+        let asked = std::time::Instant::now();
         let reply = shared
             .remote
             .call("put_chunk", |mut api| {
@@ -893,7 +902,10 @@ impl FileState {
             })
             .await;
         if let Some(request) = &create {
-            self.creation_settled(shared, request, &reply);
+            let version = reply
+                .as_ref()
+                .map_or(0, |r| r.attr.map_or(0, |a| a.parent_version));
+            self.creation_settled(shared, request, &reply, version, asked);
         }
         let reply = reply?;
         let dirty = self

@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod claims;
 pub mod config;
+pub mod dirs;
 pub mod error;
 pub mod file;
 pub mod fuse;

@@ -12,6 +12,7 @@ use proto::v1::{GetChunkReply, GetChunkRequest};
 
 use crate::cache::{ChunkCache, CleanChunk};
 use crate::claims::Claims;
+use crate::dirs::KnownDirs;
 use crate::error::FsError;
 use crate::keys::Keys;
 use crate::remote::Remote;
@@ -58,6 +59,8 @@ pub struct Shared {
     /// New files whose creation waits for their first flush: inode -> where, and the
     /// attributes they were created with.
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Directories whose every name this client knows (see [`KnownDirs`]).
+    dirs: Mutex<KnownDirs>,
     /// The mount's runtime, where background work (uploads, read-ahead) runs.
     runtime: tokio::runtime::Handle,
     /// Chunk files as descriptors, from a server on this machine (see [`Claims`]).
@@ -111,6 +114,7 @@ impl Shared {
             loads: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(KnownDirs::default()),
             runtime,
         }
     }
@@ -140,6 +144,11 @@ impl Shared {
         F::Output: Send + 'static,
     {
         self.runtime.spawn(work)
+    }
+
+    /// Directories whose every name this client knows.
+    pub fn dirs(&self) -> std::sync::MutexGuard<'_, KnownDirs> {
+        self.dirs.lock().expect("known directories poisoned")
     }
 
     pub fn add_pending(&self, ino: u64, pending: Pending) {

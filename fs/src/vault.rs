@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crypto::DataKey;
 use proto::ErrorKind;
@@ -75,6 +76,11 @@ pub struct Vault {
     stale_pages: Mutex<std::collections::HashSet<u64>>,
     /// Attributes from this client's own latest commits, trusted for a moment.
     attrs: Mutex<HashMap<u64, (std::time::Instant, Attr)>>,
+}
+
+/// The version a change that added a name left its directory at (0: unknown).
+pub fn parent_version(outcome: &Result<Attr, FsError>) -> u64 {
+    outcome.as_ref().map_or(0, |attr| attr.parent_version)
 }
 
 /// A time as the wire carries it.
@@ -159,6 +165,9 @@ impl Vault {
         self.block(async {
             if let Some(attr) = self.shared.pending_named(parent, name) {
                 return Ok(self.local_view(attr).await);
+            }
+            if self.shared.dirs().absent(parent, name, Instant::now()) {
+                return Err(FsError::local(ErrorKind::NotFound, "no such entry"));
             }
             let name_owned = name.to_vec();
             let attr = self
@@ -249,6 +258,7 @@ impl Vault {
                 return Ok(attr);
             }
             self.materialize(ino).await?;
+            let asked = Instant::now();
             if let Some(size) = changes.size {
                 self.truncate(ino, size).await?;
             }
@@ -269,6 +279,9 @@ impl Vault {
                 }
                 None => set_attr(rest).await?,
             };
+            if attr.kind == FileKind::Directory as i32 {
+                self.shared.dirs().touched(ino, attr.version, asked);
+            }
             self.learn_attr(&attr);
             Ok(attr)
         })
@@ -296,7 +309,8 @@ impl Vault {
         gid: u32,
     ) -> Result<Attr, FsError> {
         let name = name.to_vec();
-        self.block(self.shared.remote.call("mkdir", |mut api| {
+        let asked = Instant::now();
+        let made = self.block(self.shared.remote.call("mkdir", |mut api| {
             let name = name.clone();
             async move {
                 api.mkdir(MkdirRequest {
@@ -309,7 +323,13 @@ impl Vault {
                 })
                 .await
             }
-        }))
+        }));
+        let mut dirs = self.shared.dirs();
+        dirs.added(parent, &name, parent_version(&made), asked);
+        if let Ok(dir) = &made {
+            dirs.made(dir, asked);
+        }
+        made
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -324,7 +344,8 @@ impl Vault {
         gid: u32,
     ) -> Result<Attr, FsError> {
         let name = name.to_vec();
-        self.block(self.shared.remote.call("mknod", |mut api| {
+        let asked = Instant::now();
+        let made = self.block(self.shared.remote.call("mknod", |mut api| {
             let name = name.clone();
             async move {
                 api.mknod(MknodRequest {
@@ -339,7 +360,10 @@ impl Vault {
                 })
                 .await
             }
-        }))
+        }));
+        let version = parent_version(&made);
+        self.shared.dirs().added(parent, &name, version, asked);
+        made
     }
 
     pub fn symlink(
@@ -351,7 +375,8 @@ impl Vault {
         gid: u32,
     ) -> Result<Attr, FsError> {
         let (name, target) = (name.to_vec(), target.to_vec());
-        self.block(self.shared.remote.call("symlink", |mut api| {
+        let asked = Instant::now();
+        let made = self.block(self.shared.remote.call("symlink", |mut api| {
             let (name, target) = (name.clone(), target.clone());
             async move {
                 api.symlink(SymlinkRequest {
@@ -364,7 +389,10 @@ impl Vault {
                 })
                 .await
             }
-        }))
+        }));
+        let version = parent_version(&made);
+        self.shared.dirs().added(parent, &name, version, asked);
+        made
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
@@ -379,7 +407,8 @@ impl Vault {
         let new_name = new_name.to_vec();
         self.block(async {
             self.materialize(ino).await?;
-            let attr = self
+            let asked = Instant::now();
+            let linked = self
                 .shared
                 .remote
                 .call("link", |mut api| {
@@ -394,8 +423,12 @@ impl Vault {
                         .await
                     }
                 })
-                .await?;
-            Ok(self.local_view(attr).await)
+                .await;
+            let version = parent_version(&linked);
+            self.shared
+                .dirs()
+                .added(new_parent, &new_name, version, asked);
+            Ok(self.local_view(linked?).await)
         })
     }
 
@@ -425,6 +458,7 @@ impl Vault {
             let open = self.open_inode_named(parent, name).await;
             let keep_open = open.is_some();
             let name = name.to_vec();
+            let asked = Instant::now();
             let reply = self
                 .shared
                 .remote
@@ -440,7 +474,12 @@ impl Vault {
                         .await
                     }
                 })
-                .await?;
+                .await;
+            let version = reply
+                .as_ref()
+                .map_or(0, |r| r.parent.map_or(0, |p| p.version));
+            self.shared.dirs().removed(parent, &name, version, asked);
+            let reply = reply?;
             // The kernel asks for the directory's attributes next (they changed).
             if let Some(parent) = &reply.parent {
                 self.learn_attr(parent);
@@ -457,6 +496,7 @@ impl Vault {
         // The directory may hold new files not created on the server yet.
         self.block(self.materialize_in(None))?;
         let name = name.to_vec();
+        let asked = Instant::now();
         let reply = self.block(self.shared.remote.call("rmdir", |mut api| {
             let name = name.clone();
             async move {
@@ -467,7 +507,12 @@ impl Vault {
                 })
                 .await
             }
-        }))?;
+        }));
+        let version = reply
+            .as_ref()
+            .map_or(0, |r| r.parent.map_or(0, |p| p.version));
+        self.shared.dirs().removed(parent, &name, version, asked);
+        let reply = reply?;
         // The kernel asks for the directory's attributes next (they changed).
         if let Some(parent) = &reply.parent {
             self.learn_attr(parent);
@@ -506,7 +551,14 @@ impl Vault {
                         .await
                     }
                 })
-                .await?;
+                .await;
+            // Names moved in both directories (and a replaced one may be gone).
+            {
+                let mut dirs = self.shared.dirs();
+                dirs.forget(parent);
+                dirs.forget(new_parent);
+            }
+            let reply = reply?;
             let replaced = reply.replaced_ino;
             if replaced != 0 {
                 match self.open_file(replaced) {
@@ -568,7 +620,8 @@ impl Vault {
                 };
                 return Ok(self.created_pending(ino, &key, parent, request));
             }
-            let attr = self
+            let asked = Instant::now();
+            let created = self
                 .shared
                 .remote
                 .call("create", |mut api| {
@@ -585,7 +638,10 @@ impl Vault {
                     };
                     async move { api.create(request).await }
                 })
-                .await?;
+                .await;
+            let version = parent_version(&created);
+            self.shared.dirs().added(parent, name, version, asked);
+            let attr = created?;
             self.shared.remember_name(attr.ino, name);
             self.learn_attr(&attr);
             if attr.ino != ino {
@@ -623,6 +679,7 @@ impl Vault {
             version: 1,
             may_read: true,
             may_write: true,
+            parent_version: 0,
         };
         self.shared.add_pending(
             ino,

@@ -84,12 +84,13 @@ impl State {
         lazy: bool,
     ) -> Result<Attr, OpError> {
         let who = caller.clone();
-        let made = self
+        let (made, parent_version) = self
             .write_as(lazy, move |txn| {
-                tree::create_node(txn, &who, parent, &name, &node, now())
+                let made = tree::create_node(txn, &who, parent, &name, &node, now())?;
+                Ok((made, tree::version_of(txn, parent)?))
             })
             .await?;
-        Ok(attr(&made, &caller))
+        Ok(named(&made, &caller, parent_version))
     }
 
     /// Runs blocking chunk-store work off the async threads.
@@ -189,6 +190,15 @@ fn kind_to_wire(kind: Kind) -> FileKind {
     }
 }
 
+/// The attributes for the reply to a change that gave `inode` a name in a directory now at
+/// `parent_version` (0: no name was added).
+fn named(inode: &Inode, caller: &Caller, parent_version: u64) -> Attr {
+    Attr {
+        parent_version,
+        ..attr(inode, caller)
+    }
+}
+
 pub fn attr(inode: &Inode, caller: &Caller) -> Attr {
     Attr {
         ino: inode.ino,
@@ -206,6 +216,7 @@ pub fn attr(inode: &Inode, caller: &Caller) -> Attr {
         version: inode.version,
         may_read: access::may_read(caller, inode),
         may_write: access::may_write(caller, inode),
+        parent_version: 0,
     }
 }
 
@@ -716,12 +727,26 @@ impl Vault for Service {
         self.serve("create", request, |state, caller, r| async move {
             let (parent, name, node, keys) = new_file(&r)?;
             let who = caller.clone();
-            let (file, _) = state
+            let (file, parent_version) = state
                 .write_as(r.lazy, move |txn| {
-                    tree::create_file(txn, &who, parent, &name, &node, &keys, r.exclusive, now())
+                    let now = now();
+                    match tree::create_file(
+                        txn,
+                        &who,
+                        parent,
+                        &name,
+                        &node,
+                        &keys,
+                        r.exclusive,
+                        now,
+                    )? {
+                        (file, true) => Ok((file, tree::version_of(txn, parent)?)),
+                        // Not exclusive, and the name existed: no name was added.
+                        (file, false) => Ok((file, 0)),
+                    }
                 })
                 .await?;
-            Ok(attr(&file, &caller))
+            Ok(named(&file, &caller, parent_version))
         })
         .await
     }
@@ -807,12 +832,13 @@ impl Vault for Service {
     async fn link(&self, request: Request<LinkRequest>) -> Result<Response<Attr>, Status> {
         self.serve("link", request, |state, caller, r| async move {
             let who = caller.clone();
-            let linked = state
+            let (linked, parent_version) = state
                 .write_as(r.lazy, move |txn| {
-                    tree::link(txn, &who, r.ino, r.new_parent, &r.new_name, now())
+                    let linked = tree::link(txn, &who, r.ino, r.new_parent, &r.new_name, now())?;
+                    Ok((linked, tree::version_of(txn, r.new_parent)?))
                 })
                 .await?;
-            Ok(attr(&linked, &caller))
+            Ok(named(&linked, &caller, parent_version))
         })
         .await
     }
@@ -1079,18 +1105,21 @@ impl Vault for Service {
             let committed = state
                 .write_as(r.lazy, move |txn| {
                     let now = now();
+                    let mut parent_version = 0;
                     if let Some((parent, name, node, keys)) = &create {
                         tree::create_file(txn, &who, *parent, name, node, keys, true, now)?;
+                        parent_version = tree::version_of(txn, *parent)?;
                     }
                     let file =
                         chunks::commit(txn, &who, ino, &[upload], r.size, r.truncate, &[], now)?;
-                    set_after_commit(txn, &who, file, changes.as_ref(), now)
+                    let file = set_after_commit(txn, &who, file, changes.as_ref(), now)?;
+                    Ok((file, parent_version))
                 })
                 .await;
             match committed {
-                Ok(file) => Ok(PutChunkReply {
+                Ok((file, parent_version)) => Ok(PutChunkReply {
                     generation: header.generation,
-                    attr: Some(attr(&file, &caller)),
+                    attr: Some(named(&file, &caller, parent_version)),
                 }),
                 Err(error) => {
                     // Never current, so nothing refers to it: remove it now.

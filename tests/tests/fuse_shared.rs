@@ -22,7 +22,12 @@ struct Pair {
 }
 
 fn pair(backend: &Backend, instances: usize) -> Pair {
-    let daemon = Storaged::start_on(backend, &[]);
+    pair_with(backend, instances, &[])
+}
+
+/// A pair whose (first) daemon runs with `args`.
+fn pair_with(backend: &Backend, instances: usize, args: &[&str]) -> Pair {
+    let daemon = Storaged::start_on(backend, args);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let user = runtime.block_on(daemon.user("alice"));
     let client = ClientFiles::for_user(&user);
@@ -51,6 +56,80 @@ fn concurrent_writers_to_one_file_both_land_and_every_chunk_opens(backend: Backe
 
 fn concurrent_renames_move_each_file_exactly_once(backend: Backend) {
     concurrent_renames(pair(&backend, 1));
+}
+
+/// Lookups the daemon answered so far, from its metrics endpoint.
+fn server_lookups(metrics: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(metrics).expect("metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("response");
+    body.lines()
+        .filter(|l| l.starts_with("vault_requests_total{op=\"lookup\""))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("a count")
+        })
+        .sum()
+}
+
+/// A directory this mount made answers lookups of names it lacks without asking the server,
+/// while this mount's own changes are the only ones there. Another mount's new name shows
+/// within a second, and at once after this mount's next change in the directory (whose reply
+/// tells that someone else changed it too).
+fn lookups_in_a_directory_made_here_skip_the_server(backend: Backend) {
+    let metrics = format!("127.0.0.1:{}", tests::daemon::free_port());
+    let pair = pair_with(&backend, 1, &["--metrics-addr", &metrics]);
+    let Pair { first, second, .. } = &pair;
+
+    fs::create_dir(first.join("made")).expect("mkdir");
+    let before = server_lookups(&metrics);
+    for i in 0..50 {
+        fs::write(first.join(&format!("made/f{i}")), b"new").expect("create");
+    }
+    fs::create_dir(first.join("made/sub")).expect("mkdir in it");
+    fs::write(first.join("made/sub/g"), b"deeper").expect("create in the new one");
+    fs::remove_file(first.join("made/f0")).expect("unlink");
+    assert!(!first.join("made/f0").exists(), "the unlinked name is gone");
+    assert!(!first.join("made/nothing").exists());
+    let asked = server_lookups(&metrics) - before;
+    // (A stall of over a second would expire what the mount knows: a few more, not 50.)
+    assert!(
+        asked < 10,
+        "{asked} lookups of 54 new names went to the server"
+    );
+    let names = fs::read_dir(second.join("made")).expect("list").count();
+    assert_eq!(
+        names, 50,
+        "49 files and a directory, as the other mount lists them"
+    );
+
+    // Another mount's new name: this mount stops trusting what it knew within a second.
+    fs::write(second.join("made/theirs"), b"theirs").expect("create on the other mount");
+    let started = std::time::Instant::now();
+    while !first.join("made/theirs").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the other mount's new name never showed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // ... and at once when its own next change there shows the directory moved on by two.
+    fs::create_dir(first.join("made2")).expect("mkdir");
+    fs::write(first.join("made2/a"), b"a").expect("create");
+    assert!(!first.join("made2/theirs").exists());
+    fs::write(second.join("made2/theirs"), b"theirs").expect("create on the other mount");
+    fs::write(first.join("made2/b"), b"b").expect("create after theirs");
+    assert_eq!(
+        fs::read(first.join("made2/theirs")).expect("the other mount's file, at once"),
+        b"theirs"
+    );
 }
 
 #[test]
@@ -242,4 +321,5 @@ tests::on_every_backend!(
     sync: what_one_mount_closes_the_other_reads_after_open,
     concurrent_writers_to_one_file_both_land_and_every_chunk_opens,
     concurrent_renames_move_each_file_exactly_once,
+    lookups_in_a_directory_made_here_skip_the_server,
 );

@@ -1078,6 +1078,77 @@ async fn everything_survives_a_restart(backend: Backend) {
 }
 
 /// Chunk 0 of `ino`, asking for it as a descriptor.
+/// Every reply to a change that added a name carries its directory's version right after it:
+/// one past the version before, when nothing else changed the directory in between (vaultfs
+/// relies on it to answer lookups itself: docs/format.md section 6). Other replies carry 0.
+async fn replies_that_add_a_name_carry_the_directory_version(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
+    let alice = daemon.user("alice").await;
+    let api = alice.connection.api();
+    let mkdir = |parent: u64, text: &str| {
+        let (mut api, name) = (api.clone(), name(text));
+        async move {
+            let request = MkdirRequest {
+                lazy: true,
+                parent,
+                name,
+                perm: 0o755,
+                uid: 1,
+                gid: 1,
+            };
+            api.mkdir(request).await.expect("mkdir").into_inner()
+        }
+    };
+    let dir = mkdir(ROOT, "d").await;
+    assert_ne!(dir.parent_version, 0, "the root's version after the mkdir");
+    let mut version = dir.version;
+    let mut next = |added: u64, what: &str| {
+        assert_eq!(added, version + 1, "{what}");
+        version += 1;
+    };
+    next(mkdir(dir.ino, "sub").await.parent_version, "mkdir");
+    let (_, file) = create_file(&alice, dir.ino, "f").await.expect("create");
+    next(file.parent_version, "create");
+    let symlink = SymlinkRequest {
+        lazy: true,
+        parent: dir.ino,
+        name: name("s"),
+        target: name("f"),
+        uid: 1,
+        gid: 1,
+    };
+    let made = api.clone().symlink(symlink).await.expect("symlink");
+    next(made.into_inner().parent_version, "symlink");
+    let link = LinkRequest {
+        lazy: true,
+        ino: file.ino,
+        new_parent: dir.ino,
+        new_name: name("hard"),
+    };
+    let linked = api.clone().link(link).await.expect("link");
+    next(linked.into_inner().parent_version, "link");
+    let unlink = UnlinkRequest {
+        lazy: true,
+        parent: dir.ino,
+        name: name("hard"),
+        keep_open: false,
+    };
+    let unlinked = api.clone().unlink(unlink).await.expect("unlink");
+    let parent = unlinked.into_inner().parent.expect("the directory");
+    next(parent.version, "unlink");
+    assert_eq!(parent.parent_version, 0);
+    let lookup = LookupRequest {
+        parent: dir.ino,
+        name: name("f"),
+    };
+    let found = api.clone().lookup(lookup).await.expect("lookup");
+    assert_eq!(
+        found.into_inner().parent_version,
+        0,
+        "a lookup adds no name"
+    );
+}
+
 async fn first_chunk_asking_for_a_descriptor(connection: &Connection, ino: u64) -> GetChunkReply {
     let request = GetChunkRequest {
         ino,
@@ -1152,4 +1223,5 @@ tests::on_every_backend!(
     bad_input_gets_a_clear_status_and_changes_nothing,
     tls_clients_pin_the_certificate_and_metrics_count_requests,
     everything_survives_a_restart,
+    replies_that_add_a_name_carry_the_directory_version,
 );

@@ -165,6 +165,12 @@ pub fn create_node(
     Ok(child)
 }
 
+/// A directory's version now: in the reply to a change that added a name to it (see
+/// `Attr.parent_version` in vault.proto).
+pub fn version_of(txn: &mut dyn Txn, dir: Ino) -> Result<u64, OpError> {
+    Ok(inode(txn, dir)?.version)
+}
+
 /// Draws a random unused inode number.
 fn free_ino(txn: &mut dyn Txn) -> Result<Ino, OpError> {
     for _ in 0..16 {
