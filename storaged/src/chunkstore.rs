@@ -8,10 +8,18 @@
 //! defers, at the next [`ChunkStore::sync_pending`], which the metadata store calls before
 //! any commit naming the chunk becomes durable. Backup tools may copy the tree at any moment.
 //! The store checks lengths and headers but cannot decrypt anything.
+//!
+//! Where storaged is the chunk root's one user (the embedded metadata store), a deleted chunk
+//! file keeps its inode: it is renamed into `spare/` and emptied, and a new chunk file is
+//! written into a spare and renamed to its name, when there is one (see [`SPARES_MAX`]). On ext4 without a journal, allocating an inode skips, one by one, every
+//! inode freed in the last minute (six while its inode table block is dirty): creating files
+//! after deleting thousands took up to 1 ms each, in storaged's chunk directories above all,
+//! where every file's chunks live.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
@@ -201,6 +209,27 @@ pub struct DirChunkStore {
     /// New chunk files start unnamed (`O_TMPFILE`) and get their name once written; false
     /// where the filesystem or a missing `/proc` cannot, and they start under a temporary name.
     unnamed_files: AtomicBool,
+    /// Emptied files in `spare/`, for new chunk files; none where the filesystem cannot
+    /// rename without replacing.
+    spares: Mutex<Spares>,
+}
+
+/// Spare files kept at most: empty inodes, a few hundred bytes of inode table each.
+pub const SPARES_MAX: usize = 65_536;
+/// The directory of spare files, beside the chunk directories.
+const SPARE_DIR: &str = "spare";
+
+/// The spare files (named by decimal numbers in `spare/`).
+#[derive(Debug, Default)]
+struct Spares {
+    /// Spares ready for a new chunk file.
+    free: Vec<u64>,
+    /// Spare files that exist: free, or being written.
+    count: usize,
+    /// The next number for a new spare.
+    next: u64,
+    /// Recycling works here (renames without replacing).
+    enabled: bool,
 }
 
 fn io_error<'a>(
@@ -235,6 +264,8 @@ const PROC_FDS: &str = "/proc/self/fd";
 struct NewFile {
     file: File,
     temp: Option<TempName>,
+    /// Written into this spare, which the naming renames.
+    spare: Option<u64>,
 }
 
 /// A temporary file name, removed when dropped (after the file got its real name, or failed).
@@ -249,7 +280,7 @@ impl Drop for TempName {
 impl NewFile {
     /// Gives the written file its chunk name, which must not exist yet.
     fn name(self, path: &Path) -> Result<File, ChunkStoreError> {
-        let NewFile { file, temp } = self;
+        let NewFile { file, temp, .. } = self;
         let linked = match &temp {
             None => {
                 use std::os::fd::AsRawFd;
@@ -294,10 +325,18 @@ impl DirChunkStore {
             deferred,
             pending: AtomicBool::new(false),
             unnamed_files: AtomicBool::new(Path::new(PROC_FDS).is_dir()),
+            spares: Mutex::new(Spares::default()),
         };
+        store.check_layout()?;
+        Ok(store)
+    }
+
+    /// Converts a layout 1 root; refuses an unknown layout.
+    fn check_layout(&self) -> Result<(), ChunkStoreError> {
+        let root = &self.root;
         let marker = root.join(layout::LAYOUT_FILE);
         match fs::read_to_string(&marker) {
-            Ok(text) if text.trim() == layout::LAYOUT_VERSION.to_string() => return Ok(store),
+            Ok(text) if text.trim() == layout::LAYOUT_VERSION.to_string() => return Ok(()),
             Ok(text) => {
                 return Err(ChunkStoreError::Damaged {
                     path: marker,
@@ -311,7 +350,7 @@ impl DirChunkStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error("reading", &marker)(e)),
         }
-        let moved = store.convert_layout_1()?;
+        let moved = self.convert_layout_1()?;
         if moved > 0 {
             tracing::info!(root = %root.display(), chunks = moved, "converted the chunk root from layout 1 to layout {}", layout::LAYOUT_VERSION);
         }
@@ -322,8 +361,138 @@ impl DirChunkStore {
             .and_then(|()| File::open(&temp)?.sync_all())
             .and_then(|()| fs::rename(&temp, &marker))
             .map_err(io_error("writing", &marker))?;
-        sync_dir(root)?;
-        Ok(store)
+        sync_dir(root)
+    }
+
+    /// Keeps deleted chunk files as spares for new ones (see the module comment), starting
+    /// with those left from before (the directory is made if missing; a file past the bound,
+    /// or not named by a number, is removed). Only for the chunk root's one user: storaged
+    /// instances sharing a root would write into the same spare.
+    pub fn keep_spares(&self) -> Result<(), ChunkStoreError> {
+        let dir = self.root.join(SPARE_DIR);
+        self.ensure_dir(&dir)?;
+        let mut spares = self.spares.lock().expect("spares poisoned");
+        for name in read_dir_names(&dir)? {
+            match name.parse::<u64>() {
+                Ok(n) if spares.count < SPARES_MAX => {
+                    spares.free.push(n);
+                    spares.count += 1;
+                    spares.next = spares.next.max(n + 1);
+                }
+                _ => {
+                    let _ = fs::remove_file(dir.join(&name));
+                }
+            }
+        }
+        spares.enabled = true;
+        Ok(())
+    }
+
+    fn spare_path(&self, n: u64) -> PathBuf {
+        self.root.join(SPARE_DIR).join(n.to_string())
+    }
+
+    /// A spare file opened for writing a new chunk, emptied (a crash may have left bytes in
+    /// it), if there is one.
+    fn take_spare(&self) -> Option<NewFile> {
+        let n = self.spares.lock().expect("spares poisoned").free.pop()?;
+        let opened = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(self.spare_path(n));
+        match opened {
+            Ok(file) => Some(NewFile {
+                file,
+                temp: None,
+                spare: Some(n),
+            }),
+            Err(error) => {
+                tracing::warn!(%error, spare = n, "a spare chunk file is unusable; dropping it");
+                let mut spares = self.spares.lock().expect("spares poisoned");
+                spares.count -= 1;
+                None
+            }
+        }
+    }
+
+    /// Gives a chunk written into spare `n` its name, which must not exist yet (creating
+    /// the chunk directory if missing: then true). A refused name leaves the spare free.
+    fn name_spare(&self, n: u64, path: &Path) -> Result<bool, ChunkStoreError> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        let from = self.spare_path(n);
+        let dir = path.parent().expect("chunk files are in a directory");
+        let mut made_dir = false;
+        loop {
+            match renameat_with(CWD, &from, CWD, path, RenameFlags::NOREPLACE) {
+                Ok(()) => {
+                    self.spares.lock().expect("spares poisoned").count -= 1;
+                    return Ok(made_dir);
+                }
+                Err(rustix::io::Errno::NOENT) if !made_dir && !dir.is_dir() => {
+                    made_dir = self.ensure_dir(dir)?;
+                }
+                Err(error) => {
+                    self.spares.lock().expect("spares poisoned").free.push(n);
+                    return Err(match error {
+                        rustix::io::Errno::EXIST => ChunkStoreError::Exists {
+                            path: path.to_path_buf(),
+                        },
+                        _ => io_error("naming", path)(error.into()),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Deletes a chunk file by making it a spare, if there is room; false if it went
+    /// otherwise (no room, or the filesystem cannot) and must be removed.
+    fn recycle(&self, path: &Path) -> Result<bool, ChunkStoreError> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        let n = {
+            let mut spares = self.spares.lock().expect("spares poisoned");
+            if !spares.enabled || spares.count >= SPARES_MAX {
+                return Ok(false);
+            }
+            spares.count += 1;
+            spares.next += 1;
+            spares.next - 1
+        };
+        let to = self.spare_path(n);
+        let renamed = renameat_with(CWD, path, CWD, &to, RenameFlags::NOREPLACE);
+        let mut spares = self.spares.lock().expect("spares poisoned");
+        match renamed {
+            Ok(()) => {
+                drop(spares);
+                // Its blocks are freed now, as a removal would.
+                let emptied = OpenOptions::new().write(true).truncate(true).open(&to);
+                let mut spares = self.spares.lock().expect("spares poisoned");
+                match emptied {
+                    Ok(_) => spares.free.push(n),
+                    Err(error) => {
+                        spares.count -= 1;
+                        drop(spares);
+                        tracing::warn!(%error, "could not empty a spare chunk file; removing it");
+                        let _ = fs::remove_file(&to);
+                    }
+                }
+                Ok(true)
+            }
+            Err(rustix::io::Errno::NOENT) if !path.exists() => {
+                spares.count -= 1;
+                Ok(true)
+            }
+            Err(error) => {
+                spares.count -= 1;
+                if matches!(
+                    error,
+                    rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOENT
+                ) {
+                    tracing::info!(%error, "chunk files are removed, not kept as spares, here");
+                    spares.enabled = false;
+                }
+                Ok(false)
+            }
+        }
     }
 
     /// Moves every chunk file of layout 1 to its layout 2 name (a rename: atomic, and safe to
@@ -382,6 +551,9 @@ impl DirChunkStore {
     /// named once written.
     fn new_file(&self, dir: &Path) -> Result<(NewFile, bool), ChunkStoreError> {
         use rustix::fs::{Mode, OFlags};
+        if let Some(spare) = self.take_spare() {
+            return Ok((spare, false));
+        }
         let mut made_dir = false;
         while self.unnamed_files.load(Ordering::Relaxed) {
             let flags = OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC;
@@ -390,6 +562,7 @@ impl DirChunkStore {
                     let file = NewFile {
                         file: File::from(fd),
                         temp: None,
+                        spare: None,
                     };
                     return Ok((file, made_dir));
                 }
@@ -411,6 +584,7 @@ impl DirChunkStore {
         let file = NewFile {
             file,
             temp: Some(TempName(temp)),
+            spare: None,
         };
         Ok((file, made_dir))
     }
@@ -443,21 +617,33 @@ impl ChunkStore for DirChunkStore {
         let path = self.path(chunk);
         let dir = path.parent().expect("chunk files are in a directory");
         let mut gained = vec![dir.to_path_buf()];
-        let (new, made_dir) = self.new_file(dir)?;
-        if made_dir {
-            gained.push(self.root.clone());
-        }
+        let (new, mut made_dir) = self.new_file(dir)?;
         let done = if sealed.len() >= UNCACHED_WRITE_BYTES {
             write_uncached(&new.file, sealed)
         } else {
             Ok(0)
         };
-        done.and_then(|done| {
+        let written = done.and_then(|done| {
             use std::os::unix::fs::FileExt;
             new.file.write_all_at(&sealed[done..], done as u64)
-        })
-        .map_err(io_error("writing", &path))?;
-        let file = new.name(&path)?;
+        });
+        if let Err(error) = written {
+            if let Some(n) = new.spare {
+                // Emptied again when next taken.
+                self.spares.lock().expect("spares poisoned").free.push(n);
+            }
+            return Err(io_error("writing", &path)(error));
+        }
+        let file = match new.spare {
+            Some(n) => {
+                made_dir |= self.name_spare(n, &path)?;
+                new.file
+            }
+            None => new.name(&path)?,
+        };
+        if made_dir {
+            gained.push(self.root.clone());
+        }
         if self.deferred {
             if sealed.len() >= EARLY_WRITEBACK_BYTES {
                 // Start writing it out now, so that the next sync finds little left to do and
@@ -532,6 +718,9 @@ impl ChunkStore for DirChunkStore {
 
     fn delete(&self, chunk: ChunkRef) -> Result<(), ChunkStoreError> {
         let path = self.path(chunk);
+        if self.recycle(&path)? {
+            return Ok(());
+        }
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -712,5 +901,106 @@ mod tests {
         fs::write(dir.path().join(layout::LAYOUT_FILE), "9\n").expect("write");
         let error = DirChunkStore::open(dir.path(), true).expect_err("unknown layout");
         assert!(error.to_string().contains("layout"), "{error}");
+    }
+
+    fn spares_in(root: &Path) -> Vec<(String, u64)> {
+        let mut spares: Vec<(String, u64)> = fs::read_dir(root.join(SPARE_DIR))
+            .expect("spare dir")
+            .map(|e| {
+                let e = e.expect("entry");
+                let name = e.file_name().into_string().expect("name");
+                (name, e.metadata().expect("metadata").len())
+            })
+            .collect();
+        spares.sort();
+        spares
+    }
+
+    /// A deleted chunk file keeps its inode, emptied, for the next new one; the spare is no
+    /// chunk to the listing, and a name that exists already is refused with the spare kept.
+    #[test]
+    fn a_deleted_chunk_file_becomes_the_next_new_one() {
+        use std::os::unix::fs::MetadataExt;
+        for deferred in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = DirChunkStore::open(dir.path(), deferred).expect("open");
+            store.keep_spares().expect("spares");
+            let chunk = |ino: u64| ChunkRef {
+                ino,
+                index: 0,
+                generation: 1,
+            };
+            let (old, new, kept) = (
+                chunk(0x1100 << 48),
+                chunk(0x2200 << 48),
+                chunk(0x3300 << 48),
+            );
+            store.put(old, &sealed(5000)).expect("put");
+            store.put(kept, &sealed(100)).expect("put");
+            let inode = fs::metadata(store.path(old)).expect("stat").ino();
+            store.delete(old).expect("delete");
+            assert!(!store.path(old).exists());
+            assert_eq!(spares_in(dir.path()), vec![("0".into(), 0)], "emptied");
+            assert_eq!(store.list().expect("list"), vec![(kept, 0)]);
+
+            let mut other = sealed(100);
+            other[99] = 7;
+            assert!(matches!(
+                store.put(kept, &other),
+                Err(ChunkStoreError::Exists { .. })
+            ));
+            assert_eq!(store.get(kept).expect("get").as_ref(), &sealed(100)[..]);
+            assert_eq!(
+                spares_in(dir.path()).len(),
+                1,
+                "the refused put left the spare"
+            );
+
+            store.put(new, &other).expect("put into the spare");
+            assert_eq!(fs::metadata(store.path(new)).expect("stat").ino(), inode);
+            assert_eq!(store.get(new).expect("get").as_ref(), &other[..]);
+            assert!(spares_in(dir.path()).is_empty());
+            store
+                .put(chunk(0x4400 << 48), &other)
+                .expect("a fresh file when none is spare");
+        }
+    }
+
+    /// Spares outlive the store, and one a crash left bytes in is emptied before its use.
+    #[test]
+    fn spares_are_found_again_and_emptied_before_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chunk = |ino: u64| ChunkRef {
+            ino,
+            index: 0,
+            generation: 1,
+        };
+        {
+            let store = DirChunkStore::open(dir.path(), true).expect("open");
+            store.keep_spares().expect("spares");
+            store.put(chunk(0x1100 << 48), &sealed(100)).expect("put");
+            store.delete(chunk(0x1100 << 48)).expect("delete");
+        }
+        fs::write(dir.path().join(SPARE_DIR).join("0"), vec![9u8; 8000]).expect("leftovers");
+        fs::write(dir.path().join(SPARE_DIR).join("junk"), b"x").expect("a stray file");
+        let store = DirChunkStore::open(dir.path(), true).expect("reopen");
+        store.keep_spares().expect("spares");
+        assert_eq!(
+            spares_in(dir.path()),
+            vec![("0".into(), 8000)],
+            "strays removed"
+        );
+        store.put(chunk(0x2200 << 48), &sealed(100)).expect("put");
+        assert_eq!(
+            store.get(chunk(0x2200 << 48)).expect("get").as_ref(),
+            &sealed(100)[..]
+        );
+        assert!(spares_in(dir.path()).is_empty());
+        store.delete(chunk(0x2200 << 48)).expect("delete");
+        assert_eq!(
+            spares_in(dir.path()),
+            vec![("1".into(), 0)],
+            "numbers go on"
+        );
     }
 }

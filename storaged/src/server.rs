@@ -102,7 +102,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // MongoDB cannot order its journal after our chunk files: with it, each chunk file is
     // synced before its commit; the embedded store syncs them in batches (see `meta::Barrier`).
     let deferred = matches!(config.meta, MetaBackend::Sqlite(_));
-    let chunks = Arc::new(DirChunkStore::open(&config.chunk_root, deferred)?);
+    let chunks = DirChunkStore::open(&config.chunk_root, deferred)?;
+    if deferred {
+        // The embedded store has one storaged; instances over MongoDB may share the root.
+        chunks.keep_spares()?;
+    }
+    let chunks = Arc::new(chunks);
     let store = open_store(&config, Some(chunks.clone())).await?;
     let vault = meta::write(&*store, move |txn| {
         settings::init_or_load(txn, &admin, now())

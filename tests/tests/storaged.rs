@@ -1149,6 +1149,47 @@ async fn replies_that_add_a_name_carry_the_directory_version(backend: Backend) {
     );
 }
 
+/// A superseded chunk file's inode is kept, emptied, for the next new chunk file, by the
+/// embedded store's storaged (the root's one user); storaged instances over MongoDB, which
+/// may share a root, remove it.
+async fn superseded_chunk_files_become_spares_only_with_the_embedded_store(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &["--gc-seconds", "1"]);
+    let alice = daemon.user("alice").await;
+    let (file, _) = create_file(&alice, ROOT, "rewritten")
+        .await
+        .expect("create");
+    file.write_single(&alice, 0, 5, b"first")
+        .await
+        .expect("write");
+    file.write_single(&alice, 5, 6, b"second")
+        .await
+        .expect("rewrite");
+    let spares = daemon.data_dir().join("chunks").join("spare");
+    let count = || std::fs::read_dir(&spares).map_or(0, |entries| entries.count());
+    let old = format::layout::chunk_path(
+        &daemon.data_dir().join("chunks"),
+        format::ids::FileId(file.ino),
+        0,
+        5,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while old.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the superseded chunk stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match backend {
+        Backend::Sqlite => assert_eq!(count(), 1, "kept as a spare"),
+        _ => assert_eq!(count(), 0, "removed"),
+    }
+    assert_eq!(
+        file.read_chunk(&alice, 0, true).await.expect("read"),
+        (6, b"second".to_vec())
+    );
+}
+
 async fn first_chunk_asking_for_a_descriptor(connection: &Connection, ino: u64) -> GetChunkReply {
     let request = GetChunkRequest {
         ino,
@@ -1224,4 +1265,5 @@ tests::on_every_backend!(
     tls_clients_pin_the_certificate_and_metrics_count_requests,
     everything_survives_a_restart,
     replies_that_add_a_name_carry_the_directory_version,
+    superseded_chunk_files_become_spares_only_with_the_embedded_store,
 );
