@@ -154,7 +154,8 @@ struct MountArgs {
     /// Written data held before it must be flushed, MiB.
     #[arg(long, default_value_t = 256)]
     dirty_mib: usize,
-    /// How long an operation waits for an unreachable storaged before it fails, seconds.
+    /// How long an operation waits for an unreachable storaged before it fails, seconds
+    /// (and how long unmounting waits for it in all, to flush what it holds).
     #[arg(long, default_value_t = 30)]
     server_wait_seconds: u64,
 }

@@ -52,6 +52,8 @@ pub struct Remote {
     identity: Arc<Identity>,
     /// How long a call waits for an unreachable server before it fails.
     wait: Duration,
+    /// No call waits past this (see [`Remote::shutting_down`]).
+    deadline: Arc<std::sync::OnceLock<Instant>>,
     relogin: Arc<tokio::sync::Mutex<()>>,
     /// Counts finished calls that may have changed something on the server.
     changes: Arc<AtomicU64>,
@@ -93,6 +95,7 @@ impl Remote {
             name: name.to_string(),
             identity,
             wait,
+            deadline: Arc::new(std::sync::OnceLock::new()),
             relogin: Arc::new(tokio::sync::Mutex::new(())),
             changes: Arc::new(AtomicU64::new(0)),
             features: Arc::new(Vec::new()),
@@ -115,6 +118,12 @@ impl Remote {
     /// stays the same (read it before asking).
     pub fn changes(&self) -> u64 {
         self.changes.load(Ordering::SeqCst)
+    }
+
+    /// From now on, calls together wait for an unreachable server at most one wait: the
+    /// client is shutting down, flushing what it holds, and must not wait once per call.
+    pub fn shutting_down(&self) {
+        let _ = self.deadline.set(Instant::now() + self.wait);
     }
 
     pub fn identity(&self) -> &Identity {
@@ -193,7 +202,10 @@ impl Remote {
                     tracing::info!(what, "session ended; logging in again");
                     self.login().await?;
                 }
-                ErrorKind::Unavailable if started.elapsed() < self.wait => {
+                ErrorKind::Unavailable
+                    if started.elapsed() < self.wait
+                        && self.deadline.get().is_none_or(|d| Instant::now() < *d) =>
+                {
                     tracing::warn!(what, %error, "storaged unreachable; waiting");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));

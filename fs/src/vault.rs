@@ -1091,20 +1091,24 @@ impl Vault {
         .map(drop)
     }
 
-    /// Flushes every file with dirty data and makes it all durable (unmount, shutdown).
+    /// Flushes every file with dirty data and makes it all durable (unmount, shutdown). Waits
+    /// for an unreachable server once in all, not once per call: after one wait, what is left
+    /// fails at once.
     pub fn flush_all(&self) -> Result<(), FsError> {
-        let files: Vec<SharedFile> = self
+        self.shared.remote.shutting_down();
+        let files: Vec<(u64, SharedFile)> = self
             .files
             .lock()
             .expect("files poisoned")
-            .values()
-            .cloned()
+            .iter()
+            .map(|(&ino, file)| (ino, file.clone()))
             .collect();
         let mut first_error = None;
-        for file in files {
+        for (ino, file) in files {
             let outcome = self.block(async { file.lock().await.flush(&self.shared, false).await });
             if let Err(error) = outcome {
-                tracing::error!(%error, "could not flush a file at unmount");
+                let file = self.shared.name_of(ino);
+                tracing::error!(%error, file, "could not flush a file at unmount");
                 first_error.get_or_insert(error);
             }
         }

@@ -127,9 +127,43 @@ fn an_operation_waits_for_a_restarting_daemon(backend: Backend) {
     );
 }
 
+/// Stopping a client whose daemon is gone waits for the daemon once, not once per file whose
+/// writes it still holds (and again for the final sync): then it gives up on what is left.
+fn a_stop_without_the_daemon_waits_for_it_once(backend: Backend) {
+    const WAIT: u64 = 2;
+    let wait = WAIT.to_string();
+    let (mut daemon, _client, mut mount) = setup(&backend, &["--server-wait-seconds", &wait]);
+    let files: Vec<fs::File> = (0..4)
+        .map(|i| {
+            let path = mount.join(&format!("open{i}"));
+            fs::write(&path, b"flushed").expect("create");
+            let mut file = OpenOptions::new().append(true).open(&path).expect("open");
+            file.write_all(b", and never flushed").expect("write");
+            file
+        })
+        .collect();
+    daemon.kill();
+    // Each close fails after a wait, and the client keeps the file's writes for later.
+    let closing: Vec<_> = files
+        .into_iter()
+        .map(|file| std::thread::spawn(move || file.sync_all()))
+        .collect();
+    for close in closing {
+        assert!(close.join().expect("thread").is_err(), "storaged is down");
+    }
+    let started = Instant::now();
+    mount.stop();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5 * WAIT),
+        "stopping took {took:?} with a server wait of {WAIT} s"
+    );
+}
+
 tests::on_every_backend!(
     sync: a_killed_client_leaves_a_clean_mount_point_and_its_closed_files,
     stopping_a_client_flushes_dirty_data,
     a_killed_daemon_fails_operations_cleanly_and_they_resume_after_restart,
     an_operation_waits_for_a_restarting_daemon,
+    a_stop_without_the_daemon_waits_for_it_once,
 );
