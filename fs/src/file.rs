@@ -259,8 +259,10 @@ impl FileState {
     pub fn with_kept_attr_changes(&self, newer: SetAttrRequest) -> SetAttrRequest {
         match self.attr_changes {
             Some(mut kept) => {
+                // The request is the newer one's: its file and durability.
+                let (ino, lazy) = (newer.ino, newer.lazy);
                 merge_attr_changes(&mut kept, newer);
-                kept
+                SetAttrRequest { ino, lazy, ..kept }
             }
             None => newer,
         }
@@ -1083,6 +1085,45 @@ fn copy_out(out: &mut Vec<u8>, source: &[u8], within: usize, n: usize) -> usize 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::v1::Timestamp;
+
+    /// Kept changes go under a newer request's: the request stays the newer one's (its file
+    /// and durability), and its changes win where both set something.
+    #[test]
+    fn kept_attribute_changes_go_under_a_newer_request() {
+        let mut state = FileState::created(
+            7,
+            crypto::DataKey::generate().chunk_cipher().into(),
+            &Attr::default(),
+        );
+        state.attr_changes = Some(SetAttrRequest {
+            perm: Some(0o600),
+            mtime: Some(Timestamp {
+                seconds: 5,
+                nanos: 0,
+            }),
+            ..SetAttrRequest::default()
+        });
+        let newer = SetAttrRequest {
+            ino: 7,
+            lazy: true,
+            mtime: Some(Timestamp {
+                seconds: 9,
+                nanos: 0,
+            }),
+            ..SetAttrRequest::default()
+        };
+        let sent = state.with_kept_attr_changes(newer);
+        assert_eq!((sent.ino, sent.lazy), (7, true));
+        assert_eq!(sent.perm, Some(0o600));
+        assert_eq!(
+            sent.mtime,
+            Some(Timestamp {
+                seconds: 9,
+                nanos: 0
+            })
+        );
+    }
 
     #[test]
     fn ranges_merge() {
