@@ -11,10 +11,11 @@
 //!
 //! Where storaged is the chunk root's one user (the embedded metadata store), a deleted chunk
 //! file keeps its inode: it is renamed into `spare/` and emptied, and a new chunk file is
-//! written into a spare and renamed to its name, when there is one (see [`SPARES_MAX`]). On ext4 without a journal, allocating an inode skips, one by one, every
-//! inode freed in the last minute (six while its inode table block is dirty): creating files
-//! after deleting thousands took up to 1 ms each, in storaged's chunk directories above all,
-//! where every file's chunks live.
+//! written into a spare and renamed to its name, when there is one (see [`SPARES_MAX`]). On
+//! ext4 without a journal, allocating an inode skips, one by one, every inode freed in the
+//! last minute (six while its inode table block is dirty): creating files after deleting
+//! thousands took up to 1 ms each, in storaged's chunk directories above all, where every
+//! file's chunks live.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -444,55 +445,48 @@ impl DirChunkStore {
         }
     }
 
-    /// Deletes a chunk file by making it a spare, if there is room; false if it went
-    /// otherwise (no room, or the filesystem cannot) and must be removed.
-    fn recycle(&self, path: &Path) -> Result<bool, ChunkStoreError> {
+    /// Deletes a chunk file by making it an emptied spare, if there is room: true if it is
+    /// gone; false if it must be removed instead (no room, or the filesystem cannot).
+    fn recycle(&self, path: &Path) -> bool {
         use rustix::fs::{CWD, RenameFlags, renameat_with};
         let n = {
             let mut spares = self.spares.lock().expect("spares poisoned");
             if !spares.enabled || spares.count >= SPARES_MAX {
-                return Ok(false);
+                return false;
             }
             spares.count += 1;
             spares.next += 1;
             spares.next - 1
         };
         let to = self.spare_path(n);
-        let renamed = renameat_with(CWD, path, CWD, &to, RenameFlags::NOREPLACE);
-        let mut spares = self.spares.lock().expect("spares poisoned");
-        match renamed {
-            Ok(()) => {
-                drop(spares);
-                // Its blocks are freed now, as a removal would.
-                let emptied = OpenOptions::new().write(true).truncate(true).open(&to);
-                let mut spares = self.spares.lock().expect("spares poisoned");
-                match emptied {
-                    Ok(_) => spares.free.push(n),
-                    Err(error) => {
-                        spares.count -= 1;
-                        drop(spares);
-                        tracing::warn!(%error, "could not empty a spare chunk file; removing it");
-                        let _ = fs::remove_file(&to);
-                    }
-                }
-                Ok(true)
-            }
-            Err(rustix::io::Errno::NOENT) if !path.exists() => {
-                spares.count -= 1;
-                Ok(true)
-            }
-            Err(error) => {
-                spares.count -= 1;
-                if matches!(
+        if let Err(error) = renameat_with(CWD, path, CWD, &to, RenameFlags::NOREPLACE) {
+            let gone = error == rustix::io::Errno::NOENT && !path.exists();
+            let mut spares = self.spares.lock().expect("spares poisoned");
+            spares.count -= 1;
+            if !gone
+                && matches!(
                     error,
                     rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOENT
-                ) {
-                    tracing::info!(%error, "chunk files are removed, not kept as spares, here");
-                    spares.enabled = false;
-                }
-                Ok(false)
+                )
+            {
+                tracing::info!(%error, "chunk files are removed, not kept as spares, here");
+                spares.enabled = false;
+            }
+            return gone;
+        }
+        // Its blocks are freed now, as a removal would free them.
+        let emptied = OpenOptions::new().write(true).truncate(true).open(&to);
+        let mut spares = self.spares.lock().expect("spares poisoned");
+        match emptied {
+            Ok(_) => spares.free.push(n),
+            Err(error) => {
+                spares.count -= 1;
+                drop(spares);
+                tracing::warn!(%error, "could not empty a spare chunk file; removing it");
+                let _ = fs::remove_file(&to);
             }
         }
+        true
     }
 
     /// Moves every chunk file of layout 1 to its layout 2 name (a rename: atomic, and safe to
@@ -718,7 +712,7 @@ impl ChunkStore for DirChunkStore {
 
     fn delete(&self, chunk: ChunkRef) -> Result<(), ChunkStoreError> {
         let path = self.path(chunk);
-        if self.recycle(&path)? {
+        if self.recycle(&path) {
             return Ok(());
         }
         match fs::remove_file(&path) {
