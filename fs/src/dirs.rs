@@ -75,12 +75,14 @@ impl KnownDirs {
         );
     }
 
-    /// This client added `name` to `dir` with a change asked for at `asked`, after which the
-    /// directory was at `version` (0: unknown).
-    pub fn added(&mut self, dir: u64, name: &[u8], version: u64, asked: Instant) {
+    /// This client added `name` to `dir` with a change asked for at `asked`; `reply`: the
+    /// attributes that change replied with (none: it failed), which carry the directory's
+    /// version after it (`parent_version`).
+    pub fn added(&mut self, dir: u64, name: &[u8], reply: Option<&Attr>, asked: Instant) {
         if self.names >= NAMES_MAX {
             self.forget(dir);
         }
+        let version = reply.map_or(0, |attr| attr.parent_version);
         if let Some(known) = self.proven(dir, version, asked)
             && known.names.insert(name.to_vec())
         {
@@ -88,8 +90,10 @@ impl KnownDirs {
         }
     }
 
-    /// This client removed `name` from `dir` (see [`KnownDirs::added`]).
-    pub fn removed(&mut self, dir: u64, name: &[u8], version: u64, asked: Instant) {
+    /// This client removed `name` from `dir` with a change asked for at `asked`, which left
+    /// the directory with attributes `after` (none: unknown, or it failed).
+    pub fn removed(&mut self, dir: u64, name: &[u8], after: Option<&Attr>, asked: Instant) {
+        let version = after.map_or(0, |attr| attr.version);
         if let Some(known) = self.proven(dir, version, asked)
             && known.names.remove(name)
         {
@@ -132,6 +136,14 @@ impl KnownDirs {
 mod tests {
     use super::*;
 
+    /// The reply to a change that added a name, leaving its directory at `version`.
+    fn named(version: u64) -> Option<Attr> {
+        Some(Attr {
+            parent_version: version,
+            ..Attr::default()
+        })
+    }
+
     fn dir(ino: u64, version: u64) -> Attr {
         Attr {
             ino,
@@ -169,12 +181,12 @@ mod tests {
         let t = Instant::now();
         dirs.made(&dir(7, 1), t);
         let later = t + KNOWN_FOR / 2;
-        dirs.added(7, b"a", 2, later);
+        dirs.added(7, b"a", named(2).as_ref(), later);
         assert!(!dirs.absent(7, b"a", later));
         assert!(dirs.absent(7, b"b", later));
         assert!(dirs.absent(7, b"b", t + KNOWN_FOR), "the proof renewed it");
         dirs.touched(7, 3, later);
-        dirs.removed(7, b"a", 4, later);
+        dirs.removed(7, b"a", Some(&dir(7, 4)), later);
         assert!(dirs.absent(7, b"a", later));
         assert_eq!(dirs.names, 0);
     }
@@ -183,9 +195,9 @@ mod tests {
     fn a_gap_in_the_versions_forgets_the_directory() {
         let t = Instant::now();
         for change in [
-            |d: &mut KnownDirs, t| d.added(7, b"a", 3, t),
-            |d: &mut KnownDirs, t| d.added(7, b"a", 0, t),
-            |d: &mut KnownDirs, t| d.removed(7, b"a", 3, t),
+            |d: &mut KnownDirs, t| d.added(7, b"a", named(3).as_ref(), t),
+            |d: &mut KnownDirs, t| d.added(7, b"a", None, t),
+            |d: &mut KnownDirs, t| d.removed(7, b"a", Some(&dir(7, 3)), t),
             |d: &mut KnownDirs, t| d.touched(7, 1, t),
         ] {
             let mut dirs = KnownDirs::default();
@@ -202,10 +214,10 @@ mod tests {
         let t = Instant::now();
         dirs.made(&dir(1, 1), t);
         for i in 0..NAMES_MAX as u64 {
-            dirs.added(1, &i.to_le_bytes(), i + 2, t);
+            dirs.added(1, &i.to_le_bytes(), named(i + 2).as_ref(), t);
         }
         assert_eq!(dirs.names, NAMES_MAX);
-        dirs.added(1, b"one more", NAMES_MAX as u64 + 2, t);
+        dirs.added(1, b"one more", named(NAMES_MAX as u64 + 2).as_ref(), t);
         assert_eq!(dirs.names, 0, "over the bound: forgotten");
         for ino in 0..DIRS_MAX as u64 + 10 {
             dirs.made(&dir(ino + 100, 1), t);

@@ -310,8 +310,7 @@ impl FileState {
                 async move { api.create(request).await }
             })
             .await;
-        let version = crate::vault::parent_version(&created);
-        self.creation_settled(shared, &request, &created, version, asked);
+        self.creation_settled(shared, &request, created.as_ref().map(Some), asked);
         let attr = created?;
         self.version = attr.version;
         self.server_attr = Some(attr);
@@ -349,20 +348,20 @@ impl FileState {
         }
     }
 
-    /// After the call that carried this file's pending creation (asked for at `asked`, leaving
-    /// the directory at `version`): it is no longer pending, and a refused creation drops what
-    /// was written (nothing of it exists on the server).
-    fn creation_settled<T>(
+    /// After the call that carried this file's pending creation (asked for at `asked`; the
+    /// file's attributes it replied with, or its error): it is no longer pending, and a
+    /// refused creation drops what was written (nothing of it exists on the server).
+    fn creation_settled(
         &mut self,
         shared: &Shared,
         request: &CreateRequest,
-        outcome: &Result<T, FsError>,
-        version: u64,
+        outcome: Result<Option<&Attr>, &FsError>,
         asked: std::time::Instant,
     ) {
+        let reply = outcome.ok().flatten();
         shared
             .dirs()
-            .added(request.parent, &request.name, version, asked);
+            .added(request.parent, &request.name, reply, asked);
         shared.forget_pending(self.ino);
         if let Err(error) = outcome {
             tracing::error!(
@@ -904,10 +903,8 @@ impl FileState {
             })
             .await;
         if let Some(request) = &create {
-            let version = reply
-                .as_ref()
-                .map_or(0, |r| r.attr.map_or(0, |a| a.parent_version));
-            self.creation_settled(shared, request, &reply, version, asked);
+            let outcome = reply.as_ref().map(|r| r.attr.as_ref());
+            self.creation_settled(shared, request, outcome, asked);
         }
         let reply = reply?;
         let dirty = self

@@ -78,11 +78,6 @@ pub struct Vault {
     attrs: Mutex<HashMap<u64, (std::time::Instant, Attr)>>,
 }
 
-/// The version a change that added a name left its directory at (0: unknown).
-pub fn parent_version(outcome: &Result<Attr, FsError>) -> u64 {
-    outcome.as_ref().map_or(0, |attr| attr.parent_version)
-}
-
 /// A time as the wire carries it.
 pub fn stamp(time: std::time::SystemTime) -> Timestamp {
     let since = time
@@ -325,7 +320,7 @@ impl Vault {
             }
         }));
         let mut dirs = self.shared.dirs();
-        dirs.added(parent, &name, parent_version(&made), asked);
+        dirs.added(parent, &name, made.as_ref().ok(), asked);
         if let Ok(dir) = &made {
             dirs.made(dir, asked);
         }
@@ -361,8 +356,8 @@ impl Vault {
                 .await
             }
         }));
-        let version = parent_version(&made);
-        self.shared.dirs().added(parent, &name, version, asked);
+        let reply = made.as_ref().ok();
+        self.shared.dirs().added(parent, &name, reply, asked);
         made
     }
 
@@ -390,8 +385,8 @@ impl Vault {
                 .await
             }
         }));
-        let version = parent_version(&made);
-        self.shared.dirs().added(parent, &name, version, asked);
+        let reply = made.as_ref().ok();
+        self.shared.dirs().added(parent, &name, reply, asked);
         made
     }
 
@@ -424,10 +419,10 @@ impl Vault {
                     }
                 })
                 .await;
-            let version = parent_version(&linked);
+            let reply = linked.as_ref().ok();
             self.shared
                 .dirs()
-                .added(new_parent, &new_name, version, asked);
+                .added(new_parent, &new_name, reply, asked);
             Ok(self.local_view(linked?).await)
         })
     }
@@ -475,10 +470,8 @@ impl Vault {
                     }
                 })
                 .await;
-            let version = reply
-                .as_ref()
-                .map_or(0, |r| r.parent.map_or(0, |p| p.version));
-            self.shared.dirs().removed(parent, &name, version, asked);
+            let after = reply.as_ref().ok().and_then(|r| r.parent.as_ref());
+            self.shared.dirs().removed(parent, &name, after, asked);
             let reply = reply?;
             // The kernel asks for the directory's attributes next (they changed).
             if let Some(parent) = &reply.parent {
@@ -508,10 +501,8 @@ impl Vault {
                 .await
             }
         }));
-        let version = reply
-            .as_ref()
-            .map_or(0, |r| r.parent.map_or(0, |p| p.version));
-        self.shared.dirs().removed(parent, &name, version, asked);
+        let after = reply.as_ref().ok().and_then(|r| r.parent.as_ref());
+        self.shared.dirs().removed(parent, &name, after, asked);
         let reply = reply?;
         // The kernel asks for the directory's attributes next (they changed).
         if let Some(parent) = &reply.parent {
@@ -639,8 +630,8 @@ impl Vault {
                     async move { api.create(request).await }
                 })
                 .await;
-            let version = parent_version(&created);
-            self.shared.dirs().added(parent, name, version, asked);
+            let reply = created.as_ref().ok();
+            self.shared.dirs().added(parent, name, reply, asked);
             let attr = created?;
             self.shared.remember_name(attr.ino, name);
             self.learn_attr(&attr);

@@ -86,11 +86,10 @@ impl State {
         let who = caller.clone();
         let (made, parent_version) = self
             .write_as(lazy, move |txn| {
-                let made = tree::create_node(txn, &who, parent, &name, &node, now())?;
-                Ok((made, tree::version_of(txn, parent)?))
+                tree::create_node(txn, &who, parent, &name, &node, now())
             })
             .await?;
-        Ok(named(&made, &caller, parent_version))
+        Ok(named(&made, &caller, Some(parent_version)))
     }
 
     /// Runs blocking chunk-store work off the async threads.
@@ -191,10 +190,10 @@ fn kind_to_wire(kind: Kind) -> FileKind {
 }
 
 /// The attributes for the reply to a change that gave `inode` a name in a directory now at
-/// `parent_version` (0: no name was added).
-fn named(inode: &Inode, caller: &Caller, parent_version: u64) -> Attr {
+/// `parent_version` (none: no name was added).
+fn named(inode: &Inode, caller: &Caller, parent_version: Option<u64>) -> Attr {
     Attr {
-        parent_version,
+        parent_version: parent_version.unwrap_or(0),
         ..attr(inode, caller)
     }
 }
@@ -729,21 +728,7 @@ impl Vault for Service {
             let who = caller.clone();
             let (file, parent_version) = state
                 .write_as(r.lazy, move |txn| {
-                    let now = now();
-                    match tree::create_file(
-                        txn,
-                        &who,
-                        parent,
-                        &name,
-                        &node,
-                        &keys,
-                        r.exclusive,
-                        now,
-                    )? {
-                        (file, true) => Ok((file, tree::version_of(txn, parent)?)),
-                        // Not exclusive, and the name existed: no name was added.
-                        (file, false) => Ok((file, 0)),
-                    }
+                    tree::create_file(txn, &who, parent, &name, &node, &keys, r.exclusive, now())
                 })
                 .await?;
             Ok(named(&file, &caller, parent_version))
@@ -834,11 +819,10 @@ impl Vault for Service {
             let who = caller.clone();
             let (linked, parent_version) = state
                 .write_as(r.lazy, move |txn| {
-                    let linked = tree::link(txn, &who, r.ino, r.new_parent, &r.new_name, now())?;
-                    Ok((linked, tree::version_of(txn, r.new_parent)?))
+                    tree::link(txn, &who, r.ino, r.new_parent, &r.new_name, now())
                 })
                 .await?;
-            Ok(named(&linked, &caller, parent_version))
+            Ok(named(&linked, &caller, Some(parent_version)))
         })
         .await
     }
@@ -1105,10 +1089,10 @@ impl Vault for Service {
             let committed = state
                 .write_as(r.lazy, move |txn| {
                     let now = now();
-                    let mut parent_version = 0;
+                    let mut parent_version = None;
                     if let Some((parent, name, node, keys)) = &create {
-                        tree::create_file(txn, &who, *parent, name, node, keys, true, now)?;
-                        parent_version = tree::version_of(txn, *parent)?;
+                        (_, parent_version) =
+                            tree::create_file(txn, &who, *parent, name, node, keys, true, now)?;
                     }
                     let file =
                         chunks::commit(txn, &who, ino, &[upload], r.size, r.truncate, &[], now)?;

@@ -151,6 +151,7 @@ impl World {
                 &node(Kind::Directory, None),
                 now(),
             )
+            .map(|(dir, _)| dir)
         })
         .await
     }
@@ -297,7 +298,7 @@ async fn tree_operations(store: Arc<dyn MetaStore>) {
                 target: b"notes.txt".to_vec(),
                 ..node(Kind::Symlink, None)
             };
-            tree::create_node(txn, &who, home.ino, b"link", &n, now())
+            tree::create_node(txn, &who, home.ino, b"link", &n, now()).map(|(link, _)| link)
         })
         .await
         .expect("symlink");
@@ -312,7 +313,8 @@ async fn tree_operations(store: Arc<dyn MetaStore>) {
     let linked = w
         .write(move |txn| tree::link(txn, &who, file.ino, home.ino, b"hard", now()))
         .await
-        .expect("link");
+        .expect("link")
+        .0;
     assert_eq!(linked.nlink, 2);
     let who = a.clone();
     let dir_link = w

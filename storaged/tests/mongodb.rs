@@ -54,7 +54,7 @@ async fn mkdir(store: &dyn MetaStore, parent: u64, name: &str) -> Result<meta::I
     let name = name.to_string();
     meta::write(store, move |txn| {
         let node = node(Kind::Directory, None);
-        tree::create_node(txn, &caller(), parent, name.as_bytes(), &node, now())
+        tree::create_node(txn, &caller(), parent, name.as_bytes(), &node, now()).map(|(dir, _)| dir)
     })
     .await
 }
@@ -182,6 +182,7 @@ async fn two_instances_on_one_database_end_with_one_winner_and_nothing_half_done
     })
     .await
     .expect("create")
+    .0
     .ino;
     let committed = race(&stores, 12, move |i| {
         let upload = Uploaded {

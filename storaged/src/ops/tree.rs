@@ -102,7 +102,8 @@ pub struct NewNode {
 }
 
 /// Creates a directory entry and its inode: mkdir, mknod, symlink, and create (see
-/// [`create_file`] for the wrapped keys a regular file also needs).
+/// [`create_file`] for the wrapped keys a regular file also needs). Returns the new inode and
+/// the directory's version right after (`Attr.parent_version` in vault.proto).
 pub fn create_node(
     txn: &mut dyn Txn,
     caller: &Caller,
@@ -110,7 +111,7 @@ pub fn create_node(
     name: &[u8],
     node: &NewNode,
     now: Time,
-) -> Result<Inode, OpError> {
+) -> Result<(Inode, u64), OpError> {
     check_name(name)?;
     if node.kind == Kind::Symlink {
         check_target(&node.target)?;
@@ -162,13 +163,7 @@ pub fn create_node(
         &String::from_utf8_lossy(name),
         now,
     )?;
-    Ok(child)
-}
-
-/// A directory's version now: in the reply to a change that added a name to it (see
-/// `Attr.parent_version` in vault.proto).
-pub fn version_of(txn: &mut dyn Txn, dir: Ino) -> Result<u64, OpError> {
-    Ok(inode(txn, dir)?.version)
+    Ok((child, dir.version))
 }
 
 /// Draws a random unused inode number.
@@ -185,8 +180,9 @@ fn free_ino(txn: &mut dyn Txn) -> Result<Ino, OpError> {
 }
 
 /// Creates a regular file with its wrapped keys: the owner's is required, and one for every
-/// user the inherited ACL lets read. With `exclusive` unset an existing regular file is
-/// returned instead (`created` false).
+/// user the inherited ACL lets read. Returns the file and, when it was created, the
+/// directory's version right after; with `exclusive` unset an existing regular file is
+/// returned instead (and no version).
 #[allow(clippy::too_many_arguments)]
 pub fn create_file(
     txn: &mut dyn Txn,
@@ -197,19 +193,19 @@ pub fn create_file(
     wrapped_keys: &[(Principal, Vec<u8>)],
     exclusive: bool,
     now: Time,
-) -> Result<(Inode, bool), OpError> {
+) -> Result<(Inode, Option<u64>), OpError> {
     if !exclusive && let Some(entry) = txn.get_entry(parent, name)? {
         let existing = inode(txn, entry.ino)?;
         if existing.kind == Kind::Directory {
             return Err(OpError::IsDirectory);
         }
         check_read(caller, &existing)?;
-        return Ok((existing, false));
+        return Ok((existing, None));
     }
     let ino = node
         .ino
         .ok_or_else(|| OpError::invalid("a new file needs its inode number"))?;
-    let child = create_node(txn, caller, parent, name, node, now)?;
+    let (child, dir_version) = create_node(txn, caller, parent, name, node, now)?;
     let mut needed: Vec<Principal> = child
         .acl
         .iter()
@@ -229,7 +225,7 @@ pub fn create_file(
         super::sharing::check_wrapped_key(txn, ino, *principal, blob)?;
         txn.put_wrapped_key(ino, *principal, blob)?;
     }
-    Ok((child, true))
+    Ok((child, Some(dir_version)))
 }
 
 pub fn readlink(txn: &mut dyn Txn, caller: &Caller, ino: Ino) -> Result<Vec<u8>, OpError> {
@@ -240,6 +236,7 @@ pub fn readlink(txn: &mut dyn Txn, caller: &Caller, ino: Ino) -> Result<Vec<u8>,
     Ok(link.target)
 }
 
+/// Adds a name for a file; returns the file and the directory's version right after.
 pub fn link(
     txn: &mut dyn Txn,
     caller: &Caller,
@@ -247,7 +244,7 @@ pub fn link(
     new_parent: Ino,
     new_name: &[u8],
     now: Time,
-) -> Result<Inode, OpError> {
+) -> Result<(Inode, u64), OpError> {
     check_name(new_name)?;
     let mut target = inode(txn, ino)?;
     if target.kind == Kind::Directory {
@@ -274,7 +271,7 @@ pub fn link(
     )?;
     txn.put_inode(&target)?;
     txn.put_inode(&dir)?;
-    Ok(target)
+    Ok((target, dir.version))
 }
 
 /// Removes a non-directory entry. When that was the last link, the file's data goes too,
