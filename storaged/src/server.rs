@@ -79,7 +79,7 @@ pub async fn open_store(
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
             let barrier = chunks.map(|chunks| -> meta::Barrier {
-                Box::new(move || chunks.sync_pending().map_err(|e| e.to_string()))
+                Arc::new(move || chunks.sync_pending().map_err(|e| e.to_string()))
             });
             let store = SqliteStore::open(path, barrier)
                 .with_context(|| format!("opening the metadata database {}", path.display()))?;

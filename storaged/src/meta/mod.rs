@@ -76,7 +76,7 @@ pub const VISIBLE_WRITES_DURABLE_WITHIN: std::time::Duration = std::time::Durati
 /// durability calls it before anything that makes its deferred writes durable, so a
 /// durable record never names a chunk file that is not. A backend that does not defer
 /// takes none, and the chunk store syncs every chunk file before its commit.
-pub type Barrier = Box<dyn Fn() -> Result<(), String> + Send>;
+pub type Barrier = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// A metadata backend.
 pub trait MetaStore: Send + Sync + 'static {

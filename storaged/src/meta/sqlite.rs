@@ -11,11 +11,15 @@
 //! [`Barrier`] (the chunk files written so far become durable) and commits with
 //! `synchronous=FULL`, so the WAL is synced before anyone hears back; that sync also covers
 //! every earlier visible-only batch, which committed with `synchronous=NORMAL` (in the WAL,
-//! seen by every later read, not yet synced). The writer makes a durable commit when visible
-//! batches have waited [`VISIBLE_WRITES_DURABLE_WITHIN`], and checkpoints the WAL only right
-//! after a durable commit (automatic checkpoints are off): a checkpoint syncs the WAL, and it
-//! must not make a record durable before the chunk file it names. Reads run on the calling
-//! thread, on a small pool of read connections, each in its own snapshot.
+//! seen by every later read, not yet synced). The writer thread makes a durable commit when
+//! visible batches have waited [`VISIBLE_WRITES_DURABLE_WITHIN`] (or after
+//! [`DURABLE_AFTER_COMMITS`] commits), and checkpoints the WAL only right after a durable commit
+//! (automatic checkpoints are off): a checkpoint syncs the WAL, and it must not make a record
+//! durable before the chunk file it names. Such a durable commit first calls the barrier
+//! without holding the connection ([`sync_ahead`]): visible writes go on meanwhile, and the
+//! barrier it then calls with the connection held has only their chunk files left to sync.
+//! Reads run on the calling thread, on a small pool of read connections, each in its own
+//! snapshot.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,8 +79,9 @@ struct Job {
 
 enum Message {
     Job(Job, oneshot::Sender<Result<(), OperationFailed>>),
-    /// A commit on a caller's thread left the first visible writes waiting for durability:
-    /// the writer thread starts counting down to making them durable.
+    /// A commit on a caller's thread left the first visible writes waiting for durability
+    /// (the writer thread starts counting down to making them durable), or made enough
+    /// commits that a durable one is due.
     Undurable,
 }
 
@@ -115,7 +120,7 @@ impl SqliteStore {
             .map_err(unavailable)?;
         let writer = Writer {
             conn: writer,
-            barrier,
+            barrier: barrier.clone(),
             undurable_since: None,
             commits_since_checkpoint: 0,
             synchronous_full: true,
@@ -129,7 +134,7 @@ impl SqliteStore {
         let (thread_writer, thread_queued) = (writer.clone(), queued.clone());
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(&thread_writer, &thread_queued, receiver))
+            .spawn(move || writer_loop(&thread_writer, barrier, &thread_queued, receiver))
             .map_err(|e| StoreError::Unavailable(format!("starting the sqlite writer: {e}")))?;
         Ok(SqliteStore {
             writer,
@@ -256,7 +261,12 @@ fn lock(writer: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
     writer.lock().expect("sqlite writer poisoned")
 }
 
-fn writer_loop(writer: &Mutex<Writer>, queued: &AtomicUsize, messages: mpsc::Receiver<Message>) {
+fn writer_loop(
+    writer: &Mutex<Writer>,
+    barrier: Option<Barrier>,
+    queued: &AtomicUsize,
+    messages: mpsc::Receiver<Message>,
+) {
     loop {
         let undurable_since = lock(writer).undurable_since;
         let first = match undurable_since {
@@ -267,7 +277,7 @@ fn writer_loop(writer: &Mutex<Writer>, queued: &AtomicUsize, messages: mpsc::Rec
                 match messages.recv_timeout(wait) {
                     Ok(message) => Some(message),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        lock(writer).make_durable();
+                        sync_ahead(writer, barrier.as_ref());
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => None,
@@ -288,12 +298,14 @@ fn writer_loop(writer: &Mutex<Writer>, queued: &AtomicUsize, messages: mpsc::Rec
                 false => None,
             };
         }
-        if batch.is_empty() {
-            continue;
+        if !batch.is_empty() {
+            let outcomes = lock(writer).run_batch(&mut batch);
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
         }
-        let outcomes = lock(writer).run_batch(&mut batch);
-        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-            let _ = reply.send(outcome);
+        if lock(writer).durability_due() {
+            sync_ahead(writer, barrier.as_ref());
         }
     }
     // Stopping: the connection checkpoints as it closes, which must not come before the
@@ -301,13 +313,32 @@ fn writer_loop(writer: &Mutex<Writer>, queued: &AtomicUsize, messages: mpsc::Rec
     lock(writer).make_durable();
 }
 
+/// Makes the visible commits durable without stopping visible writes for long: the barrier
+/// first runs without the connection (the chunk files written so far, in bulk), while visible
+/// commits go on; then, with the connection held, the durable commit calls it again, for the
+/// chunk files of the commits made meanwhile only. (With the barrier held throughout, each
+/// such commit stopped every write for the 20-70 ms a sync of a second's files takes.)
+fn sync_ahead(writer: &Mutex<Writer>, barrier: Option<&Barrier>) {
+    if lock(writer).undurable_since.is_none() {
+        return;
+    }
+    if let Some(barrier) = barrier
+        && let Err(error) = barrier()
+    {
+        // The barrier under the connection tries again, and fails the commit if it must.
+        tracing::warn!(%error, "could not sync the chunk files ahead of a durable commit");
+    }
+    lock(writer).make_durable();
+}
+
 impl Writer {
-    /// Whether the next commit must be durable even if no one asked.
+    /// Whether the writer thread should make the visible commits durable now.
     fn durability_due(&self) -> bool {
-        self.commits_since_checkpoint >= DURABLE_AFTER_COMMITS
-            || self
-                .undurable_since
-                .is_some_and(|since| since.elapsed() >= VISIBLE_WRITES_DURABLE_WITHIN)
+        self.undurable_since.is_some()
+            && (self.commits_since_checkpoint >= DURABLE_AFTER_COMMITS
+                || self
+                    .undurable_since
+                    .is_some_and(|since| since.elapsed() >= VISIBLE_WRITES_DURABLE_WITHIN))
     }
 
     /// A durable commit of nothing but the mark, when visible commits wait for one.
@@ -325,8 +356,7 @@ impl Writer {
     /// Runs a batch in one transaction, each operation under its own savepoint, and commits
     /// it as durably as its most demanding member asks.
     fn run_batch(&mut self, batch: &mut [Job]) -> Vec<Result<(), OperationFailed>> {
-        let durable =
-            self.durability_due() || batch.iter().any(|j| j.durability == Durability::Durable);
+        let durable = batch.iter().any(|j| j.durability == Durability::Durable);
         let only_syncs = batch.iter().all(|j| j.op.is_none());
         if only_syncs && self.undurable_since.is_none() {
             // Everything acknowledged is durable already.
@@ -430,8 +460,8 @@ impl Writer {
 }
 
 impl SqliteStore {
-    /// Commits a visible-only write on this thread if the writer is idle: nothing queued, the
-    /// connection free, no durable commit due. Otherwise gives the operation back.
+    /// Commits a visible-only write on this thread if the writer is idle: nothing queued and
+    /// the connection free. Otherwise gives the operation back.
     fn write_here(
         &self,
         op: Operation,
@@ -443,9 +473,6 @@ impl SqliteStore {
         let Ok(mut writer) = self.writer.try_lock() else {
             return Err(op);
         };
-        if writer.durability_due() {
-            return Err(op);
-        }
         let was_durable = writer.undurable_since.is_none();
         let mut batch = [Job {
             op: Some(op),
@@ -456,8 +483,9 @@ impl SqliteStore {
             .pop()
             .expect("one outcome per job");
         let undurable = writer.undurable_since.is_some();
+        let many = writer.commits_since_checkpoint == DURABLE_AFTER_COMMITS;
         drop(writer);
-        if was_durable && undurable {
+        if (was_durable && undurable) || many {
             // If the thread is gone, so is everything else: the next write says so.
             let _ = self.queue.send(Message::Undurable);
         }
