@@ -397,10 +397,17 @@ impl DirChunkStore {
     /// it), if there is one.
     fn take_spare(&self) -> Option<NewFile> {
         let n = self.spares.lock().expect("spares poisoned").free.pop()?;
+        // Truncated only if it is not empty: `O_TRUNC` truncates an empty file too, which
+        // cost ext4 about 35 us, more than the rest of taking the spare.
         let opened = OpenOptions::new()
             .write(true)
-            .truncate(true)
-            .open(self.spare_path(n));
+            .open(self.spare_path(n))
+            .and_then(|file| {
+                if file.metadata()?.len() != 0 {
+                    file.set_len(0)?;
+                }
+                Ok(file)
+            });
         match opened {
             Ok(file) => Some(NewFile {
                 file,
