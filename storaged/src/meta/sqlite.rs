@@ -120,7 +120,7 @@ impl SqliteStore {
             .map_err(unavailable)?;
         let writer = Writer {
             conn: writer,
-            barrier: barrier.clone(),
+            barrier,
             undurable_since: None,
             commits_since_checkpoint: 0,
             synchronous_full: true,
@@ -134,7 +134,7 @@ impl SqliteStore {
         let (thread_writer, thread_queued) = (writer.clone(), queued.clone());
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(&thread_writer, barrier, &thread_queued, receiver))
+            .spawn(move || writer_loop(&thread_writer, &thread_queued, receiver))
             .map_err(|e| StoreError::Unavailable(format!("starting the sqlite writer: {e}")))?;
         Ok(SqliteStore {
             writer,
@@ -261,12 +261,7 @@ fn lock(writer: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
     writer.lock().expect("sqlite writer poisoned")
 }
 
-fn writer_loop(
-    writer: &Mutex<Writer>,
-    barrier: Option<Barrier>,
-    queued: &AtomicUsize,
-    messages: mpsc::Receiver<Message>,
-) {
+fn writer_loop(writer: &Mutex<Writer>, queued: &AtomicUsize, messages: mpsc::Receiver<Message>) {
     loop {
         let undurable_since = lock(writer).undurable_since;
         let first = match undurable_since {
@@ -277,7 +272,7 @@ fn writer_loop(
                 match messages.recv_timeout(wait) {
                     Ok(message) => Some(message),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        sync_ahead(writer, barrier.as_ref());
+                        sync_ahead(writer);
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => None,
@@ -305,7 +300,7 @@ fn writer_loop(
             }
         }
         if lock(writer).durability_due() {
-            sync_ahead(writer, barrier.as_ref());
+            sync_ahead(writer);
         }
     }
     // Stopping: the connection checkpoints as it closes, which must not come before the
@@ -318,10 +313,14 @@ fn writer_loop(
 /// commits go on; then, with the connection held, the durable commit calls it again, for the
 /// chunk files of the commits made meanwhile only. (With the barrier held throughout, each
 /// such commit stopped every write for the 20-70 ms a sync of a second's files takes.)
-fn sync_ahead(writer: &Mutex<Writer>, barrier: Option<&Barrier>) {
-    if lock(writer).undurable_since.is_none() {
-        return;
-    }
+fn sync_ahead(writer: &Mutex<Writer>) {
+    let barrier = {
+        let writer = lock(writer);
+        if writer.undurable_since.is_none() {
+            return;
+        }
+        writer.barrier.clone()
+    };
     if let Some(barrier) = barrier
         && let Err(error) = barrier()
     {
@@ -334,11 +333,11 @@ fn sync_ahead(writer: &Mutex<Writer>, barrier: Option<&Barrier>) {
 impl Writer {
     /// Whether the writer thread should make the visible commits durable now.
     fn durability_due(&self) -> bool {
-        self.undurable_since.is_some()
-            && (self.commits_since_checkpoint >= DURABLE_AFTER_COMMITS
-                || self
-                    .undurable_since
-                    .is_some_and(|since| since.elapsed() >= VISIBLE_WRITES_DURABLE_WITHIN))
+        let Some(since) = self.undurable_since else {
+            return false;
+        };
+        self.commits_since_checkpoint >= DURABLE_AFTER_COMMITS
+            || since.elapsed() >= VISIBLE_WRITES_DURABLE_WITHIN
     }
 
     /// A durable commit of nothing but the mark, when visible commits wait for one.
