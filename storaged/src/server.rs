@@ -191,6 +191,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.socket);
     let _ = std::fs::remove_file(&descriptor_socket);
     state.audit.flush().await;
+    // Everything acknowledged becomes durable before the daemon goes.
+    if let Err(error) = state.store.sync().await {
+        tracing::error!(%error, "could not make the metadata durable while stopping");
+    }
     served.context("serving")?;
     tracing::info!("storaged stopped");
     Ok(())
