@@ -1,15 +1,22 @@
 //! Directories whose every name this client knows, so that a lookup of a name not there is
-//! answered without a round trip (a program creating a file looks its name up first).
+//! answered without a round trip (a program creating a file looks its name up first), and,
+//! for a while after a listing, a lookup of a name there too (a program opening or stating
+//! many files of a directory looks each up first).
 //!
-//! A directory becomes known when this client makes it: it is empty then. It stays known
-//! while this client's own changes in it are the only ones: each reply to a change that adds
-//! or removes a name carries the directory's version right after it (versions go up by one
-//! with every change), so a version one past the one known proves that nobody else changed
-//! the directory in between. Anything else forgets the directory.
+//! A directory becomes known when this client makes it: it is empty then. It also becomes
+//! known when this client lists it because lookups there keep going to the server
+//! ([`KnownDirs::should_list`]): the listing holds every name with its attributes, and counts
+//! if the directory had one version throughout and this client changed nothing meanwhile. It
+//! stays known while this client's own changes in it are the only ones: each reply to a
+//! change that adds or removes a name carries the directory's version right after it
+//! (versions go up by one with every change), so a version one past the one known proves that
+//! nobody else changed the directory in between. Anything else forgets the directory.
 //!
 //! Another client's change shows here within [`KNOWN_FOR`] of this client's last proof: a
 //! name it created can look absent for that long, as a name it removed can look present for
-//! as long in the kernel's entry cache (the same timeout, see `fuse::TTL`).
+//! as long in the kernel's entry cache (the same timeout, see `fuse::TTL`). A listing's
+//! attributes answer lookups for [`LISTED_FOR`], and only while this client has changed
+//! nothing on the server since (a change of its own would make them stale).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -18,12 +25,60 @@ use proto::v1::Attr;
 
 /// How long after the last proof a directory's names stay known.
 pub const KNOWN_FOR: Duration = Duration::from_secs(1);
+/// How long a listing's attributes answer lookups; the kernel keeps what a lookup answered
+/// for its attribute timeout on top.
+pub const LISTED_FOR: Duration = Duration::from_millis(500);
 /// Names known across all directories (a name costs about 100 bytes here).
 const NAMES_MAX: usize = 200_000;
+/// A directory with more entries is never listed for lookups.
+pub const LISTED_ENTRIES_MAX: usize = 20_000;
+/// Listed attributes kept across all directories (an entry costs about 250 bytes here).
+const LISTED_MAX: usize = 60_000;
 /// Directories known at once.
 const DIRS_MAX: usize = 1024;
 /// Longer names never exist: the server refuses them, and its lookup says so.
 const NAME_BYTES_MAX: usize = 255;
+/// Lookups of one directory that go to the server, within [`ASKED_WITHIN`], after which the
+/// client lists the directory.
+const LIST_AFTER_ASKED: u32 = 16;
+const ASKED_WITHIN: Duration = Duration::from_secs(1);
+/// After a listing is asked for, the next waits at least this long; longer when the last
+/// one answered few lookups (changes of this client's own, say, kept voiding it).
+const LIST_AGAIN_AFTER: Duration = Duration::from_millis(250);
+const LIST_AGAIN_AFTER_USELESS: Duration = Duration::from_secs(5);
+/// Directories whose lookups are counted at once.
+const ASKED_DIRS_MAX: usize = 64;
+
+/// What the known directories say of a name.
+#[derive(Debug, PartialEq)]
+pub enum Answer {
+    /// Nothing sure: ask the server.
+    Ask,
+    Absent,
+    /// There, with the attributes a listing saw.
+    Present(Attr),
+}
+
+/// A listing's attributes: every entry's as the server listed them.
+#[derive(Debug)]
+struct Listed {
+    attrs: HashMap<Vec<u8>, Attr>,
+    /// When the listing was asked for.
+    asked: Instant,
+    /// `Remote::changes` when it was asked for.
+    changes: u64,
+    /// Lookups it answered.
+    answered: u32,
+}
+
+/// Lookups of one directory that went to the server.
+#[derive(Debug)]
+struct Asked {
+    count: u32,
+    since: Instant,
+    /// No listing before this.
+    not_before: Instant,
+}
 
 #[derive(Debug)]
 struct Known {
@@ -32,12 +87,17 @@ struct Known {
     version: u64,
     /// Until when `names` may answer lookups.
     until: Instant,
+    /// The listing that made it known, if one did.
+    listed: Option<Listed>,
 }
 
 #[derive(Debug, Default)]
 pub struct KnownDirs {
     dirs: HashMap<u64, Known>,
     names: usize,
+    /// Attributes held by listings, across directories.
+    listed: usize,
+    asked: HashMap<u64, Asked>,
 }
 
 impl KnownDirs {
@@ -51,6 +111,120 @@ impl KnownDirs {
             return false;
         }
         name.len() <= NAME_BYTES_MAX && !known.names.contains(name)
+    }
+
+    /// What is known of `name` in `dir` at `now`, while this client's change count is
+    /// `changes` (`Remote::changes`).
+    pub fn answer(&mut self, dir: u64, name: &[u8], now: Instant, changes: u64) -> Answer {
+        if self.absent(dir, name, now) {
+            return Answer::Absent;
+        }
+        let Some(listed) = self.dirs.get_mut(&dir).and_then(|k| k.listed.as_mut()) else {
+            return Answer::Ask;
+        };
+        if listed.changes != changes || now >= listed.asked + LISTED_FOR {
+            return Answer::Ask;
+        }
+        match listed.attrs.get(name) {
+            Some(attr) => {
+                listed.answered += 1;
+                Answer::Present(*attr)
+            }
+            None => Answer::Ask,
+        }
+    }
+
+    /// A lookup in `dir` went to the server at `now`: whether to list the directory, so
+    /// that the next lookups there need not (see [`KnownDirs::listed`]).
+    pub fn should_list(&mut self, dir: u64, now: Instant) -> bool {
+        if self.asked.len() >= ASKED_DIRS_MAX && !self.asked.contains_key(&dir) {
+            self.asked
+                .retain(|_, a| now < a.since + ASKED_WITHIN || now < a.not_before);
+            if self.asked.len() >= ASKED_DIRS_MAX {
+                return false;
+            }
+        }
+        let asked = self.asked.entry(dir).or_insert(Asked {
+            count: 0,
+            since: now,
+            not_before: now,
+        });
+        if now >= asked.since + ASKED_WITHIN {
+            asked.count = 0;
+            asked.since = now;
+        }
+        asked.count += 1;
+        if asked.count < LIST_AFTER_ASKED || now < asked.not_before {
+            return false;
+        }
+        asked.count = 0;
+        // The last listing answered few lookups: changes of this client's own, say, kept
+        // voiding it.
+        let useless = self
+            .dirs
+            .get(&dir)
+            .and_then(|k| k.listed.as_ref())
+            .is_some_and(|l| {
+                l.answered < LIST_AFTER_ASKED && now < l.asked + LIST_AGAIN_AFTER_USELESS
+            });
+        let asked = self.asked.get_mut(&dir).expect("counted above");
+        asked.not_before = now + LIST_AGAIN_AFTER;
+        !useless
+    }
+
+    /// `dir` (its attributes before and after the listing: one version throughout) holds
+    /// exactly `entries`, as listed from `asked` on, when this client's change count was
+    /// `changes`; `changes_now`: the count now (read with this held, as every change's
+    /// bookkeeping takes it). A change of this client's meanwhile voids the listing.
+    pub fn listed(
+        &mut self,
+        dir: &Attr,
+        entries: Vec<(Vec<u8>, Attr)>,
+        asked: Instant,
+        changes: u64,
+        changes_now: u64,
+    ) {
+        if changes != changes_now || !dir.may_read || entries.len() > LISTED_ENTRIES_MAX {
+            return;
+        }
+        self.forget(dir.ino);
+        if self.names + entries.len() > NAMES_MAX || self.listed + entries.len() > LISTED_MAX {
+            let others: Vec<u64> = self
+                .dirs
+                .iter()
+                .filter(|(_, k)| k.listed.is_some())
+                .map(|(ino, _)| *ino)
+                .collect();
+            for other in others {
+                self.forget(other);
+            }
+            if self.names + entries.len() > NAMES_MAX {
+                return;
+            }
+        }
+        if self.dirs.len() >= DIRS_MAX {
+            self.dirs.retain(|_, known| known.until > asked);
+            if self.dirs.len() >= DIRS_MAX {
+                return;
+            }
+        }
+        let names: HashSet<Vec<u8>> = entries.iter().map(|(name, _)| name.clone()).collect();
+        self.names += names.len();
+        self.listed += entries.len();
+        self.dirs.insert(
+            dir.ino,
+            Known {
+                names,
+                version: dir.version,
+                until: asked + KNOWN_FOR,
+                listed: Some(Listed {
+                    attrs: entries.into_iter().collect(),
+                    asked,
+                    changes,
+                    answered: 0,
+                }),
+            },
+        );
     }
 
     /// A directory this client just made (asked for at `asked`): empty.
@@ -71,6 +245,7 @@ impl KnownDirs {
                 names: HashSet::new(),
                 version: dir.version,
                 until: asked + KNOWN_FOR,
+                listed: None,
             },
         );
     }
@@ -94,10 +269,27 @@ impl KnownDirs {
     /// the directory with attributes `after` (none: unknown, or it failed).
     pub fn removed(&mut self, dir: u64, name: &[u8], after: Option<&Attr>, asked: Instant) {
         let version = after.map_or(0, |attr| attr.version);
-        if let Some(known) = self.proven(dir, version, asked)
-            && known.names.remove(name)
+        let Some(known) = self.proven(dir, version, asked) else {
+            return;
+        };
+        let removed = known.names.remove(name);
+        let unlisted = known
+            .listed
+            .as_mut()
+            .is_some_and(|l| l.attrs.remove(name).is_some());
+        self.names -= usize::from(removed);
+        self.listed -= usize::from(unlisted);
+    }
+
+    /// This client's change count went from `before` to `after` with one change that left
+    /// every other entry of `dir` as it was (a removal, already applied by `removed`): the
+    /// listing's attributes still answer lookups, if nothing else changed meanwhile.
+    pub fn listing_survives(&mut self, dir: u64, before: u64, after: u64) {
+        if let Some(listed) = self.dirs.get_mut(&dir).and_then(|k| k.listed.as_mut())
+            && listed.changes == before
+            && after == before + 1
         {
-            self.names -= 1;
+            listed.changes = after;
         }
     }
 
@@ -111,6 +303,7 @@ impl KnownDirs {
     pub fn forget(&mut self, dir: u64) {
         if let Some(known) = self.dirs.remove(&dir) {
             self.names -= known.names.len();
+            self.listed -= known.listed.map_or(0, |l| l.attrs.len());
         }
     }
 
@@ -206,6 +399,123 @@ mod tests {
             assert!(!dirs.absent(7, b"b", t));
             assert_eq!(dirs.names, 0);
         }
+    }
+
+    fn file(ino: u64) -> Attr {
+        Attr {
+            ino,
+            nlink: 1,
+            ..Attr::default()
+        }
+    }
+
+    fn listing(n: u64) -> Vec<(Vec<u8>, Attr)> {
+        (0..n)
+            .map(|i| (format!("f{i}").into_bytes(), file(100 + i)))
+            .collect()
+    }
+
+    #[test]
+    fn lookups_that_keep_asking_list_the_directory_which_then_answers() {
+        let mut dirs = KnownDirs::default();
+        let t = Instant::now();
+        let asked: Vec<bool> = (0..LIST_AFTER_ASKED)
+            .map(|_| dirs.should_list(7, t))
+            .collect();
+        assert_eq!(asked.iter().filter(|l| **l).count(), 1);
+        assert!(asked[LIST_AFTER_ASKED as usize - 1], "the last one lists");
+        dirs.listed(&dir(7, 5), listing(3), t, 40, 40);
+        assert_eq!(dirs.answer(7, b"f1", t, 40), Answer::Present(file(101)));
+        assert_eq!(dirs.answer(7, b"g", t, 40), Answer::Absent);
+        assert_eq!(
+            dirs.answer(7, b"f1", t, 41),
+            Answer::Ask,
+            "a change of this client's own since: the attributes may be stale"
+        );
+        assert_eq!(
+            dirs.answer(7, b"g", t, 41),
+            Answer::Absent,
+            "names still known"
+        );
+        assert_eq!(
+            dirs.answer(7, b"f1", t + LISTED_FOR, 40),
+            Answer::Ask,
+            "attributes expired"
+        );
+        assert_eq!(dirs.answer(7, b"f1", t + KNOWN_FOR, 40), Answer::Ask);
+        assert_eq!(dirs.names + dirs.listed, 0, "expired: forgotten");
+    }
+
+    #[test]
+    fn a_listing_is_taken_only_whole_and_unchanged() {
+        let mut dirs = KnownDirs::default();
+        let t = Instant::now();
+        dirs.listed(&dir(7, 5), listing(3), t, 40, 41);
+        assert_eq!(
+            dirs.answer(7, b"g", t, 41),
+            Answer::Ask,
+            "changed meanwhile"
+        );
+        let unreadable = Attr {
+            may_read: false,
+            ..dir(7, 5)
+        };
+        dirs.listed(&unreadable, listing(3), t, 40, 40);
+        assert_eq!(dirs.answer(7, b"g", t, 40), Answer::Ask);
+        dirs.listed(
+            &dir(7, 5),
+            listing(LISTED_ENTRIES_MAX as u64 + 1),
+            t,
+            40,
+            40,
+        );
+        assert_eq!(dirs.answer(7, b"g", t, 40), Answer::Ask, "too large");
+        assert_eq!(dirs.names + dirs.listed, 0);
+    }
+
+    #[test]
+    fn removing_a_name_keeps_the_listing_answering_for_the_others() {
+        let mut dirs = KnownDirs::default();
+        let t = Instant::now();
+        dirs.listed(&dir(7, 5), listing(3), t, 40, 40);
+        dirs.removed(7, b"f0", Some(&dir(7, 6)), t);
+        dirs.listing_survives(7, 40, 41);
+        assert_eq!(dirs.answer(7, b"f0", t, 41), Answer::Absent);
+        assert_eq!(dirs.answer(7, b"f1", t, 41), Answer::Present(file(101)));
+        assert_eq!((dirs.names, dirs.listed), (2, 2));
+        // Another change came in between: the attributes no longer answer.
+        dirs.removed(7, b"f1", Some(&dir(7, 7)), t);
+        dirs.listing_survives(7, 41, 43);
+        assert_eq!(dirs.answer(7, b"f2", t, 43), Answer::Ask);
+        // A gap in the directory's versions forgets it all.
+        dirs.removed(7, b"f2", Some(&dir(7, 9)), t);
+        assert_eq!(dirs.answer(7, b"f2", t, 43), Answer::Ask);
+        assert_eq!((dirs.names, dirs.listed), (0, 0));
+    }
+
+    #[test]
+    fn a_listing_that_answered_little_is_not_taken_again_soon() {
+        let mut dirs = KnownDirs::default();
+        let t = Instant::now();
+        let list =
+            |dirs: &mut KnownDirs, at| (0..LIST_AFTER_ASKED).any(|_| dirs.should_list(7, at));
+        assert!(list(&mut dirs, t));
+        dirs.listed(&dir(7, 5), listing(3), t, 40, 40);
+        // Voided at once by this client's changes: it answered nothing.
+        let soon = t + ASKED_WITHIN;
+        assert!(!list(&mut dirs, soon));
+        let later = t + LIST_AGAIN_AFTER_USELESS;
+        assert!(list(&mut dirs, later));
+        // One that answered enough may be taken again once the short pause is over.
+        dirs.listed(&dir(7, 5), listing(3), later, 40, 40);
+        for _ in 0..LIST_AFTER_ASKED {
+            assert!(matches!(
+                dirs.answer(7, b"f1", later, 40),
+                Answer::Present(_)
+            ));
+        }
+        assert!(!list(&mut dirs, later));
+        assert!(list(&mut dirs, later + LIST_AGAIN_AFTER));
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub struct Remote {
 /// Calls that change nothing on the server.
 const READ_ONLY: &[&str] = &[
     "lookup",
+    "open",
     "get_attr",
     "read_dir",
     "read_link",

@@ -15,6 +15,7 @@ use crypto::DataKey;
 use proto::ErrorKind;
 use proto::v1::*;
 
+use crate::dirs::Answer;
 use crate::error::FsError;
 use crate::file::FileState;
 use crate::shared::Shared;
@@ -94,6 +95,69 @@ const OPEN_ATTEMPTS: usize = 8;
 /// How long attributes from this client's own commit answer `getattr` without a round trip.
 const FRESH_ATTR_LIFETIME: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// The entries of `dir` with their attributes, page by page, up to about `max`; whether that
+/// was all.
+async fn read_dir(
+    shared: &Shared,
+    dir: u64,
+    max: usize,
+) -> Result<(Vec<(Vec<u8>, Attr)>, bool), FsError> {
+    let mut entries = Vec::new();
+    let mut after = Vec::new();
+    loop {
+        let page = shared
+            .remote
+            .call("read_dir", |mut api| {
+                let after = after.clone();
+                async move {
+                    api.read_dir(ReadDirRequest {
+                        ino: dir,
+                        after,
+                        limit: READDIR_PAGE,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        after = page
+            .entries
+            .last()
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
+        entries.extend(
+            page.entries
+                .into_iter()
+                .filter_map(|e| Some((e.name, e.attr?))),
+        );
+        if !page.more || entries.len() >= max {
+            return Ok((entries, !page.more));
+        }
+    }
+}
+
+/// Lists `dir` so that the next lookups there are answered here (see `dirs`): its attributes
+/// before and after must show one version, or the listing is not used.
+async fn list_for_lookups(shared: &Shared, dir: u64) -> Result<(), FsError> {
+    let asked = Instant::now();
+    let changes = shared.remote.changes();
+    let get_attr = || {
+        shared.remote.call("get_attr", |mut api| async move {
+            api.get_attr(GetAttrRequest { ino: dir }).await
+        })
+    };
+    let before = get_attr().await?;
+    if !before.may_read {
+        return Ok(());
+    }
+    let (entries, whole) = read_dir(shared, dir, crate::dirs::LISTED_ENTRIES_MAX + 1).await?;
+    if !whole || get_attr().await?.version != before.version {
+        return Ok(());
+    }
+    let mut dirs = shared.dirs();
+    dirs.listed(&before, entries, asked, changes, shared.remote.changes());
+    Ok(())
+}
+
 impl Vault {
     pub fn new(shared: Arc<Shared>) -> Vault {
         Vault {
@@ -161,8 +225,18 @@ impl Vault {
             if let Some(attr) = self.shared.pending_named(parent, name) {
                 return Ok(self.local_view(attr).await);
             }
-            if self.shared.dirs().absent(parent, name, Instant::now()) {
-                return Err(FsError::local(ErrorKind::NotFound, "no such entry"));
+            if let Some(answer) = self.known_answer(parent, name).await {
+                return answer;
+            }
+            if self.shared.dirs().should_list(parent, Instant::now()) {
+                // Here, not in the background: changes of this client's own meanwhile (the
+                // program's next, say) would void it.
+                let started = Instant::now();
+                let listed = list_for_lookups(&self.shared, parent).await;
+                tracing::debug!(?listed, took = ?started.elapsed(), "listed a directory for lookups");
+                if let Some(answer) = self.known_answer(parent, name).await {
+                    return answer;
+                }
             }
             let name_owned = name.to_vec();
             let attr = self
@@ -177,6 +251,24 @@ impl Vault {
             self.learn_attr(&attr);
             Ok(self.local_view(attr).await)
         })
+    }
+
+    /// A lookup's answer from what this client knows of the directory, if it knows enough.
+    async fn known_answer(&self, parent: u64, name: &[u8]) -> Option<Result<Attr, FsError>> {
+        let changes = self.shared.remote.changes();
+        let answer = self
+            .shared
+            .dirs()
+            .answer(parent, name, Instant::now(), changes);
+        match answer {
+            Answer::Ask => None,
+            Answer::Absent => Some(Err(FsError::local(ErrorKind::NotFound, "no such entry"))),
+            Answer::Present(listed) => {
+                self.shared.remember_name(listed.ino, name);
+                let attr = self.fresh_attr(listed.ino).unwrap_or(listed);
+                Some(Ok(self.local_view(attr).await))
+            }
+        }
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
@@ -454,6 +546,7 @@ impl Vault {
             let keep_open = open.is_some();
             let name = name.to_vec();
             let asked = Instant::now();
+            let changes = self.shared.remote.changes();
             let reply = self
                 .shared
                 .remote
@@ -471,7 +564,14 @@ impl Vault {
                 })
                 .await;
             let after = reply.as_ref().ok().and_then(|r| r.parent.as_ref());
-            self.shared.dirs().removed(parent, &name, after, asked);
+            {
+                let mut dirs = self.shared.dirs();
+                dirs.removed(parent, &name, after, asked);
+                if reply.as_ref().is_ok_and(|r| r.nlink == 0) {
+                    // The inode went with its one name: no other entry's attributes changed.
+                    dirs.listing_survives(parent, changes, self.shared.remote.changes());
+                }
+            }
             let reply = reply?;
             // The kernel asks for the directory's attributes next (they changed).
             if let Some(parent) = &reply.parent {
@@ -946,41 +1046,15 @@ impl Vault {
     /// Snapshots a directory listing for `readdir`.
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let mut listing = Vec::new();
-        let mut after = Vec::new();
         let mut changes = 0;
         self.block(async {
             self.materialize_in(Some(ino)).await?;
             changes = self.shared.remote.changes();
-            loop {
-                let page = self
-                    .shared
-                    .remote
-                    .call("read_dir", |mut api| {
-                        let after = after.clone();
-                        async move {
-                            api.read_dir(ReadDirRequest {
-                                ino,
-                                after,
-                                limit: READDIR_PAGE,
-                            })
-                            .await
-                        }
-                    })
-                    .await?;
-                after = page
-                    .entries
-                    .last()
-                    .map(|e| e.name.clone())
-                    .unwrap_or_default();
-                for entry in page.entries {
-                    if let Some(attr) = entry.attr {
-                        listing.push((entry.name, self.local_view(attr).await));
-                    }
-                }
-                if !page.more || listing.len() >= READDIR_ENTRIES_MAX {
-                    return Ok::<(), FsError>(());
-                }
+            let (entries, _) = read_dir(&self.shared, ino, READDIR_ENTRIES_MAX).await?;
+            for (name, attr) in entries {
+                listing.push((name, self.local_view(attr).await));
             }
+            Ok::<(), FsError>(())
         })?;
         Ok(self.add_handle(Handle::Dir {
             listing: Arc::new(listing),

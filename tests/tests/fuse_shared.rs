@@ -132,6 +132,67 @@ fn lookups_in_a_directory_made_here_skip_the_server(backend: Backend) {
     );
 }
 
+/// Lookups that keep going to the server for one directory make the mount list it, and the
+/// listing answers the next lookups there (names present, with their attributes, and names
+/// absent) for a moment. The mount's own changes show at once; another mount's within the
+/// listing's lifetime and the attribute timeout.
+fn lookups_after_a_listing_skip_the_server(backend: Backend) {
+    let metrics = format!("127.0.0.1:{}", tests::daemon::free_port());
+    let pair = pair_with(&backend, 1, &["--metrics-addr", &metrics]);
+    let Pair { first, second, .. } = &pair;
+    const FILES: usize = 60;
+    fs::create_dir(first.join("many")).expect("mkdir");
+    for i in 0..FILES {
+        fs::write(first.join(&format!("many/f{i}")), vec![b'x'; i]).expect("create");
+    }
+    let name = |i: usize| second.join(&format!("many/f{i}"));
+
+    let before = server_lookups(&metrics);
+    for i in 0..FILES {
+        assert_eq!(fs::metadata(name(i)).expect("stat").len(), i as u64);
+    }
+    assert!(!second.join("many/nothing").exists());
+    let asked = server_lookups(&metrics) - before;
+    // 16 lookups list it; a stall past the listing's lifetime costs 16 more each.
+    assert!(
+        asked < 40,
+        "{asked} lookups of {} names went to the server",
+        FILES + 1
+    );
+
+    // This mount's own changes show at once.
+    fs::write(name(1), b"longer now").expect("rewrite");
+    assert_eq!(fs::metadata(name(1)).expect("stat").len(), 10);
+    fs::remove_file(name(2)).expect("unlink");
+    assert!(!name(2).exists());
+    assert_eq!(fs::metadata(name(3)).expect("stat").len(), 3);
+
+    // Unlinking after the kernel's entries expired: the listing answers the lookups, and
+    // survives this mount's own removals.
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = server_lookups(&metrics);
+    for i in 10..FILES {
+        fs::remove_file(name(i)).expect("unlink");
+    }
+    let asked = server_lookups(&metrics) - before;
+    assert!(asked < 40, "{asked} lookups of 50 names went to the server");
+    assert!((10..FILES).all(|i| !name(i).exists()));
+    assert_eq!(fs::metadata(name(5)).expect("stat").len(), 5);
+
+    // Another mount's changes: a new name and a new size show within the bounds.
+    fs::write(first.join("many/theirs"), b"theirs").expect("create on the other mount");
+    fs::write(first.join("many/f4"), b"four more").expect("rewrite on the other mount");
+    let started = std::time::Instant::now();
+    while !second.join("many/theirs").exists() || fs::metadata(name(4)).expect("stat").len() != 9 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the other mount's changes never showed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fs::read(name(4)).expect("read"), b"four more");
+}
+
 #[test]
 fn through_two_instances_what_one_mount_closes_the_other_reads_after_open() {
     close_to_open(pair(&Backend::mongo(), 2));
@@ -322,4 +383,5 @@ tests::on_every_backend!(
     concurrent_writers_to_one_file_both_land_and_every_chunk_opens,
     concurrent_renames_move_each_file_exactly_once,
     lookups_in_a_directory_made_here_skip_the_server,
+    lookups_after_a_listing_skip_the_server,
 );
