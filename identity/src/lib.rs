@@ -136,6 +136,9 @@ impl fmt::Debug for Fingerprint {
 pub struct Identity {
     signing: SigningKey,
     wrapping: Zeroizing<[u8; 32]>,
+    /// Derived once: every unwrap checks that a key was wrapped to it, and deriving it is a
+    /// scalar multiplication.
+    wrapping_public: [u8; 32],
 }
 
 impl Identity {
@@ -149,17 +152,18 @@ impl Identity {
     /// Rebuilds an identity from its two 32-byte secrets (the Ed25519 seed and the X25519
     /// scalar), as stored in the key file.
     pub fn from_secrets(signing_seed: &[u8; 32], wrapping_secret: &[u8; 32]) -> Identity {
+        let wrapping = x25519_dalek::StaticSecret::from(*wrapping_secret);
         Identity {
             signing: SigningKey::from_bytes(signing_seed),
             wrapping: Zeroizing::new(*wrapping_secret),
+            wrapping_public: x25519_dalek::PublicKey::from(&wrapping).to_bytes(),
         }
     }
 
     pub fn public(&self) -> PublicIdentity {
-        let wrapping = x25519_dalek::StaticSecret::from(*self.wrapping);
         PublicIdentity {
             signing: self.signing.verifying_key().to_bytes(),
-            wrapping: x25519_dalek::PublicKey::from(&wrapping).to_bytes(),
+            wrapping: self.wrapping_public,
         }
     }
 
