@@ -166,6 +166,11 @@ impl FileState {
         Ok(state)
     }
 
+    /// The attributes the server last sent for this file.
+    pub fn server_attr(&self) -> Option<Attr> {
+        self.server_attr
+    }
+
     /// The state of a file this client just created: empty, nothing to ask the server.
     pub fn created(ino: u64, cipher: Arc<ChunkCipher>, attr: &Attr) -> FileState {
         let mut state = FileState::empty(ino, cipher);

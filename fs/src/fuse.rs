@@ -164,6 +164,14 @@ macro_rules! allowed_or_reply {
     };
 }
 
+impl VaultFs {
+    /// `attr` for a reply: the vault notes which version the kernel now keeps.
+    fn kernel_attr(&self, attr: &Attr) -> FileAttr {
+        self.vault.kernel_has(attr);
+        file_attr(attr)
+    }
+}
+
 impl Filesystem for VaultFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE_BYTES);
@@ -182,7 +190,7 @@ impl Filesystem for VaultFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         allowed_or_reply!(self, req, reply);
         match self.vault.lookup(parent.0, name.as_bytes()) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -190,7 +198,7 @@ impl Filesystem for VaultFs {
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         allowed_or_reply!(self, req, reply);
         match self.vault.getattr(ino.0) {
-            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&TTL, &self.kernel_attr(&attr)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -227,7 +235,7 @@ impl Filesystem for VaultFs {
             mtime_now,
         };
         match self.vault.setattr(ino.0, &changes) {
-            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&TTL, &self.kernel_attr(&attr)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -267,7 +275,7 @@ impl Filesystem for VaultFs {
                     req.gid(),
                 );
                 match created.and_then(|(attr, fh)| self.vault.release(fh).map(|()| attr)) {
-                    Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                    Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
                     Err(e) => reply.error(fail(&e)),
                 }
                 return;
@@ -287,7 +295,7 @@ impl Filesystem for VaultFs {
             req.uid(),
             req.gid(),
         ) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -309,7 +317,7 @@ impl Filesystem for VaultFs {
             req.uid(),
             req.gid(),
         ) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -340,7 +348,7 @@ impl Filesystem for VaultFs {
             req.uid(),
             req.gid(),
         ) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -385,7 +393,7 @@ impl Filesystem for VaultFs {
     ) {
         allowed_or_reply!(self, req, reply);
         match self.vault.link(ino.0, newparent.0, newname.as_bytes()) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -548,7 +556,7 @@ impl Filesystem for VaultFs {
                     position,
                     OsStr::from_bytes(name),
                     &ttl,
-                    &file_attr(&attr),
+                    &self.kernel_attr(&attr),
                     Generation(0),
                 )
             },
@@ -682,7 +690,7 @@ impl Filesystem for VaultFs {
         ) {
             Ok((attr, fh)) => reply.created(
                 &TTL,
-                &file_attr(&attr),
+                &self.kernel_attr(&attr),
                 Generation(0),
                 FileHandle(fh),
                 write_only(flags),

@@ -127,7 +127,10 @@ pub fn run(
         SessionACL::All,
         config,
     )
-    .and_then(Session::spawn)
+    .and_then(|session| {
+        vault.set_notifier(session.notifier());
+        session.spawn()
+    })
     .context("starting the FUSE session")?;
     raise_readahead(&mountpoint);
     let description = format!("{} (vault user {vault_uid})", mountpoint.display());

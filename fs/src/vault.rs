@@ -77,6 +77,11 @@ pub struct Vault {
     stale_pages: Mutex<std::collections::HashSet<u64>>,
     /// Attributes from this client's own latest commits, trusted for a moment.
     attrs: Mutex<HashMap<u64, (std::time::Instant, Attr)>>,
+    /// The inode version of the attributes the kernel was last given for each inode (it keeps
+    /// them for `fuse::TTL`).
+    kernel_versions: Mutex<HashMap<u64, u64>>,
+    /// Tells the kernel to drop attributes it keeps (set once the session exists).
+    notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 /// A time as the wire carries it.
@@ -92,6 +97,9 @@ pub fn stamp(time: std::time::SystemTime) -> Timestamp {
 
 /// How often an open retries when the state it found was retired by a racing release.
 const OPEN_ATTEMPTS: usize = 8;
+/// Inodes whose kernel-side attribute version is tracked (beyond it, the table starts over:
+/// an untracked inode is caught up at its next open anyway).
+const KERNEL_VERSIONS_MAX: usize = 100_000;
 /// How long attributes from this client's own commit answer `getattr` without a round trip.
 const FRESH_ATTR_LIFETIME: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -167,6 +175,8 @@ impl Vault {
             next_handle: AtomicU64::new(1),
             versions: Mutex::new(HashMap::new()),
             attrs: Mutex::new(HashMap::new()),
+            kernel_versions: Mutex::new(HashMap::new()),
+            notifier: std::sync::OnceLock::new(),
             stale_pages: Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -855,6 +865,11 @@ impl Vault {
                 Some(file) => file,
                 None => {
                     let state = FileState::open(&self.shared, ino).await?;
+                    if let Some(attr) = state.server_attr() {
+                        self.kernel_catches_up(&attr);
+                        // As fresh as a getattr now: the kernel asks for them next.
+                        self.learn_attr(&attr);
+                    }
                     let file = Arc::new(tokio::sync::Mutex::new(state));
                     self.files
                         .lock()
@@ -990,6 +1005,45 @@ impl Vault {
             )
             .await
             .map(drop)
+    }
+
+    /// The FUSE session's notifier, once it exists.
+    pub fn set_notifier(&self, notifier: fuser::Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// The kernel is given `attr` (a reply carries it).
+    pub fn kernel_has(&self, attr: &Attr) {
+        let mut versions = self
+            .kernel_versions
+            .lock()
+            .expect("kernel versions poisoned");
+        if versions.len() >= KERNEL_VERSIONS_MAX {
+            versions.clear();
+        }
+        versions.insert(attr.ino, attr.version);
+    }
+
+    /// An open found the file at `attr` on the server: if the kernel keeps attributes of
+    /// another version (from a lookup or a listing before another client's close), it must
+    /// drop them, or it would end reads at the size it knows (close-to-open consistency).
+    fn kernel_catches_up(&self, attr: &Attr) {
+        let known = self
+            .kernel_versions
+            .lock()
+            .expect("kernel versions poisoned")
+            .get(&attr.ino)
+            .copied();
+        if known == Some(attr.version) {
+            return;
+        }
+        if let Some(notifier) = self.notifier.get() {
+            // Attributes only (a negative offset); the pages go by the open's own flags.
+            // Safe inside the open: the kernel takes no lock of the inode for it.
+            if let Err(error) = notifier.inval_inode(fuser::INodeNo(attr.ino), -1, 0) {
+                tracing::debug!(%error, ino = %format!("{:016x}", attr.ino), "could not drop the kernel's attributes");
+            }
+        }
     }
 
     /// After this client committed a file. When another writer's changes were merged into the

@@ -160,6 +160,15 @@ fn lookups_after_a_listing_skip_the_server(backend: Backend) {
         FILES + 1
     );
 
+    // What the other mount closed, this one reads whole at its next open, though the kernel
+    // keeps the size it was told a moment ago: by the server (the first lookups) or by the
+    // listing (the others).
+    for i in [6, 20] {
+        let longer = format!("file {i}, longer now than it was before");
+        fs::write(first.join(&format!("many/f{i}")), &longer).expect("rewrite there");
+        assert_eq!(fs::read(name(i)).expect("read"), longer.as_bytes());
+    }
+
     // This mount's own changes show at once.
     fs::write(name(1), b"longer now").expect("rewrite");
     assert_eq!(fs::metadata(name(1)).expect("stat").len(), 10);
@@ -222,6 +231,18 @@ fn close_to_open(pair: Pair) {
     assert_eq!(
         fs::read(first.join("shared.txt")).expect("reopen on the first"),
         b"version two, longer"
+    );
+    // The kernel keeps a file's size for a second after a stat; an open after the other
+    // mount's close must still read it whole.
+    fs::write(first.join("grows.txt"), b"short").expect("write");
+    assert_eq!(
+        fs::metadata(second.join("grows.txt")).expect("stat").len(),
+        5
+    );
+    fs::write(first.join("grows.txt"), b"short no more").expect("rewrite");
+    assert_eq!(
+        fs::read(second.join("grows.txt")).expect("read after the stat"),
+        b"short no more"
     );
     // A multi-chunk file, then a change in its middle.
     let big: Vec<u8> = (0..2 * CHUNK + 123).map(|i| (i % 241) as u8).collect();
