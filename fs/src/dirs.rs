@@ -16,7 +16,8 @@
 //! name it created can look absent for that long, as a name it removed can look present for
 //! as long in the kernel's entry cache (the same timeout, see `fuse::TTL`). A listing's
 //! attributes answer lookups for [`LISTED_FOR`], and only while this client has changed
-//! nothing on the server since (a change of its own would make them stale).
+//! nothing on the server since (a change of its own could make them stale) but removed names
+//! whose inode went with them ([`KnownDirs::listing_survives`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
