@@ -145,6 +145,15 @@ impl KnownDirs {
                 return false;
             }
         }
+        // The last listing answered few lookups: changes of this client's own, say, kept
+        // voiding it.
+        let useless = self
+            .dirs
+            .get(&dir)
+            .and_then(|k| k.listed.as_ref())
+            .is_some_and(|l| {
+                l.answered < LIST_AFTER_ASKED && now < l.asked + LIST_AGAIN_AFTER_USELESS
+            });
         let asked = self.asked.entry(dir).or_insert(Asked {
             count: 0,
             since: now,
@@ -159,16 +168,6 @@ impl KnownDirs {
             return false;
         }
         asked.count = 0;
-        // The last listing answered few lookups: changes of this client's own, say, kept
-        // voiding it.
-        let useless = self
-            .dirs
-            .get(&dir)
-            .and_then(|k| k.listed.as_ref())
-            .is_some_and(|l| {
-                l.answered < LIST_AFTER_ASKED && now < l.asked + LIST_AGAIN_AFTER_USELESS
-            });
-        let asked = self.asked.get_mut(&dir).expect("counted above");
         asked.not_before = now + LIST_AGAIN_AFTER;
         !useless
     }
