@@ -150,10 +150,21 @@ pub fn channel(target: &Target) -> Result<Channel, ClientError> {
     }
 }
 
-/// Adds the session token to every call.
-#[derive(Clone, Debug, Default)]
+/// Adds the session token, and the client's name for leases, to every call.
+#[derive(Clone, Debug)]
 pub struct TokenInterceptor {
     token: Arc<RwLock<Option<String>>>,
+    client: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Default for TokenInterceptor {
+    fn default() -> Self {
+        let client = u64::from_le_bytes(identity::random_bytes());
+        TokenInterceptor {
+            token: Arc::default(),
+            client: MetadataValue::try_from(format!("{client:016x}")).expect("hex is ASCII"),
+        }
+    }
 }
 
 impl tonic::service::Interceptor for TokenInterceptor {
@@ -166,6 +177,9 @@ impl tonic::service::Interceptor for TokenInterceptor {
                 .map_err(|_| tonic::Status::internal("session token is not ASCII"))?;
             request.metadata_mut().insert("authorization", value);
         }
+        request
+            .metadata_mut()
+            .insert(proto::CLIENT_KEY, self.client.clone());
         Ok(request)
     }
 }

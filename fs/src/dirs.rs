@@ -19,7 +19,7 @@
 //! nothing on the server since (a change of its own could make them stale) but removed names
 //! whose inode went with them ([`KnownDirs::listing_survives`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use proto::v1::Attr;
@@ -37,6 +37,9 @@ pub const LISTED_ENTRIES_MAX: usize = 20_000;
 const LISTED_MAX: usize = 60_000;
 /// Directories known at once.
 const DIRS_MAX: usize = 1024;
+/// Versions of this client's own changes that arrived ahead of an earlier one (concurrent
+/// calls), kept per directory; more, and the directory is forgotten.
+const AHEAD_MAX: usize = 64;
 /// Longer names never exist: the server refuses them, and its lookup says so.
 const NAME_BYTES_MAX: usize = 255;
 /// Lookups of one directory that go to the server, within [`ASKED_WITHIN`], after which the
@@ -90,6 +93,10 @@ struct Known {
     until: Instant,
     /// The listing that made it known, if one did.
     listed: Option<Listed>,
+    /// Versions past `version + 1` that changes of this client's own left the directory at,
+    /// whose replies came before that of an earlier change: `names` has their names, but
+    /// answers nothing until the versions in between are accounted for.
+    ahead: BTreeSet<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -111,7 +118,7 @@ impl KnownDirs {
             self.forget(dir);
             return false;
         }
-        name.len() <= NAME_BYTES_MAX && !known.names.contains(name)
+        known.ahead.is_empty() && name.len() <= NAME_BYTES_MAX && !known.names.contains(name)
     }
 
     /// What is known of `name` in `dir` at `now`, while this client's change count is
@@ -120,7 +127,12 @@ impl KnownDirs {
         if self.absent(dir, name, now) {
             return Answer::Absent;
         }
-        let Some(listed) = self.dirs.get_mut(&dir).and_then(|k| k.listed.as_mut()) else {
+        let Some(listed) = self
+            .dirs
+            .get_mut(&dir)
+            .filter(|k| k.ahead.is_empty())
+            .and_then(|k| k.listed.as_mut())
+        else {
             return Answer::Ask;
         };
         if listed.changes != changes || now >= listed.asked + LISTED_FOR {
@@ -223,6 +235,7 @@ impl KnownDirs {
                     changes,
                     answered: 0,
                 }),
+                ahead: BTreeSet::new(),
             },
         );
     }
@@ -246,6 +259,7 @@ impl KnownDirs {
                 version: dir.version,
                 until: asked + KNOWN_FOR,
                 listed: None,
+                ahead: BTreeSet::new(),
             },
         );
     }
@@ -308,18 +322,29 @@ impl KnownDirs {
     }
 
     /// The directory, still known after this client's change that took it to `version`:
-    /// exactly one past the version known, and so no other change came in between.
+    /// exactly one past the version known, and so no other change came in between. A version
+    /// further on waits in `ahead` for the changes of this client's own still in flight; if
+    /// another client's change took one of the versions between, the gap never closes and
+    /// the directory answers nothing until forgotten.
     fn proven(&mut self, dir: u64, version: u64, asked: Instant) -> Option<&mut Known> {
-        let current = self
-            .dirs
-            .get(&dir)
-            .is_some_and(|known| version != 0 && known.version + 1 == version);
-        if !current {
+        let usable = self.dirs.get(&dir).is_some_and(|known| {
+            version > known.version
+                && !known.ahead.contains(&version)
+                && (version == known.version + 1 || known.ahead.len() < AHEAD_MAX)
+        });
+        if !usable {
             self.forget(dir);
             return None;
         }
         let known = self.dirs.get_mut(&dir)?;
+        if version != known.version + 1 {
+            known.ahead.insert(version);
+            return Some(known);
+        }
         known.version = version;
+        while known.ahead.remove(&(known.version + 1)) {
+            known.version += 1;
+        }
         known.until = asked + KNOWN_FOR;
         Some(known)
     }
@@ -385,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_in_the_versions_forgets_the_directory() {
+    fn a_gap_in_the_versions_answers_nothing() {
         let t = Instant::now();
         for change in [
             |d: &mut KnownDirs, t| d.added(7, b"a", named(3).as_ref(), t),
@@ -397,7 +422,7 @@ mod tests {
             dirs.made(&dir(7, 1), t);
             change(&mut dirs, t);
             assert!(!dirs.absent(7, b"b", t));
-            assert_eq!(dirs.names, 0);
+            assert_eq!(dirs.answer(7, b"b", t, 0), Answer::Ask);
         }
     }
 
@@ -543,5 +568,41 @@ mod tests {
             !dirs.absent(5, b"a", t),
             "a lookup there must ask the server"
         );
+    }
+
+    #[test]
+    fn changes_replied_out_of_order_keep_the_directory_known_once_all_are_in() {
+        let mut dirs = KnownDirs::default();
+        let t = Instant::now();
+        dirs.made(&dir(5, 1), t);
+        dirs.added(5, b"b", named(3).as_ref(), t);
+        assert!(
+            !dirs.absent(5, b"x", t),
+            "version 2 is not accounted for yet"
+        );
+        dirs.added(5, b"a", named(2).as_ref(), t);
+        assert!(dirs.absent(5, b"x", t));
+        assert!(!dirs.absent(5, b"a", t) && !dirs.absent(5, b"b", t));
+        dirs.added(5, b"c", named(4).as_ref(), t);
+        assert!(dirs.absent(5, b"x", t), "in order again");
+    }
+
+    #[test]
+    fn a_version_another_client_took_keeps_the_directory_unsure() {
+        let mut dirs = KnownDirs::default();
+        let t = Instant::now();
+        dirs.made(&dir(5, 1), t);
+        // Another client's change took version 2.
+        for version in 3..3 + AHEAD_MAX as u64 {
+            dirs.added(
+                5,
+                format!("f{version}").as_bytes(),
+                named(version).as_ref(),
+                t,
+            );
+            assert!(!dirs.absent(5, b"x", t));
+        }
+        dirs.added(5, b"last", named(3 + AHEAD_MAX as u64).as_ref(), t);
+        assert!(dirs.dirs.is_empty(), "forgotten once too far ahead");
     }
 }

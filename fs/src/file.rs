@@ -367,6 +367,14 @@ impl FileState {
         shared
             .dirs()
             .added(request.parent, &request.name, reply, asked);
+        if let Err(error) = outcome
+            && error.kind() == ErrorKind::Unavailable
+        {
+            // The server was not reached (or its answer was lost): the file stays new, and
+            // the next flush asks again (one that had reached it finds the name taken).
+            self.pending_create = Some(request.clone());
+            return;
+        }
         shared.forget_pending(self.ino);
         if let Err(error) = outcome {
             tracing::error!(
@@ -376,6 +384,11 @@ impl FileState {
             );
             self.discard(shared);
         }
+    }
+
+    /// At most one dirty chunk, none of it uploaded yet (a new file of one chunk).
+    pub fn small(&self) -> bool {
+        self.dirty.len() <= 1 && self.dirty.values().all(|d| d.upload.is_none())
     }
 
     /// One dirty chunk, not uploaded yet: a flush seals and commits it in one call.

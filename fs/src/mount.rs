@@ -105,6 +105,7 @@ pub fn run(
     })?;
     let shared = Arc::new(shared);
     let vault = Arc::new(Vault::new(shared.clone()));
+    vault.start_behind();
     let owner = rustix::process::getuid().as_raw();
     // AutoUnmount (fusermount3's `auto_unmount`) needs allow_other; `VaultFs` itself refuses
     // every user but the owner.

@@ -75,6 +75,8 @@ const READ_ONLY: &[&str] = &[
     "get_user",
     "get_wrapped_keys",
     "stat_fs",
+    "lease",
+    "recalls",
 ];
 
 impl std::fmt::Debug for Remote {

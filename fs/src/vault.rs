@@ -15,6 +15,7 @@ use crypto::DataKey;
 use proto::ErrorKind;
 use proto::v1::*;
 
+use crate::behind::Behind;
 use crate::dirs::Answer;
 use crate::error::FsError;
 use crate::file::FileState;
@@ -82,6 +83,12 @@ pub struct Vault {
     kernel_versions: Mutex<HashMap<u64, u64>>,
     /// Tells the kernel to drop attributes it keeps (set once the session exists).
     notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// New files closed under a directory lease, waiting for the uploader.
+    behind: Behind,
+    /// This vault, for its background work (set by [`Vault::start_behind`]).
+    me: std::sync::OnceLock<std::sync::Weak<Vault>>,
+    /// Listening for storaged's recalls: only then may this client hold leases.
+    hearing: std::sync::atomic::AtomicBool,
 }
 
 /// A time as the wire carries it.
@@ -177,6 +184,9 @@ impl Vault {
             attrs: Mutex::new(HashMap::new()),
             kernel_versions: Mutex::new(HashMap::new()),
             notifier: std::sync::OnceLock::new(),
+            behind: Behind::default(),
+            me: std::sync::OnceLock::new(),
+            hearing: std::sync::atomic::AtomicBool::new(false),
             stale_pages: Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -834,11 +844,65 @@ impl Vault {
         }
         if let Some(file) = self.open_file(ino) {
             let mut state = file.lock().await;
+            if state.handles == 0 || self.behind.is_queued(ino) {
+                // Closed, and queued for the uploader: send it whole now.
+                return self.send_closed(ino, &file, &mut state).await;
+            }
             if let Some(attr) = state.materialize(&self.shared, false).await? {
                 self.record_commit(&attr, &mut state);
             }
         }
         Ok(())
+    }
+
+    /// Sends what a closed file (its last handle gone, or closed under a lease, see
+    /// [`crate::behind`]) has not sent yet, and retires it once nothing is left; an unlinked
+    /// one is freed instead.
+    async fn send_closed(
+        &self,
+        ino: u64,
+        file: &SharedFile,
+        state: &mut FileState,
+    ) -> Result<(), FsError> {
+        let sent = if state.unlinked && state.handles == 0 {
+            state.discard(&self.shared);
+            self.release_orphan(ino).await;
+            Ok(())
+        } else {
+            match state.flush(&self.shared, false).await {
+                Ok(Some(attr)) => {
+                    self.record_commit(&attr, state);
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(error) => Err(error),
+            }
+        };
+        self.retire_if_done(ino, file, state);
+        sent
+    }
+
+    /// The uploader's part: sends one queued file, if it still waits.
+    fn send_queued(&self, ino: u64) {
+        let Some(file) = self.open_file(ino) else {
+            return;
+        };
+        self.block(async {
+            let mut state = file.lock().await;
+            if state.handles > 0 || state.retired {
+                // Opened again: its next close sends it (or queues it again).
+                return;
+            }
+            if let Err(error) = self.send_closed(ino, &file, &mut state).await {
+                let name = self.shared.name_of(ino);
+                if error.kind() == ErrorKind::Unavailable && !self.behind.stopping() {
+                    tracing::warn!(%error, file = name, "storaged unreachable; will send a closed new file again");
+                    self.behind.defer(ino);
+                } else {
+                    tracing::error!(%error, file = name, "could not send a closed new file to the server");
+                }
+            }
+        });
     }
 
     /// Creates every pending new file in `parent` (or everywhere) on the server now: before
@@ -975,17 +1039,154 @@ impl Vault {
     }
 
     fn flush_as(&self, fh: u64, durable: bool) -> Result<(), FsError> {
-        let (_, file) = self.file_of(fh)?;
+        let (ino, file) = self.file_of(fh)?;
         self.block(async {
+            if durable {
+                // The files this client closed before are on the server before the durable
+                // commit that covers them.
+                self.send_closed_except(ino).await?;
+            }
             let mut state = file.lock().await;
+            if !durable && self.defers(&state) {
+                return Ok(());
+            }
+            let new_in = state.pending_create.as_ref().map(|c| c.parent);
             match state.flush(&self.shared, durable).await? {
                 Some(attr) => self.record_commit(&attr, &mut state),
                 // A durable commit covers what came before it; without one, ask.
                 None if durable => self.sync_async().await?,
                 None => {}
             }
+            if let Some(dir) = new_in {
+                self.ask_lease(dir);
+            }
             Ok(())
         })
+    }
+
+    /// Whether the close of this file may return before the server has it (see
+    /// [`crate::behind`]): a new file, not on the server yet, of at most 64 KiB, in a
+    /// directory this client holds a lease on. If so, the file is queued for the uploader.
+    fn defers(&self, state: &FileState) -> bool {
+        let Some(dir) = state.pending_create.as_ref().map(|c| c.parent) else {
+            return false;
+        };
+        if state.size > crate::behind::FILE_BYTES_MAX
+            || !state.small()
+            || !self.behind.may_defer(dir)
+        {
+            return false;
+        }
+        self.behind.defer(state.ino);
+        true
+    }
+
+    /// Asks storaged, in the background, for a lease on `dir`, where this client just created
+    /// a file, unless it holds one, asked already, or gave one back a moment ago.
+    fn ask_lease(&self, dir: u64) {
+        let remote = &self.shared.remote;
+        if !remote.server_has(proto::features::LEASES)
+            || !self.recalls_heard()
+            || !self.behind.should_ask(dir)
+        {
+            return;
+        }
+        let Some(me) = self.me.get().cloned() else {
+            return;
+        };
+        let remote = remote.clone();
+        self.shared.spawn(async move {
+            let reply = lease_call(&remote, dir, false).await;
+            if let Err(error) = &reply {
+                tracing::debug!(%error, dir = %format!("{dir:016x}"), "no lease");
+            }
+            if let Some(vault) = me.upgrade() {
+                vault.behind.answered(dir, reply.is_ok_and(|r| r.granted));
+            }
+        });
+    }
+
+    fn recalls_heard(&self) -> bool {
+        self.hearing.load(Ordering::SeqCst)
+    }
+
+    /// Starts closing new files under directory leases when the server grants them (see
+    /// [`crate::behind`]): the uploader thread, and listening for recalls.
+    pub fn start_behind(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        if self.me.set(me.clone()).is_err()
+            || !self.shared.remote.server_has(proto::features::LEASES)
+        {
+            return;
+        }
+        for _ in 0..crate::behind::UPLOADERS {
+            let uploader = me.clone();
+            let started = std::thread::Builder::new()
+                .name("vaultfs-behind".into())
+                .spawn(move || {
+                    while let Some(vault) = uploader.upgrade() {
+                        if vault.behind.stopping() {
+                            return;
+                        }
+                        if let Some(ino) = vault.behind.next(std::time::Duration::from_secs(1)) {
+                            vault.send_queued(ino);
+                        }
+                    }
+                });
+            if let Err(error) = started {
+                tracing::warn!(%error, "no uploader thread: every close waits for the server");
+                return;
+            }
+        }
+        self.shared
+            .spawn(hear_recalls(me, self.shared.remote.clone()));
+    }
+
+    /// storaged recalls the lease on `dir`: sends every new file still held there, then gives
+    /// the lease back.
+    async fn give_back(&self, dir: u64) {
+        self.behind.recalled(dir);
+        if let Err(error) = self.send_held_in(Some(dir)).await {
+            tracing::error!(%error, dir = %format!("{dir:016x}"), "could not send the files closed under a recalled lease");
+        }
+        let given = lease_call(&self.shared.remote, dir, true).await;
+        if let Err(error) = given {
+            tracing::warn!(%error, dir = %format!("{dir:016x}"), "could not give a lease back; the server takes it");
+        }
+        self.behind.given_back(dir);
+    }
+
+    /// Sends every new file this client closed but has not sent yet, but `skip`.
+    async fn send_closed_except(&self, skip: u64) -> Result<(), FsError> {
+        for ino in self.shared.pending_in(None) {
+            let Some(file) = self.open_file(ino).filter(|_| ino != skip) else {
+                continue;
+            };
+            let mut state = file.lock().await;
+            if !state.retired && (state.handles == 0 || self.behind.is_queued(ino)) {
+                self.send_closed(ino, &file, &mut state).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every new file of `dir` (or everywhere) not on the server yet: whole, also one
+    /// still open (a close may have returned before its release came).
+    async fn send_held_in(&self, dir: Option<u64>) -> Result<(), FsError> {
+        let mut first_error = None;
+        for ino in self.shared.pending_in(dir) {
+            let Some(file) = self.open_file(ino) else {
+                continue;
+            };
+            let mut state = file.lock().await;
+            if state.retired {
+                continue;
+            }
+            if let Err(error) = self.send_closed(ino, &file, &mut state).await {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// fsyncdir(2), and fsync(2) with nothing left to commit: every change acknowledged so far
@@ -1072,29 +1273,23 @@ impl Vault {
             if state.handles > 0 {
                 return Ok(());
             }
-            let flushed = if state.unlinked {
-                state.discard(&self.shared);
-                self.release_orphan(ino).await;
-                Ok(())
-            } else {
-                match state.flush(&self.shared, false).await {
-                    Ok(Some(attr)) => {
-                        self.record_commit(&attr, &mut state);
-                        Ok(())
-                    }
-                    Ok(None) => Ok(()),
-                    Err(error) => Err(error),
-                }
-            };
-            if !state.is_dirty() {
-                state.retired = true;
-                let mut files = self.files.lock().expect("files poisoned");
-                if files.get(&ino).is_some_and(|f| Arc::ptr_eq(f, &file)) {
-                    files.remove(&ino);
-                }
+            if !state.unlinked && self.defers(&state) {
+                return Ok(());
             }
-            flushed
+            self.send_closed(ino, &file, &mut state).await
         })
+    }
+
+    /// A file with no handle and nothing left to send leaves the open-files table.
+    fn retire_if_done(&self, ino: u64, file: &SharedFile, state: &mut FileState) {
+        if state.handles > 0 || state.is_dirty() {
+            return;
+        }
+        state.retired = true;
+        let mut files = self.files.lock().expect("files poisoned");
+        if files.get(&ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
+            files.remove(&ino);
+        }
     }
 
     /// Snapshots a directory listing for `readdir`.
@@ -1214,6 +1409,7 @@ impl Vault {
     /// for an unreachable server once in all, not once per call: after one wait, what is left
     /// fails at once.
     pub fn flush_all(&self) -> Result<(), FsError> {
+        self.behind.stop();
         self.shared.remote.shutting_down();
         let files: Vec<(u64, SharedFile)> = self
             .files
@@ -1244,5 +1440,65 @@ impl Vault {
         let dirty = self.shared.dirty_bytes.load(Ordering::Relaxed);
         let open = self.files.lock().expect("files poisoned").len();
         (cache, dirty, open)
+    }
+}
+
+/// Asks for `dir`'s lease, or gives it back.
+async fn lease_call(
+    remote: &crate::remote::Remote,
+    dir: u64,
+    give_back: bool,
+) -> Result<LeaseReply, FsError> {
+    remote
+        .call("lease", |mut api| async move {
+            api.lease(LeaseRequest { dir, give_back }).await
+        })
+        .await
+}
+
+/// Listens for storaged's recalls while the mount lasts. When the call ends (storaged
+/// restarted, the connection dropped), the server has forgotten this client's leases: what
+/// was closed under them is sent at once, and listening starts again.
+async fn hear_recalls(me: std::sync::Weak<Vault>, remote: crate::remote::Remote) {
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        let recalls = remote
+            .call("recalls", |mut api| async move {
+                api.recalls(RecallsRequest {}).await
+            })
+            .await;
+        match recalls {
+            Ok(mut recalls) => {
+                let Some(vault) = me.upgrade() else {
+                    return;
+                };
+                vault.hearing.store(true, Ordering::SeqCst);
+                drop(vault);
+                pause = std::time::Duration::from_millis(100);
+                while let Ok(Some(recall)) = recalls.message().await {
+                    let Some(vault) = me.upgrade() else {
+                        return;
+                    };
+                    vault.behind.recalled(recall.dir);
+                    tokio::spawn(async move { vault.give_back(recall.dir).await });
+                }
+            }
+            Err(error) => tracing::debug!(%error, "not listening for lease recalls"),
+        }
+        let Some(vault) = me.upgrade() else {
+            return;
+        };
+        vault.hearing.store(false, Ordering::SeqCst);
+        if !vault.behind.lost_all().is_empty()
+            && let Err(error) = vault.send_held_in(None).await
+        {
+            tracing::error!(%error, "could not send the files closed under leases the server forgot");
+        }
+        if vault.behind.stopping() {
+            return;
+        }
+        drop(vault);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
     }
 }

@@ -47,9 +47,15 @@ impl v1::Timestamp {
 pub mod features {
     /// Commits apply `PutChunkRequest.set_attr` and `CommitChunksRequest.set_attr`.
     pub const COMMIT_SET_ATTR: &str = "commit-set-attr";
-    /// Every feature this build's server has.
+    /// Directory leases: `Lease` and `Recalls` (only a server that is the vault's sole
+    /// instance grants them).
+    pub const LEASES: &str = "leases";
+    /// Every feature this build's server always has.
     pub const ALL: &[&str] = &[COMMIT_SET_ATTR];
 }
+
+/// The metadata that names the calling client (see `LeaseRequest`).
+pub const CLIENT_KEY: &str = "vault-client";
 
 /// Signature domains (see `identity::Identity::sign`).
 pub mod domains {

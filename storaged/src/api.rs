@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::chunkstore::{ChunkStore, ChunkStoreError};
+use crate::leases::{Holder, Leases, RecallStream};
 use crate::meta::{self, ChunkRef, Durability, Inode, Kind, MetaStore, Principal, Time, Txn, now};
 use crate::metrics::Metrics;
 use crate::ops::chunks::Uploaded;
@@ -30,6 +31,8 @@ pub struct State {
     pub audit: crate::audit::AuditQueue,
     /// Chunk files waiting to be claimed as descriptors by local clients.
     pub descriptors: Arc<crate::descriptors::Descriptors>,
+    /// Directory leases held by clients (see `crate::leases`).
+    pub leases: Arc<Leases>,
 }
 
 impl std::fmt::Debug for State {
@@ -283,6 +286,7 @@ impl Service {
         work: F,
     ) -> Result<Response<T>, Status>
     where
+        Q: Names,
         F: FnOnce(Arc<State>, Caller, Q) -> Fut,
         Fut: Future<Output = Result<T, OpError>>,
     {
@@ -294,7 +298,10 @@ impl Service {
             let caller = state.auth.authenticate(&*state.store, &token).await?;
             tracing::Span::current().record("uid", caller.uid);
             let uid = caller.uid;
-            let outcome = work(state.clone(), caller, request.into_inner()).await;
+            let me = client_of(&request).map(|client| Holder { uid, client });
+            let request = request.into_inner();
+            settle_leases(&state, &caller, me, &request).await;
+            let outcome = work(state.clone(), caller, request).await;
             if let Err(OpError::AccessDenied(reason)) = &outcome {
                 tracing::warn!(%reason, "access denied");
                 state
@@ -346,6 +353,125 @@ impl Service {
             Err(error) => tracing::info!(micros = elapsed.as_micros() as u64, %error, "refused"),
         });
         outcome.map(Response::new).map_err(|e| status(&e))
+    }
+}
+
+/// The client a call names (`vault-client`), if any.
+fn client_of<Q>(request: &Request<Q>) -> Option<u64> {
+    let value = request.metadata().get(proto::CLIENT_KEY)?.to_str().ok()?;
+    u64::from_str_radix(value, 16).ok()
+}
+
+/// Before a call of `me`: recalls the leases others hold on the directories it names, and on
+/// a directory it removes or replaces, and waits until they are given back (see
+/// `crate::leases`).
+async fn settle_leases<Q: Names>(state: &State, caller: &Caller, me: Option<Holder>, request: &Q) {
+    if !state.leases.others_hold_any(me) {
+        return;
+    }
+    let started = Instant::now();
+    let mut dirs: Vec<u64> = request.inodes().into_iter().filter(|&i| i != 0).collect();
+    if let Some((parent, name)) = request.removes() {
+        let (who, name) = (caller.clone(), name.to_vec());
+        if let Ok(found) = state
+            .read(move |txn| tree::lookup(txn, &who, parent, &name))
+            .await
+            && found.kind == Kind::Directory
+        {
+            dirs.push(found.ino);
+        }
+    }
+    if state.leases.settle(me, &dirs).await > 0 {
+        state.metrics.record("recall", started.elapsed(), true);
+    }
+}
+
+/// What a call names, for lease recalls: the inodes it reads or changes (0: none), and an
+/// entry it removes or replaces.
+trait Names {
+    fn inodes(&self) -> [u64; 2] {
+        [0, 0]
+    }
+    fn removes(&self) -> Option<(u64, &[u8])> {
+        None
+    }
+}
+
+macro_rules! names_nothing {
+    ($($request:ty),*) => { $(impl Names for $request {})* };
+}
+
+macro_rules! names_one {
+    ($field:ident: $($request:ty),*) => {
+        $(impl Names for $request {
+            fn inodes(&self) -> [u64; 2] {
+                [self.$field, 0]
+            }
+        })*
+    };
+}
+
+names_nothing!(
+    LogoutRequest,
+    ListPendingRequest,
+    ApproveRequest,
+    GetUserRequest,
+    CreateGroupRequest,
+    SetGroupMemberRequest,
+    GetGroupRequest,
+    SyncRequest,
+    StatFsRequest,
+    LeaseRequest,
+    RecallsRequest
+);
+names_one!(parent: LookupRequest, CreateRequest, MkdirRequest, MknodRequest, SymlinkRequest, UnlinkRequest);
+names_one!(
+    ino: GetAttrRequest,
+    OpenRequest,
+    SetAttrRequest,
+    ReadLinkRequest,
+    ReleaseRequest,
+    ReadDirRequest,
+    SetXattrRequest,
+    GetXattrRequest,
+    ListXattrRequest,
+    RemoveXattrRequest,
+    CommitChunksRequest,
+    GetChunkRequest,
+    ListChunksRequest,
+    GetWrappedKeysRequest,
+    ShareRequest,
+    UnshareRequest,
+    GetAclRequest
+);
+
+impl Names for LinkRequest {
+    fn inodes(&self) -> [u64; 2] {
+        [self.ino, self.new_parent]
+    }
+}
+
+impl Names for PutChunkRequest {
+    fn inodes(&self) -> [u64; 2] {
+        [self.ino, self.create.as_ref().map_or(0, |c| c.parent)]
+    }
+}
+
+impl Names for RmdirRequest {
+    fn inodes(&self) -> [u64; 2] {
+        [self.parent, 0]
+    }
+    fn removes(&self) -> Option<(u64, &[u8])> {
+        Some((self.parent, &self.name))
+    }
+}
+
+impl Names for RenameRequest {
+    fn inodes(&self) -> [u64; 2] {
+        [self.parent, self.new_parent]
+    }
+    fn removes(&self) -> Option<(u64, &[u8])> {
+        Some((self.new_parent, &self.new_name))
     }
 }
 
@@ -474,7 +600,11 @@ impl Vault for Service {
                 admin_signing_key: settings.admin.signing.to_vec(),
                 admin_wrapping_key: settings.admin.wrapping.to_vec(),
                 server_version: env!("CARGO_PKG_VERSION").into(),
-                features: proto::features::ALL.iter().map(|f| f.to_string()).collect(),
+                features: proto::features::ALL
+                    .iter()
+                    .chain(state.leases.enabled().then_some(&proto::features::LEASES))
+                    .map(|f| f.to_string())
+                    .collect(),
             })
         })
         .await
@@ -1311,6 +1441,63 @@ impl Vault for Service {
                 })
                 .collect();
             Ok(GetAclReply { owner, entries })
+        })
+        .await
+    }
+
+    async fn lease(&self, request: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {
+        let client = client_of(&request);
+        self.serve("lease", request, |state, caller, r| async move {
+            let Some(client) = client else {
+                return Err(OpError::invalid(
+                    "a lease needs the client's name (vault-client)",
+                ));
+            };
+            let holder = Holder {
+                uid: caller.uid,
+                client,
+            };
+            if r.give_back {
+                state.leases.give_back(holder, r.dir);
+                return Ok(LeaseReply { granted: false });
+            }
+            if !state.leases.enabled() {
+                return Ok(LeaseReply { granted: false });
+            }
+            let who = caller.clone();
+            let may_create = state
+                .read(move |txn| {
+                    let dir = tree::getattr(txn, &who, r.dir)?;
+                    Ok(dir.kind == Kind::Directory && access::may_write(&who, &dir))
+                })
+                .await?;
+            Ok(LeaseReply {
+                granted: may_create && state.leases.grant(holder, r.dir),
+            })
+        })
+        .await
+    }
+
+    type RecallsStream = RecallStream;
+
+    async fn recalls(
+        &self,
+        request: Request<RecallsRequest>,
+    ) -> Result<Response<Self::RecallsStream>, Status> {
+        let client = client_of(&request);
+        self.serve("recalls", request, |state, caller, _| async move {
+            let Some(client) = client else {
+                return Err(OpError::invalid(
+                    "recalls need the client's name (vault-client)",
+                ));
+            };
+            state
+                .leases
+                .listen(Holder {
+                    uid: caller.uid,
+                    client,
+                })
+                .ok_or_else(|| OpError::invalid("this server grants no leases"))
         })
         .await
     }

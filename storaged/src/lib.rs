@@ -13,6 +13,7 @@ pub mod chunkstore;
 pub mod config;
 pub mod descriptors;
 pub mod gc;
+pub mod leases;
 pub mod meta;
 pub mod metrics;
 pub mod ops;

@@ -16,6 +16,7 @@ use crate::api::{Service, State};
 use crate::auth::Auth;
 use crate::chunkstore::{ChunkStore, DirChunkStore};
 use crate::config::{Config, MetaBackend};
+use crate::leases::Leases;
 use crate::meta::{self, MetaStore, mongo::MongoStore, now, sqlite::SqliteStore};
 use crate::metrics::Metrics;
 use crate::ops::OpError;
@@ -116,7 +117,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .map_err(|e: OpError| anyhow::anyhow!(e))
     .context("initialising the vault")?;
     let metrics = Arc::new(Metrics::default());
+    // Leases live in this process: only a store no other instance shares may have them.
+    let sole_instance = matches!(store.backend(), "sqlite" | "memory");
     let state = Arc::new(State {
+        leases: Arc::new(Leases::new(sole_instance)),
         audit: crate::audit::AuditQueue::start(store.clone()),
         store,
         chunks,

@@ -60,6 +60,11 @@ fn concurrent_renames_move_each_file_exactly_once(backend: Backend) {
 
 /// Lookups the daemon answered so far, from its metrics endpoint.
 fn server_lookups(metrics: &str) -> u64 {
+    server_calls(metrics, "lookup", "")
+}
+
+/// Calls of `op` the daemon answered so far (`outcome`: "ok", "error", or "" for both).
+fn server_calls(metrics: &str, op: &str, outcome: &str) -> u64 {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(metrics).expect("metrics");
     stream
@@ -67,8 +72,9 @@ fn server_lookups(metrics: &str) -> u64 {
         .expect("request");
     let mut body = String::new();
     stream.read_to_string(&mut body).expect("response");
+    let prefix = format!("vault_requests_total{{op=\"{op}\",outcome=\"{outcome}");
     body.lines()
-        .filter(|l| l.starts_with("vault_requests_total{op=\"lookup\""))
+        .filter(|l| l.starts_with(&prefix))
         .map(|l| {
             l.rsplit(' ')
                 .next()
@@ -76,6 +82,96 @@ fn server_lookups(metrics: &str) -> u64 {
                 .expect("a count")
         })
         .sum()
+}
+
+/// Resumes a stopped process when dropped (a failing test must not leave a mount frozen).
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        signal(pid, rustix::process::Signal::STOP);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+    rustix::process::kill_process(pid, signal).expect("signal a mount");
+}
+
+/// New files closed under a directory lease (the embedded store grants them): the closes
+/// return before storaged has the files, and yet the other mount reads every one at its next
+/// open and lists them all, because storaged recalls the lease first. A holder that stops
+/// answering delays the other mount by the recall wait at most, and what it closed arrives
+/// once it runs again. Over MongoDB (several instances may share it) no lease is granted and
+/// every close waits for the server.
+fn files_closed_under_a_lease_show_at_the_other_mounts_next_open(backend: Backend) {
+    const FILES: usize = 300;
+    let embedded = matches!(backend, Backend::Sqlite);
+    let metrics = format!("127.0.0.1:{}", tests::daemon::free_port());
+    let pair = pair_with(&backend, 1, &["--metrics-addr", &metrics]);
+    let Pair { first, second, .. } = &pair;
+    let content = |i: usize| format!("file {i} ").repeat(i % 500 + 1).into_bytes();
+
+    fs::create_dir(first.join("leased")).expect("mkdir");
+    for i in 0..FILES {
+        fs::write(first.join(&format!("leased/f{i}")), content(i)).expect("create");
+    }
+    let granted = server_calls(&metrics, "lease", "ok");
+    assert_eq!(granted > 0, embedded, "{granted} lease calls");
+    for i in (0..FILES).rev() {
+        let read = fs::read(second.join(&format!("leased/f{i}")))
+            .unwrap_or_else(|e| panic!("f{i} on the other mount: {e}"));
+        assert!(read == content(i), "f{i} differs on the other mount");
+    }
+    assert_eq!(
+        fs::read_dir(second.join("leased")).expect("list").count(),
+        FILES
+    );
+    let recalls = server_calls(&metrics, "recall", "");
+    assert_eq!(recalls > 0, embedded, "{recalls} recalls");
+    if !embedded {
+        return;
+    }
+
+    // The holder stops answering with files closed under its lease: the other mount waits
+    // for the recall at most its bound (5 s), then goes on without them.
+    fs::create_dir(first.join("frozen")).expect("mkdir");
+    let asked = server_calls(&metrics, "lease", "ok");
+    let mut written = 0;
+    while server_calls(&metrics, "lease", "ok") == asked || written < 20 {
+        assert!(written < 2000, "no lease on the second directory");
+        fs::write(first.join(&format!("frozen/f{written}")), content(written)).expect("create");
+        written += 1;
+    }
+    // Closed under the lease now (the lease was granted after the first few).
+    for i in written..written + 20 {
+        fs::write(first.join(&format!("frozen/f{i}")), content(i)).expect("create");
+    }
+    written += 20;
+    let frozen = Stopped::stop(first.pid());
+    let started = std::time::Instant::now();
+    let listed = fs::read_dir(second.join("frozen")).expect("list").count();
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(30),
+        "the listing waited {waited:?} for a frozen holder"
+    );
+    assert!(listed <= written);
+    drop(frozen);
+    let all_there = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        (0..written).all(|i| {
+            fs::read(second.join(&format!("frozen/f{i}"))).is_ok_and(|read| read == content(i))
+        })
+    });
+    assert!(all_there, "what the frozen holder closed never arrived");
 }
 
 /// A directory this mount made answers lookups of names it lacks without asking the server,
@@ -405,4 +501,5 @@ tests::on_every_backend!(
     concurrent_renames_move_each_file_exactly_once,
     lookups_in_a_directory_made_here_skip_the_server,
     lookups_after_a_listing_skip_the_server,
+    files_closed_under_a_lease_show_at_the_other_mounts_next_open,
 );
