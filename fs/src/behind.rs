@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 /// Larger new files are not held back: their upload costs more than the wait, and a killed
 /// client would lose more (with the queue's bound, at most 16 MiB in all).
 pub const FILE_BYTES_MAX: u64 = 64 * 1024;
-/// Threads sending queued files.
-pub const UPLOADERS: usize = 2;
+/// Threads sending queued files (one keeps the replies, and so the directory versions they
+/// carry, in order).
+pub const UPLOADERS: usize = 1;
 /// Closed files waiting for the uploader at most; a close beyond waits for the server itself.
 pub const QUEUED_MAX: usize = 256;
 /// After giving a lease back (or being refused one), this client asks again for the same
@@ -74,16 +75,20 @@ impl Behind {
         }
     }
 
-    /// The next queued file, waiting for one at most `wait`; none once stopping.
-    pub fn next(&self, wait: Duration) -> Option<u64> {
+    /// The next queued files, at most `max`, waiting for one at most `wait`; none once
+    /// stopping.
+    pub fn next(&self, max: usize, wait: Duration) -> Vec<u64> {
         let queue = self.queue.lock().expect("queue poisoned");
         let (mut queue, _) = self
             .ready
             .wait_timeout_while(queue, wait, |q| q.order.is_empty() && !q.stopping)
             .expect("queue poisoned");
-        let ino = queue.order.pop_front()?;
-        queue.queued.remove(&ino);
-        Some(ino)
+        let take = queue.order.len().min(max);
+        let next: Vec<u64> = queue.order.drain(..take).collect();
+        for ino in &next {
+            queue.queued.remove(ino);
+        }
+        next
     }
 
     /// Whether `ino` waits in the queue.
@@ -245,8 +250,11 @@ mod tests {
         behind.defer(10);
         behind.defer(10);
         assert_eq!(behind.queued(), 1);
-        assert_eq!(behind.next(Duration::ZERO), Some(10));
-        assert_eq!(behind.next(Duration::ZERO), None);
+        behind.defer(11);
+        behind.defer(12);
+        assert_eq!(behind.next(2, Duration::ZERO), vec![10, 11]);
+        assert_eq!(behind.next(2, Duration::ZERO), vec![12]);
+        assert!(behind.next(2, Duration::ZERO).is_empty());
         for ino in 0..QUEUED_MAX as u64 {
             behind.defer(100 + ino);
         }

@@ -21,7 +21,7 @@ use format::limits::{CHUNK_BYTES, FILE_BYTES_MAX};
 use proto::ErrorKind;
 use proto::v1::{
     Attr, ChunkCommit, CommitChunksRequest, CreateRequest, GetAttrRequest, GetChunkReply,
-    ListChunksRequest, OpenReply, OpenRequest, PutChunkRequest, SetAttrRequest,
+    ListChunksRequest, OpenReply, OpenRequest, PutChunkReply, PutChunkRequest, SetAttrRequest,
 };
 use tokio::task::JoinHandle;
 
@@ -136,6 +136,15 @@ pub struct FileState {
     server_attr: Option<Attr>,
     /// Attribute changes kept for the next commit (see `keep_attr_changes`).
     attr_changes: Option<SetAttrRequest>,
+}
+
+/// A sealed chunk's put that commits it, waiting for its outcome.
+#[derive(Debug)]
+pub struct InlinePut {
+    pub request: PutChunkRequest,
+    generation: u64,
+    last: bool,
+    asked: std::time::Instant,
 }
 
 async fn open_call(shared: &Shared, ino: u64) -> Result<OpenReply, FsError> {
@@ -877,6 +886,40 @@ impl FileState {
         shared: &Arc<Shared>,
         durable: bool,
     ) -> Result<Attr, FsError> {
+        let put = self.seal_inline(shared, durable).await?;
+        let reply = shared
+            .remote
+            .call("put_chunk", |mut api| {
+                let request = put.request.clone();
+                async move { api.put_chunk(request).await }
+            })
+            .await;
+        self.inline_done(shared, put, reply)
+    }
+
+    /// A new file of one dirty chunk, closed: the put that creates it with its chunk, for a
+    /// call of several (`PutChunks`); none for any other file. Pass the call's outcome for it
+    /// to [`FileState::inline_done`].
+    pub async fn creating_put(
+        &mut self,
+        shared: &Arc<Shared>,
+    ) -> Result<Option<InlinePut>, FsError> {
+        if self.pending_create.is_none() || !self.small() {
+            return Ok(None);
+        }
+        self.shape(shared).await?;
+        if !self.single_dirty() {
+            return Ok(None);
+        }
+        self.seal_inline(shared, false).await.map(Some)
+    }
+
+    /// Seals the one dirty chunk for a put that commits it (creating the file if pending).
+    async fn seal_inline(
+        &mut self,
+        shared: &Arc<Shared>,
+        durable: bool,
+    ) -> Result<InlinePut, FsError> {
         let (ino, size) = (self.ino, self.size);
         let truncate = self.truncated || self.size < self.committed_size;
         let (&index, dirty) = self.dirty.iter_mut().next().expect("one dirty chunk");
@@ -893,45 +936,52 @@ impl FileState {
         let sealed = crypto_work(data.len(), move || crypto::seal(&cipher, &context, &data))
             .await
             .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
-        let sealed = bytes::Bytes::from(sealed);
         let base = dirty.base;
         let create = self.pending_create.take();
-        let set_attr = self.attr_changes;
-        let asked = std::time::Instant::now();
-        let reply = shared
-            .remote
-            .call("put_chunk", |mut api| {
-                let data = sealed.clone();
-                let create = create.clone();
-                async move {
-                    api.put_chunk(PutChunkRequest {
-                        ino,
-                        index,
-                        data,
-                        commit: true,
-                        base_generation: base,
-                        size,
-                        truncate,
-                        lazy: !durable,
-                        create,
-                        set_attr,
-                    })
-                    .await
-                }
-            })
-            .await;
-        if let Some(request) = &create {
+        Ok(InlinePut {
+            request: PutChunkRequest {
+                ino,
+                index,
+                data: bytes::Bytes::from(sealed),
+                commit: true,
+                base_generation: base,
+                size,
+                truncate,
+                lazy: !durable,
+                create,
+                set_attr: self.attr_changes,
+            },
+            generation,
+            last: context.last,
+            asked: std::time::Instant::now(),
+        })
+    }
+
+    /// The outcome of a put from [`FileState::seal_inline`]: the file's attributes after it.
+    pub fn inline_done(
+        &mut self,
+        shared: &Arc<Shared>,
+        put: InlinePut,
+        reply: Result<PutChunkReply, FsError>,
+    ) -> Result<Attr, FsError> {
+        let InlinePut {
+            request,
+            generation,
+            last,
+            asked,
+        } = put;
+        if let Some(create) = &request.create {
             let outcome = reply.as_ref().map(|r| r.attr.as_ref());
-            self.creation_settled(shared, request, outcome, asked);
+            self.creation_settled(shared, create, outcome, asked);
         }
         let reply = reply?;
         let dirty = self
             .dirty
-            .get_mut(&index)
+            .get_mut(&request.index)
             .expect("the committed chunk is still dirty");
         dirty.upload = Some(Upload {
             generation,
-            last: context.last,
+            last,
             len: dirty.data.len(),
             task: None,
         });
@@ -941,7 +991,7 @@ impl FileState {
                 "a committed put returned no attributes",
             )
         })?;
-        Ok(self.committed_now(shared, attr, truncate))
+        Ok(self.committed_now(shared, attr, request.truncate))
     }
 
     async fn commit(&mut self, shared: &Arc<Shared>, durable: bool) -> Result<Attr, FsError> {

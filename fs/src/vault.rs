@@ -882,27 +882,116 @@ impl Vault {
         sent
     }
 
-    /// The uploader's part: sends one queued file, if it still waits.
-    fn send_queued(&self, ino: u64) {
-        let Some(file) = self.open_file(ino) else {
-            return;
-        };
+    /// The uploader's part: sends queued files that still wait; the new ones of one chunk
+    /// together, in one call.
+    fn send_queued(&self, inos: Vec<u64>) {
         self.block(async {
-            let mut state = file.lock().await;
-            if state.handles > 0 || state.retired {
-                // Opened again: its next close sends it (or queues it again).
-                return;
+            let mut puts = Vec::new();
+            let mut alone = Vec::new();
+            for ino in inos {
+                let Some(file) = self.open_file(ino) else {
+                    continue;
+                };
+                // Never wait for one file while holding others.
+                let Ok(mut state) = file.clone().try_lock_owned() else {
+                    alone.push(ino);
+                    continue;
+                };
+                if state.handles > 0 || state.retired {
+                    // Opened again: its next close sends it (or queues it again).
+                    continue;
+                }
+                match state.creating_put(&self.shared).await {
+                    Ok(Some(put)) => puts.push((ino, file, state, put)),
+                    Ok(None) => alone.push(ino),
+                    Err(error) => self.not_sent(ino, error),
+                }
             }
-            if let Err(error) = self.send_closed(ino, &file, &mut state).await {
-                let name = self.shared.name_of(ino);
-                if error.kind() == ErrorKind::Unavailable && !self.behind.stopping() {
-                    tracing::warn!(%error, file = name, "storaged unreachable; will send a closed new file again");
-                    self.behind.defer(ino);
-                } else {
-                    tracing::error!(%error, file = name, "could not send a closed new file to the server");
+            let outcomes = self.put_together(puts.iter().map(|p| &p.3)).await;
+            for ((ino, file, mut state, put), outcome) in puts.into_iter().zip(outcomes) {
+                match state.inline_done(&self.shared, put, outcome) {
+                    Ok(attr) => self.record_commit(&attr, &mut state),
+                    Err(error) => self.not_sent(ino, error),
+                }
+                self.retire_if_done(ino, &file, &mut state);
+            }
+            for ino in alone {
+                let Some(file) = self.open_file(ino) else {
+                    continue;
+                };
+                let mut state = file.lock().await;
+                if state.handles > 0 || state.retired {
+                    continue;
+                }
+                if let Err(error) = self.send_closed(ino, &file, &mut state).await {
+                    self.not_sent(ino, error);
                 }
             }
         });
+    }
+
+    /// Sends puts in one `PutChunks` call (one by one to a server without it); the outcome of
+    /// each, in order.
+    async fn put_together<'a>(
+        &self,
+        puts: impl Iterator<Item = &'a crate::file::InlinePut>,
+    ) -> Vec<Result<PutChunkReply, FsError>> {
+        let requests: Vec<PutChunkRequest> = puts.map(|put| put.request.clone()).collect();
+        let remote = &self.shared.remote;
+        if requests.len() < 2 || !remote.server_has(proto::features::PUT_CHUNKS) {
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in requests {
+                let outcome = remote
+                    .call("put_chunk", |mut api| {
+                        let request = request.clone();
+                        async move { api.put_chunk(request).await }
+                    })
+                    .await;
+                outcomes.push(outcome);
+            }
+            return outcomes;
+        }
+        let count = requests.len();
+        let reply = remote
+            .call("put_chunks", |mut api| {
+                let puts = requests.clone();
+                async move { api.put_chunks(PutChunksRequest { puts }).await }
+            })
+            .await;
+        match reply {
+            Ok(reply) if reply.outcomes.len() == count => reply
+                .outcomes
+                .into_iter()
+                .map(|outcome| match outcome.reply {
+                    Some(reply) => Ok(reply),
+                    None => Err(FsError::Remote {
+                        kind: ErrorKind::try_from(outcome.error_kind)
+                            .unwrap_or(ErrorKind::Internal),
+                        message: outcome.error,
+                    }),
+                })
+                .collect(),
+            Ok(reply) => {
+                let error = FsError::local(
+                    ErrorKind::Internal,
+                    format!("{} outcomes for {count} puts", reply.outcomes.len()),
+                );
+                vec![Err(error); count]
+            }
+            Err(error) => vec![Err(error); count],
+        }
+    }
+
+    /// A queued file could not be sent: queued again if storaged was unreachable, else the
+    /// error is logged (a refused new file's data is gone, as at a refused close).
+    fn not_sent(&self, ino: u64, error: FsError) {
+        let name = self.shared.name_of(ino);
+        if error.kind() == ErrorKind::Unavailable && !self.behind.stopping() {
+            tracing::warn!(%error, file = name, "storaged unreachable; will send a closed new file again");
+            self.behind.defer(ino);
+        } else {
+            tracing::error!(%error, file = name, "could not send a closed new file to the server");
+        }
     }
 
     /// Creates every pending new file in `parent` (or everywhere) on the server now: before
@@ -1128,8 +1217,12 @@ impl Vault {
                         if vault.behind.stopping() {
                             return;
                         }
-                        if let Some(ino) = vault.behind.next(std::time::Duration::from_secs(1)) {
-                            vault.send_queued(ino);
+                        let queued = vault.behind.next(
+                            proto::limits::PUTS_PER_CALL_MAX,
+                            std::time::Duration::from_secs(1),
+                        );
+                        if !queued.is_empty() {
+                            vault.send_queued(queued);
                         }
                     }
                 });

@@ -50,8 +50,10 @@ pub mod features {
     /// Directory leases: `Lease` and `Recalls` (only a server that is the vault's sole
     /// instance grants them).
     pub const LEASES: &str = "leases";
+    /// `PutChunks`: several puts in one call.
+    pub const PUT_CHUNKS: &str = "put-chunks";
     /// Every feature this build's server always has.
-    pub const ALL: &[&str] = &[COMMIT_SET_ATTR];
+    pub const ALL: &[&str] = &[COMMIT_SET_ATTR, PUT_CHUNKS];
 }
 
 /// The metadata that names the calling client (see `LeaseRequest`).

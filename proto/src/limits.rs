@@ -21,6 +21,9 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 96 << 20;
 /// HTTP/2 frames of up to 1 MiB (the default 16 KiB costs a frame header per 16 KiB).
 pub const FRAME_BYTES_MAX: u32 = 1 << 20;
 
+/// Puts in one `PutChunks` call at most (the message's size bounds their chunks together).
+pub const PUTS_PER_CALL_MAX: usize = 64;
+
 const _: () = assert!(NAME_BYTES_MAX < PATH_BYTES_MAX);
 const _: () = assert!(STREAM_WINDOW_BYTES as usize >= 2 * SEALED_CHUNK_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX > SEALED_CHUNK_BYTES_MAX);

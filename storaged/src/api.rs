@@ -370,7 +370,10 @@ async fn settle_leases<Q: Names>(state: &State, caller: &Caller, me: Option<Hold
         return;
     }
     let started = Instant::now();
-    let mut dirs: Vec<u64> = request.inodes().into_iter().filter(|&i| i != 0).collect();
+    let mut dirs: Vec<u64> = request.inodes();
+    dirs.retain(|&ino| ino != 0);
+    dirs.sort_unstable();
+    dirs.dedup();
     if let Some((parent, name)) = request.removes() {
         let (who, name) = (caller.clone(), name.to_vec());
         if let Ok(found) = state
@@ -389,8 +392,8 @@ async fn settle_leases<Q: Names>(state: &State, caller: &Caller, me: Option<Hold
 /// What a call names, for lease recalls: the inodes it reads or changes (0: none), and an
 /// entry it removes or replaces.
 trait Names {
-    fn inodes(&self) -> [u64; 2] {
-        [0, 0]
+    fn inodes(&self) -> Vec<u64> {
+        Vec::new()
     }
     fn removes(&self) -> Option<(u64, &[u8])> {
         None
@@ -404,8 +407,8 @@ macro_rules! names_nothing {
 macro_rules! names_one {
     ($field:ident: $($request:ty),*) => {
         $(impl Names for $request {
-            fn inodes(&self) -> [u64; 2] {
-                [self.$field, 0]
+            fn inodes(&self) -> Vec<u64> {
+                vec![self.$field]
             }
         })*
     };
@@ -446,20 +449,26 @@ names_one!(
 );
 
 impl Names for LinkRequest {
-    fn inodes(&self) -> [u64; 2] {
-        [self.ino, self.new_parent]
+    fn inodes(&self) -> Vec<u64> {
+        vec![self.ino, self.new_parent]
     }
 }
 
 impl Names for PutChunkRequest {
-    fn inodes(&self) -> [u64; 2] {
-        [self.ino, self.create.as_ref().map_or(0, |c| c.parent)]
+    fn inodes(&self) -> Vec<u64> {
+        vec![self.ino, self.create.as_ref().map_or(0, |c| c.parent)]
+    }
+}
+
+impl Names for PutChunksRequest {
+    fn inodes(&self) -> Vec<u64> {
+        self.puts.iter().flat_map(Names::inodes).collect()
     }
 }
 
 impl Names for RmdirRequest {
-    fn inodes(&self) -> [u64; 2] {
-        [self.parent, 0]
+    fn inodes(&self) -> Vec<u64> {
+        vec![self.parent]
     }
     fn removes(&self) -> Option<(u64, &[u8])> {
         Some((self.parent, &self.name))
@@ -467,11 +476,94 @@ impl Names for RmdirRequest {
 }
 
 impl Names for RenameRequest {
-    fn inodes(&self) -> [u64; 2] {
-        [self.parent, self.new_parent]
+    fn inodes(&self) -> Vec<u64> {
+        vec![self.parent, self.new_parent]
     }
     fn removes(&self) -> Option<(u64, &[u8])> {
         Some((self.new_parent, &self.new_name))
+    }
+}
+
+/// Stores a sealed chunk, and commits it (creating its file) if asked: `PutChunk`, and each
+/// put of `PutChunks`.
+async fn put_chunk(
+    state: Arc<State>,
+    caller: Caller,
+    r: PutChunkRequest,
+) -> Result<PutChunkReply, OpError> {
+    let header = Header::parse(&r.data).map_err(|e| OpError::BadChunk(e.to_string()))?;
+    let vault = state.auth.settings().vault;
+    let who = caller.clone();
+    let (ino, index) = (r.ino, r.index);
+    let create = match &r.create {
+        None => {
+            state
+                .read(move |txn| chunks::check_upload(txn, &who, vault, ino, index, &header))
+                .await?;
+            None
+        }
+        Some(create) => {
+            if !r.commit || create.ino != ino {
+                return Err(OpError::invalid(
+                    "a put that creates its file must commit, and name the same inode",
+                ));
+            }
+            // The file does not exist yet: its header is all there is to check now;
+            // the commit below checks the rest with the creation.
+            chunks::check_header(vault, ino, index, &header)?;
+            Some(new_file(create)?)
+        }
+    };
+    if r.set_attr.is_some() && !r.commit {
+        return Err(OpError::invalid(
+            "a put that changes attributes must commit",
+        ));
+    }
+    let changes = commit_attr_changes(r.set_attr.as_ref())?;
+    let chunk = ChunkRef {
+        ino,
+        index,
+        generation: header.generation,
+    };
+    if r.data.len() <= INLINE_CHUNK_BYTES && state.chunks.defers() {
+        state.chunks.put(chunk, &r.data)
+    } else {
+        let data = r.data.clone();
+        state.blocking(move |store| store.put(chunk, &data)).await
+    }
+    .map_err(chunk_error)?;
+    state.metrics.bytes_in(r.data.len());
+    if !r.commit {
+        return Ok(PutChunkReply {
+            generation: header.generation,
+            attr: None,
+        });
+    }
+    let upload = Uploaded::from_header(&header, r.data.len() as u64, r.base_generation);
+    let who = caller.clone();
+    let committed = state
+        .write_as(r.lazy, move |txn| {
+            let now = now();
+            let mut parent_version = None;
+            if let Some((parent, name, node, keys)) = &create {
+                (_, parent_version) =
+                    tree::create_file(txn, &who, *parent, name, node, keys, true, now)?;
+            }
+            let file = chunks::commit(txn, &who, ino, &[upload], r.size, r.truncate, &[], now)?;
+            let file = set_after_commit(txn, &who, file, changes.as_ref(), now)?;
+            Ok((file, parent_version))
+        })
+        .await;
+    match committed {
+        Ok((file, parent_version)) => Ok(PutChunkReply {
+            generation: header.generation,
+            attr: Some(named(&file, &caller, parent_version)),
+        }),
+        Err(error) => {
+            // Never current, so nothing refers to it: remove it now.
+            let _ = state.chunks.delete(chunk);
+            Err(error)
+        }
     }
 }
 
@@ -1163,84 +1255,36 @@ impl Vault for Service {
         &self,
         request: Request<PutChunkRequest>,
     ) -> Result<Response<PutChunkReply>, Status> {
-        self.serve("put_chunk", request, |state, caller, r| async move {
-            let header = Header::parse(&r.data).map_err(|e| OpError::BadChunk(e.to_string()))?;
-            let vault = state.auth.settings().vault;
-            let who = caller.clone();
-            let (ino, index) = (r.ino, r.index);
-            let create = match &r.create {
-                None => {
-                    state
-                        .read(move |txn| {
-                            chunks::check_upload(txn, &who, vault, ino, index, &header)
-                        })
-                        .await?;
-                    None
-                }
-                Some(create) => {
-                    if !r.commit || create.ino != ino {
-                        return Err(OpError::invalid(
-                            "a put that creates its file must commit, and name the same inode",
-                        ));
-                    }
-                    // The file does not exist yet: its header is all there is to check now;
-                    // the commit below checks the rest with the creation.
-                    chunks::check_header(vault, ino, index, &header)?;
-                    Some(new_file(create)?)
-                }
-            };
-            if r.set_attr.is_some() && !r.commit {
-                return Err(OpError::invalid(
-                    "a put that changes attributes must commit",
-                ));
+        self.serve("put_chunk", request, put_chunk).await
+    }
+
+    async fn put_chunks(
+        &self,
+        request: Request<PutChunksRequest>,
+    ) -> Result<Response<PutChunksReply>, Status> {
+        self.serve("put_chunks", request, |state, caller, r| async move {
+            if r.puts.len() > proto::limits::PUTS_PER_CALL_MAX {
+                return Err(OpError::invalid(format!(
+                    "at most {} puts in one call",
+                    proto::limits::PUTS_PER_CALL_MAX
+                )));
             }
-            let changes = commit_attr_changes(r.set_attr.as_ref())?;
-            let chunk = ChunkRef {
-                ino,
-                index,
-                generation: header.generation,
-            };
-            if r.data.len() <= INLINE_CHUNK_BYTES && state.chunks.defers() {
-                state.chunks.put(chunk, &r.data)
-            } else {
-                let data = r.data.clone();
-                state.blocking(move |store| store.put(chunk, &data)).await
-            }
-            .map_err(chunk_error)?;
-            state.metrics.bytes_in(r.data.len());
-            if !r.commit {
-                return Ok(PutChunkReply {
-                    generation: header.generation,
-                    attr: None,
+            // In order: the client learns its directories' versions from the replies.
+            let mut outcomes = Vec::with_capacity(r.puts.len());
+            for put in r.puts {
+                outcomes.push(match put_chunk(state.clone(), caller.clone(), put).await {
+                    Ok(reply) => PutChunkOutcome {
+                        reply: Some(reply),
+                        ..PutChunkOutcome::default()
+                    },
+                    Err(error) => PutChunkOutcome {
+                        reply: None,
+                        error_kind: error.kind() as i32,
+                        error: error.to_string(),
+                    },
                 });
             }
-            let upload = Uploaded::from_header(&header, r.data.len() as u64, r.base_generation);
-            let who = caller.clone();
-            let committed = state
-                .write_as(r.lazy, move |txn| {
-                    let now = now();
-                    let mut parent_version = None;
-                    if let Some((parent, name, node, keys)) = &create {
-                        (_, parent_version) =
-                            tree::create_file(txn, &who, *parent, name, node, keys, true, now)?;
-                    }
-                    let file =
-                        chunks::commit(txn, &who, ino, &[upload], r.size, r.truncate, &[], now)?;
-                    let file = set_after_commit(txn, &who, file, changes.as_ref(), now)?;
-                    Ok((file, parent_version))
-                })
-                .await;
-            match committed {
-                Ok((file, parent_version)) => Ok(PutChunkReply {
-                    generation: header.generation,
-                    attr: Some(named(&file, &caller, parent_version)),
-                }),
-                Err(error) => {
-                    // Never current, so nothing refers to it: remove it now.
-                    let _ = state.chunks.delete(chunk);
-                    Err(error)
-                }
-            }
+            Ok(PutChunksReply { outcomes })
         })
         .await
     }

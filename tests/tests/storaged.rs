@@ -604,6 +604,64 @@ async fn concurrent_chunk_puts_exactly_one_wins(backend: Backend) {
     assert_eq!(stored, winners[0].as_bytes());
 }
 
+/// `PutChunks` does each put as its own `PutChunk`, in order: one refused refuses only itself,
+/// and a later put builds on an earlier one of the same call.
+async fn a_call_of_several_puts_refuses_only_the_bad_ones(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
+    let alice = daemon.user("alice").await;
+    let (a, _) = create_file(&alice, ROOT, "a").await.expect("create a");
+    let (b, _) = create_file(&alice, ROOT, "b").await.expect("create b");
+    let put =
+        |file: &tests::vault::TestFile, base: u64, generation: u64, text: &str| PutChunkRequest {
+            ino: file.ino,
+            index: 0,
+            data: file.seal(0, generation, true, text.as_bytes()).into(),
+            commit: true,
+            base_generation: base,
+            size: text.len() as u64,
+            truncate: true,
+            lazy: true,
+            create: None,
+            set_attr: None,
+        };
+    let puts = vec![
+        put(&a, 0, 10, "first"),
+        put(&b, 99, 10, "on a generation b never had"),
+        put(&a, 10, 11, "second, over the first"),
+    ];
+    let outcomes = alice
+        .connection
+        .api()
+        .put_chunks(PutChunksRequest { puts })
+        .await
+        .expect("put_chunks")
+        .into_inner()
+        .outcomes;
+    assert_eq!(outcomes.len(), 3);
+    let sizes: Vec<Option<u64>> = outcomes
+        .iter()
+        .map(|o| o.reply.as_ref().and_then(|r| r.attr).map(|attr| attr.size))
+        .collect();
+    assert_eq!(sizes, vec![Some(5), None, Some(22)]);
+    assert_eq!(outcomes[1].error_kind, ErrorKind::StaleGeneration as i32);
+    assert!(!outcomes[1].error.is_empty());
+    let (generation, stored) = a.read_chunk(&alice, 0, true).await.expect("read a");
+    assert_eq!(
+        (generation, stored.as_slice()),
+        (11, &b"second, over the first"[..])
+    );
+    let (generation, _) = b.read_chunk(&alice, 0, true).await.expect("read b");
+    assert_eq!(generation, 0, "b has no chunk");
+
+    let too_many = vec![put(&a, 11, 12, "x"); proto::limits::PUTS_PER_CALL_MAX + 1];
+    let refused = alice
+        .connection
+        .api()
+        .put_chunks(PutChunksRequest { puts: too_many })
+        .await;
+    assert_eq!(kind(refused), ErrorKind::Invalid);
+}
+
 async fn sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged(backend: Backend) {
     let mut daemon = Storaged::start_on(&backend, &[]);
     let alice = daemon.user("alice").await;
@@ -1259,6 +1317,7 @@ tests::on_every_backend!(
     local_clients_take_chunk_files_as_descriptors,
     users_cannot_see_each_others_files_until_shared,
     concurrent_chunk_puts_exactly_one_wins,
+    a_call_of_several_puts_refuses_only_the_bad_ones,
     sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged,
     audit_chain_breaks_detectably_when_edited_on_disk,
     bad_input_gets_a_clear_status_and_changes_nothing,
