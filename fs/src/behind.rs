@@ -27,6 +27,10 @@ pub const FILE_BYTES_MAX: u64 = 64 * 1024;
 pub const UPLOADERS: usize = 1;
 /// Closed files waiting for the uploader at most; a close beyond waits for the server itself.
 pub const QUEUED_MAX: usize = 256;
+/// A lease no close used for this long goes back to the server.
+pub const LEASE_IDLE: Duration = Duration::from_secs(30);
+/// Directories whose lease state is kept at most (leases held, asked for, or paused).
+const DIRECTORIES_MAX: usize = 4096;
 /// After giving a lease back (or being refused one), this client asks again for the same
 /// directory no sooner than this: two clients writing in one directory take turns slowly.
 pub const LEASE_PAUSE: Duration = Duration::from_secs(1);
@@ -36,7 +40,8 @@ pub const LEASE_PAUSE: Duration = Duration::from_secs(1);
 enum Lease {
     /// Asked for; no answer yet.
     Asking,
-    Held,
+    /// Held; last used (a close deferred) then.
+    Held(Instant),
     /// The server wants it back: closes here wait for the server until it is given back.
     Recalled,
     /// Not held; not to be asked for again before this.
@@ -61,9 +66,16 @@ pub struct Behind {
 impl Behind {
     /// Whether a close of a new file in `dir` may return before the server has it.
     pub fn may_defer(&self, dir: u64) -> bool {
-        let held = self.leases.lock().expect("leases poisoned").get(&dir) == Some(&Lease::Held);
+        let mut leases = self.leases.lock().expect("leases poisoned");
+        let Some(Lease::Held(used)) = leases.get_mut(&dir) else {
+            return false;
+        };
         let queue = self.queue.lock().expect("queue poisoned");
-        held && !queue.stopping && queue.order.len() < QUEUED_MAX
+        if queue.stopping || queue.order.len() >= QUEUED_MAX {
+            return false;
+        }
+        *used = Instant::now();
+        true
     }
 
     /// Queues a closed file for the uploader (once).
@@ -118,10 +130,17 @@ impl Behind {
     /// Whether to ask the server for a lease on `dir` now; if so, it counts as asked.
     pub fn should_ask(&self, dir: u64) -> bool {
         let mut leases = self.leases.lock().expect("leases poisoned");
+        let now = Instant::now();
         match leases.get(&dir) {
-            Some(Lease::Paused(until)) if *until <= Instant::now() => {}
+            Some(Lease::Paused(until)) if *until <= now => {}
             Some(_) => return false,
             None => {}
+        }
+        if leases.len() >= DIRECTORIES_MAX {
+            leases.retain(|_, lease| !matches!(lease, Lease::Paused(until) if *until <= now));
+            if leases.len() >= DIRECTORIES_MAX {
+                return false;
+            }
         }
         leases.insert(dir, Lease::Asking);
         true
@@ -132,7 +151,7 @@ impl Behind {
         let mut leases = self.leases.lock().expect("leases poisoned");
         if leases.get(&dir) == Some(&Lease::Asking) {
             let lease = if granted {
-                Lease::Held
+                Lease::Held(Instant::now())
             } else {
                 Lease::Paused(Instant::now() + LEASE_PAUSE)
             };
@@ -162,7 +181,7 @@ impl Behind {
         let mut leases = self.leases.lock().expect("leases poisoned");
         let held = leases
             .iter()
-            .filter(|(_, lease)| matches!(lease, Lease::Held | Lease::Recalled))
+            .filter(|(_, lease)| matches!(lease, Lease::Held(_) | Lease::Recalled))
             .map(|(&dir, _)| dir)
             .collect();
         let until = Instant::now() + LEASE_PAUSE;
@@ -172,13 +191,28 @@ impl Behind {
         held
     }
 
+    /// Leases no close used for `idle`: they are being given back (no close there returns
+    /// early from now on).
+    pub fn idle(&self, idle: Duration) -> Vec<u64> {
+        let mut leases = self.leases.lock().expect("leases poisoned");
+        let now = Instant::now();
+        let mut idle_dirs = Vec::new();
+        for (&dir, lease) in leases.iter_mut() {
+            if matches!(lease, Lease::Held(used) if now.duration_since(*used) >= idle) {
+                *lease = Lease::Recalled;
+                idle_dirs.push(dir);
+            }
+        }
+        idle_dirs
+    }
+
     /// Leases held (for `vaultfs status`).
     pub fn held(&self) -> usize {
         self.leases
             .lock()
             .expect("leases poisoned")
             .values()
-            .filter(|lease| **lease == Lease::Held)
+            .filter(|lease| matches!(lease, Lease::Held(_)))
             .count()
     }
 }
@@ -226,6 +260,17 @@ mod tests {
         behind.recalled(5);
         behind.answered(5, true);
         assert!(!behind.may_defer(5));
+    }
+
+    #[test]
+    fn an_idle_lease_goes_back() {
+        let behind = Behind::default();
+        assert!(behind.should_ask(4));
+        behind.answered(4, true);
+        assert!(behind.idle(Duration::from_secs(60)).is_empty());
+        assert_eq!(behind.idle(Duration::ZERO), vec![4]);
+        assert!(!behind.may_defer(4), "being given back");
+        assert!(behind.idle(Duration::ZERO).is_empty());
     }
 
     #[test]

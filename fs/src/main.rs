@@ -435,12 +435,12 @@ fn status() {
         return;
     }
     println!(
-        "{:<30} {:<10} {:>7} {:>16} {:>10} {:>6}  server",
-        "mount point", "user", "pid", "cache MiB", "dirty MiB", "open"
+        "{:<30} {:<10} {:>7} {:>16} {:>10} {:>6} {:>7} {:>7}  server",
+        "mount point", "user", "pid", "cache MiB", "dirty MiB", "open", "unsent", "leases"
     );
     for m in mounts {
         println!(
-            "{:<30} {:<10} {:>7} {:>7}/{:<8} {:>10} {:>6}  {} ({})",
+            "{:<30} {:<10} {:>7} {:>7}/{:<8} {:>10} {:>6} {:>7} {:>7}  {} ({})",
             m.mountpoint,
             m.user,
             m.pid,
@@ -448,6 +448,8 @@ fn status() {
             m.cache_bytes_max >> 20,
             m.dirty_bytes >> 20,
             m.open_files,
+            m.unsent_files,
+            m.leases,
             m.server,
             if m.server_reachable {
                 "reachable"

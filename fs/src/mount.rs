@@ -229,6 +229,7 @@ fn report(
     runtime: &tokio::runtime::Runtime,
 ) {
     let (cache_bytes, dirty_bytes, open_files) = vault.usage();
+    let (unsent_files, leases) = vault.behind_usage();
     let reachable = runtime.block_on(async {
         tokio::time::timeout(
             Duration::from_secs(1),
@@ -249,6 +250,8 @@ fn report(
         cache_bytes_max: settings.limits.cache_bytes_max,
         dirty_bytes,
         open_files,
+        unsent_files,
+        leases,
         server_reachable: reachable,
         updated_unix: now,
     });

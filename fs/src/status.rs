@@ -15,6 +15,12 @@ pub struct MountStatus {
     pub cache_bytes_max: usize,
     pub dirty_bytes: usize,
     pub open_files: usize,
+    /// New files closed under a directory lease, not sent to the server yet.
+    #[serde(default)]
+    pub unsent_files: usize,
+    /// Directory leases held.
+    #[serde(default)]
+    pub leases: usize,
     pub server_reachable: bool,
     pub updated_unix: u64,
 }

@@ -1217,6 +1217,12 @@ impl Vault {
                         if vault.behind.stopping() {
                             return;
                         }
+                        for dir in vault.behind.idle(crate::behind::LEASE_IDLE) {
+                            let giving = vault.clone();
+                            vault
+                                .shared
+                                .spawn(async move { giving.give_back(dir).await });
+                        }
                         let queued = vault.behind.next(
                             proto::limits::PUTS_PER_CALL_MAX,
                             std::time::Duration::from_secs(1),
@@ -1235,8 +1241,8 @@ impl Vault {
             .spawn(hear_recalls(me, self.shared.remote.clone()));
     }
 
-    /// storaged recalls the lease on `dir`: sends every new file still held there, then gives
-    /// the lease back.
+    /// Gives the lease on `dir` back (storaged recalled it, or no close used it for a while):
+    /// sends every new file still held there first.
     async fn give_back(&self, dir: u64) {
         self.behind.recalled(dir);
         if let Err(error) = self.send_held_in(Some(dir)).await {
@@ -1525,6 +1531,11 @@ impl Vault {
             first_error.get_or_insert(error);
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Files closed under leases and not sent yet, and leases held, for `vaultfs status`.
+    pub fn behind_usage(&self) -> (usize, usize) {
+        (self.behind.queued(), self.behind.held())
     }
 
     /// Cache and write-back figures for `vaultfs status`.

@@ -136,6 +136,19 @@ fn files_closed_under_a_lease_show_at_the_other_mounts_next_open(backend: Backen
     );
     let recalls = server_calls(&metrics, "recall", "");
     assert_eq!(recalls > 0, embedded, "{recalls} recalls");
+    // `vaultfs status` shows, beside cache use, the files not sent yet and the leases held.
+    let status = std::process::Command::new(tests::binary("vaultfs"))
+        .arg("status")
+        .output()
+        .expect("vaultfs status");
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{listed}");
+    assert!(
+        listed.contains("unsent")
+            && listed.contains("leases")
+            && listed.contains(&first.path().display().to_string()),
+        "{listed}"
+    );
     if !embedded {
         return;
     }
