@@ -54,7 +54,7 @@ pub fn write(status: &MountStatus) -> std::io::Result<()> {
     std::fs::rename(temp, path)
 }
 
-/// Every mount whose process still runs (stale files are removed).
+/// Every mount whose vaultfs process still runs (stale files are removed).
 pub fn read_all() -> Vec<MountStatus> {
     let Ok(entries) = std::fs::read_dir(runtime_dir()) else {
         return Vec::new();
@@ -71,7 +71,10 @@ pub fn read_all() -> Vec<MountStatus> {
         else {
             continue;
         };
-        if std::path::Path::new(&format!("/proc/{}", status.pid)).exists() {
+        // A killed client leaves its file behind, and its process ID may come back as
+        // another program's.
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", status.pid));
+        if comm.is_ok_and(|comm| comm.trim_end() == "vaultfs") {
             out.push(status);
         } else {
             let _ = std::fs::remove_file(&path);
