@@ -30,6 +30,8 @@ pub struct MountSettings {
     pub limits: Limits,
     /// How long operations wait for an unreachable server before failing.
     pub server_wait: Duration,
+    /// Take directory leases when the server grants them (see `crate::behind`).
+    pub leases: bool,
 }
 
 /// Connects and logs in, and checks the server against the pinned vault and admin key.
@@ -105,7 +107,9 @@ pub fn run(
     })?;
     let shared = Arc::new(shared);
     let vault = Arc::new(Vault::new(shared.clone()));
-    vault.start_behind();
+    if settings.leases {
+        vault.start_behind();
+    }
     let owner = rustix::process::getuid().as_raw();
     // AutoUnmount (fusermount3's `auto_unmount`) needs allow_other; `VaultFs` itself refuses
     // every user but the owner.

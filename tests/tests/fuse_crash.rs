@@ -99,6 +99,27 @@ fn a_killed_client_loses_files_closed_under_a_lease_whole_or_not_at_all(backend:
     eprintln!("{lost} files closed under the lease were lost with the client");
 }
 
+/// With `--no-leases` every close waits for storaged: a killed client keeps every file it
+/// closed.
+fn without_leases_a_killed_client_keeps_every_file_it_closed(backend: Backend) {
+    const FILES: usize = 200;
+    let (_daemon, _client, mut mount) = setup(&backend, &["--no-leases"]);
+    fs::create_dir(mount.join("d")).expect("mkdir");
+    for i in 0..FILES {
+        fs::write(mount.join(&format!("d/f{i}")), format!("file {i}")).expect("create");
+    }
+    mount.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mount.is_mounted() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    mount.spawn();
+    for i in 0..FILES {
+        let read = fs::read(mount.join(&format!("d/f{i}"))).expect("every closed file");
+        assert_eq!(read, format!("file {i}").as_bytes());
+    }
+}
+
 fn stopping_a_client_flushes_dirty_data(backend: Backend) {
     let (_daemon, _client, mut mount) = setup(&backend, &[]);
     let path = mount.join("dirty.txt");
@@ -206,6 +227,7 @@ fn a_stop_without_the_daemon_waits_for_it_once(backend: Backend) {
 tests::on_every_backend!(
     sync: a_killed_client_leaves_a_clean_mount_point_and_its_closed_files,
     a_killed_client_loses_files_closed_under_a_lease_whole_or_not_at_all,
+    without_leases_a_killed_client_keeps_every_file_it_closed,
     stopping_a_client_flushes_dirty_data,
     a_killed_daemon_fails_operations_cleanly_and_they_resume_after_restart,
     an_operation_waits_for_a_restarting_daemon,
