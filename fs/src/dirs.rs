@@ -97,6 +97,9 @@ struct Known {
     /// whose replies came before that of an earlier change: `names` has their names, but
     /// answers nothing until the versions in between are accounted for.
     ahead: BTreeSet<u64>,
+    /// `names` answers nothing until proven by a change asked for at this time or later
+    /// (see [`KnownDirs::distrust`]).
+    distrusted_before: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -118,7 +121,11 @@ impl KnownDirs {
             self.forget(dir);
             return false;
         }
-        known.ahead.is_empty() && name.len() <= NAME_BYTES_MAX && !known.names.contains(name)
+        let proven_at = known.until - KNOWN_FOR;
+        known.ahead.is_empty()
+            && known.distrusted_before.is_none_or(|t| proven_at >= t)
+            && name.len() <= NAME_BYTES_MAX
+            && !known.names.contains(name)
     }
 
     /// What is known of `name` in `dir` at `now`, while this client's change count is
@@ -236,6 +243,7 @@ impl KnownDirs {
                     answered: 0,
                 }),
                 ahead: BTreeSet::new(),
+                distrusted_before: None,
             },
         );
     }
@@ -260,6 +268,7 @@ impl KnownDirs {
                 until: asked + KNOWN_FOR,
                 listed: None,
                 ahead: BTreeSet::new(),
+                distrusted_before: None,
             },
         );
     }
@@ -311,6 +320,16 @@ impl KnownDirs {
     /// which it was at `version`.
     pub fn touched(&mut self, dir: u64, version: u64, asked: Instant) {
         self.proven(dir, version, asked);
+    }
+
+    /// This client's own changes in `dir` may go unanswered for a while from `since` on
+    /// (closes under a lease return before the server has the file): until one asked for
+    /// from then on proves the names, `dir` answers no lookup. Otherwise another client's
+    /// change from before the lease could hide behind the changes not answered yet.
+    pub fn distrust(&mut self, dir: u64, since: Instant) {
+        if let Some(known) = self.dirs.get_mut(&dir) {
+            known.distrusted_before = Some(since);
+        }
     }
 
     /// Stops answering for `dir` (a change this client cannot account for name by name).
@@ -585,6 +604,24 @@ mod tests {
         assert!(!dirs.absent(5, b"a", t) && !dirs.absent(5, b"b", t));
         dirs.added(5, b"c", named(4).as_ref(), t);
         assert!(dirs.absent(5, b"x", t), "in order again");
+    }
+
+    #[test]
+    fn a_distrusted_directory_answers_again_after_a_later_proof() {
+        let mut dirs = KnownDirs::default();
+        let t = Instant::now();
+        dirs.made(&dir(5, 1), t);
+        assert!(dirs.absent(5, b"x", t));
+        let later = t + Duration::from_millis(10);
+        dirs.distrust(5, later);
+        assert!(!dirs.absent(5, b"x", later));
+        dirs.added(5, b"a", named(2).as_ref(), t);
+        assert!(
+            !dirs.absent(5, b"x", later),
+            "asked for before the distrust"
+        );
+        dirs.added(5, b"b", named(3).as_ref(), later);
+        assert!(dirs.absent(5, b"x", later));
     }
 
     #[test]

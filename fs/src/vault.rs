@@ -1189,9 +1189,17 @@ impl Vault {
             if let Err(error) = &reply {
                 tracing::debug!(%error, dir = %format!("{dir:016x}"), "no lease");
             }
-            if let Some(vault) = me.upgrade() {
-                vault.behind.answered(dir, reply.is_ok_and(|r| r.granted));
+            let Some(vault) = me.upgrade() else {
+                return;
+            };
+            let granted = reply.is_ok_and(|r| r.granted);
+            if granted {
+                // The closes from now on go unanswered for a moment: what this client knows
+                // of the directory must first be proven by a change asked for after the
+                // grant (another client may have changed it just before).
+                vault.shared.dirs().distrust(dir, Instant::now());
             }
+            vault.behind.answered(dir, granted);
         });
     }
 
