@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::chunkstore::{ChunkStore, ChunkStoreError};
-use crate::leases::{Holder, Leases, RecallStream};
+use crate::leases::{Holder, InProgress, Leases, RecallStream};
 use crate::meta::{self, ChunkRef, Durability, Inode, Kind, MetaStore, Principal, Time, Txn, now};
 use crate::metrics::Metrics;
 use crate::ops::chunks::Uploaded;
@@ -300,7 +300,7 @@ impl Service {
             let uid = caller.uid;
             let me = client_of(&request).map(|client| Holder { uid, client });
             let request = request.into_inner();
-            settle_leases(&state, &caller, me, &request).await;
+            let _in_progress = settle_leases(&state, &caller, me, &request).await;
             let outcome = work(state.clone(), caller, request).await;
             if let Err(OpError::AccessDenied(reason)) = &outcome {
                 tracing::warn!(%reason, "access denied");
@@ -365,15 +365,26 @@ fn client_of<Q>(request: &Request<Q>) -> Option<u64> {
 /// Before a call of `me`: recalls the leases others hold on the directories it names, and on
 /// a directory it removes or replaces, and waits until they are given back (see
 /// `crate::leases`).
-async fn settle_leases<Q: Names>(state: &State, caller: &Caller, me: Option<Holder>, request: &Q) {
-    if !state.leases.others_hold_any(me) {
-        return;
+async fn settle_leases<Q: Names>(
+    state: &State,
+    caller: &Caller,
+    me: Option<Holder>,
+    request: &Q,
+) -> Option<InProgress> {
+    if !state.leases.enabled() {
+        return None;
     }
-    let started = Instant::now();
     let mut dirs: Vec<u64> = request.inodes();
     dirs.retain(|&ino| ino != 0);
     dirs.sort_unstable();
     dirs.dedup();
+    // From here on no lease is granted on what the call names: had it settled before the
+    // grant, the recall would miss it.
+    let in_progress = state.leases.enter(me, &dirs, request.removes().is_some());
+    if !state.leases.others_hold_any(me) {
+        return in_progress;
+    }
+    let started = Instant::now();
     if let Some((parent, name)) = request.removes() {
         let (who, name) = (caller.clone(), name.to_vec());
         if let Ok(found) = state
@@ -387,6 +398,7 @@ async fn settle_leases<Q: Names>(state: &State, caller: &Caller, me: Option<Hold
     if state.leases.settle(me, &dirs).await > 0 {
         state.metrics.record("recall", started.elapsed(), true);
     }
+    in_progress
 }
 
 /// What a call names, for lease recalls: the inodes it reads or changes (0: none), and an

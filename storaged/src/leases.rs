@@ -58,6 +58,19 @@ struct Table {
     cooling: HashMap<u64, Instant>,
     benched: HashMap<Holder, Instant>,
     next_listener: u64,
+    /// Calls in progress that name each directory, by caller (see [`Leases::enter`]).
+    busy: HashMap<u64, HashMap<Option<Holder>, usize>>,
+    /// Calls in progress that may remove or replace a directory, by caller.
+    removing: HashMap<Option<Holder>, usize>,
+}
+
+impl Table {
+    /// Whether a call of anyone but `holder` naming `dir`, or removing a directory, is in
+    /// progress.
+    fn others_busy(&self, holder: Holder, dir: u64) -> bool {
+        let other = |caller: &Option<Holder>| *caller != Some(holder);
+        self.busy.get(&dir).is_some_and(|c| c.keys().any(other)) || self.removing.keys().any(other)
+    }
 }
 
 impl Table {
@@ -177,9 +190,12 @@ impl Leases {
         if let Some(lease) = table.dirs.get(&dir) {
             return lease.holder == holder && !lease.recalled;
         }
+        // A call in progress may have settled before the lease existed: what it changes
+        // would come after the grant, unrecalled.
         if table.cooling.contains_key(&dir)
             || table.benched.contains_key(&holder)
             || table.dirs.len() >= LEASES_MAX
+            || table.others_busy(holder, dir)
         {
             return false;
         }
@@ -210,6 +226,33 @@ impl Leases {
             table.end(dir);
             self.count(&table);
         }
+    }
+
+    /// A call of `me` that names `dirs` (and may remove or replace a directory, `removes`)
+    /// starts: until the guard drops, no one else is granted a lease on them (or on any
+    /// directory, while it may remove one). Taken before the call settles.
+    pub fn enter(
+        self: &Arc<Self>,
+        me: Option<Holder>,
+        dirs: &[u64],
+        removes: bool,
+    ) -> Option<InProgress> {
+        if !self.enabled || (dirs.is_empty() && !removes) {
+            return None;
+        }
+        let mut table = self.table();
+        for &dir in dirs {
+            *table.busy.entry(dir).or_default().entry(me).or_default() += 1;
+        }
+        if removes {
+            *table.removing.entry(me).or_default() += 1;
+        }
+        Some(InProgress {
+            leases: self.clone(),
+            me,
+            dirs: dirs.to_vec(),
+            removes,
+        })
     }
 
     /// Before a call of `me` that names `dirs`: recalls every lease another holder has on
@@ -270,6 +313,42 @@ impl Leases {
     }
 }
 
+/// A call in progress (see [`Leases::enter`]).
+#[derive(Debug)]
+pub struct InProgress {
+    leases: Arc<Leases>,
+    me: Option<Holder>,
+    dirs: Vec<u64>,
+    removes: bool,
+}
+
+/// Counts one call of `caller` less in `counts`, forgetting it at none.
+fn leave(counts: &mut HashMap<Option<Holder>, usize>, caller: Option<Holder>) {
+    if let Some(count) = counts.get_mut(&caller) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&caller);
+        }
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        let mut table = self.leases.table();
+        for dir in &self.dirs {
+            if let Some(callers) = table.busy.get_mut(dir) {
+                leave(callers, self.me);
+                if callers.is_empty() {
+                    table.busy.remove(dir);
+                }
+            }
+        }
+        if self.removes {
+            leave(&mut table.removing, self.me);
+        }
+    }
+}
+
 /// A holder's recalls, as the `Recalls` call streams them; dropping it (the call ended) ends
 /// the holder's leases.
 #[derive(Debug)]
@@ -319,6 +398,25 @@ mod tests {
         assert!(!leases.grant(B, 5), "only the holder gives it back");
         leases.give_back(A, 5);
         assert!(leases.grant(B, 5));
+    }
+
+    #[tokio::test]
+    async fn no_lease_while_a_call_naming_the_directory_is_in_progress() {
+        let leases = Arc::new(Leases::new(true));
+        let _a = leases.listen(A).expect("listening");
+        let call = leases.enter(Some(B), &[5, 6], false);
+        let own = leases.enter(Some(A), &[5], false);
+        assert!(!leases.grant(A, 5));
+        assert!(leases.grant(A, 7));
+        drop(call);
+        assert!(leases.grant(A, 5), "its own call stands in no one's way");
+        drop(own);
+        let removing = leases.enter(None, &[9], true);
+        assert!(!leases.grant(A, 8), "a directory may be going");
+        drop(removing);
+        assert!(leases.grant(A, 8));
+        let table = leases.table();
+        assert!(table.busy.is_empty() && table.removing.is_empty());
     }
 
     #[tokio::test]
