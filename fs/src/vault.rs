@@ -1290,6 +1290,10 @@ impl Vault {
                 continue;
             }
             if let Err(error) = self.send_closed(ino, &file, &mut state).await {
+                if state.handles == 0 {
+                    // Queued again if storaged was unreachable.
+                    self.not_sent(ino, error.clone());
+                }
                 first_error.get_or_insert(error);
             }
         }

@@ -90,6 +90,8 @@ pub struct Leases {
     table: Mutex<Table>,
     /// Leases held: a call finds none without taking the lock.
     held: AtomicUsize,
+    /// The server is stopping: no one listens for recalls any more.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Leases {
@@ -105,6 +107,7 @@ impl Leases {
             enabled,
             table: Mutex::new(Table::default()),
             held: AtomicUsize::new(0),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -139,6 +142,9 @@ impl Leases {
         }
         let (sender, receiver) = mpsc::channel(HELD_MAX);
         let mut table = self.table();
+        if self.stopped.load(Ordering::SeqCst) {
+            return None;
+        }
         table.next_listener += 1;
         let id = table.next_listener;
         let held = table.dirs.values().filter(|l| l.holder == holder).count();
@@ -156,6 +162,19 @@ impl Leases {
             holder,
             id,
         })
+    }
+
+    /// Ends every `Recalls` call (the server is stopping), and with them every lease; no
+    /// call listens again.
+    pub fn stop_listening(&self) {
+        let mut table = self.table();
+        self.stopped.store(true, Ordering::SeqCst);
+        table.listeners.clear();
+        let held: Vec<u64> = table.dirs.keys().copied().collect();
+        for dir in held {
+            table.end(dir);
+        }
+        self.count(&table);
     }
 
     /// `holder` stopped listening: its leases go.
@@ -417,6 +436,17 @@ mod tests {
         assert!(leases.grant(A, 8));
         let table = leases.table();
         assert!(table.busy.is_empty() && table.removing.is_empty());
+    }
+
+    #[tokio::test]
+    async fn stopping_ends_every_recall_stream_and_lease() {
+        let leases = Arc::new(Leases::new(true));
+        let mut recalls = leases.listen(A).expect("listening");
+        assert!(leases.grant(A, 5));
+        leases.stop_listening();
+        assert!(recalls.next().await.is_none(), "the stream ends");
+        assert!(!leases.others_hold_any(None));
+        assert!(leases.listen(B).is_none(), "no one listens again");
     }
 
     #[tokio::test]

@@ -135,8 +135,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .max_encoding_message_size(proto::limits::MESSAGE_BYTES_MAX);
 
     let (stop, stopped) = watch::channel(false);
+    let leases = state.leases.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
+        // A graceful stop waits for every call in progress, and a client listens for
+        // recalls as long as it is mounted: end those calls (their leases go with them).
+        leases.stop_listening();
         let _ = stop.send(true);
     });
     let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
@@ -188,9 +192,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     println!("{announce}");
     tracing::info!("{announce}");
-    let served = match tcp {
-        Some(tcp) => tokio::try_join!(unix, tcp).map(drop),
-        None => unix.await,
+    let serving = async {
+        match tcp {
+            Some(tcp) => tokio::try_join!(unix, tcp).map(drop),
+            None => unix.await,
+        }
+    };
+    // A graceful stop waits for every connection to close, and a client's idle channel may
+    // not answer the server's goodbye (each vaultfs thread drives its own channel only while
+    // it makes a call): after a grace period the remaining connections are dropped.
+    let mut grace = stopped.clone();
+    let served = tokio::select! {
+        served = serving => served,
+        () = async move {
+            let _ = grace.wait_for(|s| *s).await;
+            tokio::time::sleep(STOP_GRACE).await;
+        } => {
+            tracing::info!(seconds = STOP_GRACE.as_secs(), "connections still open after the stop's grace period; dropping them");
+            Ok(())
+        }
     };
     let _ = std::fs::remove_file(&config.socket);
     let _ = std::fs::remove_file(&descriptor_socket);
@@ -203,6 +223,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("storaged stopped");
     Ok(())
 }
+
+/// How long a stop waits for clients' connections to close.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The gRPC server with flow-control windows sized for 8 MiB chunks.
 fn http2_server() -> Server {

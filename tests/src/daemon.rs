@@ -197,11 +197,13 @@ impl Storaged {
     }
 
     /// SIGTERM and wait: a clean stop.
+    /// Stops the daemon with SIGTERM; it must exit by itself (within 20 s), even with clients
+    /// connected.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child pid");
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            for _ in 0..100 {
+            for _ in 0..400 {
                 if child.try_wait().ok().flatten().is_some() {
                     return;
                 }
@@ -209,6 +211,7 @@ impl Storaged {
             }
             let _ = child.kill();
             let _ = child.wait();
+            panic!("storaged did not stop within 20 s of SIGTERM (killed)");
         }
     }
 
