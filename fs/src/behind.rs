@@ -78,6 +78,20 @@ impl Behind {
         true
     }
 
+    /// Runs `work` while holding the lease on `dir` (a recall's drain starts only after it),
+    /// if this client holds it; whether it held it and `work` said yes.
+    pub fn while_held(&self, dir: u64, work: impl FnOnce() -> bool) -> bool {
+        let mut leases = self.leases.lock().expect("leases poisoned");
+        let Some(Lease::Held(used)) = leases.get_mut(&dir) else {
+            return false;
+        };
+        if !work() {
+            return false;
+        }
+        *used = Instant::now();
+        true
+    }
+
     /// Queues a closed file for the uploader (once).
     pub fn defer(&self, ino: u64) {
         let mut queue = self.queue.lock().expect("queue poisoned");
@@ -260,6 +274,18 @@ mod tests {
         behind.recalled(5);
         behind.answered(5, true);
         assert!(!behind.may_defer(5));
+    }
+
+    #[test]
+    fn work_runs_only_under_a_held_lease() {
+        let behind = Behind::default();
+        assert!(!behind.while_held(2, || panic!("no lease")));
+        assert!(behind.should_ask(2));
+        behind.answered(2, true);
+        assert!(behind.while_held(2, || true));
+        assert!(!behind.while_held(2, || false));
+        behind.recalled(2);
+        assert!(!behind.while_held(2, || panic!("recalled")));
     }
 
     #[test]

@@ -713,40 +713,33 @@ impl Vault {
             };
             let key = DataKey::generate();
             let wrapped_keys = self.shared.keys.wrap_new_file(ino, &key, parent).await?;
-            let name_owned = name.to_vec();
+            // Created on the server at its first flush, with its first chunk (one round trip
+            // for a small file instead of two). O_EXCL asks the server now, its answer atomic
+            // with the open, unless this client holds the directory's lease and knows its
+            // every name: then no other client can take the name before this one is there.
+            let pending = CreateRequest {
+                lazy: true,
+                parent,
+                name: name.to_vec(),
+                perm,
+                uid,
+                gid,
+                ino,
+                wrapped_keys,
+                exclusive: true,
+            };
             if !exclusive {
-                // Created on the server at its first flush, with its first chunk (one round
-                // trip for a small file instead of two). O_EXCL asks the server now: its
-                // answer must be atomic with the open.
-                let request = CreateRequest {
-                    lazy: true,
-                    parent,
-                    name: name_owned,
-                    perm,
-                    uid,
-                    gid,
-                    ino,
-                    wrapped_keys,
-                    exclusive: true,
-                };
-                return Ok(self.created_pending(ino, &key, parent, request));
+                return Ok(self.created_pending(ino, &key, parent, pending));
+            }
+            if let Some(created) = self.created_exclusive_here(ino, &key, &pending) {
+                return Ok(created);
             }
             let asked = Instant::now();
             let created = self
                 .shared
                 .remote
                 .call("create", |mut api| {
-                    let request = CreateRequest {
-                        lazy: true,
-                        parent,
-                        name: name_owned.clone(),
-                        perm,
-                        uid,
-                        gid,
-                        ino,
-                        wrapped_keys: wrapped_keys.clone(),
-                        exclusive,
-                    };
+                    let request = pending.clone();
                     async move { api.create(request).await }
                 })
                 .await;
@@ -755,6 +748,7 @@ impl Vault {
             let attr = created?;
             self.shared.remember_name(attr.ino, name);
             self.learn_attr(&attr);
+            self.ask_lease(parent);
             if attr.ino != ino {
                 // Not exclusive, and the name existed: open that file as it is.
                 let fh = self.open_async(attr.ino).await?.0;
@@ -773,8 +767,46 @@ impl Vault {
         parent: u64,
         request: CreateRequest,
     ) -> (Attr, u64) {
+        let attr = self.new_file_attr(ino, &request);
+        self.shared.add_pending(
+            ino,
+            crate::shared::Pending {
+                parent,
+                name: request.name.clone(),
+                attr,
+            },
+        );
+        self.created_known(ino, key, attr, Some(request))
+    }
+
+    /// An `O_EXCL` create decided here (see `create`): only under the directory's lease, in
+    /// a directory whose every name this client knows (proven after the grant), for a name
+    /// absent there and not pending. The file is pending and open before the lease can be
+    /// recalled, so a recall's drain creates it on the server before anyone else may ask for
+    /// the name.
+    fn created_exclusive_here(
+        &self,
+        ino: u64,
+        key: &DataKey,
+        request: &CreateRequest,
+    ) -> Option<(Attr, u64)> {
+        let (parent, name) = (request.parent, &request.name);
+        let mut created = None;
+        self.behind.while_held(parent, || {
+            let free = self.shared.dirs().absent(parent, name, Instant::now())
+                && self.shared.pending_named(parent, name).is_none();
+            if free {
+                created = Some(self.created_pending(ino, key, parent, request.clone()));
+            }
+            free
+        });
+        created.inspect(|_| self.shared.remember_name(ino, name))
+    }
+
+    /// The attributes the server will give a new file it creates from `request`.
+    fn new_file_attr(&self, ino: u64, request: &CreateRequest) -> Attr {
         let now = Some(stamp(std::time::SystemTime::now()));
-        let attr = Attr {
+        Attr {
             ino,
             kind: FileKind::Regular as i32,
             perm: request.perm & 0o7777,
@@ -791,16 +823,7 @@ impl Vault {
             may_read: true,
             may_write: true,
             parent_version: 0,
-        };
-        self.shared.add_pending(
-            ino,
-            crate::shared::Pending {
-                parent,
-                name: request.name.clone(),
-                attr,
-            },
-        );
-        self.created_known(ino, key, attr, Some(request))
+        }
     }
 
     /// A new file this client made: created on the server already (`pending` is none), or

@@ -508,6 +508,98 @@ fn concurrent_renames(pair: Pair) {
     );
 }
 
+/// `O_EXCL` creates of the same names from two mounts, one of which holds the directory's
+/// lease and so decides its own creates there without asking the server: each name has
+/// exactly one winner, whose content it holds on both mounts.
+fn exclusive_creates_from_two_mounts_have_one_winner_per_name(backend: Backend) {
+    let embedded = matches!(backend, Backend::Sqlite);
+    // (Over MongoDB every create asks the server, and a debug build's calls there are slow.)
+    let names: usize = if embedded { 400 } else { 100 };
+    let metrics = format!("127.0.0.1:{}", tests::daemon::free_port());
+    let pair = pair_with(&backend, 1, &["--metrics-addr", &metrics]);
+    let Pair { first, second, .. } = &pair;
+    let exclusive = |path: std::path::PathBuf, tag: &str| match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            std::io::Write::write_all(&mut file, tag.as_bytes()).expect("write");
+            true
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(error) => panic!("{}: {error}", path.display()),
+    };
+    fs::create_dir(first.join("locks")).expect("mkdir");
+    // The first mount takes the lease: its O_EXCL creates there soon skip the server.
+    let mut warm = 0;
+    while embedded && server_calls(&metrics, "lease", "ok") == 0 {
+        assert!(warm < 200, "no lease on the directory");
+        assert!(exclusive(first.join(&format!("locks/warm{warm}")), "warm"));
+        warm += 1;
+    }
+    for i in warm..warm + 20 {
+        assert!(exclusive(first.join(&format!("locks/warm{i}")), "warm"));
+    }
+    // Names the first mount holds open, created under its lease: the second cannot take them.
+    let held: Vec<fs::File> = (0..50)
+        .map(|i| {
+            let path = first.join(&format!("locks/held{i}"));
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .expect("create on the first mount");
+            std::io::Write::write_all(&mut file, b"first").expect("write");
+            file
+        })
+        .collect();
+    for i in 0..50 {
+        assert!(
+            !exclusive(second.join(&format!("locks/held{i}")), "second"),
+            "held{i} was taken twice"
+        );
+    }
+    drop(held);
+    for i in 0..50 {
+        let content = fs::read(second.join(&format!("locks/held{i}"))).expect("read");
+        assert_eq!(content, b"first", "held{i}");
+    }
+    let racers: Vec<_> = [(first.path(), "first"), (second.path(), "second")]
+        .into_iter()
+        .map(|(root, tag)| {
+            std::thread::spawn(move || {
+                let order: Vec<usize> = match tag {
+                    "first" => (0..names).collect(),
+                    _ => (0..names).rev().collect(),
+                };
+                order
+                    .into_iter()
+                    .filter(|i| exclusive(root.join(format!("locks/l{i}")), tag))
+                    .collect::<Vec<usize>>()
+            })
+        })
+        .collect();
+    let won: Vec<Vec<usize>> = racers
+        .into_iter()
+        .map(|r| r.join().expect("a racer failed"))
+        .collect();
+    let mut all = won.concat();
+    all.sort_unstable();
+    assert_eq!(all, (0..names).collect::<Vec<_>>(), "one winner per name");
+    assert!(!won[0].is_empty() && !won[1].is_empty(), "both won some");
+    for (winner, tag) in [(&won[0], "first"), (&won[1], "second")] {
+        for i in winner {
+            for mount in [first, second] {
+                let content = fs::read(mount.join(&format!("locks/l{i}"))).expect("read");
+                assert_eq!(content, tag.as_bytes(), "l{i}");
+            }
+        }
+    }
+    let recalls = server_calls(&metrics, "recall", "");
+    assert_eq!(recalls > 0, embedded, "{recalls} recalls");
+}
+
 tests::on_every_backend!(
     sync: what_one_mount_closes_the_other_reads_after_open,
     concurrent_writers_to_one_file_both_land_and_every_chunk_opens,
@@ -515,4 +607,5 @@ tests::on_every_backend!(
     lookups_in_a_directory_made_here_skip_the_server,
     lookups_after_a_listing_skip_the_server,
     files_closed_under_a_lease_show_at_the_other_mounts_next_open,
+    exclusive_creates_from_two_mounts_have_one_winner_per_name,
 );
