@@ -22,9 +22,6 @@ use std::time::{Duration, Instant};
 /// Larger new files are not held back: their upload costs more than the wait, and a killed
 /// client would lose more (with the queue's bound, at most 16 MiB in all).
 pub const FILE_BYTES_MAX: u64 = 64 * 1024;
-/// Threads sending queued files (one keeps the replies, and so the directory versions they
-/// carry, in order).
-pub const UPLOADERS: usize = 1;
 /// Closed files waiting for the uploader at most; a close beyond waits for the server itself.
 pub const QUEUED_MAX: usize = 256;
 /// A lease no close used for this long goes back to the server.
@@ -66,16 +63,10 @@ pub struct Behind {
 impl Behind {
     /// Whether a close of a new file in `dir` may return before the server has it.
     pub fn may_defer(&self, dir: u64) -> bool {
-        let mut leases = self.leases.lock().expect("leases poisoned");
-        let Some(Lease::Held(used)) = leases.get_mut(&dir) else {
-            return false;
-        };
-        let queue = self.queue.lock().expect("queue poisoned");
-        if queue.stopping || queue.order.len() >= QUEUED_MAX {
-            return false;
-        }
-        *used = Instant::now();
-        true
+        self.while_held(dir, || {
+            let queue = self.queue.lock().expect("queue poisoned");
+            !queue.stopping && queue.order.len() < QUEUED_MAX
+        })
     }
 
     /// Runs `work` while holding the lease on `dir` (a recall's drain starts only after it),

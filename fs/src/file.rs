@@ -402,7 +402,7 @@ impl FileState {
 
     /// One dirty chunk, not uploaded yet: a flush seals and commits it in one call.
     fn single_dirty(&self) -> bool {
-        self.dirty.len() == 1 && self.dirty.values().all(|d| d.upload.is_none())
+        self.dirty.len() == 1 && self.small()
     }
 
     /// Re-reads the committed size and chunk map.

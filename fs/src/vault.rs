@@ -867,7 +867,7 @@ impl Vault {
         }
         if let Some(file) = self.open_file(ino) {
             let mut state = file.lock().await;
-            if state.handles == 0 || self.behind.is_queued(ino) {
+            if self.closed(&state) {
                 // Closed, and queued for the uploader: send it whole now.
                 return self.send_closed(ino, &file, &mut state).await;
             }
@@ -876,6 +876,12 @@ impl Vault {
             }
         }
         Ok(())
+    }
+
+    /// Whether the file was closed: its last handle is gone, or a close queued it while a
+    /// release is still to come.
+    fn closed(&self, state: &FileState) -> bool {
+        state.handles == 0 || self.behind.is_queued(state.ino)
     }
 
     /// Sends what a closed file (its last handle gone, or closed under a lease, see
@@ -892,14 +898,12 @@ impl Vault {
             self.release_orphan(ino).await;
             Ok(())
         } else {
-            match state.flush(&self.shared, false).await {
-                Ok(Some(attr)) => {
+            let flushed = state.flush(&self.shared, false).await;
+            flushed.map(|attr| {
+                if let Some(attr) = attr {
                     self.record_commit(&attr, state);
-                    Ok(())
                 }
-                Ok(None) => Ok(()),
-                Err(error) => Err(error),
-            }
+            })
         };
         self.retire_if_done(ino, file, state);
         sent
@@ -1239,34 +1243,34 @@ impl Vault {
         {
             return;
         }
-        for _ in 0..crate::behind::UPLOADERS {
-            let uploader = me.clone();
-            let started = std::thread::Builder::new()
-                .name("vaultfs-behind".into())
-                .spawn(move || {
-                    while let Some(vault) = uploader.upgrade() {
-                        if vault.behind.stopping() {
-                            return;
-                        }
-                        for dir in vault.behind.idle(crate::behind::LEASE_IDLE) {
-                            let giving = vault.clone();
-                            vault
-                                .shared
-                                .spawn(async move { giving.give_back(dir).await });
-                        }
-                        let queued = vault.behind.next(
-                            proto::limits::PUTS_PER_CALL_MAX,
-                            std::time::Duration::from_secs(1),
-                        );
-                        if !queued.is_empty() {
-                            vault.send_queued(queued);
-                        }
+        // One uploader: its calls, and so the directory versions their replies carry, come
+        // in order.
+        let uploader = me.clone();
+        let started = std::thread::Builder::new()
+            .name("vaultfs-behind".into())
+            .spawn(move || {
+                while let Some(vault) = uploader.upgrade() {
+                    if vault.behind.stopping() {
+                        return;
                     }
-                });
-            if let Err(error) = started {
-                tracing::warn!(%error, "no uploader thread: every close waits for the server");
-                return;
-            }
+                    for dir in vault.behind.idle(crate::behind::LEASE_IDLE) {
+                        let giving = vault.clone();
+                        vault
+                            .shared
+                            .spawn(async move { giving.give_back(dir).await });
+                    }
+                    let queued = vault.behind.next(
+                        proto::limits::PUTS_PER_CALL_MAX,
+                        std::time::Duration::from_secs(1),
+                    );
+                    if !queued.is_empty() {
+                        vault.send_queued(queued);
+                    }
+                }
+            });
+        if let Err(error) = started {
+            tracing::warn!(%error, "no uploader thread: every close waits for the server");
+            return;
         }
         self.shared
             .spawn(hear_recalls(me, self.shared.remote.clone()));
@@ -1293,7 +1297,7 @@ impl Vault {
                 continue;
             };
             let mut state = file.lock().await;
-            if !state.retired && (state.handles == 0 || self.behind.is_queued(ino)) {
+            if !state.retired && self.closed(&state) {
                 self.send_closed(ino, &file, &mut state).await?;
             }
         }
@@ -1618,7 +1622,6 @@ async fn hear_recalls(me: std::sync::Weak<Vault>, remote: crate::remote::Remote)
                     let Some(vault) = me.upgrade() else {
                         return;
                     };
-                    vault.behind.recalled(recall.dir);
                     tokio::spawn(async move { vault.give_back(recall.dir).await });
                 }
             }

@@ -59,7 +59,7 @@ struct Table {
     benched: HashMap<Holder, Instant>,
     next_listener: u64,
     /// Calls in progress that name each directory, by caller (see [`Leases::enter`]).
-    busy: HashMap<u64, HashMap<Option<Holder>, usize>>,
+    busy: HashMap<(u64, Option<Holder>), usize>,
     /// Calls in progress that may remove or replace a directory, by caller.
     removing: HashMap<Option<Holder>, usize>,
 }
@@ -68,8 +68,12 @@ impl Table {
     /// Whether a call of anyone but `holder` naming `dir`, or removing a directory, is in
     /// progress.
     fn others_busy(&self, holder: Holder, dir: u64) -> bool {
+        // Calls in progress are few: a scan is cheaper than keeping an index.
         let other = |caller: &Option<Holder>| *caller != Some(holder);
-        self.busy.get(&dir).is_some_and(|c| c.keys().any(other)) || self.removing.keys().any(other)
+        self.busy
+            .keys()
+            .any(|(named, caller)| *named == dir && other(caller))
+            || self.removing.keys().any(other)
     }
 }
 
@@ -261,7 +265,7 @@ impl Leases {
         }
         let mut table = self.table();
         for &dir in dirs {
-            *table.busy.entry(dir).or_default().entry(me).or_default() += 1;
+            *table.busy.entry((dir, me)).or_default() += 1;
         }
         if removes {
             *table.removing.entry(me).or_default() += 1;
@@ -341,12 +345,12 @@ pub struct InProgress {
     removes: bool,
 }
 
-/// Counts one call of `caller` less in `counts`, forgetting it at none.
-fn leave(counts: &mut HashMap<Option<Holder>, usize>, caller: Option<Holder>) {
-    if let Some(count) = counts.get_mut(&caller) {
+/// Counts one call less under `key` in `counts`, forgetting the key at none.
+fn leave<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K) {
+    if let Some(count) = counts.get_mut(&key) {
         *count -= 1;
         if *count == 0 {
-            counts.remove(&caller);
+            counts.remove(&key);
         }
     }
 }
@@ -354,13 +358,8 @@ fn leave(counts: &mut HashMap<Option<Holder>, usize>, caller: Option<Holder>) {
 impl Drop for InProgress {
     fn drop(&mut self) {
         let mut table = self.leases.table();
-        for dir in &self.dirs {
-            if let Some(callers) = table.busy.get_mut(dir) {
-                leave(callers, self.me);
-                if callers.is_empty() {
-                    table.busy.remove(dir);
-                }
-            }
+        for &dir in &self.dirs {
+            leave(&mut table.busy, (dir, self.me));
         }
         if self.removes {
             leave(&mut table.removing, self.me);
