@@ -3,7 +3,7 @@
 
 use crypto::{ChunkContext, DataKey, OpenError, SealError, open, open_in_place, seal};
 use format::envelope::{Header, HeaderError};
-use format::ids::{FileId, VaultId};
+use format::ids::{ChunkIndex, FileId, Generation, VaultId};
 use format::limits::{CHUNK_BYTES, ENVELOPE_BYTES};
 use proptest::prelude::*;
 
@@ -13,8 +13,8 @@ fn at(file: u64, index: u64, generation: u64, last: bool) -> ChunkContext {
     ChunkContext {
         vault: VAULT,
         file: FileId(file),
-        index,
-        generation,
+        index: ChunkIndex(index),
+        generation: Generation(generation),
         last,
     }
 }

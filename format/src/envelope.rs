@@ -16,7 +16,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::ids::{FileId, VaultId};
+use crate::ids::{ChunkIndex, FileId, Generation, VaultId};
 use crate::limits::{CHUNK_BYTES, CHUNK_INDEX_MAX, ENVELOPE_BYTES, SEALED_CHUNK_BYTES_MAX};
 
 pub const MAGIC: [u8; 2] = *b"VC";
@@ -40,8 +40,8 @@ pub(crate) const HEADER_LAYOUT_BYTES: usize = COMMITMENT_AT + COMMITMENT_BYTES;
 pub struct ChunkContext {
     pub vault: VaultId,
     pub file: FileId,
-    pub index: u64,
-    pub generation: u64,
+    pub index: ChunkIndex,
+    pub generation: Generation,
     pub last: bool,
 }
 
@@ -118,15 +118,15 @@ impl Header {
     /// A version 1 header for `context`, with the cryptographic fields zeroed for the sealer
     /// to fill in.
     pub fn for_context(context: &ChunkContext) -> Result<Header, HeaderError> {
-        let index = u32::try_from(context.index)
+        let index = u32::try_from(context.index.get())
             .ok()
             .filter(|&i| u64::from(i) <= CHUNK_INDEX_MAX)
-            .ok_or(HeaderError::IndexOutOfRange(context.index))?;
+            .ok_or(HeaderError::IndexOutOfRange(context.index.get()))?;
         Ok(Header {
             version: VERSION_1,
             last: context.last,
             index,
-            generation: context.generation,
+            generation: context.generation.get(),
             file_tag: file_tag(context.vault, context.file),
             nonce: [0; NONCE_BYTES],
             tag: [0; TAG_BYTES],
@@ -184,21 +184,22 @@ impl Header {
         if self.file_tag != file_tag(expected.vault, expected.file) {
             return Err(HeaderError::WrongFile);
         }
-        if u64::from(self.index) != expected.index {
+        let (index, generation) = (expected.index.get(), expected.generation.get());
+        if u64::from(self.index) != index {
             return Err(HeaderError::WrongIndex {
-                expected: expected.index,
+                expected: index,
                 found: self.index.into(),
             });
         }
-        if self.generation < expected.generation {
+        if self.generation < generation {
             return Err(HeaderError::StaleGeneration {
-                expected: expected.generation,
+                expected: generation,
                 found: self.generation,
             });
         }
-        if self.generation != expected.generation {
+        if self.generation != generation {
             return Err(HeaderError::UnexpectedGeneration {
-                expected: expected.generation,
+                expected: generation,
                 found: self.generation,
             });
         }
@@ -235,8 +236,8 @@ mod tests {
         ChunkContext {
             vault: VaultId([7; 16]),
             file: FileId(42),
-            index: 3,
-            generation: 9,
+            index: ChunkIndex(3),
+            generation: Generation(9),
             last,
         }
     }
@@ -297,10 +298,10 @@ mod tests {
     #[test]
     fn index_beyond_u32_is_refused() {
         let mut ctx = context(true);
-        ctx.index = u64::from(u32::MAX) + 1;
+        ctx.index = ChunkIndex(u64::from(u32::MAX) + 1);
         assert_eq!(
             Header::for_context(&ctx),
-            Err(HeaderError::IndexOutOfRange(ctx.index))
+            Err(HeaderError::IndexOutOfRange(ctx.index.get()))
         );
     }
 }

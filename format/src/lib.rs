@@ -13,4 +13,4 @@ pub mod limits;
 pub mod wrapped;
 
 pub use envelope::{Header, HeaderError};
-pub use ids::{FileId, VaultId};
+pub use ids::{ChunkIndex, FileId, Generation, Handle, VaultId, Version};

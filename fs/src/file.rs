@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use crypto::{ChunkCipher, ChunkContext};
-use format::ids::FileId;
+use format::ids::{ChunkIndex, FileId, Generation};
 use format::limits::{CHUNK_BYTES, FILE_BYTES_MAX};
 use proto::ErrorKind;
 use proto::v1::{
@@ -697,8 +697,8 @@ impl FileState {
             let context = ChunkContext {
                 vault,
                 file: FileId(ino),
-                index,
-                generation,
+                index: ChunkIndex(index),
+                generation: Generation(generation),
                 last,
             };
             let sealed = crypto_work(len, move || crypto::seal(&cipher, &context, &data[..len]))
@@ -928,8 +928,8 @@ impl FileState {
         let context = ChunkContext {
             vault: shared.keys.vault(),
             file: FileId(ino),
-            index,
-            generation,
+            index: ChunkIndex(index),
+            generation: Generation(generation),
             last: last_index(size) == Some(index),
         };
         let (cipher, data) = (self.cipher.clone(), dirty.data.clone());

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use crypto::{ChunkCipher, ChunkContext};
-use format::ids::FileId;
+use format::ids::{ChunkIndex, FileId, Generation};
 use proto::v1::{GetChunkReply, GetChunkRequest};
 
 use crate::cache::{ChunkCache, CleanChunk};
@@ -309,8 +309,8 @@ impl Shared {
         let context = ChunkContext {
             vault: self.keys.vault(),
             file: FileId(ino),
-            index,
-            generation: reply.generation,
+            index: ChunkIndex(index),
+            generation: Generation(reply.generation),
             last: read.last,
         };
         let cipher = read.cipher.clone();

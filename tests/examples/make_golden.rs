@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use crypto::{ChunkContext, DataKey, WrapContext, WrapKind, seal, wrap};
-use format::ids::{FileId, VaultId};
+use format::ids::{ChunkIndex, FileId, Generation, VaultId};
 use format::layout;
 use identity::{Identity, KdfParams, KeyFile, KeyKind};
 use sha2::{Digest, Sha256};
@@ -68,8 +68,8 @@ fn main() -> std::io::Result<()> {
             let context = ChunkContext {
                 vault,
                 file,
-                index,
-                generation,
+                index: ChunkIndex(index),
+                generation: Generation(generation),
                 last: true,
             };
             let sealed = seal(&cipher, &context, &plaintext).expect("seal");
@@ -96,8 +96,8 @@ fn print_vectors(vault: VaultId) {
     let context = ChunkContext {
         vault,
         file,
-        index: 3,
-        generation: 7,
+        index: ChunkIndex(3),
+        generation: Generation(7),
         last: true,
     };
     let plaintext = b"vault format v1 test vector";

@@ -3,7 +3,7 @@
 
 use client::ClientError;
 use crypto::{ChunkCipher, ChunkContext, DataKey, WrapContext, WrapKind};
-use format::ids::{FileId, VaultId};
+use format::ids::{ChunkIndex, FileId, Generation, VaultId};
 use proto::v1::{
     Attr, CreateRequest, GetChunkRequest, GetWrappedKeysRequest, Principal, PutChunkRequest,
     WrappedKey, principal,
@@ -110,8 +110,8 @@ impl TestFile {
         let context = ChunkContext {
             vault: self.vault,
             file: FileId(self.ino),
-            index,
-            generation,
+            index: ChunkIndex(index),
+            generation: Generation(generation),
             last,
         };
         crypto::seal(&self.cipher, &context, plaintext).expect("seal")
@@ -169,8 +169,8 @@ impl TestFile {
         let context = ChunkContext {
             vault: self.vault,
             file: FileId(self.ino),
-            index,
-            generation: reply.generation,
+            index: ChunkIndex(index),
+            generation: Generation(reply.generation),
             last,
         };
         let plaintext =

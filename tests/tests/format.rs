@@ -6,7 +6,7 @@ use std::fs;
 
 use crypto::{ChunkContext, DataKey, WrapContext, WrapKind, open, unwrap};
 use format::envelope::file_tag;
-use format::ids::{FileId, VaultId};
+use format::ids::{ChunkIndex, FileId, Generation, VaultId};
 use format::layout;
 use identity::{KeyFile, KeyKind};
 use sha2::{Digest, Sha256};
@@ -63,8 +63,8 @@ fn documented_chunk_vector_opens() {
     let context = ChunkContext {
         vault,
         file,
-        index: 3,
-        generation: 7,
+        index: ChunkIndex(3),
+        generation: Generation(7),
         last: true,
     };
     let plaintext = open(&cipher, &context, &bytes(&v, "chunk.sealed")).expect("vector opens");
@@ -170,8 +170,8 @@ fn golden_fixture_v1_opens() {
             let context = ChunkContext {
                 vault,
                 file,
-                index: chunk.index,
-                generation: chunk.generation,
+                index: ChunkIndex(chunk.index),
+                generation: Generation(chunk.generation),
                 last: chunk.last,
             };
             let plaintext = open(&cipher, &context, &sealed)

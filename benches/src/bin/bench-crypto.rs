@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use benches::{gigabytes_per_second, median_time, print_table};
 use crypto::{ChunkContext, DataKey, open, open_in_place, seal};
-use format::ids::{FileId, VaultId};
+use format::ids::{ChunkIndex, FileId, Generation, VaultId};
 use format::limits::CHUNK_BYTES;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
@@ -15,8 +15,8 @@ fn main() {
     let context = ChunkContext {
         vault: VaultId([1; 16]),
         file: FileId(2),
-        index: 0,
-        generation: 1,
+        index: ChunkIndex(0),
+        generation: Generation::FIRST,
         last: false,
     };
     let plaintext: Vec<u8> = (0..CHUNK_BYTES).map(|i| (i % 253) as u8).collect();
