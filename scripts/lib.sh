@@ -13,7 +13,7 @@ vault_start_daemon() {
         chmod 600 "$dir/passphrase"
     fi
     if [[ ! -f $XDG_CONFIG_HOME/vault/admin.vkey ]]; then
-        "$bin/storaged" admin init --passphrase-file "$dir/passphrase" --data-dir "$dir/data"
+        "$bin/vault-admin" init --passphrase-file "$dir/passphrase" --data-dir "$dir/data"
     fi
     if [[ -s $dir/storaged.pid ]] && kill -0 "$(cat "$dir/storaged.pid")" 2>/dev/null; then
         echo "storaged already running (pid $(cat "$dir/storaged.pid"))"
@@ -46,8 +46,8 @@ vault_user() {
     local fingerprint
     fingerprint=$("$bin/vaultfs" key show | awk '/^fingerprint/ {$1=""; print substr($0, 2)}')
     "$bin/vaultfs" register --server "$server" --name "$name" "${pass[@]}" > /dev/null
-    if "$bin/storaged" admin pending --server "$server" "${pass[@]}" | grep -q "^$name"; then
-        "$bin/storaged" admin approve "$name" --fingerprint "$fingerprint" --server "$server" "${pass[@]}"
+    if "$bin/vault-admin" pending --server "$server" "${pass[@]}" | grep -q "^$name"; then
+        "$bin/vault-admin" approve "$name" --fingerprint "$fingerprint" --server "$server" "${pass[@]}"
     fi
     "$bin/vaultfs" login "${pass[@]}"
 }

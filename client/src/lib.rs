@@ -3,22 +3,23 @@
 //! fingerprint), login by signing a challenge, the session token on every call, and errors
 //! carrying the server's machine-readable [`ErrorKind`].
 
+mod args;
 mod tls;
+
+pub use args::ServerArgs;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use hyper_util::rt::TokioIo;
-use identity::Identity;
+use identity::{CertificateFingerprint, Identity};
 use proto::ErrorKind;
 use proto::v1::vault_client::VaultClient;
 use proto::v1::{ChallengeRequest, HelloReply, HelloRequest, LoginRequest};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-
-pub use tls::{Fingerprint, certificate_fingerprint};
 
 /// Where a server is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +28,7 @@ pub enum Target {
     /// `host:port`, and the SHA-256 of the server's certificate (printed by storaged).
     Tls {
         address: String,
-        pin: Fingerprint,
+        pin: CertificateFingerprint,
     },
 }
 
@@ -35,6 +36,8 @@ pub enum Target {
 pub enum ClientError {
     #[error("bad server address {0:?}: use unix:PATH or https://HOST:PORT")]
     BadTarget(String),
+    #[error("bad server fingerprint {0:?}: use sha256: and 64 hex digits, as storaged prints it")]
+    BadFingerprint(String),
     #[error("cannot reach storaged at {target}: {reason}")]
     Connect { target: String, reason: String },
     /// The server refused or failed the call.
@@ -51,7 +54,7 @@ impl ClientError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ClientError::Server { kind, .. } => *kind,
-            ClientError::BadTarget(_) => ErrorKind::Invalid,
+            ClientError::BadTarget(_) | ClientError::BadFingerprint(_) => ErrorKind::Invalid,
             ClientError::Connect { .. } => ErrorKind::Unavailable,
         }
     }
@@ -89,7 +92,7 @@ impl fmt::Display for Target {
 
 impl Target {
     /// Parses `unix:PATH` or `https://HOST:PORT` (the latter needs the certificate pin).
-    pub fn parse(text: &str, pin: Option<Fingerprint>) -> Result<Target, ClientError> {
+    pub fn parse(text: &str, pin: Option<CertificateFingerprint>) -> Result<Target, ClientError> {
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err(ClientError::BadTarget(text.into()));

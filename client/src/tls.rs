@@ -1,55 +1,20 @@
 //! TLS to a storaged whose self-signed certificate the client pins by SHA-256 fingerprint:
 //! no certificate authority is involved, and no other certificate is accepted.
 
-use std::fmt;
 use std::sync::Arc;
 
+use identity::CertificateFingerprint;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, ring, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// The SHA-256 of a certificate (DER).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint(pub [u8; 32]);
-
-impl Fingerprint {
-    /// Parses `sha256:HEX` or bare hex (colons allowed between bytes).
-    pub fn parse(text: &str) -> Option<Fingerprint> {
-        let hex_part = text
-            .trim()
-            .strip_prefix("sha256:")
-            .unwrap_or(text.trim())
-            .replace(':', "");
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut out).ok()?;
-        Some(Fingerprint(out))
-    }
-}
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fingerprint({self})")
-    }
-}
-
-pub fn certificate_fingerprint(der: &[u8]) -> Fingerprint {
-    Fingerprint(Sha256::digest(der).into())
-}
-
 #[derive(Debug)]
 struct PinnedVerifier {
-    pin: Fingerprint,
+    pin: CertificateFingerprint,
     provider: Arc<CryptoProvider>,
 }
 
@@ -62,12 +27,12 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if certificate_fingerprint(end_entity) == self.pin {
+        if CertificateFingerprint::of_certificate(end_entity) == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
                 "server certificate {} is not the pinned {}",
-                certificate_fingerprint(end_entity),
+                CertificateFingerprint::of_certificate(end_entity),
                 self.pin
             )))
         }
@@ -108,7 +73,7 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
-pub(crate) fn connector(pin: Fingerprint) -> TlsConnector {
+pub(crate) fn connector(pin: CertificateFingerprint) -> TlsConnector {
     let provider = Arc::new(ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

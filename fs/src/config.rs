@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use client::{Fingerprint, Target};
-use identity::PublicIdentity;
+use client::Target;
+use identity::{CertificateFingerprint, PublicIdentity};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
@@ -58,7 +58,7 @@ impl ClientConfig {
         let pin = self
             .server_fingerprint
             .as_deref()
-            .map(|f| Fingerprint::parse(f).context("bad server fingerprint"))
+            .map(|f| CertificateFingerprint::from_hex(f).context("bad server fingerprint"))
             .transpose()?;
         Ok(Target::parse(server, pin)?)
     }

@@ -7,26 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
+use cli::{Cli, NoOptions, Program};
 use identity::{Identity, KeyKind};
 use keystore::PassphraseSource;
 use vaultfs::config::{self, ClientConfig};
 use vaultfs::mount::{self, MountSettings};
 use vaultfs::shared::Limits;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "vaultfs",
-    version,
-    about = "End-to-end encrypted vault: client and user tools"
-)]
-struct Cli {
-    /// Print the whole chain of causes when something fails.
-    #[arg(long, global = true)]
-    verbose: bool,
-    #[command(subcommand)]
-    command: Command,
-}
+const PROGRAM: Program = cli::program!(
+    "vaultfs",
+    "End-to-end encrypted vault: client and user tools"
+);
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -62,9 +54,7 @@ struct KeyFileArg {
 
 impl KeyFileArg {
     fn path(&self) -> PathBuf {
-        self.key_file
-            .clone()
-            .unwrap_or_else(|| keystore::default_path("user.vkey"))
+        keystore::path_or_default(self.key_file.as_deref(), "user.vkey")
     }
 }
 
@@ -101,12 +91,8 @@ impl KeyArgs {
 struct SessionArgs {
     #[command(flatten)]
     key: KeyArgs,
-    /// The server: unix:PATH or https://HOST:PORT [default: from the client config].
-    #[arg(long, env = "VAULT_SERVER")]
-    server: Option<String>,
-    /// The TLS certificate fingerprint of an https:// server (sha256:..., printed by storaged).
-    #[arg(long, env = "VAULT_SERVER_FINGERPRINT")]
-    server_fingerprint: Option<String>,
+    #[command(flatten)]
+    daemon: client::ServerArgs,
     /// Your vault user name [default: from the client config].
     #[arg(long, env = "VAULT_USER")]
     name: Option<String>,
@@ -123,13 +109,13 @@ impl SessionArgs {
     /// The saved config with this command's flags on top.
     fn config(&self) -> anyhow::Result<ClientConfig> {
         let mut config = ClientConfig::load(&self.config_path())?;
-        if let Some(server) = &self.server {
+        if let Some(server) = &self.daemon.server {
             if config.server.as_ref() != Some(server) {
                 config.server_fingerprint = None;
             }
             config.server = Some(server.clone());
         }
-        if let Some(fingerprint) = &self.server_fingerprint {
+        if let Some(fingerprint) = &self.daemon.server_fingerprint {
             config.server_fingerprint = Some(fingerprint.clone());
         }
         if let Some(name) = &self.name {
@@ -166,33 +152,14 @@ struct MountArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let level = if matches!(cli.command, Command::Mount(_)) {
-        "info"
-    } else {
-        "warn"
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) if cli.verbose => {
-            eprintln!("vaultfs: {error:?}");
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("vaultfs: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let cli = Cli::<NoOptions, Command>::parse_for(&PROGRAM);
+    let mounting = matches!(cli.command, Command::Mount(_));
+    cli::init_logging(if mounting { "info" } else { "warn" });
+    let work = run(&cli.command);
+    cli.finish(&PROGRAM, work.map(|()| ExitCode::SUCCESS))
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: &Command) -> anyhow::Result<()> {
     match command {
         Command::Key(KeyCommand::Init(args)) => {
             let path = args.key_file.path();
@@ -209,11 +176,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Register(args) => register(&args),
-        Command::Login(args) => login(&args),
+        Command::Register(args) => register(args),
+        Command::Login(args) => login(args),
         Command::Mount(args) if args.foreground => mount_foreground(args),
         Command::Mount(args) => mount_background(args),
-        Command::Unmount { mountpoint } => unmount(&mountpoint),
+        Command::Unmount { mountpoint } => unmount(mountpoint),
         Command::Status => {
             status();
             Ok(())
@@ -270,7 +237,7 @@ fn register(args: &SessionArgs) -> anyhow::Result<()> {
     );
     println!("ask the vault administrator to approve it:");
     println!(
-        "  storaged admin approve {name} --fingerprint '{}'",
+        "  vault-admin approve {name} --fingerprint '{}'",
         public.fingerprint()
     );
     Ok(())
@@ -311,8 +278,8 @@ fn settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
     })
 }
 
-fn mount_foreground(args: MountArgs) -> anyhow::Result<()> {
-    let settings = settings(&args)?;
+fn mount_foreground(args: &MountArgs) -> anyhow::Result<()> {
+    let settings = settings(args)?;
     let identity = args.session.key.unlock()?;
     if args.session.key.passphrase_stdin {
         // Started by `vaultfs mount` in the background: leave its terminal session.
@@ -326,8 +293,8 @@ fn mount_foreground(args: MountArgs) -> anyhow::Result<()> {
 
 /// Reads the passphrase here (where the terminal is), then starts the mount as a child that
 /// gets it on its standard input, and returns once the child says it is mounted.
-fn mount_background(args: MountArgs) -> anyhow::Result<()> {
-    settings(&args)?;
+fn mount_background(args: &MountArgs) -> anyhow::Result<()> {
+    settings(args)?;
     let passphrase = args.session.key.source().read("Passphrase: ", false)?;
     let log_dir = vaultfs::status::runtime_dir();
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
@@ -463,5 +430,13 @@ fn status() {
                 "UNREACHABLE"
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        cli::Cli::<cli::NoOptions, super::Command>::check();
     }
 }

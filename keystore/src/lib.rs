@@ -61,6 +61,14 @@ pub struct PassphraseSource {
 }
 
 impl PassphraseSource {
+    /// From `file` when given, else from the environment or a prompt.
+    pub fn from_file(file: Option<PathBuf>) -> PassphraseSource {
+        PassphraseSource {
+            file,
+            ..PassphraseSource::default()
+        }
+    }
+
     /// Reads the passphrase. `confirm` asks twice at a terminal (for a new key file).
     pub fn read(&self, prompt: &str, confirm: bool) -> Result<Passphrase, KeystoreError> {
         let passphrase = if let Some(path) = &self.file {
@@ -231,6 +239,11 @@ pub fn read_key_file(path: &Path) -> Result<KeyFile, KeystoreError> {
 }
 
 /// `$XDG_CONFIG_HOME/vault/NAME`, else `$HOME/.config/vault/NAME`.
+/// `given` when there is one, else [`default_path`] of `name`.
+pub fn path_or_default(given: Option<&Path>, name: &str) -> PathBuf {
+    given.map_or_else(|| default_path(name), Path::to_path_buf)
+}
+
 pub fn default_path(name: &str) -> PathBuf {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)

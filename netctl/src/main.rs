@@ -5,18 +5,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Subcommand};
+use cli::{Cli, Program};
 use netctl::{Cluster, Netctl, PortRequest, StateStore};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "netctl",
-    version,
-    about = "One VM network over Open vSwitch across hosts",
-    long_about = "One VM network over Open vSwitch across hosts: address assignment, tunnels, \
-                  isolation flows, port forwards and VM moves, from a declarative cluster file."
-)]
-struct Cli {
+const PROGRAM: Program = cli::program!(
+    "netctl",
+    "One VM network over Open vSwitch across hosts: address assignment, tunnels, \
+            isolation flows, port forwards and VM moves, from a declarative cluster file"
+);
+
+#[derive(Args, Debug)]
+struct Global {
     /// The cluster file (TOML).
     #[arg(
         long,
@@ -28,11 +28,6 @@ struct Cli {
     /// The state store, instead of the one the cluster file names.
     #[arg(long, env = "NETCTL_STATE")]
     state: Option<PathBuf>,
-    /// On error, print the causes one per line (by default they share one line).
-    #[arg(long, short = 'v')]
-    verbose: bool,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,27 +90,18 @@ enum VmCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            if cli.verbose {
-                eprintln!("netctl: {error:?}");
-            } else {
-                eprintln!("netctl: {error:#}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    let cli = Cli::<Global, Command>::parse_for(&PROGRAM);
+    let work = run(&cli.global, &cli.command);
+    cli.finish(&PROGRAM, work.map(|()| ExitCode::SUCCESS))
 }
 
-fn run(cli: &Cli) -> Result<()> {
-    let cluster = Cluster::load(&cli.cluster).map_err(anyhow::Error::new)?;
-    let netctl = match &cli.state {
+fn run(global: &Global, command: &Command) -> Result<()> {
+    let cluster = Cluster::load(&global.cluster).map_err(anyhow::Error::new)?;
+    let netctl = match &global.state {
         Some(path) => Netctl::with_store(cluster, StateStore::new(path))?,
         None => Netctl::new(cluster)?,
     };
-    match &cli.command {
+    match command {
         Command::Check => {
             let c = netctl.cluster();
             println!(
@@ -214,4 +200,12 @@ fn apply(netctl: &Netctl) -> Result<()> {
     print!("{report}");
     println!("{} changes applied", report.change_count());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        cli::Cli::<super::Global, super::Command>::check();
+    }
 }

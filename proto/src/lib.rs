@@ -14,6 +14,19 @@ pub use v1::{ErrorKind, FileKind};
 /// The status metadata key that carries an [`ErrorKind`] name.
 pub const ERROR_KIND_KEY: &str = "vault-error";
 
+/// The user name the site administrator logs in as (with the administrator key).
+pub const ADMIN_NAME: &str = "admin";
+
+/// storaged's data directory when none is given, and so where its Unix socket is found:
+/// `/var/lib/vault-storaged` for root, `~/.local/share/vault-storaged` for anyone else.
+pub fn default_data_dir() -> std::path::PathBuf {
+    let root = rustix::process::geteuid().is_root();
+    match std::env::var_os("HOME") {
+        Some(home) if !root => std::path::PathBuf::from(home).join(".local/share/vault-storaged"),
+        _ => std::path::PathBuf::from("/var/lib/vault-storaged"),
+    }
+}
+
 /// Where storaged takes claims for chunk file descriptors (`GetChunkReply.descriptor_ticket`):
 /// beside its Unix socket `api`, with `.fd` appended.
 pub fn descriptor_socket(api: &std::path::Path) -> std::path::PathBuf {

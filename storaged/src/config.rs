@@ -35,7 +35,7 @@ pub struct ServeArgs {
     /// Where chunk files go. [default: <data-dir>/chunks]
     #[arg(long, env = "VAULT_CHUNK_ROOT")]
     pub chunk_root: Option<PathBuf>,
-    /// The site administrator's public key file (written by `storaged admin init`).
+    /// The site administrator's public key file (written by `vault-admin init`).
     /// [default: <data-dir>/admin.pub]
     #[arg(long, env = "VAULT_ADMIN_PUBLIC_KEY")]
     pub admin_public_key: Option<PathBuf>,
@@ -86,13 +86,7 @@ pub struct Config {
     pub gc_interval: Duration,
 }
 
-pub fn default_data_dir() -> PathBuf {
-    let root = rustix::process::geteuid().is_root();
-    match std::env::var_os("HOME") {
-        Some(home) if !root => PathBuf::from(home).join(".local/share/vault-storaged"),
-        _ => PathBuf::from("/var/lib/vault-storaged"),
-    }
-}
+pub use proto::default_data_dir;
 
 impl Config {
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Config> {

@@ -1,35 +1,24 @@
-//! `storaged`: the storage daemon and its administration commands.
+//! `storaged`: the storage daemon, and the check of its audit log.
 //!
-//! It never depends on the `crypto` crate: it cannot open a chunk, by construction.
-
-mod admin;
+//! It never depends on the `crypto` crate: it cannot open a chunk, by construction. The site
+//! administrator's commands are another program (`vault-admin`), so the daemon does not even
+//! link the code that unlocks the administrator's key.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
+use cli::{Cli, NoOptions, Program};
 use storaged::config::{Config, ServeArgs};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "storaged",
-    version,
-    about = "Vault storage daemon and its administration"
-)]
-struct Cli {
-    /// Print the whole chain of causes when something fails.
-    #[arg(long, global = true)]
-    verbose: bool,
-    #[command(subcommand)]
-    command: Command,
-}
+const PROGRAM: Program = cli::program!(
+    "storaged",
+    "Vault storage daemon: metadata, ciphertext chunk files, access control, audit"
+);
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon (logs go to stderr; RUST_LOG sets the level, default info).
     Serve(ServeArgs),
-    /// Site administration with the admin key (held by the administrator, never the daemon).
-    #[command(subcommand)]
-    Admin(admin::AdminCommand),
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -42,46 +31,24 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let cli = Cli::<NoOptions, Command>::parse_for(&PROGRAM);
+    cli::init_logging("info");
+    let work = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("storaged: starting the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli.command)) {
-        Ok(code) => code,
-        Err(error) if cli.verbose => {
-            eprintln!("storaged: {error:?}");
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("storaged: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+        .map_err(|error| anyhow::anyhow!("starting the async runtime: {error}"))
+        .and_then(|runtime| runtime.block_on(run(&cli.command)));
+    cli.finish(&PROGRAM, work)
 }
 
-async fn run(command: Command) -> anyhow::Result<ExitCode> {
+async fn run(command: &Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
-            storaged::server::serve(Config::resolve(&args)?).await?;
+            storaged::server::serve(Config::resolve(args)?).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Admin(command) => admin::run(command).await.map(|()| ExitCode::SUCCESS),
         Command::Audit(AuditCommand::Verify(args)) => {
-            let config = Config::resolve(&args)?;
+            let config = Config::resolve(args)?;
             let store = storaged::server::open_store(&config, None).await?;
             match storaged::audit::verify(&*store).await? {
                 storaged::audit::Verdict::Intact { entries } => {
@@ -94,5 +61,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        cli::Cli::<cli::NoOptions, super::Command>::check();
     }
 }

@@ -22,48 +22,16 @@ use crate::metrics::Metrics;
 use crate::ops::OpError;
 use crate::{gc, settings, tls};
 
-/// The first line of the site administrator's public key file.
-const ADMIN_KEY_TAG: &str = "vault-admin-key v1";
-
-/// The text of an administrator public key file.
-pub fn admin_key_text(admin: &PublicIdentity) -> String {
-    format!(
-        "{ADMIN_KEY_TAG} {} {}\n# fingerprint {}\n",
-        hex::encode(admin.signing),
-        hex::encode(admin.wrapping),
-        admin.fingerprint()
-    )
-}
-
+/// Reads the site administrator's public key file (`admin.pub`).
 pub fn read_admin_key(path: &Path) -> anyhow::Result<PublicIdentity> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
-            "reading the site administrator's public key {} (create it with `storaged admin init \
+            "reading the site administrator's public key {} (create it with `vault-admin init \
              --data-dir DIR`)",
             path.display()
         )
     })?;
-    let line = text.lines().next().unwrap_or_default();
-    let fields: Vec<&str> = line
-        .strip_prefix(ADMIN_KEY_TAG)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let parse = |hex_text: &str| -> Option<[u8; 32]> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_text, &mut out).ok().map(|()| out)
-    };
-    match fields.as_slice() {
-        [signing, wrapping] => anyhow::Ok(PublicIdentity {
-            signing: parse(signing).context("bad signing key")?,
-            wrapping: parse(wrapping).context("bad wrapping key")?,
-        }),
-        _ => bail!(
-            "{} is not a site administrator public key file",
-            path.display()
-        ),
-    }
-    .with_context(|| format!("in {}", path.display()))
+    PublicIdentity::from_admin_key_text(&text).with_context(|| format!("in {}", path.display()))
 }
 
 /// Opens the configured metadata store. `chunks`: the chunk store whose files its records

@@ -7,7 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::Context;
-use client::{Fingerprint, certificate_fingerprint};
+use identity::CertificateFingerprint;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
@@ -16,7 +16,7 @@ use rustls::pki_types::pem::PemObject;
 pub struct TlsIdentity {
     pub cert_pem: String,
     pub key_pem: String,
-    pub fingerprint: Fingerprint,
+    pub fingerprint: CertificateFingerprint,
 }
 
 /// Loads `<dir>/cert.pem` and `<dir>/key.pem`, creating them on first start.
@@ -41,7 +41,7 @@ pub fn load_or_create(dir: &Path) -> anyhow::Result<TlsIdentity> {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .with_context(|| format!("{} is not a PEM certificate", cert_path.display()))?;
     Ok(TlsIdentity {
-        fingerprint: certificate_fingerprint(&der),
+        fingerprint: CertificateFingerprint::of_certificate(&der),
         cert_pem,
         key_pem,
     })

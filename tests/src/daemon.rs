@@ -104,7 +104,7 @@ impl Storaged {
         let dir = tempfile::tempdir().expect("temp data dir");
         std::fs::write(
             dir.path().join("admin.pub"),
-            storaged::server::admin_key_text(&admin.public()),
+            admin.public().to_admin_key_text(),
         )
         .expect("write admin.pub");
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();

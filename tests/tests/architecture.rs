@@ -56,8 +56,17 @@ fn closure(graph: &Graph, root: &str) -> BTreeSet<String> {
 /// Every broken rule, one line each.
 fn violations(graph: &Graph, members: &[&str]) -> Vec<String> {
     let mut found = Vec::new();
-    if closure(graph, "storaged").contains("crypto") {
+    let daemon = closure(graph, "storaged");
+    if daemon.contains("crypto") {
         found.push("storaged depends on crypto: the server could open chunks".to_string());
+    }
+    for client_side in ["client", "keystore"] {
+        if daemon.contains(client_side) {
+            found.push(format!(
+                "storaged depends on {client_side}: key files and client logins belong to \
+                 vault-admin and vaultfs"
+            ));
+        }
     }
     for (external, owner) in [
         ("fuser", "vaultfs"),
@@ -135,7 +144,7 @@ fn dependency_rules_hold() {
     let metadata = workspace_metadata();
     let members = member_names(&metadata);
     for expected in [
-        "format", "identity", "crypto", "proto", "vaultfs", "storaged", "vmctl", "netctl",
+        "format", "identity", "crypto", "proto", "vaultfs", "storaged", "admin", "vmctl", "netctl",
     ] {
         assert!(
             members.iter().any(|m| m == expected),
@@ -189,11 +198,12 @@ fn checker_finds_broken_rules() {
     };
     add("storaged", "helper");
     add("helper", "crypto");
+    add("helper", "keystore");
     add("netctl", "fuser");
     add("vmctl", "mongodb");
     add("crypto", "tokio");
     let found = violations(&graph, &["storaged", "netctl", "vmctl", "crypto", "helper"]);
-    assert_eq!(found.len(), 4, "{found:#?}");
+    assert_eq!(found.len(), 5, "{found:#?}");
 }
 
 /// Within storaged, only the backend modules name their database crates.

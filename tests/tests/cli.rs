@@ -15,7 +15,8 @@ fn run(binary: &str, args: &[&str]) -> std::process::Output {
 fn every_binary_answers_help() {
     for (binary, expected) in [
         ("vaultfs", "key"),
-        ("storaged", "admin"),
+        ("storaged", "serve"),
+        ("vault-admin", "approve"),
         ("netctl", "Open vSwitch"),
         ("vmctl", "libvirt"),
     ] {

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use client::{ClientError, Connection, Fingerprint, Target};
+use client::{ClientError, Connection, Target};
+use identity::CertificateFingerprint;
 use mongodb::bson::{Document, doc};
 use proto::ErrorKind;
 use proto::v1::*;
@@ -1061,7 +1062,7 @@ async fn tls_clients_pin_the_certificate_and_metrics_count_requests(backend: Bac
         .ready_line
         .split("certificate ")
         .nth(1)
-        .and_then(|rest| Fingerprint::parse(rest.trim_end_matches(')')))
+        .and_then(|rest| CertificateFingerprint::from_hex(rest.trim_end_matches(')')))
         .expect("the ready line names the certificate fingerprint");
     let alice = daemon.user("alice").await;
     let over_tls =
@@ -1086,7 +1087,11 @@ async fn tls_clients_pin_the_certificate_and_metrics_count_requests(backend: Bac
         "a remote client gets the bytes, even when it asks for the file"
     );
     let wrong = Connection::new(
-        &Target::parse(&format!("https://{listen}"), Some(Fingerprint([7; 32]))).expect("t"),
+        &Target::parse(
+            &format!("https://{listen}"),
+            Some(identity::Fingerprint([7; 32])),
+        )
+        .expect("t"),
     )
     .expect("c");
     assert_eq!(

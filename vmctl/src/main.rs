@@ -6,17 +6,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
+use cli::{Cli, Program};
 use keystore::PassphraseSource;
 use vmctl::{CreateRequest, MoveTimeouts, OwnerKey, Store, Vmctl, limits};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "vmctl",
-    version,
-    about = "Secure VMs through libvirt across hosts, with encrypted data drives"
-)]
-struct Cli {
+const PROGRAM: Program = cli::program!(
+    "vmctl",
+    "Secure VMs through libvirt across hosts, with encrypted data drives"
+);
+
+#[derive(Args, Debug)]
+struct Global {
     /// The cluster file (hosts, networks, projects; shared with netctl).
     #[arg(
         short,
@@ -28,11 +29,6 @@ struct Cli {
     /// The store: VM and drive records, images, drives, consoles (on storage every host reaches).
     #[arg(long, env = "VMCTL_STORE", default_value = "/var/lib/vmctl")]
     store: PathBuf,
-    /// Print the causes of an error too.
-    #[arg(short, long, global = true)]
-    verbose: bool,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,25 +145,16 @@ impl KeyArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            if cli.verbose {
-                eprintln!("vmctl: {error:#}");
-            } else {
-                eprintln!("vmctl: {error}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    let cli = Cli::<Global, Command>::parse_for(&PROGRAM);
+    let work = run(&cli.global, &cli.command);
+    cli.finish(&PROGRAM, work.map(|()| ExitCode::SUCCESS))
 }
 
-fn run(cli: &Cli) -> Result<()> {
-    let net = netctl::Netctl::open(&cli.cluster)
-        .with_context(|| format!("cannot use cluster file {}", cli.cluster.display()))?;
-    let vmctl = Vmctl::new(net, Store::new(&cli.store));
-    match &cli.command {
+fn run(global: &Global, command: &Command) -> Result<()> {
+    let net = netctl::Netctl::open(&global.cluster)
+        .with_context(|| format!("cannot use cluster file {}", global.cluster.display()))?;
+    let vmctl = Vmctl::new(net, Store::new(&global.store));
+    match command {
         Command::Drive(command) => drive(&vmctl, command),
         command => vm(&vmctl, command),
     }
@@ -348,4 +335,12 @@ fn print_status(vmctl: &Vmctl, name: &str) -> Result<()> {
     println!("uptime     {uptime}");
     println!("console    {}", status.console.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        cli::Cli::<super::Global, super::Command>::check();
+    }
 }

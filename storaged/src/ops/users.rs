@@ -9,7 +9,7 @@ use crate::settings::VaultSettings;
 use identity::PublicIdentity;
 
 /// The name the site administrator logs in with. No user may register it.
-pub const ADMIN_NAME: &str = "admin";
+pub use proto::ADMIN_NAME;
 /// Vault uids start here (below are the administrator, 0, and reserved numbers).
 pub const FIRST_UID: u32 = 1000;
 pub const FIRST_GID: u32 = 1000;
