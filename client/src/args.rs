@@ -8,7 +8,7 @@ use crate::{ClientError, Target};
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ServerArgs {
     /// The daemon: unix:PATH or https://HOST:PORT [default: vaultfs: the client config's;
-    /// vault-admin: unix:<default data dir>/storaged.sock].
+    /// vault-admin: unix:DATA_DIR/storaged.sock, DATA_DIR as storaged defaults it].
     #[arg(long, env = "VAULT_SERVER")]
     pub server: Option<String>,
     /// The TLS certificate fingerprint of an https:// server (sha256:..., printed by storaged).

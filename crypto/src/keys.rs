@@ -7,7 +7,7 @@ use aes_gcm::aead::KeyInit;
 use format::envelope::COMMITMENT_BYTES;
 use hkdf::Hkdf;
 use sha2::Sha256;
-use zeroize::Zeroizing;
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 pub const DATA_KEY_BYTES: usize = 32;
 
@@ -17,7 +17,7 @@ const INFO_KEY_COMMITMENT: &[u8] = b"vault/v1 key commitment";
 
 /// A file's (or a VM drive's) random 256-bit key. It is never used directly: every use has
 /// its own subkey derived with HKDF-SHA256. Zeroized on drop.
-#[derive(Clone)]
+#[derive(Clone, ZeroizeOnDrop)]
 pub struct DataKey(Zeroizing<[u8; DATA_KEY_BYTES]>);
 
 impl DataKey {
@@ -59,11 +59,22 @@ impl fmt::Debug for DataKey {
 
 /// What sealing and opening chunks of one file need: the AES-256-GCM key schedule of the
 /// chunk encryption subkey and the key commitment.
+#[derive(ZeroizeOnDrop)]
 pub struct ChunkCipher {
+    /// Zeroizes its key schedule itself (aes-gcm's `zeroize` feature), checked below.
+    #[zeroize(skip)]
     pub(crate) aead: Aes256Gcm,
     encryption_key: Zeroizing<[u8; 32]>,
+    /// Derived from the key, but no secret: it stands in every chunk's header.
+    #[zeroize(skip)]
     pub(crate) commitment: [u8; COMMITMENT_BYTES],
 }
+
+/// The AEAD's key schedule is as secret as the key it came from.
+const _: fn() = || {
+    fn zeroizes_on_drop<T: ZeroizeOnDrop>() {}
+    zeroizes_on_drop::<Aes256Gcm>();
+};
 
 impl ChunkCipher {
     /// The chunk encryption subkey. Exposed so that tests can check the format against an

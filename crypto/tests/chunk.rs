@@ -1,7 +1,7 @@
 //! Chunk sealing and opening: round trips, every tamper a storage administrator can do, nonce
 //! uniqueness, and a differential check against an independent AES-GCM (ring).
 
-use crypto::{ChunkContext, DataKey, OpenError, SealError, open, open_in_place, seal};
+use crypto::{ChunkCipher, ChunkContext, DataKey, OpenError, SealError, open, open_in_place, seal};
 use format::envelope::{Header, HeaderError};
 use format::ids::{ChunkIndex, FileId, Generation, VaultId};
 use format::limits::{CHUNK_BYTES, ENVELOPE_BYTES};
@@ -117,114 +117,126 @@ fn round_trip_random_large_lengths() {
     }
 }
 
-/// Each tamper gets its own error, so that the log line names what happened.
-#[test]
-fn every_tamper_fails_with_its_own_error() {
-    let key = DataKey::generate();
-    let cipher = key.chunk_cipher();
-    let full = pattern(CHUNK_BYTES, 9);
-    let chunk0 = seal(&cipher, &at(10, 0, 1, false), &full).expect("seal");
-    let chunk1_gen1 = seal(&cipher, &at(10, 1, 1, true), b"old tail").expect("seal");
-    let chunk1_gen2 = seal(&cipher, &at(10, 1, 2, true), b"new tail").expect("seal");
-    let expect_err = |context: ChunkContext, sealed: &[u8], want: OpenError| {
-        assert_eq!(open(&cipher, &context, sealed), Err(want.clone()), "{want}");
-    };
+/// A file of two chunks (id 10): a full chunk 0 and a short last chunk 1 written twice,
+/// sealed under the file's key. Each tamper test below gets its own error, so that the log
+/// line names what happened.
+struct Tampered {
+    cipher: ChunkCipher,
+    full: Vec<u8>,
+    chunk0: Vec<u8>,
+    chunk1_gen1: Vec<u8>,
+    chunk1_gen2: Vec<u8>,
+}
 
+impl Tampered {
+    fn new() -> Tampered {
+        let cipher = DataKey::generate().chunk_cipher();
+        let full = pattern(CHUNK_BYTES, 9);
+        let chunk0 = seal(&cipher, &at(10, 0, 1, false), &full).expect("seal");
+        let chunk1_gen1 = seal(&cipher, &at(10, 1, 1, true), b"old tail").expect("seal");
+        let chunk1_gen2 = seal(&cipher, &at(10, 1, 2, true), b"new tail").expect("seal");
+        Tampered {
+            cipher,
+            full,
+            chunk0,
+            chunk1_gen1,
+            chunk1_gen2,
+        }
+    }
+
+    fn expect_err(&self, context: ChunkContext, sealed: &[u8], want: impl Into<OpenError>) {
+        let want = want.into();
+        assert_eq!(
+            open(&self.cipher, &context, sealed),
+            Err(want.clone()),
+            "{want}"
+        );
+    }
+
+    /// The untouched chunks still open.
+    fn check_intact(&self) {
+        let chunk0 = open(&self.cipher, &at(10, 0, 1, false), &self.chunk0).expect("chunk 0");
+        assert_eq!(chunk0, self.full);
+        let tail = open(&self.cipher, &at(10, 1, 2, true), &self.chunk1_gen2).expect("tail");
+        assert_eq!(tail, b"new tail");
+    }
+}
+
+#[test]
+fn a_chunk_in_another_place_fails_with_its_own_error() {
+    let file = Tampered::new();
     // Another file's chunk (sealed under that file's key) put in place of ours.
     let other = DataKey::generate().chunk_cipher();
     let foreign = seal(&other, &at(11, 1, 2, true), b"new tail").expect("seal");
-    expect_err(at(10, 1, 2, true), &foreign, HeaderError::WrongFile.into());
-    // Our chunk 0 presented as chunk 1.
-    let mut moved = chunk0.clone();
-    moved[3] |= 1; // a full chunk 0 marked last would still be refused for its index:
-    expect_err(
-        at(10, 1, 2, true),
-        &chunk0,
-        HeaderError::WrongIndex {
-            expected: 1,
-            found: 0,
-        }
-        .into(),
-    );
-    expect_err(
-        at(10, 1, 2, true),
-        &moved,
-        HeaderError::WrongIndex {
-            expected: 1,
-            found: 0,
-        }
-        .into(),
-    );
+    file.expect_err(at(10, 1, 2, true), &foreign, HeaderError::WrongFile);
+    // Our chunk 0 presented as chunk 1; a full chunk 0 marked last is still refused for its
+    // index.
+    let wrong_index = HeaderError::WrongIndex {
+        expected: 1,
+        found: 0,
+    };
+    file.expect_err(at(10, 1, 2, true), &file.chunk0, wrong_index.clone());
+    let mut moved = file.chunk0.clone();
+    moved[3] |= 1;
+    file.expect_err(at(10, 1, 2, true), &moved, wrong_index);
     // An older generation put back.
-    expect_err(
-        at(10, 1, 2, true),
-        &chunk1_gen1,
-        HeaderError::StaleGeneration {
-            expected: 2,
-            found: 1,
-        }
-        .into(),
-    );
+    let stale = HeaderError::StaleGeneration {
+        expected: 2,
+        found: 1,
+    };
+    file.expect_err(at(10, 1, 2, true), &file.chunk1_gen1, stale);
     // A non-last chunk presented as last: the file was cut at a chunk boundary.
-    expect_err(at(10, 0, 1, true), &chunk0, HeaderError::Truncated.into());
+    file.expect_err(at(10, 0, 1, true), &file.chunk0, HeaderError::Truncated);
     // A last chunk where the file should go on.
-    expect_err(
+    file.expect_err(
         at(10, 1, 2, false),
-        &chunk1_gen2,
-        HeaderError::UnexpectedLast.into(),
+        &file.chunk1_gen2,
+        HeaderError::UnexpectedLast,
     );
-    // Flipped bits: header (nonce), body, tag.
+    file.check_intact();
+}
+
+#[test]
+fn flipped_bits_and_a_wrong_key_fail_with_their_own_error() {
+    let file = Tampered::new();
     for (what, at_byte) in [("nonce", 25), ("body", ENVELOPE_BYTES + 3), ("tag", 40)] {
-        let mut flipped = chunk1_gen2.clone();
+        let mut flipped = file.chunk1_gen2.clone();
         flipped[at_byte] ^= 0x01;
+        let opened = open(&file.cipher, &at(10, 1, 2, true), &flipped);
         assert_eq!(
-            open(&cipher, &at(10, 1, 2, true), &flipped),
+            opened,
             Err(OpenError::AuthenticationFailed),
             "flip in {what}"
         );
     }
     // Flipped bits in the header's other fields.
-    let mut flipped = chunk1_gen2.clone();
+    let mut flipped = file.chunk1_gen2.clone();
     flipped[0] ^= 0x01;
-    expect_err(at(10, 1, 2, true), &flipped, HeaderError::BadMagic.into());
-    let mut flipped = chunk1_gen2.clone();
+    file.expect_err(at(10, 1, 2, true), &flipped, HeaderError::BadMagic);
+    let mut flipped = file.chunk1_gen2.clone();
     flipped[50] ^= 0x01;
-    expect_err(at(10, 1, 2, true), &flipped, OpenError::KeyMismatch);
+    file.expect_err(at(10, 1, 2, true), &flipped, OpenError::KeyMismatch);
     // The right chunk, the wrong key.
-    assert_eq!(
-        open(&other, &at(10, 1, 2, true), &chunk1_gen2),
-        Err(OpenError::KeyMismatch)
-    );
-    // Too short and too long.
-    expect_err(
-        at(10, 1, 2, true),
-        &chunk1_gen2[..63],
-        HeaderError::TooShort { len: 63 }.into(),
-    );
-    let mut too_long = chunk0.clone();
-    too_long.push(0);
-    expect_err(
-        at(10, 0, 1, false),
-        &too_long,
-        HeaderError::TooLong {
-            len: CHUNK_BYTES + ENVELOPE_BYTES + 1,
-        }
-        .into(),
-    );
-    // A last chunk cut short is caught by the tag.
-    let mut cut = chunk1_gen2.clone();
-    cut.pop();
-    expect_err(at(10, 1, 2, true), &cut, OpenError::AuthenticationFailed);
+    let other = DataKey::generate().chunk_cipher();
+    let opened = open(&other, &at(10, 1, 2, true), &file.chunk1_gen2);
+    assert_eq!(opened, Err(OpenError::KeyMismatch));
+    file.check_intact();
+}
 
-    // And the untouched chunks still open.
-    assert_eq!(
-        open(&cipher, &at(10, 0, 1, false), &chunk0).expect("chunk 0"),
-        full
-    );
-    assert_eq!(
-        open(&cipher, &at(10, 1, 2, true), &chunk1_gen2).expect("tail"),
-        b"new tail"
-    );
+#[test]
+fn a_chunk_of_the_wrong_length_fails_with_its_own_error() {
+    let file = Tampered::new();
+    let short = &file.chunk1_gen2[..63];
+    file.expect_err(at(10, 1, 2, true), short, HeaderError::TooShort { len: 63 });
+    let mut too_long = file.chunk0.clone();
+    too_long.push(0);
+    let len = CHUNK_BYTES + ENVELOPE_BYTES + 1;
+    file.expect_err(at(10, 0, 1, false), &too_long, HeaderError::TooLong { len });
+    // A last chunk cut short is caught by the tag.
+    let mut cut = file.chunk1_gen2.clone();
+    cut.pop();
+    file.expect_err(at(10, 1, 2, true), &cut, OpenError::AuthenticationFailed);
+    file.check_intact();
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::fmt;
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 pub use admin_key::AdminKeyError;
 pub use fingerprint::{CertificateFingerprint, Fingerprint};
@@ -99,14 +99,23 @@ impl fmt::Debug for PublicIdentity {
     }
 }
 
-/// A private identity. Both secrets are zeroized on drop (`SigningKey` does so itself).
+/// A private identity. Both secrets are zeroized on drop.
+#[derive(ZeroizeOnDrop)]
 pub struct Identity {
+    /// Zeroizes itself (ed25519-dalek's `zeroize` feature), checked below.
+    #[zeroize(skip)]
     signing: SigningKey,
     wrapping: Zeroizing<[u8; 32]>,
     /// Derived once: every unwrap checks that a key was wrapped to it, and deriving it is a
     /// scalar multiplication.
+    #[zeroize(skip)]
     wrapping_public: [u8; 32],
 }
+
+const _: fn() = || {
+    fn zeroizes_on_drop<T: ZeroizeOnDrop>() {}
+    zeroizes_on_drop::<SigningKey>();
+};
 
 impl Identity {
     pub fn generate() -> Identity {

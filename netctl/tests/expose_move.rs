@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use lab::{Lab, cmd, eventually, ping, tcp_echo, tcp_exchange};
-use netctl::Netctl;
+use netctl::{Netctl, VmPort};
 
 /// Runs the netctl binary; returns stdout, or panics with stderr.
 fn netctl_cli(cluster: &Path, args: &[&str]) -> String {
@@ -69,25 +69,7 @@ fn exposed_port_reaches_only_that_port_and_follows_a_moved_vm() {
     );
     assert_no_exposure_rules(&lab, &[1, 2]);
 
-    // Move a1 to h2: the VM stops on h1 and starts on h2 with the same MAC and address.
-    lab.detach(&a1);
-    let printed = netctl_cli(&cluster, &["vm", "move", "a1", "--to", "h2"]);
-    assert!(printed.contains("a1 host h2"), "{printed}");
-    let moved = netctl.port("a1").expect("a1");
-    assert_eq!(
-        (moved.host.as_str(), moved.mac, moved.ip, &moved.interface),
-        ("h2", a1.mac, a1.ip, &a1.interface)
-    );
-    lab.attach(&moved);
-    eventually("a3 reaches a1 at the same address on h2", || {
-        ping(&ns_a3, a1.ip)
-    });
-    assert!(tcp_echo(&ns_a3, a1.ip, 22), "a3 -> a1 TCP after the move");
-    let h1_flows = lab.flows(0, "br-int");
-    assert!(
-        !h1_flows.contains(&a1.ip.to_string()),
-        "h1 kept rules about a1: {h1_flows}"
-    );
+    move_a1_to_h2(&mut lab, &cluster, &netctl, &a1, &ns_a3);
 
     // The exposure followed: same host port, now on h2, and gone from h1.
     let exposures = netctl.exposures().expect("exposures");
@@ -107,6 +89,29 @@ fn exposed_port_reaches_only_that_port_and_follows_a_moved_vm() {
     );
     assert_no_exposure_rules(&lab, &[0, 1, 2]);
     assert_eq!(netctl.plan().expect("plan").change_count(), 0);
+}
+
+/// Moves a1 to h2: the VM stops on h1 and starts on h2 with the same MAC and address, and h1
+/// keeps no rule about it.
+fn move_a1_to_h2(lab: &mut Lab, cluster: &Path, netctl: &Netctl, a1: &VmPort, ns_a3: &str) {
+    lab.detach(a1);
+    let printed = netctl_cli(cluster, &["vm", "move", "a1", "--to", "h2"]);
+    assert!(printed.contains("a1 host h2"), "{printed}");
+    let moved = netctl.port("a1").expect("a1");
+    assert_eq!(
+        (moved.host.as_str(), moved.mac, moved.ip, &moved.interface),
+        ("h2", a1.mac, a1.ip, &a1.interface)
+    );
+    lab.attach(&moved);
+    eventually("a3 reaches a1 at the same address on h2", || {
+        ping(ns_a3, a1.ip)
+    });
+    assert!(tcp_echo(ns_a3, a1.ip, 22), "a3 -> a1 TCP after the move");
+    let h1_flows = lab.flows(0, "br-int");
+    assert!(
+        !h1_flows.contains(&a1.ip.to_string()),
+        "h1 kept rules about a1: {h1_flows}"
+    );
 }
 
 /// The hosts (by index) hold no forwarding rule for host port 20000.

@@ -32,7 +32,32 @@ fn stopped_vswitchd_changes_nothing_and_a_failed_step_converges_later() {
     let (ns_a1, _ns_a2) = (lab.attach(&a1), lab.attach(&a2));
     eventually("a1 pings a2", || ping(&ns_a1, a2.ip));
 
-    // h2's vswitchd stops; the file gains a VM, which would change both hosts.
+    let netctl = check_a_stopped_vswitchd_changes_nothing(&mut lab);
+
+    // Back up: apply converges, traffic flows, and a second apply has nothing to do.
+    lab.restart_vswitchd(1);
+    netctl.apply().expect("apply after the restart");
+    eventually("a1 pings a2 after the restart", || ping(&ns_a1, a2.ip));
+    assert_eq!(netctl.apply().expect("again").change_count(), 0);
+
+    check_a_step_that_fails_on_one_host(&lab, &netctl);
+
+    // Once the number is free (OVS may then renumber the port itself), apply converges.
+    lab.vsctl(0, "del-port br-phy intruder");
+    netctl.apply().expect("apply once the port number is free");
+    assert_eq!(netctl.apply().expect("again").change_count(), 0);
+    let status = netctl.status().expect("status").to_string();
+    assert!(
+        !status.contains("problem: ") && !status.contains("UNREACHABLE"),
+        "{status}"
+    );
+    eventually("a1 pings a2 at the end", || ping(&ns_a1, a2.ip));
+}
+
+/// h2's vswitchd stops and the file gains a VM, which would change both hosts: nothing
+/// changes anywhere, the command line says why in one line, and status shows h2 unreachable.
+/// Returns the controller of the new file.
+fn check_a_stopped_vswitchd_changes_nothing(lab: &mut Lab) -> Netctl {
     lab.stop_vswitchd(1);
     let cluster = lab.write_cluster_with(VXLAN, &cluster_body(&lab::vm("a5", "h1", "alpha", None)));
     let netctl = Netctl::open(&cluster).expect("cluster file");
@@ -50,7 +75,6 @@ fn stopped_vswitchd_changes_nothing_and_a_failed_step_converges_later() {
         state_before
     );
 
-    // The command line says the same in one line, and status shows the host as unreachable.
     let output = Command::new(env!("CARGO_BIN_EXE_netctl"))
         .arg("--cluster")
         .arg(&cluster)
@@ -65,14 +89,12 @@ fn stopped_vswitchd_changes_nothing_and_a_failed_step_converges_later() {
     assert!(status.contains("host h2: UNREACHABLE"), "{status}");
     assert!(status.contains("drift: "), "{status}");
 
-    // Back up: apply converges, traffic flows, and a second apply has nothing to do.
-    lab.restart_vswitchd(1);
-    netctl.apply().expect("apply after the restart");
-    eventually("a1 pings a2 after the restart", || ping(&ns_a1, a2.ip));
-    assert_eq!(netctl.apply().expect("again").change_count(), 0);
+    netctl
+}
 
-    // A step that fails on h1 only: another port holds the OpenFlow port number netctl's
-    // patch port needs on br-phy. h2 is applied, h1 reports the problem.
+/// A step that fails on h1 only: another port holds the OpenFlow port number netctl's patch
+/// port needs on br-phy. h2 is applied, h1 reports the problem.
+fn check_a_step_that_fails_on_one_host(lab: &Lab, netctl: &Netctl) {
     lab.vsctl(0, "del-port br-phy nc-int");
     lab.vsctl(
         0,
@@ -96,17 +118,6 @@ fn stopped_vswitchd_changes_nothing_and_a_failed_step_converges_later() {
     );
     let status = netctl.status().expect("status").to_string();
     assert!(status.contains("problem: "), "{status}");
-
-    // Once the number is free (OVS may then renumber the port itself), apply converges.
-    lab.vsctl(0, "del-port br-phy intruder");
-    netctl.apply().expect("apply once the port number is free");
-    assert_eq!(netctl.apply().expect("again").change_count(), 0);
-    let status = netctl.status().expect("status").to_string();
-    assert!(
-        !status.contains("problem: ") && !status.contains("UNREACHABLE"),
-        "{status}"
-    );
-    eventually("a1 pings a2 at the end", || ping(&ns_a1, a2.ip));
 }
 
 #[test]

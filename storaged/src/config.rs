@@ -17,10 +17,10 @@ pub struct ServeArgs {
     #[arg(long, env = "VAULT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// TOML config file (keys as the long flags, with underscores).
-    /// [default: <data-dir>/storaged.toml, when it exists]
+    /// [default: DATA_DIR/storaged.toml, when it exists]
     #[arg(long, env = "VAULT_STORAGED_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Unix socket for local clients. [default: <data-dir>/storaged.sock]
+    /// Unix socket for local clients. [default: DATA_DIR/storaged.sock]
     #[arg(long, env = "VAULT_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Also listen on TCP with TLS, for remote clients and VMs (e.g. 0.0.0.0:7443).
@@ -32,11 +32,11 @@ pub struct ServeArgs {
     /// [default: sqlite]
     #[arg(long, env = "VAULT_META")]
     pub meta: Option<String>,
-    /// Where chunk files go. [default: <data-dir>/chunks]
+    /// Where chunk files go. [default: DATA_DIR/chunks]
     #[arg(long, env = "VAULT_CHUNK_ROOT")]
     pub chunk_root: Option<PathBuf>,
     /// The site administrator's public key file (written by `vault-admin init`).
-    /// [default: <data-dir>/admin.pub]
+    /// [default: DATA_DIR/admin.pub]
     #[arg(long, env = "VAULT_ADMIN_PUBLIC_KEY")]
     pub admin_public_key: Option<PathBuf>,
     /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9464).

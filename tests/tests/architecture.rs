@@ -257,3 +257,14 @@ fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Invariant 11: the types that hold private key bytes zeroize them on drop. The compiler
+/// checks it: a type that stops doing so no longer satisfies `ZeroizeOnDrop`.
+#[test]
+fn private_key_bytes_are_zeroized_on_drop() {
+    fn zeroizes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    zeroizes_on_drop::<crypto::DataKey>();
+    zeroizes_on_drop::<crypto::ChunkCipher>();
+    zeroizes_on_drop::<identity::Identity>();
+    zeroizes_on_drop::<keystore::Passphrase>();
+}

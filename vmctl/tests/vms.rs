@@ -82,13 +82,29 @@ fn guest_drive(ns: &str, address: Ipv4Addr, write: bool) -> String {
     guest_shell(ns, address, &script)
 }
 
+/// The first test's VM `a1` on h1 with drive `data`, and a VM of its project on h2 that
+/// reaches it (`friend`, a namespace).
+struct Booted {
+    address: Ipv4Addr,
+    friend: String,
+    key: Vec<String>,
+}
+
 #[test]
 fn a_vm_boots_answers_keeps_its_drive_encrypted_and_moves_across_hosts() {
     let mut site = Site::new("v", 2, 4096);
-    let key = key_args(&site);
-    let key: Vec<&str> = key.iter().map(String::as_str).collect();
+    let booted = create_and_boot(&mut site);
+    restart_on_the_same_host(&site, &booted);
+    attach_live(&site, &booted);
+    move_to_h2(&site, &booted);
+    detach_stop_destroy(&site, &booted);
+}
+
+/// Creates drive `data` and VM `a1` on h1 and boots it: it answers ping and a shell from
+/// another VM of its project on the other host, and nothing from another project.
+fn create_and_boot(site: &mut Site) -> Booted {
     let owner_file = site.key.key_file.display().to_string();
-    stdout(&site.cli(&[
+    let drive = [
         "drive",
         "create",
         "data",
@@ -96,7 +112,8 @@ fn a_vm_boots_answers_keeps_its_drive_encrypted_and_moves_across_hosts() {
         "1",
         "--owner",
         &owner_file,
-    ]));
+    ];
+    stdout(&site.cli(&drive));
     let created = stdout(&site.cli(&[
         "create",
         "a1",
@@ -113,101 +130,102 @@ fn a_vm_boots_answers_keeps_its_drive_encrypted_and_moves_across_hosts() {
     ]));
     assert!(created.contains("created a1 on h1"), "{created}");
     let address = site.vmctl.network().port("a1").expect("port").ip;
-    let (friend, _) = peer(&mut site, "friend", "h2", "alpha");
-    let (stranger, _) = peer(&mut site, "stranger", "h2", "beta");
+    let (friend, _) = peer(site, "friend", "h2", "alpha");
+    let (stranger, _) = peer(site, "stranger", "h2", "beta");
 
-    // Boot, and answer from another VM of the project on the other host.
     let started = stdout(&site.cli(&["start", "a1"]));
     assert!(started.contains("started a1 on h1 in"), "{started}");
     eventually("a1 answers ping from its project", || {
         ping(&friend, address)
     });
-    assert!(guest_shell(&friend, address, "echo hello from $(hostname)").contains("hello from a1"));
+    let hello = guest_shell(&friend, address, "echo hello from $(hostname)");
+    assert!(hello.contains("hello from a1"), "{hello}");
     assert!(
         !ping(&stranger, address),
         "another project must not reach a1"
     );
+    Booted {
+        address,
+        friend,
+        key: key_args(site),
+    }
+}
 
-    // Stopped and started again on the same host (libvirt deletes the tap at the stop and
-    // makes a new one of the same name at the start): it answers again, on the same port.
+/// Stopped and started again on the same host (libvirt deletes the tap at the stop and makes
+/// a new one of the same name at the start): it answers again, on the same port.
+fn restart_on_the_same_host(site: &Site, booted: &Booted) {
     let ofport = site.vmctl.network().port("a1").expect("port").ofport;
     let stopped = stdout(&site.cli(&["stop", "a1", "--timeout", "2"]));
     assert!(stopped.contains("a1: forced off"), "{stopped}");
     let restarted = stdout(&site.cli(&["start", "a1"]));
     assert!(restarted.contains("started a1 on h1 in"), "{restarted}");
     eventually("a1 answers ping after a restart on the same host", || {
-        ping(&friend, address)
+        ping(&booted.friend, booted.address)
     });
-    assert!(guest_shell(&friend, address, "echo hello again").contains("hello again"));
-    assert_eq!(
-        site.vmctl.network().port("a1").expect("port").ofport,
-        ofport
-    );
+    let again = guest_shell(&booted.friend, booted.address, "echo hello again");
+    assert!(again.contains("hello again"), "{again}");
+    let port = site.vmctl.network().port("a1").expect("port");
+    assert_eq!(port.ofport, ofport);
+}
 
-    // A live attach: the guest sees the disk, and what it writes is ciphertext on the host.
-    let attached =
-        stdout(&site.cli(&[&["drive", "attach", "data", "--to", "a1"], &key[..]].concat()));
+/// A live attach: the guest sees the disk, and what it writes is ciphertext on the host;
+/// status, list and the console show the VM as it is.
+fn attach_live(site: &Site, booted: &Booted) {
+    let key: Vec<&str> = booted.key.iter().map(String::as_str).collect();
+    let attach = [&["drive", "attach", "data", "--to", "a1"], &key[..]].concat();
+    let attached = stdout(&site.cli(&attach));
     assert!(attached.contains("as vdb"), "{attached}");
-    let seen = guest_drive(&friend, address, true);
+    let seen = guest_drive(&booted.friend, booted.address, true);
     assert!(
         seen.contains("dev=/dev/vd"),
         "the guest sees the drive: {seen}"
     );
-    assert!(
-        seen.contains(&format!("read={PATTERN}")),
-        "the guest reads back: {seen}"
-    );
+    let read_back = seen.contains(&format!("read={PATTERN}"));
+    assert!(read_back, "the guest reads back: {seen}");
     let qcow2 = site.store.join("drives/data.qcow2");
-    assert!(
-        !file_contains(&qcow2, PATTERN.as_bytes()),
-        "plaintext in the qcow2 file"
-    );
-    assert_key_never_on_disk(&site);
+    let leaked = file_contains(&qcow2, PATTERN.as_bytes());
+    assert!(!leaked, "plaintext in the qcow2 file");
+    assert_key_never_on_disk(site);
 
     let status = stdout(&site.cli(&["status", "a1"]));
-    for expected in [
-        "running",
-        &format!("{address}/24"),
-        "data (vdb)",
-        "h1 (tcg)",
-    ] {
-        assert!(
-            status.contains(expected),
-            "`{expected}` missing in:\n{status}"
-        );
+    let address = format!("{}/24", booted.address);
+    for expected in ["running", &address, "data (vdb)", "h1 (tcg)"] {
+        let shown = status.contains(expected);
+        assert!(shown, "`{expected}` missing in:\n{status}");
     }
     let list = stdout(&site.cli(&["list"]));
-    assert!(
-        list.lines()
-            .any(|l| l.starts_with("a1") && l.contains("running")),
-        "{list}"
-    );
+    let listed = list
+        .lines()
+        .any(|l| l.starts_with("a1") && l.contains("running"));
+    assert!(listed, "{list}");
     assert!(stdout(&site.cli(&["console", "a1"])).contains("vault-guest: ready"));
+}
 
-    // Move: same name, address and drive, on the other host.
-    let moved = stdout(
-        &site.cli(
-            &[
-                &["move", "a1", "--to", "h2", "--stop-timeout", "3"],
-                &key[..],
-            ]
-            .concat(),
-        ),
-    );
+/// Move: same name, address and drive, on the other host.
+fn move_to_h2(site: &Site, booted: &Booted) {
+    let key: Vec<&str> = booted.key.iter().map(String::as_str).collect();
+    let args = [
+        &["move", "a1", "--to", "h2", "--stop-timeout", "3"],
+        &key[..],
+    ]
+    .concat();
+    let moved = stdout(&site.cli(&args));
     assert!(moved.contains("started a1 on h2"), "{moved}");
-    assert_eq!(site.vmctl.network().port("a1").expect("port").ip, address);
+    let port = site.vmctl.network().port("a1").expect("port");
+    assert_eq!(port.ip, booted.address);
     let h1 = site.vmctl.connect("h1").expect("h1");
     assert!(h1.lookup("a1").expect("lookup").is_none(), "a1 left h1");
-    eventually("a1 answers on h2", || ping(&friend, address));
-    let seen = guest_drive(&friend, address, false);
-    assert!(
-        seen.contains(&format!("read={PATTERN}")),
-        "the drive moved along: {seen}"
-    );
+    eventually("a1 answers on h2", || ping(&booted.friend, booted.address));
+    let seen = guest_drive(&booted.friend, booted.address, false);
+    let read_back = seen.contains(&format!("read={PATTERN}"));
+    assert!(read_back, "the drive moved along: {seen}");
+}
 
-    // A live detach, a stop (the tiny guest ignores ACPI: forced), a destroy.
+/// A live detach, a stop (the tiny guest ignores ACPI: forced), a destroy.
+fn detach_stop_destroy(site: &Site, booted: &Booted) {
     stdout(&site.cli(&["drive", "detach", "data"]));
-    let gone = guest_shell(&friend, address, "cat /sys/block/*/serial; echo end");
+    let serials = "cat /sys/block/*/serial; echo end";
+    let gone = guest_shell(&booted.friend, booted.address, serials);
     assert!(gone.contains("end") && !gone.contains("data"), "{gone}");
     let stopped = stdout(&site.cli(&["stop", "a1", "--timeout", "2"]));
     assert!(stopped.contains("forced off"), "{stopped}");
@@ -249,7 +267,6 @@ fn assert_key_never_on_disk(site: &Site) {
 #[test]
 fn bad_input_is_refused_and_leaves_nothing_behind() {
     let mut site = Site::new("b", 1, 1024);
-    let vmctl = &site.vmctl;
     let owner_file = site.key.key_file.display().to_string();
     stdout(&site.cli(&["create", "a1", "--image", "tiny", "--project", "alpha"]));
     stdout(&site.cli(&["create", "a2", "--image", "tiny", "--project", "alpha"]));
@@ -268,7 +285,43 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
         "offline attach needs no key: {attached}"
     );
 
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    for (args, expected) in &refused_cases(&owner_file) {
+        let output = site.cli(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let one_line = stderr.starts_with("vmctl: ") && stderr.lines().count() == 1;
+        assert!(one_line, "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "`{expected}` missing in: {stderr}"
+        );
+    }
+    a_wrong_passphrase_starts_nothing(&site);
+    a_start_without_ovs_is_undone(&mut site);
+    only_the_accepted_vms_and_drives_exist(&site);
+
+    // A drive in use is not deleted; after destroy it is free again.
+    let host = site.vmctl.connect("h1").expect("h1");
+    assert!(site.cli(&["drive", "delete", "d1"]).status.code() != Some(0));
+    stdout(&site.cli(&["destroy", "a1"]));
+    stdout(&site.cli(&["drive", "delete", "d1"]));
+    stdout(&site.cli(&["destroy", "a2"]));
+    assert!(host.domain_names().expect("domains").is_empty());
+    let ports = site.vmctl.network().ports().expect("ports");
+    assert!(ports.is_empty(), "ports left: {ports:?}");
+}
+
+/// Commands that must fail with one line naming what is wrong, and change nothing.
+fn refused_cases(owner_file: &str) -> Vec<(Vec<&str>, &'static str)> {
+    let create = |extra: &[&'static str]| {
+        [
+            &["create", "a3", "--image", "tiny", "--project", "alpha"],
+            extra,
+        ]
+        .concat()
+    };
+    let drive = |name, owner| vec!["drive", "create", name, "--size", "1", "--owner", owner];
+    vec![
         (
             vec!["create", "a1", "--image", "tiny", "--project", "alpha"],
             "a VM named `a1` already exists",
@@ -277,78 +330,21 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
             vec!["create", "a3", "--image", "nope", "--project", "alpha"],
             "unknown image `nope`",
         ),
-        (
-            vec![
-                "create",
-                "a3",
-                "--image",
-                "tiny",
-                "--project",
-                "alpha",
-                "--host",
-                "h7",
-            ],
-            "unknown host `h7`",
-        ),
-        (
-            vec![
-                "create",
-                "a3",
-                "--image",
-                "tiny",
-                "--project",
-                "alpha",
-                "--memory",
-                "600",
-            ],
-            "no host has room",
-        ),
+        (create(&["--host", "h7"]), "unknown host `h7`"),
+        (create(&["--memory", "600"]), "no host has room"),
         (
             vec!["drive", "attach", "d1", "--to", "a2"],
             "attached to VM `a1`: a drive has one writer",
         ),
-        (
-            vec![
-                "drive",
-                "create",
-                "d1",
-                "--size",
-                "1",
-                "--owner",
-                &owner_file,
-            ],
-            "a drive named `d1` already exists",
-        ),
-        (
-            vec![
-                "drive",
-                "create",
-                "d2",
-                "--size",
-                "1",
-                "--owner",
-                "/nonexistent.vkey",
-            ],
-            "no key file",
-        ),
+        (drive("d1", owner_file), "a drive named `d1` already exists"),
+        (drive("d2", "/nonexistent.vkey"), "no key file"),
         (vec!["start", "a1"], "pass its owner's key file"),
         (vec!["start", "ghost"], "no VM named `ghost`"),
-    ];
-    for (args, expected) in &cases {
-        let output = site.cli(args);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?} succeeded");
-        assert!(
-            stderr.starts_with("vmctl: ") && stderr.lines().count() == 1,
-            "{stderr}"
-        );
-        assert!(
-            stderr.contains(expected),
-            "`{expected}` missing in: {stderr}"
-        );
-    }
+    ]
+}
 
-    // A wrong passphrase: the VM stays off and no secret is left.
+/// A wrong passphrase: the VM stays off and no secret is left.
+fn a_wrong_passphrase_starts_nothing(site: &Site) {
     let wrong = site.lab.dir.path().join("wrong.pass");
     std::fs::write(&wrong, "not the passphrase").expect("write");
     let key = site.key.key_file.display().to_string();
@@ -366,17 +362,19 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
         !output.status.success() && stderr.contains("wrong passphrase"),
         "{stderr}"
     );
-    let host = vmctl.connect("h1").expect("h1");
+    let host = site.vmctl.connect("h1").expect("h1");
     let domain = host.domain("a1").expect("a1");
     assert!(
         !host.state(&domain).expect("state").is_active(),
         "a1 stays off"
     );
-    let state = vmctl.store().read().expect("state");
+    let state = site.vmctl.store().read().expect("state");
     assert!(!host.has_secret(&state.drive("d1").expect("d1").secret_uuid));
+}
 
-    // The VM's port cannot follow its new tap (h1's ovs-vswitchd is down): the start fails
-    // and the VM is off again.
+/// The VM's port cannot follow its new tap (h1's ovs-vswitchd is down): the start fails and
+/// the VM is off again.
+fn a_start_without_ovs_is_undone(site: &mut Site) {
     site.lab.stop_vswitchd(0);
     let output = site.cli(&["start", "a2"]);
     site.lab.restart_vswitchd(0);
@@ -388,10 +386,15 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
             && stderr.contains("host `h1`"),
         "{stderr}"
     );
+    let host = site.vmctl.connect("h1").expect("h1");
     let a2 = host.domain("a2").expect("a2");
     assert!(!host.state(&a2).expect("state").is_active(), "a2 is off");
+}
 
-    // Nothing of the refused VMs and drives exists; the accepted ones are intact.
+/// Nothing of the refused VMs and drives exists; the accepted ones are intact.
+fn only_the_accepted_vms_and_drives_exist(site: &Site) {
+    let (vmctl, host) = (&site.vmctl, site.vmctl.connect("h1").expect("h1"));
+    let state = vmctl.store().read().expect("state");
     let mut names = host.domain_names().expect("domains");
     names.sort();
     assert_eq!(names, ["a1", "a2"]);
@@ -414,13 +417,4 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
     assert!(state.vm("a2").expect("a2").drives.is_empty());
     let drives: Vec<_> = files_under(&site.store.join("drives"));
     assert_eq!(drives, [site.store.join("drives/d1.qcow2")]);
-
-    // A drive in use is not deleted; after destroy it is free again.
-    assert!(site.cli(&["drive", "delete", "d1"]).status.code() != Some(0));
-    stdout(&site.cli(&["destroy", "a1"]));
-    stdout(&site.cli(&["drive", "delete", "d1"]));
-    stdout(&site.cli(&["destroy", "a2"]));
-    assert!(host.domain_names().expect("domains").is_empty());
-    let ports = site.vmctl.network().ports().expect("ports");
-    assert!(ports.is_empty(), "ports left: {ports:?}");
 }
