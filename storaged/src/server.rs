@@ -100,12 +100,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
     let admin = read_admin_key(&config.admin_public_key)?;
-    // MongoDB cannot order its journal after our chunk files: with it, each chunk file is
-    // synced before its commit; the embedded store syncs them in batches (see `meta::Barrier`).
-    let deferred = matches!(config.meta, MetaBackend::Sqlite(_));
-    let chunks = DirChunkStore::open(&config.chunk_root, deferred)?;
-    if deferred {
-        // The embedded store has one storaged; instances over MongoDB may share the root.
+    // A store that defers durability syncs the chunk files in batches (see `meta::Barrier`);
+    // over any other, each chunk file is synced before its commit.
+    let capabilities = config.meta.capabilities();
+    let chunks = DirChunkStore::open(&config.chunk_root, capabilities.deferred_durability)?;
+    if capabilities.sole_instance {
+        // Instances that share a store may share the chunk root, and so its spares.
         chunks.keep_spares()?;
     }
     let chunks = Arc::new(chunks);
@@ -117,10 +117,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .map_err(|e: OpError| anyhow::anyhow!(e))
     .context("initialising the vault")?;
     let metrics = Arc::new(Metrics::default());
-    // Leases live in this process: only a store no other instance shares may have them.
-    let sole_instance = matches!(store.backend(), "sqlite" | "memory");
     let state = Arc::new(State {
-        leases: Arc::new(Leases::new(sole_instance)),
+        leases: Arc::new(Leases::new(store.capabilities().leases())),
         audit: crate::audit::AuditQueue::start(store.clone()),
         store,
         chunks,

@@ -31,6 +31,12 @@ struct State {
 }
 
 impl MemoryStore {
+    /// One process's memory: no one else sees it, and nothing in it is ever durable.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        sole_instance: true,
+        deferred_durability: false,
+    };
+
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
@@ -70,6 +76,10 @@ impl MetaStore for MemoryStore {
 
     fn backend(&self) -> &'static str {
         "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        MemoryStore::CAPABILITIES
     }
 }
 

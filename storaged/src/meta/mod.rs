@@ -78,6 +78,27 @@ pub const VISIBLE_WRITES_DURABLE_WITHIN: std::time::Duration = std::time::Durati
 /// takes none, and the chunk store syncs every chunk file before its commit.
 pub type Barrier = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// What a backend allows the daemon around it: the daemon decides by what a store can do,
+/// never by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// No other storaged instance serves the vault from this store, so what one process keeps
+    /// to itself (directory leases, spare chunk files) is all there is of it.
+    pub sole_instance: bool,
+    /// Visible writes become durable later, and the store calls its [`Barrier`] before it
+    /// makes any durable: the chunk files its records name may wait for that barrier, synced
+    /// in batches, instead of each being synced before its commit.
+    pub deferred_durability: bool,
+}
+
+impl Capabilities {
+    /// Whether directory leases may be granted: they live in this process, so only a sole
+    /// instance sees every call that must recall one.
+    pub fn leases(self) -> bool {
+        self.sole_instance
+    }
+}
+
 /// A metadata backend.
 pub trait MetaStore: Send + Sync + 'static {
     /// Runs `op` in a read-write transaction: all of its writes become visible (and durable)
@@ -94,6 +115,8 @@ pub trait MetaStore: Send + Sync + 'static {
     fn read(&self, op: Operation) -> BoxFuture<'_, Result<(), OperationFailed>>;
     /// A short name for logs and metrics ("sqlite", "mongodb", "memory").
     fn backend(&self) -> &'static str;
+    /// What the daemon may rely on around this store.
+    fn capabilities(&self) -> Capabilities;
 }
 
 /// Runs a typed operation in a write transaction; resolves once it is durable.

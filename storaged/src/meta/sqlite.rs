@@ -98,6 +98,13 @@ fn run(conn: &Connection, sql: &str) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
+    /// One file in the data dir, which one storaged opens; visible writes are made durable
+    /// later, after the barrier (see the module comment).
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        sole_instance: true,
+        deferred_durability: true,
+    };
+
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
     /// `barrier` makes the chunk files written so far durable (see [`Barrier`]); without one,
     /// the chunk store must sync each chunk file itself.
@@ -566,6 +573,10 @@ impl MetaStore for SqliteStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        SqliteStore::CAPABILITIES
     }
 }
 
