@@ -18,7 +18,7 @@ use crate::leases::{Holder, InProgress, Leases, RecallStream};
 use crate::meta::{self, ChunkRef, Durability, Inode, Kind, MetaStore, Principal, Time, Txn, now};
 use crate::metrics::Metrics;
 use crate::ops::chunks::Uploaded;
-use crate::ops::tree::{AttrChanges, NewNode, RenameMode};
+use crate::ops::tree::{AttrChanges, NewFile, NewNode, Rename, RenameMode};
 use crate::ops::xattrs::SetMode;
 use crate::ops::{Caller, OpError, access, chunks, sharing, tree, users, xattrs};
 
@@ -557,11 +557,17 @@ async fn put_chunk(
         .write_as(r.lazy, move |txn| {
             let now = now();
             let mut parent_version = None;
-            if let Some((parent, name, node, keys)) = &create {
-                (_, parent_version) =
-                    tree::create_file(txn, &who, *parent, name, node, keys, true, now)?;
+            if let Some(file) = &create {
+                (_, parent_version) = tree::create_file(txn, &who, file, true, now)?;
             }
-            let file = chunks::commit(txn, &who, ino, &[upload], r.size, r.truncate, &[], now)?;
+            let commit = chunks::Commit {
+                ino,
+                chunks: &[upload],
+                size: r.size,
+                truncate: r.truncate,
+                rekey: &[],
+            };
+            let file = chunks::commit(txn, &who, &commit, now)?;
             let file = set_after_commit(txn, &who, file, changes.as_ref(), now)?;
             Ok((file, parent_version))
         })
@@ -579,11 +585,9 @@ async fn put_chunk(
     }
 }
 
-/// What `tree::create_file` needs from a `Create` request: parent, name, node, wrapped keys.
-type NewFile = (u64, Vec<u8>, NewNode, Vec<(Principal, Vec<u8>)>);
-
+/// The file a `Create` request asks for.
 fn new_file(r: &CreateRequest) -> Result<NewFile, OpError> {
-    let keys = wrapped_keys_of(&r.wrapped_keys)?;
+    let wrapped_keys = wrapped_keys_of(&r.wrapped_keys)?;
     let node = NewNode {
         kind: Kind::Regular,
         perm: r.perm,
@@ -593,7 +597,12 @@ fn new_file(r: &CreateRequest) -> Result<NewFile, OpError> {
         target: Vec::new(),
         ino: Some(r.ino),
     };
-    Ok((r.parent, r.name.clone(), node, keys))
+    Ok(NewFile {
+        parent: r.parent,
+        name: r.name.clone(),
+        node,
+        wrapped_keys,
+    })
 }
 
 /// Counts and audits a chunk going out to the caller `uid`, as bytes or as a descriptor.
@@ -958,11 +967,11 @@ impl Vault for Service {
 
     async fn create(&self, request: Request<CreateRequest>) -> Result<Response<Attr>, Status> {
         self.serve("create", request, |state, caller, r| async move {
-            let (parent, name, node, keys) = new_file(&r)?;
+            let file = new_file(&r)?;
             let who = caller.clone();
             let (file, parent_version) = state
                 .write_as(r.lazy, move |txn| {
-                    tree::create_file(txn, &who, parent, &name, &node, &keys, r.exclusive, now())
+                    tree::create_file(txn, &who, &file, r.exclusive, now())
                 })
                 .await?;
             Ok(named(&file, &caller, parent_version))
@@ -1112,16 +1121,14 @@ impl Vault for Service {
             };
             let replaced = state
                 .write_as(r.lazy, move |txn| {
-                    tree::rename(
-                        txn,
-                        &caller,
-                        r.parent,
-                        &r.name,
-                        r.new_parent,
-                        &r.new_name,
+                    let rename = Rename {
+                        parent: r.parent,
+                        name: &r.name,
+                        new_parent: r.new_parent,
+                        new_name: &r.new_name,
                         mode,
-                        now(),
-                    )
+                    };
+                    tree::rename(txn, &caller, &rename, now())
                 })
                 .await?;
             Ok(RenameReply {
@@ -1321,9 +1328,14 @@ impl Vault for Service {
             let file = state
                 .write_as(r.lazy, move |txn| {
                     let now = now();
-                    let file = chunks::commit(
-                        txn, &who, r.ino, &uploads, r.size, r.truncate, &rekey, now,
-                    )?;
+                    let commit = chunks::Commit {
+                        ino: r.ino,
+                        chunks: &uploads,
+                        size: r.size,
+                        truncate: r.truncate,
+                        rekey: &rekey,
+                    };
+                    let file = chunks::commit(txn, &who, &commit, now)?;
                     set_after_commit(txn, &who, file, changes.as_ref(), now)
                 })
                 .await?;

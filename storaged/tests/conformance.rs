@@ -11,7 +11,7 @@ use storaged::meta::{
     mongo::MongoStore, now, sqlite::SqliteStore,
 };
 use storaged::ops::chunks::{self, Uploaded};
-use storaged::ops::tree::{self, AttrChanges, NewNode, RenameMode};
+use storaged::ops::tree::{self, AttrChanges, NewFile, NewNode, Rename, RenameMode};
 use storaged::ops::{Caller, OpError, sharing, users, xattrs};
 use storaged::settings::{self, VaultSettings};
 
@@ -164,23 +164,18 @@ impl World {
         name: &str,
     ) -> Result<meta::Inode, OpError> {
         let ino = u64::from_le_bytes(identity::random_bytes()) | 2;
-        let keys = vec![(
-            Principal::User(who.uid),
-            wrapped(self.settings.vault, ino, key),
-        )];
-        let (who, name) = (who.clone(), name.to_string());
+        let file = NewFile {
+            parent,
+            name: name.as_bytes().to_vec(),
+            node: node(Kind::Regular, Some(ino)),
+            wrapped_keys: vec![(
+                Principal::User(who.uid),
+                wrapped(self.settings.vault, ino, key),
+            )],
+        };
+        let who = who.clone();
         self.write(move |txn| {
-            tree::create_file(
-                txn,
-                &who,
-                parent,
-                name.as_bytes(),
-                &node(Kind::Regular, Some(ino)),
-                &keys,
-                true,
-                now(),
-            )
-            .map(|(inode, _)| inode)
+            tree::create_file(txn, &who, &file, true, now()).map(|(inode, _)| inode)
         })
         .await
     }
@@ -213,16 +208,14 @@ impl World {
         let who = who.clone();
         let (a, b) = (from.1.to_string(), to.1.to_string());
         self.write(move |txn| {
-            tree::rename(
-                txn,
-                &who,
-                from.0,
-                a.as_bytes(),
-                to.0,
-                b.as_bytes(),
+            let rename = Rename {
+                parent: from.0,
+                name: a.as_bytes(),
+                new_parent: to.0,
+                new_name: b.as_bytes(),
                 mode,
-                now(),
-            )
+            };
+            tree::rename(txn, &who, &rename, now())
         })
         .await
     }
@@ -236,8 +229,17 @@ impl World {
         truncate: bool,
     ) -> Result<meta::Inode, OpError> {
         let who = who.clone();
-        self.write(move |txn| chunks::commit(txn, &who, ino, &chunks, size, truncate, &[], now()))
-            .await
+        self.write(move |txn| {
+            let commit = chunks::Commit {
+                ino,
+                chunks: &chunks,
+                size,
+                truncate,
+                rekey: &[],
+            };
+            chunks::commit(txn, &who, &commit, now())
+        })
+        .await
     }
 }
 
@@ -742,19 +744,14 @@ async fn failed_operations_leave_nothing(store: Arc<dyn MetaStore>) {
     let a = w.alice.clone();
     // create_file writes the entry and the inode, then finds the owner's key missing: the
     // whole transaction must roll back.
+    let half = NewFile {
+        parent: ROOT_INO,
+        name: b"half".to_vec(),
+        node: node(Kind::Regular, Some(77)),
+        wrapped_keys: Vec::new(),
+    };
     let r = w
-        .write(move |txn| {
-            tree::create_file(
-                txn,
-                &a,
-                ROOT_INO,
-                b"half",
-                &node(Kind::Regular, Some(77)),
-                &[],
-                true,
-                now(),
-            )
-        })
+        .write(move |txn| tree::create_file(txn, &a, &half, true, now()))
         .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
     assert!(matches!(
@@ -772,24 +769,18 @@ async fn failed_operations_leave_nothing(store: Arc<dyn MetaStore>) {
         .create(&w.alice, w.alice_key, ROOT_INO, "one")
         .await
         .expect("create");
-    let keys = vec![(
-        Principal::User(w.alice.uid),
-        wrapped(w.settings.vault, file.ino, w.alice_key),
-    )];
+    let two = NewFile {
+        parent: ROOT_INO,
+        name: b"two".to_vec(),
+        node: node(Kind::Regular, Some(file.ino)),
+        wrapped_keys: vec![(
+            Principal::User(w.alice.uid),
+            wrapped(w.settings.vault, file.ino, w.alice_key),
+        )],
+    };
     let a = w.alice.clone();
     let r = w
-        .write(move |txn| {
-            tree::create_file(
-                txn,
-                &a,
-                ROOT_INO,
-                b"two",
-                &node(Kind::Regular, Some(file.ino)),
-                &keys,
-                true,
-                now(),
-            )
-        })
+        .write(move |txn| tree::create_file(txn, &a, &two, true, now()))
         .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{Bson, Document, doc};
 use storaged::meta::{self, Kind, MetaStore, ROOT_INO, StoreError, mongo::MongoStore, now};
 use storaged::ops::chunks::{self, Uploaded};
-use storaged::ops::tree::{self, NewNode, RenameMode};
+use storaged::ops::tree::{self, NewNode, Rename, RenameMode};
 use storaged::ops::{Caller, OpError, access};
 
 #[allow(dead_code)]
@@ -192,7 +192,16 @@ async fn two_instances_on_one_database_end_with_one_winner_and_nothing_half_done
             last: true,
             plaintext_bytes: 10,
         };
-        Box::new(move |txn| chunks::commit(txn, &caller(), file, &[upload], 10, false, &[], now()))
+        Box::new(move |txn| {
+            let commit = chunks::Commit {
+                ino: file,
+                chunks: &[upload],
+                size: 10,
+                truncate: false,
+                rekey: &[],
+            };
+            chunks::commit(txn, &caller(), &commit, now())
+        })
     })
     .await;
     one_winner(&committed, |e| matches!(e, OpError::StaleGeneration { .. }));
@@ -201,17 +210,14 @@ async fn two_instances_on_one_database_end_with_one_winner_and_nothing_half_done
     let renamed = race(&stores, 8, |i| {
         let target = format!("moved-{i}");
         Box::new(move |txn| {
-            let replace = RenameMode::NoReplace;
-            tree::rename(
-                txn,
-                &caller(),
-                ROOT_INO,
-                b"contested",
-                ROOT_INO,
-                target.as_bytes(),
-                replace,
-                now(),
-            )
+            let rename = Rename {
+                parent: ROOT_INO,
+                name: b"contested",
+                new_parent: ROOT_INO,
+                new_name: target.as_bytes(),
+                mode: RenameMode::NoReplace,
+            };
+            tree::rename(txn, &caller(), &rename, now())
         })
     })
     .await;

@@ -96,20 +96,34 @@ pub fn check_header(vault: VaultId, ino: Ino, index: u64, header: &Header) -> Re
     Ok(())
 }
 
+/// What a commit changes: which uploaded chunks of a file become current, and its size.
+#[derive(Clone, Copy, Debug)]
+pub struct Commit<'a> {
+    pub ino: Ino,
+    pub chunks: &'a [Uploaded],
+    /// The size the file grows to, or with `truncate` is set to exactly (dropping what is
+    /// past it).
+    pub size: u64,
+    pub truncate: bool,
+    /// When not empty, replaces the file's wrapped keys (owner only).
+    pub rekey: &'a [(Principal, Vec<u8>)],
+}
+
 /// Makes uploaded chunks current, atomically, each only if its base is still the current
-/// generation; sets the size (grows it, or with `truncate` sets it exactly and drops what is
-/// past it); with `rekey`, replaces the file's wrapped keys (owner only).
-#[allow(clippy::too_many_arguments)]
+/// generation, and sets the size, as `commit` says.
 pub fn commit(
     txn: &mut dyn Txn,
     caller: &Caller,
-    ino: Ino,
-    chunks: &[Uploaded],
-    size: u64,
-    truncate: bool,
-    rekey: &[(Principal, Vec<u8>)],
+    commit: &Commit<'_>,
     now: Time,
 ) -> Result<Inode, OpError> {
+    let Commit {
+        ino,
+        chunks,
+        size,
+        truncate,
+        rekey,
+    } = *commit;
     let mut file = regular_file(txn, ino)?;
     check_write(caller, &file)?;
     if size > FILE_BYTES_MAX {

@@ -19,40 +19,41 @@ pub fn init_root(txn: &mut dyn Txn, now: Time) -> Result<(), OpError> {
         read: true,
         write: true,
     };
-    let mut root = new_inode(ROOT_INO, Kind::Directory, 0o1777, 0, 0, 0, ROOT_INO, now);
+    let node = NewNode {
+        kind: Kind::Directory,
+        perm: 0o1777,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        target: Vec::new(),
+        ino: Some(ROOT_INO),
+    };
+    let mut root = new_inode(ROOT_INO, &node, 0, ROOT_INO, now);
     root.nlink = 2;
     root.acl = vec![everyone];
     txn.put_inode(&root)?;
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn new_inode(
-    ino: Ino,
-    kind: Kind,
-    perm: u32,
-    uid: u32,
-    gid: u32,
-    owner: u32,
-    parent: Ino,
-    now: Time,
-) -> Inode {
+/// The inode of a new `node` numbered `ino`, owned by vault user `owner`, in directory
+/// `parent`, with no ACL yet.
+fn new_inode(ino: Ino, node: &NewNode, owner: u32, parent: Ino, now: Time) -> Inode {
     Inode {
         ino,
-        kind,
-        perm: perm & 0o7777,
-        uid,
-        gid,
+        kind: node.kind,
+        perm: node.perm & 0o7777,
+        uid: node.uid,
+        gid: node.gid,
         nlink: 1,
-        size: 0,
+        size: node.target.len() as u64,
         atime: now,
         mtime: now,
         ctime: now,
-        rdev: 0,
+        rdev: node.rdev,
         owner,
         version: 1,
         parent,
-        target: Vec::new(),
+        target: node.target.clone(),
         acl: Vec::new(),
         orphaned_at: None,
     }
@@ -132,12 +133,7 @@ pub fn create_node(
         }
         None => free_ino(txn)?,
     };
-    let mut child = new_inode(
-        ino, node.kind, node.perm, node.uid, node.gid, caller.uid, parent, now,
-    );
-    child.rdev = node.rdev;
-    child.target = node.target.clone();
-    child.size = node.target.len() as u64;
+    let mut child = new_inode(ino, node, caller.uid, parent, now);
     child.acl = inherited_acl(&dir);
     if node.kind == Kind::Directory {
         child.nlink = 2;
@@ -179,21 +175,34 @@ fn free_ino(txn: &mut dyn Txn) -> Result<Ino, OpError> {
     )))
 }
 
+/// A regular file to create: its name, what it is, and its file key wrapped to the
+/// principals that may read it.
+#[derive(Clone, Debug)]
+pub struct NewFile {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+    pub node: NewNode,
+    pub wrapped_keys: Vec<(Principal, Vec<u8>)>,
+}
+
 /// Creates a regular file with its wrapped keys: the owner's is required, and one for every
 /// user the inherited ACL lets read. Returns the file and, when it was created, the
 /// directory's version right after; with `exclusive` unset an existing regular file is
 /// returned instead (and no version).
-#[allow(clippy::too_many_arguments)]
 pub fn create_file(
     txn: &mut dyn Txn,
     caller: &Caller,
-    parent: Ino,
-    name: &[u8],
-    node: &NewNode,
-    wrapped_keys: &[(Principal, Vec<u8>)],
+    file: &NewFile,
     exclusive: bool,
     now: Time,
 ) -> Result<(Inode, Option<u64>), OpError> {
+    let NewFile {
+        parent,
+        ref name,
+        ref node,
+        ref wrapped_keys,
+    } = *file;
+    let name = name.as_slice();
     if !exclusive && let Some(entry) = txn.get_entry(parent, name)? {
         let existing = inode(txn, entry.ino)?;
         if existing.kind == Kind::Directory {
@@ -409,20 +418,33 @@ pub enum RenameMode {
     Exchange,
 }
 
+/// A rename: the entry `name` in directory `parent` gets the name `new_name` in
+/// `new_parent`, as `mode` says.
+#[derive(Clone, Copy, Debug)]
+pub struct Rename<'a> {
+    pub parent: Ino,
+    pub name: &'a [u8],
+    pub new_parent: Ino,
+    pub new_name: &'a [u8],
+    pub mode: RenameMode,
+}
+
 /// Renames (or with [`RenameMode::Exchange`] swaps) an entry, across directories too.
 /// Returns the inode that lost its last link by being replaced, if any: it is kept as an
 /// orphan for a client that may hold it open, which releases it.
-#[allow(clippy::too_many_arguments)]
 pub fn rename(
     txn: &mut dyn Txn,
     caller: &Caller,
-    parent: Ino,
-    name: &[u8],
-    new_parent: Ino,
-    new_name: &[u8],
-    mode: RenameMode,
+    rename: &Rename<'_>,
     now: Time,
 ) -> Result<Option<Ino>, OpError> {
+    let Rename {
+        parent,
+        name,
+        new_parent,
+        new_name,
+        mode,
+    } = *rename;
     check_name(name)?;
     check_name(new_name)?;
     let source_dir = directory(txn, parent)?;
