@@ -1,0 +1,480 @@
+//! The records of [`Txn`] as rows of the embedded store's tables, over one connection: the
+//! writer's in a write transaction, or a reader's in a snapshot.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::rows::{corrupt, inode_from_row, kind_of};
+use super::unavailable;
+use crate::meta::*;
+
+pub(super) struct SqliteTxn<'a> {
+    pub conn: &'a Connection,
+    /// Writes are a bug in a read transaction.
+    pub writable: bool,
+}
+
+/// A number as SQLite stores it (as the same 64 bits).
+fn id(value: u64) -> i64 {
+    value as i64
+}
+
+impl SqliteTxn<'_> {
+    pub(super) fn execute(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<usize, StoreError> {
+        assert!(
+            self.writable,
+            "a read-only metadata transaction tried to write"
+        );
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(params))
+            .map_err(unavailable)
+    }
+
+    pub(super) fn query_one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_row(params, map).optional())
+            .map_err(unavailable)
+    }
+
+    pub(super) fn query_all<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        mut map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut statement = self.conn.prepare_cached(sql).map_err(unavailable)?;
+        let rows = statement
+            .query_map(params, |row| map(row))
+            .map_err(unavailable)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+    }
+}
+
+impl Txn for SqliteTxn<'_> {
+    fn get_setting(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query_one(
+            "SELECT value FROM settings WHERE key = ?1",
+            params![key],
+            |r| r.get(0),
+        )
+    }
+    fn put_setting(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )
+        .map(drop)
+    }
+
+    fn get_inode(&mut self, ino: Ino) -> Result<Option<Inode>, StoreError> {
+        let row = self.query_one(
+            "SELECT ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, rdev, owner,
+                    version, parent, target, acl, orphaned_at FROM inodes WHERE ino = ?1",
+            params![id(ino)],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                    r.get(12)?,
+                    r.get(13)?,
+                    r.get(14)?,
+                    r.get(15)?,
+                    r.get(16)?,
+                ))
+            },
+        )?;
+        row.map(inode_from_row).transpose()
+    }
+    fn put_inode(&mut self, i: &Inode) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT OR REPLACE INTO inodes (ino, kind, perm, uid, gid, nlink, size, atime, mtime,
+                ctime, rdev, owner, version, parent, target, acl, orphaned_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            params![
+                id(i.ino),
+                i.kind as i64,
+                i.perm,
+                i.uid,
+                i.gid,
+                i.nlink,
+                id(i.size),
+                i.atime,
+                i.mtime,
+                i.ctime,
+                id(i.rdev),
+                i.owner,
+                id(i.version),
+                id(i.parent),
+                i.target,
+                encode_acl(&i.acl),
+                i.orphaned_at
+            ],
+        )
+        .map(drop)
+    }
+    fn delete_inode(&mut self, ino: Ino) -> Result<(), StoreError> {
+        for sql in [
+            "DELETE FROM inodes WHERE ino = ?1",
+            "DELETE FROM xattrs WHERE ino = ?1",
+            "DELETE FROM wrapped_keys WHERE ino = ?1",
+        ] {
+            self.execute(sql, params![id(ino)])?;
+        }
+        Ok(())
+    }
+    fn count_inodes(&mut self) -> Result<u64, StoreError> {
+        let count: Option<i64> = self.query_one("SELECT count(*) FROM inodes", [], |r| r.get(0))?;
+        Ok(count.unwrap_or(0) as u64)
+    }
+    fn list_orphans(&mut self, before: Time, limit: usize) -> Result<Vec<Ino>, StoreError> {
+        self.query_all(
+            "SELECT ino FROM inodes WHERE orphaned_at IS NOT NULL AND orphaned_at < ?1 LIMIT ?2",
+            params![before, limit as i64],
+            |r| r.get::<_, i64>(0).map(|i| i as u64),
+        )
+    }
+
+    fn get_entry(&mut self, parent: Ino, name: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let row: Option<(i64, i64)> = self.query_one(
+            "SELECT ino, kind FROM entries WHERE parent = ?1 AND name = ?2",
+            params![id(parent), name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        row.map(|(ino, kind)| {
+            Ok(Entry {
+                ino: ino as u64,
+                kind: kind_of(kind)?,
+            })
+        })
+        .transpose()
+    }
+    fn put_entry(&mut self, parent: Ino, name: &[u8], entry: Entry) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT OR REPLACE INTO entries (parent, name, ino, kind) VALUES (?1, ?2, ?3, ?4)",
+            params![id(parent), name, id(entry.ino), entry.kind as i64],
+        )
+        .map(drop)
+    }
+    fn delete_entry(&mut self, parent: Ino, name: &[u8]) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM entries WHERE parent = ?1 AND name = ?2",
+            params![id(parent), name],
+        )
+        .map(drop)
+    }
+    fn list_entries(
+        &mut self,
+        parent: Ino,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError> {
+        let rows: Vec<(Vec<u8>, i64, i64)> = self.query_all(
+            "SELECT name, ino, kind FROM entries WHERE parent = ?1 AND name > ?2
+             ORDER BY name LIMIT ?3",
+            params![id(parent), after, limit as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        rows.into_iter()
+            .map(|(name, ino, kind)| {
+                Ok((
+                    name,
+                    Entry {
+                        ino: ino as u64,
+                        kind: kind_of(kind)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn get_chunk(&mut self, ino: Ino, index: u64) -> Result<Option<u64>, StoreError> {
+        self.query_one(
+            "SELECT generation FROM chunks WHERE ino = ?1 AND idx = ?2",
+            params![id(ino), id(index)],
+            |r| r.get::<_, i64>(0).map(|g| g as u64),
+        )
+    }
+    fn put_chunk(&mut self, ino: Ino, index: u64, generation: u64) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT OR REPLACE INTO chunks (ino, idx, generation) VALUES (?1, ?2, ?3)",
+            params![id(ino), id(index), id(generation)],
+        )
+        .map(drop)
+    }
+    fn delete_chunk(&mut self, ino: Ino, index: u64) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM chunks WHERE ino = ?1 AND idx = ?2",
+            params![id(ino), id(index)],
+        )
+        .map(drop)
+    }
+    fn list_chunks(
+        &mut self,
+        ino: Ino,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.query_all(
+            "SELECT idx, generation FROM chunks WHERE ino = ?1 AND idx >= ?2 ORDER BY idx LIMIT ?3",
+            params![id(ino), id(from), limit as i64],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+    }
+
+    fn add_garbage(&mut self, c: ChunkRef) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT OR IGNORE INTO garbage (ino, idx, generation) VALUES (?1, ?2, ?3)",
+            params![id(c.ino), id(c.index), id(c.generation)],
+        )
+        .map(drop)
+    }
+    fn list_garbage(&mut self, limit: usize) -> Result<Vec<ChunkRef>, StoreError> {
+        self.query_all(
+            "SELECT ino, idx, generation FROM garbage LIMIT ?1",
+            params![limit as i64],
+            |r| {
+                Ok(ChunkRef {
+                    ino: r.get::<_, i64>(0)? as u64,
+                    index: r.get::<_, i64>(1)? as u64,
+                    generation: r.get::<_, i64>(2)? as u64,
+                })
+            },
+        )
+    }
+    fn delete_garbage(&mut self, c: ChunkRef) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM garbage WHERE ino = ?1 AND idx = ?2 AND generation = ?3",
+            params![id(c.ino), id(c.index), id(c.generation)],
+        )
+        .map(drop)
+    }
+
+    fn get_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query_one(
+            "SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2",
+            params![id(ino), name],
+            |r| r.get(0),
+        )
+    }
+    fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)",
+            params![id(ino), name, value],
+        )
+        .map(drop)
+    }
+    fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM xattrs WHERE ino = ?1 AND name = ?2",
+            params![id(ino), name],
+        )
+        .map(drop)
+    }
+    fn list_xattrs(&mut self, ino: Ino) -> Result<Vec<Xattr>, StoreError> {
+        self.query_all(
+            "SELECT name, value FROM xattrs WHERE ino = ?1 ORDER BY name",
+            params![id(ino)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    fn get_wrapped_key(
+        &mut self,
+        ino: Ino,
+        principal: Principal,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query_one(
+            "SELECT blob FROM wrapped_keys WHERE ino = ?1 AND principal = ?2",
+            params![id(ino), principal.key()],
+            |r| r.get(0),
+        )
+    }
+    fn put_wrapped_key(
+        &mut self,
+        ino: Ino,
+        principal: Principal,
+        blob: &[u8],
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT OR REPLACE INTO wrapped_keys (ino, principal, blob) VALUES (?1, ?2, ?3)",
+            params![id(ino), principal.key(), blob],
+        )
+        .map(drop)
+    }
+    fn delete_wrapped_key(&mut self, ino: Ino, principal: Principal) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM wrapped_keys WHERE ino = ?1 AND principal = ?2",
+            params![id(ino), principal.key()],
+        )
+        .map(drop)
+    }
+    fn list_wrapped_keys(&mut self, ino: Ino) -> Result<Vec<(Principal, Vec<u8>)>, StoreError> {
+        let rows: Vec<(String, Vec<u8>)> = self.query_all(
+            "SELECT principal, blob FROM wrapped_keys WHERE ino = ?1 ORDER BY principal",
+            params![id(ino)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        rows.into_iter()
+            .map(|(key, blob)| {
+                Ok((
+                    Principal::from_key(&key).ok_or_else(|| corrupt("principal"))?,
+                    blob,
+                ))
+            })
+            .collect()
+    }
+
+    fn get_user(&mut self, uid: u32) -> Result<Option<User>, StoreError> {
+        Ok(self.users_where("WHERE uid = ?1", uid)?.pop())
+    }
+    fn get_user_by_name(&mut self, name: &str) -> Result<Option<User>, StoreError> {
+        Ok(self.users_where("WHERE name = ?1", name)?.pop())
+    }
+    fn put_user(&mut self, u: &User) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT OR REPLACE INTO users (uid, name, signing_key, wrapping_key, certificate, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![u.uid, u.name, u.signing_key.to_vec(), u.wrapping_key.to_vec(), u.certificate, u.created],
+        )
+        .map(drop)
+    }
+    fn list_pending_users(&mut self, limit: usize) -> Result<Vec<User>, StoreError> {
+        self.users_where(
+            "WHERE length(certificate) = 0 ORDER BY uid LIMIT ?1",
+            limit as i64,
+        )
+    }
+    fn get_group(&mut self, gid: u32) -> Result<Option<Group>, StoreError> {
+        let row = self.query_one(
+            "SELECT gid, name FROM groups WHERE gid = ?1",
+            params![gid],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        self.group_with_members(row)
+    }
+    fn get_group_by_name(&mut self, name: &str) -> Result<Option<Group>, StoreError> {
+        let row = self.query_one(
+            "SELECT gid, name FROM groups WHERE name = ?1",
+            params![name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        self.group_with_members(row)
+    }
+    fn put_group(&mut self, g: &Group) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT OR REPLACE INTO groups (gid, name) VALUES (?1, ?2)",
+            params![g.gid, g.name],
+        )?;
+        self.execute("DELETE FROM group_members WHERE gid = ?1", params![g.gid])?;
+        for uid in &g.members {
+            self.execute(
+                "INSERT INTO group_members (gid, uid) VALUES (?1, ?2)",
+                params![g.gid, uid],
+            )?;
+        }
+        Ok(())
+    }
+    fn groups_of(&mut self, uid: u32) -> Result<Vec<u32>, StoreError> {
+        self.query_all(
+            "SELECT gid FROM group_members WHERE uid = ?1 ORDER BY gid",
+            params![uid],
+            |r| r.get(0),
+        )
+    }
+    fn next_in_sequence(&mut self, sequence: &str, first: u32) -> Result<u32, StoreError> {
+        let current: Option<u32> = self.query_one(
+            "SELECT next FROM sequences WHERE name = ?1",
+            params![sequence],
+            |r| r.get(0),
+        )?;
+        let value = current.unwrap_or(first);
+        let next = value
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Unavailable(format!("sequence {sequence} exhausted")))?;
+        self.execute(
+            "INSERT OR REPLACE INTO sequences (name, next) VALUES (?1, ?2)",
+            params![sequence, next],
+        )?;
+        Ok(value)
+    }
+
+    fn get_session(&mut self, token_hash: &[u8; 32]) -> Result<Option<Session>, StoreError> {
+        self.query_one(
+            "SELECT uid, admin, expires FROM sessions WHERE token_hash = ?1",
+            params![token_hash.to_vec()],
+            |r| {
+                Ok(Session {
+                    token_hash: *token_hash,
+                    uid: r.get(0)?,
+                    admin: r.get(1)?,
+                    expires: r.get(2)?,
+                })
+            },
+        )
+    }
+    fn put_session(&mut self, s: &Session) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT OR REPLACE INTO sessions (token_hash, uid, admin, expires) VALUES (?1, ?2, ?3, ?4)",
+            params![s.token_hash.to_vec(), s.uid, s.admin, s.expires],
+        )
+        .map(drop)
+    }
+    fn delete_session(&mut self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM sessions WHERE token_hash = ?1",
+            params![token_hash.to_vec()],
+        )
+        .map(drop)
+    }
+    fn delete_expired_sessions(&mut self, now: Time) -> Result<u64, StoreError> {
+        self.execute("DELETE FROM sessions WHERE expires <= ?1", params![now])
+            .map(|n| n as u64)
+    }
+
+    fn last_audit(&mut self) -> Result<Option<AuditEntry>, StoreError> {
+        Ok(self.audit_where("ORDER BY seq DESC LIMIT 1", [])?.pop())
+    }
+    fn append_audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO audit (seq, time, uid, event, ino, detail, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                id(e.seq),
+                e.time,
+                e.uid,
+                e.event,
+                id(e.ino),
+                e.detail,
+                e.prev_hash.to_vec(),
+                e.hash.to_vec()
+            ],
+        )
+        .map(drop)
+    }
+    fn list_audit(&mut self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_where(
+            "WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            params![id(from_seq), limit as i64],
+        )
+    }
+}
