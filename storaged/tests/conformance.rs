@@ -7,8 +7,8 @@ use format::ids::VaultId;
 use format::wrapped::{WRAPPED_KEY_BYTES, WrapHeader, WrapKind};
 use identity::Identity;
 use storaged::meta::{
-    self, Durability, Kind, MetaStore, Principal, ROOT_INO, StoreError, memory::MemoryStore,
-    mongo::MongoStore, now, sqlite::SqliteStore,
+    self, ChunkIndex, Durability, FileId, Generation, Kind, MetaStore, Principal, StoreError,
+    memory::MemoryStore, mongo::MongoStore, now, sqlite::SqliteStore,
 };
 use storaged::ops::chunks::{self, Uploaded};
 use storaged::ops::tree::{self, AttrChanges, NewFile, NewNode, Rename, RenameMode};
@@ -100,11 +100,11 @@ async fn world(store: Arc<dyn MetaStore>) -> World {
 }
 
 /// A wrapped key the server accepts: a valid header for (file, recipient) and opaque rest.
-fn wrapped(vault: VaultId, ino: u64, recipient: [u8; 32]) -> Vec<u8> {
+fn wrapped(vault: VaultId, ino: FileId, recipient: [u8; 32]) -> Vec<u8> {
     let mut blob = WrapHeader {
         kind: WrapKind::FileKey,
         vault,
-        object: ino,
+        object: ino.0,
         recipient,
     }
     .encode()
@@ -113,7 +113,7 @@ fn wrapped(vault: VaultId, ino: u64, recipient: [u8; 32]) -> Vec<u8> {
     blob
 }
 
-fn node(kind: Kind, ino: Option<u64>) -> NewNode {
+fn node(kind: Kind, ino: Option<FileId>) -> NewNode {
     NewNode {
         kind,
         perm: 0o755,
@@ -140,7 +140,12 @@ impl World {
         meta::read(&*self.store, op).await
     }
 
-    async fn mkdir(&self, who: &Caller, parent: u64, name: &str) -> Result<meta::Inode, OpError> {
+    async fn mkdir(
+        &self,
+        who: &Caller,
+        parent: FileId,
+        name: &str,
+    ) -> Result<meta::Inode, OpError> {
         let (who, name) = (who.clone(), name.to_string());
         self.write(move |txn| {
             tree::create_node(
@@ -160,10 +165,10 @@ impl World {
         &self,
         who: &Caller,
         key: [u8; 32],
-        parent: u64,
+        parent: FileId,
         name: &str,
     ) -> Result<meta::Inode, OpError> {
-        let ino = u64::from_le_bytes(identity::random_bytes()) | 2;
+        let ino = FileId(u64::from_le_bytes(identity::random_bytes()) | 2);
         let file = NewFile {
             parent,
             name: name.as_bytes().to_vec(),
@@ -180,13 +185,18 @@ impl World {
         .await
     }
 
-    async fn lookup(&self, who: &Caller, parent: u64, name: &str) -> Result<meta::Inode, OpError> {
+    async fn lookup(
+        &self,
+        who: &Caller,
+        parent: FileId,
+        name: &str,
+    ) -> Result<meta::Inode, OpError> {
         let (who, name) = (who.clone(), name.to_string());
         self.read(move |txn| tree::lookup(txn, &who, parent, name.as_bytes()))
             .await
     }
 
-    async fn names(&self, who: &Caller, dir: u64) -> Vec<String> {
+    async fn names(&self, who: &Caller, dir: FileId) -> Vec<String> {
         let who = who.clone();
         let (listing, _) = self
             .read(move |txn| tree::readdir(txn, &who, dir, b"", 1000))
@@ -201,10 +211,10 @@ impl World {
     async fn rename(
         &self,
         who: &Caller,
-        from: (u64, &str),
-        to: (u64, &str),
+        from: (FileId, &str),
+        to: (FileId, &str),
         mode: RenameMode,
-    ) -> Result<Option<u64>, OpError> {
+    ) -> Result<Option<FileId>, OpError> {
         let who = who.clone();
         let (a, b) = (from.1.to_string(), to.1.to_string());
         self.write(move |txn| {
@@ -223,7 +233,7 @@ impl World {
     async fn commit(
         &self,
         who: &Caller,
-        ino: u64,
+        ino: FileId,
         chunks: Vec<Uploaded>,
         size: u64,
         truncate: bool,
@@ -243,11 +253,19 @@ impl World {
     }
 }
 
+/// A file's chunks as `chunks::list` gives them: (index, generation) each.
+fn listed_as(chunks: &[(u64, u64)]) -> Vec<(ChunkIndex, Generation)> {
+    chunks
+        .iter()
+        .map(|&(index, generation)| (ChunkIndex(index), Generation(generation)))
+        .collect()
+}
+
 fn upload(index: u64, base: u64, generation: u64, last: bool, bytes: u64) -> Uploaded {
     Uploaded {
-        index,
-        base,
-        generation,
+        index: ChunkIndex(index),
+        base: Generation(base),
+        generation: Generation(generation),
         last,
         plaintext_bytes: bytes,
     }
@@ -256,10 +274,10 @@ fn upload(index: u64, base: u64, generation: u64, last: bool, bytes: u64) -> Upl
 async fn tree_operations(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let a = &w.alice;
-    let home = w.mkdir(a, ROOT_INO, "alice").await.expect("mkdir");
+    let home = w.mkdir(a, FileId::ROOT, "alice").await.expect("mkdir");
     assert_eq!(home.kind, Kind::Directory);
     assert!(matches!(
-        w.mkdir(a, ROOT_INO, "alice").await,
+        w.mkdir(a, FileId::ROOT, "alice").await,
         Err(OpError::Exists)
     ));
     let file = w
@@ -320,7 +338,7 @@ async fn tree_operations(store: Arc<dyn MetaStore>) {
     assert_eq!(linked.nlink, 2);
     let who = a.clone();
     let dir_link = w
-        .write(move |txn| tree::link(txn, &who, home.ino, ROOT_INO, b"dirlink", now()))
+        .write(move |txn| tree::link(txn, &who, home.ino, FileId::ROOT, b"dirlink", now()))
         .await;
     assert!(matches!(dir_link, Err(OpError::NotSupported(_))));
 
@@ -350,14 +368,17 @@ async fn tree_operations(store: Arc<dyn MetaStore>) {
     assert_eq!(seen, w.names(a, home.ino).await);
     assert_eq!(seen.len(), 10, "{seen:?}");
     assert_eq!(
-        w.lookup(a, ROOT_INO, "alice").await.expect("home").nlink,
+        w.lookup(a, FileId::ROOT, "alice")
+            .await
+            .expect("home")
+            .nlink,
         2 + 7
     );
 
     // Removing.
     let who = a.clone();
     assert!(matches!(
-        w.write(move |txn| tree::rmdir(txn, &who, ROOT_INO, b"alice", now()))
+        w.write(move |txn| tree::rmdir(txn, &who, FileId::ROOT, b"alice", now()))
             .await,
         Err(OpError::NotEmpty)
     ));
@@ -389,7 +410,10 @@ async fn tree_operations(store: Arc<dyn MetaStore>) {
         .await
         .expect("rmdir");
     assert_eq!(
-        w.lookup(a, ROOT_INO, "alice").await.expect("home").nlink,
+        w.lookup(a, FileId::ROOT, "alice")
+            .await
+            .expect("home")
+            .nlink,
         2 + 6
     );
 }
@@ -397,7 +421,7 @@ async fn tree_operations(store: Arc<dyn MetaStore>) {
 async fn renames(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let a = &w.alice;
-    let home = w.mkdir(a, ROOT_INO, "home").await.expect("mkdir").ino;
+    let home = w.mkdir(a, FileId::ROOT, "home").await.expect("mkdir").ino;
     let sub = w.mkdir(a, home, "sub").await.expect("mkdir").ino;
     let deeper = w.mkdir(a, sub, "deeper").await.expect("mkdir").ino;
     let f1 = w.create(a, w.alice_key, home, "f1").await.expect("f1");
@@ -453,13 +477,19 @@ async fn renames(store: Arc<dyn MetaStore>) {
         Err(OpError::IsDirectory)
     ));
     // Across directories: parents' link counts follow.
-    let other = w.mkdir(a, ROOT_INO, "other").await.expect("mkdir").ino;
+    let other = w.mkdir(a, FileId::ROOT, "other").await.expect("mkdir").ino;
     w.rename(a, (home, "sub"), (other, "moved"), RenameMode::Replace)
         .await
         .expect("move dir");
-    assert_eq!(w.lookup(a, ROOT_INO, "home").await.expect("home").nlink, 2);
     assert_eq!(
-        w.lookup(a, ROOT_INO, "other").await.expect("other").nlink,
+        w.lookup(a, FileId::ROOT, "home").await.expect("home").nlink,
+        2
+    );
+    assert_eq!(
+        w.lookup(a, FileId::ROOT, "other")
+            .await
+            .expect("other")
+            .nlink,
         3
     );
     let who = a.clone();
@@ -476,9 +506,9 @@ async fn renames(store: Arc<dyn MetaStore>) {
         .await
         .expect("over empty dir");
     w.mkdir(a, other, "full").await.expect("mkdir");
-    w.mkdir(a, ROOT_INO, "x").await.expect("mkdir");
+    w.mkdir(a, FileId::ROOT, "x").await.expect("mkdir");
     let r = w
-        .rename(a, (ROOT_INO, "x"), (home, "empty"), RenameMode::Replace)
+        .rename(a, (FileId::ROOT, "x"), (home, "empty"), RenameMode::Replace)
         .await;
     assert!(matches!(r, Err(OpError::NotEmpty)), "{r:?}");
 }
@@ -487,7 +517,7 @@ async fn chunk_commits(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let a = &w.alice;
     let file = w
-        .create(a, w.alice_key, ROOT_INO, "data")
+        .create(a, w.alice_key, FileId::ROOT, "data")
         .await
         .expect("create")
         .ino;
@@ -505,9 +535,9 @@ async fn chunk_commits(store: Arc<dyn MetaStore>) {
         matches!(
             r,
             Err(OpError::StaleGeneration {
-                index: 0,
-                base: 0,
-                current: 10
+                index: ChunkIndex(0),
+                base: Generation(0),
+                current: Generation(10)
             })
         ),
         "{r:?}"
@@ -547,10 +577,10 @@ async fn chunk_commits(store: Arc<dyn MetaStore>) {
     assert_eq!(f.size, 2 * MIB8 + 10);
     let who = a.clone();
     let (listed, more) = w
-        .read(move |txn| chunks::list(txn, &who, file, 0, 10))
+        .read(move |txn| chunks::list(txn, &who, file, ChunkIndex(0), 10))
         .await
         .expect("list");
-    assert_eq!((listed, more), (vec![(0, 13), (2, 5)], false));
+    assert_eq!((listed, more), (listed_as(&[(0, 13), (2, 5)]), false));
     let garbage = w
         .read(|txn| Ok(txn.list_garbage(100)?))
         .await
@@ -558,7 +588,7 @@ async fn chunk_commits(store: Arc<dyn MetaStore>) {
     assert!(
         garbage
             .iter()
-            .any(|c| c.ino == file && c.index == 0 && c.generation == 10)
+            .any(|c| c.ino == file && c.index == ChunkIndex(0) && c.generation == Generation(10))
     );
     // Truncating through setattr may not change a stored chunk's role.
     let who = a.clone();
@@ -591,10 +621,10 @@ async fn chunk_commits(store: Arc<dyn MetaStore>) {
     assert_eq!(f.size, MIB8 / 2);
     let who = a.clone();
     let (listed, _) = w
-        .read(move |txn| chunks::list(txn, &who, file, 0, 10))
+        .read(move |txn| chunks::list(txn, &who, file, ChunkIndex(0), 10))
         .await
         .expect("list");
-    assert_eq!(listed, vec![(0, 14)]);
+    assert_eq!(listed, listed_as(&[(0, 14)]));
     // Truncating to zero through setattr is always fine.
     let who = a.clone();
     w.write(move |txn| {
@@ -613,55 +643,59 @@ async fn chunk_commits(store: Arc<dyn MetaStore>) {
     .expect("truncate to 0");
     let who = a.clone();
     assert_eq!(
-        w.read(move |txn| chunks::current(txn, &who, file, 0))
+        w.read(move |txn| chunks::current(txn, &who, file, ChunkIndex(0)))
             .await
             .expect("hole"),
-        0
+        meta::NO_GENERATION
     );
     // Unlinking frees every chunk into the garbage list.
     w.commit(a, file, vec![upload(0, 0, 20, true, 1)], 1, false)
         .await
         .expect("commit");
     let who = a.clone();
-    w.write(move |txn| tree::unlink(txn, &who, ROOT_INO, b"data", false, now()))
+    w.write(move |txn| tree::unlink(txn, &who, FileId::ROOT, b"data", false, now()))
         .await
         .expect("unlink");
     let garbage = w
         .read(|txn| Ok(txn.list_garbage(100)?))
         .await
         .expect("garbage");
-    assert!(garbage.iter().any(|c| c.ino == file && c.generation == 20));
+    assert!(
+        garbage
+            .iter()
+            .any(|c| c.ino == file && c.generation == Generation(20))
+    );
 }
 
 async fn access_control(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let (a, b) = (&w.alice, &w.bob);
     let secret = w
-        .create(a, w.alice_key, ROOT_INO, "alice-secret")
+        .create(a, w.alice_key, FileId::ROOT, "alice-secret")
         .await
         .expect("create");
     let mine = w
-        .create(b, w.bob_key, ROOT_INO, "bob-file")
+        .create(b, w.bob_key, FileId::ROOT, "bob-file")
         .await
         .expect("create");
     // Each sees only its own at the (shared, sticky) root.
-    assert_eq!(w.names(a, ROOT_INO).await, vec!["alice-secret"]);
-    assert_eq!(w.names(b, ROOT_INO).await, vec!["bob-file"]);
+    assert_eq!(w.names(a, FileId::ROOT).await, vec!["alice-secret"]);
+    assert_eq!(w.names(b, FileId::ROOT).await, vec!["bob-file"]);
     assert!(matches!(
-        w.lookup(b, ROOT_INO, "alice-secret").await,
+        w.lookup(b, FileId::ROOT, "alice-secret").await,
         Err(OpError::AccessDenied(_))
     ));
     // Bob cannot remove or rename Alice's entry at the sticky root.
     let who = b.clone();
     let r = w
-        .write(move |txn| tree::unlink(txn, &who, ROOT_INO, b"alice-secret", false, now()))
+        .write(move |txn| tree::unlink(txn, &who, FileId::ROOT, b"alice-secret", false, now()))
         .await;
     assert!(matches!(r, Err(OpError::AccessDenied(_))), "{r:?}");
     let r = w
         .rename(
             b,
-            (ROOT_INO, "alice-secret"),
-            (ROOT_INO, "stolen"),
+            (FileId::ROOT, "alice-secret"),
+            (FileId::ROOT, "stolen"),
             RenameMode::Replace,
         )
         .await;
@@ -698,7 +732,7 @@ async fn access_control(store: Arc<dyn MetaStore>) {
         .await
         .expect("share");
     assert_eq!(
-        w.lookup(b, ROOT_INO, "alice-secret")
+        w.lookup(b, FileId::ROOT, "alice-secret")
             .await
             .expect("shared")
             .ino,
@@ -723,7 +757,7 @@ async fn access_control(store: Arc<dyn MetaStore>) {
         .await
         .expect("unshare");
     assert!(matches!(
-        w.lookup(b, ROOT_INO, "alice-secret").await,
+        w.lookup(b, FileId::ROOT, "alice-secret").await,
         Err(OpError::AccessDenied(_))
     ));
     let who = b.clone();
@@ -734,7 +768,7 @@ async fn access_control(store: Arc<dyn MetaStore>) {
     );
     // The site administrator reads no one's files.
     assert!(matches!(
-        w.lookup(&w.admin, ROOT_INO, "alice-secret").await,
+        w.lookup(&w.admin, FileId::ROOT, "alice-secret").await,
         Err(OpError::AccessDenied(_))
     ));
 }
@@ -745,9 +779,9 @@ async fn failed_operations_leave_nothing(store: Arc<dyn MetaStore>) {
     // create_file writes the entry and the inode, then finds the owner's key missing: the
     // whole transaction must roll back.
     let half = NewFile {
-        parent: ROOT_INO,
+        parent: FileId::ROOT,
         name: b"half".to_vec(),
-        node: node(Kind::Regular, Some(77)),
+        node: node(Kind::Regular, Some(FileId(77))),
         wrapped_keys: Vec::new(),
     };
     let r = w
@@ -755,22 +789,22 @@ async fn failed_operations_leave_nothing(store: Arc<dyn MetaStore>) {
         .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
     assert!(matches!(
-        w.lookup(&w.alice, ROOT_INO, "half").await,
+        w.lookup(&w.alice, FileId::ROOT, "half").await,
         Err(OpError::NotFound)
     ));
     assert!(
-        w.read(|txn| Ok(txn.get_inode(77)?))
+        w.read(|txn| Ok(txn.get_inode(FileId(77))?))
             .await
             .expect("read")
             .is_none()
     );
     // Client-chosen inode numbers may not collide or take reserved ones.
     let file = w
-        .create(&w.alice, w.alice_key, ROOT_INO, "one")
+        .create(&w.alice, w.alice_key, FileId::ROOT, "one")
         .await
         .expect("create");
     let two = NewFile {
-        parent: ROOT_INO,
+        parent: FileId::ROOT,
         name: b"two".to_vec(),
         node: node(Kind::Regular, Some(file.ino)),
         wrapped_keys: vec![(
@@ -788,7 +822,7 @@ async fn failed_operations_leave_nothing(store: Arc<dyn MetaStore>) {
 async fn extended_attributes(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let file = w
-        .create(&w.alice, w.alice_key, ROOT_INO, "f")
+        .create(&w.alice, w.alice_key, FileId::ROOT, "f")
         .await
         .expect("create")
         .ino;
@@ -929,7 +963,10 @@ async fn users_and_groups(store: Arc<dyn MetaStore>) {
             .expect("groups"),
         vec![group.gid]
     );
-    let dir = w.mkdir(&w.alice, ROOT_INO, "shared").await.expect("mkdir");
+    let dir = w
+        .mkdir(&w.alice, FileId::ROOT, "shared")
+        .await
+        .expect("mkdir");
     let entry = meta::AclEntry {
         principal: Principal::Group(group.gid),
         read: true,
@@ -944,7 +981,7 @@ async fn users_and_groups(store: Arc<dyn MetaStore>) {
         ..w.bob.clone()
     };
     assert_eq!(
-        w.lookup(&bob_in_lab, ROOT_INO, "shared")
+        w.lookup(&bob_in_lab, FileId::ROOT, "shared")
             .await
             .expect("visible")
             .ino,
@@ -958,7 +995,7 @@ async fn users_and_groups(store: Arc<dyn MetaStore>) {
 
 async fn audit_chain(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
-    w.mkdir(&w.alice, ROOT_INO, "a").await.expect("mkdir");
+    w.mkdir(&w.alice, FileId::ROOT, "a").await.expect("mkdir");
     let verdict = storaged::audit::verify(&*w.store).await.expect("verify");
     let storaged::audit::Verdict::Intact { entries } = verdict else {
         panic!("{verdict:?}")
@@ -975,19 +1012,22 @@ async fn concurrent_writes_all_land(store: Arc<dyn MetaStore>) {
     for i in 0..64 {
         let w = w.clone();
         tasks.push(tokio::spawn(async move {
-            w.mkdir(&w.alice, ROOT_INO, &format!("d{i}")).await
+            w.mkdir(&w.alice, FileId::ROOT, &format!("d{i}")).await
         }));
     }
     for task in tasks {
         task.await.expect("task").expect("mkdir");
     }
-    assert_eq!(w.names(&w.alice, ROOT_INO).await.len(), 64);
+    assert_eq!(w.names(&w.alice, FileId::ROOT).await.len(), 64);
     assert_eq!(
-        w.lookup(&w.alice, ROOT_INO, "d0").await.expect("d0").parent,
-        ROOT_INO
+        w.lookup(&w.alice, FileId::ROOT, "d0")
+            .await
+            .expect("d0")
+            .parent,
+        FileId::ROOT
     );
     let root = w
-        .read(|txn| Ok(txn.get_inode(ROOT_INO)?))
+        .read(|txn| Ok(txn.get_inode(FileId::ROOT)?))
         .await
         .expect("root")
         .expect("exists");
@@ -1011,7 +1051,7 @@ async fn schema_and_settings_persist(store: Arc<dyn MetaStore>) {
 async fn listing_pages_in_byte_order(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let dir = w
-        .mkdir(&w.alice, ROOT_INO, "names")
+        .mkdir(&w.alice, FileId::ROOT, "names")
         .await
         .expect("mkdir")
         .ino;

@@ -13,8 +13,9 @@ use tracing::Instrument;
 
 use super::leases::{Names, settle_leases};
 use super::{Service, State, wire};
+use crate::audit;
 use crate::leases::Holder;
-use crate::meta::{self, Inode, Txn};
+use crate::meta::{self, Inode, Txn, Version};
 use crate::ops::{Caller, OpError};
 
 /// A call that needs a session: its request message answers it with a `Reply`.
@@ -81,9 +82,9 @@ impl Context {
 
     /// The caller's view of an inode that a change gave a name in a directory now at
     /// `parent_version` (none: no name was added).
-    pub fn named(&self, inode: &Inode, parent_version: Option<u64>) -> Attr {
+    pub fn named(&self, inode: &Inode, parent_version: Option<Version>) -> Attr {
         Attr {
-            parent_version: parent_version.unwrap_or(0),
+            parent_version: parent_version.map_or(0, Version::get),
             ..self.attr(inode)
         }
     }
@@ -138,7 +139,9 @@ impl Service {
         if let Err(OpError::AccessDenied(reason)) = &outcome {
             tracing::warn!(%reason, "access denied");
             let detail = format!("{op}: {reason}");
-            state.audit(uid, "access-denied", 0, detail).await;
+            state
+                .audit(uid, "access-denied", audit::NO_FILE, detail)
+                .await;
         }
         outcome
     }

@@ -10,7 +10,7 @@ use proto::v1::*;
 use super::State;
 use super::call::{Call, Context};
 use crate::leases::{Holder, InProgress, RecallStream};
-use crate::meta::Kind;
+use crate::meta::{FileId, Kind};
 use crate::ops::{Caller, OpError, access, tree};
 
 /// Before a call of `me`: recalls the leases others hold on the directories it names, and on
@@ -37,13 +37,13 @@ pub(super) async fn settle_leases<Q: Names>(
     }
     let started = Instant::now();
     if let Some((parent, name)) = request.removes() {
-        let (who, name) = (caller.clone(), name.to_vec());
+        let (who, name, parent) = (caller.clone(), name.to_vec(), FileId(parent));
         if let Ok(found) = state
             .read(move |txn| tree::lookup(txn, &who, parent, &name))
             .await
             && found.kind == Kind::Directory
         {
-            dirs.push(found.ino);
+            dirs.push(found.ino.0);
         }
     }
     if state.leases.settle(me, &dirs).await > 0 {
@@ -53,7 +53,7 @@ pub(super) async fn settle_leases<Q: Names>(
 }
 
 /// What a call names, for lease recalls: the inodes it reads or changes (0: none), and an
-/// entry it removes or replaces.
+/// entry it removes or replaces, as the request's numbers (leases are kept by them).
 pub(super) trait Names {
     fn inodes(&self) -> Vec<u64> {
         Vec::new()
@@ -169,7 +169,7 @@ impl Call<LeaseReply> for LeaseRequest {
         if !leases.enabled() {
             return Ok(LeaseReply { granted: false });
         }
-        let dir = self.dir;
+        let dir = FileId(self.dir);
         let may_create = at
             .read(move |txn, who| {
                 let dir = tree::getattr(txn, who, dir)?;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::auth::Auth;
 use crate::chunkstore::{ChunkStore, ChunkStoreError};
 use crate::leases::Leases;
-use crate::meta::{self, Durability, MetaStore, Txn};
+use crate::meta::{self, Durability, FileId, MetaStore, Txn};
 use crate::metrics::Metrics;
 use crate::ops::OpError;
 
@@ -96,7 +96,7 @@ impl State {
     }
 
     /// Queues a read-side audit event (see [`crate::audit::AuditQueue`]).
-    async fn audit(&self, uid: u32, event: &'static str, ino: u64, detail: String) {
+    async fn audit(&self, uid: u32, event: &'static str, ino: FileId, detail: String) {
         self.audit.record(uid, event, ino, detail).await;
     }
 }

@@ -5,12 +5,12 @@ use proto::v1::*;
 
 use super::call::{Call, Context};
 use super::wire::{principal_of, principal_to_wire, wrapped_keys_to_wire};
-use crate::meta::{self, now};
+use crate::meta::{self, FileId, now};
 use crate::ops::{OpError, sharing};
 
 impl Call<GetWrappedKeysReply> for GetWrappedKeysRequest {
     async fn answer(self, at: Context) -> Result<GetWrappedKeysReply, OpError> {
-        let keys = at.read(move |txn, who| sharing::my_wrapped_keys(txn, who, self.ino));
+        let keys = at.read(move |txn, who| sharing::my_wrapped_keys(txn, who, FileId(self.ino)));
         Ok(GetWrappedKeysReply {
             keys: wrapped_keys_to_wire(keys.await?),
         })
@@ -27,7 +27,7 @@ impl Call<Attr> for ShareRequest {
             read: entry.read,
             write: entry.write,
         };
-        let (ino, key) = (self.ino, self.wrapped_key);
+        let (ino, key) = (FileId(self.ino), self.wrapped_key);
         let node = at
             .write_durably(move |txn, who| sharing::share(txn, who, ino, acl_entry, &key, now()))
             .await?;
@@ -38,8 +38,9 @@ impl Call<Attr> for ShareRequest {
 impl Call<Attr> for UnshareRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
         let principal = principal_of(self.principal.as_ref())?;
-        let node = at
-            .write_durably(move |txn, who| sharing::unshare(txn, who, self.ino, principal, now()));
+        let node = at.write_durably(move |txn, who| {
+            sharing::unshare(txn, who, FileId(self.ino), principal, now())
+        });
         Ok(at.attr(&node.await?))
     }
 }
@@ -47,7 +48,7 @@ impl Call<Attr> for UnshareRequest {
 impl Call<GetAclReply> for GetAclRequest {
     async fn answer(self, at: Context) -> Result<GetAclReply, OpError> {
         let (owner, acl) = at
-            .read(move |txn, who| sharing::acl(txn, who, self.ino))
+            .read(move |txn, who| sharing::acl(txn, who, FileId(self.ino)))
             .await?;
         let entries = acl
             .into_iter()

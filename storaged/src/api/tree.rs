@@ -5,20 +5,21 @@ use proto::v1::*;
 
 use super::call::{Call, Context};
 use super::wire::{attr_changes, choice, new_file, page_limit, special_kind};
-use crate::meta::{Kind, now};
+use crate::meta::{FileId, Kind, now};
 use crate::ops::OpError;
 use crate::ops::tree::{self, NewNode, Rename, RenameMode};
 
 impl Call<Attr> for LookupRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
-        let found = at.read(move |txn, who| tree::lookup(txn, who, self.parent, &self.name));
+        let found =
+            at.read(move |txn, who| tree::lookup(txn, who, FileId(self.parent), &self.name));
         Ok(at.attr(&found.await?))
     }
 }
 
 impl Call<Attr> for GetAttrRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
-        let found = at.read(move |txn, who| tree::getattr(txn, who, self.ino));
+        let found = at.read(move |txn, who| tree::getattr(txn, who, FileId(self.ino)));
         Ok(at.attr(&found.await?))
     }
 }
@@ -27,7 +28,7 @@ impl Call<Attr> for SetAttrRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
         let changes = attr_changes(&self)?;
         let changed = at.write(self.lazy, move |txn, who| {
-            tree::setattr(txn, who, self.ino, &changes, now())
+            tree::setattr(txn, who, FileId(self.ino), &changes, now())
         });
         Ok(at.attr(&changed.await?))
     }
@@ -49,7 +50,7 @@ impl Call<Attr> for CreateRequest {
 /// Creates a directory entry and its inode (mkdir, mknod, symlink); the caller's view of it.
 async fn create_node(
     at: &Context,
-    parent: u64,
+    parent: FileId,
     name: Vec<u8>,
     node: NewNode,
     lazy: bool,
@@ -78,7 +79,7 @@ fn plain_node(kind: Kind, perm: u32, uid: u32, gid: u32) -> NewNode {
 impl Call<Attr> for MkdirRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
         let node = plain_node(Kind::Directory, self.perm, self.uid, self.gid);
-        create_node(&at, self.parent, self.name, node, self.lazy).await
+        create_node(&at, FileId(self.parent), self.name, node, self.lazy).await
     }
 }
 
@@ -88,7 +89,7 @@ impl Call<Attr> for MknodRequest {
             rdev: self.rdev,
             ..plain_node(special_kind(self.kind)?, self.perm, self.uid, self.gid)
         };
-        create_node(&at, self.parent, self.name, node, self.lazy).await
+        create_node(&at, FileId(self.parent), self.name, node, self.lazy).await
     }
 }
 
@@ -98,13 +99,13 @@ impl Call<Attr> for SymlinkRequest {
             target: self.target,
             ..plain_node(Kind::Symlink, 0o777, self.uid, self.gid)
         };
-        create_node(&at, self.parent, self.name, node, self.lazy).await
+        create_node(&at, FileId(self.parent), self.name, node, self.lazy).await
     }
 }
 
 impl Call<ReadLinkReply> for ReadLinkRequest {
     async fn answer(self, at: Context) -> Result<ReadLinkReply, OpError> {
-        let target = at.read(move |txn, who| tree::readlink(txn, who, self.ino));
+        let target = at.read(move |txn, who| tree::readlink(txn, who, FileId(self.ino)));
         Ok(ReadLinkReply {
             target: target.await?,
         })
@@ -115,7 +116,14 @@ impl Call<Attr> for LinkRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
         let (linked, parent_version) = at
             .write(self.lazy, move |txn, who| {
-                tree::link(txn, who, self.ino, self.new_parent, &self.new_name, now())
+                tree::link(
+                    txn,
+                    who,
+                    FileId(self.ino),
+                    FileId(self.new_parent),
+                    &self.new_name,
+                    now(),
+                )
             })
             .await?;
         Ok(at.named(&linked, Some(parent_version)))
@@ -126,7 +134,14 @@ impl Call<UnlinkReply> for UnlinkRequest {
     async fn answer(self, at: Context) -> Result<UnlinkReply, OpError> {
         let unlinked = at
             .write(self.lazy, move |txn, who| {
-                tree::unlink(txn, who, self.parent, &self.name, self.keep_open, now())
+                tree::unlink(
+                    txn,
+                    who,
+                    FileId(self.parent),
+                    &self.name,
+                    self.keep_open,
+                    now(),
+                )
             })
             .await?;
         Ok(UnlinkReply {
@@ -139,7 +154,7 @@ impl Call<UnlinkReply> for UnlinkRequest {
 impl Call<RmdirReply> for RmdirRequest {
     async fn answer(self, at: Context) -> Result<RmdirReply, OpError> {
         let parent = at.write(self.lazy, move |txn, who| {
-            tree::rmdir(txn, who, self.parent, &self.name, now())
+            tree::rmdir(txn, who, FileId(self.parent), &self.name, now())
         });
         Ok(RmdirReply {
             parent: Some(at.attr(&parent.await?)),
@@ -159,9 +174,9 @@ impl Call<RenameReply> for RenameRequest {
         let replaced = at
             .write(self.lazy, move |txn, who| {
                 let rename = Rename {
-                    parent: self.parent,
+                    parent: FileId(self.parent),
                     name: &self.name,
-                    new_parent: self.new_parent,
+                    new_parent: FileId(self.new_parent),
                     new_name: &self.new_name,
                     mode,
                 };
@@ -169,7 +184,7 @@ impl Call<RenameReply> for RenameRequest {
             })
             .await?;
         Ok(RenameReply {
-            replaced_ino: replaced.unwrap_or(0),
+            replaced_ino: replaced.map_or(0, |ino| ino.0),
         })
     }
 }
@@ -177,7 +192,7 @@ impl Call<RenameReply> for RenameRequest {
 impl Call<ReleaseReply> for ReleaseRequest {
     async fn answer(self, at: Context) -> Result<ReleaseReply, OpError> {
         at.write(self.lazy, move |txn, who| {
-            tree::release(txn, who, self.ino, now())
+            tree::release(txn, who, FileId(self.ino), now())
         })
         .await?;
         Ok(ReleaseReply {})
@@ -188,7 +203,7 @@ impl Call<ReadDirReply> for ReadDirRequest {
     async fn answer(self, at: Context) -> Result<ReadDirReply, OpError> {
         let limit = page_limit(self.limit, 512);
         let (entries, more) = at
-            .read(move |txn, who| tree::readdir(txn, who, self.ino, &self.after, limit))
+            .read(move |txn, who| tree::readdir(txn, who, FileId(self.ino), &self.after, limit))
             .await?;
         let entries = entries
             .iter()

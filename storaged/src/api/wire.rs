@@ -3,7 +3,9 @@
 
 use proto::v1::*;
 
-use crate::meta::{self, Inode, Kind, Principal, StoreError, Time, Txn, now};
+use crate::meta::{
+    self, ChunkIndex, FileId, Generation, Inode, Kind, Principal, StoreError, Time, Txn, now,
+};
 use crate::ops::tree::{AttrChanges, NewFile, NewNode};
 use crate::ops::{Caller, OpError, access};
 
@@ -52,7 +54,7 @@ pub fn special_kind(wire: i32) -> Result<Kind, OpError> {
 /// An inode's attributes as `caller` sees them (its rights included).
 pub fn attr(inode: &Inode, caller: &Caller) -> Attr {
     Attr {
-        ino: inode.ino,
+        ino: inode.ino.0,
         kind: kind_to_wire(inode.kind) as i32,
         perm: inode.perm,
         uid: inode.uid,
@@ -64,7 +66,7 @@ pub fn attr(inode: &Inode, caller: &Caller) -> Attr {
         ctime: Some(timestamp(inode.ctime)),
         rdev: inode.rdev,
         owner: inode.owner,
-        version: inode.version,
+        version: inode.version.get(),
         may_read: access::may_read(caller, inode),
         may_write: access::may_write(caller, inode),
         parent_version: 0,
@@ -110,10 +112,13 @@ pub fn page_limit(asked: u32, default: usize) -> usize {
 }
 
 /// A file's chunks, (index, generation) each.
-pub fn chunks_to_wire(chunks: Vec<(u64, u64)>) -> Vec<ChunkInfo> {
+pub fn chunks_to_wire(chunks: Vec<(ChunkIndex, Generation)>) -> Vec<ChunkInfo> {
     chunks
         .into_iter()
-        .map(|(index, generation)| ChunkInfo { index, generation })
+        .map(|(index, generation)| ChunkInfo {
+            index: index.get(),
+            generation: generation.get(),
+        })
         .collect()
 }
 
@@ -179,10 +184,10 @@ pub fn new_file(r: &CreateRequest) -> Result<NewFile, OpError> {
         gid: r.gid,
         rdev: 0,
         target: Vec::new(),
-        ino: Some(r.ino),
+        ino: Some(FileId(r.ino)),
     };
     Ok(NewFile {
-        parent: r.parent,
+        parent: FileId(r.parent),
         name: r.name.clone(),
         node,
         wrapped_keys,

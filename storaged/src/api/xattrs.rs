@@ -4,7 +4,7 @@ use proto::v1::*;
 
 use super::call::{Call, Context};
 use super::wire::choice;
-use crate::meta::now;
+use crate::meta::{FileId, now};
 use crate::ops::OpError;
 use crate::ops::xattrs::{self, SetMode};
 
@@ -18,7 +18,15 @@ impl Call<SetXattrReply> for SetXattrRequest {
             "create_only and replace_only exclude each other",
         )?;
         at.write(self.lazy, move |txn, who| {
-            xattrs::set(txn, who, self.ino, &self.name, &self.value, mode, now())
+            xattrs::set(
+                txn,
+                who,
+                FileId(self.ino),
+                &self.name,
+                &self.value,
+                mode,
+                now(),
+            )
         })
         .await?;
         Ok(SetXattrReply {})
@@ -27,7 +35,7 @@ impl Call<SetXattrReply> for SetXattrRequest {
 
 impl Call<GetXattrReply> for GetXattrRequest {
     async fn answer(self, at: Context) -> Result<GetXattrReply, OpError> {
-        let value = at.read(move |txn, who| xattrs::get(txn, who, self.ino, &self.name));
+        let value = at.read(move |txn, who| xattrs::get(txn, who, FileId(self.ino), &self.name));
         Ok(GetXattrReply {
             value: value.await?,
         })
@@ -37,7 +45,7 @@ impl Call<GetXattrReply> for GetXattrRequest {
 impl Call<RemoveXattrReply> for RemoveXattrRequest {
     async fn answer(self, at: Context) -> Result<RemoveXattrReply, OpError> {
         at.write(self.lazy, move |txn, who| {
-            xattrs::remove(txn, who, self.ino, &self.name, now())
+            xattrs::remove(txn, who, FileId(self.ino), &self.name, now())
         })
         .await?;
         Ok(RemoveXattrReply {})
@@ -46,7 +54,7 @@ impl Call<RemoveXattrReply> for RemoveXattrRequest {
 
 impl Call<ListXattrReply> for ListXattrRequest {
     async fn answer(self, at: Context) -> Result<ListXattrReply, OpError> {
-        let names = at.read(move |txn, who| xattrs::list(txn, who, self.ino));
+        let names = at.read(move |txn, who| xattrs::list(txn, who, FileId(self.ino)));
         Ok(ListXattrReply {
             names: names.await?,
         })

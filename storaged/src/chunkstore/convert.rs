@@ -87,8 +87,7 @@ mod tests {
 
     use super::*;
     use crate::chunkstore::ChunkStore;
-    use crate::chunkstore::tests::sealed;
-    use crate::meta::ChunkRef;
+    use crate::chunkstore::tests::{chunk, sealed};
 
     #[test]
     fn a_layout_1_root_is_converted_once_and_then_marked() {
@@ -107,11 +106,7 @@ mod tests {
         fs::write(dir.path().join("ab/cd/notes.txt"), b"x").expect("write");
         let store = DirChunkStore::open(dir.path(), true).expect("open converts");
         for &(ino, index, generation, len) in &chunks {
-            let chunk = ChunkRef {
-                ino,
-                index,
-                generation,
-            };
+            let chunk = chunk(ino, index, generation);
             assert_eq!(store.get(chunk).expect("moved"), sealed(len));
         }
         assert_eq!(store.list().expect("list").len(), chunks.len());

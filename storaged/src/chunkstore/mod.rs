@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use format::envelope::Header;
-use format::ids::FileId;
+use format::ids::{ChunkIndex, Generation};
 use format::layout;
 use format::limits::{ENVELOPE_BYTES, SEALED_CHUNK_BYTES_MAX};
 
@@ -160,7 +160,12 @@ impl DirChunkStore {
 
     /// Where `chunk`'s file is.
     pub fn path(&self, chunk: ChunkRef) -> PathBuf {
-        layout::chunk_path(&self.root, FileId(chunk.ino), chunk.index, chunk.generation)
+        let ChunkRef {
+            ino,
+            index,
+            generation,
+        } = chunk;
+        layout::chunk_path(&self.root, ino, index.get(), generation.get())
     }
 
     /// Opens a stored chunk file: its path, the file, and its length.
@@ -330,9 +335,9 @@ impl ChunkStore for DirChunkStore {
                     .map_or(0, |d| d.as_secs());
                 out.push((
                     ChunkRef {
-                        ino: file.0,
-                        index,
-                        generation,
+                        ino: file,
+                        index: ChunkIndex(index),
+                        generation: Generation(generation),
                     },
                     age,
                 ));

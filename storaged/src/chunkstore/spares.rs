@@ -164,9 +164,8 @@ impl DirChunkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunkstore::tests::sealed;
+    use crate::chunkstore::tests::{chunk, sealed};
     use crate::chunkstore::{ChunkStore, ChunkStoreError};
-    use crate::meta::ChunkRef;
 
     fn spares_in(root: &Path) -> Vec<(String, u64)> {
         let mut spares: Vec<(String, u64)> = fs::read_dir(root.join(SPARE_DIR))
@@ -190,11 +189,7 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let store = DirChunkStore::open(dir.path(), deferred).expect("open");
             store.keep_spares().expect("spares");
-            let chunk = |ino: u64| ChunkRef {
-                ino,
-                index: 0,
-                generation: 1,
-            };
+            let chunk = |ino: u64| chunk(ino, 0, 1);
             let (old, new, kept) = (
                 chunk(0x1100 << 48),
                 chunk(0x2200 << 48),
@@ -235,11 +230,7 @@ mod tests {
     #[test]
     fn spares_are_found_again_and_emptied_before_use() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let chunk = |ino: u64| ChunkRef {
-            ino,
-            index: 0,
-            generation: 1,
-        };
+        let chunk = |ino: u64| chunk(ino, 0, 1);
         {
             let store = DirChunkStore::open(dir.path(), true).expect("open");
             store.keep_spares().expect("spares");

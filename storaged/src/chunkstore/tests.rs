@@ -2,6 +2,7 @@
 //! through every way of writing and reading a chunk file.
 
 use super::*;
+use format::ids::FileId;
 
 /// A chunk of `len` bytes with a header the store reads (its last-chunk flag set).
 pub(super) fn sealed(len: usize) -> Vec<u8> {
@@ -10,6 +11,15 @@ pub(super) fn sealed(len: usize) -> Vec<u8> {
     bytes[2] = 1;
     bytes[3] = 1;
     bytes
+}
+
+/// Chunk `index` of file `ino` at `generation`.
+pub(super) fn chunk(ino: u64, index: u64, generation: u64) -> ChunkRef {
+    ChunkRef {
+        ino: FileId(ino),
+        index: ChunkIndex(index),
+        generation: Generation(generation),
+    }
 }
 
 /// Both ways of making a chunk file: unnamed until written (`O_TMPFILE`), and under a
@@ -25,11 +35,7 @@ fn put_never_replaces_and_get_reads_back_when(unnamed: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = DirChunkStore::open(dir.path(), false).expect("open");
     store.unnamed_files.store(unnamed, Ordering::Relaxed);
-    let chunk = ChunkRef {
-        ino: 0xabcd_0000_0000_0001,
-        index: 2,
-        generation: 5,
-    };
+    let chunk = chunk(0xabcd_0000_0000_0001, 2, 5);
     store.put(chunk, &sealed(100)).expect("put");
     assert_eq!(
         store.unnamed_files.load(Ordering::Relaxed),
@@ -60,11 +66,7 @@ fn put_never_replaces_and_get_reads_back_when(unnamed: bool) {
 fn a_large_chunk_is_written_and_read_past_the_cache_and_reads_back_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = DirChunkStore::open(dir.path(), false).expect("open");
-    let chunk = ChunkRef {
-        ino: 0xabcd_0000_0000_0003,
-        index: 0,
-        generation: 1,
-    };
+    let chunk = chunk(0xabcd_0000_0000_0003, 0, 1);
     // Not a multiple of the direct-I/O alignment, and with a pattern that shows shifts.
     let mut data = sealed(2 * 1024 * 1024 + 64 + 5);
     for (i, byte) in data.iter_mut().enumerate().skip(64) {

@@ -196,39 +196,48 @@ pub trait Txn {
     fn put_setting(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError>;
 
     // Inodes.
-    fn get_inode(&mut self, ino: Ino) -> Result<Option<Inode>, StoreError>;
+    fn get_inode(&mut self, ino: FileId) -> Result<Option<Inode>, StoreError>;
     /// Inserts or replaces.
     fn put_inode(&mut self, inode: &Inode) -> Result<(), StoreError>;
     /// Removes the inode record and its xattrs and wrapped keys. Chunk records must be moved
     /// to the garbage list by the caller first.
-    fn delete_inode(&mut self, ino: Ino) -> Result<(), StoreError>;
+    fn delete_inode(&mut self, ino: FileId) -> Result<(), StoreError>;
     fn count_inodes(&mut self) -> Result<u64, StoreError>;
     /// Inodes with no links that were kept for an open file, orphaned before `before`.
-    fn list_orphans(&mut self, before: Time, limit: usize) -> Result<Vec<Ino>, StoreError>;
+    fn list_orphans(&mut self, before: Time, limit: usize) -> Result<Vec<FileId>, StoreError>;
 
     // Directory entries: (parent, name) is unique.
-    fn get_entry(&mut self, parent: Ino, name: &[u8]) -> Result<Option<Entry>, StoreError>;
-    fn put_entry(&mut self, parent: Ino, name: &[u8], entry: Entry) -> Result<(), StoreError>;
-    fn delete_entry(&mut self, parent: Ino, name: &[u8]) -> Result<(), StoreError>;
+    fn get_entry(&mut self, parent: FileId, name: &[u8]) -> Result<Option<Entry>, StoreError>;
+    fn put_entry(&mut self, parent: FileId, name: &[u8], entry: Entry) -> Result<(), StoreError>;
+    fn delete_entry(&mut self, parent: FileId, name: &[u8]) -> Result<(), StoreError>;
     /// Entries after `after` in byte order of their names, at most `limit`.
     fn list_entries(
         &mut self,
-        parent: Ino,
+        parent: FileId,
         after: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError>;
 
     // Chunks: the current generation of each stored chunk of a file.
-    fn get_chunk(&mut self, ino: Ino, index: u64) -> Result<Option<u64>, StoreError>;
-    fn put_chunk(&mut self, ino: Ino, index: u64, generation: u64) -> Result<(), StoreError>;
-    fn delete_chunk(&mut self, ino: Ino, index: u64) -> Result<(), StoreError>;
+    fn get_chunk(
+        &mut self,
+        ino: FileId,
+        index: ChunkIndex,
+    ) -> Result<Option<Generation>, StoreError>;
+    fn put_chunk(
+        &mut self,
+        ino: FileId,
+        index: ChunkIndex,
+        generation: Generation,
+    ) -> Result<(), StoreError>;
+    fn delete_chunk(&mut self, ino: FileId, index: ChunkIndex) -> Result<(), StoreError>;
     /// (index, generation) from `from` upward, at most `limit`.
     fn list_chunks(
         &mut self,
-        ino: Ino,
-        from: u64,
+        ino: FileId,
+        from: ChunkIndex,
         limit: usize,
-    ) -> Result<Vec<(u64, u64)>, StoreError>;
+    ) -> Result<Vec<(ChunkIndex, Generation)>, StoreError>;
 
     // Chunk files no longer current, to delete from the chunk store after commit.
     fn add_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError>;
@@ -236,25 +245,25 @@ pub trait Txn {
     fn delete_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError>;
 
     // Extended attributes.
-    fn get_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> Result<(), StoreError>;
-    fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<(), StoreError>;
-    fn list_xattrs(&mut self, ino: Ino) -> Result<Vec<Xattr>, StoreError>;
+    fn get_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_xattr(&mut self, ino: FileId, name: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn delete_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<(), StoreError>;
+    fn list_xattrs(&mut self, ino: FileId) -> Result<Vec<Xattr>, StoreError>;
 
     // Wrapped keys: one per (file, principal).
     fn get_wrapped_key(
         &mut self,
-        ino: Ino,
+        ino: FileId,
         principal: Principal,
     ) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_wrapped_key(
         &mut self,
-        ino: Ino,
+        ino: FileId,
         principal: Principal,
         blob: &[u8],
     ) -> Result<(), StoreError>;
-    fn delete_wrapped_key(&mut self, ino: Ino, principal: Principal) -> Result<(), StoreError>;
-    fn list_wrapped_keys(&mut self, ino: Ino) -> Result<Vec<(Principal, Vec<u8>)>, StoreError>;
+    fn delete_wrapped_key(&mut self, ino: FileId, principal: Principal) -> Result<(), StoreError>;
+    fn list_wrapped_keys(&mut self, ino: FileId) -> Result<Vec<(Principal, Vec<u8>)>, StoreError>;
 
     // Users and groups.
     fn get_user(&mut self, uid: u32) -> Result<Option<User>, StoreError>;

@@ -8,11 +8,14 @@ use super::{check_stored, check_stored_header, chunk_error, chunk_read};
 use crate::api::call::{Call, Context};
 use crate::api::wire::{chunks_to_wire, page_limit, wrapped_keys_to_wire};
 use crate::chunkstore::ChunkStoreError;
-use crate::meta::{self, ChunkRef, Kind};
+use crate::meta::{self, ChunkIndex, ChunkRef, FileId, Generation, Kind, NO_GENERATION};
 use crate::ops::{OpError, chunks, sharing, tree};
 
 /// Chunk generations an `Open` reply carries (a 32 GiB file); larger files page the rest.
 const OPEN_CHUNKS_MAX: usize = 4096;
+
+/// A file's first chunk: the only one of a small file.
+const FIRST: ChunkIndex = ChunkIndex(0);
 
 /// A file this small comes with its only chunk in the `Open` reply.
 const SMALL_CHUNK_PLAINTEXT_BYTES: u64 = 64 * 1024;
@@ -23,12 +26,12 @@ const GET_ATTEMPTS: usize = 3;
 
 impl Call<OpenReply> for OpenRequest {
     async fn answer(self, at: Context) -> Result<OpenReply, OpError> {
-        let ino = self.ino;
+        let ino = FileId(self.ino);
         let (inode, (chunks, more_chunks), keys) = at
             .read(move |txn, who| {
                 let inode = tree::getattr(txn, who, ino)?;
                 let listed = match inode.kind {
-                    Kind::Regular => chunks::list(txn, who, ino, 0, OPEN_CHUNKS_MAX)?,
+                    Kind::Regular => chunks::list(txn, who, ino, FIRST, OPEN_CHUNKS_MAX)?,
                     _ => (Vec::new(), false),
                 };
                 let keys = sharing::my_wrapped_keys(txn, who, ino)?;
@@ -36,7 +39,7 @@ impl Call<OpenReply> for OpenRequest {
             })
             .await?;
         let small_chunk = match chunks.as_slice() {
-            [(0, generation)] if inode.size <= SMALL_CHUNK_PLAINTEXT_BYTES => {
+            [(FIRST, generation)] if inode.size <= SMALL_CHUNK_PLAINTEXT_BYTES => {
                 small_chunk(&at, ino, *generation).await
             }
             _ => None,
@@ -54,8 +57,9 @@ impl Call<OpenReply> for OpenRequest {
 impl Call<ListChunksReply> for ListChunksRequest {
     async fn answer(self, at: Context) -> Result<ListChunksReply, OpError> {
         let limit = page_limit(self.limit, 1024);
+        let (ino, from) = (FileId(self.ino), ChunkIndex(self.from_index));
         let (list, more) = at
-            .read(move |txn, who| chunks::list(txn, who, self.ino, self.from_index, limit))
+            .read(move |txn, who| chunks::list(txn, who, ino, from, limit))
             .await?;
         Ok(ListChunksReply {
             chunks: chunks_to_wire(list),
@@ -66,7 +70,7 @@ impl Call<ListChunksReply> for ListChunksRequest {
 
 impl Call<GetChunkReply> for GetChunkRequest {
     async fn answer(self, at: Context) -> Result<GetChunkReply, OpError> {
-        let (ino, index) = (self.ino, self.index);
+        let (ino, index) = (FileId(self.ino), ChunkIndex(self.index));
         // A writer may replace the chunk between reading its generation and its file (and
         // the old file may be collected): then read both again, a bounded number of times.
         // A file still missing after that is gone, not replaced.
@@ -75,7 +79,7 @@ impl Call<GetChunkReply> for GetChunkRequest {
             let generation = at
                 .read(move |txn, who| chunks::current(txn, who, ino, index))
                 .await?;
-            if generation == 0 {
+            if generation == NO_GENERATION {
                 return Ok(GetChunkReply::default());
             }
             let chunk = ChunkRef {
@@ -134,7 +138,7 @@ async fn by_descriptor(
     };
     chunk_read(state, at.caller.uid, chunk, len as usize).await;
     Ok(Some(Attempt::Served(GetChunkReply {
-        generation: chunk.generation,
+        generation: chunk.generation.get(),
         data: bytes::Bytes::new(),
         descriptor_ticket: ticket.to_vec(),
     })))
@@ -151,7 +155,7 @@ async fn by_bytes(at: &Context, chunk: ChunkRef) -> Result<Attempt, OpError> {
     check_stored(state, chunk, &sealed)?;
     chunk_read(state, at.caller.uid, chunk, sealed.len()).await;
     Ok(Attempt::Served(GetChunkReply {
-        generation: chunk.generation,
+        generation: chunk.generation.get(),
         data: sealed,
         descriptor_ticket: Vec::new(),
     }))
@@ -159,10 +163,10 @@ async fn by_bytes(at: &Context, chunk: ChunkRef) -> Result<Attempt, OpError> {
 
 /// A small file's only chunk for an `Open` reply, if it reads and checks out now (otherwise
 /// the client's `GetChunk` reports the problem).
-async fn small_chunk(at: &Context, ino: u64, generation: u64) -> Option<GetChunkReply> {
+async fn small_chunk(at: &Context, ino: FileId, generation: Generation) -> Option<GetChunkReply> {
     let chunk = ChunkRef {
         ino,
-        index: 0,
+        index: FIRST,
         generation,
     };
     let state = &at.state;
@@ -170,7 +174,7 @@ async fn small_chunk(at: &Context, ino: u64, generation: u64) -> Option<GetChunk
     check_stored(state, chunk, &sealed).ok()?;
     chunk_read(state, at.caller.uid, chunk, sealed.len()).await;
     Some(GetChunkReply {
-        generation,
+        generation: generation.get(),
         data: sealed,
         descriptor_ticket: Vec::new(),
     })

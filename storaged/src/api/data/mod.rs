@@ -39,8 +39,8 @@ fn check_stored(state: &State, chunk: ChunkRef, sealed: &[u8]) -> Result<(), OpE
 /// The checks of [`check_stored`] on a header already parsed.
 fn check_stored_header(state: &State, chunk: ChunkRef, header: &Header) -> Result<(), OpError> {
     let vault = state.auth.settings().vault;
-    let expected_tag = format::envelope::file_tag(vault, format::ids::FileId(chunk.ino));
-    if u64::from(header.index) != chunk.index || header.generation != chunk.generation {
+    let expected_tag = format::envelope::file_tag(vault, chunk.ino);
+    if u64::from(header.index) != chunk.index.get() || header.generation != chunk.generation.get() {
         return Err(damaged(
             chunk,
             &format!(
@@ -56,9 +56,9 @@ fn check_stored_header(state: &State, chunk: ChunkRef, header: &Header) -> Resul
 }
 
 fn damaged(chunk: ChunkRef, reason: &str) -> OpError {
-    tracing::error!(ino = %format!("{:016x}", chunk.ino), index = chunk.index, generation = chunk.generation, reason, "stored chunk file is damaged");
+    tracing::error!(ino = %chunk.ino, index = chunk.index.get(), generation = chunk.generation.get(), reason, "stored chunk file is damaged");
     OpError::BadChunk(format!(
-        "stored chunk {} of {:016x} (generation {}) is damaged: {reason}",
+        "stored chunk {} of {} (generation {}) is damaged: {reason}",
         chunk.index, chunk.ino, chunk.generation
     ))
 }

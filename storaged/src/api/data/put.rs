@@ -7,7 +7,7 @@ use proto::v1::*;
 use super::chunk_error;
 use crate::api::call::{Call, Context};
 use crate::api::wire::{commit_attr_changes, new_file, wrapped_keys_of};
-use crate::meta::{ChunkRef, Inode, Time, Txn, now};
+use crate::meta::{ChunkIndex, ChunkRef, FileId, Generation, Inode, Time, Txn, now};
 use crate::ops::chunks::{self, Uploaded};
 use crate::ops::tree::{self, AttrChanges, NewFile};
 use crate::ops::{Caller, OpError};
@@ -61,7 +61,7 @@ impl Call<Attr> for CommitChunksRequest {
         }
         let mut uploads = Vec::with_capacity(self.chunks.len());
         for commit in &self.chunks {
-            uploads.push(uploaded(&at, self.ino, commit)?);
+            uploads.push(uploaded(&at, FileId(self.ino), commit)?);
         }
         let rekey = wrapped_keys_of(&self.rekey)?;
         let changes = commit_attr_changes(self.set_attr.as_ref())?;
@@ -69,7 +69,7 @@ impl Call<Attr> for CommitChunksRequest {
             .write(self.lazy, move |txn, who| {
                 let now = now();
                 let commit = chunks::Commit {
-                    ino: self.ino,
+                    ino: FileId(self.ino),
                     chunks: &uploads,
                     size: self.size,
                     truncate: self.truncate,
@@ -96,9 +96,9 @@ struct Put {
 async fn put_chunk(at: &Context, r: PutChunkRequest) -> Result<PutChunkReply, OpError> {
     let put = check_put(at, &r).await?;
     let chunk = ChunkRef {
-        ino: r.ino,
-        index: r.index,
-        generation: put.header.generation,
+        ino: FileId(r.ino),
+        index: ChunkIndex(r.index),
+        generation: Generation(put.header.generation),
     };
     let state = &at.state;
     if r.data.len() <= INLINE_CHUNK_BYTES && state.chunks.defers() {
@@ -135,7 +135,7 @@ async fn put_chunk(at: &Context, r: PutChunkRequest) -> Result<PutChunkReply, Op
 async fn check_put(at: &Context, r: &PutChunkRequest) -> Result<Put, OpError> {
     let header = Header::parse(&r.data).map_err(|e| OpError::BadChunk(e.to_string()))?;
     let vault = at.state.auth.settings().vault;
-    let (ino, index) = (r.ino, r.index);
+    let (ino, index) = (FileId(r.ino), ChunkIndex(r.index));
     let create = match &r.create {
         None => {
             at.read(move |txn, who| chunks::check_upload(txn, who, vault, ino, index, &header))
@@ -143,7 +143,7 @@ async fn check_put(at: &Context, r: &PutChunkRequest) -> Result<Put, OpError> {
             None
         }
         Some(create) => {
-            if !r.commit || create.ino != ino {
+            if !r.commit || create.ino != r.ino {
                 return Err(OpError::invalid(
                     "a put that creates its file must commit, and name the same inode",
                 ));
@@ -169,7 +169,8 @@ async fn check_put(at: &Context, r: &PutChunkRequest) -> Result<Put, OpError> {
 
 /// Commits a stored put, creating its file first if it asks to: the file's attributes then.
 async fn commit_put(at: &Context, r: PutChunkRequest, put: Put) -> Result<Attr, OpError> {
-    let upload = Uploaded::from_header(&put.header, r.data.len() as u64, r.base_generation);
+    let base = Generation(r.base_generation);
+    let upload = Uploaded::from_header(&put.header, r.data.len() as u64, base);
     let Put {
         create, changes, ..
     } = put;
@@ -181,7 +182,7 @@ async fn commit_put(at: &Context, r: PutChunkRequest, put: Put) -> Result<Attr, 
                 (_, parent_version) = tree::create_file(txn, who, file, true, now)?;
             }
             let commit = chunks::Commit {
-                ino: r.ino,
+                ino: FileId(r.ino),
                 chunks: &[upload],
                 size: r.size,
                 truncate: r.truncate,
@@ -210,11 +211,11 @@ fn set_after_commit(
 }
 
 /// Reads the header and length of an uploaded chunk for a commit.
-fn uploaded(at: &Context, ino: u64, commit: &ChunkCommit) -> Result<Uploaded, OpError> {
+fn uploaded(at: &Context, ino: FileId, commit: &ChunkCommit) -> Result<Uploaded, OpError> {
     let chunk = ChunkRef {
         ino,
-        index: commit.index,
-        generation: commit.generation,
+        index: ChunkIndex(commit.index),
+        generation: Generation(commit.generation),
     };
     let (header, len) = at.state.chunks.header(chunk).map_err(|e| match e {
         crate::chunkstore::ChunkStoreError::Missing { .. } => OpError::invalid(format!(
@@ -225,8 +226,10 @@ fn uploaded(at: &Context, ino: u64, commit: &ChunkCommit) -> Result<Uploaded, Op
     })?;
     if u64::from(header.index) != commit.index || header.generation != commit.generation {
         return Err(OpError::BadChunk(format!(
-            "stored chunk {chunk:?} has a different header"
+            "stored chunk ChunkRef {{ ino: {}, index: {}, generation: {} }} has a different header",
+            ino.0, commit.index, commit.generation
         )));
     }
-    Ok(Uploaded::from_header(&header, len, commit.base_generation))
+    let base = Generation(commit.base_generation);
+    Ok(Uploaded::from_header(&header, len, base))
 }

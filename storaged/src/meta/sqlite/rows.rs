@@ -59,7 +59,7 @@ pub(super) fn inode_from_row(row: InodeRow) -> Result<Inode, StoreError> {
         orphaned_at,
     ) = row;
     Ok(Inode {
-        ino: ino as u64,
+        ino: FileId(ino as u64),
         kind: kind_of(kind)?,
         perm,
         uid,
@@ -71,8 +71,8 @@ pub(super) fn inode_from_row(row: InodeRow) -> Result<Inode, StoreError> {
         ctime,
         rdev: rdev as u64,
         owner,
-        version: version as u64,
-        parent: parent as u64,
+        version: Version(version as u64),
+        parent: FileId(parent as u64),
         target,
         acl: decode_acl(&acl).ok_or_else(|| corrupt("acl"))?,
         orphaned_at,
@@ -165,7 +165,7 @@ impl SqliteTxn<'_> {
                     time,
                     uid,
                     event,
-                    ino: ino as u64,
+                    ino: FileId(ino as u64),
                     detail,
                     prev_hash: key32(prev, "audit prev_hash")?,
                     hash: key32(hash, "audit hash")?,

@@ -18,6 +18,11 @@ fn id(value: u64) -> i64 {
     value as i64
 }
 
+/// An inode number as SQLite stores it.
+fn file(ino: FileId) -> i64 {
+    id(ino.0)
+}
+
 impl SqliteTxn<'_> {
     pub(super) fn execute(
         &self,
@@ -76,11 +81,11 @@ impl Txn for SqliteTxn<'_> {
         .map(drop)
     }
 
-    fn get_inode(&mut self, ino: Ino) -> Result<Option<Inode>, StoreError> {
+    fn get_inode(&mut self, ino: FileId) -> Result<Option<Inode>, StoreError> {
         let row = self.query_one(
             "SELECT ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, rdev, owner,
                     version, parent, target, acl, orphaned_at FROM inodes WHERE ino = ?1",
-            params![id(ino)],
+            params![file(ino)],
             |r| {
                 Ok((
                     r.get(0)?,
@@ -111,7 +116,7 @@ impl Txn for SqliteTxn<'_> {
                 ctime, rdev, owner, version, parent, target, acl, orphaned_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
-                id(i.ino),
+                file(i.ino),
                 i.kind as i64,
                 i.perm,
                 i.uid,
@@ -123,8 +128,8 @@ impl Txn for SqliteTxn<'_> {
                 i.ctime,
                 id(i.rdev),
                 i.owner,
-                id(i.version),
-                id(i.parent),
+                id(i.version.get()),
+                file(i.parent),
                 i.target,
                 encode_acl(&i.acl),
                 i.orphaned_at
@@ -132,13 +137,13 @@ impl Txn for SqliteTxn<'_> {
         )
         .map(drop)
     }
-    fn delete_inode(&mut self, ino: Ino) -> Result<(), StoreError> {
+    fn delete_inode(&mut self, ino: FileId) -> Result<(), StoreError> {
         for sql in [
             "DELETE FROM inodes WHERE ino = ?1",
             "DELETE FROM xattrs WHERE ino = ?1",
             "DELETE FROM wrapped_keys WHERE ino = ?1",
         ] {
-            self.execute(sql, params![id(ino)])?;
+            self.execute(sql, params![file(ino)])?;
         }
         Ok(())
     }
@@ -146,52 +151,52 @@ impl Txn for SqliteTxn<'_> {
         let count: Option<i64> = self.query_one("SELECT count(*) FROM inodes", [], |r| r.get(0))?;
         Ok(count.unwrap_or(0) as u64)
     }
-    fn list_orphans(&mut self, before: Time, limit: usize) -> Result<Vec<Ino>, StoreError> {
+    fn list_orphans(&mut self, before: Time, limit: usize) -> Result<Vec<FileId>, StoreError> {
         self.query_all(
             "SELECT ino FROM inodes WHERE orphaned_at IS NOT NULL AND orphaned_at < ?1 LIMIT ?2",
             params![before, limit as i64],
-            |r| r.get::<_, i64>(0).map(|i| i as u64),
+            |r| r.get::<_, i64>(0).map(|i| FileId(i as u64)),
         )
     }
 
-    fn get_entry(&mut self, parent: Ino, name: &[u8]) -> Result<Option<Entry>, StoreError> {
+    fn get_entry(&mut self, parent: FileId, name: &[u8]) -> Result<Option<Entry>, StoreError> {
         let row: Option<(i64, i64)> = self.query_one(
             "SELECT ino, kind FROM entries WHERE parent = ?1 AND name = ?2",
-            params![id(parent), name],
+            params![file(parent), name],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         row.map(|(ino, kind)| {
             Ok(Entry {
-                ino: ino as u64,
+                ino: FileId(ino as u64),
                 kind: kind_of(kind)?,
             })
         })
         .transpose()
     }
-    fn put_entry(&mut self, parent: Ino, name: &[u8], entry: Entry) -> Result<(), StoreError> {
+    fn put_entry(&mut self, parent: FileId, name: &[u8], entry: Entry) -> Result<(), StoreError> {
         self.execute(
             "INSERT OR REPLACE INTO entries (parent, name, ino, kind) VALUES (?1, ?2, ?3, ?4)",
-            params![id(parent), name, id(entry.ino), entry.kind as i64],
+            params![file(parent), name, file(entry.ino), entry.kind as i64],
         )
         .map(drop)
     }
-    fn delete_entry(&mut self, parent: Ino, name: &[u8]) -> Result<(), StoreError> {
+    fn delete_entry(&mut self, parent: FileId, name: &[u8]) -> Result<(), StoreError> {
         self.execute(
             "DELETE FROM entries WHERE parent = ?1 AND name = ?2",
-            params![id(parent), name],
+            params![file(parent), name],
         )
         .map(drop)
     }
     fn list_entries(
         &mut self,
-        parent: Ino,
+        parent: FileId,
         after: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError> {
         let rows: Vec<(Vec<u8>, i64, i64)> = self.query_all(
             "SELECT name, ino, kind FROM entries WHERE parent = ?1 AND name > ?2
              ORDER BY name LIMIT ?3",
-            params![id(parent), after, limit as i64],
+            params![file(parent), after, limit as i64],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         rows.into_iter()
@@ -199,7 +204,7 @@ impl Txn for SqliteTxn<'_> {
                 Ok((
                     name,
                     Entry {
-                        ino: ino as u64,
+                        ino: FileId(ino as u64),
                         kind: kind_of(kind)?,
                     },
                 ))
@@ -207,44 +212,56 @@ impl Txn for SqliteTxn<'_> {
             .collect()
     }
 
-    fn get_chunk(&mut self, ino: Ino, index: u64) -> Result<Option<u64>, StoreError> {
+    fn get_chunk(
+        &mut self,
+        ino: FileId,
+        index: ChunkIndex,
+    ) -> Result<Option<Generation>, StoreError> {
         self.query_one(
             "SELECT generation FROM chunks WHERE ino = ?1 AND idx = ?2",
-            params![id(ino), id(index)],
-            |r| r.get::<_, i64>(0).map(|g| g as u64),
+            params![file(ino), id(index.get())],
+            |r| r.get::<_, i64>(0).map(|g| Generation(g as u64)),
         )
     }
-    fn put_chunk(&mut self, ino: Ino, index: u64, generation: u64) -> Result<(), StoreError> {
+    fn put_chunk(
+        &mut self,
+        ino: FileId,
+        index: ChunkIndex,
+        generation: Generation,
+    ) -> Result<(), StoreError> {
         self.execute(
             "INSERT OR REPLACE INTO chunks (ino, idx, generation) VALUES (?1, ?2, ?3)",
-            params![id(ino), id(index), id(generation)],
+            params![file(ino), id(index.get()), id(generation.get())],
         )
         .map(drop)
     }
-    fn delete_chunk(&mut self, ino: Ino, index: u64) -> Result<(), StoreError> {
+    fn delete_chunk(&mut self, ino: FileId, index: ChunkIndex) -> Result<(), StoreError> {
         self.execute(
             "DELETE FROM chunks WHERE ino = ?1 AND idx = ?2",
-            params![id(ino), id(index)],
+            params![file(ino), id(index.get())],
         )
         .map(drop)
     }
     fn list_chunks(
         &mut self,
-        ino: Ino,
-        from: u64,
+        ino: FileId,
+        from: ChunkIndex,
         limit: usize,
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
+    ) -> Result<Vec<(ChunkIndex, Generation)>, StoreError> {
         self.query_all(
             "SELECT idx, generation FROM chunks WHERE ino = ?1 AND idx >= ?2 ORDER BY idx LIMIT ?3",
-            params![id(ino), id(from), limit as i64],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            params![file(ino), id(from.get()), limit as i64],
+            |r| {
+                let (index, generation): (i64, i64) = (r.get(0)?, r.get(1)?);
+                Ok((ChunkIndex(index as u64), Generation(generation as u64)))
+            },
         )
     }
 
     fn add_garbage(&mut self, c: ChunkRef) -> Result<(), StoreError> {
         self.execute(
             "INSERT OR IGNORE INTO garbage (ino, idx, generation) VALUES (?1, ?2, ?3)",
-            params![id(c.ino), id(c.index), id(c.generation)],
+            params![file(c.ino), id(c.index.get()), id(c.generation.get())],
         )
         .map(drop)
     }
@@ -254,9 +271,9 @@ impl Txn for SqliteTxn<'_> {
             params![limit as i64],
             |r| {
                 Ok(ChunkRef {
-                    ino: r.get::<_, i64>(0)? as u64,
-                    index: r.get::<_, i64>(1)? as u64,
-                    generation: r.get::<_, i64>(2)? as u64,
+                    ino: FileId(r.get::<_, i64>(0)? as u64),
+                    index: ChunkIndex(r.get::<_, i64>(1)? as u64),
+                    generation: Generation(r.get::<_, i64>(2)? as u64),
                 })
             },
         )
@@ -264,74 +281,74 @@ impl Txn for SqliteTxn<'_> {
     fn delete_garbage(&mut self, c: ChunkRef) -> Result<(), StoreError> {
         self.execute(
             "DELETE FROM garbage WHERE ino = ?1 AND idx = ?2 AND generation = ?3",
-            params![id(c.ino), id(c.index), id(c.generation)],
+            params![file(c.ino), id(c.index.get()), id(c.generation.get())],
         )
         .map(drop)
     }
 
-    fn get_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    fn get_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.query_one(
             "SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2",
-            params![id(ino), name],
+            params![file(ino), name],
             |r| r.get(0),
         )
     }
-    fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    fn put_xattr(&mut self, ino: FileId, name: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.execute(
             "INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)",
-            params![id(ino), name, value],
+            params![file(ino), name, value],
         )
         .map(drop)
     }
-    fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<(), StoreError> {
+    fn delete_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<(), StoreError> {
         self.execute(
             "DELETE FROM xattrs WHERE ino = ?1 AND name = ?2",
-            params![id(ino), name],
+            params![file(ino), name],
         )
         .map(drop)
     }
-    fn list_xattrs(&mut self, ino: Ino) -> Result<Vec<Xattr>, StoreError> {
+    fn list_xattrs(&mut self, ino: FileId) -> Result<Vec<Xattr>, StoreError> {
         self.query_all(
             "SELECT name, value FROM xattrs WHERE ino = ?1 ORDER BY name",
-            params![id(ino)],
+            params![file(ino)],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
     }
 
     fn get_wrapped_key(
         &mut self,
-        ino: Ino,
+        ino: FileId,
         principal: Principal,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         self.query_one(
             "SELECT blob FROM wrapped_keys WHERE ino = ?1 AND principal = ?2",
-            params![id(ino), principal.key()],
+            params![file(ino), principal.key()],
             |r| r.get(0),
         )
     }
     fn put_wrapped_key(
         &mut self,
-        ino: Ino,
+        ino: FileId,
         principal: Principal,
         blob: &[u8],
     ) -> Result<(), StoreError> {
         self.execute(
             "INSERT OR REPLACE INTO wrapped_keys (ino, principal, blob) VALUES (?1, ?2, ?3)",
-            params![id(ino), principal.key(), blob],
+            params![file(ino), principal.key(), blob],
         )
         .map(drop)
     }
-    fn delete_wrapped_key(&mut self, ino: Ino, principal: Principal) -> Result<(), StoreError> {
+    fn delete_wrapped_key(&mut self, ino: FileId, principal: Principal) -> Result<(), StoreError> {
         self.execute(
             "DELETE FROM wrapped_keys WHERE ino = ?1 AND principal = ?2",
-            params![id(ino), principal.key()],
+            params![file(ino), principal.key()],
         )
         .map(drop)
     }
-    fn list_wrapped_keys(&mut self, ino: Ino) -> Result<Vec<(Principal, Vec<u8>)>, StoreError> {
+    fn list_wrapped_keys(&mut self, ino: FileId) -> Result<Vec<(Principal, Vec<u8>)>, StoreError> {
         let rows: Vec<(String, Vec<u8>)> = self.query_all(
             "SELECT principal, blob FROM wrapped_keys WHERE ino = ?1 ORDER BY principal",
-            params![id(ino)],
+            params![file(ino)],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         rows.into_iter()
@@ -463,7 +480,7 @@ impl Txn for SqliteTxn<'_> {
                 e.time,
                 e.uid,
                 e.event,
-                id(e.ino),
+                file(e.ino),
                 e.detail,
                 e.prev_hash.to_vec(),
                 e.hash.to_vec()

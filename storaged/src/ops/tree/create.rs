@@ -3,7 +3,7 @@
 
 use super::directory;
 use crate::audit;
-use crate::meta::{AclEntry, Entry, Ino, Inode, Kind, Principal, ROOT_INO, Time, Txn};
+use crate::meta::{AclEntry, Entry, FileId, Inode, Kind, Principal, Time, Txn, Version};
 use crate::ops::access::{check_read, check_write, inherited_acl};
 use crate::ops::names::{check_name, check_target};
 use crate::ops::{Caller, OpError, inode, touch};
@@ -11,7 +11,7 @@ use crate::ops::{Caller, OpError, inode, touch};
 /// Creates the root directory of a new vault (owned by the site administrator, uid 0,
 /// listable and writable by everyone, sticky).
 pub fn init_root(txn: &mut dyn Txn, now: Time) -> Result<(), OpError> {
-    if txn.get_inode(ROOT_INO)?.is_some() {
+    if txn.get_inode(FileId::ROOT)?.is_some() {
         return Ok(());
     }
     let everyone = AclEntry {
@@ -26,9 +26,9 @@ pub fn init_root(txn: &mut dyn Txn, now: Time) -> Result<(), OpError> {
         gid: 0,
         rdev: 0,
         target: Vec::new(),
-        ino: Some(ROOT_INO),
+        ino: Some(FileId::ROOT),
     };
-    let mut root = new_inode(ROOT_INO, &node, 0, ROOT_INO, now);
+    let mut root = new_inode(FileId::ROOT, &node, 0, FileId::ROOT, now);
     root.nlink = 2;
     root.acl = vec![everyone];
     txn.put_inode(&root)?;
@@ -37,7 +37,7 @@ pub fn init_root(txn: &mut dyn Txn, now: Time) -> Result<(), OpError> {
 
 /// The inode of a new `node` numbered `ino`, owned by vault user `owner`, in directory
 /// `parent`, with no ACL yet.
-fn new_inode(ino: Ino, node: &NewNode, owner: u32, parent: Ino, now: Time) -> Inode {
+fn new_inode(ino: FileId, node: &NewNode, owner: u32, parent: FileId, now: Time) -> Inode {
     Inode {
         ino,
         kind: node.kind,
@@ -51,7 +51,7 @@ fn new_inode(ino: Ino, node: &NewNode, owner: u32, parent: Ino, now: Time) -> In
         ctime: now,
         rdev: node.rdev,
         owner,
-        version: 1,
+        version: Version(1),
         parent,
         target: node.target.clone(),
         acl: Vec::new(),
@@ -69,7 +69,7 @@ pub struct NewNode {
     pub rdev: u64,
     pub target: Vec<u8>,
     /// The inode number the client chose (regular files), or none to draw one here.
-    pub ino: Option<Ino>,
+    pub ino: Option<FileId>,
 }
 
 /// Creates a directory entry and its inode: mkdir, mknod, symlink, and create (see
@@ -78,11 +78,11 @@ pub struct NewNode {
 pub fn create_node(
     txn: &mut dyn Txn,
     caller: &Caller,
-    parent: Ino,
+    parent: FileId,
     name: &[u8],
     node: &NewNode,
     now: Time,
-) -> Result<(Inode, u64), OpError> {
+) -> Result<(Inode, Version), OpError> {
     check_name(name)?;
     if node.kind == Kind::Symlink {
         check_target(&node.target)?;
@@ -94,9 +94,9 @@ pub fn create_node(
     }
     let ino = match node.ino {
         Some(ino) => {
-            if ino <= ROOT_INO || txn.get_inode(ino)?.is_some() {
+            if ino <= FileId::ROOT || txn.get_inode(ino)?.is_some() {
                 return Err(OpError::invalid(format!(
-                    "inode number {ino:016x} is taken or reserved"
+                    "inode number {ino} is taken or reserved"
                 )));
             }
             ino
@@ -133,10 +133,10 @@ pub fn create_node(
 }
 
 /// Draws a random unused inode number.
-fn free_ino(txn: &mut dyn Txn) -> Result<Ino, OpError> {
+fn free_ino(txn: &mut dyn Txn) -> Result<FileId, OpError> {
     for _ in 0..16 {
-        let ino = u64::from_le_bytes(identity::random_bytes());
-        if ino > ROOT_INO && txn.get_inode(ino)?.is_none() {
+        let ino = FileId(u64::from_le_bytes(identity::random_bytes()));
+        if ino > FileId::ROOT && txn.get_inode(ino)?.is_none() {
             return Ok(ino);
         }
     }
@@ -149,7 +149,7 @@ fn free_ino(txn: &mut dyn Txn) -> Result<Ino, OpError> {
 /// principals that may read it.
 #[derive(Clone, Debug)]
 pub struct NewFile {
-    pub parent: Ino,
+    pub parent: FileId,
     pub name: Vec<u8>,
     pub node: NewNode,
     pub wrapped_keys: Vec<(Principal, Vec<u8>)>,
@@ -165,7 +165,7 @@ pub fn create_file(
     file: &NewFile,
     exclusive: bool,
     now: Time,
-) -> Result<(Inode, Option<u64>), OpError> {
+) -> Result<(Inode, Option<Version>), OpError> {
     let NewFile {
         parent,
         ref name,
@@ -211,11 +211,11 @@ pub fn create_file(
 pub fn link(
     txn: &mut dyn Txn,
     caller: &Caller,
-    ino: Ino,
-    new_parent: Ino,
+    ino: FileId,
+    new_parent: FileId,
     new_name: &[u8],
     now: Time,
-) -> Result<(Inode, u64), OpError> {
+) -> Result<(Inode, Version), OpError> {
     check_name(new_name)?;
     let mut target = inode(txn, ino)?;
     if target.kind == Kind::Directory {

@@ -13,11 +13,11 @@ pub use rename::{Rename, RenameMode, rename};
 use super::access::{check_owner, check_read, check_write, may_read};
 use super::names::check_name;
 use super::{Caller, OpError, inode, touch};
-use crate::meta::{ChunkRef, Ino, Inode, Kind, Time, Txn};
+use crate::meta::{ChunkIndex, ChunkRef, FileId, Inode, Kind, Time, Txn};
 use proto::limits::CHUNK_BYTES;
 
 /// The inode if it is a directory.
-pub fn directory(txn: &mut dyn Txn, ino: Ino) -> Result<Inode, OpError> {
+pub fn directory(txn: &mut dyn Txn, ino: FileId) -> Result<Inode, OpError> {
     let dir = inode(txn, ino)?;
     if dir.kind != Kind::Directory {
         return Err(OpError::NotDirectory);
@@ -28,7 +28,7 @@ pub fn directory(txn: &mut dyn Txn, ino: Ino) -> Result<Inode, OpError> {
 pub fn lookup(
     txn: &mut dyn Txn,
     caller: &Caller,
-    parent: Ino,
+    parent: FileId,
     name: &[u8],
 ) -> Result<Inode, OpError> {
     check_name(name)?;
@@ -40,13 +40,13 @@ pub fn lookup(
     Ok(child)
 }
 
-pub fn getattr(txn: &mut dyn Txn, caller: &Caller, ino: Ino) -> Result<Inode, OpError> {
+pub fn getattr(txn: &mut dyn Txn, caller: &Caller, ino: FileId) -> Result<Inode, OpError> {
     let found = inode(txn, ino)?;
     check_read(caller, &found)?;
     Ok(found)
 }
 
-pub fn readlink(txn: &mut dyn Txn, caller: &Caller, ino: Ino) -> Result<Vec<u8>, OpError> {
+pub fn readlink(txn: &mut dyn Txn, caller: &Caller, ino: FileId) -> Result<Vec<u8>, OpError> {
     let link = getattr(txn, caller, ino)?;
     if link.kind != Kind::Symlink {
         return Err(OpError::invalid("not a symlink"));
@@ -61,7 +61,7 @@ pub type Listing = Vec<(Vec<u8>, Inode)>;
 pub fn readdir(
     txn: &mut dyn Txn,
     caller: &Caller,
-    ino: Ino,
+    ino: FileId,
     after: &[u8],
     limit: usize,
 ) -> Result<(Listing, bool), OpError> {
@@ -104,7 +104,7 @@ pub struct AttrChanges {
 pub fn setattr(
     txn: &mut dyn Txn,
     caller: &Caller,
-    ino: Ino,
+    ino: FileId,
     changes: &AttrChanges,
     now: Time,
 ) -> Result<Inode, OpError> {
@@ -139,16 +139,16 @@ pub fn setattr(
 }
 
 /// Drops the chunk records past a file of `size` bytes (their files go to the garbage list).
-pub fn truncate_chunks(txn: &mut dyn Txn, ino: Ino, size: u64) -> Result<(), OpError> {
+pub fn truncate_chunks(txn: &mut dyn Txn, ino: FileId, size: u64) -> Result<(), OpError> {
     if size > proto::limits::FILE_BYTES_MAX {
         return Err(OpError::TooLarge(format!("file size {size}")));
     }
-    drop_chunks_from(txn, ino, size.div_ceil(CHUNK_BYTES as u64))
+    drop_chunks_from(txn, ino, ChunkIndex(size.div_ceil(CHUNK_BYTES as u64)))
 }
 
 /// Drops the chunk records of `ino` from index `first` on; their files go to the garbage
 /// list.
-fn drop_chunks_from(txn: &mut dyn Txn, ino: Ino, first: u64) -> Result<(), OpError> {
+fn drop_chunks_from(txn: &mut dyn Txn, ino: FileId, first: ChunkIndex) -> Result<(), OpError> {
     loop {
         let chunks = txn.list_chunks(ino, first, 1024)?;
         if chunks.is_empty() {

@@ -3,7 +3,7 @@
 
 use super::{directory, drop_chunks_from};
 use crate::audit;
-use crate::meta::{Ino, Inode, Kind, Time, Txn};
+use crate::meta::{ChunkIndex, FileId, Inode, Kind, Time, Txn};
 use crate::ops::access::{check_remove, check_write};
 use crate::ops::names::check_name;
 use crate::ops::{Caller, OpError, inode, touch};
@@ -13,7 +13,7 @@ use crate::ops::{Caller, OpError, inode, touch};
 pub fn unlink(
     txn: &mut dyn Txn,
     caller: &Caller,
-    parent: Ino,
+    parent: FileId,
     name: &[u8],
     keep_open: bool,
     now: Time,
@@ -68,14 +68,14 @@ pub(super) fn drop_link(
 }
 
 /// Frees an inode: its chunk files go to the garbage list, its records away.
-pub fn purge(txn: &mut dyn Txn, ino: Ino) -> Result<(), OpError> {
-    drop_chunks_from(txn, ino, 0)?;
+pub fn purge(txn: &mut dyn Txn, ino: FileId) -> Result<(), OpError> {
+    drop_chunks_from(txn, ino, ChunkIndex(0))?;
     txn.delete_inode(ino)?;
     Ok(())
 }
 
 /// A client closed a file that was unlinked while open: free it now.
-pub fn release(txn: &mut dyn Txn, caller: &Caller, ino: Ino, now: Time) -> Result<(), OpError> {
+pub fn release(txn: &mut dyn Txn, caller: &Caller, ino: FileId, now: Time) -> Result<(), OpError> {
     let Some(orphan) = txn.get_inode(ino)? else {
         return Ok(());
     };
@@ -90,7 +90,7 @@ pub fn release(txn: &mut dyn Txn, caller: &Caller, ino: Ino, now: Time) -> Resul
 pub fn rmdir(
     txn: &mut dyn Txn,
     caller: &Caller,
-    parent: Ino,
+    parent: FileId,
     name: &[u8],
     now: Time,
 ) -> Result<Inode, OpError> {

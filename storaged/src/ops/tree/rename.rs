@@ -4,7 +4,7 @@
 use super::directory;
 use super::remove::drop_link;
 use crate::audit;
-use crate::meta::{Entry, Ino, Inode, Kind, ROOT_INO, Time, Txn};
+use crate::meta::{Entry, FileId, Inode, Kind, Time, Txn};
 use crate::ops::access::{check_remove, check_write};
 use crate::ops::names::check_name;
 use crate::ops::{Caller, OpError, inode, touch};
@@ -21,9 +21,9 @@ pub enum RenameMode {
 /// `new_parent`, as `mode` says.
 #[derive(Clone, Copy, Debug)]
 pub struct Rename<'a> {
-    pub parent: Ino,
+    pub parent: FileId,
     pub name: &'a [u8],
-    pub new_parent: Ino,
+    pub new_parent: FileId,
     pub new_name: &'a [u8],
     pub mode: RenameMode,
 }
@@ -36,7 +36,7 @@ pub fn rename(
     caller: &Caller,
     rename: &Rename<'_>,
     now: Time,
-) -> Result<Option<Ino>, OpError> {
+) -> Result<Option<FileId>, OpError> {
     let Rename {
         parent,
         name,
@@ -88,13 +88,13 @@ pub fn rename(
 }
 
 /// Refuses to move directory `moving` into itself or below it.
-fn check_not_inside(txn: &mut dyn Txn, moving: Ino, destination: Ino) -> Result<(), OpError> {
+fn check_not_inside(txn: &mut dyn Txn, moving: FileId, destination: FileId) -> Result<(), OpError> {
     let mut at = destination;
     for _ in 0..proto::limits::PATH_BYTES_MAX {
         if at == moving {
             return Err(OpError::invalid("cannot move a directory into itself"));
         }
-        if at == ROOT_INO {
+        if at == FileId::ROOT {
             return Ok(());
         }
         at = inode(txn, at)?.parent;
@@ -113,7 +113,7 @@ fn replace_target(
     target_dir: &Inode,
     old: Entry,
     now: Time,
-) -> Result<Option<Ino>, OpError> {
+) -> Result<Option<FileId>, OpError> {
     let old = inode(txn, old.ino)?;
     check_remove(caller, target_dir, &old)?;
     match (moving.kind == Kind::Directory, old.kind == Kind::Directory) {
@@ -147,8 +147,8 @@ fn replace_target(
 
 fn move_entry(
     txn: &mut dyn Txn,
-    (parent, name): (Ino, &[u8]),
-    (new_parent, new_name): (Ino, &[u8]),
+    (parent, name): (FileId, &[u8]),
+    (new_parent, new_name): (FileId, &[u8]),
     moving: &Inode,
     now: Time,
 ) -> Result<(), OpError> {
@@ -184,8 +184,8 @@ fn move_entry(
 
 fn exchange(
     txn: &mut dyn Txn,
-    (parent, name, first): (Ino, &[u8], Inode),
-    (new_parent, new_name, second): (Ino, &[u8], Inode),
+    (parent, name, first): (FileId, &[u8], Inode),
+    (new_parent, new_name, second): (FileId, &[u8], Inode),
     now: Time,
 ) -> Result<(), OpError> {
     txn.put_entry(
