@@ -163,14 +163,11 @@ fn one_winner<T: std::fmt::Debug>(outcomes: &[Result<T, OpError>], loser: fn(&Op
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_on_one_database_end_with_one_winner_and_nothing_half_done() {
-    let server = mongo::MongoServer::shared();
-    let url = server.url(&mongo::unique_database("two"));
-    let stores = [open(&url).await, open(&url).await];
-
+/// The same name created, one chunk committed, and one entry renamed, through both stores at
+/// once: each has exactly one winner.
+async fn one_name_one_chunk_and_one_rename_have_one_winner(stores: &[Arc<dyn MetaStore>; 2]) {
     // The same name, created through both at once.
-    let created = race(&stores, 12, |_| {
+    let created = race(stores, 12, |_| {
         Box::new(|txn| {
             let node = node(Kind::Directory, None);
             tree::create_node(txn, &caller(), FileId::ROOT, b"contested", &node, now())
@@ -188,7 +185,7 @@ async fn two_instances_on_one_database_end_with_one_winner_and_nothing_half_done
     .expect("create")
     .0
     .ino;
-    let committed = race(&stores, 12, move |i| {
+    let committed = race(stores, 12, move |i| {
         let upload = Uploaded {
             index: ChunkIndex(0),
             base: Generation(0),
@@ -211,7 +208,7 @@ async fn two_instances_on_one_database_end_with_one_winner_and_nothing_half_done
     one_winner(&committed, |e| matches!(e, OpError::StaleGeneration { .. }));
 
     // One entry renamed through both to different names: it ends under exactly one.
-    let renamed = race(&stores, 8, |i| {
+    let renamed = race(stores, 8, |i| {
         let target = format!("moved-{i}");
         Box::new(move |txn| {
             let rename = Rename {
@@ -226,6 +223,14 @@ async fn two_instances_on_one_database_end_with_one_winner_and_nothing_half_done
     })
     .await;
     one_winner(&renamed, |e| matches!(e, OpError::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_database_end_with_one_winner_and_nothing_half_done() {
+    let server = mongo::MongoServer::shared();
+    let url = server.url(&mongo::unique_database("two"));
+    let stores = [open(&url).await, open(&url).await];
+    one_name_one_chunk_and_one_rename_have_one_winner(&stores).await;
 
     // Different names through both at once: every one lands, and the parent counts them.
     let made = race(&stores, 24, |i| {
