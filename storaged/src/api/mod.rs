@@ -2,7 +2,7 @@
 //! directory leases of other clients on what it names (`leases`), runs one operation of
 //! `crate::ops` in a metadata transaction (and the chunk store where chunks move, `data`),
 //! records metrics, and maps errors to statuses carrying their
-//! [`ErrorKind`](proto::ErrorKind). Each request type answers itself ([`call::Call`]), in the
+//! [`ErrorKind`](proto::ErrorKind). Each request type answers itself (`call::Call`), in the
 //! module of its concern; `service` only hands tonic's calls to them, and `wire` converts
 //! records to and from messages.
 

@@ -39,7 +39,7 @@ pub enum StoreError {
 /// A boxed future, as the dyn-compatible trait returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A type-erased operation run inside a transaction (see [`write`] and [`read`] for the typed
+/// A type-erased operation run inside a transaction (see [`write()`] and [`read()`] for the typed
 /// form).
 pub type Operation = Box<dyn FnMut(&mut dyn Txn) -> Result<(), OperationFailed> + Send>;
 

@@ -1,5 +1,5 @@
 //! The semantics of every operation on the vault's metadata, written once against
-//! [`Txn`](crate::meta::Txn) and shared by every backend.
+//! [`Txn`] and shared by every backend.
 //!
 //! Each function checks its input and the caller's rights, then reads and writes records.
 //! Functions that change several records run inside one write transaction (the caller wraps

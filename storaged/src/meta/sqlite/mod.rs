@@ -13,11 +13,11 @@
 //! every earlier visible-only batch, which committed with `synchronous=NORMAL` (in the WAL,
 //! seen by every later read, not yet synced). The writer thread makes a durable commit when
 //! visible batches have waited [`VISIBLE_WRITES_DURABLE_WITHIN`] (or after
-//! [`DURABLE_AFTER_COMMITS`](writer::DURABLE_AFTER_COMMITS) commits), and checkpoints the WAL only right after a durable commit
+//! `DURABLE_AFTER_COMMITS` commits), and checkpoints the WAL only right after a durable commit
 //! (automatic checkpoints are off): a checkpoint syncs the WAL, and it must not make a record
 //! durable before the chunk file it names. Such a durable commit first calls the barrier
-//! without holding the connection (`writer::sync_ahead`): visible writes go on meanwhile, and the
-//! barrier it then calls with the connection held has only their chunk files left to sync.
+//! without holding the connection (`writer::sync_ahead`): visible writes go on meanwhile, and
+//! the barrier it then calls with the connection held has only their chunk files left to sync.
 //! Reads run on the calling thread, on a small pool of read connections, each in its own
 //! snapshot.
 //!
