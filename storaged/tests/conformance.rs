@@ -140,26 +140,6 @@ impl World {
         meta::read(&*self.store, op).await
     }
 
-    /// Runs `op` as `who` in a write transaction.
-    async fn write_by<T: Send + 'static>(
-        &self,
-        who: &Caller,
-        mut op: impl FnMut(&mut dyn meta::Txn, &Caller) -> Result<T, OpError> + Send + 'static,
-    ) -> Result<T, OpError> {
-        let who = who.clone();
-        self.write(move |txn| op(txn, &who)).await
-    }
-
-    /// Runs `op` as `who` in a read transaction.
-    async fn read_by<T: Send + 'static>(
-        &self,
-        who: &Caller,
-        mut op: impl FnMut(&mut dyn meta::Txn, &Caller) -> Result<T, OpError> + Send + 'static,
-    ) -> Result<T, OpError> {
-        let who = who.clone();
-        self.read(move |txn| op(txn, &who)).await
-    }
-
     async fn mkdir(
         &self,
         who: &Caller,
@@ -256,17 +236,17 @@ impl World {
             size: Some(size),
             ..Default::default()
         };
-        self.write_by(who, move |txn, who| {
+        self.write(by(who, move |txn, who| {
             tree::setattr(txn, who, ino, &changes, now())
-        })
+        }))
         .await
     }
 
     /// The first chunks of `ino` (ten at most), and whether there are more.
     async fn chunks(&self, who: &Caller, ino: FileId) -> (Vec<(ChunkIndex, Generation)>, bool) {
-        self.read_by(who, move |txn, who| {
+        self.read(by(who, move |txn, who| {
             chunks::list(txn, who, ino, ChunkIndex(0), 10)
-        })
+        }))
         .await
         .expect("list")
     }
@@ -307,6 +287,15 @@ fn listed_as(chunks: &[(u64, u64)]) -> Vec<(ChunkIndex, Generation)> {
         .iter()
         .map(|&(index, generation)| (ChunkIndex(index), Generation(generation)))
         .collect()
+}
+
+/// `op` run as `who`.
+fn by<T>(
+    who: &Caller,
+    mut op: impl FnMut(&mut dyn meta::Txn, &Caller) -> Result<T, OpError> + Send + 'static,
+) -> impl FnMut(&mut dyn meta::Txn) -> Result<T, OpError> + Send + 'static {
+    let who = who.clone();
+    move |txn| op(txn, &who)
 }
 
 fn upload(index: u64, base: u64, generation: u64, last: bool, bytes: u64) -> Uploaded {
@@ -375,33 +364,33 @@ async fn names_are_checked(w: &World, home: FileId) {
 async fn symlinks_and_hard_links(w: &World, home: FileId, file: FileId) {
     let a = &w.alice;
     let link = w
-        .write_by(a, move |txn, who| {
+        .write(by(a, move |txn, who| {
             let n = NewNode {
                 target: b"notes.txt".to_vec(),
                 ..node(Kind::Symlink, None)
             };
             tree::create_node(txn, who, home, b"link", &n, now()).map(|(link, _)| link)
-        })
+        }))
         .await
         .expect("symlink");
     assert_eq!(
-        w.read_by(a, move |txn, who| tree::readlink(txn, who, link.ino))
+        w.read(by(a, move |txn, who| tree::readlink(txn, who, link.ino)))
             .await
             .expect("readlink"),
         b"notes.txt"
     );
     let linked = w
-        .write_by(a, move |txn, who| {
+        .write(by(a, move |txn, who| {
             tree::link(txn, who, file, home, b"hard", now())
-        })
+        }))
         .await
         .expect("link")
         .0;
     assert_eq!(linked.nlink, 2);
     let dir_link = w
-        .write_by(a, move |txn, who| {
+        .write(by(a, move |txn, who| {
             tree::link(txn, who, home, FileId::ROOT, b"dirlink", now())
-        })
+        }))
         .await;
     assert!(matches!(dir_link, Err(OpError::NotSupported(_))));
 }
@@ -416,7 +405,9 @@ async fn listing_in_pages(w: &World, home: FileId) {
     loop {
         let cursor = after.clone();
         let (page, more) = w
-            .read_by(a, move |txn, who| tree::readdir(txn, who, home, &cursor, 3))
+            .read(by(a, move |txn, who| {
+                tree::readdir(txn, who, home, &cursor, 3)
+            }))
             .await
             .expect("page");
         assert!(page.len() <= 3);
@@ -443,42 +434,42 @@ async fn listing_in_pages(w: &World, home: FileId) {
 async fn removing(w: &World, home: FileId) {
     let a = &w.alice;
     assert!(matches!(
-        w.write_by(a, |txn, who| tree::rmdir(
+        w.write(by(a, |txn, who| tree::rmdir(
             txn,
             who,
             FileId::ROOT,
             b"alice",
             now()
-        ))
+        )))
         .await,
         Err(OpError::NotEmpty)
     ));
     assert!(matches!(
-        w.write_by(a, move |txn, who| tree::unlink(
+        w.write(by(a, move |txn, who| tree::unlink(
             txn,
             who,
             home,
             b"d0",
             false,
             now()
-        ))
+        )))
         .await,
         Err(OpError::IsDirectory)
     ));
     assert!(matches!(
-        w.write_by(a, move |txn, who| tree::rmdir(
+        w.write(by(a, move |txn, who| tree::rmdir(
             txn,
             who,
             home,
             b"hard",
             now()
-        ))
+        )))
         .await,
         Err(OpError::NotDirectory)
     ));
-    w.write_by(a, move |txn, who| {
+    w.write(by(a, move |txn, who| {
         tree::unlink(txn, who, home, b"hard", false, now())
-    })
+    }))
     .await
     .expect("unlink one link");
     assert_eq!(
@@ -488,9 +479,11 @@ async fn removing(w: &World, home: FileId) {
             .nlink,
         1
     );
-    w.write_by(a, move |txn, who| tree::rmdir(txn, who, home, b"d0", now()))
-        .await
-        .expect("rmdir");
+    w.write(by(a, move |txn, who| {
+        tree::rmdir(txn, who, home, b"d0", now())
+    }))
+    .await
+    .expect("rmdir");
     assert_eq!(
         w.lookup(a, FileId::ROOT, "alice")
             .await
@@ -537,9 +530,11 @@ async fn renames(store: Arc<dyn MetaStore>) {
         w.lookup(a, home, "f1").await,
         Err(OpError::NotFound)
     ));
-    w.write_by(a, move |txn, who| tree::release(txn, who, f1.ino, now()))
-        .await
-        .expect("release");
+    w.write(by(a, move |txn, who| {
+        tree::release(txn, who, f1.ino, now())
+    }))
+    .await
+    .expect("release");
     assert!(
         w.read(move |txn| Ok(txn.get_inode(f1.ino)?))
             .await
@@ -580,7 +575,7 @@ async fn renames_across_directories(w: &World, home: FileId, sub: FileId) {
         3
     );
     assert_eq!(
-        w.read_by(a, move |txn, who| tree::getattr(txn, who, sub))
+        w.read(by(a, move |txn, who| tree::getattr(txn, who, sub)))
             .await
             .expect("sub")
             .parent,
@@ -614,9 +609,9 @@ async fn chunk_commits(store: Arc<dyn MetaStore>) {
     w.commit(a, file, vec![upload(0, 0, 20, true, 1)], 1, false)
         .await
         .expect("commit");
-    w.write_by(a, |txn, who| {
+    w.write(by(a, |txn, who| {
         tree::unlink(txn, who, FileId::ROOT, b"data", false, now())
-    })
+    }))
     .await
     .expect("unlink");
     let garbage = w.garbage().await;
@@ -720,12 +715,12 @@ async fn truncating_rewrites_or_drops_chunks(w: &World, file: FileId) {
     // Truncating to zero through setattr is always fine.
     w.set_size(a, file, 0).await.expect("truncate to 0");
     assert_eq!(
-        w.read_by(a, move |txn, who| chunks::current(
+        w.read(by(a, move |txn, who| chunks::current(
             txn,
             who,
             file,
             ChunkIndex(0)
-        ))
+        )))
         .await
         .expect("hole"),
         meta::NO_GENERATION
@@ -752,9 +747,9 @@ async fn access_control(store: Arc<dyn MetaStore>) {
     ));
     // Bob cannot remove or rename Alice's entry at the sticky root.
     let r = w
-        .write_by(b, |txn, who| {
+        .write(by(b, |txn, who| {
             tree::unlink(txn, who, FileId::ROOT, b"alice-secret", false, now())
-        })
+        }))
         .await;
     assert!(matches!(r, Err(OpError::AccessDenied(_))), "{r:?}");
     let r = w
@@ -791,25 +786,25 @@ async fn sharing_grants_and_revokes_reading(w: &World, secret: FileId, mine: Fil
     };
     let wrong = wrapped(w.settings.vault, secret, w.alice_key);
     let r = w
-        .write_by(a, move |txn, who| {
+        .write(by(a, move |txn, who| {
             sharing::share(txn, who, secret, entry, &wrong, now())
-        })
+        }))
         .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
     let right = wrapped(w.settings.vault, secret, w.bob_key);
     let r = w
-        .write_by(b, move |txn, who| {
+        .write(by(b, move |txn, who| {
             sharing::share(txn, who, mine, entry, &right, now())
-        })
+        }))
         .await;
     assert!(
         matches!(r, Err(OpError::Invalid(_)) | Err(OpError::AccessDenied(_))),
         "{r:?}"
     );
     let right = wrapped(w.settings.vault, secret, w.bob_key);
-    w.write_by(a, move |txn, who| {
+    w.write(by(a, move |txn, who| {
         sharing::share(txn, who, secret, entry, &right, now())
-    })
+    }))
     .await
     .expect("share");
     assert_eq!(
@@ -820,9 +815,9 @@ async fn sharing_grants_and_revokes_reading(w: &World, secret: FileId, mine: Fil
         secret
     );
     let keys = w
-        .read_by(b, move |txn, who| {
+        .read(by(b, move |txn, who| {
             sharing::my_wrapped_keys(txn, who, secret)
-        })
+        }))
         .await
         .expect("keys");
     assert_eq!(keys.len(), 1);
@@ -834,9 +829,9 @@ async fn sharing_grants_and_revokes_reading(w: &World, secret: FileId, mine: Fil
     assert!(matches!(r, Err(OpError::AccessDenied(_))), "{r:?}");
     // Unshare: gone again, key removed.
     let bob = Principal::User(b.uid);
-    w.write_by(a, move |txn, who| {
+    w.write(by(a, move |txn, who| {
         sharing::unshare(txn, who, secret, bob, now())
-    })
+    }))
     .await
     .expect("unshare");
     assert!(matches!(
@@ -844,9 +839,9 @@ async fn sharing_grants_and_revokes_reading(w: &World, secret: FileId, mine: Fil
         Err(OpError::AccessDenied(_))
     ));
     assert!(
-        w.read_by(b, move |txn, who| sharing::my_wrapped_keys(
+        w.read(by(b, move |txn, who| sharing::my_wrapped_keys(
             txn, who, secret
-        ))
+        )))
         .await
         .is_err()
     );
@@ -994,7 +989,7 @@ async fn users_and_groups(store: Arc<dyn MetaStore>) {
         Err(OpError::Invalid(_))
     ));
     let pending = w
-        .read_by(&w.admin, |txn, who| users::pending(txn, who))
+        .read(by(&w.admin, |txn, who| users::pending(txn, who)))
         .await
         .expect("pending");
     assert_eq!(
@@ -1002,7 +997,7 @@ async fn users_and_groups(store: Arc<dyn MetaStore>) {
         vec!["carol"]
     );
     assert!(matches!(
-        w.read_by(&w.alice, |txn, who| users::pending(txn, who))
+        w.read(by(&w.alice, |txn, who| users::pending(txn, who)))
             .await,
         Err(OpError::AccessDenied(_))
     ));
@@ -1027,16 +1022,16 @@ async fn users_and_groups(store: Arc<dyn MetaStore>) {
 
 async fn groups_grant_access_to_their_members(w: &World) {
     let group = w
-        .write_by(&w.admin, |txn, who| {
+        .write(by(&w.admin, |txn, who| {
             users::create_group(txn, who, "lab", now())
-        })
+        }))
         .await
         .expect("group");
     let bob = w.bob.uid;
     let group = w
-        .write_by(&w.admin, move |txn, who| {
+        .write(by(&w.admin, move |txn, who| {
             users::set_member(txn, who, group.gid, bob, true, now())
-        })
+        }))
         .await
         .expect("member");
     assert_eq!(group.members, vec![w.bob.uid]);
@@ -1056,9 +1051,9 @@ async fn groups_grant_access_to_their_members(w: &World) {
         read: true,
         write: true,
     };
-    w.write_by(&w.alice, move |txn, who| {
+    w.write(by(&w.alice, move |txn, who| {
         sharing::share(txn, who, dir.ino, entry, &[], now())
-    })
+    }))
     .await
     .expect("share dir");
     let bob_in_lab = Caller {

@@ -191,13 +191,9 @@ impl Txn for MemoryTxn<'_> {
     ) -> Result<Option<Generation>, StoreError> {
         Ok(self.state.chunks.get(&(ino, index)).copied())
     }
-    fn put_chunk(
-        &mut self,
-        ino: FileId,
-        index: ChunkIndex,
-        generation: Generation,
-    ) -> Result<(), StoreError> {
-        self.state_mut().chunks.insert((ino, index), generation);
+    fn put_chunk(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
+        let key = (chunk.ino, chunk.index);
+        self.state_mut().chunks.insert(key, chunk.generation);
         Ok(())
     }
     fn delete_chunk(&mut self, ino: FileId, index: ChunkIndex) -> Result<(), StoreError> {

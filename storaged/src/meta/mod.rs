@@ -224,12 +224,8 @@ pub trait Txn {
         ino: FileId,
         index: ChunkIndex,
     ) -> Result<Option<Generation>, StoreError>;
-    fn put_chunk(
-        &mut self,
-        ino: FileId,
-        index: ChunkIndex,
-        generation: Generation,
-    ) -> Result<(), StoreError>;
+    /// Makes `chunk` the current generation at its index.
+    fn put_chunk(&mut self, chunk: ChunkRef) -> Result<(), StoreError>;
     fn delete_chunk(&mut self, ino: FileId, index: ChunkIndex) -> Result<(), StoreError>;
     /// (index, generation) from `from` upward, at most `limit`.
     fn list_chunks(

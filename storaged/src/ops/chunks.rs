@@ -153,7 +153,11 @@ pub fn commit(
                 chunk.index, chunk.generation, chunk.base
             )));
         }
-        txn.put_chunk(ino, chunk.index, chunk.generation)?;
+        txn.put_chunk(ChunkRef {
+            ino,
+            index: chunk.index,
+            generation: chunk.generation,
+        })?;
         if chunk.base != NO_GENERATION {
             txn.add_garbage(ChunkRef {
                 ino,

@@ -261,15 +261,10 @@ impl Txn for MongoTxn<'_> {
             .map(|d| Fields::new(&d, "chunks").number("generation"))
             .transpose()
     }
-    fn put_chunk(
-        &mut self,
-        ino: FileId,
-        index: ChunkIndex,
-        generation: Generation,
-    ) -> Result<(), StoreError> {
-        let filter = doc! { "ino": file(ino), "index": long(index.get()) };
+    fn put_chunk(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
+        let filter = doc! { "ino": file(chunk.ino), "index": long(chunk.index.get()) };
         let mut document = filter.clone();
-        document.insert("generation", long(generation.get()));
+        document.insert("generation", long(chunk.generation.get()));
         self.put(Coll::Chunks, filter, document)
     }
     fn delete_chunk(&mut self, ino: FileId, index: ChunkIndex) -> Result<(), StoreError> {

@@ -79,52 +79,70 @@ pub(super) fn inode_from_row(row: InodeRow) -> Result<Inode, StoreError> {
     })
 }
 
+/// The columns of a user, and their table.
+pub(super) const USERS: &str =
+    "SELECT uid, name, signing_key, wrapping_key, certificate, created FROM users";
+
+/// The columns of an audit entry, and their table.
+pub(super) const AUDIT: &str =
+    "SELECT seq, time, uid, event, ino, detail, prev_hash, hash FROM audit";
+
+type UserRow = (u32, String, Vec<u8>, Vec<u8>, Vec<u8>, i64);
+
+pub(super) fn user_from_row(row: UserRow) -> Result<User, StoreError> {
+    let (uid, name, signing, wrapping, certificate, created) = row;
+    Ok(User {
+        uid,
+        name,
+        signing_key: key32(signing, "user signing key")?,
+        wrapping_key: key32(wrapping, "user wrapping key")?,
+        certificate,
+        created,
+    })
+}
+
+type AuditRow = (i64, i64, u32, String, i64, String, Vec<u8>, Vec<u8>);
+
+pub(super) fn audit_from_row(row: AuditRow) -> Result<AuditEntry, StoreError> {
+    let (seq, time, uid, event, ino, detail, prev, hash) = row;
+    Ok(AuditEntry {
+        seq: seq as u64,
+        time,
+        uid,
+        event,
+        ino: FileId(ino as u64),
+        detail,
+        prev_hash: key32(prev, "audit prev_hash")?,
+        hash: key32(hash, "audit hash")?,
+    })
+}
+
 impl SqliteTxn<'_> {
-    pub(super) fn users_where(
+    /// The rows of `select` (columns and their table) that `clause` picks, each read into a
+    /// tuple of its columns and decoded.
+    pub(super) fn rows_where<R, T>(
+        &self,
+        select: &str,
+        clause: &str,
+        params: impl rusqlite::Params,
+        decode: fn(R) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        R: for<'r> TryFrom<&'r rusqlite::Row<'r>, Error = rusqlite::Error>,
+    {
+        let rows = self.query_all(&format!("{select} {clause}"), params, |r| R::try_from(r))?;
+        rows.into_iter().map(decode).collect()
+    }
+
+    /// The group that `clause` picks by `param`, with its members.
+    pub(super) fn group_where(
         &self,
         clause: &str,
         param: impl rusqlite::ToSql,
-    ) -> Result<Vec<User>, StoreError> {
-        let sql = format!(
-            "SELECT uid, name, signing_key, wrapping_key, certificate, created FROM users {clause}"
-        );
-        let rows = self.query_all(&sql, params![param], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })?;
-        rows.into_iter()
-            .map(
-                |(uid, name, signing, wrapping, certificate, created): (
-                    u32,
-                    String,
-                    Vec<u8>,
-                    Vec<u8>,
-                    Vec<u8>,
-                    i64,
-                )| {
-                    Ok(User {
-                        uid,
-                        name,
-                        signing_key: key32(signing, "user signing key")?,
-                        wrapping_key: key32(wrapping, "user wrapping key")?,
-                        certificate,
-                        created,
-                    })
-                },
-            )
-            .collect()
-    }
-
-    pub(super) fn group_with_members(
-        &self,
-        row: Option<(u32, String)>,
     ) -> Result<Option<Group>, StoreError> {
+        let sql = format!("SELECT gid, name FROM groups {clause}");
+        let row: Option<(u32, String)> =
+            self.query_one(&sql, params![param], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let Some((gid, name)) = row else {
             return Ok(None);
         };
@@ -134,43 +152,5 @@ impl SqliteTxn<'_> {
             |r| r.get(0),
         )?;
         Ok(Some(Group { gid, name, members }))
-    }
-}
-
-impl SqliteTxn<'_> {
-    pub(super) fn audit_where(
-        &self,
-        clause: &str,
-        params: impl rusqlite::Params,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        let sql = format!(
-            "SELECT seq, time, uid, event, ino, detail, prev_hash, hash FROM audit {clause}"
-        );
-        let rows = self.query_all(&sql, params, |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, u32>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, Vec<u8>>(6)?,
-                r.get::<_, Vec<u8>>(7)?,
-            ))
-        })?;
-        rows.into_iter()
-            .map(|(seq, time, uid, event, ino, detail, prev, hash)| {
-                Ok(AuditEntry {
-                    seq: seq as u64,
-                    time,
-                    uid,
-                    event,
-                    ino: FileId(ino as u64),
-                    detail,
-                    prev_hash: key32(prev, "audit prev_hash")?,
-                    hash: key32(hash, "audit hash")?,
-                })
-            })
-            .collect()
     }
 }

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::rows::{corrupt, inode_from_row, kind_of};
+use super::rows::{AUDIT, USERS, audit_from_row, corrupt, inode_from_row, kind_of, user_from_row};
 use super::unavailable;
 use crate::meta::*;
 
@@ -37,6 +37,11 @@ impl SqliteTxn<'_> {
             .prepare_cached(sql)
             .and_then(|mut s| s.execute(params))
             .map_err(unavailable)
+    }
+
+    /// Runs a statement that changes rows.
+    fn change(&self, sql: &str, params: impl rusqlite::Params) -> Result<(), StoreError> {
+        self.execute(sql, params).map(drop)
     }
 
     pub(super) fn query_one<T>(
@@ -74,11 +79,10 @@ impl Txn for SqliteTxn<'_> {
         )
     }
     fn put_setting(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
             params![key, value],
         )
-        .map(drop)
     }
 
     fn get_inode(&mut self, ino: FileId) -> Result<Option<Inode>, StoreError> {
@@ -111,7 +115,7 @@ impl Txn for SqliteTxn<'_> {
         row.map(inode_from_row).transpose()
     }
     fn put_inode(&mut self, i: &Inode) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "INSERT OR REPLACE INTO inodes (ino, kind, perm, uid, gid, nlink, size, atime, mtime,
                 ctime, rdev, owner, version, parent, target, acl, orphaned_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
@@ -135,7 +139,6 @@ impl Txn for SqliteTxn<'_> {
                 i.orphaned_at
             ],
         )
-        .map(drop)
     }
     fn delete_inode(&mut self, ino: FileId) -> Result<(), StoreError> {
         for sql in [
@@ -174,18 +177,16 @@ impl Txn for SqliteTxn<'_> {
         .transpose()
     }
     fn put_entry(&mut self, parent: FileId, name: &[u8], entry: Entry) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "INSERT OR REPLACE INTO entries (parent, name, ino, kind) VALUES (?1, ?2, ?3, ?4)",
             params![file(parent), name, file(entry.ino), entry.kind as i64],
         )
-        .map(drop)
     }
     fn delete_entry(&mut self, parent: FileId, name: &[u8]) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "DELETE FROM entries WHERE parent = ?1 AND name = ?2",
             params![file(parent), name],
         )
-        .map(drop)
     }
     fn list_entries(
         &mut self,
@@ -223,24 +224,17 @@ impl Txn for SqliteTxn<'_> {
             |r| r.get::<_, i64>(0).map(|g| Generation(g as u64)),
         )
     }
-    fn put_chunk(
-        &mut self,
-        ino: FileId,
-        index: ChunkIndex,
-        generation: Generation,
-    ) -> Result<(), StoreError> {
-        self.execute(
+    fn put_chunk(&mut self, c: ChunkRef) -> Result<(), StoreError> {
+        self.change(
             "INSERT OR REPLACE INTO chunks (ino, idx, generation) VALUES (?1, ?2, ?3)",
-            params![file(ino), id(index.get()), id(generation.get())],
+            params![file(c.ino), id(c.index.get()), id(c.generation.get())],
         )
-        .map(drop)
     }
     fn delete_chunk(&mut self, ino: FileId, index: ChunkIndex) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "DELETE FROM chunks WHERE ino = ?1 AND idx = ?2",
             params![file(ino), id(index.get())],
         )
-        .map(drop)
     }
     fn list_chunks(
         &mut self,
@@ -259,11 +253,10 @@ impl Txn for SqliteTxn<'_> {
     }
 
     fn add_garbage(&mut self, c: ChunkRef) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "INSERT OR IGNORE INTO garbage (ino, idx, generation) VALUES (?1, ?2, ?3)",
             params![file(c.ino), id(c.index.get()), id(c.generation.get())],
         )
-        .map(drop)
     }
     fn list_garbage(&mut self, limit: usize) -> Result<Vec<ChunkRef>, StoreError> {
         self.query_all(
@@ -279,11 +272,10 @@ impl Txn for SqliteTxn<'_> {
         )
     }
     fn delete_garbage(&mut self, c: ChunkRef) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "DELETE FROM garbage WHERE ino = ?1 AND idx = ?2 AND generation = ?3",
             params![file(c.ino), id(c.index.get()), id(c.generation.get())],
         )
-        .map(drop)
     }
 
     fn get_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -294,18 +286,16 @@ impl Txn for SqliteTxn<'_> {
         )
     }
     fn put_xattr(&mut self, ino: FileId, name: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)",
             params![file(ino), name, value],
         )
-        .map(drop)
     }
     fn delete_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "DELETE FROM xattrs WHERE ino = ?1 AND name = ?2",
             params![file(ino), name],
         )
-        .map(drop)
     }
     fn list_xattrs(&mut self, ino: FileId) -> Result<Vec<Xattr>, StoreError> {
         self.query_all(
@@ -332,18 +322,16 @@ impl Txn for SqliteTxn<'_> {
         principal: Principal,
         blob: &[u8],
     ) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "INSERT OR REPLACE INTO wrapped_keys (ino, principal, blob) VALUES (?1, ?2, ?3)",
             params![file(ino), principal.key(), blob],
         )
-        .map(drop)
     }
     fn delete_wrapped_key(&mut self, ino: FileId, principal: Principal) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "DELETE FROM wrapped_keys WHERE ino = ?1 AND principal = ?2",
             params![file(ino), principal.key()],
         )
-        .map(drop)
     }
     fn list_wrapped_keys(&mut self, ino: FileId) -> Result<Vec<(Principal, Vec<u8>)>, StoreError> {
         let rows: Vec<(String, Vec<u8>)> = self.query_all(
@@ -362,40 +350,31 @@ impl Txn for SqliteTxn<'_> {
     }
 
     fn get_user(&mut self, uid: u32) -> Result<Option<User>, StoreError> {
-        Ok(self.users_where("WHERE uid = ?1", uid)?.pop())
+        Ok(self
+            .rows_where(USERS, "WHERE uid = ?1", params![uid], user_from_row)?
+            .pop())
     }
     fn get_user_by_name(&mut self, name: &str) -> Result<Option<User>, StoreError> {
-        Ok(self.users_where("WHERE name = ?1", name)?.pop())
+        Ok(self
+            .rows_where(USERS, "WHERE name = ?1", params![name], user_from_row)?
+            .pop())
     }
     fn put_user(&mut self, u: &User) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "INSERT OR REPLACE INTO users (uid, name, signing_key, wrapping_key, certificate, created)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![u.uid, u.name, u.signing_key.to_vec(), u.wrapping_key.to_vec(), u.certificate, u.created],
         )
-        .map(drop)
     }
     fn list_pending_users(&mut self, limit: usize) -> Result<Vec<User>, StoreError> {
-        self.users_where(
-            "WHERE length(certificate) = 0 ORDER BY uid LIMIT ?1",
-            limit as i64,
-        )
+        let clause = "WHERE length(certificate) = 0 ORDER BY uid LIMIT ?1";
+        self.rows_where(USERS, clause, params![limit as i64], user_from_row)
     }
     fn get_group(&mut self, gid: u32) -> Result<Option<Group>, StoreError> {
-        let row = self.query_one(
-            "SELECT gid, name FROM groups WHERE gid = ?1",
-            params![gid],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        self.group_with_members(row)
+        self.group_where("WHERE gid = ?1", gid)
     }
     fn get_group_by_name(&mut self, name: &str) -> Result<Option<Group>, StoreError> {
-        let row = self.query_one(
-            "SELECT gid, name FROM groups WHERE name = ?1",
-            params![name],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        self.group_with_members(row)
+        self.group_where("WHERE name = ?1", name)
     }
     fn put_group(&mut self, g: &Group) -> Result<(), StoreError> {
         self.execute(
@@ -450,18 +429,16 @@ impl Txn for SqliteTxn<'_> {
         )
     }
     fn put_session(&mut self, s: &Session) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "INSERT OR REPLACE INTO sessions (token_hash, uid, admin, expires) VALUES (?1, ?2, ?3, ?4)",
             params![s.token_hash.to_vec(), s.uid, s.admin, s.expires],
         )
-        .map(drop)
     }
     fn delete_session(&mut self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "DELETE FROM sessions WHERE token_hash = ?1",
             params![token_hash.to_vec()],
         )
-        .map(drop)
     }
     fn delete_expired_sessions(&mut self, now: Time) -> Result<u64, StoreError> {
         self.execute("DELETE FROM sessions WHERE expires <= ?1", params![now])
@@ -469,10 +446,11 @@ impl Txn for SqliteTxn<'_> {
     }
 
     fn last_audit(&mut self) -> Result<Option<AuditEntry>, StoreError> {
-        Ok(self.audit_where("ORDER BY seq DESC LIMIT 1", [])?.pop())
+        let clause = "ORDER BY seq DESC LIMIT 1";
+        Ok(self.rows_where(AUDIT, clause, [], audit_from_row)?.pop())
     }
     fn append_audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {
-        self.execute(
+        self.change(
             "INSERT INTO audit (seq, time, uid, event, ino, detail, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -486,12 +464,10 @@ impl Txn for SqliteTxn<'_> {
                 e.hash.to_vec()
             ],
         )
-        .map(drop)
     }
     fn list_audit(&mut self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        self.audit_where(
-            "WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-            params![id(from_seq), limit as i64],
-        )
+        let clause = "WHERE seq >= ?1 ORDER BY seq LIMIT ?2";
+        let params = params![id(from_seq), limit as i64];
+        self.rows_where(AUDIT, clause, params, audit_from_row)
     }
 }

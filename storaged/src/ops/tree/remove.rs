@@ -18,14 +18,7 @@ pub fn unlink(
     keep_open: bool,
     now: Time,
 ) -> Result<Unlinked, OpError> {
-    check_name(name)?;
-    let mut dir = directory(txn, parent)?;
-    let entry = txn.get_entry(parent, name)?.ok_or(OpError::NotFound)?;
-    let child = inode(txn, entry.ino)?;
-    if child.kind == Kind::Directory {
-        return Err(OpError::IsDirectory);
-    }
-    check_remove(caller, &dir, &child)?;
+    let (mut dir, child) = to_remove(txn, caller, (parent, name), false)?;
     txn.delete_entry(parent, name)?;
     dir.mtime = now;
     touch(&mut dir, now);
@@ -35,6 +28,27 @@ pub fn unlink(
         parent: dir,
         links_left,
     })
+}
+
+/// The directory `parent` and the inode its entry `name` names, which is a directory just
+/// when `a_directory` and which the caller may remove.
+fn to_remove(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    (parent, name): (FileId, &[u8]),
+    a_directory: bool,
+) -> Result<(Inode, Inode), OpError> {
+    check_name(name)?;
+    let dir = directory(txn, parent)?;
+    let entry = txn.get_entry(parent, name)?.ok_or(OpError::NotFound)?;
+    let child = inode(txn, entry.ino)?;
+    match (child.kind == Kind::Directory, a_directory) {
+        (true, false) => return Err(OpError::IsDirectory),
+        (false, true) => return Err(OpError::NotDirectory),
+        _ => {}
+    }
+    check_remove(caller, &dir, &child)?;
+    Ok((dir, child))
 }
 
 /// What an unlink changed: its directory as it is now, and the links the file has left (0:
@@ -94,14 +108,7 @@ pub fn rmdir(
     name: &[u8],
     now: Time,
 ) -> Result<Inode, OpError> {
-    check_name(name)?;
-    let mut dir = directory(txn, parent)?;
-    let entry = txn.get_entry(parent, name)?.ok_or(OpError::NotFound)?;
-    let child = inode(txn, entry.ino)?;
-    if child.kind != Kind::Directory {
-        return Err(OpError::NotDirectory);
-    }
-    check_remove(caller, &dir, &child)?;
+    let (mut dir, child) = to_remove(txn, caller, (parent, name), true)?;
     if !txn.list_entries(child.ino, b"", 1)?.is_empty() {
         return Err(OpError::NotEmpty);
     }
