@@ -2,14 +2,17 @@
 //! one before, so that `storaged audit verify` finds the first edited, removed or reordered
 //! entry. Entries are appended in the same transaction as the change they record.
 
-use crate::meta::{AuditEntry, Ino, MetaStore, StoreError, Time, Txn};
+use crate::meta::{AuditEntry, FileId, MetaStore, StoreError, Time, Txn};
+
+/// The file of an event that is about no file (a login, a user or a group).
+pub const NO_FILE: FileId = FileId(0);
 
 /// Appends one event to the chain.
 pub fn append(
     txn: &mut dyn Txn,
     uid: u32,
     event: &str,
-    ino: Ino,
+    ino: FileId,
     detail: &str,
     now: Time,
 ) -> Result<(), StoreError> {
@@ -97,7 +100,7 @@ enum Queued {
     Event {
         uid: u32,
         event: &'static str,
-        ino: Ino,
+        ino: FileId,
         detail: String,
         time: Time,
     },
@@ -113,7 +116,7 @@ impl AuditQueue {
     }
 
     /// Queues an event; waits only when the queue is full.
-    pub async fn record(&self, uid: u32, event: &'static str, ino: Ino, detail: String) {
+    pub async fn record(&self, uid: u32, event: &'static str, ino: FileId, detail: String) {
         let queued = Queued::Event {
             uid,
             event,

@@ -126,7 +126,14 @@ impl Auth {
         if let Err(error) = &outcome {
             let detail = format!("{name}: {error}");
             let logged = meta::write(store, move |txn| -> Result<(), OpError> {
-                Ok(audit::append(txn, 0, "login-failed", 0, &detail, now())?)
+                Ok(audit::append(
+                    txn,
+                    0,
+                    "login-failed",
+                    audit::NO_FILE,
+                    &detail,
+                    now(),
+                )?)
             })
             .await;
             if let Err(audit_error) = logged {
@@ -180,7 +187,14 @@ impl Auth {
         meta::write(store, move |txn| -> Result<(), OpError> {
             txn.put_session(&stored)?;
             txn.delete_expired_sessions(now())?;
-            Ok(audit::append(txn, uid, "login", 0, &who, now())?)
+            Ok(audit::append(
+                txn,
+                uid,
+                "login",
+                audit::NO_FILE,
+                &who,
+                now(),
+            )?)
         })
         .await?;
         Ok(Login {

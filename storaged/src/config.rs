@@ -9,6 +9,8 @@ use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::meta::{Capabilities, mongo::MongoStore, sqlite::SqliteStore};
+
 /// Settings given on the command line or in the environment.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
@@ -70,6 +72,18 @@ struct FileSettings {
 pub enum MetaBackend {
     Sqlite(PathBuf),
     Mongo(String),
+}
+
+impl MetaBackend {
+    /// What the store of this backend will report as its
+    /// [`capabilities`](crate::meta::MetaStore::capabilities), for what must be decided
+    /// before it opens (the chunk store whose files its barrier syncs).
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            MetaBackend::Sqlite(_) => SqliteStore::CAPABILITIES,
+            MetaBackend::Mongo(_) => MongoStore::CAPABILITIES,
+        }
+    }
 }
 
 /// The resolved settings.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::State;
-use crate::meta::{ChunkRef, now};
+use crate::meta::{ChunkIndex, ChunkRef, FileId, Generation, now};
 use crate::ops::{OpError, tree};
 
 const PAGE: usize = 512;
@@ -75,7 +75,7 @@ pub async fn sweep(state: &State, upload_grace: Duration) -> Result<usize, OpErr
         .blocking_list()
         .await
         .map_err(|e| OpError::Store(crate::meta::StoreError::Unavailable(e.to_string())))?;
-    let mut by_file: HashMap<u64, Vec<ChunkRef>> = HashMap::new();
+    let mut by_file: HashMap<FileId, Vec<ChunkRef>> = HashMap::new();
     for (chunk, age) in files {
         if age >= upload_grace.as_secs() {
             by_file.entry(chunk.ino).or_default().push(chunk);
@@ -83,8 +83,8 @@ pub async fn sweep(state: &State, upload_grace: Duration) -> Result<usize, OpErr
     }
     let mut litter = Vec::new();
     for (ino, chunks) in by_file {
-        let current: HashMap<u64, u64> = state
-            .read(move |txn| Ok(txn.list_chunks(ino, 0, usize::MAX)?))
+        let current: HashMap<ChunkIndex, Generation> = state
+            .read(move |txn| Ok(txn.list_chunks(ino, ChunkIndex(0), usize::MAX)?))
             .await?
             .into_iter()
             .collect();

@@ -20,7 +20,8 @@ use crate::leases::Leases;
 use crate::meta::{self, MetaStore, mongo::MongoStore, now, sqlite::SqliteStore};
 use crate::metrics::Metrics;
 use crate::ops::OpError;
-use crate::{gc, settings, tls};
+use crate::settings::{self, VaultSettings};
+use crate::{gc, tls};
 
 /// Reads the site administrator's public key file (`admin.pub`).
 pub fn read_admin_key(path: &Path) -> anyhow::Result<PublicIdentity> {
@@ -67,64 +68,18 @@ pub async fn open_store(
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
-    let admin = read_admin_key(&config.admin_public_key)?;
-    // MongoDB cannot order its journal after our chunk files: with it, each chunk file is
-    // synced before its commit; the embedded store syncs them in batches (see `meta::Barrier`).
-    let deferred = matches!(config.meta, MetaBackend::Sqlite(_));
-    let chunks = DirChunkStore::open(&config.chunk_root, deferred)?;
-    if deferred {
-        // The embedded store has one storaged; instances over MongoDB may share the root.
-        chunks.keep_spares()?;
-    }
-    let chunks = Arc::new(chunks);
-    let store = open_store(&config, Some(chunks.clone())).await?;
-    let vault = meta::write(&*store, move |txn| {
-        settings::init_or_load(txn, &admin, now())
-    })
-    .await
-    .map_err(|e: OpError| anyhow::anyhow!(e))
-    .context("initialising the vault")?;
-    let metrics = Arc::new(Metrics::default());
-    // Leases live in this process: only a store no other instance shares may have them.
-    let sole_instance = matches!(store.backend(), "sqlite" | "memory");
-    let state = Arc::new(State {
-        leases: Arc::new(Leases::new(sole_instance)),
-        audit: crate::audit::AuditQueue::start(store.clone()),
-        store,
-        chunks,
-        auth: Auth::new(vault.clone(), config.session_lifetime),
-        metrics: metrics.clone(),
-        descriptors: Arc::default(),
-    });
-    let service = VaultServer::new(Service {
-        state: state.clone(),
-    })
-    .max_decoding_message_size(proto::limits::MESSAGE_BYTES_MAX)
-    .max_encoding_message_size(proto::limits::MESSAGE_BYTES_MAX);
-
+    let (state, vault) = start(&config).await?;
     let (stop, stopped) = watch::channel(false);
-    let leases = state.leases.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        // A graceful stop waits for every call in progress, and a client listens for
-        // recalls as long as it is mounted: end those calls (their leases go with them).
-        leases.stop_listening();
-        let _ = stop.send(true);
-    });
-    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
-
+    stop_on_signal(state.leases.clone(), stop);
     tokio::spawn(gc::run(state.clone(), config.gc_interval));
     if let Some(addr) = config.metrics_addr {
-        let metrics = metrics.clone();
+        let metrics = state.metrics.clone();
         tokio::spawn(async move {
             if let Err(error) = crate::metrics::serve(addr, metrics).await {
                 tracing::error!(%error, %addr, "metrics endpoint failed");
             }
         });
     }
-
     let listener = bind_socket(&config.socket)?;
     let descriptor_socket = proto::descriptor_socket(&config.socket);
     let descriptor_listener = bind_socket(&descriptor_socket)?
@@ -136,6 +91,79 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .context("the descriptor socket")?;
     crate::descriptors::serve(descriptor_listener, state.descriptors.clone())
         .context("starting the descriptor socket thread")?;
+    let serving = servers(&config, &state, &vault, listener, &stopped)?;
+    let served = until_stopped(serving, stopped).await;
+    let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(&descriptor_socket);
+    state.audit.flush().await;
+    // Everything acknowledged becomes durable before the daemon goes.
+    if let Err(error) = state.store.sync().await {
+        tracing::error!(%error, "could not make the metadata durable while stopping");
+    }
+    served.context("serving")?;
+    tracing::info!("storaged stopped");
+    Ok(())
+}
+
+/// Opens the stores, initialises or loads the vault, and makes the state every call shares.
+async fn start(config: &Config) -> anyhow::Result<(Arc<State>, VaultSettings)> {
+    let admin = read_admin_key(&config.admin_public_key)?;
+    // A store that defers durability syncs the chunk files in batches (see `meta::Barrier`);
+    // over any other, each chunk file is synced before its commit.
+    let capabilities = config.meta.capabilities();
+    let chunks = DirChunkStore::open(&config.chunk_root, capabilities.deferred_durability)?;
+    if capabilities.sole_instance {
+        // Instances that share a store may share the chunk root, and so its spares.
+        chunks.keep_spares()?;
+    }
+    let chunks = Arc::new(chunks);
+    let store = open_store(config, Some(chunks.clone())).await?;
+    let vault = meta::write(&*store, move |txn| {
+        settings::init_or_load(txn, &admin, now())
+    })
+    .await
+    .map_err(|e: OpError| anyhow::anyhow!(e))
+    .context("initialising the vault")?;
+    let state = Arc::new(State {
+        leases: Arc::new(Leases::new(store.capabilities().leases())),
+        audit: crate::audit::AuditQueue::start(store.clone()),
+        store,
+        chunks,
+        auth: Auth::new(vault.clone(), config.session_lifetime),
+        metrics: Arc::new(Metrics::default()),
+        descriptors: Arc::default(),
+    });
+    Ok((state, vault))
+}
+
+/// On SIGTERM or SIGINT, tells everything to stop.
+fn stop_on_signal(leases: Arc<Leases>, stop: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        // A graceful stop waits for every call in progress, and a client listens for
+        // recalls as long as it is mounted: end those calls (their leases go with them).
+        leases.stop_listening();
+        let _ = stop.send(true);
+    });
+}
+
+/// The API's servers: on the Unix socket `listener`, and on TCP with TLS when asked, each
+/// until `stopped`. Announces them.
+fn servers(
+    config: &Config,
+    state: &Arc<State>,
+    vault: &VaultSettings,
+    listener: tokio::net::UnixListener,
+    stopped: &watch::Receiver<bool>,
+) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>> + use<>> {
+    let service = VaultServer::new(Service {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(proto::limits::MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(proto::limits::MESSAGE_BYTES_MAX);
+    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
     let mut announce = format!(
         "storaged ready: vault {} ({} metadata) on unix:{}",
         vault.vault,
@@ -160,36 +188,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     println!("{announce}");
     tracing::info!("{announce}");
-    let serving = async {
+    Ok(async {
         match tcp {
             Some(tcp) => tokio::try_join!(unix, tcp).map(drop),
             None => unix.await,
         }
-    };
+    })
+}
+
+/// Runs `serving` until it ends, or until the grace period after `stopped` is over.
+async fn until_stopped(
+    serving: impl Future<Output = Result<(), tonic::transport::Error>>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
     // A graceful stop waits for every connection to close, and a client's idle channel may
     // not answer the server's goodbye (each vaultfs thread drives its own channel only while
     // it makes a call): after a grace period the remaining connections are dropped.
-    let mut grace = stopped.clone();
-    let served = tokio::select! {
+    tokio::select! {
         served = serving => served,
         () = async move {
-            let _ = grace.wait_for(|s| *s).await;
+            let _ = stopped.wait_for(|s| *s).await;
             tokio::time::sleep(STOP_GRACE).await;
         } => {
             tracing::info!(seconds = STOP_GRACE.as_secs(), "connections still open after the stop's grace period; dropping them");
             Ok(())
         }
-    };
-    let _ = std::fs::remove_file(&config.socket);
-    let _ = std::fs::remove_file(&descriptor_socket);
-    state.audit.flush().await;
-    // Everything acknowledged becomes durable before the daemon goes.
-    if let Err(error) = state.store.sync().await {
-        tracing::error!(%error, "could not make the metadata durable while stopping");
     }
-    served.context("serving")?;
-    tracing::info!("storaged stopped");
-    Ok(())
 }
 
 /// How long a stop waits for clients' connections to close.

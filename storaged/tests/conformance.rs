@@ -7,11 +7,11 @@ use format::ids::VaultId;
 use format::wrapped::{WRAPPED_KEY_BYTES, WrapHeader, WrapKind};
 use identity::Identity;
 use storaged::meta::{
-    self, Durability, Kind, MetaStore, Principal, ROOT_INO, StoreError, memory::MemoryStore,
-    mongo::MongoStore, now, sqlite::SqliteStore,
+    self, ChunkIndex, Durability, FileId, Generation, Kind, MetaStore, Principal, StoreError,
+    memory::MemoryStore, mongo::MongoStore, now, sqlite::SqliteStore,
 };
 use storaged::ops::chunks::{self, Uploaded};
-use storaged::ops::tree::{self, AttrChanges, NewNode, RenameMode};
+use storaged::ops::tree::{self, AttrChanges, NewFile, NewNode, Rename, RenameMode};
 use storaged::ops::{Caller, OpError, sharing, users, xattrs};
 use storaged::settings::{self, VaultSettings};
 
@@ -100,11 +100,11 @@ async fn world(store: Arc<dyn MetaStore>) -> World {
 }
 
 /// A wrapped key the server accepts: a valid header for (file, recipient) and opaque rest.
-fn wrapped(vault: VaultId, ino: u64, recipient: [u8; 32]) -> Vec<u8> {
+fn wrapped(vault: VaultId, ino: FileId, recipient: [u8; 32]) -> Vec<u8> {
     let mut blob = WrapHeader {
         kind: WrapKind::FileKey,
         vault,
-        object: ino,
+        object: ino.0,
         recipient,
     }
     .encode()
@@ -113,7 +113,7 @@ fn wrapped(vault: VaultId, ino: u64, recipient: [u8; 32]) -> Vec<u8> {
     blob
 }
 
-fn node(kind: Kind, ino: Option<u64>) -> NewNode {
+fn node(kind: Kind, ino: Option<FileId>) -> NewNode {
     NewNode {
         kind,
         perm: 0o755,
@@ -140,7 +140,12 @@ impl World {
         meta::read(&*self.store, op).await
     }
 
-    async fn mkdir(&self, who: &Caller, parent: u64, name: &str) -> Result<meta::Inode, OpError> {
+    async fn mkdir(
+        &self,
+        who: &Caller,
+        parent: FileId,
+        name: &str,
+    ) -> Result<meta::Inode, OpError> {
         let (who, name) = (who.clone(), name.to_string());
         self.write(move |txn| {
             tree::create_node(
@@ -160,38 +165,38 @@ impl World {
         &self,
         who: &Caller,
         key: [u8; 32],
-        parent: u64,
+        parent: FileId,
         name: &str,
     ) -> Result<meta::Inode, OpError> {
-        let ino = u64::from_le_bytes(identity::random_bytes()) | 2;
-        let keys = vec![(
-            Principal::User(who.uid),
-            wrapped(self.settings.vault, ino, key),
-        )];
-        let (who, name) = (who.clone(), name.to_string());
+        let ino = FileId(u64::from_le_bytes(identity::random_bytes()) | 2);
+        let file = NewFile {
+            parent,
+            name: name.as_bytes().to_vec(),
+            node: node(Kind::Regular, Some(ino)),
+            wrapped_keys: vec![(
+                Principal::User(who.uid),
+                wrapped(self.settings.vault, ino, key),
+            )],
+        };
+        let who = who.clone();
         self.write(move |txn| {
-            tree::create_file(
-                txn,
-                &who,
-                parent,
-                name.as_bytes(),
-                &node(Kind::Regular, Some(ino)),
-                &keys,
-                true,
-                now(),
-            )
-            .map(|(inode, _)| inode)
+            tree::create_file(txn, &who, &file, true, now()).map(|(inode, _)| inode)
         })
         .await
     }
 
-    async fn lookup(&self, who: &Caller, parent: u64, name: &str) -> Result<meta::Inode, OpError> {
+    async fn lookup(
+        &self,
+        who: &Caller,
+        parent: FileId,
+        name: &str,
+    ) -> Result<meta::Inode, OpError> {
         let (who, name) = (who.clone(), name.to_string());
         self.read(move |txn| tree::lookup(txn, &who, parent, name.as_bytes()))
             .await
     }
 
-    async fn names(&self, who: &Caller, dir: u64) -> Vec<String> {
+    async fn names(&self, who: &Caller, dir: FileId) -> Vec<String> {
         let who = who.clone();
         let (listing, _) = self
             .read(move |txn| tree::readdir(txn, &who, dir, b"", 1000))
@@ -206,46 +211,98 @@ impl World {
     async fn rename(
         &self,
         who: &Caller,
-        from: (u64, &str),
-        to: (u64, &str),
+        from: (FileId, &str),
+        to: (FileId, &str),
         mode: RenameMode,
-    ) -> Result<Option<u64>, OpError> {
+    ) -> Result<Option<FileId>, OpError> {
         let who = who.clone();
         let (a, b) = (from.1.to_string(), to.1.to_string());
         self.write(move |txn| {
-            tree::rename(
-                txn,
-                &who,
-                from.0,
-                a.as_bytes(),
-                to.0,
-                b.as_bytes(),
+            let rename = Rename {
+                parent: from.0,
+                name: a.as_bytes(),
+                new_parent: to.0,
+                new_name: b.as_bytes(),
                 mode,
-                now(),
-            )
+            };
+            tree::rename(txn, &who, &rename, now())
         })
         .await
+    }
+
+    /// Sets the size of `ino` through setattr.
+    async fn set_size(&self, who: &Caller, ino: FileId, size: u64) -> Result<meta::Inode, OpError> {
+        let changes = AttrChanges {
+            size: Some(size),
+            ..Default::default()
+        };
+        self.write(by(who, move |txn, who| {
+            tree::setattr(txn, who, ino, &changes, now())
+        }))
+        .await
+    }
+
+    /// The first chunks of `ino` (ten at most), and whether there are more.
+    async fn chunks(&self, who: &Caller, ino: FileId) -> (Vec<(ChunkIndex, Generation)>, bool) {
+        self.read(by(who, move |txn, who| {
+            chunks::list(txn, who, ino, ChunkIndex(0), 10)
+        }))
+        .await
+        .expect("list")
+    }
+
+    /// The chunk files waiting to be deleted.
+    async fn garbage(&self) -> Vec<meta::ChunkRef> {
+        self.read(|txn| Ok(txn.list_garbage(100)?))
+            .await
+            .expect("garbage")
     }
 
     async fn commit(
         &self,
         who: &Caller,
-        ino: u64,
+        ino: FileId,
         chunks: Vec<Uploaded>,
         size: u64,
         truncate: bool,
     ) -> Result<meta::Inode, OpError> {
         let who = who.clone();
-        self.write(move |txn| chunks::commit(txn, &who, ino, &chunks, size, truncate, &[], now()))
-            .await
+        self.write(move |txn| {
+            let commit = chunks::Commit {
+                ino,
+                chunks: &chunks,
+                size,
+                truncate,
+                rekey: &[],
+            };
+            chunks::commit(txn, &who, &commit, now())
+        })
+        .await
     }
+}
+
+/// A file's chunks as `chunks::list` gives them: (index, generation) each.
+fn listed_as(chunks: &[(u64, u64)]) -> Vec<(ChunkIndex, Generation)> {
+    chunks
+        .iter()
+        .map(|&(index, generation)| (ChunkIndex(index), Generation(generation)))
+        .collect()
+}
+
+/// `op` run as `who`.
+fn by<T>(
+    who: &Caller,
+    mut op: impl FnMut(&mut dyn meta::Txn, &Caller) -> Result<T, OpError> + Send + 'static,
+) -> impl FnMut(&mut dyn meta::Txn) -> Result<T, OpError> + Send + 'static {
+    let who = who.clone();
+    move |txn| op(txn, &who)
 }
 
 fn upload(index: u64, base: u64, generation: u64, last: bool, bytes: u64) -> Uploaded {
     Uploaded {
-        index,
-        base,
-        generation,
+        index: ChunkIndex(index),
+        base: Generation(base),
+        generation: Generation(generation),
         last,
         plaintext_bytes: bytes,
     }
@@ -253,11 +310,21 @@ fn upload(index: u64, base: u64, generation: u64, last: bool, bytes: u64) -> Upl
 
 async fn tree_operations(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
+    let (home, file) = creating_and_looking_up(&w).await;
+    names_are_checked(&w, home).await;
+    symlinks_and_hard_links(&w, home, file).await;
+    listing_in_pages(&w, home).await;
+    removing(&w, home).await;
+}
+
+/// Alice's home directory and a file in it, with the lookups around them: the directory and
+/// the file.
+async fn creating_and_looking_up(w: &World) -> (FileId, FileId) {
     let a = &w.alice;
-    let home = w.mkdir(a, ROOT_INO, "alice").await.expect("mkdir");
+    let home = w.mkdir(a, FileId::ROOT, "alice").await.expect("mkdir");
     assert_eq!(home.kind, Kind::Directory);
     assert!(matches!(
-        w.mkdir(a, ROOT_INO, "alice").await,
+        w.mkdir(a, FileId::ROOT, "alice").await,
         Err(OpError::Exists)
     ));
     let file = w
@@ -279,60 +346,68 @@ async fn tree_operations(store: Arc<dyn MetaStore>) {
         w.lookup(a, file.ino, "x").await,
         Err(OpError::NotDirectory)
     ));
+    (home.ino, file.ino)
+}
 
-    // Names.
+async fn names_are_checked(w: &World, home: FileId) {
+    let a = &w.alice;
     for bad in ["", ".", "..", "a/b", "a\0b"] {
-        let r = w.mkdir(a, home.ino, bad).await;
+        let r = w.mkdir(a, home, bad).await;
         assert!(matches!(r, Err(OpError::Invalid(_))), "{bad:?}: {r:?}");
     }
     assert!(matches!(
-        w.mkdir(a, home.ino, &"n".repeat(256)).await,
+        w.mkdir(a, home, &"n".repeat(256)).await,
         Err(OpError::NameTooLong)
     ));
+}
 
-    // Symlinks and hard links.
-    let who = a.clone();
+async fn symlinks_and_hard_links(w: &World, home: FileId, file: FileId) {
+    let a = &w.alice;
     let link = w
-        .write(move |txn| {
+        .write(by(a, move |txn, who| {
             let n = NewNode {
                 target: b"notes.txt".to_vec(),
                 ..node(Kind::Symlink, None)
             };
-            tree::create_node(txn, &who, home.ino, b"link", &n, now()).map(|(link, _)| link)
-        })
+            tree::create_node(txn, who, home, b"link", &n, now()).map(|(link, _)| link)
+        }))
         .await
         .expect("symlink");
-    let who = a.clone();
     assert_eq!(
-        w.read(move |txn| tree::readlink(txn, &who, link.ino))
+        w.read(by(a, move |txn, who| tree::readlink(txn, who, link.ino)))
             .await
             .expect("readlink"),
         b"notes.txt"
     );
-    let who = a.clone();
     let linked = w
-        .write(move |txn| tree::link(txn, &who, file.ino, home.ino, b"hard", now()))
+        .write(by(a, move |txn, who| {
+            tree::link(txn, who, file, home, b"hard", now())
+        }))
         .await
         .expect("link")
         .0;
     assert_eq!(linked.nlink, 2);
-    let who = a.clone();
     let dir_link = w
-        .write(move |txn| tree::link(txn, &who, home.ino, ROOT_INO, b"dirlink", now()))
+        .write(by(a, move |txn, who| {
+            tree::link(txn, who, home, FileId::ROOT, b"dirlink", now())
+        }))
         .await;
     assert!(matches!(dir_link, Err(OpError::NotSupported(_))));
+}
 
-    // Listing, in pages.
+async fn listing_in_pages(w: &World, home: FileId) {
+    let a = &w.alice;
     for i in 0..7 {
-        w.mkdir(a, home.ino, &format!("d{i}")).await.expect("mkdir");
+        w.mkdir(a, home, &format!("d{i}")).await.expect("mkdir");
     }
     let mut seen = Vec::new();
     let mut after = Vec::new();
     loop {
-        let who = a.clone();
         let cursor = after.clone();
         let (page, more) = w
-            .read(move |txn| tree::readdir(txn, &who, home.ino, &cursor, 3))
+            .read(by(a, move |txn, who| {
+                tree::readdir(txn, who, home, &cursor, 3)
+            }))
             .await
             .expect("page");
         assert!(page.len() <= 3);
@@ -345,49 +420,75 @@ async fn tree_operations(store: Arc<dyn MetaStore>) {
             break;
         }
     }
-    assert_eq!(seen, w.names(a, home.ino).await);
+    assert_eq!(seen, w.names(a, home).await);
     assert_eq!(seen.len(), 10, "{seen:?}");
     assert_eq!(
-        w.lookup(a, ROOT_INO, "alice").await.expect("home").nlink,
+        w.lookup(a, FileId::ROOT, "alice")
+            .await
+            .expect("home")
+            .nlink,
         2 + 7
     );
+}
 
-    // Removing.
-    let who = a.clone();
+async fn removing(w: &World, home: FileId) {
+    let a = &w.alice;
     assert!(matches!(
-        w.write(move |txn| tree::rmdir(txn, &who, ROOT_INO, b"alice", now()))
-            .await,
+        w.write(by(a, |txn, who| tree::rmdir(
+            txn,
+            who,
+            FileId::ROOT,
+            b"alice",
+            now()
+        )))
+        .await,
         Err(OpError::NotEmpty)
     ));
-    let who = a.clone();
     assert!(matches!(
-        w.write(move |txn| tree::unlink(txn, &who, home.ino, b"d0", false, now()))
-            .await,
+        w.write(by(a, move |txn, who| tree::unlink(
+            txn,
+            who,
+            home,
+            b"d0",
+            false,
+            now()
+        )))
+        .await,
         Err(OpError::IsDirectory)
     ));
-    let who = a.clone();
     assert!(matches!(
-        w.write(move |txn| tree::rmdir(txn, &who, home.ino, b"hard", now()))
-            .await,
+        w.write(by(a, move |txn, who| tree::rmdir(
+            txn,
+            who,
+            home,
+            b"hard",
+            now()
+        )))
+        .await,
         Err(OpError::NotDirectory)
     ));
-    let who = a.clone();
-    w.write(move |txn| tree::unlink(txn, &who, home.ino, b"hard", false, now()))
-        .await
-        .expect("unlink one link");
+    w.write(by(a, move |txn, who| {
+        tree::unlink(txn, who, home, b"hard", false, now())
+    }))
+    .await
+    .expect("unlink one link");
     assert_eq!(
-        w.lookup(a, home.ino, "notes.txt")
+        w.lookup(a, home, "notes.txt")
             .await
             .expect("still there")
             .nlink,
         1
     );
-    let who = a.clone();
-    w.write(move |txn| tree::rmdir(txn, &who, home.ino, b"d0", now()))
-        .await
-        .expect("rmdir");
+    w.write(by(a, move |txn, who| {
+        tree::rmdir(txn, who, home, b"d0", now())
+    }))
+    .await
+    .expect("rmdir");
     assert_eq!(
-        w.lookup(a, ROOT_INO, "alice").await.expect("home").nlink,
+        w.lookup(a, FileId::ROOT, "alice")
+            .await
+            .expect("home")
+            .nlink,
         2 + 6
     );
 }
@@ -395,7 +496,7 @@ async fn tree_operations(store: Arc<dyn MetaStore>) {
 async fn renames(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let a = &w.alice;
-    let home = w.mkdir(a, ROOT_INO, "home").await.expect("mkdir").ino;
+    let home = w.mkdir(a, FileId::ROOT, "home").await.expect("mkdir").ino;
     let sub = w.mkdir(a, home, "sub").await.expect("mkdir").ino;
     let deeper = w.mkdir(a, sub, "deeper").await.expect("mkdir").ino;
     let f1 = w.create(a, w.alice_key, home, "f1").await.expect("f1");
@@ -429,10 +530,11 @@ async fn renames(store: Arc<dyn MetaStore>) {
         w.lookup(a, home, "f1").await,
         Err(OpError::NotFound)
     ));
-    let who = a.clone();
-    w.write(move |txn| tree::release(txn, &who, f1.ino, now()))
-        .await
-        .expect("release");
+    w.write(by(a, move |txn, who| {
+        tree::release(txn, who, f1.ino, now())
+    }))
+    .await
+    .expect("release");
     assert!(
         w.read(move |txn| Ok(txn.get_inode(f1.ino)?))
             .await
@@ -450,19 +552,30 @@ async fn renames(store: Arc<dyn MetaStore>) {
             .await,
         Err(OpError::IsDirectory)
     ));
-    // Across directories: parents' link counts follow.
-    let other = w.mkdir(a, ROOT_INO, "other").await.expect("mkdir").ino;
+    renames_across_directories(&w, home, sub).await;
+}
+
+/// Moving directory `sub` out of `home`, and over directories.
+async fn renames_across_directories(w: &World, home: FileId, sub: FileId) {
+    let a = &w.alice;
+    // Parents' link counts follow.
+    let other = w.mkdir(a, FileId::ROOT, "other").await.expect("mkdir").ino;
     w.rename(a, (home, "sub"), (other, "moved"), RenameMode::Replace)
         .await
         .expect("move dir");
-    assert_eq!(w.lookup(a, ROOT_INO, "home").await.expect("home").nlink, 2);
     assert_eq!(
-        w.lookup(a, ROOT_INO, "other").await.expect("other").nlink,
+        w.lookup(a, FileId::ROOT, "home").await.expect("home").nlink,
+        2
+    );
+    assert_eq!(
+        w.lookup(a, FileId::ROOT, "other")
+            .await
+            .expect("other")
+            .nlink,
         3
     );
-    let who = a.clone();
     assert_eq!(
-        w.read(move |txn| tree::getattr(txn, &who, sub))
+        w.read(by(a, move |txn, who| tree::getattr(txn, who, sub)))
             .await
             .expect("sub")
             .parent,
@@ -474,9 +587,9 @@ async fn renames(store: Arc<dyn MetaStore>) {
         .await
         .expect("over empty dir");
     w.mkdir(a, other, "full").await.expect("mkdir");
-    w.mkdir(a, ROOT_INO, "x").await.expect("mkdir");
+    w.mkdir(a, FileId::ROOT, "x").await.expect("mkdir");
     let r = w
-        .rename(a, (ROOT_INO, "x"), (home, "empty"), RenameMode::Replace)
+        .rename(a, (FileId::ROOT, "x"), (home, "empty"), RenameMode::Replace)
         .await;
     assert!(matches!(r, Err(OpError::NotEmpty)), "{r:?}");
 }
@@ -485,11 +598,33 @@ async fn chunk_commits(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let a = &w.alice;
     let file = w
-        .create(a, w.alice_key, ROOT_INO, "data")
+        .create(a, w.alice_key, FileId::ROOT, "data")
         .await
         .expect("create")
         .ino;
-    // First chunk, a 100-byte file.
+    commits_compare_and_swap(&w, file).await;
+    commits_that_grow_rewrite_the_last_chunk(&w, file).await;
+    truncating_rewrites_or_drops_chunks(&w, file).await;
+    // Unlinking frees every chunk into the garbage list.
+    w.commit(a, file, vec![upload(0, 0, 20, true, 1)], 1, false)
+        .await
+        .expect("commit");
+    w.write(by(a, |txn, who| {
+        tree::unlink(txn, who, FileId::ROOT, b"data", false, now())
+    }))
+    .await
+    .expect("unlink");
+    let garbage = w.garbage().await;
+    assert!(
+        garbage
+            .iter()
+            .any(|c| c.ino == file && c.generation == Generation(20))
+    );
+}
+
+/// A 100-byte file's first chunk, and the commits after it that are refused.
+async fn commits_compare_and_swap(w: &World, file: FileId) {
+    let a = &w.alice;
     let f = w
         .commit(a, file, vec![upload(0, 0, 10, true, 100)], 100, false)
         .await
@@ -503,9 +638,9 @@ async fn chunk_commits(store: Arc<dyn MetaStore>) {
         matches!(
             r,
             Err(OpError::StaleGeneration {
-                index: 0,
-                base: 0,
-                current: 10
+                index: ChunkIndex(0),
+                base: Generation(0),
+                current: Generation(10)
             })
         ),
         "{r:?}"
@@ -520,6 +655,10 @@ async fn chunk_commits(store: Arc<dyn MetaStore>) {
         .commit(a, file, vec![upload(0, 10, 12, false, 100)], 100, false)
         .await;
     assert!(matches!(r, Err(OpError::BadChunk(_))), "{r:?}");
+}
+
+async fn commits_that_grow_rewrite_the_last_chunk(w: &World, file: FileId) {
+    let a = &w.alice;
     // Growing into chunk 2 without rewriting chunk 0 (it would stay marked last): refused.
     let r = w
         .commit(
@@ -543,37 +682,22 @@ async fn chunk_commits(store: Arc<dyn MetaStore>) {
         .await
         .expect("grow");
     assert_eq!(f.size, 2 * MIB8 + 10);
-    let who = a.clone();
-    let (listed, more) = w
-        .read(move |txn| chunks::list(txn, &who, file, 0, 10))
-        .await
-        .expect("list");
-    assert_eq!((listed, more), (vec![(0, 13), (2, 5)], false));
-    let garbage = w
-        .read(|txn| Ok(txn.list_garbage(100)?))
-        .await
-        .expect("garbage");
+    assert_eq!(
+        w.chunks(a, file).await,
+        (listed_as(&[(0, 13), (2, 5)]), false)
+    );
+    let garbage = w.garbage().await;
     assert!(
         garbage
             .iter()
-            .any(|c| c.ino == file && c.index == 0 && c.generation == 10)
+            .any(|c| c.ino == file && c.index == ChunkIndex(0) && c.generation == Generation(10))
     );
+}
+
+async fn truncating_rewrites_or_drops_chunks(w: &World, file: FileId) {
+    let a = &w.alice;
     // Truncating through setattr may not change a stored chunk's role.
-    let who = a.clone();
-    let r = w
-        .write(move |txn| {
-            tree::setattr(
-                txn,
-                &who,
-                file,
-                &AttrChanges {
-                    size: Some(MIB8 / 2),
-                    ..Default::default()
-                },
-                now(),
-            )
-        })
-        .await;
+    let r = w.set_size(a, file, MIB8 / 2).await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
     // Truncating with a commit that rewrites the new last chunk: chunks past it go.
     let f = w
@@ -587,79 +711,52 @@ async fn chunk_commits(store: Arc<dyn MetaStore>) {
         .await
         .expect("truncate");
     assert_eq!(f.size, MIB8 / 2);
-    let who = a.clone();
-    let (listed, _) = w
-        .read(move |txn| chunks::list(txn, &who, file, 0, 10))
-        .await
-        .expect("list");
-    assert_eq!(listed, vec![(0, 14)]);
+    assert_eq!(w.chunks(a, file).await.0, listed_as(&[(0, 14)]));
     // Truncating to zero through setattr is always fine.
-    let who = a.clone();
-    w.write(move |txn| {
-        tree::setattr(
-            txn,
-            &who,
-            file,
-            &AttrChanges {
-                size: Some(0),
-                ..Default::default()
-            },
-            now(),
-        )
-    })
-    .await
-    .expect("truncate to 0");
-    let who = a.clone();
+    w.set_size(a, file, 0).await.expect("truncate to 0");
     assert_eq!(
-        w.read(move |txn| chunks::current(txn, &who, file, 0))
-            .await
-            .expect("hole"),
-        0
+        w.read(by(a, move |txn, who| chunks::current(
+            txn,
+            who,
+            file,
+            ChunkIndex(0)
+        )))
+        .await
+        .expect("hole"),
+        meta::NO_GENERATION
     );
-    // Unlinking frees every chunk into the garbage list.
-    w.commit(a, file, vec![upload(0, 0, 20, true, 1)], 1, false)
-        .await
-        .expect("commit");
-    let who = a.clone();
-    w.write(move |txn| tree::unlink(txn, &who, ROOT_INO, b"data", false, now()))
-        .await
-        .expect("unlink");
-    let garbage = w
-        .read(|txn| Ok(txn.list_garbage(100)?))
-        .await
-        .expect("garbage");
-    assert!(garbage.iter().any(|c| c.ino == file && c.generation == 20));
 }
 
 async fn access_control(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let (a, b) = (&w.alice, &w.bob);
     let secret = w
-        .create(a, w.alice_key, ROOT_INO, "alice-secret")
+        .create(a, w.alice_key, FileId::ROOT, "alice-secret")
         .await
         .expect("create");
     let mine = w
-        .create(b, w.bob_key, ROOT_INO, "bob-file")
+        .create(b, w.bob_key, FileId::ROOT, "bob-file")
         .await
         .expect("create");
     // Each sees only its own at the (shared, sticky) root.
-    assert_eq!(w.names(a, ROOT_INO).await, vec!["alice-secret"]);
-    assert_eq!(w.names(b, ROOT_INO).await, vec!["bob-file"]);
+    assert_eq!(w.names(a, FileId::ROOT).await, vec!["alice-secret"]);
+    assert_eq!(w.names(b, FileId::ROOT).await, vec!["bob-file"]);
     assert!(matches!(
-        w.lookup(b, ROOT_INO, "alice-secret").await,
+        w.lookup(b, FileId::ROOT, "alice-secret").await,
         Err(OpError::AccessDenied(_))
     ));
     // Bob cannot remove or rename Alice's entry at the sticky root.
-    let who = b.clone();
     let r = w
-        .write(move |txn| tree::unlink(txn, &who, ROOT_INO, b"alice-secret", false, now()))
+        .write(by(b, |txn, who| {
+            tree::unlink(txn, who, FileId::ROOT, b"alice-secret", false, now())
+        }))
         .await;
     assert!(matches!(r, Err(OpError::AccessDenied(_))), "{r:?}");
     let r = w
         .rename(
             b,
-            (ROOT_INO, "alice-secret"),
-            (ROOT_INO, "stolen"),
+            (FileId::ROOT, "alice-secret"),
+            (FileId::ROOT, "stolen"),
             RenameMode::Replace,
         )
         .await;
@@ -669,72 +766,85 @@ async fn access_control(store: Arc<dyn MetaStore>) {
         .commit(b, secret.ino, vec![upload(0, 0, 1, true, 1)], 1, false)
         .await;
     assert!(matches!(r, Err(OpError::AccessDenied(_))), "{r:?}");
+    sharing_grants_and_revokes_reading(&w, secret.ino, mine.ino).await;
+    // The site administrator reads no one's files.
+    assert!(matches!(
+        w.lookup(&w.admin, FileId::ROOT, "alice-secret").await,
+        Err(OpError::AccessDenied(_))
+    ));
+}
+
+/// Alice shares her file `secret` with Bob, read-only, and takes it back; Bob cannot share
+/// his file `mine` with a key to hers.
+async fn sharing_grants_and_revokes_reading(w: &World, secret: FileId, mine: FileId) {
+    let (a, b) = (&w.alice, &w.bob);
     // Sharing needs a wrapped key addressed to the recipient.
     let entry = meta::AclEntry {
         principal: Principal::User(b.uid),
         read: true,
         write: false,
     };
-    let wrong = wrapped(w.settings.vault, secret.ino, w.alice_key);
-    let who = a.clone();
+    let wrong = wrapped(w.settings.vault, secret, w.alice_key);
     let r = w
-        .write(move |txn| sharing::share(txn, &who, secret.ino, entry, &wrong, now()))
+        .write(by(a, move |txn, who| {
+            sharing::share(txn, who, secret, entry, &wrong, now())
+        }))
         .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
-    let right = wrapped(w.settings.vault, secret.ino, w.bob_key);
-    let who = b.clone();
+    let right = wrapped(w.settings.vault, secret, w.bob_key);
     let r = w
-        .write(move |txn| sharing::share(txn, &who, mine.ino, entry, &right, now()))
+        .write(by(b, move |txn, who| {
+            sharing::share(txn, who, mine, entry, &right, now())
+        }))
         .await;
     assert!(
         matches!(r, Err(OpError::Invalid(_)) | Err(OpError::AccessDenied(_))),
         "{r:?}"
     );
-    let right = wrapped(w.settings.vault, secret.ino, w.bob_key);
-    let who = a.clone();
-    w.write(move |txn| sharing::share(txn, &who, secret.ino, entry, &right, now()))
-        .await
-        .expect("share");
+    let right = wrapped(w.settings.vault, secret, w.bob_key);
+    w.write(by(a, move |txn, who| {
+        sharing::share(txn, who, secret, entry, &right, now())
+    }))
+    .await
+    .expect("share");
     assert_eq!(
-        w.lookup(b, ROOT_INO, "alice-secret")
+        w.lookup(b, FileId::ROOT, "alice-secret")
             .await
             .expect("shared")
             .ino,
-        secret.ino
+        secret
     );
-    let who = b.clone();
     let keys = w
-        .read(move |txn| sharing::my_wrapped_keys(txn, &who, secret.ino))
+        .read(by(b, move |txn, who| {
+            sharing::my_wrapped_keys(txn, who, secret)
+        }))
         .await
         .expect("keys");
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].0, Principal::User(b.uid));
     // Read-only: still no writing.
     let r = w
-        .commit(b, secret.ino, vec![upload(0, 0, 1, true, 1)], 1, false)
+        .commit(b, secret, vec![upload(0, 0, 1, true, 1)], 1, false)
         .await;
     assert!(matches!(r, Err(OpError::AccessDenied(_))), "{r:?}");
     // Unshare: gone again, key removed.
-    let who = a.clone();
     let bob = Principal::User(b.uid);
-    w.write(move |txn| sharing::unshare(txn, &who, secret.ino, bob, now()))
-        .await
-        .expect("unshare");
+    w.write(by(a, move |txn, who| {
+        sharing::unshare(txn, who, secret, bob, now())
+    }))
+    .await
+    .expect("unshare");
     assert!(matches!(
-        w.lookup(b, ROOT_INO, "alice-secret").await,
+        w.lookup(b, FileId::ROOT, "alice-secret").await,
         Err(OpError::AccessDenied(_))
     ));
-    let who = b.clone();
     assert!(
-        w.read(move |txn| sharing::my_wrapped_keys(txn, &who, secret.ino))
-            .await
-            .is_err()
+        w.read(by(b, move |txn, who| sharing::my_wrapped_keys(
+            txn, who, secret
+        )))
+        .await
+        .is_err()
     );
-    // The site administrator reads no one's files.
-    assert!(matches!(
-        w.lookup(&w.admin, ROOT_INO, "alice-secret").await,
-        Err(OpError::AccessDenied(_))
-    ));
 }
 
 async fn failed_operations_leave_nothing(store: Arc<dyn MetaStore>) {
@@ -742,54 +852,43 @@ async fn failed_operations_leave_nothing(store: Arc<dyn MetaStore>) {
     let a = w.alice.clone();
     // create_file writes the entry and the inode, then finds the owner's key missing: the
     // whole transaction must roll back.
+    let half = NewFile {
+        parent: FileId::ROOT,
+        name: b"half".to_vec(),
+        node: node(Kind::Regular, Some(FileId(77))),
+        wrapped_keys: Vec::new(),
+    };
     let r = w
-        .write(move |txn| {
-            tree::create_file(
-                txn,
-                &a,
-                ROOT_INO,
-                b"half",
-                &node(Kind::Regular, Some(77)),
-                &[],
-                true,
-                now(),
-            )
-        })
+        .write(move |txn| tree::create_file(txn, &a, &half, true, now()))
         .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
     assert!(matches!(
-        w.lookup(&w.alice, ROOT_INO, "half").await,
+        w.lookup(&w.alice, FileId::ROOT, "half").await,
         Err(OpError::NotFound)
     ));
     assert!(
-        w.read(|txn| Ok(txn.get_inode(77)?))
+        w.read(|txn| Ok(txn.get_inode(FileId(77))?))
             .await
             .expect("read")
             .is_none()
     );
     // Client-chosen inode numbers may not collide or take reserved ones.
     let file = w
-        .create(&w.alice, w.alice_key, ROOT_INO, "one")
+        .create(&w.alice, w.alice_key, FileId::ROOT, "one")
         .await
         .expect("create");
-    let keys = vec![(
-        Principal::User(w.alice.uid),
-        wrapped(w.settings.vault, file.ino, w.alice_key),
-    )];
+    let two = NewFile {
+        parent: FileId::ROOT,
+        name: b"two".to_vec(),
+        node: node(Kind::Regular, Some(file.ino)),
+        wrapped_keys: vec![(
+            Principal::User(w.alice.uid),
+            wrapped(w.settings.vault, file.ino, w.alice_key),
+        )],
+    };
     let a = w.alice.clone();
     let r = w
-        .write(move |txn| {
-            tree::create_file(
-                txn,
-                &a,
-                ROOT_INO,
-                b"two",
-                &node(Kind::Regular, Some(file.ino)),
-                &keys,
-                true,
-                now(),
-            )
-        })
+        .write(move |txn| tree::create_file(txn, &a, &two, true, now()))
         .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
 }
@@ -797,7 +896,7 @@ async fn failed_operations_leave_nothing(store: Arc<dyn MetaStore>) {
 async fn extended_attributes(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let file = w
-        .create(&w.alice, w.alice_key, ROOT_INO, "f")
+        .create(&w.alice, w.alice_key, FileId::ROOT, "f")
         .await
         .expect("create")
         .ino;
@@ -889,18 +988,17 @@ async fn users_and_groups(store: Arc<dyn MetaStore>) {
         register("admin", proof).await,
         Err(OpError::Invalid(_))
     ));
-    let admin = w.admin.clone();
     let pending = w
-        .read(move |txn| users::pending(txn, &admin))
+        .read(by(&w.admin, |txn, who| users::pending(txn, who)))
         .await
         .expect("pending");
     assert_eq!(
         pending.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
         vec!["carol"]
     );
-    let alice = w.alice.clone();
     assert!(matches!(
-        w.read(move |txn| users::pending(txn, &alice)).await,
+        w.read(by(&w.alice, |txn, who| users::pending(txn, who)))
+            .await,
         Err(OpError::AccessDenied(_))
     ));
     // A forged certificate (signed by someone else) is refused.
@@ -919,15 +1017,21 @@ async fn users_and_groups(store: Arc<dyn MetaStore>) {
         .write(move |txn| users::approve(txn, &admin, &s, "carol", uid, &forged, now()))
         .await;
     assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
-    // Groups grant access to their members.
-    let admin = w.admin.clone();
+    groups_grant_access_to_their_members(&w).await;
+}
+
+async fn groups_grant_access_to_their_members(w: &World) {
     let group = w
-        .write(move |txn| users::create_group(txn, &admin, "lab", now()))
+        .write(by(&w.admin, |txn, who| {
+            users::create_group(txn, who, "lab", now())
+        }))
         .await
         .expect("group");
-    let (admin, bob) = (w.admin.clone(), w.bob.uid);
+    let bob = w.bob.uid;
     let group = w
-        .write(move |txn| users::set_member(txn, &admin, group.gid, bob, true, now()))
+        .write(by(&w.admin, move |txn, who| {
+            users::set_member(txn, who, group.gid, bob, true, now())
+        }))
         .await
         .expect("member");
     assert_eq!(group.members, vec![w.bob.uid]);
@@ -938,22 +1042,26 @@ async fn users_and_groups(store: Arc<dyn MetaStore>) {
             .expect("groups"),
         vec![group.gid]
     );
-    let dir = w.mkdir(&w.alice, ROOT_INO, "shared").await.expect("mkdir");
+    let dir = w
+        .mkdir(&w.alice, FileId::ROOT, "shared")
+        .await
+        .expect("mkdir");
     let entry = meta::AclEntry {
         principal: Principal::Group(group.gid),
         read: true,
         write: true,
     };
-    let who = w.alice.clone();
-    w.write(move |txn| sharing::share(txn, &who, dir.ino, entry, &[], now()))
-        .await
-        .expect("share dir");
+    w.write(by(&w.alice, move |txn, who| {
+        sharing::share(txn, who, dir.ino, entry, &[], now())
+    }))
+    .await
+    .expect("share dir");
     let bob_in_lab = Caller {
         groups: vec![0, group.gid],
         ..w.bob.clone()
     };
     assert_eq!(
-        w.lookup(&bob_in_lab, ROOT_INO, "shared")
+        w.lookup(&bob_in_lab, FileId::ROOT, "shared")
             .await
             .expect("visible")
             .ino,
@@ -967,7 +1075,7 @@ async fn users_and_groups(store: Arc<dyn MetaStore>) {
 
 async fn audit_chain(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
-    w.mkdir(&w.alice, ROOT_INO, "a").await.expect("mkdir");
+    w.mkdir(&w.alice, FileId::ROOT, "a").await.expect("mkdir");
     let verdict = storaged::audit::verify(&*w.store).await.expect("verify");
     let storaged::audit::Verdict::Intact { entries } = verdict else {
         panic!("{verdict:?}")
@@ -984,19 +1092,22 @@ async fn concurrent_writes_all_land(store: Arc<dyn MetaStore>) {
     for i in 0..64 {
         let w = w.clone();
         tasks.push(tokio::spawn(async move {
-            w.mkdir(&w.alice, ROOT_INO, &format!("d{i}")).await
+            w.mkdir(&w.alice, FileId::ROOT, &format!("d{i}")).await
         }));
     }
     for task in tasks {
         task.await.expect("task").expect("mkdir");
     }
-    assert_eq!(w.names(&w.alice, ROOT_INO).await.len(), 64);
+    assert_eq!(w.names(&w.alice, FileId::ROOT).await.len(), 64);
     assert_eq!(
-        w.lookup(&w.alice, ROOT_INO, "d0").await.expect("d0").parent,
-        ROOT_INO
+        w.lookup(&w.alice, FileId::ROOT, "d0")
+            .await
+            .expect("d0")
+            .parent,
+        FileId::ROOT
     );
     let root = w
-        .read(|txn| Ok(txn.get_inode(ROOT_INO)?))
+        .read(|txn| Ok(txn.get_inode(FileId::ROOT)?))
         .await
         .expect("root")
         .expect("exists");
@@ -1020,7 +1131,7 @@ async fn schema_and_settings_persist(store: Arc<dyn MetaStore>) {
 async fn listing_pages_in_byte_order(store: Arc<dyn MetaStore>) {
     let w = world(store).await;
     let dir = w
-        .mkdir(&w.alice, ROOT_INO, "names")
+        .mkdir(&w.alice, FileId::ROOT, "names")
         .await
         .expect("mkdir")
         .ino;

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{Bson, Document, doc};
-use storaged::meta::{self, Kind, MetaStore, ROOT_INO, StoreError, mongo::MongoStore, now};
+use storaged::meta::{
+    self, ChunkIndex, FileId, Generation, Kind, MetaStore, StoreError, mongo::MongoStore, now,
+};
 use storaged::ops::chunks::{self, Uploaded};
-use storaged::ops::tree::{self, NewNode, RenameMode};
+use storaged::ops::tree::{self, NewNode, Rename, RenameMode};
 use storaged::ops::{Caller, OpError, access};
 
 #[allow(dead_code)]
@@ -23,7 +25,7 @@ fn caller() -> Caller {
     }
 }
 
-fn node(kind: Kind, ino: Option<u64>) -> NewNode {
+fn node(kind: Kind, ino: Option<FileId>) -> NewNode {
     NewNode {
         kind,
         perm: 0o755,
@@ -50,7 +52,7 @@ async fn open(url: &str) -> Arc<dyn MetaStore> {
     store
 }
 
-async fn mkdir(store: &dyn MetaStore, parent: u64, name: &str) -> Result<meta::Inode, OpError> {
+async fn mkdir(store: &dyn MetaStore, parent: FileId, name: &str) -> Result<meta::Inode, OpError> {
     let name = name.to_string();
     meta::write(store, move |txn| {
         let node = node(Kind::Directory, None);
@@ -69,7 +71,9 @@ async fn documents_are_readable_and_the_schema_version_guards_upgrades() {
     let server = mongo::MongoServer::shared();
     let url = server.url(&mongo::unique_database("schema"));
     let store = open(&url).await;
-    let dir = mkdir(&*store, ROOT_INO, "readable").await.expect("mkdir");
+    let dir = mkdir(&*store, FileId::ROOT, "readable")
+        .await
+        .expect("mkdir");
     drop(store);
 
     let db = raw(&url).await;
@@ -82,10 +86,10 @@ async fn documents_are_readable_and_the_schema_version_guards_upgrades() {
         .await
         .expect("find")
         .expect("the entry, found by its name as text");
-    assert_eq!(entry.get_i64("ino"), Ok(dir.ino as i64));
+    assert_eq!(entry.get_i64("ino"), Ok(dir.ino.0 as i64));
     let inode = db
         .collection::<Document>("inodes")
-        .find_one(doc! { "_id": dir.ino as i64 })
+        .find_one(doc! { "_id": dir.ino.0 as i64 })
         .await
         .expect("find")
         .expect("inode");
@@ -101,7 +105,7 @@ async fn documents_are_readable_and_the_schema_version_guards_upgrades() {
     let store = open(&url).await;
     let who = caller();
     let found = meta::read(&*store, move |txn| {
-        tree::lookup(txn, &who, ROOT_INO, b"readable")
+        tree::lookup(txn, &who, FileId::ROOT, b"readable")
     })
     .await
     .expect("data kept across the upgrade");
@@ -159,17 +163,14 @@ fn one_winner<T: std::fmt::Debug>(outcomes: &[Result<T, OpError>], loser: fn(&Op
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_on_one_database_end_with_one_winner_and_nothing_half_done() {
-    let server = mongo::MongoServer::shared();
-    let url = server.url(&mongo::unique_database("two"));
-    let stores = [open(&url).await, open(&url).await];
-
+/// The same name created, one chunk committed, and one entry renamed, through both stores at
+/// once: each has exactly one winner.
+async fn one_name_one_chunk_and_one_rename_have_one_winner(stores: &[Arc<dyn MetaStore>; 2]) {
     // The same name, created through both at once.
-    let created = race(&stores, 12, |_| {
+    let created = race(stores, 12, |_| {
         Box::new(|txn| {
             let node = node(Kind::Directory, None);
-            tree::create_node(txn, &caller(), ROOT_INO, b"contested", &node, now())
+            tree::create_node(txn, &caller(), FileId::ROOT, b"contested", &node, now())
         })
     })
     .await;
@@ -177,59 +178,73 @@ async fn two_instances_on_one_database_end_with_one_winner_and_nothing_half_done
 
     // A compare-and-swap on one chunk: every writer based on generation 0.
     let file = meta::write(&*stores[0], |txn| {
-        let node = node(Kind::Regular, Some(0x5eed));
-        tree::create_node(txn, &caller(), ROOT_INO, b"file", &node, now())
+        let node = node(Kind::Regular, Some(FileId(0x5eed)));
+        tree::create_node(txn, &caller(), FileId::ROOT, b"file", &node, now())
     })
     .await
     .expect("create")
     .0
     .ino;
-    let committed = race(&stores, 12, move |i| {
+    let committed = race(stores, 12, move |i| {
         let upload = Uploaded {
-            index: 0,
-            base: 0,
-            generation: 1 + i as u64,
+            index: ChunkIndex(0),
+            base: Generation(0),
+            generation: Generation(1 + i as u64),
             last: true,
             plaintext_bytes: 10,
         };
-        Box::new(move |txn| chunks::commit(txn, &caller(), file, &[upload], 10, false, &[], now()))
+        Box::new(move |txn| {
+            let commit = chunks::Commit {
+                ino: file,
+                chunks: &[upload],
+                size: 10,
+                truncate: false,
+                rekey: &[],
+            };
+            chunks::commit(txn, &caller(), &commit, now())
+        })
     })
     .await;
     one_winner(&committed, |e| matches!(e, OpError::StaleGeneration { .. }));
 
     // One entry renamed through both to different names: it ends under exactly one.
-    let renamed = race(&stores, 8, |i| {
+    let renamed = race(stores, 8, |i| {
         let target = format!("moved-{i}");
         Box::new(move |txn| {
-            let replace = RenameMode::NoReplace;
-            tree::rename(
-                txn,
-                &caller(),
-                ROOT_INO,
-                b"contested",
-                ROOT_INO,
-                target.as_bytes(),
-                replace,
-                now(),
-            )
+            let rename = Rename {
+                parent: FileId::ROOT,
+                name: b"contested",
+                new_parent: FileId::ROOT,
+                new_name: target.as_bytes(),
+                mode: RenameMode::NoReplace,
+            };
+            tree::rename(txn, &caller(), &rename, now())
         })
     })
     .await;
     one_winner(&renamed, |e| matches!(e, OpError::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_database_end_with_one_winner_and_nothing_half_done() {
+    let server = mongo::MongoServer::shared();
+    let url = server.url(&mongo::unique_database("two"));
+    let stores = [open(&url).await, open(&url).await];
+    one_name_one_chunk_and_one_rename_have_one_winner(&stores).await;
 
     // Different names through both at once: every one lands, and the parent counts them.
     let made = race(&stores, 24, |i| {
         let name = format!("d{i}");
         Box::new(move |txn| {
             let node = node(Kind::Directory, None);
-            tree::create_node(txn, &caller(), ROOT_INO, name.as_bytes(), &node, now())
+            tree::create_node(txn, &caller(), FileId::ROOT, name.as_bytes(), &node, now())
         })
     })
     .await;
     assert!(made.iter().all(Result::is_ok), "{made:?}");
     let who = caller();
     let (listing, _) = meta::read(&*stores[1], move |txn| {
-        tree::readdir(txn, &who, ROOT_INO, b"", 1000)
+        tree::readdir(txn, &who, FileId::ROOT, b"", 1000)
     })
     .await
     .expect("readdir");
@@ -240,7 +255,7 @@ async fn two_instances_on_one_database_end_with_one_winner_and_nothing_half_done
     assert_eq!(names.len(), 24 + 2, "{names:?}");
     assert_eq!(names.iter().filter(|n| n.starts_with("moved-")).count(), 1);
     let root = meta::read(&*stores[0], |txn| -> Result<_, OpError> {
-        Ok(txn.get_inode(ROOT_INO)?)
+        Ok(txn.get_inode(FileId::ROOT)?)
     })
     .await
     .expect("root")
@@ -260,11 +275,11 @@ async fn a_lost_server_is_reported_unavailable_and_work_resumes_when_it_returns(
     let server = mongo::MongoServer::start(true);
     let url = server.url("outage");
     let store = open(&url).await;
-    mkdir(&*store, ROOT_INO, "before").await.expect("mkdir");
+    mkdir(&*store, FileId::ROOT, "before").await.expect("mkdir");
 
     server.kill();
     let started = Instant::now();
-    let failed = mkdir(&*store, ROOT_INO, "during").await;
+    let failed = mkdir(&*store, FileId::ROOT, "during").await;
     assert!(
         matches!(failed, Err(OpError::Store(StoreError::Unavailable(_)))),
         "{failed:?}"
@@ -276,7 +291,7 @@ async fn a_lost_server_is_reported_unavailable_and_work_resumes_when_it_returns(
     );
     let who = caller();
     let read = meta::read(&*store, move |txn| {
-        tree::lookup(txn, &who, ROOT_INO, b"before")
+        tree::lookup(txn, &who, FileId::ROOT, b"before")
     })
     .await;
     assert!(
@@ -285,18 +300,18 @@ async fn a_lost_server_is_reported_unavailable_and_work_resumes_when_it_returns(
     );
 
     server.spawn();
-    let mut resumed = mkdir(&*store, ROOT_INO, "after").await;
+    let mut resumed = mkdir(&*store, FileId::ROOT, "after").await;
     for _ in 0..20 {
         if resumed.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-        resumed = mkdir(&*store, ROOT_INO, "after").await;
+        resumed = mkdir(&*store, FileId::ROOT, "after").await;
     }
     resumed.expect("works again without reopening the store");
     let who = caller();
     meta::read(&*store, move |txn| {
-        tree::lookup(txn, &who, ROOT_INO, b"before")
+        tree::lookup(txn, &who, FileId::ROOT, b"before")
     })
     .await
     .expect("what was acknowledged before the outage is still there");

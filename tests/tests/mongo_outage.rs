@@ -144,40 +144,48 @@ async fn killing_mongodb_mid_run_fails_requests_cleanly_and_loses_nothing_acknow
 
     for ((slot, file), seen) in files.iter().enumerate().zip(&seen) {
         let seen = std::mem::take(&mut *seen.lock().expect("lock"));
-        assert!(
-            seen.failures.contains(&ErrorKind::Unavailable),
-            "writer {slot} was told the store is unavailable: {:?}",
-            seen.failures
-        );
-        let unexpected: Vec<_> = seen
-            .failures
-            .iter()
-            .filter(|k| !matches!(k, ErrorKind::Unavailable | ErrorKind::StaleGeneration))
-            .collect();
-        assert!(unexpected.is_empty(), "writer {slot}: {unexpected:?}");
-        eprintln!(
-            "writer {slot}: {} files created, chunk at generation {}, failures {:?}",
-            seen.created.len(),
-            seen.chunk.0,
-            seen.failures
-        );
-        let (generation, text) = &seen.chunk;
-        let (stored_generation, stored) = file.read_chunk(&alice, 0, true).await.expect("read");
-        assert!(
-            stored_generation >= *generation,
-            "writer {slot} lost a chunk"
-        );
-        if stored_generation == *generation {
-            assert_eq!(&stored, text);
-        }
-        for name in &seen.created {
-            api.clone()
-                .lookup(LookupRequest {
-                    parent: ROOT,
-                    name: name.as_bytes().to_vec(),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("acknowledged file {name} lost: {e}"));
-        }
+        writer_lost_nothing(&alice, slot, file, &seen).await;
+    }
+}
+
+/// What writer `slot` saw after the outage: it was told the store was unavailable and of no
+/// other failure but stale generations, and its last acknowledged chunk and every file it
+/// created with an acknowledgement are there.
+async fn writer_lost_nothing(alice: &TestUser, slot: usize, file: &TestFile, seen: &Seen) {
+    let api = alice.connection.api();
+    assert!(
+        seen.failures.contains(&ErrorKind::Unavailable),
+        "writer {slot} was told the store is unavailable: {:?}",
+        seen.failures
+    );
+    let unexpected: Vec<_> = seen
+        .failures
+        .iter()
+        .filter(|k| !matches!(k, ErrorKind::Unavailable | ErrorKind::StaleGeneration))
+        .collect();
+    assert!(unexpected.is_empty(), "writer {slot}: {unexpected:?}");
+    eprintln!(
+        "writer {slot}: {} files created, chunk at generation {}, failures {:?}",
+        seen.created.len(),
+        seen.chunk.0,
+        seen.failures
+    );
+    let (generation, text) = &seen.chunk;
+    let (stored_generation, stored) = file.read_chunk(alice, 0, true).await.expect("read");
+    assert!(
+        stored_generation >= *generation,
+        "writer {slot} lost a chunk"
+    );
+    if stored_generation == *generation {
+        assert_eq!(&stored, text);
+    }
+    for name in &seen.created {
+        api.clone()
+            .lookup(LookupRequest {
+                parent: ROOT,
+                name: name.as_bytes().to_vec(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged file {name} lost: {e}"));
     }
 }

@@ -9,8 +9,8 @@ use identity::CertificateFingerprint;
 use mongodb::bson::{Document, doc};
 use proto::ErrorKind;
 use proto::v1::*;
-use tests::daemon::{Backend, Storaged, free_port};
-use tests::vault::{create_file, open_file, principal_user};
+use tests::daemon::{Backend, Storaged, TestUser, free_port};
+use tests::vault::{TestFile, create_file, open_file, principal_user};
 
 const ROOT: u64 = 1;
 
@@ -28,6 +28,17 @@ fn name(text: &str) -> Vec<u8> {
 async fn operations_over_the_wire(backend: Backend) {
     let daemon = Storaged::start_on(&backend, &[]);
     let alice = daemon.user("alice").await;
+    let (home, file) = a_home_and_a_file_in_it(&alice).await;
+    attributes_change(&alice, &file).await;
+    links_and_special_files(&alice, home.ino, &file).await;
+    extended_attributes(&alice, &file).await;
+    listing_in_pages(&alice, home.ino).await;
+    renaming_and_removing(&alice, home.ino, &file).await;
+    the_chunk_file_is_sealed(&daemon, &file);
+}
+
+/// Alice's home directory, and a file in it with one chunk written (generation 5).
+async fn a_home_and_a_file_in_it(alice: &TestUser) -> (Attr, TestFile) {
     let api = alice.connection.api();
 
     let home = api
@@ -46,17 +57,17 @@ async fn operations_over_the_wire(backend: Backend) {
     assert_eq!(home.kind, FileKind::Directory as i32);
     assert_eq!(home.perm, 0o750);
 
-    let (file, attr) = create_file(&alice, home.ino, "report.txt")
+    let (file, attr) = create_file(alice, home.ino, "report.txt")
         .await
         .expect("create");
     assert_eq!(attr.size, 0);
     let written = file
-        .write_single(&alice, 0, 5, b"hello, vault")
+        .write_single(alice, 0, 5, b"hello, vault")
         .await
         .expect("write");
     assert_eq!(written.size, 12);
     assert_eq!(
-        file.read_chunk(&alice, 0, true).await.expect("read"),
+        file.read_chunk(alice, 0, true).await.expect("read"),
         (5, b"hello, vault".to_vec())
     );
     let looked = api
@@ -68,8 +79,12 @@ async fn operations_over_the_wire(backend: Backend) {
         .await
         .expect("lookup");
     assert_eq!(looked.into_inner().ino, file.ino);
+    (home, file)
+}
 
-    // setattr: mode and times.
+async fn attributes_change(alice: &TestUser, file: &TestFile) {
+    let api = alice.connection.api();
+    // Mode and times.
     let changed = api
         .clone()
         .set_attr(SetAttrRequest {
@@ -92,13 +107,16 @@ async fn operations_over_the_wire(backend: Backend) {
             nanos: 5
         })
     );
+}
 
+async fn links_and_special_files(alice: &TestUser, home: u64, file: &TestFile) {
+    let api = alice.connection.api();
     // Symlink, readlink, hard link, mknod.
     let link = api
         .clone()
         .symlink(SymlinkRequest {
             lazy: false,
-            parent: home.ino,
+            parent: home,
             name: name("latest"),
             target: name("report.txt"),
             uid: 1,
@@ -130,7 +148,7 @@ async fn operations_over_the_wire(backend: Backend) {
         .clone()
         .mknod(MknodRequest {
             lazy: false,
-            parent: home.ino,
+            parent: home,
             name: name("pipe"),
             kind: FileKind::Fifo as i32,
             perm: 0o644,
@@ -142,8 +160,10 @@ async fn operations_over_the_wire(backend: Backend) {
         .expect("mknod")
         .into_inner();
     assert_eq!(fifo.kind, FileKind::Fifo as i32);
+}
 
-    // Extended attributes.
+async fn extended_attributes(alice: &TestUser, file: &TestFile) {
+    let api = alice.connection.api();
     api.clone()
         .set_xattr(SetXattrRequest {
             ino: file.ino,
@@ -188,13 +208,16 @@ async fn operations_over_the_wire(backend: Backend) {
         ),
         ErrorKind::NoData
     );
+}
 
-    // Listing with attributes, paged.
+/// The listing of `home` with attributes, in pages of three.
+async fn listing_in_pages(alice: &TestUser, home: u64) {
+    let api = alice.connection.api();
     for i in 0..5 {
         api.clone()
             .mkdir(MkdirRequest {
                 lazy: false,
-                parent: home.ino,
+                parent: home,
                 name: name(&format!("d{i}")),
                 perm: 0o755,
                 uid: 1,
@@ -209,7 +232,7 @@ async fn operations_over_the_wire(backend: Backend) {
         let page = api
             .clone()
             .read_dir(ReadDirRequest {
-                ino: home.ino,
+                ino: home,
                 after: after.clone(),
                 limit: 3,
             })
@@ -233,11 +256,14 @@ async fn operations_over_the_wire(backend: Backend) {
         seen,
         ["d0", "d1", "d2", "d3", "d4", "latest", "pipe", "report.txt"]
     );
+}
 
+async fn renaming_and_removing(alice: &TestUser, home: u64, file: &TestFile) {
+    let api = alice.connection.api();
     // Rename across directories, then unlink and rmdir.
     api.clone()
         .rename(RenameRequest {
-            parent: home.ino,
+            parent: home,
             name: name("report.txt"),
             new_parent: ROOT,
             new_name: name("moved.txt"),
@@ -249,7 +275,7 @@ async fn operations_over_the_wire(backend: Backend) {
         kind(
             api.clone()
                 .lookup(LookupRequest {
-                    parent: home.ino,
+                    parent: home,
                     name: name("report.txt")
                 })
                 .await
@@ -268,7 +294,7 @@ async fn operations_over_the_wire(backend: Backend) {
     api.clone()
         .rmdir(RmdirRequest {
             lazy: false,
-            parent: home.ino,
+            parent: home,
             name: name("d0"),
         })
         .await
@@ -296,8 +322,10 @@ async fn operations_over_the_wire(backend: Backend) {
             generation: 5
         }]
     );
+}
 
-    // The chunk file on disk is the sealed chunk: plaintext + 64 bytes, no plaintext in it.
+/// The chunk file on disk is the sealed chunk: plaintext + 64 bytes, no plaintext in it.
+fn the_chunk_file_is_sealed(daemon: &Storaged, file: &TestFile) {
     let chunk_path = format::layout::chunk_path(
         &daemon.data_dir().join("chunks"),
         format::ids::FileId(file.ino),
@@ -319,7 +347,66 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
     file.write_single(&alice, 0, 1, b"for alice only")
         .await
         .expect("write");
+    bob_is_refused_everything_of(&bob, &file).await;
+    // Alice shares: she wraps the file key to bob's public key (after checking his certificate).
+    let for_bob = key_wrapped_for_bob(&alice, &file).await;
+    alice
+        .connection
+        .api()
+        .share(ShareRequest {
+            ino: file.ino,
+            entry: Some(AclEntry {
+                principal: Some(principal_user(bob.uid)),
+                read: true,
+                write: false,
+            }),
+            wrapped_key: for_bob,
+        })
+        .await
+        .expect("share");
+    let shared = open_file(&bob, file.ino)
+        .await
+        .expect("bob opens the shared file");
+    assert_eq!(
+        shared.read_chunk(&bob, 0, true).await.expect("read").1,
+        b"for alice only"
+    );
+    // Read-only: bob cannot write.
+    assert_eq!(
+        kind(shared.write_single(&bob, 1, 2, b"bob was here").await),
+        ErrorKind::AccessDenied
+    );
 
+    // Unshare: gone again.
+    alice
+        .connection
+        .api()
+        .unshare(UnshareRequest {
+            ino: file.ino,
+            principal: Some(principal_user(bob.uid)),
+        })
+        .await
+        .expect("unshare");
+    assert_eq!(chunk_for(&bob, &file).await, ErrorKind::AccessDenied);
+
+    // Every refusal was audited.
+    let mut daemon = daemon;
+    daemon.stop();
+    let entries = audit_events(&daemon).await;
+    assert!(
+        entries
+            .iter()
+            .filter(|e| e.as_str() == "access-denied")
+            .count()
+            >= 4,
+        "{entries:?}"
+    );
+    assert!(entries.iter().any(|e| e == "share") && entries.iter().any(|e| e == "unshare"));
+}
+
+/// What Bob is refused of Alice's `file` before she shares it: its name, its chunk, its keys,
+/// and removing it.
+async fn bob_is_refused_everything_of(bob: &TestUser, file: &TestFile) {
     let bob_api = bob.connection.api();
     let listing = bob_api
         .clone()
@@ -346,20 +433,7 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
         ),
         ErrorKind::AccessDenied
     );
-    assert_eq!(
-        kind(
-            bob_api
-                .clone()
-                .get_chunk(GetChunkRequest {
-                    ino: file.ino,
-                    index: 0,
-                    // Asking for the file rather than the bytes changes nothing.
-                    descriptor: true,
-                })
-                .await
-        ),
-        ErrorKind::AccessDenied
-    );
+    assert_eq!(chunk_for(bob, file).await, ErrorKind::AccessDenied);
     assert_eq!(
         kind(
             bob_api
@@ -383,8 +457,21 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
         ),
         ErrorKind::AccessDenied
     );
+}
 
-    // Alice shares: she wraps the file key to bob's public key (after checking his certificate).
+/// Bob asking for a chunk of `file` as a descriptor (which changes nothing): how it is refused.
+async fn chunk_for(bob: &TestUser, file: &TestFile) -> ErrorKind {
+    let request = GetChunkRequest {
+        ino: file.ino,
+        index: 0,
+        descriptor: true,
+    };
+    kind(bob.connection.api().get_chunk(request).await)
+}
+
+/// The key of Alice's `file` wrapped to Bob, once his certificate checks out against the
+/// administrator's key.
+async fn key_wrapped_for_bob(alice: &TestUser, file: &TestFile) -> Vec<u8> {
     let bob_user = alice
         .connection
         .api()
@@ -442,7 +529,7 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
         )
         .expect("alice unwraps")
     };
-    let for_bob = crypto::wrap(
+    crypto::wrap(
         &key,
         &bob_public,
         &crypto::WrapContext {
@@ -450,73 +537,7 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
             kind: crypto::WrapKind::FileKey,
             object: file.ino,
         },
-    );
-    alice
-        .connection
-        .api()
-        .share(ShareRequest {
-            ino: file.ino,
-            entry: Some(AclEntry {
-                principal: Some(principal_user(bob.uid)),
-                read: true,
-                write: false,
-            }),
-            wrapped_key: for_bob,
-        })
-        .await
-        .expect("share");
-    let shared = open_file(&bob, file.ino)
-        .await
-        .expect("bob opens the shared file");
-    assert_eq!(
-        shared.read_chunk(&bob, 0, true).await.expect("read").1,
-        b"for alice only"
-    );
-    // Read-only: bob cannot write.
-    assert_eq!(
-        kind(shared.write_single(&bob, 1, 2, b"bob was here").await),
-        ErrorKind::AccessDenied
-    );
-
-    // Unshare: gone again.
-    alice
-        .connection
-        .api()
-        .unshare(UnshareRequest {
-            ino: file.ino,
-            principal: Some(principal_user(bob.uid)),
-        })
-        .await
-        .expect("unshare");
-    assert_eq!(
-        kind(
-            bob_api
-                .clone()
-                .get_chunk(GetChunkRequest {
-                    ino: file.ino,
-                    index: 0,
-                    // Asking for the file rather than the bytes changes nothing.
-                    descriptor: true,
-                })
-                .await
-        ),
-        ErrorKind::AccessDenied
-    );
-
-    // Every refusal was audited.
-    drop(bob_api);
-    let mut daemon = daemon;
-    daemon.stop();
-    let entries = audit_events(&daemon).await;
-    assert!(
-        entries
-            .iter()
-            .filter(|e| e.as_str() == "access-denied")
-            .count()
-            >= 4,
-        "{entries:?}"
-    );
-    assert!(entries.iter().any(|e| e == "share") && entries.iter().any(|e| e == "unshare"));
+    )
 }
 
 /// The audit log's events in order, read from the store behind storaged's back.
@@ -676,11 +697,45 @@ async fn sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged(backend: B
         ));
     }
     // Writers rewrite their file's chunk again and again; each acknowledged write is recorded.
-    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(vec![
-        (0u64, Vec::<u8>::new());
-        files.len()
-    ]));
+    let acknowledged: Acknowledged =
+        std::sync::Arc::new(std::sync::Mutex::new(vec![
+            (0u64, Vec::<u8>::new());
+            files.len()
+        ]));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers(&alice, &files, &acknowledged, &stop);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    daemon.kill();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    daemon.spawn();
+    let alice_again = tests::daemon::TestUser {
+        connection: {
+            let c = Connection::new(&daemon.target()).expect("connection");
+            c.login("alice", &alice.identity)
+                .await
+                .expect("login after restart");
+            c
+        },
+        ..alice.clone()
+    };
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    nothing_acknowledged_is_lost(&alice_again, &files, &acknowledged).await;
+}
+
+/// What each writer had acknowledged last: its generation and its bytes.
+type Acknowledged = std::sync::Arc<std::sync::Mutex<Vec<(u64, Vec<u8>)>>>;
+
+/// One writer a file, each rewriting its file's chunk until `stop` or a failed write, and
+/// recording each write acknowledged.
+fn start_writers(
+    alice: &TestUser,
+    files: &[std::sync::Arc<TestFile>],
+    acknowledged: &Acknowledged,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut writers = Vec::new();
     for (slot, file) in files.iter().enumerate() {
         let (file, alice, acknowledged, stop) = (
@@ -709,28 +764,20 @@ async fn sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged(backend: B
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    daemon.kill();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for writer in writers {
-        writer.await.expect("writer");
-    }
-    daemon.spawn();
-    let alice_again = tests::daemon::TestUser {
-        connection: {
-            let c = Connection::new(&daemon.target()).expect("connection");
-            c.login("alice", &alice.identity)
-                .await
-                .expect("login after restart");
-            c
-        },
-        ..alice.clone()
-    };
-    let acknowledged = acknowledged.lock().expect("lock").clone();
+    writers
+}
+
+/// After the crash: every file holds its last acknowledged write (or a later one), and every
+/// current chunk opens.
+async fn nothing_acknowledged_is_lost(
+    alice: &TestUser,
+    files: &[std::sync::Arc<TestFile>],
+    acknowledged: &[(u64, Vec<u8>)],
+) {
     let mut total = 0;
-    for (file, (generation, text)) in files.iter().zip(&acknowledged) {
+    for (file, (generation, text)) in files.iter().zip(acknowledged) {
         let (stored_generation, stored) = file
-            .read_chunk(&alice_again, 0, true)
+            .read_chunk(alice, 0, true)
             .await
             .expect("read after crash");
         assert!(*generation > 0, "every writer got some writes acknowledged");
@@ -747,8 +794,8 @@ async fn sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged(backend: B
     }
     assert!(total > 4, "the stream made progress before the kill");
     // No half-written file is current, and no temporary file is left where it matters.
-    for file in &files {
-        file.read_chunk(&alice_again, 0, true)
+    for file in files {
+        file.read_chunk(alice, 0, true)
             .await
             .expect("every current chunk opens");
     }
@@ -789,31 +836,62 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
     let api = alice.connection.api();
     let dir = api
         .clone()
-        .mkdir(MkdirRequest {
-            lazy: false,
-            parent: ROOT,
-            name: name("d"),
-            perm: 0o755,
-            uid: 1,
-            gid: 1,
-        })
+        .mkdir(mkdir_in(ROOT, name("d")))
         .await
         .expect("mkdir")
         .into_inner();
     let sub = api
         .clone()
-        .mkdir(MkdirRequest {
-            lazy: false,
-            parent: dir.ino,
-            name: name("sub"),
-            perm: 0o755,
-            uid: 1,
-            gid: 1,
-        })
+        .mkdir(mkdir_in(dir.ino, name("sub")))
         .await
         .expect("mkdir")
         .into_inner();
+    bad_names_and_moves_are_refused(&alice, sub.ino).await;
 
+    // Chunks: truncated, wrong header, wrong index, another file's, stale generation, too large.
+    let (file, _) = create_file(&alice, ROOT, "f").await.expect("create");
+    file.write_single(&alice, 0, 10, b"good data")
+        .await
+        .expect("write");
+    bad_chunks_are_refused(&alice, &file).await;
+    bad_creating_puts_are_refused(&alice, &file).await;
+    bad_attribute_changes_and_sizes_are_refused(&alice, &file).await;
+    bad_sessions_are_refused(&daemon, &alice).await;
+}
+
+/// A `Mkdir` of `name` in `parent`.
+fn mkdir_in(parent: u64, name: Vec<u8>) -> MkdirRequest {
+    MkdirRequest {
+        lazy: false,
+        parent,
+        name,
+        perm: 0o755,
+        uid: 1,
+        gid: 1,
+    }
+}
+
+/// A put of `data` as chunk `index` of `ino` that commits it over generation 10, a file of
+/// 9 bytes.
+fn put(data: Vec<u8>, index: u64, ino: u64) -> PutChunkRequest {
+    PutChunkRequest {
+        lazy: false,
+        ino,
+        index,
+        data: data.into(),
+        commit: true,
+        base_generation: 10,
+        size: 9,
+        truncate: true,
+        create: None,
+        set_attr: None,
+    }
+}
+
+/// Bad names, an unknown inode, a directory moved below itself (`sub` is below `/d`), and
+/// the removal of a directory that is not empty.
+async fn bad_names_and_moves_are_refused(alice: &TestUser, sub: u64) {
+    let api = alice.connection.api();
     // Names.
     for bad in [
         name(""),
@@ -822,27 +900,10 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
         name("a/b"),
         b"a\0b".to_vec(),
     ] {
-        let r = api
-            .clone()
-            .mkdir(MkdirRequest {
-                lazy: false,
-                parent: ROOT,
-                name: bad.clone(),
-                perm: 0o755,
-                uid: 1,
-                gid: 1,
-            })
-            .await;
+        let r = api.clone().mkdir(mkdir_in(ROOT, bad.clone())).await;
         assert_eq!(kind(r), ErrorKind::Invalid, "{bad:?}");
     }
-    let long = MkdirRequest {
-        lazy: false,
-        parent: ROOT,
-        name: vec![b'x'; 256],
-        perm: 0o755,
-        uid: 1,
-        gid: 1,
-    };
+    let long = mkdir_in(ROOT, vec![b'x'; 256]);
     assert_eq!(kind(api.clone().mkdir(long).await), ErrorKind::NameTooLong);
     // Unknown and stale IDs.
     assert_eq!(
@@ -857,7 +918,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
     let into_itself = RenameRequest {
         parent: ROOT,
         name: name("d"),
-        new_parent: sub.ino,
+        new_parent: sub,
         new_name: name("d"),
         ..Default::default()
     };
@@ -877,24 +938,12 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
         ),
         ErrorKind::NotEmpty
     );
+}
 
-    // Chunks: truncated, wrong header, wrong index, another file's, stale generation, too large.
-    let (file, _) = create_file(&alice, ROOT, "f").await.expect("create");
-    file.write_single(&alice, 0, 10, b"good data")
-        .await
-        .expect("write");
-    let put = |data: Vec<u8>, index: u64, ino: u64| PutChunkRequest {
-        lazy: false,
-        ino,
-        index,
-        data: data.into(),
-        commit: true,
-        base_generation: 10,
-        size: 9,
-        truncate: true,
-        create: None,
-        set_attr: None,
-    };
+/// Puts of a truncated chunk, a bad header, the wrong index, another file's chunk and a
+/// stale generation.
+async fn bad_chunks_are_refused(alice: &TestUser, file: &TestFile) {
+    let api = alice.connection.api();
     let sealed = file.seal(0, 11, true, b"new data!");
     assert_eq!(
         kind(
@@ -918,7 +967,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
         ),
         ErrorKind::BadChunk
     );
-    let (other, _) = create_file(&alice, ROOT, "g").await.expect("create");
+    let (other, _) = create_file(alice, ROOT, "g").await.expect("create");
     assert_eq!(
         kind(
             api.clone()
@@ -932,8 +981,12 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
         kind(api.clone().put_chunk(put(stale, 0, file.ino)).await),
         ErrorKind::StaleGeneration
     );
-    // A put that creates its file: it must commit and name the same inode, and it never
-    // replaces an existing name.
+}
+
+/// A put that creates its file: it must commit and name the same inode, and it never
+/// replaces an existing name.
+async fn bad_creating_puts_are_refused(alice: &TestUser, file: &TestFile) {
+    let api = alice.connection.api();
     let creating = |name: &str, ino: u64| proto::v1::CreateRequest {
         parent: ROOT,
         name: name.as_bytes().to_vec(),
@@ -959,11 +1012,16 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
     taken.create = Some(creating("f", file.ino));
     assert_eq!(kind(api.clone().put_chunk(taken).await), ErrorKind::Exists);
     assert_eq!(
-        file.read_chunk(&alice, 0, true).await.expect("read"),
+        file.read_chunk(alice, 0, true).await.expect("read"),
         (10, b"good data".to_vec()),
         "a refused creation changes nothing"
     );
-    // Attribute changes ride on a commit only, and never set a size.
+}
+
+/// Attribute changes ride on a commit only, and never set a size; a put must name the
+/// current generation as its base, and fit in a message.
+async fn bad_attribute_changes_and_sizes_are_refused(alice: &TestUser, file: &TestFile) {
+    let api = alice.connection.api();
     let mut changes_alone = put(file.seal(0, 12, true, b"new data!"), 0, file.ino);
     changes_alone.commit = false;
     changes_alone.set_attr = Some(proto::v1::SetAttrRequest {
@@ -997,11 +1055,15 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
     );
     // Nothing changed: the good data is still current.
     assert_eq!(
-        file.read_chunk(&alice, 0, true).await.expect("read"),
+        file.read_chunk(alice, 0, true).await.expect("read"),
         (10, b"good data".to_vec())
     );
+}
 
-    // Tokens: missing, forged, expired.
+/// Sessions: a missing token, a forged one, an expired one (the daemon's sessions last 2 s),
+/// and a login with someone else's signature.
+async fn bad_sessions_are_refused(daemon: &Storaged, alice: &TestUser) {
+    let api = alice.connection.api();
     let anonymous = Connection::new(&daemon.target()).expect("connection");
     assert_eq!(
         kind(anonymous.api().get_attr(GetAttrRequest { ino: ROOT }).await),

@@ -17,12 +17,12 @@ pub struct MemoryStore {
 #[derive(Clone, Default, Debug)]
 struct State {
     settings: BTreeMap<String, Vec<u8>>,
-    inodes: BTreeMap<Ino, Inode>,
-    entries: BTreeMap<(Ino, Vec<u8>), Entry>,
-    chunks: BTreeMap<(Ino, u64), u64>,
+    inodes: BTreeMap<FileId, Inode>,
+    entries: BTreeMap<(FileId, Vec<u8>), Entry>,
+    chunks: BTreeMap<(FileId, ChunkIndex), Generation>,
     garbage: BTreeMap<ChunkRef, ()>,
-    xattrs: BTreeMap<(Ino, Vec<u8>), Vec<u8>>,
-    wrapped_keys: BTreeMap<(Ino, Principal), Vec<u8>>,
+    xattrs: BTreeMap<(FileId, Vec<u8>), Vec<u8>>,
+    wrapped_keys: BTreeMap<(FileId, Principal), Vec<u8>>,
     users: BTreeMap<u32, User>,
     groups: BTreeMap<u32, Group>,
     sequences: BTreeMap<String, u32>,
@@ -31,6 +31,12 @@ struct State {
 }
 
 impl MemoryStore {
+    /// One process's memory: no one else sees it, and nothing in it is ever durable.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        sole_instance: true,
+        deferred_durability: false,
+    };
+
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
@@ -70,6 +76,10 @@ impl MetaStore for MemoryStore {
 
     fn backend(&self) -> &'static str {
         "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        MemoryStore::CAPABILITIES
     }
 }
 
@@ -111,14 +121,14 @@ impl Txn for MemoryTxn<'_> {
         Ok(())
     }
 
-    fn get_inode(&mut self, ino: Ino) -> Result<Option<Inode>, StoreError> {
+    fn get_inode(&mut self, ino: FileId) -> Result<Option<Inode>, StoreError> {
         Ok(self.state.inodes.get(&ino).cloned())
     }
     fn put_inode(&mut self, inode: &Inode) -> Result<(), StoreError> {
         self.state_mut().inodes.insert(inode.ino, inode.clone());
         Ok(())
     }
-    fn delete_inode(&mut self, ino: Ino) -> Result<(), StoreError> {
+    fn delete_inode(&mut self, ino: FileId) -> Result<(), StoreError> {
         let state = self.state_mut();
         state.inodes.remove(&ino);
         state.xattrs.retain(|(i, _), _| *i != ino);
@@ -128,7 +138,7 @@ impl Txn for MemoryTxn<'_> {
     fn count_inodes(&mut self) -> Result<u64, StoreError> {
         Ok(self.state.inodes.len() as u64)
     }
-    fn list_orphans(&mut self, before: Time, limit: usize) -> Result<Vec<Ino>, StoreError> {
+    fn list_orphans(&mut self, before: Time, limit: usize) -> Result<Vec<FileId>, StoreError> {
         Ok(self
             .state
             .inodes
@@ -139,22 +149,22 @@ impl Txn for MemoryTxn<'_> {
             .collect())
     }
 
-    fn get_entry(&mut self, parent: Ino, name: &[u8]) -> Result<Option<Entry>, StoreError> {
+    fn get_entry(&mut self, parent: FileId, name: &[u8]) -> Result<Option<Entry>, StoreError> {
         Ok(self.state.entries.get(&(parent, name.to_vec())).copied())
     }
-    fn put_entry(&mut self, parent: Ino, name: &[u8], entry: Entry) -> Result<(), StoreError> {
+    fn put_entry(&mut self, parent: FileId, name: &[u8], entry: Entry) -> Result<(), StoreError> {
         self.state_mut()
             .entries
             .insert((parent, name.to_vec()), entry);
         Ok(())
     }
-    fn delete_entry(&mut self, parent: Ino, name: &[u8]) -> Result<(), StoreError> {
+    fn delete_entry(&mut self, parent: FileId, name: &[u8]) -> Result<(), StoreError> {
         self.state_mut().entries.remove(&(parent, name.to_vec()));
         Ok(())
     }
     fn list_entries(
         &mut self,
-        parent: Ino,
+        parent: FileId,
         after: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError> {
@@ -164,10 +174,9 @@ impl Txn for MemoryTxn<'_> {
         } else {
             Excluded((parent, after.to_vec()))
         };
-        let to = if parent == Ino::MAX {
-            Unbounded
-        } else {
-            Excluded((parent + 1, Vec::new()))
+        let to = match parent.0.checked_add(1) {
+            None => Unbounded,
+            Some(next) => Excluded((FileId(next), Vec::new())),
         };
         Ok(range_after(&self.state.entries, from, to, limit)
             .into_iter()
@@ -175,27 +184,32 @@ impl Txn for MemoryTxn<'_> {
             .collect())
     }
 
-    fn get_chunk(&mut self, ino: Ino, index: u64) -> Result<Option<u64>, StoreError> {
+    fn get_chunk(
+        &mut self,
+        ino: FileId,
+        index: ChunkIndex,
+    ) -> Result<Option<Generation>, StoreError> {
         Ok(self.state.chunks.get(&(ino, index)).copied())
     }
-    fn put_chunk(&mut self, ino: Ino, index: u64, generation: u64) -> Result<(), StoreError> {
-        self.state_mut().chunks.insert((ino, index), generation);
+    fn put_chunk(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
+        let key = (chunk.ino, chunk.index);
+        self.state_mut().chunks.insert(key, chunk.generation);
         Ok(())
     }
-    fn delete_chunk(&mut self, ino: Ino, index: u64) -> Result<(), StoreError> {
+    fn delete_chunk(&mut self, ino: FileId, index: ChunkIndex) -> Result<(), StoreError> {
         self.state_mut().chunks.remove(&(ino, index));
         Ok(())
     }
     fn list_chunks(
         &mut self,
-        ino: Ino,
-        from: u64,
+        ino: FileId,
+        from: ChunkIndex,
         limit: usize,
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
+    ) -> Result<Vec<(ChunkIndex, Generation)>, StoreError> {
         Ok(self
             .state
             .chunks
-            .range((ino, from)..=(ino, u64::MAX))
+            .range((ino, from)..=(ino, ChunkIndex(u64::MAX)))
             .take(limit)
             .map(|(&(_, index), &generation)| (index, generation))
             .collect())
@@ -213,20 +227,20 @@ impl Txn for MemoryTxn<'_> {
         Ok(())
     }
 
-    fn get_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    fn get_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.state.xattrs.get(&(ino, name.to_vec())).cloned())
     }
-    fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    fn put_xattr(&mut self, ino: FileId, name: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.state_mut()
             .xattrs
             .insert((ino, name.to_vec()), value.to_vec());
         Ok(())
     }
-    fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<(), StoreError> {
+    fn delete_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<(), StoreError> {
         self.state_mut().xattrs.remove(&(ino, name.to_vec()));
         Ok(())
     }
-    fn list_xattrs(&mut self, ino: Ino) -> Result<Vec<Xattr>, StoreError> {
+    fn list_xattrs(&mut self, ino: FileId) -> Result<Vec<Xattr>, StoreError> {
         Ok(self
             .state
             .xattrs
@@ -238,14 +252,14 @@ impl Txn for MemoryTxn<'_> {
 
     fn get_wrapped_key(
         &mut self,
-        ino: Ino,
+        ino: FileId,
         principal: Principal,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.state.wrapped_keys.get(&(ino, principal)).cloned())
     }
     fn put_wrapped_key(
         &mut self,
-        ino: Ino,
+        ino: FileId,
         principal: Principal,
         blob: &[u8],
     ) -> Result<(), StoreError> {
@@ -254,11 +268,11 @@ impl Txn for MemoryTxn<'_> {
             .insert((ino, principal), blob.to_vec());
         Ok(())
     }
-    fn delete_wrapped_key(&mut self, ino: Ino, principal: Principal) -> Result<(), StoreError> {
+    fn delete_wrapped_key(&mut self, ino: FileId, principal: Principal) -> Result<(), StoreError> {
         self.state_mut().wrapped_keys.remove(&(ino, principal));
         Ok(())
     }
-    fn list_wrapped_keys(&mut self, ino: Ino) -> Result<Vec<(Principal, Vec<u8>)>, StoreError> {
+    fn list_wrapped_keys(&mut self, ino: FileId) -> Result<Vec<(Principal, Vec<u8>)>, StoreError> {
         Ok(self
             .state
             .wrapped_keys

@@ -39,7 +39,7 @@ pub enum StoreError {
 /// A boxed future, as the dyn-compatible trait returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A type-erased operation run inside a transaction (see [`write`] and [`read`] for the typed
+/// A type-erased operation run inside a transaction (see [`write()`] and [`read()`] for the typed
 /// form).
 pub type Operation = Box<dyn FnMut(&mut dyn Txn) -> Result<(), OperationFailed> + Send>;
 
@@ -78,6 +78,27 @@ pub const VISIBLE_WRITES_DURABLE_WITHIN: std::time::Duration = std::time::Durati
 /// takes none, and the chunk store syncs every chunk file before its commit.
 pub type Barrier = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// What a backend allows the daemon around it: the daemon decides by what a store can do,
+/// never by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// No other storaged instance serves the vault from this store, so what one process keeps
+    /// to itself (directory leases, spare chunk files) is all there is of it.
+    pub sole_instance: bool,
+    /// Visible writes become durable later, and the store calls its [`Barrier`] before it
+    /// makes any durable: the chunk files its records name may wait for that barrier, synced
+    /// in batches, instead of each being synced before its commit.
+    pub deferred_durability: bool,
+}
+
+impl Capabilities {
+    /// Whether directory leases may be granted: they live in this process, so only a sole
+    /// instance sees every call that must recall one.
+    pub fn leases(self) -> bool {
+        self.sole_instance
+    }
+}
+
 /// A metadata backend.
 pub trait MetaStore: Send + Sync + 'static {
     /// Runs `op` in a read-write transaction: all of its writes become visible (and durable)
@@ -94,6 +115,8 @@ pub trait MetaStore: Send + Sync + 'static {
     fn read(&self, op: Operation) -> BoxFuture<'_, Result<(), OperationFailed>>;
     /// A short name for logs and metrics ("sqlite", "mongodb", "memory").
     fn backend(&self) -> &'static str;
+    /// What the daemon may rely on around this store.
+    fn capabilities(&self) -> Capabilities;
 }
 
 /// Runs a typed operation in a write transaction; resolves once it is durable.
@@ -173,39 +196,44 @@ pub trait Txn {
     fn put_setting(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError>;
 
     // Inodes.
-    fn get_inode(&mut self, ino: Ino) -> Result<Option<Inode>, StoreError>;
+    fn get_inode(&mut self, ino: FileId) -> Result<Option<Inode>, StoreError>;
     /// Inserts or replaces.
     fn put_inode(&mut self, inode: &Inode) -> Result<(), StoreError>;
     /// Removes the inode record and its xattrs and wrapped keys. Chunk records must be moved
     /// to the garbage list by the caller first.
-    fn delete_inode(&mut self, ino: Ino) -> Result<(), StoreError>;
+    fn delete_inode(&mut self, ino: FileId) -> Result<(), StoreError>;
     fn count_inodes(&mut self) -> Result<u64, StoreError>;
     /// Inodes with no links that were kept for an open file, orphaned before `before`.
-    fn list_orphans(&mut self, before: Time, limit: usize) -> Result<Vec<Ino>, StoreError>;
+    fn list_orphans(&mut self, before: Time, limit: usize) -> Result<Vec<FileId>, StoreError>;
 
     // Directory entries: (parent, name) is unique.
-    fn get_entry(&mut self, parent: Ino, name: &[u8]) -> Result<Option<Entry>, StoreError>;
-    fn put_entry(&mut self, parent: Ino, name: &[u8], entry: Entry) -> Result<(), StoreError>;
-    fn delete_entry(&mut self, parent: Ino, name: &[u8]) -> Result<(), StoreError>;
+    fn get_entry(&mut self, parent: FileId, name: &[u8]) -> Result<Option<Entry>, StoreError>;
+    fn put_entry(&mut self, parent: FileId, name: &[u8], entry: Entry) -> Result<(), StoreError>;
+    fn delete_entry(&mut self, parent: FileId, name: &[u8]) -> Result<(), StoreError>;
     /// Entries after `after` in byte order of their names, at most `limit`.
     fn list_entries(
         &mut self,
-        parent: Ino,
+        parent: FileId,
         after: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError>;
 
     // Chunks: the current generation of each stored chunk of a file.
-    fn get_chunk(&mut self, ino: Ino, index: u64) -> Result<Option<u64>, StoreError>;
-    fn put_chunk(&mut self, ino: Ino, index: u64, generation: u64) -> Result<(), StoreError>;
-    fn delete_chunk(&mut self, ino: Ino, index: u64) -> Result<(), StoreError>;
+    fn get_chunk(
+        &mut self,
+        ino: FileId,
+        index: ChunkIndex,
+    ) -> Result<Option<Generation>, StoreError>;
+    /// Makes `chunk` the current generation at its index.
+    fn put_chunk(&mut self, chunk: ChunkRef) -> Result<(), StoreError>;
+    fn delete_chunk(&mut self, ino: FileId, index: ChunkIndex) -> Result<(), StoreError>;
     /// (index, generation) from `from` upward, at most `limit`.
     fn list_chunks(
         &mut self,
-        ino: Ino,
-        from: u64,
+        ino: FileId,
+        from: ChunkIndex,
         limit: usize,
-    ) -> Result<Vec<(u64, u64)>, StoreError>;
+    ) -> Result<Vec<(ChunkIndex, Generation)>, StoreError>;
 
     // Chunk files no longer current, to delete from the chunk store after commit.
     fn add_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError>;
@@ -213,25 +241,25 @@ pub trait Txn {
     fn delete_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError>;
 
     // Extended attributes.
-    fn get_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> Result<(), StoreError>;
-    fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<(), StoreError>;
-    fn list_xattrs(&mut self, ino: Ino) -> Result<Vec<Xattr>, StoreError>;
+    fn get_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_xattr(&mut self, ino: FileId, name: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn delete_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<(), StoreError>;
+    fn list_xattrs(&mut self, ino: FileId) -> Result<Vec<Xattr>, StoreError>;
 
     // Wrapped keys: one per (file, principal).
     fn get_wrapped_key(
         &mut self,
-        ino: Ino,
+        ino: FileId,
         principal: Principal,
     ) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_wrapped_key(
         &mut self,
-        ino: Ino,
+        ino: FileId,
         principal: Principal,
         blob: &[u8],
     ) -> Result<(), StoreError>;
-    fn delete_wrapped_key(&mut self, ino: Ino, principal: Principal) -> Result<(), StoreError>;
-    fn list_wrapped_keys(&mut self, ino: Ino) -> Result<Vec<(Principal, Vec<u8>)>, StoreError>;
+    fn delete_wrapped_key(&mut self, ino: FileId, principal: Principal) -> Result<(), StoreError>;
+    fn list_wrapped_keys(&mut self, ino: FileId) -> Result<Vec<(Principal, Vec<u8>)>, StoreError>;
 
     // Users and groups.
     fn get_user(&mut self, uid: u32) -> Result<Option<User>, StoreError>;

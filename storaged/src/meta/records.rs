@@ -3,10 +3,11 @@
 
 use sha2::{Digest, Sha256};
 
-/// An inode number: the file ID of `docs/format.md` (random, 0 invalid, 1 the root).
-pub type Ino = u64;
+pub use format::ids::{ChunkIndex, FileId, Generation, Version};
 
-pub const ROOT_INO: Ino = 1;
+/// The generation of a chunk that was never written (a hole), and so the base of its first
+/// write.
+pub const NO_GENERATION: Generation = Generation(0);
 
 /// Nanoseconds since the Unix epoch.
 pub type Time = i64;
@@ -79,9 +80,11 @@ pub struct AclEntry {
     pub write: bool,
 }
 
+/// A file, directory or other node. Its number is the file ID of `docs/format.md` (random,
+/// 0 invalid, [`FileId::ROOT`] the root).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inode {
-    pub ino: Ino,
+    pub ino: FileId,
     pub kind: Kind,
     /// Permission bits (0o7777).
     pub perm: u32,
@@ -97,10 +100,10 @@ pub struct Inode {
     /// The vault user who owns it: access control and sharing.
     pub owner: u32,
     /// Bumped by every change of the inode.
-    pub version: u64,
+    pub version: Version,
     /// For directories, the parent (the root is its own parent); otherwise the directory of
     /// the first link.
-    pub parent: Ino,
+    pub parent: FileId,
     /// Symlink target.
     pub target: Vec<u8>,
     pub acl: Vec<AclEntry>,
@@ -111,7 +114,7 @@ pub struct Inode {
 /// A directory entry: the child and its kind (so that listings need not load every inode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
-    pub ino: Ino,
+    pub ino: FileId,
     pub kind: Kind,
 }
 
@@ -121,9 +124,9 @@ pub type Xattr = (Vec<u8>, Vec<u8>);
 /// One chunk file of the chunk store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkRef {
-    pub ino: Ino,
-    pub index: u64,
-    pub generation: u64,
+    pub ino: FileId,
+    pub index: ChunkIndex,
+    pub generation: Generation,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,7 +170,8 @@ pub struct AuditEntry {
     pub time: Time,
     pub uid: u32,
     pub event: String,
-    pub ino: Ino,
+    /// The file the event is about (`FileId(0)`: none).
+    pub ino: FileId,
     pub detail: String,
     pub prev_hash: [u8; 32],
     pub hash: [u8; 32],
@@ -185,7 +189,7 @@ impl AuditEntry {
             hasher.update((text.len() as u64).to_le_bytes());
             hasher.update(text);
         }
-        hasher.update(self.ino.to_le_bytes());
+        hasher.update(self.ino.0.to_le_bytes());
         hasher.update(self.prev_hash);
         hasher.finalize().into()
     }

@@ -33,7 +33,7 @@ pub fn check_read(caller: &Caller, inode: &Inode) -> Result<(), OpError> {
         Ok(())
     } else {
         Err(OpError::AccessDenied(format!(
-            "no read access to {:016x}",
+            "no read access to {}",
             inode.ino
         )))
     }
@@ -44,7 +44,7 @@ pub fn check_write(caller: &Caller, inode: &Inode) -> Result<(), OpError> {
         Ok(())
     } else {
         Err(OpError::AccessDenied(format!(
-            "no write access to {:016x}",
+            "no write access to {}",
             inode.ino
         )))
     }
@@ -55,7 +55,7 @@ pub fn check_owner(caller: &Caller, inode: &Inode) -> Result<(), OpError> {
         Ok(())
     } else {
         Err(OpError::AccessDenied(format!(
-            "only the owner may do this to {:016x}",
+            "only the owner may do this to {}",
             inode.ino
         )))
     }
@@ -68,7 +68,7 @@ pub fn check_remove(caller: &Caller, dir: &Inode, child: &Inode) -> Result<(), O
     let sticky = dir.perm & STICKY != 0;
     if sticky && child.owner != caller.uid && dir.owner != caller.uid {
         return Err(OpError::AccessDenied(format!(
-            "{:016x} is in a sticky directory and owned by someone else",
+            "{} is in a sticky directory and owned by someone else",
             child.ino
         )));
     }
@@ -89,11 +89,11 @@ pub fn inherited_acl(parent: &Inode) -> Vec<AclEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::Kind;
+    use crate::meta::{FileId, Kind, Version};
 
     fn inode(owner: u32, acl: Vec<AclEntry>, perm: u32) -> Inode {
         Inode {
-            ino: 5,
+            ino: FileId(5),
             kind: Kind::Directory,
             perm,
             uid: 0,
@@ -105,8 +105,8 @@ mod tests {
             ctime: 0,
             rdev: 0,
             owner,
-            version: 1,
-            parent: 1,
+            version: Version(1),
+            parent: FileId::ROOT,
             target: Vec::new(),
             acl,
             orphaned_at: None,

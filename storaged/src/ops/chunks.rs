@@ -10,9 +10,11 @@ use super::access::{check_owner, check_read, check_write};
 use super::tree::truncate_chunks;
 use super::{Caller, OpError, inode, touch};
 use crate::audit;
-use crate::meta::{ChunkRef, Ino, Inode, Kind, Principal, Time, Txn};
+use crate::meta::{
+    ChunkIndex, ChunkRef, FileId, Generation, Inode, Kind, NO_GENERATION, Principal, Time, Txn,
+};
 use format::envelope::{Header, file_tag};
-use format::ids::{FileId, VaultId};
+use format::ids::VaultId;
 use format::limits::{CHUNK_BYTES, CHUNK_INDEX_MAX, ENVELOPE_BYTES, FILE_BYTES_MAX};
 
 const CHUNK: u64 = CHUNK_BYTES as u64;
@@ -20,10 +22,10 @@ const CHUNK: u64 = CHUNK_BYTES as u64;
 /// A sealed chunk in the chunk store, as its header and length describe it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Uploaded {
-    pub index: u64,
+    pub index: ChunkIndex,
     /// The generation the writer read (0: none).
-    pub base: u64,
-    pub generation: u64,
+    pub base: Generation,
+    pub generation: Generation,
     pub last: bool,
     pub plaintext_bytes: u64,
 }
@@ -31,18 +33,18 @@ pub struct Uploaded {
 impl Uploaded {
     /// Reads what a commit needs from a sealed chunk's header (already checked by
     /// [`check_upload`]).
-    pub fn from_header(header: &Header, sealed_bytes: u64, base: u64) -> Uploaded {
+    pub fn from_header(header: &Header, sealed_bytes: u64, base: Generation) -> Uploaded {
         Uploaded {
-            index: header.index.into(),
+            index: ChunkIndex(header.index.into()),
             base,
-            generation: header.generation,
+            generation: Generation(header.generation),
             last: header.last,
             plaintext_bytes: sealed_bytes.saturating_sub(ENVELOPE_BYTES as u64),
         }
     }
 }
 
-fn regular_file(txn: &mut dyn Txn, ino: Ino) -> Result<Inode, OpError> {
+fn regular_file(txn: &mut dyn Txn, ino: FileId) -> Result<Inode, OpError> {
     let file = inode(txn, ino)?;
     match file.kind {
         Kind::Regular => Ok(file),
@@ -58,18 +60,18 @@ pub fn check_upload(
     txn: &mut dyn Txn,
     caller: &Caller,
     vault: VaultId,
-    ino: Ino,
-    index: u64,
+    ino: FileId,
+    index: ChunkIndex,
     header: &Header,
-) -> Result<u64, OpError> {
+) -> Result<Generation, OpError> {
     let file = regular_file(txn, ino)?;
     check_write(caller, &file)?;
     check_header(vault, ino, index, header)?;
-    let current = txn.get_chunk(ino, index)?.unwrap_or(0);
-    if header.generation <= current {
+    let current = txn.get_chunk(ino, index)?.unwrap_or(NO_GENERATION);
+    if Generation(header.generation) <= current {
         return Err(OpError::StaleGeneration {
             index,
-            base: header.generation,
+            base: Generation(header.generation),
             current,
         });
     }
@@ -78,38 +80,57 @@ pub fn check_upload(
 
 /// What an uploaded chunk's header must say without looking at the file's records: the index
 /// it is uploaded as, within the format's range, and the file's tag.
-pub fn check_header(vault: VaultId, ino: Ino, index: u64, header: &Header) -> Result<(), OpError> {
-    if index > CHUNK_INDEX_MAX {
+pub fn check_header(
+    vault: VaultId,
+    ino: FileId,
+    index: ChunkIndex,
+    header: &Header,
+) -> Result<(), OpError> {
+    if index.get() > CHUNK_INDEX_MAX {
         return Err(OpError::invalid(format!(
             "chunk index {index} is past the format's maximum"
         )));
     }
-    if u64::from(header.index) != index {
+    if u64::from(header.index) != index.get() {
         return Err(OpError::BadChunk(format!(
             "header says chunk {}, the request says {index}",
             header.index
         )));
     }
-    if header.file_tag != file_tag(vault, FileId(ino)) {
+    if header.file_tag != file_tag(vault, ino) {
         return Err(OpError::BadChunk("header names another file".into()));
     }
     Ok(())
 }
 
+/// What a commit changes: which uploaded chunks of a file become current, and its size.
+#[derive(Clone, Copy, Debug)]
+pub struct Commit<'a> {
+    pub ino: FileId,
+    pub chunks: &'a [Uploaded],
+    /// The size the file grows to, or with `truncate` is set to exactly (dropping what is
+    /// past it).
+    pub size: u64,
+    pub truncate: bool,
+    /// When not empty, replaces the file's wrapped keys (owner only).
+    pub rekey: &'a [(Principal, Vec<u8>)],
+}
+
 /// Makes uploaded chunks current, atomically, each only if its base is still the current
-/// generation; sets the size (grows it, or with `truncate` sets it exactly and drops what is
-/// past it); with `rekey`, replaces the file's wrapped keys (owner only).
-#[allow(clippy::too_many_arguments)]
+/// generation, and sets the size, as `commit` says.
 pub fn commit(
     txn: &mut dyn Txn,
     caller: &Caller,
-    ino: Ino,
-    chunks: &[Uploaded],
-    size: u64,
-    truncate: bool,
-    rekey: &[(Principal, Vec<u8>)],
+    commit: &Commit<'_>,
     now: Time,
 ) -> Result<Inode, OpError> {
+    let Commit {
+        ino,
+        chunks,
+        size,
+        truncate,
+        rekey,
+    } = *commit;
     let mut file = regular_file(txn, ino)?;
     check_write(caller, &file)?;
     if size > FILE_BYTES_MAX {
@@ -118,7 +139,7 @@ pub fn commit(
     let new_size = if truncate { size } else { size.max(file.size) };
     check_roles(txn, ino, file.size, new_size, chunks)?;
     for chunk in chunks {
-        let current = txn.get_chunk(ino, chunk.index)?.unwrap_or(0);
+        let current = txn.get_chunk(ino, chunk.index)?.unwrap_or(NO_GENERATION);
         if current != chunk.base {
             return Err(OpError::StaleGeneration {
                 index: chunk.index,
@@ -132,8 +153,12 @@ pub fn commit(
                 chunk.index, chunk.generation, chunk.base
             )));
         }
-        txn.put_chunk(ino, chunk.index, chunk.generation)?;
-        if chunk.base > 0 {
+        txn.put_chunk(ChunkRef {
+            ino,
+            index: chunk.index,
+            generation: chunk.generation,
+        })?;
+        if chunk.base != NO_GENERATION {
             txn.add_garbage(ChunkRef {
                 ino,
                 index: chunk.index,
@@ -160,15 +185,15 @@ pub fn commit(
 }
 
 /// The last index of a file of `size` bytes (none for an empty file).
-fn last_index(size: u64) -> Option<u64> {
-    size.checked_sub(1).map(|s| s / CHUNK)
+fn last_index(size: u64) -> Option<ChunkIndex> {
+    size.checked_sub(1).map(ChunkIndex::of_offset)
 }
 
 /// Checks the module invariant for the file after the commit: every committed chunk agrees
 /// with the new size, and every stored chunk whose role the size change alters is rewritten.
 fn check_roles(
     txn: &mut dyn Txn,
-    ino: Ino,
+    ino: FileId,
     old_size: u64,
     new_size: u64,
     chunks: &[Uploaded],
@@ -182,7 +207,7 @@ fn check_roles(
             )));
         };
         let (want_last, want_bytes) = if chunk.index == last {
-            (true, new_size - last * CHUNK)
+            (true, new_size - last.start())
         } else {
             (false, CHUNK)
         };
@@ -197,7 +222,7 @@ fn check_roles(
     if old_size == new_size {
         return Ok(());
     }
-    let rewritten = |index: u64| chunks.iter().any(|c| c.index == index);
+    let rewritten = |index: ChunkIndex| chunks.iter().any(|c| c.index == index);
     let mut must_rewrite = Vec::new();
     if let Some(last) = new_last {
         must_rewrite.push(last);
@@ -220,7 +245,7 @@ fn check_roles(
 /// stored chunk: that needs the chunk rewritten, through a commit.
 pub fn check_resize_without_rewrite(
     txn: &mut dyn Txn,
-    ino: Ino,
+    ino: FileId,
     old_size: u64,
     new_size: u64,
 ) -> Result<(), OpError> {
@@ -249,20 +274,25 @@ fn replace_keys(
     Ok(())
 }
 
-/// The current generation of a chunk (0: a hole).
-pub fn current(txn: &mut dyn Txn, caller: &Caller, ino: Ino, index: u64) -> Result<u64, OpError> {
+/// The current generation of a chunk ([`NO_GENERATION`]: a hole).
+pub fn current(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    ino: FileId,
+    index: ChunkIndex,
+) -> Result<Generation, OpError> {
     let file = regular_file(txn, ino)?;
     check_read(caller, &file)?;
-    Ok(txn.get_chunk(ino, index)?.unwrap_or(0))
+    Ok(txn.get_chunk(ino, index)?.unwrap_or(NO_GENERATION))
 }
 
 pub fn list(
     txn: &mut dyn Txn,
     caller: &Caller,
-    ino: Ino,
-    from: u64,
+    ino: FileId,
+    from: ChunkIndex,
     limit: usize,
-) -> Result<(Vec<(u64, u64)>, bool), OpError> {
+) -> Result<(Vec<(ChunkIndex, Generation)>, bool), OpError> {
     let file = regular_file(txn, ino)?;
     check_read(caller, &file)?;
     let limit = limit.clamp(1, 4096);

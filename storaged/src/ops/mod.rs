@@ -1,5 +1,5 @@
 //! The semantics of every operation on the vault's metadata, written once against
-//! [`Txn`](crate::meta::Txn) and shared by every backend.
+//! [`Txn`] and shared by every backend.
 //!
 //! Each function checks its input and the caller's rights, then reads and writes records.
 //! Functions that change several records run inside one write transaction (the caller wraps
@@ -13,7 +13,7 @@ pub mod tree;
 pub mod users;
 pub mod xattrs;
 
-use crate::meta::{Ino, Inode, StoreError, Txn};
+use crate::meta::{ChunkIndex, FileId, Generation, Inode, StoreError, Txn};
 use proto::ErrorKind;
 
 /// Why an operation was refused. Each maps to one [`ErrorKind`] on the wire.
@@ -38,7 +38,11 @@ pub enum OpError {
     #[error(
         "stale generation: chunk {index} is at generation {current}, the writer based on {base}"
     )]
-    StaleGeneration { index: u64, base: u64, current: u64 },
+    StaleGeneration {
+        index: ChunkIndex,
+        base: Generation,
+        current: Generation,
+    },
     #[error("bad chunk: {0}")]
     BadChunk(String),
     #[error("not authenticated: {0}")]
@@ -92,12 +96,12 @@ pub struct Caller {
 }
 
 /// The inode, or `NotFound`.
-pub fn inode(txn: &mut dyn Txn, ino: Ino) -> Result<Inode, OpError> {
+pub fn inode(txn: &mut dyn Txn, ino: FileId) -> Result<Inode, OpError> {
     txn.get_inode(ino)?.ok_or(OpError::NotFound)
 }
 
 /// Marks an inode changed now: bumps its version and ctime.
 pub fn touch(inode: &mut Inode, now: crate::meta::Time) {
-    inode.version += 1;
+    inode.version = inode.version.next();
     inode.ctime = now;
 }

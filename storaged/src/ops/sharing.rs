@@ -3,21 +3,21 @@
 use super::access::{check_owner, check_read};
 use super::{Caller, OpError, inode, touch};
 use crate::audit;
-use crate::meta::{AclEntry, Ino, Inode, Kind, Principal, Time, Txn};
+use crate::meta::{AclEntry, FileId, Inode, Kind, Principal, Time, Txn};
 use format::wrapped::{WrapHeader, WrapKind};
 
 /// A wrapped key must be a file key for this file, addressed to the principal's wrapping
 /// key. The server cannot open it, but it can refuse one that no one could use.
 pub fn check_wrapped_key(
     txn: &mut dyn Txn,
-    ino: Ino,
+    ino: FileId,
     principal: Principal,
     blob: &[u8],
 ) -> Result<(), OpError> {
     let header = WrapHeader::parse(blob).map_err(|e| OpError::invalid(e.to_string()))?;
-    if header.kind != WrapKind::FileKey || header.object != ino {
+    if header.kind != WrapKind::FileKey || header.object != ino.0 {
         return Err(OpError::invalid(format!(
-            "wrapped key is not the key of file {ino:016x}"
+            "wrapped key is not the key of file {ino}"
         )));
     }
     if let Some(vault) = vault_id(txn)?
@@ -59,7 +59,7 @@ pub fn vault_id(txn: &mut dyn Txn) -> Result<Option<format::ids::VaultId>, OpErr
 pub fn my_wrapped_keys(
     txn: &mut dyn Txn,
     caller: &Caller,
-    ino: Ino,
+    ino: FileId,
 ) -> Result<Vec<(Principal, Vec<u8>)>, OpError> {
     let file = inode(txn, ino)?;
     check_read(caller, &file)?;
@@ -78,7 +78,7 @@ pub fn my_wrapped_keys(
 pub fn share(
     txn: &mut dyn Txn,
     caller: &Caller,
-    ino: Ino,
+    ino: FileId,
     entry: AclEntry,
     wrapped_key: &[u8],
     now: Time,
@@ -131,7 +131,7 @@ pub const ACL_ENTRIES_MAX: usize = 256;
 pub fn unshare(
     txn: &mut dyn Txn,
     caller: &Caller,
-    ino: Ino,
+    ino: FileId,
     principal: Principal,
     now: Time,
 ) -> Result<Inode, OpError> {
@@ -149,7 +149,11 @@ pub fn unshare(
 }
 
 /// The owner and ACL of an inode the caller may read.
-pub fn acl(txn: &mut dyn Txn, caller: &Caller, ino: Ino) -> Result<(u32, Vec<AclEntry>), OpError> {
+pub fn acl(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    ino: FileId,
+) -> Result<(u32, Vec<AclEntry>), OpError> {
     let node = inode(txn, ino)?;
     check_read(caller, &node)?;
     Ok((node.owner, node.acl))

@@ -76,7 +76,7 @@ pub fn register(
         certificate: Vec::new(),
         created: now,
     })?;
-    audit::append(txn, uid, "register", 0, name, now)?;
+    audit::append(txn, uid, "register", audit::NO_FILE, name, now)?;
     Ok(uid)
 }
 
@@ -121,7 +121,7 @@ pub fn approve(
         .map_err(|e| OpError::invalid(format!("certificate: {e}")))?;
     user.certificate = certificate.to_vec();
     txn.put_user(&user)?;
-    audit::append(txn, caller.uid, "approve", 0, name, now)?;
+    audit::append(txn, caller.uid, "approve", audit::NO_FILE, name, now)?;
     Ok(())
 }
 
@@ -142,7 +142,7 @@ pub fn create_group(
         members: vec![],
     };
     txn.put_group(&group)?;
-    audit::append(txn, caller.uid, "group-create", 0, name, now)?;
+    audit::append(txn, caller.uid, "group-create", audit::NO_FILE, name, now)?;
     Ok(group)
 }
 
@@ -164,6 +164,13 @@ pub fn set_member(
     }
     txn.put_group(&group)?;
     let detail = format!("{} {uid}", if member { "add" } else { "remove" });
-    audit::append(txn, caller.uid, "group-member", 0, &detail, now)?;
+    audit::append(
+        txn,
+        caller.uid,
+        "group-member",
+        audit::NO_FILE,
+        &detail,
+        now,
+    )?;
     Ok(group)
 }

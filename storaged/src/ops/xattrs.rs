@@ -2,7 +2,7 @@
 
 use super::access::{check_read, check_write};
 use super::{Caller, OpError, inode, touch};
-use crate::meta::{Ino, Time, Txn};
+use crate::meta::{FileId, Time, Txn};
 use proto::limits::NAME_BYTES_MAX;
 
 /// The largest value, as Linux allows.
@@ -33,7 +33,7 @@ pub enum SetMode {
 pub fn set(
     txn: &mut dyn Txn,
     caller: &Caller,
-    ino: Ino,
+    ino: FileId,
     name: &[u8],
     value: &[u8],
     mode: SetMode,
@@ -65,14 +65,19 @@ pub fn set(
     Ok(())
 }
 
-pub fn get(txn: &mut dyn Txn, caller: &Caller, ino: Ino, name: &[u8]) -> Result<Vec<u8>, OpError> {
+pub fn get(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    ino: FileId,
+    name: &[u8],
+) -> Result<Vec<u8>, OpError> {
     check_xattr_name(name)?;
     let node = inode(txn, ino)?;
     check_read(caller, &node)?;
     txn.get_xattr(ino, name)?.ok_or(OpError::NoData)
 }
 
-pub fn list(txn: &mut dyn Txn, caller: &Caller, ino: Ino) -> Result<Vec<Vec<u8>>, OpError> {
+pub fn list(txn: &mut dyn Txn, caller: &Caller, ino: FileId) -> Result<Vec<Vec<u8>>, OpError> {
     let node = inode(txn, ino)?;
     check_read(caller, &node)?;
     Ok(txn
@@ -85,7 +90,7 @@ pub fn list(txn: &mut dyn Txn, caller: &Caller, ino: Ino) -> Result<Vec<Vec<u8>>
 pub fn remove(
     txn: &mut dyn Txn,
     caller: &Caller,
-    ino: Ino,
+    ino: FileId,
     name: &[u8],
     now: Time,
 ) -> Result<(), OpError> {

@@ -12,6 +12,11 @@ pub fn long(value: u64) -> i64 {
     value as i64
 }
 
+/// An inode number as BSON stores it.
+pub fn file(ino: FileId) -> i64 {
+    long(ino.0)
+}
+
 pub fn binary(bytes: &[u8]) -> Bson {
     Bson::Binary(Binary {
         subtype: BinarySubtype::Generic,
@@ -71,6 +76,15 @@ impl<'a> Fields<'a> {
         self.int(field).map(|v| v as u64)
     }
 
+    pub fn file(&self, field: &str) -> Result<FileId, StoreError> {
+        self.u64(field).map(FileId)
+    }
+
+    /// A chunk index, generation or version.
+    pub fn number<N: From<u64>>(&self, field: &str) -> Result<N, StoreError> {
+        self.u64(field).map(N::from)
+    }
+
     pub fn u32(&self, field: &str) -> Result<u32, StoreError> {
         u32::try_from(self.int(field)?).map_err(|_| self.corrupt(field, "is out of range"))
     }
@@ -127,11 +141,11 @@ pub fn inode_doc(i: &Inode) -> Document {
         })
         .collect();
     let mut d = doc! {
-        "_id": long(i.ino), "kind": i.kind as i32, "perm": i64::from(i.perm),
+        "_id": file(i.ino), "kind": i.kind as i32, "perm": i64::from(i.perm),
         "uid": i64::from(i.uid), "gid": i64::from(i.gid), "nlink": i64::from(i.nlink),
         "size": long(i.size), "atime": i.atime, "mtime": i.mtime, "ctime": i.ctime,
-        "rdev": long(i.rdev), "owner": i64::from(i.owner), "version": long(i.version),
-        "parent": long(i.parent), "target": binary(&i.target), "acl": acl,
+        "rdev": long(i.rdev), "owner": i64::from(i.owner), "version": long(i.version.get()),
+        "parent": file(i.parent), "target": binary(&i.target), "acl": acl,
     };
     // Absent unless orphaned: the partial index on it then holds only orphans.
     if let Some(at) = i.orphaned_at {
@@ -154,7 +168,7 @@ pub fn inode_from(d: &Document) -> Result<Inode, StoreError> {
         Some(_) => Some(f.int("orphaned_at")?),
     };
     Ok(Inode {
-        ino: f.u64("_id")?,
+        ino: f.file("_id")?,
         kind: f.kind("kind")?,
         perm: f.u32("perm")?,
         uid: f.u32("uid")?,
@@ -166,8 +180,8 @@ pub fn inode_from(d: &Document) -> Result<Inode, StoreError> {
         ctime: f.int("ctime")?,
         rdev: f.u64("rdev")?,
         owner: f.u32("owner")?,
-        version: f.u64("version")?,
-        parent: f.u64("parent")?,
+        version: f.number("version")?,
+        parent: f.file("parent")?,
         target: f.bytes("target")?,
         acl,
         orphaned_at,
@@ -193,7 +207,7 @@ pub fn entry_from(d: &Document) -> Result<(Vec<u8>, Entry), StoreError> {
     Ok((
         f.name("name")?,
         Entry {
-            ino: f.u64("ino")?,
+            ino: f.file("ino")?,
             kind: f.kind("kind")?,
         },
     ))
@@ -202,9 +216,9 @@ pub fn entry_from(d: &Document) -> Result<(Vec<u8>, Entry), StoreError> {
 pub fn chunk_ref_from(d: &Document) -> Result<ChunkRef, StoreError> {
     let f = Fields::new(d, "garbage");
     Ok(ChunkRef {
-        ino: f.u64("ino")?,
-        index: f.u64("index")?,
-        generation: f.u64("generation")?,
+        ino: f.file("ino")?,
+        index: f.number("index")?,
+        generation: f.number("generation")?,
     })
 }
 
@@ -276,7 +290,7 @@ pub fn session_from(d: &Document) -> Result<Session, StoreError> {
 pub fn audit_doc(e: &AuditEntry) -> Document {
     doc! {
         "_id": long(e.seq), "time": e.time, "uid": i64::from(e.uid), "event": &e.event,
-        "ino": long(e.ino), "detail": &e.detail, "prev_hash": binary(&e.prev_hash),
+        "ino": file(e.ino), "detail": &e.detail, "prev_hash": binary(&e.prev_hash),
         "hash": binary(&e.hash),
     }
 }
@@ -288,7 +302,7 @@ pub fn audit_from(d: &Document) -> Result<AuditEntry, StoreError> {
         time: f.int("time")?,
         uid: f.u32("uid")?,
         event: f.text("event")?,
-        ino: f.u64("ino")?,
+        ino: f.file("ino")?,
         detail: f.text("detail")?,
         prev_hash: f.key32("prev_hash")?,
         hash: f.key32("hash")?,
@@ -302,7 +316,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_damage_is_named() {
         let inode = Inode {
-            ino: u64::MAX - 3,
+            ino: FileId(u64::MAX - 3),
             kind: Kind::Regular,
             perm: 0o640,
             uid: u32::MAX,
@@ -314,8 +328,8 @@ mod tests {
             ctime: 7,
             rdev: 0,
             owner: 1000,
-            version: 3,
-            parent: 1,
+            version: Version(3),
+            parent: FileId::ROOT,
             target: vec![],
             acl: vec![AclEntry {
                 principal: Principal::Group(9),

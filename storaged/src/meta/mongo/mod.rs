@@ -75,6 +75,13 @@ impl std::fmt::Debug for MongoStore {
 }
 
 impl MongoStore {
+    /// Several instances may share one database, and MongoDB cannot order its journal after
+    /// our chunk files: every commit is durable, each chunk file synced before it.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        sole_instance: false,
+        deferred_durability: false,
+    };
+
     /// Connects to the server of `url` (`mongodb://...`, the database in its path, default
     /// [`DEFAULT_DATABASE`]) and brings the schema up to date.
     pub async fn open(url: &str) -> Result<MongoStore, StoreError> {
@@ -156,6 +163,10 @@ impl MetaStore for MongoStore {
 
     fn backend(&self) -> &'static str {
         "mongodb"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        MongoStore::CAPABILITIES
     }
 }
 

@@ -10,7 +10,7 @@ use mongodb::error::Error;
 use mongodb::{ClientSession, Collection};
 use tokio::runtime::Handle;
 
-use super::docs::{self, Fields, binary, long, name};
+use super::docs::{self, Fields, binary, file, long, name};
 use super::schema::{Coll, Collections};
 use super::{block, failure};
 use crate::meta::*;
@@ -128,7 +128,7 @@ impl<'a> MongoTxn<'a> {
     /// longest UTF-8 prefix and skips up to it.
     fn text_entries_after(
         &mut self,
-        parent: Ino,
+        parent: FileId,
         after: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError> {
@@ -142,7 +142,7 @@ impl<'a> MongoTxn<'a> {
         let mut found = Vec::new();
         // Each round moves `bound` forward, so the rounds end within the directory's size.
         loop {
-            let filter = doc! { "parent": long(parent), "name": bound };
+            let filter = doc! { "parent": file(parent), "name": bound };
             let page = self.find(Coll::Entries, filter, doc! { "name": 1 }, limit)?;
             let full = page.len() == limit;
             let Some(last) = page.last().and_then(|d| d.get_str("name").ok()) else {
@@ -173,19 +173,19 @@ impl Txn for MongoTxn<'_> {
         self.put(Coll::Settings, doc! { "_id": key }, document)
     }
 
-    fn get_inode(&mut self, ino: Ino) -> Result<Option<Inode>, StoreError> {
-        self.find_one(Coll::Inodes, doc! { "_id": long(ino) })?
+    fn get_inode(&mut self, ino: FileId) -> Result<Option<Inode>, StoreError> {
+        self.find_one(Coll::Inodes, doc! { "_id": file(ino) })?
             .map(|d| docs::inode_from(&d))
             .transpose()
     }
     fn put_inode(&mut self, inode: &Inode) -> Result<(), StoreError> {
-        let filter = doc! { "_id": long(inode.ino) };
+        let filter = doc! { "_id": file(inode.ino) };
         self.put(Coll::Inodes, filter, docs::inode_doc(inode))
     }
-    fn delete_inode(&mut self, ino: Ino) -> Result<(), StoreError> {
-        self.delete(Coll::Inodes, doc! { "_id": long(ino) })?;
-        self.delete(Coll::Xattrs, doc! { "ino": long(ino) })?;
-        self.delete(Coll::WrappedKeys, doc! { "ino": long(ino) })?;
+    fn delete_inode(&mut self, ino: FileId) -> Result<(), StoreError> {
+        self.delete(Coll::Inodes, doc! { "_id": file(ino) })?;
+        self.delete(Coll::Xattrs, doc! { "ino": file(ino) })?;
+        self.delete(Coll::WrappedKeys, doc! { "ino": file(ino) })?;
         Ok(())
     }
     fn count_inodes(&mut self) -> Result<u64, StoreError> {
@@ -196,14 +196,18 @@ impl Txn for MongoTxn<'_> {
         );
         self.settle(result)
     }
-    fn list_orphans(&mut self, before: Time, limit: usize) -> Result<Vec<Ino>, StoreError> {
+    fn list_orphans(&mut self, before: Time, limit: usize) -> Result<Vec<FileId>, StoreError> {
         let filter = doc! { "orphaned_at": { "$lt": before } };
         let found = self.find(Coll::Inodes, filter, doc! {}, limit)?;
-        Self::decode_all(found, |d| Fields::new(d, "inodes").u64("_id"))
+        Self::decode_all(found, |d| Fields::new(d, "inodes").file("_id"))
     }
 
-    fn get_entry(&mut self, parent: Ino, entry_name: &[u8]) -> Result<Option<Entry>, StoreError> {
-        let filter = doc! { "parent": long(parent), "name": name(entry_name) };
+    fn get_entry(
+        &mut self,
+        parent: FileId,
+        entry_name: &[u8],
+    ) -> Result<Option<Entry>, StoreError> {
+        let filter = doc! { "parent": file(parent), "name": name(entry_name) };
         Ok(self
             .find_one(Coll::Entries, filter)?
             .map(|d| docs::entry_from(&d))
@@ -212,30 +216,30 @@ impl Txn for MongoTxn<'_> {
     }
     fn put_entry(
         &mut self,
-        parent: Ino,
+        parent: FileId,
         entry_name: &[u8],
         entry: Entry,
     ) -> Result<(), StoreError> {
-        let filter = doc! { "parent": long(parent), "name": name(entry_name) };
+        let filter = doc! { "parent": file(parent), "name": name(entry_name) };
         let mut document = filter.clone();
-        document.insert("ino", long(entry.ino));
+        document.insert("ino", file(entry.ino));
         document.insert("kind", entry.kind as i32);
         self.put(Coll::Entries, filter, document)
     }
-    fn delete_entry(&mut self, parent: Ino, entry_name: &[u8]) -> Result<(), StoreError> {
-        let filter = doc! { "parent": long(parent), "name": name(entry_name) };
+    fn delete_entry(&mut self, parent: FileId, entry_name: &[u8]) -> Result<(), StoreError> {
+        let filter = doc! { "parent": file(parent), "name": name(entry_name) };
         self.delete(Coll::Entries, filter).map(drop)
     }
     fn list_entries(
         &mut self,
-        parent: Ino,
+        parent: FileId,
         after: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError> {
         let mut found = self.text_entries_after(parent, after, limit)?;
         // Names that are not UTF-8 are binaries, which MongoDB orders by length first: they
         // are rare, so all of the directory's are fetched and merged here in byte order.
-        let filter = doc! { "parent": long(parent), "name": { "$type": "binData" } };
+        let filter = doc! { "parent": file(parent), "name": { "$type": "binData" } };
         for document in self.find(Coll::Entries, filter, doc! { "name": 1 }, usize::MAX)? {
             let (name, entry) = docs::entry_from(&document)?;
             if name.as_slice() > after {
@@ -247,41 +251,45 @@ impl Txn for MongoTxn<'_> {
         Ok(found)
     }
 
-    fn get_chunk(&mut self, ino: Ino, index: u64) -> Result<Option<u64>, StoreError> {
-        let filter = doc! { "ino": long(ino), "index": long(index) };
+    fn get_chunk(
+        &mut self,
+        ino: FileId,
+        index: ChunkIndex,
+    ) -> Result<Option<Generation>, StoreError> {
+        let filter = doc! { "ino": file(ino), "index": long(index.get()) };
         self.find_one(Coll::Chunks, filter)?
-            .map(|d| Fields::new(&d, "chunks").u64("generation"))
+            .map(|d| Fields::new(&d, "chunks").number("generation"))
             .transpose()
     }
-    fn put_chunk(&mut self, ino: Ino, index: u64, generation: u64) -> Result<(), StoreError> {
-        let filter = doc! { "ino": long(ino), "index": long(index) };
+    fn put_chunk(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
+        let filter = doc! { "ino": file(chunk.ino), "index": long(chunk.index.get()) };
         let mut document = filter.clone();
-        document.insert("generation", long(generation));
+        document.insert("generation", long(chunk.generation.get()));
         self.put(Coll::Chunks, filter, document)
     }
-    fn delete_chunk(&mut self, ino: Ino, index: u64) -> Result<(), StoreError> {
-        let filter = doc! { "ino": long(ino), "index": long(index) };
+    fn delete_chunk(&mut self, ino: FileId, index: ChunkIndex) -> Result<(), StoreError> {
+        let filter = doc! { "ino": file(ino), "index": long(index.get()) };
         self.delete(Coll::Chunks, filter).map(drop)
     }
     fn list_chunks(
         &mut self,
-        ino: Ino,
-        from: u64,
+        ino: FileId,
+        from: ChunkIndex,
         limit: usize,
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
+    ) -> Result<Vec<(ChunkIndex, Generation)>, StoreError> {
         // Indexes above i64::MAX would wrap; no file has that many chunks (format limits).
-        let filter = doc! { "ino": long(ino), "index": { "$gte": long(from) } };
+        let filter = doc! { "ino": file(ino), "index": { "$gte": long(from.get()) } };
         let found = self.find(Coll::Chunks, filter, doc! { "index": 1 }, limit)?;
         Self::decode_all(found, |d| {
             let f = Fields::new(d, "chunks");
-            Ok((f.u64("index")?, f.u64("generation")?))
+            Ok((f.number("index")?, f.number("generation")?))
         })
     }
 
     fn add_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
         let filter = doc! {
-            "ino": long(chunk.ino), "index": long(chunk.index),
-            "generation": long(chunk.generation),
+            "ino": file(chunk.ino), "index": long(chunk.index.get()),
+            "generation": long(chunk.generation.get()),
         };
         self.put(Coll::Garbage, filter.clone(), filter)
     }
@@ -291,30 +299,30 @@ impl Txn for MongoTxn<'_> {
     }
     fn delete_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
         let filter = doc! {
-            "ino": long(chunk.ino), "index": long(chunk.index),
-            "generation": long(chunk.generation),
+            "ino": file(chunk.ino), "index": long(chunk.index.get()),
+            "generation": long(chunk.generation.get()),
         };
         self.delete(Coll::Garbage, filter).map(drop)
     }
 
-    fn get_xattr(&mut self, ino: Ino, xattr: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let filter = doc! { "ino": long(ino), "name": name(xattr) };
+    fn get_xattr(&mut self, ino: FileId, xattr: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let filter = doc! { "ino": file(ino), "name": name(xattr) };
         self.find_one(Coll::Xattrs, filter)?
             .map(|d| Fields::new(&d, "xattrs").bytes("value"))
             .transpose()
     }
-    fn put_xattr(&mut self, ino: Ino, xattr: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        let filter = doc! { "ino": long(ino), "name": name(xattr) };
+    fn put_xattr(&mut self, ino: FileId, xattr: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let filter = doc! { "ino": file(ino), "name": name(xattr) };
         let mut document = filter.clone();
         document.insert("value", binary(value));
         self.put(Coll::Xattrs, filter, document)
     }
-    fn delete_xattr(&mut self, ino: Ino, xattr: &[u8]) -> Result<(), StoreError> {
-        let filter = doc! { "ino": long(ino), "name": name(xattr) };
+    fn delete_xattr(&mut self, ino: FileId, xattr: &[u8]) -> Result<(), StoreError> {
+        let filter = doc! { "ino": file(ino), "name": name(xattr) };
         self.delete(Coll::Xattrs, filter).map(drop)
     }
-    fn list_xattrs(&mut self, ino: Ino) -> Result<Vec<Xattr>, StoreError> {
-        let filter = doc! { "ino": long(ino) };
+    fn list_xattrs(&mut self, ino: FileId) -> Result<Vec<Xattr>, StoreError> {
+        let filter = doc! { "ino": file(ino) };
         let found = self.find(Coll::Xattrs, filter, doc! { "name": 1 }, usize::MAX)?;
         let mut xattrs = Self::decode_all(found, |d| {
             let f = Fields::new(d, "xattrs");
@@ -327,31 +335,31 @@ impl Txn for MongoTxn<'_> {
 
     fn get_wrapped_key(
         &mut self,
-        ino: Ino,
+        ino: FileId,
         principal: Principal,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let filter = doc! { "ino": long(ino), "principal": principal.key() };
+        let filter = doc! { "ino": file(ino), "principal": principal.key() };
         self.find_one(Coll::WrappedKeys, filter)?
             .map(|d| Fields::new(&d, "wrapped_keys").bytes("blob"))
             .transpose()
     }
     fn put_wrapped_key(
         &mut self,
-        ino: Ino,
+        ino: FileId,
         principal: Principal,
         blob: &[u8],
     ) -> Result<(), StoreError> {
-        let filter = doc! { "ino": long(ino), "principal": principal.key() };
+        let filter = doc! { "ino": file(ino), "principal": principal.key() };
         let mut document = filter.clone();
         document.insert("blob", binary(blob));
         self.put(Coll::WrappedKeys, filter, document)
     }
-    fn delete_wrapped_key(&mut self, ino: Ino, principal: Principal) -> Result<(), StoreError> {
-        let filter = doc! { "ino": long(ino), "principal": principal.key() };
+    fn delete_wrapped_key(&mut self, ino: FileId, principal: Principal) -> Result<(), StoreError> {
+        let filter = doc! { "ino": file(ino), "principal": principal.key() };
         self.delete(Coll::WrappedKeys, filter).map(drop)
     }
-    fn list_wrapped_keys(&mut self, ino: Ino) -> Result<Vec<(Principal, Vec<u8>)>, StoreError> {
-        let filter = doc! { "ino": long(ino) };
+    fn list_wrapped_keys(&mut self, ino: FileId) -> Result<Vec<(Principal, Vec<u8>)>, StoreError> {
+        let filter = doc! { "ino": file(ino) };
         let found = self.find(
             Coll::WrappedKeys,
             filter,
