@@ -1,0 +1,341 @@
+//! One file's contents as this client sees them: committed chunks (read through the cache),
+//! dirty chunks (written here, not committed yet), and the flush that seals, uploads and
+//! commits them in one compare-and-swap.
+//!
+//! A stream of small writes into one chunk costs one seal and one upload, at flush time (close,
+//! fsync, eviction, unmount). Full chunks that the file has grown past are sealed and uploaded
+//! in the background while the writer goes on ("write-behind"); the commit that makes them
+//! current still happens at flush, with the file's final size.
+//!
+//! Attribute changes made while there are unflushed writes (`tar` and `cp -p` set each file's
+//! times, owner and mode before they close it) are kept here and go with that commit too,
+//! instead of a round trip each; this mount shows them at once.
+//!
+//! This module holds the state and what the others share; [`read`], [`write`] and
+//! [`commit`] the three paths through it, [`inline`] the one-call commit of a single chunk,
+//! [`create`] the creation of a new file on the server, [`attrs`] the attribute changes kept
+//! for a commit.
+
+mod attrs;
+mod commit;
+mod create;
+mod inline;
+mod read;
+mod write;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crypto::ChunkCipher;
+use format::limits::CHUNK_BYTES;
+use proto::ErrorKind;
+use proto::v1::{
+    Attr, CreateRequest, GetChunkReply, ListChunksRequest, OpenReply, OpenRequest, SetAttrRequest,
+};
+use tokio::task::JoinHandle;
+
+use crate::error::FsError;
+use crate::shared::Shared;
+
+pub use inline::InlinePut;
+
+pub const CHUNK: u64 = CHUNK_BYTES as u64;
+
+/// The last chunk index of a file of `size` bytes (none when empty).
+pub fn last_index(size: u64) -> Option<u64> {
+    size.checked_sub(1).map(|s| s / CHUNK)
+}
+
+/// The plaintext length chunk `index` has in a file of `size` bytes.
+fn chunk_len(size: u64, index: u64) -> usize {
+    match last_index(size) {
+        Some(last) if index < last => CHUNK_BYTES,
+        Some(last) if index == last => (size - last * CHUNK) as usize,
+        _ => 0,
+    }
+}
+
+/// Byte ranges within a chunk, kept sorted and merged.
+#[derive(Clone, Debug, Default)]
+struct Ranges(Vec<(usize, usize)>);
+
+impl Ranges {
+    fn add(&mut self, start: usize, end: usize) {
+        self.0.push((start, end));
+        self.0.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.0.len());
+        for &(s, e) in &self.0 {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.0 = merged;
+    }
+
+    fn clip(&mut self, len: usize) {
+        self.0.retain(|r| r.0 < len);
+        for r in &mut self.0 {
+            r.1 = r.1.min(len);
+        }
+    }
+}
+
+/// A sealed copy of a dirty chunk on the server, not committed yet.
+#[derive(Debug)]
+struct Upload {
+    generation: u64,
+    last: bool,
+    len: usize,
+    task: Option<JoinHandle<Result<(), FsError>>>,
+}
+
+#[derive(Debug)]
+struct Dirty {
+    data: Arc<Vec<u8>>,
+    /// What this client wrote into the chunk: re-applied on top of another writer's chunk
+    /// when a commit loses the compare-and-swap.
+    written: Ranges,
+    /// The committed generation the buffer started from (0: none).
+    base: u64,
+    upload: Option<Upload>,
+    /// The highest generation used for this chunk, so that every upload has a new one.
+    last_generation: u64,
+}
+
+/// The state of one file while it is open or has dirty data. Callers hold it locked.
+#[derive(Debug)]
+pub struct FileState {
+    pub ino: u64,
+    pub cipher: Arc<ChunkCipher>,
+    /// The size readers here see: committed size plus local writes and truncations.
+    pub size: u64,
+    pub committed_size: u64,
+    /// The size went down here since the last commit.
+    truncated: bool,
+    /// Committed generation of every stored chunk.
+    generations: BTreeMap<u64, u64>,
+    dirty: BTreeMap<u64, Dirty>,
+    pub version: u64,
+    pub handles: u32,
+    /// Unlinked while open: released on the server when the last handle closes.
+    pub unlinked: bool,
+    /// The index just past the last chunk read, to notice sequential readers.
+    next_sequential: u64,
+    /// Chunks below this were already read ahead in the current sequential pass.
+    prefetched_to: u64,
+    /// Another writer's changes were merged into this client's commit since the last one was
+    /// recorded: the kernel's cached pages of the file may lack them.
+    pub merged_foreign: bool,
+    /// The last handle closed and this state left the open-files table: an open that
+    /// finds it must start afresh from the server.
+    pub retired: bool,
+    /// A small file's only chunk that came with the last `Open` reply, taken into the cache
+    /// by the first read (after the open has settled what the cache may keep).
+    arrived: Option<GetChunkReply>,
+    /// A new file this client has not created on the server yet: its first flush creates it
+    /// (with its first chunk, in one commit, when it has one).
+    pub pending_create: Option<CreateRequest>,
+    /// The attributes the server gave last (open, creation, commit).
+    server_attr: Option<Attr>,
+    /// Attribute changes kept for the next commit (see `keep_attr_changes`).
+    attr_changes: Option<SetAttrRequest>,
+}
+
+async fn open_call(shared: &Shared, ino: u64) -> Result<OpenReply, FsError> {
+    shared
+        .remote
+        .call("open", |mut api| async move {
+            api.open(OpenRequest { ino }).await
+        })
+        .await
+}
+
+fn next_generation(base: u64, used: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    now.max(base + 1).max(used + 1)
+}
+
+impl FileState {
+    /// Loads a file's committed state: attributes and chunk generations.
+    /// Loads a file's committed state (attributes, chunk generations, key) in one call.
+    pub async fn open(shared: &Shared, ino: u64) -> Result<FileState, FsError> {
+        let reply = open_call(shared, ino).await?;
+        let cipher = shared.keys.cipher_from(ino, &reply.keys)?;
+        let mut state = FileState::empty(ino, cipher);
+        state.take_committed(shared, reply).await?;
+        Ok(state)
+    }
+
+    /// The attributes the server last sent for this file.
+    pub fn server_attr(&self) -> Option<Attr> {
+        self.server_attr
+    }
+
+    /// The state of a file this client just created: empty, nothing to ask the server.
+    pub fn created(ino: u64, cipher: Arc<ChunkCipher>, attr: &Attr) -> FileState {
+        let mut state = FileState::empty(ino, cipher);
+        state.version = attr.version;
+        state.server_attr = Some(*attr);
+        state
+    }
+
+    fn empty(ino: u64, cipher: Arc<ChunkCipher>) -> FileState {
+        FileState {
+            ino,
+            cipher,
+            size: 0,
+            committed_size: 0,
+            truncated: false,
+            generations: BTreeMap::new(),
+            dirty: BTreeMap::new(),
+            version: 0,
+            handles: 0,
+            unlinked: false,
+            next_sequential: 0,
+            prefetched_to: 0,
+            merged_foreign: false,
+            retired: false,
+            arrived: None,
+            pending_create: None,
+            server_attr: None,
+            attr_changes: None,
+        }
+    }
+
+    /// `attr` as this client sees it: the newer of it and what this state last heard from the
+    /// server (an attribute cache may hold one from before this file's latest commit), with
+    /// the local size and the attribute changes kept for the next commit.
+    pub fn view(&self, attr: Attr) -> Attr {
+        let mut attr = match self.server_attr {
+            Some(known) if known.ino == attr.ino && known.version > attr.version => known,
+            _ => attr,
+        };
+        attr.size = self.size;
+        if let Some(changes) = &self.attr_changes {
+            attr.perm = changes.perm.map_or(attr.perm, |p| p & 0o7777);
+            attr.uid = changes.uid.unwrap_or(attr.uid);
+            attr.gid = changes.gid.unwrap_or(attr.gid);
+            // A time set to "now" carries this client's clock for the view (the server sets
+            // its own at the commit).
+            attr.atime = changes.atime.or(attr.atime);
+            attr.mtime = changes.mtime.or(attr.mtime);
+        }
+        attr
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+            || self.size != self.committed_size
+            || self.truncated
+            || self.pending_create.is_some()
+    }
+
+    /// At most one dirty chunk, none of it uploaded yet (a new file of one chunk).
+    pub fn small(&self) -> bool {
+        self.dirty.len() <= 1 && self.dirty.values().all(|d| d.upload.is_none())
+    }
+
+    /// One dirty chunk, not uploaded yet: a flush seals and commits it in one call.
+    fn single_dirty(&self) -> bool {
+        self.dirty.len() == 1 && self.small()
+    }
+
+    /// Re-reads the committed size and chunk map.
+    async fn refresh(&mut self, shared: &Shared) -> Result<Attr, FsError> {
+        let reply = open_call(shared, self.ino).await?;
+        self.take_committed(shared, reply).await
+    }
+
+    /// Adopts the server's committed state from an `Open` reply (paging in the rest of a
+    /// large file's chunk map).
+    async fn take_committed(&mut self, shared: &Shared, reply: OpenReply) -> Result<Attr, FsError> {
+        let ino = self.ino;
+        let attr = reply.attr.ok_or_else(|| {
+            FsError::local(ErrorKind::Internal, "an open reply without attributes")
+        })?;
+        let mut generations: BTreeMap<u64, u64> = reply
+            .chunks
+            .iter()
+            .map(|c| (c.index, c.generation))
+            .collect();
+        let mut more = reply.more_chunks;
+        while more {
+            let from = generations.keys().next_back().map_or(0, |last| last + 1);
+            let page = shared
+                .remote
+                .call("list_chunks", |mut api| async move {
+                    api.list_chunks(ListChunksRequest {
+                        ino,
+                        from_index: from,
+                        limit: 4096,
+                    })
+                    .await
+                })
+                .await?;
+            generations.extend(page.chunks.iter().map(|c| (c.index, c.generation)));
+            more = page.more && !page.chunks.is_empty();
+        }
+        if !self.is_dirty() {
+            self.size = attr.size;
+        } else if !self.truncated {
+            self.size = self.size.max(attr.size);
+        }
+        self.committed_size = attr.size;
+        self.generations = generations;
+        self.version = attr.version;
+        self.server_attr = Some(attr);
+        self.arrived = reply.small_chunk;
+        Ok(attr)
+    }
+
+    /// Drops dirty state without committing (the file is gone).
+    pub fn discard(&mut self, shared: &Shared) {
+        for (_, dirty) in std::mem::take(&mut self.dirty) {
+            shared.sub_dirty(dirty.data.len());
+        }
+        self.size = self.committed_size;
+        self.truncated = false;
+        self.attr_changes = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge() {
+        let mut ranges = Ranges::default();
+        ranges.add(10, 20);
+        ranges.add(30, 40);
+        ranges.add(15, 32);
+        assert_eq!(ranges.0, vec![(10, 40)]);
+        ranges.add(0, 5);
+        ranges.clip(12);
+        assert_eq!(ranges.0, vec![(0, 5), (10, 12)]);
+    }
+
+    #[test]
+    fn chunk_lengths_follow_the_size() {
+        assert_eq!(last_index(0), None);
+        assert_eq!(last_index(1), Some(0));
+        assert_eq!(last_index(CHUNK), Some(0));
+        assert_eq!(last_index(CHUNK + 1), Some(1));
+        assert_eq!(chunk_len(CHUNK + 5, 0), CHUNK_BYTES);
+        assert_eq!(chunk_len(CHUNK + 5, 1), 5);
+        assert_eq!(chunk_len(CHUNK + 5, 2), 0);
+        assert_eq!(chunk_len(CHUNK, 0), CHUNK_BYTES);
+    }
+
+    #[test]
+    fn generations_always_grow() {
+        let g1 = next_generation(5, 5);
+        let g2 = next_generation(5, g1);
+        assert!(g1 > 5 && g2 > g1);
+        assert_eq!(next_generation(u64::MAX - 1, 0), u64::MAX);
+    }
+}
