@@ -67,7 +67,7 @@ pub struct Shared {
     claims: Option<Arc<Claims>>,
 }
 
-/// A new file not yet created on the server (see `FileState::pending_create`).
+/// A new file not yet created on the server (see `Lifecycle::pending` in `file`).
 #[derive(Clone, Debug)]
 pub struct Pending {
     pub parent: u64,

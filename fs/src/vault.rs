@@ -598,7 +598,7 @@ impl Vault {
                 self.learn_attr(parent);
             }
             if let Some(file) = open {
-                file.lock().await.unlinked = reply.nlink == 0;
+                file.lock().await.life.name_removed(reply.nlink == 0);
             }
             Ok(())
         })
@@ -673,7 +673,7 @@ impl Vault {
             let replaced = reply.replaced_ino;
             if replaced != 0 {
                 match self.open_file(replaced) {
-                    Some(file) => file.lock().await.unlinked = true,
+                    Some(file) => file.lock().await.life.name_removed(true),
                     None => self.release_orphan(replaced).await,
                 }
             }
@@ -837,9 +837,7 @@ impl Vault {
     ) -> (Attr, u64) {
         // A new, empty file: its state is known without asking the server.
         let cipher = self.shared.keys.remember(ino, key);
-        let mut state = FileState::created(ino, cipher, &attr);
-        state.handles = 1;
-        state.pending_create = pending;
+        let state = FileState::created(ino, cipher, &attr, pending);
         let file = Arc::new(tokio::sync::Mutex::new(state));
         self.files
             .lock()
@@ -881,7 +879,7 @@ impl Vault {
     /// Whether the file was closed: its last handle is gone, or a close queued it while a
     /// release is still to come.
     fn closed(&self, state: &FileState) -> bool {
-        state.handles == 0 || self.behind.is_queued(state.ino)
+        state.life.handles() == 0 || self.behind.is_queued(state.ino)
     }
 
     /// Sends what a closed file (its last handle gone, or closed under a lease, see
@@ -893,7 +891,7 @@ impl Vault {
         file: &SharedFile,
         state: &mut FileState,
     ) -> Result<(), FsError> {
-        let sent = if state.unlinked && state.handles == 0 {
+        let sent = if state.life.unlinked() && state.life.handles() == 0 {
             state.discard(&self.shared);
             self.release_orphan(ino).await;
             Ok(())
@@ -924,8 +922,8 @@ impl Vault {
                     alone.push(ino);
                     continue;
                 };
-                if state.handles > 0 || state.retired {
-                    // Opened again: its next close sends it (or queues it again).
+                if !state.life.is_closed() {
+                    // Opened again (its next close sends it, or queues it again), or retired.
                     continue;
                 }
                 match state.creating_put(&self.shared).await {
@@ -947,7 +945,7 @@ impl Vault {
                     continue;
                 };
                 let mut state = file.lock().await;
-                if state.handles > 0 || state.retired {
+                if !state.life.is_closed() {
                     continue;
                 }
                 if let Err(error) = self.send_closed(ino, &file, &mut state).await {
@@ -1061,10 +1059,9 @@ impl Vault {
             };
             let version = {
                 let mut state = file.lock().await;
-                if state.retired {
+                if !state.life.open_handle() {
                     continue;
                 }
-                state.handles += 1;
                 state.version
             };
             return Ok(self.opened(ino, file, version));
@@ -1166,7 +1163,7 @@ impl Vault {
             if !durable && self.defers(&state) {
                 return Ok(());
             }
-            let new_in = state.pending_create.as_ref().map(|c| c.parent);
+            let new_in = state.life.pending().map(|c| c.parent);
             match state.flush(&self.shared, durable).await? {
                 Some(attr) => self.record_commit(&attr, &mut state),
                 // A durable commit covers what came before it; without one, ask.
@@ -1184,7 +1181,7 @@ impl Vault {
     /// [`crate::behind`]): a new file, not on the server yet, of at most 64 KiB, in a
     /// directory this client holds a lease on. If so, the file is queued for the uploader.
     fn defers(&self, state: &FileState) -> bool {
-        let Some(dir) = state.pending_create.as_ref().map(|c| c.parent) else {
+        let Some(dir) = state.life.pending().map(|c| c.parent) else {
             return false;
         };
         if state.size > crate::behind::FILE_BYTES_MAX
@@ -1297,7 +1294,7 @@ impl Vault {
                 continue;
             };
             let mut state = file.lock().await;
-            if !state.retired && self.closed(&state) {
+            if !state.life.is_retired() && self.closed(&state) {
                 self.send_closed(ino, &file, &mut state).await?;
             }
         }
@@ -1313,11 +1310,11 @@ impl Vault {
                 continue;
             };
             let mut state = file.lock().await;
-            if state.retired {
+            if state.life.is_retired() {
                 continue;
             }
             if let Err(error) = self.send_closed(ino, &file, &mut state).await {
-                if state.handles == 0 {
+                if state.life.handles() == 0 {
                     // Queued again if storaged was unreachable.
                     self.not_sent(ino, error.clone());
                 }
@@ -1407,11 +1404,10 @@ impl Vault {
         self.handles.lock().expect("handles poisoned").remove(&fh);
         self.block(async {
             let mut state = file.lock().await;
-            state.handles = state.handles.saturating_sub(1);
-            if state.handles > 0 {
+            if state.life.close_handle() > 0 {
                 return Ok(());
             }
-            if !state.unlinked && self.defers(&state) {
+            if !state.life.unlinked() && self.defers(&state) {
                 return Ok(());
             }
             self.send_closed(ino, &file, &mut state).await
@@ -1420,10 +1416,9 @@ impl Vault {
 
     /// A file with no handle and nothing left to send leaves the open-files table.
     fn retire_if_done(&self, ino: u64, file: &SharedFile, state: &mut FileState) {
-        if state.handles > 0 || state.is_dirty() {
+        if state.is_dirty() || !state.life.retire() {
             return;
         }
-        state.retired = true;
         let mut files = self.files.lock().expect("files poisoned");
         if files.get(&ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
             files.remove(&ino);

@@ -134,6 +134,7 @@ mod tests {
             7,
             crypto::DataKey::generate().chunk_cipher().into(),
             &Attr::default(),
+            None,
         );
         state.attr_changes = Some(SetAttrRequest {
             perm: Some(0o600),

@@ -29,7 +29,7 @@ impl FileState {
         if !self.is_dirty() {
             return self.flush_attr_changes(shared, durable).await;
         }
-        if self.pending_create.is_some() && !self.single_dirty() {
+        if self.life.pending().is_some() && !self.single_dirty() {
             // No chunk to create it with (or several): create it on its own first.
             let created = self.materialize(shared, durable).await?;
             if !self.is_dirty() {

@@ -9,7 +9,7 @@ use crate::error::FsError;
 use crate::shared::Shared;
 
 impl FileState {
-    /// Creates a pending new file on the server now (see `pending_create`). A creation the
+    /// Creates a pending new file on the server now (see `Lifecycle::pending`). A creation the
     /// server refuses (the name was taken meanwhile by another client, the directory went)
     /// drops what was written locally and returns the error.
     pub async fn materialize(
@@ -17,7 +17,7 @@ impl FileState {
         shared: &Shared,
         durable: bool,
     ) -> Result<Option<Attr>, FsError> {
-        let Some(mut request) = self.pending_create.take() else {
+        let Some(mut request) = self.life.pending().cloned() else {
             return Ok(None);
         };
         request.lazy = !durable;
@@ -37,8 +37,9 @@ impl FileState {
     }
 
     /// After the call that carried this file's pending creation (asked for at `asked`; the
-    /// file's attributes it replied with, or its error): it is no longer pending, and a
-    /// refused creation drops what was written (nothing of it exists on the server).
+    /// file's attributes it replied with, or its error): it is no longer pending unless the
+    /// server was not reached, and a refused creation drops what was written (nothing of it
+    /// exists on the server).
     pub(super) fn creation_settled(
         &mut self,
         shared: &Shared,
@@ -55,9 +56,9 @@ impl FileState {
         {
             // The server was not reached (or its answer was lost): the file stays new, and
             // the next flush asks again (one that had reached it finds the name taken).
-            self.pending_create = Some(request.clone());
             return;
         }
+        self.life.creation_settled();
         shared.forget_pending(self.ino);
         if let Err(error) = outcome {
             tracing::error!(

@@ -47,7 +47,7 @@ impl FileState {
         &mut self,
         shared: &Arc<Shared>,
     ) -> Result<Option<InlinePut>, FsError> {
-        if self.pending_create.is_none() || !self.small() {
+        if self.life.pending().is_none() || !self.small() {
             return Ok(None);
         }
         self.shape(shared).await?;
@@ -80,7 +80,7 @@ impl FileState {
             .await
             .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
         let base = dirty.base;
-        let create = self.pending_create.take();
+        let create = self.life.pending().cloned();
         Ok(InlinePut {
             request: PutChunkRequest {
                 ino,

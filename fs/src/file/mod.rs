@@ -14,12 +14,13 @@
 //! This module holds the state and what the others share; [`read`], [`write`] and
 //! [`commit`] the three paths through it, [`inline`] the one-call commit of a single chunk,
 //! [`create`] the creation of a new file on the server, [`attrs`] the attribute changes kept
-//! for a commit.
+//! for a commit, [`lifecycle`] the stages a file goes through in this client.
 
 mod attrs;
 mod commit;
 mod create;
 mod inline;
+mod lifecycle;
 mod read;
 mod write;
 
@@ -38,6 +39,7 @@ use crate::error::FsError;
 use crate::shared::Shared;
 
 pub use inline::InlinePut;
+pub use lifecycle::Lifecycle;
 
 pub const CHUNK: u64 = CHUNK_BYTES as u64;
 
@@ -117,25 +119,20 @@ pub struct FileState {
     generations: BTreeMap<u64, u64>,
     dirty: BTreeMap<u64, Dirty>,
     pub version: u64,
-    pub handles: u32,
-    /// Unlinked while open: released on the server when the last handle closes.
-    pub unlinked: bool,
+    /// Open or closed here, and what the file still needs on the server (see
+    /// [`Lifecycle`]).
+    pub life: Lifecycle,
     /// The index just past the last chunk read, to notice sequential readers.
     next_sequential: u64,
     /// Chunks below this were already read ahead in the current sequential pass.
     prefetched_to: u64,
     /// Another writer's changes were merged into this client's commit since the last one was
-    /// recorded: the kernel's cached pages of the file may lack them.
+    /// recorded: the kernel's cached pages of the file may lack them. A fact about the
+    /// kernel's cache, not the file's lifecycle: it holds in any stage.
     pub merged_foreign: bool,
-    /// The last handle closed and this state left the open-files table: an open that
-    /// finds it must start afresh from the server.
-    pub retired: bool,
     /// A small file's only chunk that came with the last `Open` reply, taken into the cache
     /// by the first read (after the open has settled what the cache may keep).
     arrived: Option<GetChunkReply>,
-    /// A new file this client has not created on the server yet: its first flush creates it
-    /// (with its first chunk, in one commit, when it has one).
-    pub pending_create: Option<CreateRequest>,
     /// The attributes the server gave last (open, creation, commit).
     server_attr: Option<Attr>,
     /// Attribute changes kept for the next commit (see `keep_attr_changes`).
@@ -160,7 +157,6 @@ fn next_generation(base: u64, used: u64) -> u64 {
 }
 
 impl FileState {
-    /// Loads a file's committed state: attributes and chunk generations.
     /// Loads a file's committed state (attributes, chunk generations, key) in one call.
     pub async fn open(shared: &Shared, ino: u64) -> Result<FileState, FsError> {
         let reply = open_call(shared, ino).await?;
@@ -175,9 +171,17 @@ impl FileState {
         self.server_attr
     }
 
-    /// The state of a file this client just created: empty, nothing to ask the server.
-    pub fn created(ino: u64, cipher: Arc<ChunkCipher>, attr: &Attr) -> FileState {
+    /// The state of a file this client just created, open through the create's handle:
+    /// empty, nothing to ask the server. `pending`: the request that creates it on the
+    /// server at its first flush, when the server does not have it yet.
+    pub fn created(
+        ino: u64,
+        cipher: Arc<ChunkCipher>,
+        attr: &Attr,
+        pending: Option<CreateRequest>,
+    ) -> FileState {
         let mut state = FileState::empty(ino, cipher);
+        state.life = Lifecycle::created_here(pending);
         state.version = attr.version;
         state.server_attr = Some(*attr);
         state
@@ -193,14 +197,11 @@ impl FileState {
             generations: BTreeMap::new(),
             dirty: BTreeMap::new(),
             version: 0,
-            handles: 0,
-            unlinked: false,
+            life: Lifecycle::from_server(),
             next_sequential: 0,
             prefetched_to: 0,
             merged_foreign: false,
-            retired: false,
             arrived: None,
-            pending_create: None,
             server_attr: None,
             attr_changes: None,
         }
@@ -231,7 +232,7 @@ impl FileState {
         !self.dirty.is_empty()
             || self.size != self.committed_size
             || self.truncated
-            || self.pending_create.is_some()
+            || self.life.pending().is_some()
     }
 
     /// At most one dirty chunk, none of it uploaded yet (a new file of one chunk).

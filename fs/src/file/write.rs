@@ -91,7 +91,7 @@ impl FileState {
         }
         self.size = self.size.max(end);
         self.forget_kept_mtime();
-        if self.pending_create.is_some() && self.size > CHUNK {
+        if self.life.pending().is_some() && self.size > CHUNK {
             // Full chunks upload before the commit: the file must exist for them.
             self.materialize(shared, false).await?;
         }
