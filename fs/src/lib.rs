@@ -7,7 +7,6 @@
 //! with compare-and-swap); [`shared`] the cache and chunk loading with integrity checks;
 //! [`fuse`] the thin FUSE adapter; [`error::errno`] the one errno mapping.
 
-pub mod behind;
 pub mod cache;
 pub mod claims;
 pub mod config;

@@ -30,7 +30,7 @@ pub struct MountSettings {
     pub limits: Limits,
     /// How long operations wait for an unreachable server before failing.
     pub server_wait: Duration,
-    /// Take directory leases when the server grants them (see `crate::behind`).
+    /// Take directory leases when the server grants them (see `crate::vault::behind`).
     pub leases: bool,
 }
 

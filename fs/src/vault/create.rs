@@ -1,0 +1,205 @@
+//! Creating regular files, and creating new files on the server before anything needs them
+//! there (a new file is created there at its first flush unless something asks first).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crypto::DataKey;
+use proto::v1::{Attr, CreateRequest, FileKind};
+
+use super::{Handle, Vault, stamp};
+use crate::error::FsError;
+use crate::file::FileState;
+
+impl Vault {
+    /// Creates a regular file with a fresh key and opens it.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+        exclusive: bool,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(Attr, u64), FsError> {
+        self.block(async {
+            let ino = loop {
+                let candidate = u64::from_le_bytes(identity::random_bytes());
+                if candidate > 1 {
+                    break candidate;
+                }
+            };
+            let key = DataKey::generate();
+            let wrapped_keys = self.shared.keys.wrap_new_file(ino, &key, parent).await?;
+            // Created on the server at its first flush, with its first chunk (one round trip
+            // for a small file instead of two). O_EXCL asks the server now, its answer atomic
+            // with the open, unless this client holds the directory's lease and knows its
+            // every name: then no other client can take the name before this one is there.
+            let pending = CreateRequest {
+                lazy: true,
+                parent,
+                name: name.to_vec(),
+                perm,
+                uid,
+                gid,
+                ino,
+                wrapped_keys,
+                exclusive: true,
+            };
+            if !exclusive {
+                return Ok(self.created_pending(ino, &key, parent, pending));
+            }
+            if let Some(created) = self.created_exclusive_here(ino, &key, &pending) {
+                return Ok(created);
+            }
+            let asked = Instant::now();
+            let created = self
+                .shared
+                .remote
+                .call("create", |mut api| {
+                    let request = pending.clone();
+                    async move { api.create(request).await }
+                })
+                .await;
+            let reply = created.as_ref().ok();
+            self.shared.dirs().added(parent, name, reply, asked);
+            let attr = created?;
+            self.shared.remember_name(attr.ino, name);
+            self.learn_attr(&attr);
+            self.ask_lease(parent);
+            if attr.ino != ino {
+                // Not exclusive, and the name existed: open that file as it is.
+                let fh = self.open_async(attr.ino).await?.0;
+                return Ok((attr, fh));
+            }
+            Ok(self.created_known(ino, &key, attr, None))
+        })
+    }
+
+    /// A new file to be created on the server at its first flush, with the attributes the
+    /// server will give it.
+    fn created_pending(
+        &self,
+        ino: u64,
+        key: &DataKey,
+        parent: u64,
+        request: CreateRequest,
+    ) -> (Attr, u64) {
+        let attr = self.new_file_attr(ino, &request);
+        self.shared.add_pending(
+            ino,
+            crate::shared::Pending {
+                parent,
+                name: request.name.clone(),
+                attr,
+            },
+        );
+        self.created_known(ino, key, attr, Some(request))
+    }
+
+    /// An `O_EXCL` create decided here (see `create`): only under the directory's lease, in
+    /// a directory whose every name this client knows (proven after the grant), for a name
+    /// absent there and not pending. The file is pending and open before the lease can be
+    /// recalled, so a recall's drain creates it on the server before anyone else may ask for
+    /// the name.
+    fn created_exclusive_here(
+        &self,
+        ino: u64,
+        key: &DataKey,
+        request: &CreateRequest,
+    ) -> Option<(Attr, u64)> {
+        let (parent, name) = (request.parent, &request.name);
+        let mut created = None;
+        self.behind.while_held(parent, || {
+            let free = self.shared.dirs().absent(parent, name, Instant::now())
+                && self.shared.pending_named(parent, name).is_none();
+            if free {
+                created = Some(self.created_pending(ino, key, parent, request.clone()));
+            }
+            free
+        });
+        created.inspect(|_| self.shared.remember_name(ino, name))
+    }
+
+    /// The attributes the server will give a new file it creates from `request`.
+    fn new_file_attr(&self, ino: u64, request: &CreateRequest) -> Attr {
+        let now = Some(stamp(std::time::SystemTime::now()));
+        Attr {
+            ino,
+            kind: FileKind::Regular as i32,
+            perm: request.perm & 0o7777,
+            uid: request.uid,
+            gid: request.gid,
+            nlink: 1,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+            owner: self.shared.keys.uid(),
+            version: 1,
+            may_read: true,
+            may_write: true,
+            parent_version: 0,
+        }
+    }
+
+    /// A new file this client made: created on the server already (`pending` is none), or
+    /// waiting for its first flush.
+    fn created_known(
+        &self,
+        ino: u64,
+        key: &DataKey,
+        attr: Attr,
+        pending: Option<CreateRequest>,
+    ) -> (Attr, u64) {
+        // A new, empty file: its state is known without asking the server.
+        let cipher = self.shared.keys.remember(ino, key);
+        let state = FileState::created(ino, cipher, &attr, pending);
+        let file = Arc::new(tokio::sync::Mutex::new(state));
+        self.files
+            .lock()
+            .expect("files poisoned")
+            .insert(ino, file.clone());
+        self.versions
+            .lock()
+            .expect("versions poisoned")
+            .insert(ino, attr.version);
+        self.learn_attr(&attr);
+        (
+            attr,
+            self.add_handle(Handle::File {
+                ino,
+                file,
+                setid_checked: false,
+            }),
+        )
+    }
+
+    /// Creates a pending new file on the server now, before anything that needs it there.
+    pub(super) async fn materialize(&self, ino: u64) -> Result<(), FsError> {
+        if self.shared.pending_attr(ino).is_none() {
+            return Ok(());
+        }
+        if let Some(file) = self.open_file(ino) {
+            let mut state = file.lock().await;
+            if self.closed(&state) {
+                // Closed, and queued for the uploader: send it whole now.
+                return self.send_closed(ino, &file, &mut state).await;
+            }
+            if let Some(attr) = state.materialize(&self.shared, false).await? {
+                self.record_commit(&attr, &mut state);
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates every pending new file in `parent` (or everywhere) on the server now: before
+    /// listing, renaming or removing names there.
+    pub(super) async fn materialize_in(&self, parent: Option<u64>) -> Result<(), FsError> {
+        for ino in self.shared.pending_in(parent) {
+            self.materialize(ino).await?;
+        }
+        Ok(())
+    }
+}

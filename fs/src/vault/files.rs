@@ -1,0 +1,236 @@
+//! Open files: open (with close-to-open revalidation), read, write, flush, fsync, release,
+//! and flushing everything at unmount.
+
+use std::sync::Arc;
+
+use proto::ErrorKind;
+use proto::v1::SyncRequest;
+
+use super::{Changes, Handle, OPEN_ATTEMPTS, SharedFile, Vault};
+use crate::error::FsError;
+use crate::file::FileState;
+
+impl Vault {
+    /// Opens a file: revalidates it against the server (close-to-open consistency) and says
+    /// whether the kernel may keep its cached pages.
+    pub fn open(&self, ino: u64) -> Result<(u64, bool), FsError> {
+        self.block(self.open_async(ino))
+    }
+
+    pub(super) async fn open_async(&self, ino: u64) -> Result<(u64, bool), FsError> {
+        // A release racing with this open may retire the state found in the table; it
+        // leaves the table first, so a second look finds a fresh one.
+        for _ in 0..OPEN_ATTEMPTS {
+            let existing = self.open_file(ino);
+            let file = match existing {
+                Some(file) => file,
+                None => {
+                    let state = FileState::open(&self.shared, ino).await?;
+                    if let Some(attr) = state.server_attr() {
+                        self.kernel_catches_up(&attr);
+                        // As fresh as a getattr now: the kernel asks for them next.
+                        self.learn_attr(&attr);
+                    }
+                    let file = Arc::new(tokio::sync::Mutex::new(state));
+                    self.files
+                        .lock()
+                        .expect("files poisoned")
+                        .entry(ino)
+                        .or_insert(file)
+                        .clone()
+                }
+            };
+            let version = {
+                let mut state = file.lock().await;
+                if !state.life.open_handle() {
+                    continue;
+                }
+                state.version
+            };
+            return Ok(self.opened(ino, file, version));
+        }
+        Err(FsError::local(
+            ErrorKind::Internal,
+            format!("file {ino:016x} kept closing while being opened"),
+        ))
+    }
+
+    /// Registers a handle on a file just opened; says whether the kernel may keep its pages.
+    fn opened(&self, ino: u64, file: SharedFile, version: u64) -> (u64, bool) {
+        let previous = self
+            .versions
+            .lock()
+            .expect("versions poisoned")
+            .insert(ino, version);
+        let stale = self
+            .stale_pages
+            .lock()
+            .expect("stale pages poisoned")
+            .remove(&ino);
+        let keep_cache = previous == Some(version) && !stale;
+        if !keep_cache {
+            self.shared
+                .cache
+                .lock()
+                .expect("cache poisoned")
+                .forget_file(ino);
+        }
+        (
+            self.add_handle(Handle::File {
+                ino,
+                file,
+                setid_checked: false,
+            }),
+            keep_cache,
+        )
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<bytes::Bytes, FsError> {
+        let (_, file) = self.file_of(fh)?;
+        self.block(async { file.lock().await.read(&self.shared, offset, size).await })
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, FsError> {
+        let (_, file) = self.file_of(fh)?;
+        self.block(async { file.lock().await.write(&self.shared, offset, data).await })?;
+        Ok(data.len())
+    }
+
+    /// A write by a user without CAP_FSETID drops the file's set-user-ID bit, and its
+    /// set-group-ID bit when group execution is allowed (what the kernel does itself for
+    /// writes through its page cache; for direct writes it leaves it to the filesystem). Checked
+    /// once per open file.
+    pub fn drop_setid_bits(&self, fh: u64) -> Result<(), FsError> {
+        let ino = match self.handles.lock().expect("handles poisoned").get_mut(&fh) {
+            Some(Handle::File {
+                ino, setid_checked, ..
+            }) if !*setid_checked => {
+                *setid_checked = true;
+                *ino
+            }
+            _ => return Ok(()),
+        };
+        let perm = self.getattr(ino)?.perm & 0o7777;
+        let cleared = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
+        if perm & cleared == 0 {
+            return Ok(());
+        }
+        let changes = Changes {
+            perm: Some(perm & !cleared),
+            ..Changes::default()
+        };
+        self.setattr(ino, &changes).map(|_| ())
+    }
+
+    /// close(2): everything written through this file becomes current on the server, seen by
+    /// every later open (close-to-open consistency).
+    pub fn flush(&self, fh: u64) -> Result<(), FsError> {
+        self.flush_as(fh, false)
+    }
+
+    /// fsync(2): as close, and durable on the server, with every change this client made
+    /// before (the file's creation and name among them).
+    pub fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        self.flush_as(fh, true)
+    }
+
+    fn flush_as(&self, fh: u64, durable: bool) -> Result<(), FsError> {
+        let (ino, file) = self.file_of(fh)?;
+        self.block(async {
+            if durable {
+                // The files this client closed before are on the server before the durable
+                // commit that covers them.
+                self.send_closed_except(ino).await?;
+            }
+            let mut state = file.lock().await;
+            if !durable && self.defers(&state) {
+                return Ok(());
+            }
+            let new_in = state.life.pending().map(|c| c.parent);
+            match state.flush(&self.shared, durable).await? {
+                Some(attr) => self.record_commit(&attr, &mut state),
+                // A durable commit covers what came before it; without one, ask.
+                None if durable => self.sync_async().await?,
+                None => {}
+            }
+            if let Some(dir) = new_in {
+                self.ask_lease(dir);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn release(&self, fh: u64) -> Result<(), FsError> {
+        let (ino, file) = self.file_of(fh)?;
+        self.handles.lock().expect("handles poisoned").remove(&fh);
+        self.block(async {
+            let mut state = file.lock().await;
+            if state.life.close_handle() > 0 {
+                return Ok(());
+            }
+            if !state.life.unlinked() && self.defers(&state) {
+                return Ok(());
+            }
+            self.send_closed(ino, &file, &mut state).await
+        })
+    }
+
+    /// A file with no handle and nothing left to send leaves the open-files table.
+    pub(super) fn retire_if_done(&self, ino: u64, file: &SharedFile, state: &mut FileState) {
+        if state.is_dirty() || !state.life.retire() {
+            return;
+        }
+        let mut files = self.files.lock().expect("files poisoned");
+        if files.get(&ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
+            files.remove(&ino);
+        }
+    }
+
+    /// fsyncdir(2), and fsync(2) with nothing left to commit: every change acknowledged so far
+    /// becomes durable.
+    pub fn sync(&self) -> Result<(), FsError> {
+        self.block(self.sync_async())
+    }
+
+    async fn sync_async(&self) -> Result<(), FsError> {
+        // New files not created on the server yet are created first, so they are covered.
+        self.materialize_in(None).await?;
+        self.shared
+            .remote
+            .call(
+                "sync",
+                |mut api| async move { api.sync(SyncRequest {}).await },
+            )
+            .await
+            .map(drop)
+    }
+
+    /// Flushes every file with dirty data and makes it all durable (unmount, shutdown). Waits
+    /// for an unreachable server once in all, not once per call: after one wait, what is left
+    /// fails at once.
+    pub fn flush_all(&self) -> Result<(), FsError> {
+        self.behind.stop();
+        self.shared.remote.shutting_down();
+        let files: Vec<(u64, SharedFile)> = self
+            .files
+            .lock()
+            .expect("files poisoned")
+            .iter()
+            .map(|(&ino, file)| (ino, file.clone()))
+            .collect();
+        let mut first_error = None;
+        for (ino, file) in files {
+            let outcome = self.block(async { file.lock().await.flush(&self.shared, false).await });
+            if let Err(error) = outcome {
+                let file = self.shared.name_of(ino);
+                tracing::error!(%error, file, "could not flush a file at unmount");
+                first_error.get_or_insert(error);
+            }
+        }
+        if let Err(error) = self.sync() {
+            tracing::error!(%error, "could not make the changes durable at unmount");
+            first_error.get_or_insert(error);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,115 @@
+//! Directory listings: `opendir`'s snapshot for `readdir`, and the listing that lets lookups
+//! of a busy directory be answered here (see [`crate::dirs`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use proto::ErrorKind;
+use proto::v1::{Attr, GetAttrRequest, ReadDirRequest};
+
+use super::{Handle, Listing, READDIR_ENTRIES_MAX, READDIR_PAGE, Vault};
+use crate::error::FsError;
+use crate::shared::Shared;
+
+/// The entries of `dir` with their attributes, page by page, up to about `max`; whether that
+/// was all.
+async fn read_dir(
+    shared: &Shared,
+    dir: u64,
+    max: usize,
+) -> Result<(Vec<(Vec<u8>, Attr)>, bool), FsError> {
+    let mut entries = Vec::new();
+    let mut after = Vec::new();
+    loop {
+        let page = shared
+            .remote
+            .call("read_dir", |mut api| {
+                let after = after.clone();
+                async move {
+                    api.read_dir(ReadDirRequest {
+                        ino: dir,
+                        after,
+                        limit: READDIR_PAGE,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        after = page
+            .entries
+            .last()
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
+        entries.extend(
+            page.entries
+                .into_iter()
+                .filter_map(|e| Some((e.name, e.attr?))),
+        );
+        if !page.more || entries.len() >= max {
+            return Ok((entries, !page.more));
+        }
+    }
+}
+
+/// Lists `dir` so that the next lookups there are answered here (see `dirs`): its attributes
+/// before and after must show one version, or the listing is not used.
+pub(super) async fn list_for_lookups(shared: &Shared, dir: u64) -> Result<(), FsError> {
+    let asked = Instant::now();
+    let changes = shared.remote.changes();
+    let get_attr = || {
+        shared.remote.call("get_attr", |mut api| async move {
+            api.get_attr(GetAttrRequest { ino: dir }).await
+        })
+    };
+    let before = get_attr().await?;
+    if !before.may_read {
+        return Ok(());
+    }
+    let (entries, whole) = read_dir(shared, dir, crate::dirs::LISTED_ENTRIES_MAX + 1).await?;
+    if !whole || get_attr().await?.version != before.version {
+        return Ok(());
+    }
+    let mut dirs = shared.dirs();
+    dirs.listed(&before, entries, asked, changes, shared.remote.changes());
+    Ok(())
+}
+
+impl Vault {
+    /// Snapshots a directory listing for `readdir`.
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let mut listing = Vec::new();
+        let mut changes = 0;
+        self.block(async {
+            self.materialize_in(Some(ino)).await?;
+            changes = self.shared.remote.changes();
+            let (entries, _) = read_dir(&self.shared, ino, READDIR_ENTRIES_MAX).await?;
+            for (name, attr) in entries {
+                listing.push((name, self.local_view(attr).await));
+            }
+            Ok::<(), FsError>(())
+        })?;
+        Ok(self.add_handle(Handle::Dir {
+            listing: Arc::new(listing),
+            changes,
+        }))
+    }
+
+    /// The snapshot taken at `opendir`, and whether its attributes are still current: nothing
+    /// was changed through this client since (another client's change shows after the attribute
+    /// timeout, as with lookups).
+    pub fn listing(&self, fh: u64) -> Result<(Listing, bool), FsError> {
+        match self.handles.lock().expect("handles poisoned").get(&fh) {
+            Some(Handle::Dir { listing, changes }) => {
+                Ok((listing.clone(), *changes == self.shared.remote.changes()))
+            }
+            _ => Err(FsError::local(
+                ErrorKind::Invalid,
+                format!("no open directory handle {fh}"),
+            )),
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.lock().expect("handles poisoned").remove(&fh);
+    }
+}

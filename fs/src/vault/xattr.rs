@@ -1,0 +1,78 @@
+//! Extended attributes: a new file has none yet, and a change creates it on the server first.
+
+use proto::ErrorKind;
+use proto::v1::{GetXattrRequest, ListXattrRequest, RemoveXattrRequest, SetXattrRequest};
+
+use super::Vault;
+use crate::error::FsError;
+
+impl Vault {
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        create_only: bool,
+        replace_only: bool,
+    ) -> Result<(), FsError> {
+        self.attrs.lock().expect("attrs poisoned").clear();
+        self.block(self.materialize(ino))?;
+        let (name, value) = (name.to_vec(), value.to_vec());
+        self.block(self.shared.remote.call("set_xattr", |mut api| {
+            let (name, value) = (name.clone(), value.clone());
+            async move {
+                api.set_xattr(SetXattrRequest {
+                    lazy: true,
+                    ino,
+                    name,
+                    value,
+                    create_only,
+                    replace_only,
+                })
+                .await
+            }
+        }))
+        .map(drop)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        if self.shared.pending_attr(ino).is_some() {
+            // A new file has no attributes yet (and asking must not create it).
+            return Err(FsError::local(ErrorKind::NoData, "no such attribute"));
+        }
+        let name = name.to_vec();
+        self.block(self.shared.remote.call("get_xattr", |mut api| {
+            let name = name.clone();
+            async move { api.get_xattr(GetXattrRequest { ino, name }).await }
+        }))
+        .map(|r| r.value)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
+        if self.shared.pending_attr(ino).is_some() {
+            return Ok(Vec::new());
+        }
+        self.block(self.shared.remote.call("list_xattr", |mut api| async move {
+            api.list_xattr(ListXattrRequest { ino }).await
+        }))
+        .map(|r| r.names)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
+        self.attrs.lock().expect("attrs poisoned").clear();
+        self.block(self.materialize(ino))?;
+        let name = name.to_vec();
+        self.block(self.shared.remote.call("remove_xattr", |mut api| {
+            let name = name.clone();
+            async move {
+                api.remove_xattr(RemoveXattrRequest {
+                    lazy: true,
+                    ino,
+                    name,
+                })
+                .await
+            }
+        }))
+        .map(drop)
+    }
+}
