@@ -164,6 +164,15 @@ macro_rules! allowed_or_reply {
     };
 }
 
+/// The session's notifier tells the kernel what the vault finds stale.
+impl crate::vault::Notifier for fuser::Notifier {
+    fn drop_attributes(&self, ino: u64) -> std::io::Result<()> {
+        // Attributes only (a negative offset). Safe inside an open: the kernel takes no lock
+        // of the inode for it.
+        self.inval_inode(INodeNo(ino), -1, 0)
+    }
+}
+
 impl VaultFs {
     /// `attr` for a reply: the vault notes which version the kernel now keeps.
     fn kernel_attr(&self, attr: &Attr) -> FileAttr {

@@ -100,7 +100,7 @@ impl FileState {
         })
     }
 
-    /// The outcome of a put from [`FileState::seal_inline`]: the file's attributes after it.
+    /// The outcome of a put from `FileState::seal_inline`: the file's attributes after it.
     pub fn inline_done(
         &mut self,
         shared: &Arc<Shared>,

@@ -11,10 +11,10 @@
 //! times, owner and mode before they close it) are kept here and go with that commit too,
 //! instead of a round trip each; this mount shows them at once.
 //!
-//! This module holds the state and what the others share; [`read`], [`write`] and
-//! [`commit`] the three paths through it, [`inline`] the one-call commit of a single chunk,
-//! [`create`] the creation of a new file on the server, [`attrs`] the attribute changes kept
-//! for a commit, [`lifecycle`] the stages a file goes through in this client.
+//! This module holds the state and what the others share; `read`, `write` and
+//! `commit` the three paths through it, `inline` the one-call commit of a single chunk,
+//! `create` the creation of a new file on the server, `attrs` the attribute changes kept
+//! for a commit, `lifecycle` the stages a file goes through in this client.
 
 mod attrs;
 mod commit;

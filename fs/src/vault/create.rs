@@ -7,7 +7,8 @@ use std::time::Instant;
 use crypto::DataKey;
 use proto::v1::{Attr, CreateRequest, FileKind};
 
-use super::{Handle, Vault, stamp};
+use super::table::Opened;
+use super::{Vault, stamp};
 use crate::error::FsError;
 use crate::file::FileState;
 
@@ -65,7 +66,7 @@ impl Vault {
             self.shared.dirs().added(parent, name, reply, asked);
             let attr = created?;
             self.shared.remember_name(attr.ino, name);
-            self.learn_attr(&attr);
+            self.coherence.learn(&attr);
             self.ask_lease(parent);
             if attr.ino != ino {
                 // Not exclusive, and the name existed: open that file as it is.
@@ -111,8 +112,9 @@ impl Vault {
         let (parent, name) = (request.parent, &request.name);
         let mut created = None;
         self.behind.while_held(parent, || {
-            let free = self.shared.dirs().absent(parent, name, Instant::now())
-                && self.shared.pending_named(parent, name).is_none();
+            // One lock after the other (both are leaves of the lock order).
+            let absent = self.shared.dirs().absent(parent, name, Instant::now());
+            let free = absent && self.shared.pending_named(parent, name).is_none();
             if free {
                 created = Some(self.created_pending(ino, key, parent, request.clone()));
             }
@@ -157,18 +159,11 @@ impl Vault {
         let cipher = self.shared.keys.remember(ino, key);
         let state = FileState::created(ino, cipher, &attr, pending);
         let file = Arc::new(tokio::sync::Mutex::new(state));
-        self.files
-            .lock()
-            .expect("files poisoned")
-            .insert(ino, file.clone());
-        self.versions
-            .lock()
-            .expect("versions poisoned")
-            .insert(ino, attr.version);
-        self.learn_attr(&attr);
+        self.table.insert_file(ino, file.clone());
+        self.coherence.committed(&attr, false);
         (
             attr,
-            self.add_handle(Handle::File {
+            self.table.add_handle(Opened::File {
                 ino,
                 file,
                 setid_checked: false,
@@ -181,7 +176,7 @@ impl Vault {
         if self.shared.pending_attr(ino).is_none() {
             return Ok(());
         }
-        if let Some(file) = self.open_file(ino) {
+        if let Some(file) = self.table.file(ino) {
             let mut state = file.lock().await;
             if self.closed(&state) {
                 // Closed, and queued for the uploader: send it whole now.

@@ -6,9 +6,13 @@ use std::sync::Arc;
 use proto::ErrorKind;
 use proto::v1::SyncRequest;
 
-use super::{Changes, Handle, OPEN_ATTEMPTS, SharedFile, Vault};
+use super::table::{Opened, SharedFile};
+use super::{Changes, Vault};
 use crate::error::FsError;
 use crate::file::FileState;
+
+/// How often an open retries when the state it found was retired by a racing release.
+const OPEN_ATTEMPTS: usize = 8;
 
 impl Vault {
     /// Opens a file: revalidates it against the server (close-to-open consistency) and says
@@ -21,23 +25,18 @@ impl Vault {
         // A release racing with this open may retire the state found in the table; it
         // leaves the table first, so a second look finds a fresh one.
         for _ in 0..OPEN_ATTEMPTS {
-            let existing = self.open_file(ino);
+            let existing = self.table.file(ino);
             let file = match existing {
                 Some(file) => file,
                 None => {
                     let state = FileState::open(&self.shared, ino).await?;
                     if let Some(attr) = state.server_attr() {
-                        self.kernel_catches_up(&attr);
+                        self.coherence.kernel_catches_up(&attr);
                         // As fresh as a getattr now: the kernel asks for them next.
-                        self.learn_attr(&attr);
+                        self.coherence.learn(&attr);
                     }
                     let file = Arc::new(tokio::sync::Mutex::new(state));
-                    self.files
-                        .lock()
-                        .expect("files poisoned")
-                        .entry(ino)
-                        .or_insert(file)
-                        .clone()
+                    self.table.file_or_insert(ino, file)
                 }
             };
             let version = {
@@ -57,17 +56,7 @@ impl Vault {
 
     /// Registers a handle on a file just opened; says whether the kernel may keep its pages.
     fn opened(&self, ino: u64, file: SharedFile, version: u64) -> (u64, bool) {
-        let previous = self
-            .versions
-            .lock()
-            .expect("versions poisoned")
-            .insert(ino, version);
-        let stale = self
-            .stale_pages
-            .lock()
-            .expect("stale pages poisoned")
-            .remove(&ino);
-        let keep_cache = previous == Some(version) && !stale;
+        let keep_cache = self.coherence.opened(ino, version);
         if !keep_cache {
             self.shared
                 .cache
@@ -76,7 +65,7 @@ impl Vault {
                 .forget_file(ino);
         }
         (
-            self.add_handle(Handle::File {
+            self.table.add_handle(Opened::File {
                 ino,
                 file,
                 setid_checked: false,
@@ -86,12 +75,12 @@ impl Vault {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<bytes::Bytes, FsError> {
-        let (_, file) = self.file_of(fh)?;
+        let (_, file) = self.table.file_of(fh)?;
         self.block(async { file.lock().await.read(&self.shared, offset, size).await })
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, FsError> {
-        let (_, file) = self.file_of(fh)?;
+        let (_, file) = self.table.file_of(fh)?;
         self.block(async { file.lock().await.write(&self.shared, offset, data).await })?;
         Ok(data.len())
     }
@@ -101,14 +90,8 @@ impl Vault {
     /// writes through its page cache; for direct writes it leaves it to the filesystem). Checked
     /// once per open file.
     pub fn drop_setid_bits(&self, fh: u64) -> Result<(), FsError> {
-        let ino = match self.handles.lock().expect("handles poisoned").get_mut(&fh) {
-            Some(Handle::File {
-                ino, setid_checked, ..
-            }) if !*setid_checked => {
-                *setid_checked = true;
-                *ino
-            }
-            _ => return Ok(()),
+        let Some(ino) = self.table.check_setid_once(fh) else {
+            return Ok(());
         };
         let perm = self.getattr(ino)?.perm & 0o7777;
         let cleared = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
@@ -135,23 +118,29 @@ impl Vault {
     }
 
     fn flush_as(&self, fh: u64, durable: bool) -> Result<(), FsError> {
-        let (ino, file) = self.file_of(fh)?;
+        let (ino, file) = self.table.file_of(fh)?;
         self.block(async {
             if durable {
                 // The files this client closed before are on the server before the durable
                 // commit that covers them.
                 self.send_closed_except(ino).await?;
             }
-            let mut state = file.lock().await;
-            if !durable && self.defers(&state) {
-                return Ok(());
-            }
-            let new_in = state.life.pending().map(|c| c.parent);
-            match state.flush(&self.shared, durable).await? {
-                Some(attr) => self.record_commit(&attr, &mut state),
-                // A durable commit covers what came before it; without one, ask.
-                None if durable => self.sync_async().await?,
-                None => {}
+            let (committed, new_in) = {
+                let mut state = file.lock().await;
+                if !durable && self.defers(&state) {
+                    return Ok(());
+                }
+                let new_in = state.life.pending().map(|c| c.parent);
+                let committed = state.flush(&self.shared, durable).await?;
+                if let Some(attr) = &committed {
+                    self.record_commit(attr, &mut state);
+                }
+                (committed.is_some(), new_in)
+            };
+            // A durable commit covers what came before it; without one, ask. With the file let
+            // go: the other new files are created first, each under its own lock.
+            if durable && !committed {
+                self.sync_async().await?;
             }
             if let Some(dir) = new_in {
                 self.ask_lease(dir);
@@ -161,8 +150,8 @@ impl Vault {
     }
 
     pub fn release(&self, fh: u64) -> Result<(), FsError> {
-        let (ino, file) = self.file_of(fh)?;
-        self.handles.lock().expect("handles poisoned").remove(&fh);
+        let (ino, file) = self.table.file_of(fh)?;
+        self.table.remove_handle(fh);
         self.block(async {
             let mut state = file.lock().await;
             if state.life.close_handle() > 0 {
@@ -180,10 +169,7 @@ impl Vault {
         if state.is_dirty() || !state.life.retire() {
             return;
         }
-        let mut files = self.files.lock().expect("files poisoned");
-        if files.get(&ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
-            files.remove(&ino);
-        }
+        self.table.remove_file(ino, file);
     }
 
     /// fsyncdir(2), and fsync(2) with nothing left to commit: every change acknowledged so far
@@ -211,15 +197,8 @@ impl Vault {
     pub fn flush_all(&self) -> Result<(), FsError> {
         self.behind.stop();
         self.shared.remote.shutting_down();
-        let files: Vec<(u64, SharedFile)> = self
-            .files
-            .lock()
-            .expect("files poisoned")
-            .iter()
-            .map(|(&ino, file)| (ino, file.clone()))
-            .collect();
         let mut first_error = None;
-        for (ino, file) in files {
+        for (ino, file) in self.table.files() {
             let outcome = self.block(async { file.lock().await.flush(&self.shared, false).await });
             if let Err(error) = outcome {
                 let file = self.shared.name_of(ino);

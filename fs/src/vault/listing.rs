@@ -4,12 +4,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use proto::ErrorKind;
 use proto::v1::{Attr, GetAttrRequest, ReadDirRequest};
 
-use super::{Handle, Listing, READDIR_ENTRIES_MAX, READDIR_PAGE, Vault};
+use super::table::Opened;
+use super::{Listing, Vault};
 use crate::error::FsError;
 use crate::shared::Shared;
+
+/// Readdir pages fetched from the server at once.
+const READDIR_PAGE: u32 = 1024;
+/// A directory larger than this is listed only this far (each `opendir` snapshots it).
+const READDIR_ENTRIES_MAX: usize = 1_000_000;
 
 /// The entries of `dir` with their attributes, page by page, up to about `max`; whether that
 /// was all.
@@ -88,7 +93,7 @@ impl Vault {
             }
             Ok::<(), FsError>(())
         })?;
-        Ok(self.add_handle(Handle::Dir {
+        Ok(self.table.add_handle(Opened::Dir {
             listing: Arc::new(listing),
             changes,
         }))
@@ -98,18 +103,11 @@ impl Vault {
     /// was changed through this client since (another client's change shows after the attribute
     /// timeout, as with lookups).
     pub fn listing(&self, fh: u64) -> Result<(Listing, bool), FsError> {
-        match self.handles.lock().expect("handles poisoned").get(&fh) {
-            Some(Handle::Dir { listing, changes }) => {
-                Ok((listing.clone(), *changes == self.shared.remote.changes()))
-            }
-            _ => Err(FsError::local(
-                ErrorKind::Invalid,
-                format!("no open directory handle {fh}"),
-            )),
-        }
+        let (listing, changes) = self.table.listing_of(fh)?;
+        Ok((listing, changes == self.shared.remote.changes()))
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.handles.lock().expect("handles poisoned").remove(&fh);
+        self.table.remove_handle(fh);
     }
 }

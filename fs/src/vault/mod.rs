@@ -5,17 +5,44 @@
 //! calling thread (`remote::drive`); background work (uploads, read-ahead) runs on the
 //! mount's async runtime ([`Shared::spawn`]).
 //!
-//! By concern: [`namespace`] (lookups, attributes, names), [`listing`] (directory
-//! listings), [`create`] (new files, and creating them on the server), [`files`] (open files:
-//! reads, writes, flushes, releases), [`uploader`] and [`leases`] (closing new files under
-//! directory leases, see [`behind`]), [`coherence`] (what the kernel keeps), [`xattr`].
+//! By concern: `namespace` (lookups, attributes, names), `listing` (directory
+//! listings), `create` (new files, and creating them on the server), `files` (open files:
+//! reads, writes, flushes, releases), `uploader` and `leases` (closing new files under
+//! directory leases, see [`behind`]), `coherence` (what the kernel keeps), `xattr`;
+//! `table` holds the open files and handles.
+//!
+//! # Lock order
+//!
+//! A thread takes locks only downwards in this list. A *leaf* is never held while any other
+//! lock is taken, and no `std` mutex is held across an `.await` or a call to the server.
+//!
+//! 1. **A file's state** (`FileState`, an async mutex; `table::SharedFile`): held across the
+//!    calls to the server that open, flush or create the file, and may take anything below.
+//!    A thread holds one at a time and never waits for another file's while holding one
+//!    (`files::flush_as` lets its file go before `sync_async` creates the others). Only the
+//!    uploader (`uploader::send_queued`) holds several, each taken with `try_lock`.
+//! 2. **A chunk's load lock** (`Shared::load`, async): held across that chunk's fetch; takes
+//!    only leaves (the cache, the loads table, names, the descriptor claims).
+//! 3. **The lease table** (`Behind`'s leases): held while `Behind::while_held` runs its
+//!    work, which takes only what follows: `Behind::may_defer` the queue (4), and deciding an
+//!    `O_EXCL` create here (`create::created_exclusive_here`) the known directories, pending
+//!    files, keys, the open-files table and coherence (5 to 9) one after the other, so that
+//!    the file is pending and open before a recall's drain can start.
+//! 4. **The uploader's queue** (`Behind`'s queue; the uploader waits on it): leaf.
+//! 5. **Known directories** (`Shared::dirs`, `KnownDirs`): leaf (it reads the change count,
+//!    an atomic).
+//! 6. **Pending new files** (`Shared`'s pending table): leaf.
+//! 7. **Keys' caches** (`Keys`): leaves (its refiller lock only starts or wakes its thread).
+//! 8. **The open-files table** (`table::OpenTable`): leaf.
+//! 9. **Coherence** (`coherence::Coherence`: pages, kernel attributes, fresh attributes):
+//!    leaves; the kernel is told to drop attributes with none held.
+//! 10. **Shared's other tables** (the chunk cache, the loads table, names), the descriptor
+//!     claims and the remote's re-login lock: leaves.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
-use proto::ErrorKind;
 use proto::v1::{Attr, Timestamp};
 
 pub mod behind;
@@ -25,37 +52,19 @@ mod files;
 mod leases;
 mod listing;
 mod namespace;
+mod table;
 mod uploader;
 mod xattr;
 
 use self::behind::Behind;
-use crate::error::FsError;
-use crate::file::FileState;
+use self::coherence::Coherence;
+use self::table::{OpenTable, SharedFile};
 use crate::shared::Shared;
 
-type SharedFile = Arc<tokio::sync::Mutex<FileState>>;
+pub use self::coherence::Notifier;
+
 /// A directory's entries with their attributes, as `opendir` saw them.
 pub type Listing = Arc<Vec<(Vec<u8>, Attr)>>;
-
-/// Readdir pages fetched from the server at once.
-const READDIR_PAGE: u32 = 1024;
-/// A directory larger than this is listed only this far (each `opendir` snapshots it).
-const READDIR_ENTRIES_MAX: usize = 1_000_000;
-
-#[derive(Debug)]
-enum Handle {
-    File {
-        ino: u64,
-        file: SharedFile,
-        /// Set-ID bits were checked for a write by a user without CAP_FSETID.
-        setid_checked: bool,
-    },
-    Dir {
-        listing: Listing,
-        /// `Remote::changes` before the listing was read.
-        changes: u64,
-    },
-}
 
 /// What `setattr` may change.
 #[derive(Clone, Debug, Default)]
@@ -81,26 +90,16 @@ pub enum RenameMode {
 #[derive(Debug)]
 pub struct Vault {
     shared: Arc<Shared>,
-    files: Mutex<HashMap<u64, SharedFile>>,
-    handles: Mutex<HashMap<u64, Handle>>,
-    next_handle: AtomicU64,
-    /// The inode version each file had when this client last read or wrote it.
-    versions: Mutex<HashMap<u64, u64>>,
-    /// Files whose pages in the kernel's cache may lack another writer's merged changes.
-    stale_pages: Mutex<std::collections::HashSet<u64>>,
-    /// Attributes from this client's own latest commits, trusted for a moment.
-    attrs: Mutex<HashMap<u64, (std::time::Instant, Attr)>>,
-    /// The inode version of the attributes the kernel was last given for each inode (it keeps
-    /// them for `fuse::TTL`).
-    kernel_versions: Mutex<HashMap<u64, u64>>,
-    /// Tells the kernel to drop attributes it keeps (set once the session exists).
-    notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// Open files, and what the kernel's handles stand for.
+    table: OpenTable,
+    /// What the kernel's caches hold, and the attributes this client learnt moments ago.
+    coherence: Coherence,
     /// New files closed under a directory lease, waiting for the uploader.
     behind: Behind,
     /// This vault, for its background work (set by [`Vault::start_behind`]).
-    me: std::sync::OnceLock<std::sync::Weak<Vault>>,
+    me: OnceLock<Weak<Vault>>,
     /// Listening for storaged's recalls: only then may this client hold leases.
-    hearing: std::sync::atomic::AtomicBool,
+    hearing: AtomicBool,
 }
 
 /// A time as the wire carries it.
@@ -114,29 +113,15 @@ pub fn stamp(time: std::time::SystemTime) -> Timestamp {
     }
 }
 
-/// How often an open retries when the state it found was retired by a racing release.
-const OPEN_ATTEMPTS: usize = 8;
-/// Inodes whose kernel-side attribute version is tracked (beyond it, the table starts over:
-/// an untracked inode is caught up at its next open anyway).
-const KERNEL_VERSIONS_MAX: usize = 100_000;
-/// How long attributes from this client's own commit answer `getattr` without a round trip.
-const FRESH_ATTR_LIFETIME: std::time::Duration = std::time::Duration::from_millis(250);
-
 impl Vault {
     pub fn new(shared: Arc<Shared>) -> Vault {
         Vault {
             shared,
-            files: Mutex::new(HashMap::new()),
-            handles: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
-            versions: Mutex::new(HashMap::new()),
-            attrs: Mutex::new(HashMap::new()),
-            kernel_versions: Mutex::new(HashMap::new()),
-            notifier: std::sync::OnceLock::new(),
+            table: OpenTable::new(),
+            coherence: Coherence::default(),
             behind: Behind::default(),
-            me: std::sync::OnceLock::new(),
-            hearing: std::sync::atomic::AtomicBool::new(false),
-            stale_pages: Mutex::new(std::collections::HashSet::new()),
+            me: OnceLock::new(),
+            hearing: AtomicBool::new(false),
         }
     }
 
@@ -148,33 +133,6 @@ impl Vault {
         crate::remote::drive(work)
     }
 
-    fn add_handle(&self, handle: Handle) -> u64 {
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .expect("handles poisoned")
-            .insert(fh, handle);
-        fh
-    }
-
-    fn file_of(&self, fh: u64) -> Result<(u64, SharedFile), FsError> {
-        match self.handles.lock().expect("handles poisoned").get(&fh) {
-            Some(Handle::File { ino, file, .. }) => Ok((*ino, file.clone())),
-            _ => Err(FsError::local(
-                ErrorKind::Invalid,
-                format!("no open file handle {fh}"),
-            )),
-        }
-    }
-
-    fn open_file(&self, ino: u64) -> Option<SharedFile> {
-        self.files
-            .lock()
-            .expect("files poisoned")
-            .get(&ino)
-            .cloned()
-    }
-
     /// `local_view` for a caller outside the runtime (a listing taken earlier).
     pub fn local_attr(&self, attr: Attr) -> Attr {
         self.block(self.local_view(attr))
@@ -183,7 +141,7 @@ impl Vault {
     /// A file's attributes as this client sees them: an open file with local writes shows
     /// its local size, and the attribute changes it keeps for its next commit.
     async fn local_view(&self, attr: Attr) -> Attr {
-        match self.open_file(attr.ino) {
+        match self.table.file(attr.ino) {
             Some(file) => file.lock().await.view(attr),
             None => attr,
         }
@@ -198,7 +156,7 @@ impl Vault {
     pub fn usage(&self) -> (usize, usize, usize) {
         let cache = self.shared.cache.lock().expect("cache poisoned").bytes();
         let dirty = self.shared.dirty_bytes.load(Ordering::Relaxed);
-        let open = self.files.lock().expect("files poisoned").len();
+        let open = self.table.open_files();
         (cache, dirty, open)
     }
 }

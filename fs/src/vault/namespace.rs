@@ -46,7 +46,7 @@ impl Vault {
                 })
                 .await?;
             self.shared.remember_name(attr.ino, name);
-            self.learn_attr(&attr);
+            self.coherence.learn(&attr);
             Ok(self.local_view(attr).await)
         })
     }
@@ -63,7 +63,7 @@ impl Vault {
             Answer::Absent => Some(Err(FsError::local(ErrorKind::NotFound, "no such entry"))),
             Answer::Present(listed) => {
                 self.shared.remember_name(listed.ino, name);
-                let attr = self.fresh_attr(listed.ino).unwrap_or(listed);
+                let attr = self.coherence.fresh(listed.ino).unwrap_or(listed);
                 Some(Ok(self.local_view(attr).await))
             }
         }
@@ -71,7 +71,8 @@ impl Vault {
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         if let Some(attr) = self
-            .fresh_attr(ino)
+            .coherence
+            .fresh(ino)
             .or_else(|| self.shared.pending_attr(ino))
         {
             return Ok(self.block(self.local_view(attr)));
@@ -84,7 +85,7 @@ impl Vault {
                     api.get_attr(GetAttrRequest { ino }).await
                 })
                 .await?;
-            self.learn_attr(&attr);
+            self.coherence.learn(&attr);
             Ok(self.local_view(attr).await)
         })
     }
@@ -108,14 +109,14 @@ impl Vault {
                     .shared
                     .remote
                     .server_has(proto::features::COMMIT_SET_ATTR)
-                && let Some(file) = self.open_file(ino)
+                && let Some(file) = self.table.file(ino)
                 && let Some(attr) = file
                     .lock()
                     .await
                     .keep_attr_changes(rest, self.shared.keys.uid())
             {
                 // They go with the writes not flushed yet (see `FileState::keep_attr_changes`).
-                self.learn_attr(&attr);
+                self.coherence.learn(&attr);
                 return Ok(attr);
             }
             self.materialize(ino).await?;
@@ -130,7 +131,7 @@ impl Vault {
                         api.set_attr(request).await
                     })
             };
-            let attr = match self.open_file(ino) {
+            let attr = match self.table.file(ino) {
                 Some(file) => {
                     // Changes kept for a commit go along, first, so that these override them.
                     let mut state = file.lock().await;
@@ -143,13 +144,13 @@ impl Vault {
             if attr.kind == FileKind::Directory as i32 {
                 self.shared.dirs().touched(ino, attr.version, asked);
             }
-            self.learn_attr(&attr);
+            self.coherence.learn(&attr);
             Ok(attr)
         })
     }
 
     async fn truncate(&self, ino: u64, size: u64) -> Result<(), FsError> {
-        let file = match self.open_file(ino) {
+        let file = match self.table.file(ino) {
             Some(file) => file,
             None => Arc::new(tokio::sync::Mutex::new(
                 FileState::open(&self.shared, ino).await?,
@@ -264,7 +265,7 @@ impl Vault {
     }
 
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr, FsError> {
-        self.attrs.lock().expect("attrs poisoned").clear();
+        self.coherence.forget_fresh();
         let new_name = new_name.to_vec();
         self.block(async {
             self.materialize(ino).await?;
@@ -296,7 +297,7 @@ impl Vault {
     /// The inode behind a name, if this client has it open (so that removing the name keeps
     /// the data until the last close).
     async fn open_inode_named(&self, parent: u64, name: &[u8]) -> Option<SharedFile> {
-        if self.files.lock().expect("files poisoned").is_empty() {
+        if self.table.open_files() == 0 {
             return None;
         }
         let name = name.to_vec();
@@ -309,11 +310,11 @@ impl Vault {
             })
             .await
             .ok()?;
-        self.open_file(attr.ino)
+        self.table.file(attr.ino)
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
-        self.attrs.lock().expect("attrs poisoned").clear();
+        self.coherence.forget_fresh();
         self.block(async {
             self.materialize_in(Some(parent)).await?;
             let open = self.open_inode_named(parent, name).await;
@@ -349,7 +350,7 @@ impl Vault {
             let reply = reply?;
             // The kernel asks for the directory's attributes next (they changed).
             if let Some(parent) = &reply.parent {
-                self.learn_attr(parent);
+                self.coherence.learn(parent);
             }
             if let Some(file) = open {
                 file.lock().await.life.name_removed(reply.nlink == 0);
@@ -359,7 +360,7 @@ impl Vault {
     }
 
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
-        self.attrs.lock().expect("attrs poisoned").clear();
+        self.coherence.forget_fresh();
         // The directory may hold new files not created on the server yet.
         self.block(self.materialize_in(None))?;
         let name = name.to_vec();
@@ -380,7 +381,7 @@ impl Vault {
         let reply = reply?;
         // The kernel asks for the directory's attributes next (they changed).
         if let Some(parent) = &reply.parent {
-            self.learn_attr(parent);
+            self.coherence.learn(parent);
         }
         Ok(())
     }
@@ -393,7 +394,7 @@ impl Vault {
         new_name: &[u8],
         mode: RenameMode,
     ) -> Result<(), FsError> {
-        self.attrs.lock().expect("attrs poisoned").clear();
+        self.coherence.forget_fresh();
         let (name, new_name) = (name.to_vec(), new_name.to_vec());
         self.block(async {
             self.materialize_in(Some(parent)).await?;
@@ -426,7 +427,7 @@ impl Vault {
             let reply = reply?;
             let replaced = reply.replaced_ino;
             if replaced != 0 {
-                match self.open_file(replaced) {
+                match self.table.file(replaced) {
                     Some(file) => file.lock().await.life.name_removed(true),
                     None => self.release_orphan(replaced).await,
                 }

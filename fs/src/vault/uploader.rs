@@ -64,7 +64,7 @@ impl Vault {
             let mut puts = Vec::new();
             let mut alone = Vec::new();
             for ino in inos {
-                let Some(file) = self.open_file(ino) else {
+                let Some(file) = self.table.file(ino) else {
                     continue;
                 };
                 // Never wait for one file while holding others.
@@ -91,7 +91,7 @@ impl Vault {
                 self.retire_if_done(ino, &file, &mut state);
             }
             for ino in alone {
-                let Some(file) = self.open_file(ino) else {
+                let Some(file) = self.table.file(ino) else {
                     continue;
                 };
                 let mut state = file.lock().await;
@@ -172,7 +172,7 @@ impl Vault {
     /// Sends every new file this client closed but has not sent yet, but `skip`.
     pub(super) async fn send_closed_except(&self, skip: u64) -> Result<(), FsError> {
         for ino in self.shared.pending_in(None) {
-            let Some(file) = self.open_file(ino).filter(|_| ino != skip) else {
+            let Some(file) = self.table.file(ino).filter(|_| ino != skip) else {
                 continue;
             };
             let mut state = file.lock().await;
@@ -188,7 +188,7 @@ impl Vault {
     pub(super) async fn send_held_in(&self, dir: Option<u64>) -> Result<(), FsError> {
         let mut first_error = None;
         for ino in self.shared.pending_in(dir) {
-            let Some(file) = self.open_file(ino) else {
+            let Some(file) = self.table.file(ino) else {
                 continue;
             };
             let mut state = file.lock().await;

@@ -15,7 +15,7 @@ impl Vault {
         create_only: bool,
         replace_only: bool,
     ) -> Result<(), FsError> {
-        self.attrs.lock().expect("attrs poisoned").clear();
+        self.coherence.forget_fresh();
         self.block(self.materialize(ino))?;
         let (name, value) = (name.to_vec(), value.to_vec());
         self.block(self.shared.remote.call("set_xattr", |mut api| {
@@ -59,7 +59,7 @@ impl Vault {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
-        self.attrs.lock().expect("attrs poisoned").clear();
+        self.coherence.forget_fresh();
         self.block(self.materialize(ino))?;
         let name = name.to_vec();
         self.block(self.shared.remote.call("remove_xattr", |mut api| {
