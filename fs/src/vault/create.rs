@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crypto::DataKey;
-use proto::v1::{Attr, CreateRequest, FileKind};
+use proto::v1::{Attr, CreateRequest, FileKind, Timestamp};
 
 use super::table::Opened;
 use super::{Vault, stamp};
@@ -86,7 +86,8 @@ impl Vault {
         parent: u64,
         request: CreateRequest,
     ) -> (Attr, u64) {
-        let attr = self.new_file_attr(ino, &request);
+        let now = stamp(std::time::SystemTime::now());
+        let attr = new_file_attr(ino, &request, self.shared.keys.uid(), now);
         self.shared.add_pending(
             ino,
             crate::shared::Pending {
@@ -121,29 +122,6 @@ impl Vault {
             free
         });
         created.inspect(|_| self.shared.remember_name(ino, name))
-    }
-
-    /// The attributes the server will give a new file it creates from `request`.
-    fn new_file_attr(&self, ino: u64, request: &CreateRequest) -> Attr {
-        let now = Some(stamp(std::time::SystemTime::now()));
-        Attr {
-            ino,
-            kind: FileKind::Regular as i32,
-            perm: request.perm & 0o7777,
-            uid: request.uid,
-            gid: request.gid,
-            nlink: 1,
-            size: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            rdev: 0,
-            owner: self.shared.keys.uid(),
-            version: 1,
-            may_read: true,
-            may_write: true,
-            parent_version: 0,
-        }
     }
 
     /// A new file this client made: created on the server already (`pending` is none), or
@@ -196,5 +174,62 @@ impl Vault {
             self.materialize(ino).await?;
         }
         Ok(())
+    }
+}
+
+/// The attributes the server will give a new file it creates from `request` at `now`, for
+/// the vault user `owner`.
+fn new_file_attr(ino: u64, request: &CreateRequest, owner: u32, now: Timestamp) -> Attr {
+    Attr {
+        ino,
+        kind: FileKind::Regular as i32,
+        perm: request.perm & 0o7777,
+        uid: request.uid,
+        gid: request.gid,
+        nlink: 1,
+        size: 0,
+        atime: Some(now),
+        mtime: Some(now),
+        ctime: Some(now),
+        rdev: 0,
+        owner,
+        version: 1,
+        may_read: true,
+        may_write: true,
+        parent_version: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_file_shows_what_the_server_will_make_of_it() {
+        let request = CreateRequest {
+            perm: 0o100640,
+            uid: 1000,
+            gid: 100,
+            ..CreateRequest::default()
+        };
+        let now = Timestamp {
+            seconds: 5,
+            nanos: 6,
+        };
+        let attr = new_file_attr(7, &request, 42, now);
+        assert_eq!(
+            (attr.ino, attr.perm, attr.uid, attr.gid),
+            (7, 0o640, 1000, 100)
+        );
+        assert_eq!(
+            (attr.owner, attr.version, attr.nlink, attr.size),
+            (42, 1, 1, 0)
+        );
+        assert_eq!(
+            (attr.atime, attr.mtime, attr.ctime),
+            (Some(now), Some(now), Some(now))
+        );
+        assert!(attr.may_read && attr.may_write);
+        assert_eq!(attr.kind, FileKind::Regular as i32);
     }
 }

@@ -93,13 +93,11 @@ impl Vault {
         let Some(ino) = self.table.check_setid_once(fh) else {
             return Ok(());
         };
-        let perm = self.getattr(ino)?.perm & 0o7777;
-        let cleared = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
-        if perm & cleared == 0 {
+        let Some(perm) = without_setid(self.getattr(ino)?.perm) else {
             return Ok(());
-        }
+        };
         let changes = Changes {
-            perm: Some(perm & !cleared),
+            perm: Some(perm),
             ..Changes::default()
         };
         self.setattr(ino, &changes).map(|_| ())
@@ -211,5 +209,36 @@ impl Vault {
             first_error.get_or_insert(error);
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The permission bits `perm` leaves after a write by a user without CAP_FSETID: without the
+/// set-user-ID bit, and the set-group-ID bit when group execution is allowed; none if that
+/// changes nothing.
+fn without_setid(perm: u32) -> Option<u32> {
+    let perm = perm & 0o7777;
+    let cleared = if perm & 0o010 != 0 { 0o6000 } else { 0o4000 };
+    (perm & cleared != 0).then_some(perm & !cleared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_drops_set_id_bits_as_the_kernel_does() {
+        assert_eq!(without_setid(0o4755), Some(0o755));
+        assert_eq!(without_setid(0o6755), Some(0o755), "group may execute");
+        assert_eq!(
+            without_setid(0o6745),
+            Some(0o2745),
+            "mandatory locking: kept"
+        );
+        assert_eq!(without_setid(0o2745), None);
+        assert_eq!(
+            without_setid(0o100644),
+            None,
+            "the file type is not permission"
+        );
     }
 }

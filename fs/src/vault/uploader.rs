@@ -2,8 +2,9 @@
 //! and sending what a closed file has left when something needs it on the server.
 
 use proto::ErrorKind;
-use proto::v1::{PutChunkReply, PutChunkRequest, PutChunksRequest};
+use proto::v1::{PutChunkReply, PutChunkRequest, PutChunksReply, PutChunksRequest};
 
+use super::behind::FILE_BYTES_MAX;
 use super::{SharedFile, Vault};
 use crate::error::FsError;
 use crate::file::FileState;
@@ -19,13 +20,10 @@ impl Vault {
     /// [`crate::vault::behind`]): a new file, not on the server yet, of at most 64 KiB, in a
     /// directory this client holds a lease on. If so, the file is queued for the uploader.
     pub(super) fn defers(&self, state: &FileState) -> bool {
-        let Some(dir) = state.life.pending().map(|c| c.parent) else {
+        let Some(dir) = deferrable_in(state) else {
             return false;
         };
-        if state.size > crate::vault::behind::FILE_BYTES_MAX
-            || !state.small()
-            || !self.behind.may_defer(dir)
-        {
+        if !self.behind.may_defer(dir) {
             return false;
         }
         self.behind.defer(state.ino);
@@ -133,28 +131,7 @@ impl Vault {
                 async move { api.put_chunks(PutChunksRequest { puts }).await }
             })
             .await;
-        match reply {
-            Ok(reply) if reply.outcomes.len() == count => reply
-                .outcomes
-                .into_iter()
-                .map(|outcome| match outcome.reply {
-                    Some(reply) => Ok(reply),
-                    None => Err(FsError::Remote {
-                        kind: ErrorKind::try_from(outcome.error_kind)
-                            .unwrap_or(ErrorKind::Internal),
-                        message: outcome.error,
-                    }),
-                })
-                .collect(),
-            Ok(reply) => {
-                let error = FsError::local(
-                    ErrorKind::Internal,
-                    format!("{} outcomes for {count} puts", reply.outcomes.len()),
-                );
-                vec![Err(error); count]
-            }
-            Err(error) => vec![Err(error); count],
-        }
+        outcomes_of(reply, count)
     }
 
     /// A queued file could not be sent: queued again if storaged was unreachable, else the
@@ -204,5 +181,113 @@ impl Vault {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The directory a close of this file may return early in, before the server has the file
+/// (see `crate::vault::behind`): a new file, not on the server yet, of one chunk not uploaded
+/// yet and at most [`FILE_BYTES_MAX`]. Whether the lease there is held is asked next.
+fn deferrable_in(state: &FileState) -> Option<u64> {
+    let dir = state.life.pending()?.parent;
+    (state.size <= FILE_BYTES_MAX && state.small()).then_some(dir)
+}
+
+/// The outcome of each of `count` puts from the reply to their `PutChunks` call: each put's
+/// reply or error, or the call's error for all.
+fn outcomes_of(
+    reply: Result<PutChunksReply, FsError>,
+    count: usize,
+) -> Vec<Result<PutChunkReply, FsError>> {
+    match reply {
+        Ok(reply) if reply.outcomes.len() == count => reply
+            .outcomes
+            .into_iter()
+            .map(|outcome| match outcome.reply {
+                Some(reply) => Ok(reply),
+                None => Err(FsError::Remote {
+                    kind: ErrorKind::try_from(outcome.error_kind).unwrap_or(ErrorKind::Internal),
+                    message: outcome.error,
+                }),
+            })
+            .collect(),
+        Ok(reply) => {
+            let error = FsError::local(
+                ErrorKind::Internal,
+                format!("{} outcomes for {count} puts", reply.outcomes.len()),
+            );
+            vec![Err(error); count]
+        }
+        Err(error) => vec![Err(error); count],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::v1::{Attr, CreateRequest, PutChunkOutcome};
+
+    fn new_file(pending: bool) -> FileState {
+        let cipher = crypto::DataKey::generate().chunk_cipher().into();
+        let request = CreateRequest {
+            parent: 9,
+            ..CreateRequest::default()
+        };
+        FileState::created(7, cipher, &Attr::default(), pending.then_some(request))
+    }
+
+    #[test]
+    fn only_small_new_files_may_close_early() {
+        let mut state = new_file(true);
+        assert_eq!(deferrable_in(&state), Some(9));
+        state.size = FILE_BYTES_MAX;
+        assert_eq!(deferrable_in(&state), Some(9));
+        state.size = FILE_BYTES_MAX + 1;
+        assert_eq!(deferrable_in(&state), None, "too large");
+        assert_eq!(
+            deferrable_in(&new_file(false)),
+            None,
+            "on the server already"
+        );
+    }
+
+    #[test]
+    fn each_put_gets_its_own_outcome() {
+        let done = PutChunkReply {
+            generation: 4,
+            attr: None,
+        };
+        let refused = PutChunkOutcome {
+            reply: None,
+            error_kind: ErrorKind::Exists as i32,
+            error: "taken".into(),
+        };
+        let reply = PutChunksReply {
+            outcomes: vec![
+                PutChunkOutcome {
+                    reply: Some(done),
+                    ..PutChunkOutcome::default()
+                },
+                refused,
+            ],
+        };
+        let outcomes = outcomes_of(Ok(reply.clone()), 2);
+        assert_eq!(outcomes[0].as_ref().expect("done").generation, 4);
+        let error = outcomes[1].as_ref().expect_err("refused");
+        assert_eq!(
+            (error.kind(), error.to_string()),
+            (ErrorKind::Exists, "taken".into())
+        );
+        let miscounted = outcomes_of(Ok(reply), 3);
+        assert!(
+            miscounted
+                .iter()
+                .all(|o| o.as_ref().is_err_and(|e| e.kind() == ErrorKind::Internal))
+        );
+        let unreachable = FsError::local(ErrorKind::Unavailable, "down");
+        let failed = outcomes_of(Err(unreachable), 2);
+        assert!(failed.iter().all(|o| {
+            o.as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::Unavailable)
+        }));
     }
 }
