@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use format::ids::{FileId, Handle};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -63,6 +64,16 @@ fn reply_empty(reply: ReplyEmpty, outcome: Result<(), FsError>) {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(fail(&e)),
     }
+}
+
+/// The vault's file for the kernel's inode number.
+fn file(ino: INodeNo) -> FileId {
+    FileId(ino.0)
+}
+
+/// The vault's handle for the kernel's file handle.
+fn handle(fh: FileHandle) -> Handle {
+    Handle(fh.0)
 }
 
 fn fail(error: &FsError) -> Errno {
@@ -166,10 +177,10 @@ macro_rules! allowed_or_reply {
 
 /// The session's notifier tells the kernel what the vault finds stale.
 impl crate::vault::Notifier for fuser::Notifier {
-    fn drop_attributes(&self, ino: u64) -> std::io::Result<()> {
+    fn drop_attributes(&self, ino: FileId) -> std::io::Result<()> {
         // Attributes only (a negative offset). Safe inside an open: the kernel takes no lock
         // of the inode for it.
-        self.inval_inode(INodeNo(ino), -1, 0)
+        self.inval_inode(INodeNo(ino.0), -1, 0)
     }
 }
 
@@ -198,7 +209,7 @@ impl Filesystem for VaultFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.lookup(parent.0, name.as_bytes()) {
+        match self.vault.lookup(file(parent), name.as_bytes()) {
             Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
@@ -206,7 +217,7 @@ impl Filesystem for VaultFs {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.getattr(ino.0) {
+        match self.vault.getattr(file(ino)) {
             Ok(attr) => reply.attr(&TTL, &self.kernel_attr(&attr)),
             Err(e) => reply.error(fail(&e)),
         }
@@ -243,7 +254,7 @@ impl Filesystem for VaultFs {
             atime_now,
             mtime_now,
         };
-        match self.vault.setattr(ino.0, &changes) {
+        match self.vault.setattr(file(ino), &changes) {
             Ok(attr) => reply.attr(&TTL, &self.kernel_attr(&attr)),
             Err(e) => reply.error(fail(&e)),
         }
@@ -251,7 +262,7 @@ impl Filesystem for VaultFs {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.readlink(ino.0) {
+        match self.vault.readlink(file(ino)) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(fail(&e)),
         }
@@ -276,7 +287,7 @@ impl Filesystem for VaultFs {
             libc::S_IFREG => {
                 // A regular file through mknod: create it (with its key) and close it.
                 let created = self.vault.create(
-                    parent.0,
+                    file(parent),
                     name.as_bytes(),
                     mode & !umask & 0o7777,
                     true,
@@ -296,7 +307,7 @@ impl Filesystem for VaultFs {
         };
         let perm = mode & !umask & 0o7777;
         match self.vault.mknod(
-            parent.0,
+            file(parent),
             name.as_bytes(),
             kind,
             perm,
@@ -320,7 +331,7 @@ impl Filesystem for VaultFs {
     ) {
         allowed_or_reply!(self, req, reply);
         match self.vault.mkdir(
-            parent.0,
+            file(parent),
             name.as_bytes(),
             mode & !umask & 0o7777,
             req.uid(),
@@ -333,12 +344,12 @@ impl Filesystem for VaultFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         allowed_or_reply!(self, req, reply);
-        reply_empty(reply, self.vault.unlink(parent.0, name.as_bytes()));
+        reply_empty(reply, self.vault.unlink(file(parent), name.as_bytes()));
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         allowed_or_reply!(self, req, reply);
-        reply_empty(reply, self.vault.rmdir(parent.0, name.as_bytes()));
+        reply_empty(reply, self.vault.rmdir(file(parent), name.as_bytes()));
     }
 
     fn symlink(
@@ -351,7 +362,7 @@ impl Filesystem for VaultFs {
     ) {
         allowed_or_reply!(self, req, reply);
         match self.vault.symlink(
-            parent.0,
+            file(parent),
             link_name.as_bytes(),
             target.as_os_str().as_bytes(),
             req.uid(),
@@ -383,9 +394,9 @@ impl Filesystem for VaultFs {
         reply_empty(
             reply,
             self.vault.rename(
-                parent.0,
+                file(parent),
                 name.as_bytes(),
-                newparent.0,
+                file(newparent),
                 newname.as_bytes(),
                 mode,
             ),
@@ -401,7 +412,10 @@ impl Filesystem for VaultFs {
         reply: ReplyEntry,
     ) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.link(ino.0, newparent.0, newname.as_bytes()) {
+        match self
+            .vault
+            .link(file(ino), file(newparent), newname.as_bytes())
+        {
             Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
@@ -409,13 +423,13 @@ impl Filesystem for VaultFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.open(ino.0) {
+        match self.vault.open(file(ino)) {
             Ok((fh, keep_cache)) => {
                 let mut open_flags = write_only(flags.0);
                 if keep_cache {
                     open_flags |= FopenFlags::FOPEN_KEEP_CACHE;
                 }
-                reply.opened(FileHandle(fh), open_flags);
+                reply.opened(FileHandle(fh.get()), open_flags);
             }
             Err(e) => reply.error(fail(&e)),
         }
@@ -432,7 +446,7 @@ impl Filesystem for VaultFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.vault.read(fh.0, offset, size) {
+        match self.vault.read(handle(fh), offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(fail(&e)),
         }
@@ -451,11 +465,11 @@ impl Filesystem for VaultFs {
         reply: ReplyWrite,
     ) {
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
-            && let Err(e) = self.vault.drop_setid_bits(fh.0)
+            && let Err(e) = self.vault.drop_setid_bits(handle(fh))
         {
             return reply.error(fail(&e));
         }
-        match self.vault.write(fh.0, offset, data) {
+        match self.vault.write(handle(fh), offset, data) {
             Ok(written) => reply.written(written as u32),
             Err(e) => reply.error(fail(&e)),
         }
@@ -469,7 +483,7 @@ impl Filesystem for VaultFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.vault.flush(fh.0));
+        reply_empty(reply, self.vault.flush(handle(fh)));
     }
 
     fn release(
@@ -482,7 +496,7 @@ impl Filesystem for VaultFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.vault.release(fh.0));
+        reply_empty(reply, self.vault.release(handle(fh)));
     }
 
     fn fsync(
@@ -493,13 +507,13 @@ impl Filesystem for VaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.vault.fsync(fh.0));
+        reply_empty(reply, self.vault.fsync(handle(fh)));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        match self.vault.opendir(file(ino)) {
+            Ok(fh) => reply.opened(FileHandle(fh.get()), FopenFlags::empty()),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -512,7 +526,7 @@ impl Filesystem for VaultFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (listing, _) = match self.vault.listing(fh.0) {
+        let (listing, _) = match self.vault.listing(handle(fh)) {
             Ok(listing) => listing,
             Err(e) => return reply.error(fail(&e)),
         };
@@ -538,7 +552,7 @@ impl Filesystem for VaultFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (listing, current) = match self.vault.listing(fh.0) {
+        let (listing, current) = match self.vault.listing(handle(fh)) {
             Ok(listing) => listing,
             Err(e) => return reply.error(fail(&e)),
         };
@@ -581,7 +595,7 @@ impl Filesystem for VaultFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.vault.releasedir(fh.0);
+        self.vault.releasedir(handle(fh));
         reply.ok();
     }
 
@@ -635,7 +649,7 @@ impl Filesystem for VaultFs {
         reply_empty(
             reply,
             self.vault
-                .setxattr(ino.0, name.as_bytes(), value, create, replace),
+                .setxattr(file(ino), name.as_bytes(), value, create, replace),
         );
     }
 
@@ -646,7 +660,7 @@ impl Filesystem for VaultFs {
         if !kept_xattr(name.as_bytes()) {
             return reply.error(Errno::ENODATA);
         }
-        match self.vault.getxattr(ino.0, name.as_bytes()) {
+        match self.vault.getxattr(file(ino), name.as_bytes()) {
             Ok(value) => xattr_reply(reply, size, &value),
             Err(e) => reply.error(fail(&e)),
         }
@@ -654,7 +668,7 @@ impl Filesystem for VaultFs {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.listxattr(ino.0) {
+        match self.vault.listxattr(file(ino)) {
             Ok(names) => {
                 let mut list = Vec::new();
                 for name in names.iter().filter(|name| kept_xattr(name)) {
@@ -669,7 +683,7 @@ impl Filesystem for VaultFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         allowed_or_reply!(self, req, reply);
-        reply_empty(reply, self.vault.removexattr(ino.0, name.as_bytes()));
+        reply_empty(reply, self.vault.removexattr(file(ino), name.as_bytes()));
     }
 
     fn access(&self, req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -690,7 +704,7 @@ impl Filesystem for VaultFs {
         allowed_or_reply!(self, req, reply);
         let exclusive = flags & libc::O_EXCL != 0;
         match self.vault.create(
-            parent.0,
+            file(parent),
             name.as_bytes(),
             mode & !umask & 0o7777,
             exclusive,
@@ -701,7 +715,7 @@ impl Filesystem for VaultFs {
                 &TTL,
                 &self.kernel_attr(&attr),
                 Generation(0),
-                FileHandle(fh),
+                FileHandle(fh.get()),
                 write_only(flags),
             ),
             Err(e) => reply.error(fail(&e)),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use format::ids::FileId;
 use tests::daemon::Storaged;
 use vaultfs::config::ClientConfig;
 use vaultfs::error::errno;
@@ -11,7 +12,7 @@ use vaultfs::keys::Keys;
 use vaultfs::shared::{Limits, Shared};
 use vaultfs::vault::{Changes, RenameMode, Vault};
 
-const ROOT: u64 = 1;
+const ROOT: FileId = FileId::ROOT;
 
 fn vault_of(daemon: &Storaged, runtime: &tokio::runtime::Runtime) -> Vault {
     let user = runtime.block_on(daemon.user("alice"));
@@ -50,7 +51,7 @@ fn file_operations_without_a_mount() {
 
     let dir = vault.mkdir(ROOT, b"dir", 0o755, 0, 0).expect("mkdir");
     let (attr, fh) = vault
-        .create(dir.ino, b"file", 0o644, true, 0, 0)
+        .create(FileId(dir.ino), b"file", 0o644, true, 0, 0)
         .expect("create");
     assert_eq!(vault.write(fh, 0, b"hello").expect("write"), 5);
     assert_eq!(
@@ -62,11 +63,11 @@ fn file_operations_without_a_mount() {
     vault.flush(fh).expect("flush");
     vault.release(fh).expect("release");
     assert_eq!(
-        vault.getattr(attr.ino).expect("getattr").size,
+        vault.getattr(FileId(attr.ino)).expect("getattr").size,
         8 * 1024 * 1024 + 4
     );
 
-    let (fh, _) = vault.open(attr.ino).expect("open");
+    let (fh, _) = vault.open(FileId(attr.ino)).expect("open");
     assert_eq!(vault.read(fh, 0, 5).expect("read"), &b"hello"[..]);
     assert_eq!(
         vault.read(fh, 8 * 1024 * 1024 - 2, 100).expect("read"),
@@ -77,21 +78,29 @@ fn file_operations_without_a_mount() {
 
     vault
         .setattr(
-            attr.ino,
+            FileId(attr.ino),
             &Changes {
                 size: Some(3),
                 ..Changes::default()
             },
         )
         .expect("truncate");
-    let (fh, _) = vault.open(attr.ino).expect("open");
+    let (fh, _) = vault.open(FileId(attr.ino)).expect("open");
     assert_eq!(vault.read(fh, 0, 100).expect("read"), &b"hel"[..]);
     vault.release(fh).expect("release");
 
     vault
-        .rename(dir.ino, b"file", ROOT, b"moved", RenameMode::Replace)
+        .rename(
+            FileId(dir.ino),
+            b"file",
+            ROOT,
+            b"moved",
+            RenameMode::Replace,
+        )
         .expect("rename");
-    let missing = vault.lookup(dir.ino, b"file").expect_err("moved away");
+    let missing = vault
+        .lookup(FileId(dir.ino), b"file")
+        .expect_err("moved away");
     assert_eq!(errno(&missing), libc::ENOENT);
     assert_eq!(
         errno(&vault.rmdir(ROOT, b"moved").expect_err("not a directory")),
@@ -127,7 +136,7 @@ fn an_open_racing_a_release_keeps_the_file_open() {
         let fresh = std::thread::scope(|scope| {
             let releasing = scope.spawn(|| vault.release(old));
             std::thread::sleep(Duration::from_millis(5));
-            let opened = vault.open(attr.ino).expect("open").0;
+            let opened = vault.open(FileId(attr.ino)).expect("open").0;
             releasing.join().expect("release thread").expect("release");
             opened
         });
@@ -154,7 +163,7 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
     let on_server = |name: &'static [u8]| {
         runtime.block_on(vault.shared().remote.call("lookup", |mut api| async move {
             api.lookup(proto::v1::LookupRequest {
-                parent: ROOT,
+                parent: ROOT.0,
                 name: name.to_vec(),
             })
             .await
@@ -169,10 +178,18 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
         libc::ENOENT
     );
     assert_eq!(vault.lookup(ROOT, b"late").expect("lookup").ino, attr.ino);
-    assert_eq!(vault.getattr(attr.ino).expect("getattr").perm, 0o640);
-    assert!(vault.listxattr(attr.ino).expect("listxattr").is_empty());
+    assert_eq!(
+        vault.getattr(FileId(attr.ino)).expect("getattr").perm,
+        0o640
+    );
+    assert!(
+        vault
+            .listxattr(FileId(attr.ino))
+            .expect("listxattr")
+            .is_empty()
+    );
     vault.write(fh, 0, b"hello").expect("write");
-    assert_eq!(vault.getattr(attr.ino).expect("getattr").size, 5);
+    assert_eq!(vault.getattr(FileId(attr.ino)).expect("getattr").size, 5);
     vault.flush(fh).expect("flush creates it with its chunk");
     let created = on_server(b"late").expect("on the server now");
     assert_eq!(
@@ -180,7 +197,7 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
         (attr.ino, 5, 0o640)
     );
     vault.release(fh).expect("release");
-    let (fh, _) = vault.open(attr.ino).expect("open");
+    let (fh, _) = vault.open(FileId(attr.ino)).expect("open");
     assert_eq!(vault.read(fh, 0, 100).expect("read"), &b"hello"[..]);
     vault.release(fh).expect("release");
 

@@ -84,7 +84,7 @@ impl FileState {
         let Some(mut request) = self.attr_changes.take() else {
             return Ok(None);
         };
-        request.ino = self.ino;
+        request.ino = self.ino.0;
         request.lazy = !durable;
         let changed = shared
             .remote
@@ -95,8 +95,7 @@ impl FileState {
             .await;
         match changed {
             Ok(attr) => {
-                self.version = attr.version;
-                self.server_attr = Some(attr);
+                self.heard(attr);
                 Ok(Some(attr))
             }
             Err(error) => {
@@ -131,7 +130,7 @@ mod tests {
     #[test]
     fn kept_attribute_changes_go_under_a_newer_request() {
         let mut state = FileState::created(
-            7,
+            format::ids::FileId(7),
             crypto::DataKey::generate().chunk_cipher().into(),
             &Attr::default(),
             None,

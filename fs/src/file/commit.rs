@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
+use format::ids::ChunkIndex;
 use proto::ErrorKind;
 use proto::v1::{Attr, ChunkCommit, CommitChunksRequest};
 
-use super::{FileState, chunk_len, last_index};
+use super::{FileState, chunk_len, end_index, last_index};
 use crate::error::FsError;
 use crate::shared::Shared;
 
@@ -50,7 +51,7 @@ impl FileState {
             match outcome {
                 Ok(attr) => return Ok(Some(attr)),
                 Err(error) if retryable(&error) && attempt < FLUSH_ATTEMPTS_MAX => {
-                    tracing::info!(ino = %format!("{:016x}", self.ino), %error, attempt, "another writer changed the file; merging and retrying");
+                    tracing::info!(ino = %self.ino, %error, attempt, "another writer changed the file; merging and retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                     self.rebase(shared).await?;
                 }
@@ -70,7 +71,7 @@ impl FileState {
         let new_last = last_index(size);
         if size != self.committed_size {
             let old_last = last_index(self.committed_size);
-            let mut roles_change: Vec<u64> = new_last.into_iter().collect();
+            let mut roles_change: Vec<ChunkIndex> = new_last.into_iter().collect();
             if let (Some(old), Some(new)) = (old_last, new_last)
                 && old < new
             {
@@ -110,7 +111,7 @@ impl FileState {
     /// Seals and uploads every dirty chunk that has no usable upload yet, and waits for all.
     async fn upload_all(&mut self, shared: &Arc<Shared>) -> Result<(), FsError> {
         let new_last = last_index(self.size);
-        let missing: Vec<(u64, usize)> = self
+        let missing: Vec<(ChunkIndex, usize)> = self
             .dirty
             .iter()
             .filter(|(_, d)| d.upload.is_none())
@@ -135,15 +136,15 @@ impl FileState {
     }
 
     async fn commit(&mut self, shared: &Arc<Shared>, durable: bool) -> Result<Attr, FsError> {
-        let ino = self.ino;
+        let ino = self.ino.0;
         let truncate = self.truncated || self.size < self.committed_size;
         let chunks: Vec<ChunkCommit> = self
             .dirty
             .iter()
             .map(|(&index, d)| ChunkCommit {
-                index,
-                base_generation: d.base,
-                generation: d.upload.as_ref().expect("uploaded").generation,
+                index: index.get(),
+                base_generation: d.base.get(),
+                generation: d.upload.as_ref().expect("uploaded").generation.get(),
             })
             .collect();
         let request = CommitChunksRequest {
@@ -187,8 +188,9 @@ impl FileState {
             );
         }
         if truncate {
-            let keep = last_index(attr.size).map_or(0, |l| l + 1);
-            let dropped: Vec<u64> = self.generations.range(keep..).map(|(i, _)| *i).collect();
+            let keep = end_index(attr.size);
+            let dropped: Vec<ChunkIndex> =
+                self.generations.range(keep..).map(|(i, _)| *i).collect();
             for index in dropped {
                 self.generations.remove(&index);
                 cache.remove(ino, index);
@@ -197,8 +199,7 @@ impl FileState {
         self.committed_size = attr.size;
         self.size = attr.size;
         self.truncated = false;
-        self.version = attr.version;
-        self.server_attr = Some(attr);
+        self.heard(attr);
         // Every commit carries the changes kept so far (and nothing changes them meanwhile:
         // the state is locked through the flush).
         self.attr_changes = None;
@@ -209,9 +210,9 @@ impl FileState {
     /// top of the other writer's chunks.
     async fn rebase(&mut self, shared: &Arc<Shared>) -> Result<(), FsError> {
         self.refresh(shared).await?;
-        let indices: Vec<u64> = self.dirty.keys().copied().collect();
+        let indices: Vec<ChunkIndex> = self.dirty.keys().copied().collect();
         for index in indices {
-            let current = self.generations.get(&index).copied().unwrap_or(0);
+            let current = self.generations.get(&index).copied().unwrap_or_default();
             if self.dirty[&index].base == current {
                 continue;
             }

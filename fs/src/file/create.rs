@@ -1,6 +1,7 @@
 //! A new file this client has not created on the server yet: its creation there, alone or
 //! with the first commit, and what a refusal leaves.
 
+use format::ids::FileId;
 use proto::ErrorKind;
 use proto::v1::{Attr, CreateRequest};
 
@@ -31,8 +32,7 @@ impl FileState {
             .await;
         self.creation_settled(shared, &request, created.as_ref().map(Some), asked);
         let attr = created?;
-        self.version = attr.version;
-        self.server_attr = Some(attr);
+        self.heard(attr);
         Ok(Some(attr))
     }
 
@@ -50,7 +50,7 @@ impl FileState {
         let reply = outcome.ok().flatten();
         shared
             .dirs()
-            .added(request.parent, &request.name, reply, asked);
+            .added(FileId(request.parent), &request.name, reply, asked);
         if let Err(error) = outcome
             && error.kind() == ErrorKind::Unavailable
         {

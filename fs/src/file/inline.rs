@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crypto::ChunkContext;
-use format::ids::{ChunkIndex, FileId, Generation};
+use format::ids::{ChunkIndex, Generation};
 use proto::ErrorKind;
 use proto::v1::{Attr, PutChunkReply, PutChunkRequest};
 
@@ -17,7 +17,8 @@ use crate::shared::{Shared, crypto_work};
 #[derive(Debug)]
 pub struct InlinePut {
     pub request: PutChunkRequest,
-    generation: u64,
+    index: ChunkIndex,
+    generation: Generation,
     last: bool,
     asked: std::time::Instant,
 }
@@ -70,9 +71,9 @@ impl FileState {
         dirty.last_generation = generation;
         let context = ChunkContext {
             vault: shared.keys.vault(),
-            file: FileId(ino),
-            index: ChunkIndex(index),
-            generation: Generation(generation),
+            file: ino,
+            index,
+            generation,
             last: last_index(size) == Some(index),
         };
         let (cipher, data) = (self.cipher.clone(), dirty.data.clone());
@@ -83,17 +84,18 @@ impl FileState {
         let create = self.life.pending().cloned();
         Ok(InlinePut {
             request: PutChunkRequest {
-                ino,
-                index,
+                ino: ino.0,
+                index: index.get(),
                 data: bytes::Bytes::from(sealed),
                 commit: true,
-                base_generation: base,
+                base_generation: base.get(),
                 size,
                 truncate,
                 lazy: !durable,
                 create,
                 set_attr: self.attr_changes,
             },
+            index,
             generation,
             last: context.last,
             asked: std::time::Instant::now(),
@@ -109,6 +111,7 @@ impl FileState {
     ) -> Result<Attr, FsError> {
         let InlinePut {
             request,
+            index,
             generation,
             last,
             asked,
@@ -120,7 +123,7 @@ impl FileState {
         let reply = reply?;
         let dirty = self
             .dirty
-            .get_mut(&request.index)
+            .get_mut(&index)
             .expect("the committed chunk is still dirty");
         dirty.upload = Some(Upload {
             generation,

@@ -28,10 +28,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crypto::ChunkCipher;
+use format::ids::{ChunkIndex, FileId, Generation, Version};
 use format::limits::CHUNK_BYTES;
 use proto::ErrorKind;
 use proto::v1::{
-    Attr, CreateRequest, GetChunkReply, ListChunksRequest, OpenReply, OpenRequest, SetAttrRequest,
+    Attr, ChunkInfo, CreateRequest, GetChunkReply, ListChunksRequest, OpenReply, OpenRequest,
+    SetAttrRequest,
 };
 use tokio::task::JoinHandle;
 
@@ -44,17 +46,47 @@ pub use lifecycle::Lifecycle;
 pub const CHUNK: u64 = CHUNK_BYTES as u64;
 
 /// The last chunk index of a file of `size` bytes (none when empty).
-pub fn last_index(size: u64) -> Option<u64> {
-    size.checked_sub(1).map(|s| s / CHUNK)
+pub fn last_index(size: u64) -> Option<ChunkIndex> {
+    size.checked_sub(1).map(ChunkIndex::of_offset)
+}
+
+/// The index just past the last chunk of a file of `size` bytes.
+fn end_index(size: u64) -> ChunkIndex {
+    ChunkIndex(size.div_ceil(CHUNK))
 }
 
 /// The plaintext length chunk `index` has in a file of `size` bytes.
-fn chunk_len(size: u64, index: u64) -> usize {
+fn chunk_len(size: u64, index: ChunkIndex) -> usize {
     match last_index(size) {
         Some(last) if index < last => CHUNK_BYTES,
-        Some(last) if index == last => (size - last * CHUNK) as usize,
+        Some(last) if index == last => (size - last.start()) as usize,
         _ => 0,
     }
+}
+
+/// The pieces of the byte range `start..end` in each chunk: the chunk's index, the offset
+/// within it, and the length.
+fn pieces(start: u64, end: u64) -> impl Iterator<Item = (ChunkIndex, usize, usize)> {
+    let mut pos = start;
+    std::iter::from_fn(move || {
+        (pos < end).then(|| {
+            let within = pos % CHUNK;
+            let n = (CHUNK - within).min(end - pos);
+            let piece = (ChunkIndex::of_offset(pos), within as usize, n as usize);
+            pos += n;
+            piece
+        })
+    })
+}
+
+/// The chunk after `index`.
+fn after(index: ChunkIndex) -> ChunkIndex {
+    ChunkIndex(index.get() + 1)
+}
+
+/// The chunk indexes from `first` to `last`, both included.
+fn indexes(first: ChunkIndex, last: ChunkIndex) -> impl Iterator<Item = ChunkIndex> {
+    (first.get()..=last.get()).map(ChunkIndex)
 }
 
 /// Byte ranges within a chunk, kept sorted and merged.
@@ -86,7 +118,7 @@ impl Ranges {
 /// A sealed copy of a dirty chunk on the server, not committed yet.
 #[derive(Debug)]
 struct Upload {
-    generation: u64,
+    generation: Generation,
     last: bool,
     len: usize,
     task: Option<JoinHandle<Result<(), FsError>>>,
@@ -99,16 +131,16 @@ struct Dirty {
     /// when a commit loses the compare-and-swap.
     written: Ranges,
     /// The committed generation the buffer started from (0: none).
-    base: u64,
+    base: Generation,
     upload: Option<Upload>,
     /// The highest generation used for this chunk, so that every upload has a new one.
-    last_generation: u64,
+    last_generation: Generation,
 }
 
 /// The state of one file while it is open or has dirty data. Callers hold it locked.
 #[derive(Debug)]
 pub struct FileState {
-    pub ino: u64,
+    pub ino: FileId,
     pub cipher: Arc<ChunkCipher>,
     /// The size readers here see: committed size plus local writes and truncations.
     pub size: u64,
@@ -116,16 +148,16 @@ pub struct FileState {
     /// The size went down here since the last commit.
     truncated: bool,
     /// Committed generation of every stored chunk.
-    generations: BTreeMap<u64, u64>,
-    dirty: BTreeMap<u64, Dirty>,
-    pub version: u64,
+    generations: BTreeMap<ChunkIndex, Generation>,
+    dirty: BTreeMap<ChunkIndex, Dirty>,
+    pub version: Version,
     /// Open or closed here, and what the file still needs on the server (see
     /// [`Lifecycle`]).
     pub life: Lifecycle,
     /// The index just past the last chunk read, to notice sequential readers.
-    next_sequential: u64,
+    next_sequential: ChunkIndex,
     /// Chunks below this were already read ahead in the current sequential pass.
-    prefetched_to: u64,
+    prefetched_to: ChunkIndex,
     /// Another writer's changes were merged into this client's commit since the last one was
     /// recorded: the kernel's cached pages of the file may lack them. A fact about the
     /// kernel's cache, not the file's lifecycle: it holds in any stage.
@@ -139,26 +171,34 @@ pub struct FileState {
     attr_changes: Option<SetAttrRequest>,
 }
 
-async fn open_call(shared: &Shared, ino: u64) -> Result<OpenReply, FsError> {
+async fn open_call(shared: &Shared, ino: FileId) -> Result<OpenReply, FsError> {
     shared
         .remote
         .call("open", |mut api| async move {
-            api.open(OpenRequest { ino }).await
+            api.open(OpenRequest { ino: ino.0 }).await
         })
         .await
 }
 
-fn next_generation(base: u64, used: u64) -> u64 {
+/// A generation for a new upload of a chunk that started from `base` and last used `used`:
+/// the clock's nanoseconds, so that a restarted client never reuses one, and always past
+/// both.
+fn next_generation(base: Generation, used: Generation) -> Generation {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    now.max(base + 1).max(used + 1)
+    Generation(now).max(base.next()).max(used.next())
+}
+
+/// A committed chunk of a listing: its index and generation.
+fn committed_chunk(chunk: &ChunkInfo) -> (ChunkIndex, Generation) {
+    (ChunkIndex(chunk.index), Generation(chunk.generation))
 }
 
 impl FileState {
     /// Loads a file's committed state (attributes, chunk generations, key) in one call.
-    pub async fn open(shared: &Shared, ino: u64) -> Result<FileState, FsError> {
+    pub async fn open(shared: &Shared, ino: FileId) -> Result<FileState, FsError> {
         let reply = open_call(shared, ino).await?;
         let cipher = shared.keys.cipher_from(ino, &reply.keys)?;
         let mut state = FileState::empty(ino, cipher);
@@ -171,23 +211,29 @@ impl FileState {
         self.server_attr
     }
 
+    /// The server sent `attr` for this file (an open, a creation, a commit): its version is
+    /// the one this state now holds.
+    fn heard(&mut self, attr: Attr) {
+        self.version = Version(attr.version);
+        self.server_attr = Some(attr);
+    }
+
     /// The state of a file this client just created, open through the create's handle:
     /// empty, nothing to ask the server. `pending`: the request that creates it on the
     /// server at its first flush, when the server does not have it yet.
     pub fn created(
-        ino: u64,
+        ino: FileId,
         cipher: Arc<ChunkCipher>,
         attr: &Attr,
         pending: Option<CreateRequest>,
     ) -> FileState {
         let mut state = FileState::empty(ino, cipher);
         state.life = Lifecycle::created_here(pending);
-        state.version = attr.version;
-        state.server_attr = Some(*attr);
+        state.heard(*attr);
         state
     }
 
-    fn empty(ino: u64, cipher: Arc<ChunkCipher>) -> FileState {
+    fn empty(ino: FileId, cipher: Arc<ChunkCipher>) -> FileState {
         FileState {
             ino,
             cipher,
@@ -196,10 +242,10 @@ impl FileState {
             truncated: false,
             generations: BTreeMap::new(),
             dirty: BTreeMap::new(),
-            version: 0,
+            version: Version::default(),
             life: Lifecycle::from_server(),
-            next_sequential: 0,
-            prefetched_to: 0,
+            next_sequential: ChunkIndex::default(),
+            prefetched_to: ChunkIndex::default(),
             merged_foreign: false,
             arrived: None,
             server_attr: None,
@@ -226,6 +272,11 @@ impl FileState {
             attr.mtime = changes.mtime.or(attr.mtime);
         }
         attr
+    }
+
+    /// The directory of a new file not created on the server yet.
+    pub fn pending_in(&self) -> Option<FileId> {
+        self.life.pending().map(|request| FileId(request.parent))
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -258,26 +309,26 @@ impl FileState {
         let attr = reply.attr.ok_or_else(|| {
             FsError::local(ErrorKind::Internal, "an open reply without attributes")
         })?;
-        let mut generations: BTreeMap<u64, u64> = reply
-            .chunks
-            .iter()
-            .map(|c| (c.index, c.generation))
-            .collect();
+        let mut generations: BTreeMap<ChunkIndex, Generation> =
+            reply.chunks.iter().map(committed_chunk).collect();
         let mut more = reply.more_chunks;
         while more {
-            let from = generations.keys().next_back().map_or(0, |last| last + 1);
+            let from = generations
+                .keys()
+                .next_back()
+                .map_or(0, |last| last.get() + 1);
             let page = shared
                 .remote
                 .call("list_chunks", |mut api| async move {
                     api.list_chunks(ListChunksRequest {
-                        ino,
+                        ino: ino.0,
                         from_index: from,
                         limit: 4096,
                     })
                     .await
                 })
                 .await?;
-            generations.extend(page.chunks.iter().map(|c| (c.index, c.generation)));
+            generations.extend(page.chunks.iter().map(committed_chunk));
             more = page.more && !page.chunks.is_empty();
         }
         if !self.is_dirty() {
@@ -287,8 +338,7 @@ impl FileState {
         }
         self.committed_size = attr.size;
         self.generations = generations;
-        self.version = attr.version;
-        self.server_attr = Some(attr);
+        self.heard(attr);
         self.arrived = reply.small_chunk;
         Ok(attr)
     }
@@ -322,21 +372,44 @@ mod tests {
 
     #[test]
     fn chunk_lengths_follow_the_size() {
+        let [first, second, third] = [0, 1, 2].map(ChunkIndex);
         assert_eq!(last_index(0), None);
-        assert_eq!(last_index(1), Some(0));
-        assert_eq!(last_index(CHUNK), Some(0));
-        assert_eq!(last_index(CHUNK + 1), Some(1));
-        assert_eq!(chunk_len(CHUNK + 5, 0), CHUNK_BYTES);
-        assert_eq!(chunk_len(CHUNK + 5, 1), 5);
-        assert_eq!(chunk_len(CHUNK + 5, 2), 0);
-        assert_eq!(chunk_len(CHUNK, 0), CHUNK_BYTES);
+        assert_eq!(last_index(1), Some(first));
+        assert_eq!(last_index(CHUNK), Some(first));
+        assert_eq!(last_index(CHUNK + 1), Some(second));
+        assert_eq!(chunk_len(CHUNK + 5, first), CHUNK_BYTES);
+        assert_eq!(chunk_len(CHUNK + 5, second), 5);
+        assert_eq!(chunk_len(CHUNK + 5, third), 0);
+        assert_eq!(chunk_len(CHUNK, first), CHUNK_BYTES);
+        assert_eq!(
+            (end_index(0), end_index(CHUNK), end_index(CHUNK + 1)),
+            (first, second, third)
+        );
+        assert_eq!(
+            indexes(first, third).collect::<Vec<_>>(),
+            vec![first, second, third]
+        );
+        let split: Vec<_> = pieces(CHUNK - 2, 2 * CHUNK + 1).collect();
+        assert_eq!(
+            split,
+            vec![
+                (first, CHUNK_BYTES - 2, 2),
+                (second, 0, CHUNK_BYTES),
+                (third, 0, 1)
+            ]
+        );
+        assert_eq!(pieces(5, 5).count(), 0);
     }
 
     #[test]
     fn generations_always_grow() {
-        let g1 = next_generation(5, 5);
-        let g2 = next_generation(5, g1);
-        assert!(g1 > 5 && g2 > g1);
-        assert_eq!(next_generation(u64::MAX - 1, 0), u64::MAX);
+        let five = Generation(5);
+        let g1 = next_generation(five, five);
+        let g2 = next_generation(five, g1);
+        assert!(g1 > five && g2 > g1);
+        assert_eq!(
+            next_generation(Generation(u64::MAX - 1), Generation(0)),
+            Generation(u64::MAX)
+        );
     }
 }

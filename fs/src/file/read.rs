@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use format::ids::{ChunkIndex, Generation};
 
-use super::{CHUNK, FileState, chunk_len, last_index};
+use super::{CHUNK, FileState, after, chunk_len, indexes, last_index, pieces};
 use crate::error::FsError;
 use crate::shared::{ChunkRead, Shared};
 
 impl FileState {
-    fn chunk_read(&self, index: u64) -> Option<ChunkRead> {
+    fn chunk_read(&self, index: ChunkIndex) -> Option<ChunkRead> {
         let generation = *self.generations.get(&index)?;
         Some(ChunkRead {
             ino: self.ino,
@@ -27,12 +28,13 @@ impl FileState {
     pub(super) async fn committed(
         &mut self,
         shared: &Shared,
-        index: u64,
+        index: ChunkIndex,
     ) -> Result<Option<Arc<crate::cache::CleanChunk>>, FsError> {
+        let first = ChunkIndex::default();
         if let Some(small) = self.arrived.take()
-            && !self.dirty.contains_key(&0)
-            && let Some(read) = self.chunk_read(0)
-            && read.generation == small.generation
+            && !self.dirty.contains_key(&first)
+            && let Some(read) = self.chunk_read(first)
+            && read.generation == Generation(small.generation)
         {
             // Into the cache for this read; a chunk that fails its checks is fetched (and
             // reported) again below.
@@ -65,8 +67,9 @@ impl FileState {
             return Ok(Bytes::new());
         }
         // A read inside one committed chunk is a slice of its cached plaintext, not a copy.
-        let first = offset / CHUNK;
-        if (end - 1) / CHUNK == first
+        let first = ChunkIndex::of_offset(offset);
+        let last = ChunkIndex::of_offset(end - 1);
+        if last == first
             && !self.dirty.contains_key(&first)
             && let Some(chunk) = self.committed(shared, first).await?
         {
@@ -78,11 +81,7 @@ impl FileState {
             }
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
-        let mut pos = offset;
-        while pos < end {
-            let index = pos / CHUNK;
-            let within = (pos % CHUNK) as usize;
-            let n = (CHUNK - pos % CHUNK).min(end - pos) as usize;
+        for (index, within, n) in pieces(offset, end) {
             let copied = if let Some(dirty) = self.dirty.get(&index) {
                 copy_out(&mut out, &dirty.data, within, n)
             } else if let Some(chunk) = self.committed(shared, index).await? {
@@ -91,26 +90,26 @@ impl FileState {
                 0
             };
             out.resize(out.len() + (n - copied), 0);
-            pos += n as u64;
         }
-        self.prefetch(shared, offset / CHUNK, (end - 1) / CHUNK);
+        self.prefetch(shared, first, last);
         Ok(out.into())
     }
 
     /// Reads ahead of a sequential reader, in the background.
-    fn prefetch(&mut self, shared: &Arc<Shared>, first: u64, last: u64) {
-        let sequential =
-            first == self.next_sequential || first + 1 == self.next_sequential || first == 0;
-        self.next_sequential = last + 1;
+    fn prefetch(&mut self, shared: &Arc<Shared>, first: ChunkIndex, last: ChunkIndex) {
+        let sequential = first == self.next_sequential
+            || after(first) == self.next_sequential
+            || first == ChunkIndex::default();
+        self.next_sequential = after(last);
         if !sequential {
-            self.prefetched_to = 0;
+            self.prefetched_to = ChunkIndex::default();
             return;
         }
         // Each chunk is asked for once per sequential pass, not once per read request.
-        let from = (last + 1).max(self.prefetched_to);
-        let to = last + shared.limits.prefetch_chunks;
-        self.prefetched_to = to + 1;
-        for index in from..=to {
+        let from = after(last).max(self.prefetched_to);
+        let to = ChunkIndex(last.get() + shared.limits.prefetch_chunks);
+        self.prefetched_to = after(to);
+        for index in indexes(from, to) {
             if self.dirty.contains_key(&index) {
                 continue;
             }

@@ -3,12 +3,15 @@
 use std::sync::Arc;
 
 use crypto::ChunkContext;
-use format::ids::{ChunkIndex, FileId, Generation};
+use format::ids::{ChunkIndex, Generation};
 use format::limits::{CHUNK_BYTES, FILE_BYTES_MAX};
 use proto::ErrorKind;
 use proto::v1::{Attr, GetAttrRequest, PutChunkRequest};
 
-use super::{CHUNK, Dirty, FileState, Ranges, Upload, last_index, next_generation};
+use super::{
+    CHUNK, Dirty, FileState, Ranges, Upload, end_index, indexes, last_index, next_generation,
+    pieces,
+};
 use crate::error::FsError;
 use crate::shared::{Shared, crypto_work};
 
@@ -21,22 +24,22 @@ impl FileState {
     pub(super) async fn make_dirty(
         &mut self,
         shared: &Shared,
-        index: u64,
+        index: ChunkIndex,
         whole: bool,
     ) -> Result<(), FsError> {
         if self.dirty.contains_key(&index) {
             return Ok(());
         }
-        let base = self.generations.get(&index).copied().unwrap_or(0);
+        let base = self.generations.get(&index).copied().unwrap_or_default();
         let content = match (whole, base) {
-            (true, _) | (_, 0) => Vec::new(),
+            (true, _) | (_, Generation(0)) => Vec::new(),
             _ => self
                 .committed(shared, index)
                 .await?
                 .map(|c| c.plaintext.to_vec())
                 .unwrap_or_default(),
         };
-        let base = self.generations.get(&index).copied().unwrap_or(0);
+        let base = self.generations.get(&index).copied().unwrap_or_default();
         shared.add_dirty(content.len());
         self.dirty.insert(
             index,
@@ -66,11 +69,7 @@ impl FileState {
                     "write past the largest file the format holds",
                 )
             })?;
-        let mut pos = offset;
-        while pos < end {
-            let index = pos / CHUNK;
-            let within = (pos % CHUNK) as usize;
-            let n = (CHUNK - pos % CHUNK).min(end - pos) as usize;
+        for (index, within, n) in pieces(offset, end) {
             self.make_dirty(shared, index, within == 0 && n == CHUNK_BYTES)
                 .await?;
             let dirty = self.dirty.get_mut(&index).expect("made dirty above");
@@ -83,11 +82,10 @@ impl FileState {
                 shared.add_dirty(within + n - buffer.len());
                 buffer.resize(within + n, 0);
             }
-            let from = (pos - offset) as usize;
+            let from = (index.start() + within as u64 - offset) as usize;
             buffer[within..within + n].copy_from_slice(&data[from..from + n]);
             dirty.written.add(within, within + n);
             dirty.upload = None;
-            pos += n as u64;
         }
         self.size = self.size.max(end);
         self.forget_kept_mtime();
@@ -95,11 +93,8 @@ impl FileState {
             // Full chunks upload before the commit: the file must exist for them.
             self.materialize(shared, false).await?;
         }
-        self.write_behind(
-            shared,
-            (offset / CHUNK).saturating_sub(1),
-            (end - 1) / CHUNK,
-        );
+        let before = ChunkIndex::of_offset(offset).get().saturating_sub(1);
+        self.write_behind(shared, ChunkIndex(before), ChunkIndex::of_offset(end - 1));
         if shared.over_dirty_budget() {
             self.flush(shared, false).await?;
         }
@@ -107,11 +102,12 @@ impl FileState {
     }
 
     /// Starts uploading full chunks in `first..=last` that the file has grown past.
-    fn write_behind(&mut self, shared: &Arc<Shared>, first: u64, last: u64) {
+    fn write_behind(&mut self, shared: &Arc<Shared>, first: ChunkIndex, last: ChunkIndex) {
         let Some(file_last) = last_index(self.size) else {
             return;
         };
-        for index in first..=last.min(file_last.saturating_sub(1)) {
+        let below_last = ChunkIndex(file_last.get().saturating_sub(1));
+        for index in indexes(first, last.min(below_last)) {
             if index >= file_last {
                 break;
             }
@@ -128,7 +124,7 @@ impl FileState {
     pub(super) fn start_upload(
         &mut self,
         shared: &Arc<Shared>,
-        index: u64,
+        index: ChunkIndex,
         last: bool,
         len: usize,
     ) {
@@ -149,9 +145,9 @@ impl FileState {
                 .expect("upload semaphore closed");
             let context = ChunkContext {
                 vault,
-                file: FileId(ino),
-                index: ChunkIndex(index),
-                generation: Generation(generation),
+                file: ino,
+                index,
+                generation,
                 last,
             };
             let sealed = crypto_work(len, move || crypto::seal(&cipher, &context, &data[..len]))
@@ -164,8 +160,8 @@ impl FileState {
                     let data = sealed.clone();
                     async move {
                         api.put_chunk(PutChunkRequest {
-                            ino,
-                            index,
+                            ino: ino.0,
+                            index: index.get(),
                             data,
                             ..Default::default()
                         })
@@ -195,8 +191,11 @@ impl FileState {
         self.forget_kept_mtime();
         if size < self.size {
             self.truncated = true;
-            let keep = last_index(size).map_or(0, |l| l + 1);
-            let gone: Vec<u64> = self.dirty.range(keep..).map(|(i, _)| *i).collect();
+            let gone: Vec<ChunkIndex> = self
+                .dirty
+                .range(end_index(size)..)
+                .map(|(i, _)| *i)
+                .collect();
             for index in gone {
                 let dirty = self.dirty.remove(&index).expect("listed");
                 shared.sub_dirty(dirty.data.len());
@@ -206,7 +205,7 @@ impl FileState {
         match self.flush(shared, false).await? {
             Some(attr) => Ok(attr),
             None => {
-                let ino = self.ino;
+                let ino = self.ino.0;
                 shared
                     .remote
                     .call("get_attr", |mut api| async move {

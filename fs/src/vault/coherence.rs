@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use format::ids::{FileId, Version};
 use proto::v1::Attr;
 
 use super::Vault;
@@ -27,7 +28,7 @@ const FRESH_ATTRS_SWEEP: usize = 4096;
 pub trait Notifier: Send + Sync + std::fmt::Debug {
     /// Drops the attributes the kernel keeps of `ino` (the size it would end reads at), not
     /// its cached pages.
-    fn drop_attributes(&self, ino: u64) -> std::io::Result<()>;
+    fn drop_attributes(&self, ino: FileId) -> std::io::Result<()>;
 }
 
 /// What the kernel's caches hold of each file, as far as this client knows.
@@ -43,16 +44,16 @@ pub(super) struct Coherence {
 #[derive(Debug, Default)]
 struct Pages {
     /// The inode version each file had when this client last read or wrote it.
-    versions: HashMap<u64, u64>,
+    versions: HashMap<FileId, Version>,
     /// Files whose pages in the kernel's cache may lack another writer's merged changes.
-    stale_pages: HashSet<u64>,
+    stale_pages: HashSet<FileId>,
 }
 
 impl Pages {
     /// This client committed `ino` at `version`; `merged_foreign`: another writer's changes
     /// were merged into its commits since the last one recorded. Then the kernel's pages lack
     /// them until the next open drops them, whatever this client commits in between.
-    fn committed(&mut self, ino: u64, version: u64, merged_foreign: bool) {
+    fn committed(&mut self, ino: FileId, version: Version, merged_foreign: bool) {
         if merged_foreign {
             self.stale_pages.insert(ino);
         }
@@ -62,7 +63,7 @@ impl Pages {
     /// An open found `ino` at `version`: whether the kernel may keep its cached pages. Only
     /// when the version is the one this client last read or committed, with no other
     /// writer's changes merged since.
-    fn opened(&mut self, ino: u64, version: u64) -> bool {
+    fn opened(&mut self, ino: FileId, version: Version) -> bool {
         let previous = self.versions.insert(ino, version);
         let stale = self.stale_pages.remove(&ino);
         previous == Some(version) && !stale
@@ -73,11 +74,11 @@ impl Pages {
 /// `fuse::TTL`).
 #[derive(Debug, Default)]
 struct KernelAttrs {
-    versions: HashMap<u64, u64>,
+    versions: HashMap<FileId, Version>,
 }
 
 impl KernelAttrs {
-    fn given(&mut self, ino: u64, version: u64) {
+    fn given(&mut self, ino: FileId, version: Version) {
         if self.versions.len() >= KERNEL_VERSIONS_MAX {
             self.versions.clear();
         }
@@ -85,7 +86,7 @@ impl KernelAttrs {
     }
 
     /// Whether the kernel may keep attributes of `ino` of another version than `version`.
-    fn other_than(&self, ino: u64, version: u64) -> bool {
+    fn other_than(&self, ino: FileId, version: Version) -> bool {
         self.versions.get(&ino) != Some(&version)
     }
 }
@@ -93,11 +94,11 @@ impl KernelAttrs {
 /// Attributes this client learnt moments ago, trusted for [`FRESH_ATTR_LIFETIME`].
 #[derive(Debug, Default)]
 struct FreshAttrs {
-    attrs: HashMap<u64, (Instant, Attr)>,
+    attrs: HashMap<FileId, (Instant, Attr)>,
 }
 
 impl FreshAttrs {
-    fn get(&mut self, ino: u64, now: Instant) -> Option<Attr> {
+    fn get(&mut self, ino: FileId, now: Instant) -> Option<Attr> {
         match self.attrs.get(&ino) {
             Some((at, attr)) if now.duration_since(*at) < FRESH_ATTR_LIFETIME => Some(*attr),
             Some(_) => {
@@ -113,7 +114,7 @@ impl FreshAttrs {
             self.attrs
                 .retain(|_, (at, _)| now.duration_since(*at) < FRESH_ATTR_LIFETIME);
         }
-        self.attrs.insert(attr.ino, (now, *attr));
+        self.attrs.insert(FileId(attr.ino), (now, *attr));
     }
 }
 
@@ -125,7 +126,7 @@ impl Coherence {
     /// The kernel is given `attr` (a reply carries it).
     pub(super) fn kernel_has(&self, attr: &Attr) {
         let mut kernel = self.kernel.lock().expect("kernel versions poisoned");
-        kernel.given(attr.ino, attr.version);
+        kernel.given(FileId(attr.ino), Version(attr.version));
     }
 
     /// An open found the file at `attr` on the server: if the kernel keeps attributes of
@@ -133,12 +134,13 @@ impl Coherence {
     /// drop them, or it would end reads at the size it knows (close-to-open consistency).
     pub(super) fn kernel_catches_up(&self, attr: &Attr) {
         let kernel = self.kernel.lock().expect("kernel versions poisoned");
-        let other = kernel.other_than(attr.ino, attr.version);
+        let ino = FileId(attr.ino);
+        let other = kernel.other_than(ino, Version(attr.version));
         drop(kernel);
         if other && let Some(notifier) = self.notifier.get() {
             // The pages go by the open's own flags.
-            if let Err(error) = notifier.drop_attributes(attr.ino) {
-                tracing::debug!(%error, ino = %format!("{:016x}", attr.ino), "could not drop the kernel's attributes");
+            if let Err(error) = notifier.drop_attributes(ino) {
+                tracing::debug!(%error, %ino, "could not drop the kernel's attributes");
             }
         }
     }
@@ -146,13 +148,13 @@ impl Coherence {
     /// This client committed (or created) the file at `attr` (see [`Pages::committed`]).
     pub(super) fn committed(&self, attr: &Attr, merged_foreign: bool) {
         let mut pages = self.pages.lock().expect("pages poisoned");
-        pages.committed(attr.ino, attr.version, merged_foreign);
+        pages.committed(FileId(attr.ino), Version(attr.version), merged_foreign);
         drop(pages);
         self.learn(attr);
     }
 
     /// An open found `ino` at `version`: whether the kernel may keep its cached pages.
-    pub(super) fn opened(&self, ino: u64, version: u64) -> bool {
+    pub(super) fn opened(&self, ino: FileId, version: Version) -> bool {
         self.pages
             .lock()
             .expect("pages poisoned")
@@ -162,7 +164,7 @@ impl Coherence {
     /// Attributes this client learnt moments ago (a lookup, a create, a commit): the kernel
     /// asks again right after it changed something in a directory (to check permissions on
     /// the next path walk), and a round trip would tell it nothing new.
-    pub(super) fn fresh(&self, ino: u64) -> Option<Attr> {
+    pub(super) fn fresh(&self, ino: FileId) -> Option<Attr> {
         let mut fresh = self.fresh.lock().expect("fresh attributes poisoned");
         fresh.get(ino, Instant::now())
     }
@@ -206,10 +208,10 @@ mod tests {
     use std::sync::Arc;
 
     #[derive(Debug, Default)]
-    struct Recorder(Arc<Mutex<Vec<u64>>>);
+    struct Recorder(Arc<Mutex<Vec<FileId>>>);
 
     impl Notifier for Recorder {
-        fn drop_attributes(&self, ino: u64) -> std::io::Result<()> {
+        fn drop_attributes(&self, ino: FileId) -> std::io::Result<()> {
             self.0.lock().expect("recorder").push(ino);
             Ok(())
         }
@@ -225,21 +227,30 @@ mod tests {
 
     #[test]
     fn pages_are_kept_only_at_the_version_this_client_knows() {
-        let mut pages = Pages::default();
-        assert!(!pages.opened(7, 3), "never read here");
-        assert!(pages.opened(7, 3), "read at this version before");
-        assert!(!pages.opened(7, 4), "another client's close since");
-        pages.committed(7, 5, false);
-        assert!(pages.opened(7, 5), "this client's own commit");
+        let (mut pages, file) = (Pages::default(), FileId(7));
+        assert!(!pages.opened(file, Version(3)), "never read here");
+        assert!(
+            pages.opened(file, Version(3)),
+            "read at this version before"
+        );
+        assert!(
+            !pages.opened(file, Version(4)),
+            "another client's close since"
+        );
+        pages.committed(file, Version(5), false);
+        assert!(pages.opened(file, Version(5)), "this client's own commit");
     }
 
     #[test]
     fn merged_changes_drop_the_pages_at_the_next_open_only() {
-        let mut pages = Pages::default();
-        pages.committed(7, 5, true);
-        pages.committed(7, 6, false);
-        assert!(!pages.opened(7, 6), "the pages lack the merged changes");
-        assert!(pages.opened(7, 6), "dropped once");
+        let (mut pages, file) = (Pages::default(), FileId(7));
+        pages.committed(file, Version(5), true);
+        pages.committed(file, Version(6), false);
+        assert!(
+            !pages.opened(file, Version(6)),
+            "the pages lack the merged changes"
+        );
+        assert!(pages.opened(file, Version(6)), "dropped once");
     }
 
     #[test]
@@ -252,18 +263,18 @@ mod tests {
         coherence.kernel_has(&attr(7, 2));
         coherence.kernel_catches_up(&attr(7, 2));
         coherence.kernel_catches_up(&attr(7, 3));
-        assert_eq!(*seen.lock().expect("recorder"), vec![7, 7]);
+        assert_eq!(*seen.lock().expect("recorder"), vec![FileId(7), FileId(7)]);
     }
 
     #[test]
     fn kernel_versions_are_bounded() {
         let mut kernel = KernelAttrs::default();
         for ino in 0..KERNEL_VERSIONS_MAX as u64 + 1 {
-            kernel.given(ino, 1);
+            kernel.given(FileId(ino), Version(1));
         }
         assert_eq!(kernel.versions.len(), 1, "started over");
         assert!(
-            kernel.other_than(0, 1),
+            kernel.other_than(FileId(0), Version(1)),
             "forgotten: caught up at its next open"
         );
     }
@@ -273,8 +284,12 @@ mod tests {
         let mut fresh = FreshAttrs::default();
         let t = Instant::now();
         fresh.learn(&attr(7, 2), t);
-        assert_eq!(fresh.get(7, t + FRESH_ATTR_LIFETIME / 2), Some(attr(7, 2)));
-        assert_eq!(fresh.get(7, t + FRESH_ATTR_LIFETIME), None);
+        let file = FileId(7);
+        assert_eq!(
+            fresh.get(file, t + FRESH_ATTR_LIFETIME / 2),
+            Some(attr(7, 2))
+        );
+        assert_eq!(fresh.get(file, t + FRESH_ATTR_LIFETIME), None);
         assert!(fresh.attrs.is_empty(), "an expired one goes");
         for ino in 0..=FRESH_ATTRS_SWEEP as u64 {
             fresh.learn(&attr(ino, 1), t);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crypto::DataKey;
+use format::ids::{FileId, Handle};
 use proto::v1::{Attr, CreateRequest, FileKind, Timestamp};
 
 use super::table::Opened;
@@ -16,17 +17,17 @@ impl Vault {
     /// Creates a regular file with a fresh key and opens it.
     pub fn create(
         &self,
-        parent: u64,
+        parent: FileId,
         name: &[u8],
         perm: u32,
         exclusive: bool,
         uid: u32,
         gid: u32,
-    ) -> Result<(Attr, u64), FsError> {
+    ) -> Result<(Attr, Handle), FsError> {
         self.block(async {
             let ino = loop {
-                let candidate = u64::from_le_bytes(identity::random_bytes());
-                if candidate > 1 {
+                let candidate = FileId(u64::from_le_bytes(identity::random_bytes()));
+                if candidate > FileId::ROOT {
                     break candidate;
                 }
             };
@@ -38,12 +39,12 @@ impl Vault {
             // every name: then no other client can take the name before this one is there.
             let pending = CreateRequest {
                 lazy: true,
-                parent,
+                parent: parent.0,
                 name: name.to_vec(),
                 perm,
                 uid,
                 gid,
-                ino,
+                ino: ino.0,
                 wrapped_keys,
                 exclusive: true,
             };
@@ -65,12 +66,12 @@ impl Vault {
             let reply = created.as_ref().ok();
             self.shared.dirs().added(parent, name, reply, asked);
             let attr = created?;
-            self.shared.remember_name(attr.ino, name);
+            self.shared.remember_name(FileId(attr.ino), name);
             self.coherence.learn(&attr);
             self.ask_lease(parent);
-            if attr.ino != ino {
+            if FileId(attr.ino) != ino {
                 // Not exclusive, and the name existed: open that file as it is.
-                let fh = self.open_async(attr.ino).await?.0;
+                let fh = self.open_async(FileId(attr.ino)).await?.0;
                 return Ok((attr, fh));
             }
             Ok(self.created_known(ino, &key, attr, None))
@@ -81,11 +82,11 @@ impl Vault {
     /// server will give it.
     fn created_pending(
         &self,
-        ino: u64,
+        ino: FileId,
         key: &DataKey,
-        parent: u64,
+        parent: FileId,
         request: CreateRequest,
-    ) -> (Attr, u64) {
+    ) -> (Attr, Handle) {
         let now = stamp(std::time::SystemTime::now());
         let attr = new_file_attr(ino, &request, self.shared.keys.uid(), now);
         self.shared.add_pending(
@@ -106,11 +107,11 @@ impl Vault {
     /// the name.
     fn created_exclusive_here(
         &self,
-        ino: u64,
+        ino: FileId,
         key: &DataKey,
         request: &CreateRequest,
-    ) -> Option<(Attr, u64)> {
-        let (parent, name) = (request.parent, &request.name);
+    ) -> Option<(Attr, Handle)> {
+        let (parent, name) = (FileId(request.parent), &request.name);
         let mut created = None;
         self.behind.while_held(parent, || {
             // One lock after the other (both are leaves of the lock order).
@@ -128,11 +129,11 @@ impl Vault {
     /// waiting for its first flush.
     fn created_known(
         &self,
-        ino: u64,
+        ino: FileId,
         key: &DataKey,
         attr: Attr,
         pending: Option<CreateRequest>,
-    ) -> (Attr, u64) {
+    ) -> (Attr, Handle) {
         // A new, empty file: its state is known without asking the server.
         let cipher = self.shared.keys.remember(ino, key);
         let state = FileState::created(ino, cipher, &attr, pending);
@@ -150,7 +151,7 @@ impl Vault {
     }
 
     /// Creates a pending new file on the server now, before anything that needs it there.
-    pub(super) async fn materialize(&self, ino: u64) -> Result<(), FsError> {
+    pub(super) async fn materialize(&self, ino: FileId) -> Result<(), FsError> {
         if self.shared.pending_attr(ino).is_none() {
             return Ok(());
         }
@@ -169,7 +170,7 @@ impl Vault {
 
     /// Creates every pending new file in `parent` (or everywhere) on the server now: before
     /// listing, renaming or removing names there.
-    pub(super) async fn materialize_in(&self, parent: Option<u64>) -> Result<(), FsError> {
+    pub(super) async fn materialize_in(&self, parent: Option<FileId>) -> Result<(), FsError> {
         for ino in self.shared.pending_in(parent) {
             self.materialize(ino).await?;
         }
@@ -179,9 +180,9 @@ impl Vault {
 
 /// The attributes the server will give a new file it creates from `request` at `now`, for
 /// the vault user `owner`.
-fn new_file_attr(ino: u64, request: &CreateRequest, owner: u32, now: Timestamp) -> Attr {
+fn new_file_attr(ino: FileId, request: &CreateRequest, owner: u32, now: Timestamp) -> Attr {
     Attr {
-        ino,
+        ino: ino.0,
         kind: FileKind::Regular as i32,
         perm: request.perm & 0o7777,
         uid: request.uid,
@@ -216,7 +217,7 @@ mod tests {
             seconds: 5,
             nanos: 6,
         };
-        let attr = new_file_attr(7, &request, 42, now);
+        let attr = new_file_attr(FileId(7), &request, 42, now);
         assert_eq!(
             (attr.ino, attr.perm, attr.uid, attr.gid),
             (7, 0o640, 1000, 100)

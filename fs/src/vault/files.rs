@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use format::ids::{FileId, Handle, Version};
 use proto::ErrorKind;
 use proto::v1::SyncRequest;
 
@@ -17,11 +18,11 @@ const OPEN_ATTEMPTS: usize = 8;
 impl Vault {
     /// Opens a file: revalidates it against the server (close-to-open consistency) and says
     /// whether the kernel may keep its cached pages.
-    pub fn open(&self, ino: u64) -> Result<(u64, bool), FsError> {
+    pub fn open(&self, ino: FileId) -> Result<(Handle, bool), FsError> {
         self.block(self.open_async(ino))
     }
 
-    pub(super) async fn open_async(&self, ino: u64) -> Result<(u64, bool), FsError> {
+    pub(super) async fn open_async(&self, ino: FileId) -> Result<(Handle, bool), FsError> {
         // A release racing with this open may retire the state found in the table; it
         // leaves the table first, so a second look finds a fresh one.
         for _ in 0..OPEN_ATTEMPTS {
@@ -50,12 +51,12 @@ impl Vault {
         }
         Err(FsError::local(
             ErrorKind::Internal,
-            format!("file {ino:016x} kept closing while being opened"),
+            format!("file {ino} kept closing while being opened"),
         ))
     }
 
     /// Registers a handle on a file just opened; says whether the kernel may keep its pages.
-    fn opened(&self, ino: u64, file: SharedFile, version: u64) -> (u64, bool) {
+    fn opened(&self, ino: FileId, file: SharedFile, version: Version) -> (Handle, bool) {
         let keep_cache = self.coherence.opened(ino, version);
         if !keep_cache {
             self.shared
@@ -74,12 +75,12 @@ impl Vault {
         )
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<bytes::Bytes, FsError> {
+    pub fn read(&self, fh: Handle, offset: u64, size: u32) -> Result<bytes::Bytes, FsError> {
         let (_, file) = self.table.file_of(fh)?;
         self.block(async { file.lock().await.read(&self.shared, offset, size).await })
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, FsError> {
+    pub fn write(&self, fh: Handle, offset: u64, data: &[u8]) -> Result<usize, FsError> {
         let (_, file) = self.table.file_of(fh)?;
         self.block(async { file.lock().await.write(&self.shared, offset, data).await })?;
         Ok(data.len())
@@ -89,7 +90,7 @@ impl Vault {
     /// set-group-ID bit when group execution is allowed (what the kernel does itself for
     /// writes through its page cache; for direct writes it leaves it to the filesystem). Checked
     /// once per open file.
-    pub fn drop_setid_bits(&self, fh: u64) -> Result<(), FsError> {
+    pub fn drop_setid_bits(&self, fh: Handle) -> Result<(), FsError> {
         let Some(ino) = self.table.check_setid_once(fh) else {
             return Ok(());
         };
@@ -105,17 +106,17 @@ impl Vault {
 
     /// close(2): everything written through this file becomes current on the server, seen by
     /// every later open (close-to-open consistency).
-    pub fn flush(&self, fh: u64) -> Result<(), FsError> {
+    pub fn flush(&self, fh: Handle) -> Result<(), FsError> {
         self.flush_as(fh, false)
     }
 
     /// fsync(2): as close, and durable on the server, with every change this client made
     /// before (the file's creation and name among them).
-    pub fn fsync(&self, fh: u64) -> Result<(), FsError> {
+    pub fn fsync(&self, fh: Handle) -> Result<(), FsError> {
         self.flush_as(fh, true)
     }
 
-    fn flush_as(&self, fh: u64, durable: bool) -> Result<(), FsError> {
+    fn flush_as(&self, fh: Handle, durable: bool) -> Result<(), FsError> {
         let (ino, file) = self.table.file_of(fh)?;
         self.block(async {
             if durable {
@@ -128,7 +129,7 @@ impl Vault {
                 if !durable && self.defers(&state) {
                     return Ok(());
                 }
-                let new_in = state.life.pending().map(|c| c.parent);
+                let new_in = state.pending_in();
                 let committed = state.flush(&self.shared, durable).await?;
                 if let Some(attr) = &committed {
                     self.record_commit(attr, &mut state);
@@ -147,7 +148,7 @@ impl Vault {
         })
     }
 
-    pub fn release(&self, fh: u64) -> Result<(), FsError> {
+    pub fn release(&self, fh: Handle) -> Result<(), FsError> {
         let (ino, file) = self.table.file_of(fh)?;
         self.table.remove_handle(fh);
         self.block(async {
@@ -163,7 +164,7 @@ impl Vault {
     }
 
     /// A file with no handle and nothing left to send leaves the open-files table.
-    pub(super) fn retire_if_done(&self, ino: u64, file: &SharedFile, state: &mut FileState) {
+    pub(super) fn retire_if_done(&self, ino: FileId, file: &SharedFile, state: &mut FileState) {
         if state.is_dirty() || !state.life.retire() {
             return;
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use format::ids::FileId;
 use proto::v1::{LeaseReply, LeaseRequest, RecallsRequest};
 
 use super::Vault;
@@ -13,7 +14,7 @@ use crate::error::FsError;
 impl Vault {
     /// Asks storaged, in the background, for a lease on `dir`, where this client just created
     /// a file, unless it holds one, asked already, or gave one back a moment ago.
-    pub(super) fn ask_lease(&self, dir: u64) {
+    pub(super) fn ask_lease(&self, dir: FileId) {
         let remote = &self.shared.remote;
         if !remote.server_has(proto::features::LEASES)
             || !self.recalls_heard()
@@ -28,7 +29,7 @@ impl Vault {
         self.shared.spawn(async move {
             let reply = lease_call(&remote, dir, false).await;
             if let Err(error) = &reply {
-                tracing::debug!(%error, dir = %format!("{dir:016x}"), "no lease");
+                tracing::debug!(%error, %dir, "no lease");
             }
             let Some(vault) = me.upgrade() else {
                 return;
@@ -92,14 +93,14 @@ impl Vault {
 
     /// Gives the lease on `dir` back (storaged recalled it, or no close used it for a while):
     /// sends every new file still held there first.
-    async fn give_back(&self, dir: u64) {
+    async fn give_back(&self, dir: FileId) {
         self.behind.recalled(dir);
         if let Err(error) = self.send_held_in(Some(dir)).await {
-            tracing::error!(%error, dir = %format!("{dir:016x}"), "could not send the files closed under a recalled lease");
+            tracing::error!(%error, %dir, "could not send the files closed under a recalled lease");
         }
         let given = lease_call(&self.shared.remote, dir, true).await;
         if let Err(error) = given {
-            tracing::warn!(%error, dir = %format!("{dir:016x}"), "could not give a lease back; the server takes it");
+            tracing::warn!(%error, %dir, "could not give a lease back; the server takes it");
         }
         self.behind.given_back(dir);
     }
@@ -108,12 +109,16 @@ impl Vault {
 /// Asks for `dir`'s lease, or gives it back.
 async fn lease_call(
     remote: &crate::remote::Remote,
-    dir: u64,
+    dir: FileId,
     give_back: bool,
 ) -> Result<LeaseReply, FsError> {
     remote
         .call("lease", |mut api| async move {
-            api.lease(LeaseRequest { dir, give_back }).await
+            api.lease(LeaseRequest {
+                dir: dir.0,
+                give_back,
+            })
+            .await
         })
         .await
 }
@@ -141,7 +146,8 @@ async fn hear_recalls(me: std::sync::Weak<Vault>, remote: crate::remote::Remote)
                     let Some(vault) = me.upgrade() else {
                         return;
                     };
-                    tokio::spawn(async move { vault.give_back(recall.dir).await });
+                    let dir = FileId(recall.dir);
+                    tokio::spawn(async move { vault.give_back(dir).await });
                 }
             }
             Err(error) => tracing::debug!(%error, "not listening for lease recalls"),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use format::ids::{FileId, Handle};
 use proto::v1::{Attr, GetAttrRequest, ReadDirRequest};
 
 use super::table::Opened;
@@ -20,7 +21,7 @@ const READDIR_ENTRIES_MAX: usize = 1_000_000;
 /// was all.
 async fn read_dir(
     shared: &Shared,
-    dir: u64,
+    dir: FileId,
     max: usize,
 ) -> Result<(Vec<(Vec<u8>, Attr)>, bool), FsError> {
     let mut entries = Vec::new();
@@ -32,7 +33,7 @@ async fn read_dir(
                 let after = after.clone();
                 async move {
                     api.read_dir(ReadDirRequest {
-                        ino: dir,
+                        ino: dir.0,
                         after,
                         limit: READDIR_PAGE,
                     })
@@ -58,12 +59,12 @@ async fn read_dir(
 
 /// Lists `dir` so that the next lookups there are answered here (see `dirs`): its attributes
 /// before and after must show one version, or the listing is not used.
-pub(super) async fn list_for_lookups(shared: &Shared, dir: u64) -> Result<(), FsError> {
+pub(super) async fn list_for_lookups(shared: &Shared, dir: FileId) -> Result<(), FsError> {
     let asked = Instant::now();
     let changes = shared.remote.changes();
     let get_attr = || {
         shared.remote.call("get_attr", |mut api| async move {
-            api.get_attr(GetAttrRequest { ino: dir }).await
+            api.get_attr(GetAttrRequest { ino: dir.0 }).await
         })
     };
     let before = get_attr().await?;
@@ -81,7 +82,7 @@ pub(super) async fn list_for_lookups(shared: &Shared, dir: u64) -> Result<(), Fs
 
 impl Vault {
     /// Snapshots a directory listing for `readdir`.
-    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+    pub fn opendir(&self, ino: FileId) -> Result<Handle, FsError> {
         let mut listing = Vec::new();
         let mut changes = 0;
         self.block(async {
@@ -102,12 +103,12 @@ impl Vault {
     /// The snapshot taken at `opendir`, and whether its attributes are still current: nothing
     /// was changed through this client since (another client's change shows after the attribute
     /// timeout, as with lookups).
-    pub fn listing(&self, fh: u64) -> Result<(Listing, bool), FsError> {
+    pub fn listing(&self, fh: Handle) -> Result<(Listing, bool), FsError> {
         let (listing, changes) = self.table.listing_of(fh)?;
         Ok((listing, changes == self.shared.remote.changes()))
     }
 
-    pub fn releasedir(&self, fh: u64) {
+    pub fn releasedir(&self, fh: Handle) {
         self.table.remove_handle(fh);
     }
 }

@@ -43,6 +43,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
+use format::ids::FileId;
 use proto::v1::{Attr, Timestamp};
 
 pub mod behind;
@@ -141,7 +142,7 @@ impl Vault {
     /// A file's attributes as this client sees them: an open file with local writes shows
     /// its local size, and the attribute changes it keeps for its next commit.
     async fn local_view(&self, attr: Attr) -> Attr {
-        match self.table.file(attr.ino) {
+        match self.table.file(FileId(attr.ino)) {
             Some(file) => file.lock().await.view(attr),
             None => attr,
         }

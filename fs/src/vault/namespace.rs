@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use format::ids::{FileId, Version};
 use proto::ErrorKind;
 use proto::v1::{
     Attr, FileKind, GetAttrRequest, LinkRequest, LookupRequest, MkdirRequest, MknodRequest,
@@ -18,7 +19,7 @@ use crate::error::FsError;
 use crate::file::FileState;
 
 impl Vault {
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+    pub fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Attr, FsError> {
         self.block(async {
             if let Some(attr) = self.shared.pending_named(parent, name) {
                 return Ok(self.local_view(attr).await);
@@ -42,17 +43,17 @@ impl Vault {
                 .remote
                 .call("lookup", |mut api| {
                     let name = name_owned.clone();
-                    async move { api.lookup(LookupRequest { parent, name }).await }
+                    async move { api.lookup(LookupRequest { parent: parent.0, name }).await }
                 })
                 .await?;
-            self.shared.remember_name(attr.ino, name);
+            self.shared.remember_name(FileId(attr.ino), name);
             self.coherence.learn(&attr);
             Ok(self.local_view(attr).await)
         })
     }
 
     /// A lookup's answer from what this client knows of the directory, if it knows enough.
-    async fn known_answer(&self, parent: u64, name: &[u8]) -> Option<Result<Attr, FsError>> {
+    async fn known_answer(&self, parent: FileId, name: &[u8]) -> Option<Result<Attr, FsError>> {
         let changes = self.shared.remote.changes();
         let answer = self
             .shared
@@ -62,14 +63,15 @@ impl Vault {
             Answer::Ask => None,
             Answer::Absent => Some(Err(FsError::local(ErrorKind::NotFound, "no such entry"))),
             Answer::Present(listed) => {
-                self.shared.remember_name(listed.ino, name);
-                let attr = self.coherence.fresh(listed.ino).unwrap_or(listed);
+                let ino = FileId(listed.ino);
+                self.shared.remember_name(ino, name);
+                let attr = self.coherence.fresh(ino).unwrap_or(listed);
                 Some(Ok(self.local_view(attr).await))
             }
         }
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+    pub fn getattr(&self, ino: FileId) -> Result<Attr, FsError> {
         if let Some(attr) = self
             .coherence
             .fresh(ino)
@@ -82,7 +84,7 @@ impl Vault {
                 .shared
                 .remote
                 .call("get_attr", |mut api| async move {
-                    api.get_attr(GetAttrRequest { ino }).await
+                    api.get_attr(GetAttrRequest { ino: ino.0 }).await
                 })
                 .await?;
             self.coherence.learn(&attr);
@@ -90,11 +92,11 @@ impl Vault {
         })
     }
 
-    pub fn setattr(&self, ino: u64, changes: &Changes) -> Result<Attr, FsError> {
+    pub fn setattr(&self, ino: FileId, changes: &Changes) -> Result<Attr, FsError> {
         self.block(async {
             let rest = SetAttrRequest {
                 lazy: true,
-                ino,
+                ino: ino.0,
                 perm: changes.perm,
                 uid: changes.uid,
                 gid: changes.gid,
@@ -142,14 +144,16 @@ impl Vault {
                 None => set_attr(rest).await?,
             };
             if attr.kind == FileKind::Directory as i32 {
-                self.shared.dirs().touched(ino, attr.version, asked);
+                self.shared
+                    .dirs()
+                    .touched(ino, Version(attr.version), asked);
             }
             self.coherence.learn(&attr);
             Ok(attr)
         })
     }
 
-    async fn truncate(&self, ino: u64, size: u64) -> Result<(), FsError> {
+    async fn truncate(&self, ino: FileId, size: u64) -> Result<(), FsError> {
         let file = match self.table.file(ino) {
             Some(file) => file,
             None => Arc::new(tokio::sync::Mutex::new(
@@ -164,7 +168,7 @@ impl Vault {
 
     pub fn mkdir(
         &self,
-        parent: u64,
+        parent: FileId,
         name: &[u8],
         perm: u32,
         uid: u32,
@@ -177,7 +181,7 @@ impl Vault {
             async move {
                 api.mkdir(MkdirRequest {
                     lazy: true,
-                    parent,
+                    parent: parent.0,
                     name,
                     perm,
                     uid,
@@ -197,7 +201,7 @@ impl Vault {
     #[allow(clippy::too_many_arguments)]
     pub fn mknod(
         &self,
-        parent: u64,
+        parent: FileId,
         name: &[u8],
         kind: FileKind,
         perm: u32,
@@ -212,7 +216,7 @@ impl Vault {
             async move {
                 api.mknod(MknodRequest {
                     lazy: true,
-                    parent,
+                    parent: parent.0,
                     name,
                     kind: kind as i32,
                     perm,
@@ -230,7 +234,7 @@ impl Vault {
 
     pub fn symlink(
         &self,
-        parent: u64,
+        parent: FileId,
         name: &[u8],
         target: &[u8],
         uid: u32,
@@ -243,7 +247,7 @@ impl Vault {
             async move {
                 api.symlink(SymlinkRequest {
                     lazy: true,
-                    parent,
+                    parent: parent.0,
                     name,
                     target,
                     uid,
@@ -257,14 +261,14 @@ impl Vault {
         made
     }
 
-    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+    pub fn readlink(&self, ino: FileId) -> Result<Vec<u8>, FsError> {
         self.block(self.shared.remote.call("read_link", |mut api| async move {
-            api.read_link(ReadLinkRequest { ino }).await
+            api.read_link(ReadLinkRequest { ino: ino.0 }).await
         }))
         .map(|r| r.target)
     }
 
-    pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr, FsError> {
+    pub fn link(&self, ino: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Attr, FsError> {
         self.coherence.forget_fresh();
         let new_name = new_name.to_vec();
         self.block(async {
@@ -278,8 +282,8 @@ impl Vault {
                     async move {
                         api.link(LinkRequest {
                             lazy: true,
-                            ino,
-                            new_parent,
+                            ino: ino.0,
+                            new_parent: new_parent.0,
                             new_name,
                         })
                         .await
@@ -296,7 +300,7 @@ impl Vault {
 
     /// The inode behind a name, if this client has it open (so that removing the name keeps
     /// the data until the last close).
-    async fn open_inode_named(&self, parent: u64, name: &[u8]) -> Option<SharedFile> {
+    async fn open_inode_named(&self, parent: FileId, name: &[u8]) -> Option<SharedFile> {
         if self.table.open_files() == 0 {
             return None;
         }
@@ -306,14 +310,20 @@ impl Vault {
             .remote
             .call("lookup", |mut api| {
                 let name = name.clone();
-                async move { api.lookup(LookupRequest { parent, name }).await }
+                async move {
+                    api.lookup(LookupRequest {
+                        parent: parent.0,
+                        name,
+                    })
+                    .await
+                }
             })
             .await
             .ok()?;
-        self.table.file(attr.ino)
+        self.table.file(FileId(attr.ino))
     }
 
-    pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+    pub fn unlink(&self, parent: FileId, name: &[u8]) -> Result<(), FsError> {
         self.coherence.forget_fresh();
         self.block(async {
             self.materialize_in(Some(parent)).await?;
@@ -330,7 +340,7 @@ impl Vault {
                     async move {
                         api.unlink(UnlinkRequest {
                             lazy: true,
-                            parent,
+                            parent: parent.0,
                             name,
                             keep_open,
                         })
@@ -359,7 +369,7 @@ impl Vault {
         })
     }
 
-    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+    pub fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<(), FsError> {
         self.coherence.forget_fresh();
         // The directory may hold new files not created on the server yet.
         self.block(self.materialize_in(None))?;
@@ -370,7 +380,7 @@ impl Vault {
             async move {
                 api.rmdir(RmdirRequest {
                     lazy: true,
-                    parent,
+                    parent: parent.0,
                     name,
                 })
                 .await
@@ -388,9 +398,9 @@ impl Vault {
 
     pub fn rename(
         &self,
-        parent: u64,
+        parent: FileId,
         name: &[u8],
-        new_parent: u64,
+        new_parent: FileId,
         new_name: &[u8],
         mode: RenameMode,
     ) -> Result<(), FsError> {
@@ -407,9 +417,9 @@ impl Vault {
                     async move {
                         api.rename(RenameRequest {
                             lazy: true,
-                            parent,
+                            parent: parent.0,
                             name,
-                            new_parent,
+                            new_parent: new_parent.0,
                             new_name,
                             no_replace: mode == RenameMode::NoReplace,
                             exchange: mode == RenameMode::Exchange,
@@ -425,8 +435,8 @@ impl Vault {
                 dirs.forget(new_parent);
             }
             let reply = reply?;
-            let replaced = reply.replaced_ino;
-            if replaced != 0 {
+            if reply.replaced_ino != 0 {
+                let replaced = FileId(reply.replaced_ino);
                 match self.table.file(replaced) {
                     Some(file) => file.lock().await.life.name_removed(true),
                     None => self.release_orphan(replaced).await,
@@ -436,16 +446,20 @@ impl Vault {
         })
     }
 
-    pub(super) async fn release_orphan(&self, ino: u64) {
+    pub(super) async fn release_orphan(&self, ino: FileId) {
         let released = self
             .shared
             .remote
             .call("release", |mut api| async move {
-                api.release(ReleaseRequest { lazy: true, ino }).await
+                api.release(ReleaseRequest {
+                    lazy: true,
+                    ino: ino.0,
+                })
+                .await
             })
             .await;
         if let Err(error) = released {
-            tracing::warn!(%error, ino = %format!("{ino:016x}"), "could not free an unlinked file; the server frees it later");
+            tracing::warn!(%error, %ino, "could not free an unlinked file; the server frees it later");
         }
     }
 

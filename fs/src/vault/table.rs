@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use format::ids::{FileId, Handle};
 use proto::ErrorKind;
 
 use super::Listing;
@@ -19,7 +20,7 @@ pub(super) type SharedFile = Arc<tokio::sync::Mutex<FileState>>;
 #[derive(Debug)]
 pub(super) enum Opened {
     File {
-        ino: u64,
+        ino: FileId,
         file: SharedFile,
         /// Set-ID bits were checked for a write by a user without CAP_FSETID.
         setid_checked: bool,
@@ -33,8 +34,8 @@ pub(super) enum Opened {
 
 #[derive(Debug, Default)]
 struct Tables {
-    files: HashMap<u64, SharedFile>,
-    handles: HashMap<u64, Opened>,
+    files: HashMap<FileId, SharedFile>,
+    handles: HashMap<Handle, Opened>,
 }
 
 #[derive(Debug)]
@@ -56,18 +57,18 @@ impl OpenTable {
     }
 
     /// A new handle for `opened`.
-    pub(super) fn add_handle(&self, opened: Opened) -> u64 {
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn add_handle(&self, opened: Opened) -> Handle {
+        let fh = Handle(self.next_handle.fetch_add(1, Ordering::Relaxed));
         self.lock().handles.insert(fh, opened);
         fh
     }
 
-    pub(super) fn remove_handle(&self, fh: u64) {
+    pub(super) fn remove_handle(&self, fh: Handle) {
         self.lock().handles.remove(&fh);
     }
 
     /// The file an open file handle stands for.
-    pub(super) fn file_of(&self, fh: u64) -> Result<(u64, SharedFile), FsError> {
+    pub(super) fn file_of(&self, fh: Handle) -> Result<(FileId, SharedFile), FsError> {
         match self.lock().handles.get(&fh) {
             Some(Opened::File { ino, file, .. }) => Ok((*ino, file.clone())),
             _ => Err(FsError::local(
@@ -78,7 +79,7 @@ impl OpenTable {
     }
 
     /// The listing an open directory handle stands for, and the change count before it.
-    pub(super) fn listing_of(&self, fh: u64) -> Result<(Listing, u64), FsError> {
+    pub(super) fn listing_of(&self, fh: Handle) -> Result<(Listing, u64), FsError> {
         match self.lock().handles.get(&fh) {
             Some(Opened::Dir { listing, changes }) => Ok((listing.clone(), *changes)),
             _ => Err(FsError::local(
@@ -90,7 +91,7 @@ impl OpenTable {
 
     /// The file of an open file handle whose set-ID bits were not checked yet; they count as
     /// checked from now on.
-    pub(super) fn check_setid_once(&self, fh: u64) -> Option<u64> {
+    pub(super) fn check_setid_once(&self, fh: Handle) -> Option<FileId> {
         match self.lock().handles.get_mut(&fh) {
             Some(Opened::File {
                 ino, setid_checked, ..
@@ -103,22 +104,22 @@ impl OpenTable {
     }
 
     /// The state of an open file.
-    pub(super) fn file(&self, ino: u64) -> Option<SharedFile> {
+    pub(super) fn file(&self, ino: FileId) -> Option<SharedFile> {
         self.lock().files.get(&ino).cloned()
     }
 
     /// Enters `file` as the state of `ino`, or returns the state entered meanwhile.
-    pub(super) fn file_or_insert(&self, ino: u64, file: SharedFile) -> SharedFile {
+    pub(super) fn file_or_insert(&self, ino: FileId, file: SharedFile) -> SharedFile {
         self.lock().files.entry(ino).or_insert(file).clone()
     }
 
     /// Enters a new file's state (its inode is new, so none is there).
-    pub(super) fn insert_file(&self, ino: u64, file: SharedFile) {
+    pub(super) fn insert_file(&self, ino: FileId, file: SharedFile) {
         self.lock().files.insert(ino, file);
     }
 
     /// Takes `file` out of the table, if it is still the state of `ino` there.
-    pub(super) fn remove_file(&self, ino: u64, file: &SharedFile) {
+    pub(super) fn remove_file(&self, ino: FileId, file: &SharedFile) {
         let mut tables = self.lock();
         if tables.files.get(&ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
             tables.files.remove(&ino);
@@ -126,7 +127,7 @@ impl OpenTable {
     }
 
     /// Every open file, for a caller that then takes their states one by one.
-    pub(super) fn files(&self) -> Vec<(u64, SharedFile)> {
+    pub(super) fn files(&self) -> Vec<(FileId, SharedFile)> {
         let tables = self.lock();
         tables
             .files
@@ -147,6 +148,7 @@ mod tests {
     use proto::v1::Attr;
 
     fn file(ino: u64) -> SharedFile {
+        let ino = FileId(ino);
         let cipher = crypto::DataKey::generate().chunk_cipher().into();
         let state = FileState::created(ino, cipher, &Attr::default(), None);
         Arc::new(tokio::sync::Mutex::new(state))
@@ -157,7 +159,7 @@ mod tests {
         let table = OpenTable::new();
         let state = file(7);
         let fh = table.add_handle(Opened::File {
-            ino: 7,
+            ino: FileId(7),
             file: state.clone(),
             setid_checked: false,
         });
@@ -173,7 +175,7 @@ mod tests {
             ErrorKind::Invalid
         );
         assert!(table.listing_of(fh).is_err(), "not a directory");
-        assert_eq!(table.check_setid_once(fh), Some(7));
+        assert_eq!(table.check_setid_once(fh), Some(FileId(7)));
         assert_eq!(table.check_setid_once(fh), None, "checked once per handle");
         table.remove_handle(fh);
         assert!(table.file_of(fh).is_err());
@@ -183,14 +185,14 @@ mod tests {
     fn only_the_state_in_the_table_leaves_it() {
         let table = OpenTable::new();
         let (first, second) = (file(7), file(7));
-        table.insert_file(7, first.clone());
+        table.insert_file(FileId(7), first.clone());
         assert!(Arc::ptr_eq(
-            &table.file_or_insert(7, second.clone()),
+            &table.file_or_insert(FileId(7), second.clone()),
             &first
         ));
-        table.remove_file(7, &second);
+        table.remove_file(FileId(7), &second);
         assert_eq!(table.open_files(), 1, "another state: still open");
-        table.remove_file(7, &first);
-        assert!(table.file(7).is_none() && table.files().is_empty());
+        table.remove_file(FileId(7), &first);
+        assert!(table.file(FileId(7)).is_none() && table.files().is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! Sending closed new files: the uploader thread's batches of files closed under a lease,
 //! and sending what a closed file has left when something needs it on the server.
 
+use format::ids::FileId;
 use proto::ErrorKind;
 use proto::v1::{PutChunkReply, PutChunkRequest, PutChunksReply, PutChunksRequest};
 
@@ -35,7 +36,7 @@ impl Vault {
     /// one is freed instead.
     pub(super) async fn send_closed(
         &self,
-        ino: u64,
+        ino: FileId,
         file: &SharedFile,
         state: &mut FileState,
     ) -> Result<(), FsError> {
@@ -57,7 +58,7 @@ impl Vault {
 
     /// The uploader's part: sends queued files that still wait; the new ones of one chunk
     /// together, in one call.
-    pub(super) fn send_queued(&self, inos: Vec<u64>) {
+    pub(super) fn send_queued(&self, inos: Vec<FileId>) {
         self.block(async {
             let mut puts = Vec::new();
             let mut alone = Vec::new();
@@ -136,7 +137,7 @@ impl Vault {
 
     /// A queued file could not be sent: queued again if storaged was unreachable, else the
     /// error is logged (a refused new file's data is gone, as at a refused close).
-    fn not_sent(&self, ino: u64, error: FsError) {
+    fn not_sent(&self, ino: FileId, error: FsError) {
         let name = self.shared.name_of(ino);
         if error.kind() == ErrorKind::Unavailable && !self.behind.stopping() {
             tracing::warn!(%error, file = name, "storaged unreachable; will send a closed new file again");
@@ -147,7 +148,7 @@ impl Vault {
     }
 
     /// Sends every new file this client closed but has not sent yet, but `skip`.
-    pub(super) async fn send_closed_except(&self, skip: u64) -> Result<(), FsError> {
+    pub(super) async fn send_closed_except(&self, skip: FileId) -> Result<(), FsError> {
         for ino in self.shared.pending_in(None) {
             let Some(file) = self.table.file(ino).filter(|_| ino != skip) else {
                 continue;
@@ -162,7 +163,7 @@ impl Vault {
 
     /// Sends every new file of `dir` (or everywhere) not on the server yet: whole, also one
     /// still open (a close may have returned before its release came).
-    pub(super) async fn send_held_in(&self, dir: Option<u64>) -> Result<(), FsError> {
+    pub(super) async fn send_held_in(&self, dir: Option<FileId>) -> Result<(), FsError> {
         let mut first_error = None;
         for ino in self.shared.pending_in(dir) {
             let Some(file) = self.table.file(ino) else {
@@ -187,8 +188,8 @@ impl Vault {
 /// The directory a close of this file may return early in, before the server has the file
 /// (see `crate::vault::behind`): a new file, not on the server yet, of one chunk not uploaded
 /// yet and at most [`FILE_BYTES_MAX`]. Whether the lease there is held is asked next.
-fn deferrable_in(state: &FileState) -> Option<u64> {
-    let dir = state.life.pending()?.parent;
+fn deferrable_in(state: &FileState) -> Option<FileId> {
+    let dir = state.pending_in()?;
     (state.size <= FILE_BYTES_MAX && state.small()).then_some(dir)
 }
 
@@ -232,15 +233,20 @@ mod tests {
             parent: 9,
             ..CreateRequest::default()
         };
-        FileState::created(7, cipher, &Attr::default(), pending.then_some(request))
+        FileState::created(
+            FileId(7),
+            cipher,
+            &Attr::default(),
+            pending.then_some(request),
+        )
     }
 
     #[test]
     fn only_small_new_files_may_close_early() {
         let mut state = new_file(true);
-        assert_eq!(deferrable_in(&state), Some(9));
+        assert_eq!(deferrable_in(&state), Some(FileId(9)));
         state.size = FILE_BYTES_MAX;
-        assert_eq!(deferrable_in(&state), Some(9));
+        assert_eq!(deferrable_in(&state), Some(FileId(9)));
         state.size = FILE_BYTES_MAX + 1;
         assert_eq!(deferrable_in(&state), None, "too large");
         assert_eq!(

@@ -1,5 +1,6 @@
 //! Extended attributes: a new file has none yet, and a change creates it on the server first.
 
+use format::ids::FileId;
 use proto::ErrorKind;
 use proto::v1::{GetXattrRequest, ListXattrRequest, RemoveXattrRequest, SetXattrRequest};
 
@@ -9,7 +10,7 @@ use crate::error::FsError;
 impl Vault {
     pub fn setxattr(
         &self,
-        ino: u64,
+        ino: FileId,
         name: &[u8],
         value: &[u8],
         create_only: bool,
@@ -23,7 +24,7 @@ impl Vault {
             async move {
                 api.set_xattr(SetXattrRequest {
                     lazy: true,
-                    ino,
+                    ino: ino.0,
                     name,
                     value,
                     create_only,
@@ -35,7 +36,7 @@ impl Vault {
         .map(drop)
     }
 
-    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+    pub fn getxattr(&self, ino: FileId, name: &[u8]) -> Result<Vec<u8>, FsError> {
         if self.shared.pending_attr(ino).is_some() {
             // A new file has no attributes yet (and asking must not create it).
             return Err(FsError::local(ErrorKind::NoData, "no such attribute"));
@@ -43,22 +44,22 @@ impl Vault {
         let name = name.to_vec();
         self.block(self.shared.remote.call("get_xattr", |mut api| {
             let name = name.clone();
-            async move { api.get_xattr(GetXattrRequest { ino, name }).await }
+            async move { api.get_xattr(GetXattrRequest { ino: ino.0, name }).await }
         }))
         .map(|r| r.value)
     }
 
-    pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
+    pub fn listxattr(&self, ino: FileId) -> Result<Vec<Vec<u8>>, FsError> {
         if self.shared.pending_attr(ino).is_some() {
             return Ok(Vec::new());
         }
         self.block(self.shared.remote.call("list_xattr", |mut api| async move {
-            api.list_xattr(ListXattrRequest { ino }).await
+            api.list_xattr(ListXattrRequest { ino: ino.0 }).await
         }))
         .map(|r| r.names)
     }
 
-    pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
+    pub fn removexattr(&self, ino: FileId, name: &[u8]) -> Result<(), FsError> {
         self.coherence.forget_fresh();
         self.block(self.materialize(ino))?;
         let name = name.to_vec();
@@ -67,7 +68,7 @@ impl Vault {
             async move {
                 api.remove_xattr(RemoveXattrRequest {
                     lazy: true,
-                    ino,
+                    ino: ino.0,
                     name,
                 })
                 .await
