@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use format::ids::{FileId, Handle};
 use fuser::{
@@ -17,7 +17,7 @@ use fuser::{
 use proto::v1::{Attr, FileKind, Timestamp};
 
 use crate::error::{FsError, errno};
-use crate::vault::{Changes, Listing, RenameMode, Vault, stamp};
+use crate::vault::{Changes, Listing, Node, Owner, RenameMode, Vault, stamp, system_time};
 
 /// How long the kernel may trust an entry or attributes (short: other clients change files).
 const TTL: Duration = Duration::from_secs(1);
@@ -66,6 +66,19 @@ fn reply_empty(reply: ReplyEmpty, outcome: Result<(), FsError>) {
     }
 }
 
+/// Who owns what a request makes: its caller.
+fn owner(req: &Request) -> Owner {
+    Owner {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+/// The permission bits a new file gets from the mode asked for and the caller's umask.
+fn perm(mode: u32, umask: u32) -> u32 {
+    mode & !umask & 0o7777
+}
+
 /// The vault's file for the kernel's inode number.
 fn file(ino: INodeNo) -> FileId {
     FileId(ino.0)
@@ -79,15 +92,6 @@ fn handle(fh: FileHandle) -> Handle {
 fn fail(error: &FsError) -> Errno {
     tracing::debug!(%error, "operation failed");
     Errno::from_i32(errno(error))
-}
-
-fn time(stamp: Option<&Timestamp>) -> SystemTime {
-    stamp
-        .and_then(|t| {
-            let secs = u64::try_from(t.seconds).ok()?;
-            UNIX_EPOCH.checked_add(Duration::new(secs, t.nanos))
-        })
-        .unwrap_or(UNIX_EPOCH)
 }
 
 fn file_type(kind: i32) -> FileType {
@@ -107,10 +111,10 @@ fn file_attr(attr: &Attr) -> FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
         blocks: attr.size.div_ceil(512),
-        atime: time(attr.atime.as_ref()),
-        mtime: time(attr.mtime.as_ref()),
-        ctime: time(attr.ctime.as_ref()),
-        crtime: time(attr.ctime.as_ref()),
+        atime: system_time(attr.atime.as_ref()),
+        mtime: system_time(attr.mtime.as_ref()),
+        ctime: system_time(attr.ctime.as_ref()),
+        crtime: system_time(attr.ctime.as_ref()),
         kind: file_type(attr.kind),
         perm: (attr.perm & 0o7777) as u16,
         nlink: attr.nlink,
@@ -190,6 +194,22 @@ impl VaultFs {
         self.vault.kernel_has(attr);
         file_attr(attr)
     }
+
+    /// Answers a request for an entry (a lookup, or a name just made).
+    fn reply_entry(&self, reply: ReplyEntry, outcome: Result<Attr, FsError>) {
+        match outcome {
+            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    /// Answers a request for attributes.
+    fn reply_attr(&self, reply: ReplyAttr, outcome: Result<Attr, FsError>) {
+        match outcome {
+            Ok(attr) => reply.attr(&TTL, &self.kernel_attr(&attr)),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
 }
 
 impl Filesystem for VaultFs {
@@ -209,18 +229,12 @@ impl Filesystem for VaultFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.lookup(file(parent), name.as_bytes()) {
-            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        self.reply_entry(reply, self.vault.lookup(file(parent), name.as_bytes()));
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.getattr(file(ino)) {
-            Ok(attr) => reply.attr(&TTL, &self.kernel_attr(&attr)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        self.reply_attr(reply, self.vault.getattr(file(ino)));
     }
 
     fn setattr(
@@ -254,10 +268,7 @@ impl Filesystem for VaultFs {
             atime_now,
             mtime_now,
         };
-        match self.vault.setattr(file(ino), &changes) {
-            Ok(attr) => reply.attr(&TTL, &self.kernel_attr(&attr)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        self.reply_attr(reply, self.vault.setattr(file(ino), &changes));
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -279,45 +290,17 @@ impl Filesystem for VaultFs {
         reply: ReplyEntry,
     ) {
         allowed_or_reply!(self, req, reply);
-        let kind = match mode & libc::S_IFMT {
-            libc::S_IFIFO => FileKind::Fifo,
-            libc::S_IFSOCK => FileKind::Socket,
-            libc::S_IFCHR => FileKind::CharDevice,
-            libc::S_IFBLK => FileKind::BlockDevice,
-            libc::S_IFREG => {
-                // A regular file through mknod: create it (with its key) and close it.
-                let created = self.vault.create(
-                    file(parent),
-                    name.as_bytes(),
-                    mode & !umask & 0o7777,
-                    true,
-                    req.uid(),
-                    req.gid(),
-                );
-                match created.and_then(|(attr, fh)| self.vault.release(fh).map(|()| attr)) {
-                    Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
-                    Err(e) => reply.error(fail(&e)),
-                }
-                return;
-            }
-            _ => {
-                reply.error(Errno::EINVAL);
-                return;
-            }
+        let (perm, owner, name) = (perm(mode, umask), owner(req), name.as_bytes());
+        let outcome = if mode & libc::S_IFMT == libc::S_IFREG {
+            // A regular file through mknod: create it (with its key) and close it.
+            let created = self.vault.create(file(parent), name, perm, true, owner);
+            created.and_then(|(attr, fh)| self.vault.release(fh).map(|()| attr))
+        } else if let Some(node) = Node::from_mode(mode, umask, u64::from(rdev)) {
+            self.vault.mknod(file(parent), name, node, owner)
+        } else {
+            return reply.error(Errno::EINVAL);
         };
-        let perm = mode & !umask & 0o7777;
-        match self.vault.mknod(
-            file(parent),
-            name.as_bytes(),
-            kind,
-            perm,
-            u64::from(rdev),
-            req.uid(),
-            req.gid(),
-        ) {
-            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        self.reply_entry(reply, outcome);
     }
 
     fn mkdir(
@@ -330,16 +313,11 @@ impl Filesystem for VaultFs {
         reply: ReplyEntry,
     ) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.mkdir(
-            file(parent),
-            name.as_bytes(),
-            mode & !umask & 0o7777,
-            req.uid(),
-            req.gid(),
-        ) {
-            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        let perm = perm(mode, umask);
+        let made = self
+            .vault
+            .mkdir(file(parent), name.as_bytes(), perm, owner(req));
+        self.reply_entry(reply, made);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -361,16 +339,9 @@ impl Filesystem for VaultFs {
         reply: ReplyEntry,
     ) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.symlink(
-            file(parent),
-            link_name.as_bytes(),
-            target.as_os_str().as_bytes(),
-            req.uid(),
-            req.gid(),
-        ) {
-            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        let (name, target) = (link_name.as_bytes(), target.as_os_str().as_bytes());
+        let made = self.vault.symlink(file(parent), name, target, owner(req));
+        self.reply_entry(reply, made);
     }
 
     fn rename(
@@ -412,13 +383,10 @@ impl Filesystem for VaultFs {
         reply: ReplyEntry,
     ) {
         allowed_or_reply!(self, req, reply);
-        match self
+        let linked = self
             .vault
-            .link(file(ino), file(newparent), newname.as_bytes())
-        {
-            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+            .link(file(ino), file(newparent), newname.as_bytes());
+        self.reply_entry(reply, linked);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -670,11 +638,10 @@ impl Filesystem for VaultFs {
         allowed_or_reply!(self, req, reply);
         match self.vault.listxattr(file(ino)) {
             Ok(names) => {
-                let mut list = Vec::new();
-                for name in names.iter().filter(|name| kept_xattr(name)) {
-                    list.extend_from_slice(name);
-                    list.push(0);
-                }
+                let kept = names.iter().filter(|name| kept_xattr(name));
+                let list: Vec<u8> = kept
+                    .flat_map(|name| name.iter().chain(&[0]).copied())
+                    .collect();
                 xattr_reply(reply, size, &list);
             }
             Err(e) => reply.error(fail(&e)),
@@ -703,14 +670,11 @@ impl Filesystem for VaultFs {
     ) {
         allowed_or_reply!(self, req, reply);
         let exclusive = flags & libc::O_EXCL != 0;
-        match self.vault.create(
-            file(parent),
-            name.as_bytes(),
-            mode & !umask & 0o7777,
-            exclusive,
-            req.uid(),
-            req.gid(),
-        ) {
+        let perm = perm(mode, umask);
+        match self
+            .vault
+            .create(file(parent), name.as_bytes(), perm, exclusive, owner(req))
+        {
             Ok((attr, fh)) => reply.created(
                 &TTL,
                 &self.kernel_attr(&attr),

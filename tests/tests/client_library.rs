@@ -10,9 +10,11 @@ use vaultfs::config::ClientConfig;
 use vaultfs::error::errno;
 use vaultfs::keys::Keys;
 use vaultfs::shared::{Limits, Shared};
-use vaultfs::vault::{Changes, RenameMode, Vault};
+use vaultfs::vault::{Changes, Owner, RenameMode, Vault};
 
 const ROOT: FileId = FileId::ROOT;
+/// The user and group the files made here belong to.
+const OWNER: Owner = Owner { uid: 0, gid: 0 };
 
 fn vault_of(daemon: &Storaged, runtime: &tokio::runtime::Runtime) -> Vault {
     let user = runtime.block_on(daemon.user("alice"));
@@ -49,9 +51,9 @@ fn file_operations_without_a_mount() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let vault = vault_of(&daemon, &runtime);
 
-    let dir = vault.mkdir(ROOT, b"dir", 0o755, 0, 0).expect("mkdir");
+    let dir = vault.mkdir(ROOT, b"dir", 0o755, OWNER).expect("mkdir");
     let (attr, fh) = vault
-        .create(FileId(dir.ino), b"file", 0o644, true, 0, 0)
+        .create(FileId(dir.ino), b"file", 0o644, true, OWNER)
         .expect("create");
     assert_eq!(vault.write(fh, 0, b"hello").expect("write"), 5);
     assert_eq!(
@@ -107,7 +109,7 @@ fn file_operations_without_a_mount() {
         libc::ENOTDIR
     );
     assert_eq!(
-        errno(&vault.mkdir(ROOT, b"dir", 0o755, 0, 0).expect_err("exists")),
+        errno(&vault.mkdir(ROOT, b"dir", 0o755, OWNER).expect_err("exists")),
         libc::EEXIST
     );
     vault.unlink(ROOT, b"moved").expect("unlink");
@@ -127,7 +129,7 @@ fn an_open_racing_a_release_keeps_the_file_open() {
     for round in 0..8u8 {
         let name = format!("raced-{round}");
         let (attr, old) = vault
-            .create(ROOT, name.as_bytes(), 0o644, true, 0, 0)
+            .create(ROOT, name.as_bytes(), 0o644, true, OWNER)
             .expect("create");
         // Dirty data makes the release flush two chunks, which takes a while; the open
         // comes in meanwhile.
@@ -171,7 +173,7 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
     };
 
     let (attr, fh) = vault
-        .create(ROOT, b"late", 0o640, false, 0, 0)
+        .create(ROOT, b"late", 0o640, false, OWNER)
         .expect("create");
     assert_eq!(
         errno(&on_server(b"late").expect_err("not on the server yet")),
@@ -203,7 +205,7 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
 
     // Listing the directory creates what is pending in it first; so does an empty close.
     let (listed, fh) = vault
-        .create(ROOT, b"listed", 0o644, false, 0, 0)
+        .create(ROOT, b"listed", 0o644, false, OWNER)
         .expect("create");
     let dh = vault.opendir(ROOT).expect("opendir");
     let names: Vec<Vec<u8>> = vault
@@ -218,7 +220,7 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
     assert_eq!(on_server(b"listed").expect("listed").ino, listed.ino);
     vault.release(fh).expect("release");
     let (empty, fh) = vault
-        .create(ROOT, b"empty", 0o644, false, 0, 0)
+        .create(ROOT, b"empty", 0o644, false, OWNER)
         .expect("create");
     vault
         .release(fh)
@@ -227,7 +229,7 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
 
     // Unlinking an open new file creates it first, so the open handle keeps it.
     let (_, fh) = vault
-        .create(ROOT, b"gone", 0o644, false, 0, 0)
+        .create(ROOT, b"gone", 0o644, false, OWNER)
         .expect("create");
     vault.write(fh, 0, b"still here").expect("write");
     vault.unlink(ROOT, b"gone").expect("unlink");
@@ -238,11 +240,11 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
     // Another client took the name meanwhile: the flush fails with EEXIST, leaves the other
     // file alone and nothing half-created.
     let (_, fh) = vault
-        .create(ROOT, b"taken", 0o644, false, 0, 0)
+        .create(ROOT, b"taken", 0o644, false, OWNER)
         .expect("create");
     vault.write(fh, 0, b"mine").expect("write");
     let (theirs, other) = vault
-        .create(ROOT, b"taken", 0o644, true, 0, 0)
+        .create(ROOT, b"taken", 0o644, true, OWNER)
         .expect("another creates the name on the server");
     vault.write(other, 0, b"theirs").expect("write");
     vault.release(other).expect("release");

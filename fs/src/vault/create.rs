@@ -9,7 +9,7 @@ use format::ids::{FileId, Handle};
 use proto::v1::{Attr, CreateRequest, FileKind, Timestamp};
 
 use super::table::Opened;
-use super::{Vault, stamp};
+use super::{Owner, Vault, stamp};
 use crate::error::FsError;
 use crate::file::FileState;
 
@@ -21,9 +21,9 @@ impl Vault {
         name: &[u8],
         perm: u32,
         exclusive: bool,
-        uid: u32,
-        gid: u32,
+        owner: Owner,
     ) -> Result<(Attr, Handle), FsError> {
+        let Owner { uid, gid } = owner;
         self.block(async {
             let ino = loop {
                 let candidate = FileId(u64::from_le_bytes(identity::random_bytes()));

@@ -42,9 +42,10 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use format::ids::FileId;
-use proto::v1::{Attr, Timestamp};
+use proto::v1::{Attr, FileKind, Timestamp};
 
 pub mod behind;
 mod coherence;
@@ -52,6 +53,7 @@ mod create;
 mod files;
 mod leases;
 mod listing;
+mod lookup;
 mod namespace;
 mod table;
 mod uploader;
@@ -80,6 +82,37 @@ pub struct Changes {
     pub mtime_now: bool,
 }
 
+/// Who a new file, directory or link belongs to: the calling process's user and group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A special file for `mknod`: its kind, permission bits and device number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub kind: FileKind,
+    pub perm: u32,
+    pub rdev: u64,
+}
+
+impl Node {
+    /// The special file a `mknod` mode asks for: its format bits, and the permission bits the
+    /// caller's umask leaves. None for a format that is not a special file's.
+    pub fn from_mode(mode: u32, umask: u32, rdev: u64) -> Option<Node> {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => return None,
+        };
+        let perm = mode & !umask & 0o7777;
+        Some(Node { kind, perm, rdev })
+    }
+}
+
 /// How `rename` treats an existing target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RenameMode {
@@ -104,14 +137,22 @@ pub struct Vault {
 }
 
 /// A time as the wire carries it.
-pub fn stamp(time: std::time::SystemTime) -> Timestamp {
-    let since = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+pub fn stamp(time: SystemTime) -> Timestamp {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     Timestamp {
         seconds: since.as_secs() as i64,
         nanos: since.subsec_nanos(),
     }
+}
+
+/// A time the wire carries, as the system's (the epoch for none, or one out of range).
+pub fn system_time(stamp: Option<&Timestamp>) -> SystemTime {
+    stamp
+        .and_then(|t| {
+            let secs = u64::try_from(t.seconds).ok()?;
+            UNIX_EPOCH.checked_add(Duration::new(secs, t.nanos))
+        })
+        .unwrap_or(UNIX_EPOCH)
 }
 
 impl Vault {
@@ -159,5 +200,35 @@ impl Vault {
         let dirty = self.shared.dirty_bytes.load(Ordering::Relaxed);
         let open = self.table.open_files();
         (cache, dirty, open)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mknod_modes_name_special_files_only() {
+        let fifo = Node::from_mode(libc::S_IFIFO | 0o4666, 0o022, 0).expect("a FIFO");
+        assert_eq!((fifo.kind, fifo.perm), (FileKind::Fifo, 0o4644));
+        let device = Node::from_mode(libc::S_IFCHR | 0o600, 0, 0x0103).expect("a device");
+        assert_eq!((device.kind, device.rdev), (FileKind::CharDevice, 0x0103));
+        assert!(
+            Node::from_mode(libc::S_IFREG | 0o644, 0, 0).is_none(),
+            "created instead"
+        );
+        assert!(Node::from_mode(libc::S_IFDIR | 0o755, 0, 0).is_none());
+    }
+
+    #[test]
+    fn times_cross_the_wire_unchanged() {
+        let time = UNIX_EPOCH + Duration::new(1_700_000_000, 123);
+        assert_eq!(system_time(Some(&stamp(time))), time);
+        assert_eq!(system_time(None), UNIX_EPOCH);
+        let before_the_epoch = Timestamp {
+            seconds: -1,
+            nanos: 0,
+        };
+        assert_eq!(system_time(Some(&before_the_epoch)), UNIX_EPOCH);
     }
 }
