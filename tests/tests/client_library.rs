@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use format::ids::FileId;
+use proto::v1::Attr;
 use tests::daemon::Storaged;
 use vaultfs::config::ClientConfig;
-use vaultfs::error::errno;
+use vaultfs::error::{FsError, errno};
 use vaultfs::keys::Keys;
 use vaultfs::shared::{Limits, Shared};
 use vaultfs::vault::{Changes, Owner, RenameMode, Vault};
@@ -171,7 +172,19 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
             .await
         }))
     };
+    the_first_flush_creates_it(&vault, &on_server);
+    a_listing_or_an_empty_close_creates_it(&vault, &on_server);
+    an_unlink_creates_it_first(&vault, &on_server);
+    a_name_taken_meanwhile_fails_the_flush(&vault, &on_server);
+    let (_, dirty, open) = vault.usage();
+    assert_eq!((dirty, open), (0, 0), "nothing left dirty or open");
+}
 
+/// A name in the root directory as the server has it, asked directly (not through the vault).
+type OnServer<'a> = &'a dyn Fn(&'static [u8]) -> Result<Attr, FsError>;
+
+/// Until its first flush, a new file is only in this client, which answers for it.
+fn the_first_flush_creates_it(vault: &Vault, on_server: OnServer) {
     let (attr, fh) = vault
         .create(ROOT, b"late", 0o640, false, OWNER)
         .expect("create");
@@ -202,8 +215,10 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
     let (fh, _) = vault.open(FileId(attr.ino)).expect("open");
     assert_eq!(vault.read(fh, 0, 100).expect("read"), &b"hello"[..]);
     vault.release(fh).expect("release");
+}
 
-    // Listing the directory creates what is pending in it first; so does an empty close.
+/// Listing the directory creates what is pending in it first; so does an empty close.
+fn a_listing_or_an_empty_close_creates_it(vault: &Vault, on_server: OnServer) {
     let (listed, fh) = vault
         .create(ROOT, b"listed", 0o644, false, OWNER)
         .expect("create");
@@ -226,8 +241,10 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
         .release(fh)
         .expect("an empty file is created at its close");
     assert_eq!(on_server(b"empty").expect("empty").ino, empty.ino);
+}
 
-    // Unlinking an open new file creates it first, so the open handle keeps it.
+/// Unlinking an open new file creates it first, so the open handle keeps it.
+fn an_unlink_creates_it_first(vault: &Vault, on_server: OnServer) {
     let (_, fh) = vault
         .create(ROOT, b"gone", 0o644, false, OWNER)
         .expect("create");
@@ -236,9 +253,11 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
     assert_eq!(vault.read(fh, 0, 100).expect("read"), &b"still here"[..]);
     vault.release(fh).expect("release");
     assert_eq!(errno(&on_server(b"gone").expect_err("gone")), libc::ENOENT);
+}
 
-    // Another client took the name meanwhile: the flush fails with EEXIST, leaves the other
-    // file alone and nothing half-created.
+/// Another client took the name meanwhile: the flush fails with EEXIST, leaves the other file
+/// alone and nothing half-created.
+fn a_name_taken_meanwhile_fails_the_flush(vault: &Vault, on_server: OnServer) {
     let (_, fh) = vault
         .create(ROOT, b"taken", 0o644, false, OWNER)
         .expect("create");
@@ -255,6 +274,4 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
     vault.release(fh).expect("release after a failed creation");
     let taken = on_server(b"taken").expect("theirs");
     assert_eq!((taken.ino, taken.size), (theirs.ino, 6));
-    let (_, dirty, open) = vault.usage();
-    assert_eq!((dirty, open), (0, 0), "nothing left dirty or open");
 }
