@@ -88,10 +88,9 @@ impl FileState {
         request.lazy = !durable;
         let changed = shared
             .remote
-            .call(
-                "set_attr",
-                |mut api| async move { api.set_attr(request).await },
-            )
+            .send("set_attr", request, |mut api, r| async move {
+                api.set_attr(r).await
+            })
             .await;
         match changed {
             Ok(attr) => {

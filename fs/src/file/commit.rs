@@ -158,9 +158,8 @@ impl FileState {
         };
         let attr = shared
             .remote
-            .call("commit_chunks", |mut api| {
-                let request = request.clone();
-                async move { api.commit_chunks(request).await }
+            .send("commit_chunks", request, |mut api, r| async move {
+                api.commit_chunks(r).await
             })
             .await?;
         Ok(self.committed_now(shared, attr, truncate))

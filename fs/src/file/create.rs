@@ -25,9 +25,8 @@ impl FileState {
         let asked = std::time::Instant::now();
         let created = shared
             .remote
-            .call("create", |mut api| {
-                let request = request.clone();
-                async move { api.create(request).await }
+            .send("create", request.clone(), |mut api, r| async move {
+                api.create(r).await
             })
             .await;
         self.creation_settled(shared, &request, created.as_ref().map(Some), asked);

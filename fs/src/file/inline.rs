@@ -33,9 +33,8 @@ impl FileState {
         let put = self.seal_inline(shared, durable).await?;
         let reply = shared
             .remote
-            .call("put_chunk", |mut api| {
-                let request = put.request.clone();
-                async move { api.put_chunk(request).await }
+            .send("put_chunk", put.request.clone(), |mut api, r| async move {
+                api.put_chunk(r).await
             })
             .await;
         self.inline_done(shared, put, reply)

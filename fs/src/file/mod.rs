@@ -174,9 +174,11 @@ pub struct FileState {
 async fn open_call(shared: &Shared, ino: FileId) -> Result<OpenReply, FsError> {
     shared
         .remote
-        .call("open", |mut api| async move {
-            api.open(OpenRequest { ino: ino.0 }).await
-        })
+        .send(
+            "open",
+            OpenRequest { ino: ino.0 },
+            |mut api, r| async move { api.open(r).await },
+        )
         .await
 }
 
@@ -319,14 +321,15 @@ impl FileState {
                 .map_or(0, |last| last.get() + 1);
             let page = shared
                 .remote
-                .call("list_chunks", |mut api| async move {
-                    api.list_chunks(ListChunksRequest {
+                .send(
+                    "list_chunks",
+                    ListChunksRequest {
                         ino: ino.0,
                         from_index: from,
                         limit: 4096,
-                    })
-                    .await
-                })
+                    },
+                    |mut api, r| async move { api.list_chunks(r).await },
+                )
                 .await?;
             generations.extend(page.chunks.iter().map(committed_chunk));
             more = page.more && !page.chunks.is_empty();

@@ -153,21 +153,18 @@ impl FileState {
             let sealed = crypto_work(len, move || crypto::seal(&cipher, &context, &data[..len]))
                 .await
                 .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
-            let sealed = bytes::Bytes::from(sealed);
             shared
                 .remote
-                .call("put_chunk", |mut api| {
-                    let data = sealed.clone();
-                    async move {
-                        api.put_chunk(PutChunkRequest {
-                            ino: ino.0,
-                            index: index.get(),
-                            data,
-                            ..Default::default()
-                        })
-                        .await
-                    }
-                })
+                .send(
+                    "put_chunk",
+                    PutChunkRequest {
+                        ino: ino.0,
+                        index: index.get(),
+                        data: bytes::Bytes::from(sealed),
+                        ..Default::default()
+                    },
+                    |mut api, r| async move { api.put_chunk(r).await },
+                )
                 .await
                 .map(drop)
         });
@@ -208,9 +205,11 @@ impl FileState {
                 let ino = self.ino.0;
                 shared
                     .remote
-                    .call("get_attr", |mut api| async move {
-                        api.get_attr(GetAttrRequest { ino }).await
-                    })
+                    .send(
+                        "get_attr",
+                        GetAttrRequest { ino },
+                        |mut api, r| async move { api.get_attr(r).await },
+                    )
                     .await
             }
         }

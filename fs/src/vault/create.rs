@@ -58,9 +58,8 @@ impl Vault {
             let created = self
                 .shared
                 .remote
-                .call("create", |mut api| {
-                    let request = pending.clone();
-                    async move { api.create(request).await }
+                .send("create", pending, |mut api, r| async move {
+                    api.create(r).await
                 })
                 .await;
             let reply = created.as_ref().ok();

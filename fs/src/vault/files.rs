@@ -182,10 +182,9 @@ impl Vault {
         self.materialize_in(None).await?;
         self.shared
             .remote
-            .call(
-                "sync",
-                |mut api| async move { api.sync(SyncRequest {}).await },
-            )
+            .send("sync", SyncRequest {}, |mut api, r| async move {
+                api.sync(r).await
+            })
             .await
             .map(drop)
     }

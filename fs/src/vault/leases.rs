@@ -113,13 +113,14 @@ async fn lease_call(
     give_back: bool,
 ) -> Result<LeaseReply, FsError> {
     remote
-        .call("lease", |mut api| async move {
-            api.lease(LeaseRequest {
+        .send(
+            "lease",
+            LeaseRequest {
                 dir: dir.0,
                 give_back,
-            })
-            .await
-        })
+            },
+            |mut api, r| async move { api.lease(r).await },
+        )
         .await
 }
 
@@ -130,8 +131,8 @@ async fn hear_recalls(me: std::sync::Weak<Vault>, remote: crate::remote::Remote)
     let mut pause = std::time::Duration::from_millis(100);
     loop {
         let recalls = remote
-            .call("recalls", |mut api| async move {
-                api.recalls(RecallsRequest {}).await
+            .send("recalls", RecallsRequest {}, |mut api, r| async move {
+                api.recalls(r).await
             })
             .await;
         match recalls {

@@ -29,17 +29,15 @@ async fn read_dir(
     loop {
         let page = shared
             .remote
-            .call("read_dir", |mut api| {
-                let after = after.clone();
-                async move {
-                    api.read_dir(ReadDirRequest {
-                        ino: dir.0,
-                        after,
-                        limit: READDIR_PAGE,
-                    })
-                    .await
-                }
-            })
+            .send(
+                "read_dir",
+                ReadDirRequest {
+                    ino: dir.0,
+                    after,
+                    limit: READDIR_PAGE,
+                },
+                |mut api, r| async move { api.read_dir(r).await },
+            )
             .await?;
         after = page
             .entries
@@ -63,9 +61,11 @@ pub(super) async fn list_for_lookups(shared: &Shared, dir: FileId) -> Result<(),
     let asked = Instant::now();
     let changes = shared.remote.changes();
     let get_attr = || {
-        shared.remote.call("get_attr", |mut api| async move {
-            api.get_attr(GetAttrRequest { ino: dir.0 }).await
-        })
+        shared.remote.send(
+            "get_attr",
+            GetAttrRequest { ino: dir.0 },
+            |mut api, r| async move { api.get_attr(r).await },
+        )
     };
     let before = get_attr().await?;
     if !before.may_read {

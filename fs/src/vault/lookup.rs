@@ -37,14 +37,10 @@ impl Vault {
                     return answer;
                 }
             }
-            let name_owned = name.to_vec();
             let attr = self
                 .shared
                 .remote
-                .call("lookup", |mut api| {
-                    let name = name_owned.clone();
-                    async move { api.lookup(LookupRequest { parent: parent.0, name }).await }
-                })
+                .send("lookup", LookupRequest { parent: parent.0, name: name.to_vec() }, |mut api, r| async move { api.lookup(r).await })
                 .await?;
             self.shared.remember_name(FileId(attr.ino), name);
             self.coherence.learn(&attr);
@@ -83,9 +79,11 @@ impl Vault {
             let attr = self
                 .shared
                 .remote
-                .call("get_attr", |mut api| async move {
-                    api.get_attr(GetAttrRequest { ino: ino.0 }).await
-                })
+                .send(
+                    "get_attr",
+                    GetAttrRequest { ino: ino.0 },
+                    |mut api, r| async move { api.get_attr(r).await },
+                )
                 .await?;
             self.coherence.learn(&attr);
             Ok(self.local_view(attr).await)
@@ -129,8 +127,8 @@ impl Vault {
             let set_attr = |request: SetAttrRequest| {
                 self.shared
                     .remote
-                    .call("set_attr", move |mut api| async move {
-                        api.set_attr(request).await
+                    .send("set_attr", request, |mut api, r| async move {
+                        api.set_attr(r).await
                     })
             };
             let attr = match self.table.file(ino) {
@@ -167,15 +165,21 @@ impl Vault {
     }
 
     pub fn readlink(&self, ino: FileId) -> Result<Vec<u8>, FsError> {
-        self.block(self.shared.remote.call("read_link", |mut api| async move {
-            api.read_link(ReadLinkRequest { ino: ino.0 }).await
-        }))
+        self.block(self.shared.remote.send(
+            "read_link",
+            ReadLinkRequest { ino: ino.0 },
+            |mut api, r| async move { api.read_link(r).await },
+        ))
         .map(|r| r.target)
     }
 
     pub fn statfs(&self) -> Result<StatFsReply, FsError> {
-        self.block(self.shared.remote.call("stat_fs", |mut api| async move {
-            api.stat_fs(StatFsRequest {}).await
-        }))
+        self.block(
+            self.shared
+                .remote
+                .send("stat_fs", StatFsRequest {}, |mut api, r| async move {
+                    api.stat_fs(r).await
+                }),
+        )
     }
 }

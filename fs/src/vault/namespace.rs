@@ -1,12 +1,13 @@
 //! The namespace: making, linking, removing and renaming names, and what each change proves
 //! about its directories (see [`crate::dirs`]).
 
+use std::future::Future;
 use std::time::Instant;
 
 use format::ids::FileId;
 use proto::v1::{
-    Attr, LinkRequest, LookupRequest, MkdirRequest, MknodRequest, ReleaseRequest, RenameRequest,
-    RmdirRequest, SymlinkRequest, UnlinkRequest,
+    Attr, FileKind, LinkRequest, LookupRequest, MkdirRequest, MknodRequest, ReleaseRequest,
+    RenameRequest, RmdirRequest, SymlinkRequest, UnlinkRequest,
 };
 
 use super::{Node, Owner, RenameMode, SharedFile, Vault};
@@ -20,29 +21,21 @@ impl Vault {
         perm: u32,
         owner: Owner,
     ) -> Result<Attr, FsError> {
-        let Owner { uid, gid } = owner;
-        let name = name.to_vec();
-        let asked = Instant::now();
-        let made = self.block(self.shared.remote.call("mkdir", |mut api| {
-            let name = name.clone();
-            async move {
-                api.mkdir(MkdirRequest {
-                    lazy: true,
-                    parent: parent.0,
-                    name,
-                    perm,
-                    uid,
-                    gid,
-                })
-                .await
-            }
-        }));
-        let mut dirs = self.shared.dirs();
-        dirs.added(parent, &name, made.as_ref().ok(), asked);
-        if let Ok(dir) = &made {
-            dirs.made(dir, asked);
-        }
-        made
+        let request = MkdirRequest {
+            lazy: true,
+            parent: parent.0,
+            name: name.to_vec(),
+            perm,
+            uid: owner.uid,
+            gid: owner.gid,
+        };
+        let remote = &self.shared.remote;
+        let made = remote.send(
+            "mkdir",
+            request,
+            |mut api, r| async move { api.mkdir(r).await },
+        );
+        self.make_name(parent, name, made)
     }
 
     /// Makes a special file (a FIFO, a socket, a device node).
@@ -53,28 +46,23 @@ impl Vault {
         node: Node,
         owner: Owner,
     ) -> Result<Attr, FsError> {
-        let (Node { kind, perm, rdev }, Owner { uid, gid }) = (node, owner);
-        let name = name.to_vec();
-        let asked = Instant::now();
-        let made = self.block(self.shared.remote.call("mknod", |mut api| {
-            let name = name.clone();
-            async move {
-                api.mknod(MknodRequest {
-                    lazy: true,
-                    parent: parent.0,
-                    name,
-                    kind: kind as i32,
-                    perm,
-                    uid,
-                    gid,
-                    rdev,
-                })
-                .await
-            }
-        }));
-        let reply = made.as_ref().ok();
-        self.shared.dirs().added(parent, &name, reply, asked);
-        made
+        let request = MknodRequest {
+            lazy: true,
+            parent: parent.0,
+            name: name.to_vec(),
+            kind: node.kind as i32,
+            perm: node.perm,
+            uid: owner.uid,
+            gid: owner.gid,
+            rdev: node.rdev,
+        };
+        let remote = &self.shared.remote;
+        let made = remote.send(
+            "mknod",
+            request,
+            |mut api, r| async move { api.mknod(r).await },
+        );
+        self.make_name(parent, name, made)
     }
 
     pub fn symlink(
@@ -84,54 +72,63 @@ impl Vault {
         target: &[u8],
         owner: Owner,
     ) -> Result<Attr, FsError> {
-        let Owner { uid, gid } = owner;
-        let (name, target) = (name.to_vec(), target.to_vec());
+        let request = SymlinkRequest {
+            lazy: true,
+            parent: parent.0,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            uid: owner.uid,
+            gid: owner.gid,
+        };
+        let remote = &self.shared.remote;
+        let made = remote.send("symlink", request, |mut api, r| async move {
+            api.symlink(r).await
+        });
+        self.make_name(parent, name, made)
+    }
+
+    /// Makes `name` in `parent` by the call `made` (not started yet), and notes the new name
+    /// in the known directories, with the version the reply proves; a new directory is known
+    /// empty.
+    fn make_name(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        made: impl Future<Output = Result<Attr, FsError>>,
+    ) -> Result<Attr, FsError> {
         let asked = Instant::now();
-        let made = self.block(self.shared.remote.call("symlink", |mut api| {
-            let (name, target) = (name.clone(), target.clone());
-            async move {
-                api.symlink(SymlinkRequest {
-                    lazy: true,
-                    parent: parent.0,
-                    name,
-                    target,
-                    uid,
-                    gid,
-                })
-                .await
-            }
-        }));
-        let reply = made.as_ref().ok();
-        self.shared.dirs().added(parent, &name, reply, asked);
+        let made = self.block(made);
+        let mut dirs = self.shared.dirs();
+        dirs.added(parent, name, made.as_ref().ok(), asked);
+        if let Ok(attr) = &made
+            && attr.kind == FileKind::Directory as i32
+        {
+            dirs.made(attr, asked);
+        }
         made
     }
 
     pub fn link(&self, ino: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Attr, FsError> {
         self.coherence.forget_fresh();
-        let new_name = new_name.to_vec();
         self.block(async {
             self.materialize(ino).await?;
             let asked = Instant::now();
             let linked = self
                 .shared
                 .remote
-                .call("link", |mut api| {
-                    let new_name = new_name.clone();
-                    async move {
-                        api.link(LinkRequest {
-                            lazy: true,
-                            ino: ino.0,
-                            new_parent: new_parent.0,
-                            new_name,
-                        })
-                        .await
-                    }
-                })
+                .send(
+                    "link",
+                    LinkRequest {
+                        lazy: true,
+                        ino: ino.0,
+                        new_parent: new_parent.0,
+                        new_name: new_name.to_vec(),
+                    },
+                    |mut api, r| async move { api.link(r).await },
+                )
                 .await;
             let reply = linked.as_ref().ok();
-            self.shared
-                .dirs()
-                .added(new_parent, &new_name, reply, asked);
+            self.shared.dirs().added(new_parent, new_name, reply, asked);
             Ok(self.local_view(linked?).await)
         })
     }
@@ -142,20 +139,17 @@ impl Vault {
         if self.table.open_files() == 0 {
             return None;
         }
-        let name = name.to_vec();
         let attr = self
             .shared
             .remote
-            .call("lookup", |mut api| {
-                let name = name.clone();
-                async move {
-                    api.lookup(LookupRequest {
-                        parent: parent.0,
-                        name,
-                    })
-                    .await
-                }
-            })
+            .send(
+                "lookup",
+                LookupRequest {
+                    parent: parent.0,
+                    name: name.to_vec(),
+                },
+                |mut api, r| async move { api.lookup(r).await },
+            )
             .await
             .ok()?;
         self.table.file(FileId(attr.ino))
@@ -167,29 +161,26 @@ impl Vault {
             self.materialize_in(Some(parent)).await?;
             let open = self.open_inode_named(parent, name).await;
             let keep_open = open.is_some();
-            let name = name.to_vec();
             let asked = Instant::now();
             let changes = self.shared.remote.changes();
             let reply = self
                 .shared
                 .remote
-                .call("unlink", |mut api| {
-                    let name = name.clone();
-                    async move {
-                        api.unlink(UnlinkRequest {
-                            lazy: true,
-                            parent: parent.0,
-                            name,
-                            keep_open,
-                        })
-                        .await
-                    }
-                })
+                .send(
+                    "unlink",
+                    UnlinkRequest {
+                        lazy: true,
+                        parent: parent.0,
+                        name: name.to_vec(),
+                        keep_open,
+                    },
+                    |mut api, r| async move { api.unlink(r).await },
+                )
                 .await;
             let after = reply.as_ref().ok().and_then(|r| r.parent.as_ref());
             {
                 let mut dirs = self.shared.dirs();
-                dirs.removed(parent, &name, after, asked);
+                dirs.removed(parent, name, after, asked);
                 if reply.as_ref().is_ok_and(|r| r.nlink == 0) {
                     // The inode went with its one name: no other entry's attributes changed.
                     dirs.listing_survives(parent, changes, self.shared.remote.changes());
@@ -211,21 +202,18 @@ impl Vault {
         self.coherence.forget_fresh();
         // The directory may hold new files not created on the server yet.
         self.block(self.materialize_in(None))?;
-        let name = name.to_vec();
         let asked = Instant::now();
-        let reply = self.block(self.shared.remote.call("rmdir", |mut api| {
-            let name = name.clone();
-            async move {
-                api.rmdir(RmdirRequest {
-                    lazy: true,
-                    parent: parent.0,
-                    name,
-                })
-                .await
-            }
-        }));
+        let reply = self.block(self.shared.remote.send(
+            "rmdir",
+            RmdirRequest {
+                lazy: true,
+                parent: parent.0,
+                name: name.to_vec(),
+            },
+            |mut api, r| async move { api.rmdir(r).await },
+        ));
         let after = reply.as_ref().ok().and_then(|r| r.parent.as_ref());
-        self.shared.dirs().removed(parent, &name, after, asked);
+        self.shared.dirs().removed(parent, name, after, asked);
         let reply = reply?;
         // The kernel asks for the directory's attributes next (they changed).
         if let Some(parent) = &reply.parent {
@@ -243,28 +231,25 @@ impl Vault {
         mode: RenameMode,
     ) -> Result<(), FsError> {
         self.coherence.forget_fresh();
-        let (name, new_name) = (name.to_vec(), new_name.to_vec());
         self.block(async {
             self.materialize_in(Some(parent)).await?;
             self.materialize_in(Some(new_parent)).await?;
             let reply = self
                 .shared
                 .remote
-                .call("rename", |mut api| {
-                    let (name, new_name) = (name.clone(), new_name.clone());
-                    async move {
-                        api.rename(RenameRequest {
-                            lazy: true,
-                            parent: parent.0,
-                            name,
-                            new_parent: new_parent.0,
-                            new_name,
-                            no_replace: mode == RenameMode::NoReplace,
-                            exchange: mode == RenameMode::Exchange,
-                        })
-                        .await
-                    }
-                })
+                .send(
+                    "rename",
+                    RenameRequest {
+                        lazy: true,
+                        parent: parent.0,
+                        name: name.to_vec(),
+                        new_parent: new_parent.0,
+                        new_name: new_name.to_vec(),
+                        no_replace: mode == RenameMode::NoReplace,
+                        exchange: mode == RenameMode::Exchange,
+                    },
+                    |mut api, r| async move { api.rename(r).await },
+                )
                 .await;
             // Names moved in both directories (and a replaced one may be gone).
             {
@@ -288,13 +273,14 @@ impl Vault {
         let released = self
             .shared
             .remote
-            .call("release", |mut api| async move {
-                api.release(ReleaseRequest {
+            .send(
+                "release",
+                ReleaseRequest {
                     lazy: true,
                     ino: ino.0,
-                })
-                .await
-            })
+                },
+                |mut api, r| async move { api.release(r).await },
+            )
             .await;
         if let Err(error) = released {
             tracing::warn!(%error, %ino, "could not free an unlinked file; the server frees it later");

@@ -116,9 +116,8 @@ impl Vault {
             let mut outcomes = Vec::with_capacity(requests.len());
             for request in requests {
                 let outcome = remote
-                    .call("put_chunk", |mut api| {
-                        let request = request.clone();
-                        async move { api.put_chunk(request).await }
+                    .send("put_chunk", request, |mut api, r| async move {
+                        api.put_chunk(r).await
                     })
                     .await;
                 outcomes.push(outcome);
@@ -127,10 +126,11 @@ impl Vault {
         }
         let count = requests.len();
         let reply = remote
-            .call("put_chunks", |mut api| {
-                let puts = requests.clone();
-                async move { api.put_chunks(PutChunksRequest { puts }).await }
-            })
+            .send(
+                "put_chunks",
+                PutChunksRequest { puts: requests },
+                |mut api, r| async move { api.put_chunks(r).await },
+            )
             .await;
         outcomes_of(reply, count)
     }

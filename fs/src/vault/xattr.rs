@@ -19,20 +19,18 @@ impl Vault {
         self.coherence.forget_fresh();
         self.block(self.materialize(ino))?;
         let (name, value) = (name.to_vec(), value.to_vec());
-        self.block(self.shared.remote.call("set_xattr", |mut api| {
-            let (name, value) = (name.clone(), value.clone());
-            async move {
-                api.set_xattr(SetXattrRequest {
-                    lazy: true,
-                    ino: ino.0,
-                    name,
-                    value,
-                    create_only,
-                    replace_only,
-                })
-                .await
-            }
-        }))
+        self.block(self.shared.remote.send(
+            "set_xattr",
+            SetXattrRequest {
+                lazy: true,
+                ino: ino.0,
+                name,
+                value,
+                create_only,
+                replace_only,
+            },
+            |mut api, r| async move { api.set_xattr(r).await },
+        ))
         .map(drop)
     }
 
@@ -42,10 +40,11 @@ impl Vault {
             return Err(FsError::local(ErrorKind::NoData, "no such attribute"));
         }
         let name = name.to_vec();
-        self.block(self.shared.remote.call("get_xattr", |mut api| {
-            let name = name.clone();
-            async move { api.get_xattr(GetXattrRequest { ino: ino.0, name }).await }
-        }))
+        self.block(self.shared.remote.send(
+            "get_xattr",
+            GetXattrRequest { ino: ino.0, name },
+            |mut api, r| async move { api.get_xattr(r).await },
+        ))
         .map(|r| r.value)
     }
 
@@ -53,9 +52,11 @@ impl Vault {
         if self.shared.pending_attr(ino).is_some() {
             return Ok(Vec::new());
         }
-        self.block(self.shared.remote.call("list_xattr", |mut api| async move {
-            api.list_xattr(ListXattrRequest { ino: ino.0 }).await
-        }))
+        self.block(self.shared.remote.send(
+            "list_xattr",
+            ListXattrRequest { ino: ino.0 },
+            |mut api, r| async move { api.list_xattr(r).await },
+        ))
         .map(|r| r.names)
     }
 
@@ -63,17 +64,15 @@ impl Vault {
         self.coherence.forget_fresh();
         self.block(self.materialize(ino))?;
         let name = name.to_vec();
-        self.block(self.shared.remote.call("remove_xattr", |mut api| {
-            let name = name.clone();
-            async move {
-                api.remove_xattr(RemoveXattrRequest {
-                    lazy: true,
-                    ino: ino.0,
-                    name,
-                })
-                .await
-            }
-        }))
+        self.block(self.shared.remote.send(
+            "remove_xattr",
+            RemoveXattrRequest {
+                lazy: true,
+                ino: ino.0,
+                name,
+            },
+            |mut api, r| async move { api.remove_xattr(r).await },
+        ))
         .map(drop)
     }
 }
