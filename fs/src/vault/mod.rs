@@ -5,11 +5,11 @@
 //! calling thread (`remote::drive`); background work (uploads, read-ahead) runs on the
 //! mount's async runtime ([`Shared::spawn`]).
 //!
-//! By concern: `namespace` (lookups, attributes, names), `listing` (directory
-//! listings), `create` (new files, and creating them on the server), `files` (open files:
-//! reads, writes, flushes, releases), `uploader` and `leases` (closing new files under
-//! directory leases, see [`behind`]), `coherence` (what the kernel keeps), `xattr`;
-//! `table` holds the open files and handles.
+//! By concern: `lookup` (lookups and attributes), `namespace` (making, linking, removing and
+//! renaming names), `listing` (directory listings), `create` (new files, and creating them on
+//! the server), `files` (open files: reads, writes, flushes, releases), `uploader` and
+//! `leases` (closing new files under directory leases, see [`behind`]), `coherence` (what the
+//! kernel keeps), `xattr`; `table` holds the open files and handles.
 //!
 //! # Lock order
 //!
@@ -17,7 +17,8 @@
 //! lock is taken, and no `std` mutex is held across an `.await` or a call to the server.
 //!
 //! 1. **A file's state** (`FileState`, an async mutex; `table::SharedFile`): held across the
-//!    calls to the server that open, flush or create the file, and may take anything below.
+//!    calls to the server that read, flush, create or change the file, and may take anything
+//!    below.
 //!    A thread holds one at a time and never waits for another file's while holding one
 //!    (`files::flush_as` lets its file go before `sync_async` creates the others). Only the
 //!    uploader (`uploader::send_queued`) holds several, each taken with `try_lock`.
@@ -37,7 +38,7 @@
 //! 9. **Coherence** (`coherence::Coherence`: pages, kernel attributes, fresh attributes):
 //!    leaves; the kernel is told to drop attributes with none held.
 //! 10. **Shared's other tables** (the chunk cache, the loads table, names), the descriptor
-//!     claims and the remote's re-login lock: leaves.
+//!     claims, and the remote's re-login lock (async, held across a login only): leaves.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
