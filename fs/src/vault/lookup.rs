@@ -37,10 +37,15 @@ impl Vault {
                     return answer;
                 }
             }
-            let attr = self
-                .shared
-                .remote
-                .send("lookup", LookupRequest { parent: parent.0, name: name.to_vec() }, |mut api, r| async move { api.lookup(r).await })
+            let request = LookupRequest {
+                parent: parent.0,
+                name: name.to_vec(),
+            };
+            let remote = &self.shared.remote;
+            let attr = remote
+                .send("lookup", request, |mut api, r| async move {
+                    api.lookup(r).await
+                })
                 .await?;
             self.shared.remember_name(FileId(attr.ino), name);
             self.coherence.learn(&attr);
