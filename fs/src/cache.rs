@@ -5,21 +5,22 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use format::ids::{ChunkIndex, FileId, Generation};
 use lru::LruCache;
 
 /// A decrypted chunk as the server stored it.
 #[derive(Debug)]
 pub struct CleanChunk {
-    pub generation: u64,
+    pub generation: Generation,
     pub plaintext: Bytes,
 }
 
 #[derive(Debug)]
 pub struct ChunkCache {
-    entries: LruCache<(u64, u64), Arc<CleanChunk>>,
+    entries: LruCache<(FileId, ChunkIndex), Arc<CleanChunk>>,
     /// The indexes cached of each file, so that forgetting a file does not scan the cache
     /// (every first open of a file does, and the cache holds thousands of small files' chunks).
-    by_file: HashMap<u64, BTreeSet<u64>>,
+    by_file: HashMap<FileId, BTreeSet<ChunkIndex>>,
     bytes: usize,
     bytes_max: usize,
 }
@@ -34,11 +35,11 @@ impl ChunkCache {
         }
     }
 
-    pub fn get(&mut self, ino: u64, index: u64) -> Option<Arc<CleanChunk>> {
+    pub fn get(&mut self, ino: FileId, index: ChunkIndex) -> Option<Arc<CleanChunk>> {
         self.entries.get(&(ino, index)).cloned()
     }
 
-    pub fn insert(&mut self, ino: u64, index: u64, chunk: Arc<CleanChunk>) {
+    pub fn insert(&mut self, ino: FileId, index: ChunkIndex, chunk: Arc<CleanChunk>) {
         if chunk.plaintext.len() > self.bytes_max {
             return;
         }
@@ -58,14 +59,14 @@ impl ChunkCache {
         }
     }
 
-    pub fn remove(&mut self, ino: u64, index: u64) {
+    pub fn remove(&mut self, ino: FileId, index: ChunkIndex) {
         if let Some(old) = self.entries.pop(&(ino, index)) {
             self.bytes -= old.plaintext.len();
             self.unindex(ino, index);
         }
     }
 
-    fn unindex(&mut self, ino: u64, index: u64) {
+    fn unindex(&mut self, ino: FileId, index: ChunkIndex) {
         if let Some(indexes) = self.by_file.get_mut(&ino) {
             indexes.remove(&index);
             if indexes.is_empty() {
@@ -75,7 +76,7 @@ impl ChunkCache {
     }
 
     /// Forgets every chunk of a file (it changed elsewhere).
-    pub fn forget_file(&mut self, ino: u64) {
+    pub fn forget_file(&mut self, ino: FileId) {
         for index in self.by_file.remove(&ino).unwrap_or_default() {
             if let Some(old) = self.entries.pop(&(ino, index)) {
                 self.bytes -= old.plaintext.len();
@@ -100,7 +101,7 @@ mod tests {
 
     fn chunk(len: usize) -> Arc<CleanChunk> {
         Arc::new(CleanChunk {
-            generation: 1,
+            generation: Generation::FIRST,
             plaintext: vec![0; len].into(),
         })
     }
@@ -108,18 +109,21 @@ mod tests {
     #[test]
     fn bounded_in_bytes_lru_first() {
         let mut cache = ChunkCache::new(100);
-        cache.insert(1, 0, chunk(40));
-        cache.insert(1, 1, chunk(40));
-        assert!(cache.get(1, 0).is_some()); // 0 is now the most recently used
-        cache.insert(1, 2, chunk(40));
-        assert!(cache.get(1, 1).is_none(), "least recently used went first");
-        assert!(cache.bytes() <= 100);
-        cache.insert(1, 3, chunk(1000));
+        cache.insert(FileId(1), ChunkIndex(0), chunk(40));
+        cache.insert(FileId(1), ChunkIndex(1), chunk(40));
+        assert!(cache.get(FileId(1), ChunkIndex(0)).is_some()); // 0 is now the most recently used
+        cache.insert(FileId(1), ChunkIndex(2), chunk(40));
         assert!(
-            cache.get(1, 3).is_none(),
+            cache.get(FileId(1), ChunkIndex(1)).is_none(),
+            "least recently used went first"
+        );
+        assert!(cache.bytes() <= 100);
+        cache.insert(FileId(1), ChunkIndex(3), chunk(1000));
+        assert!(
+            cache.get(FileId(1), ChunkIndex(3)).is_none(),
             "larger than the whole cache: not kept"
         );
-        cache.forget_file(1);
+        cache.forget_file(FileId(1));
         assert_eq!(cache.bytes(), 0);
     }
 
@@ -127,21 +131,24 @@ mod tests {
     fn forgetting_a_file_drops_its_chunks_only() {
         let mut cache = ChunkCache::new(100);
         for (ino, index) in [(1, 0), (2, 0), (1, 5), (3, 1)] {
-            cache.insert(ino, index, chunk(10));
+            cache.insert(FileId(ino), ChunkIndex(index), chunk(10));
         }
-        cache.insert(1, 5, chunk(20)); // replaced, still one entry
-        cache.remove(3, 1);
-        cache.forget_file(1);
-        assert!(cache.get(1, 0).is_none() && cache.get(1, 5).is_none());
-        assert!(cache.get(2, 0).is_some());
+        cache.insert(FileId(1), ChunkIndex(5), chunk(20)); // replaced, still one entry
+        cache.remove(FileId(3), ChunkIndex(1));
+        cache.forget_file(FileId(1));
+        assert!(
+            cache.get(FileId(1), ChunkIndex(0)).is_none()
+                && cache.get(FileId(1), ChunkIndex(5)).is_none()
+        );
+        assert!(cache.get(FileId(2), ChunkIndex(0)).is_some());
         assert_eq!(cache.bytes(), 10);
         // Evicted chunks leave the index too: forgetting their file later finds nothing.
         for index in 0..20 {
-            cache.insert(4, index, chunk(10));
+            cache.insert(FileId(4), ChunkIndex(index), chunk(10));
         }
-        assert!(cache.get(2, 0).is_none(), "evicted");
-        cache.forget_file(2);
-        cache.forget_file(4);
+        assert!(cache.get(FileId(2), ChunkIndex(0)).is_none(), "evicted");
+        cache.forget_file(FileId(2));
+        cache.forget_file(FileId(4));
         assert_eq!(cache.bytes(), 0);
         assert!(cache.by_file.is_empty());
     }

@@ -22,6 +22,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use format::ids::{FileId, Version};
 use proto::v1::Attr;
 
 /// How long after the last proof a directory's names stay known.
@@ -88,7 +89,7 @@ struct Asked {
 struct Known {
     names: HashSet<Vec<u8>>,
     /// The directory's version when `names` was last proven complete.
-    version: u64,
+    version: Version,
     /// Until when `names` may answer lookups.
     until: Instant,
     /// The listing that made it known, if one did.
@@ -96,7 +97,7 @@ struct Known {
     /// Versions past `version + 1` that changes of this client's own left the directory at,
     /// whose replies came before that of an earlier change: `names` has their names, but
     /// answers nothing until the versions in between are accounted for.
-    ahead: BTreeSet<u64>,
+    ahead: BTreeSet<Version>,
     /// `names` answers nothing until proven by a change asked for at this time or later
     /// (see [`KnownDirs::distrust`]).
     distrusted_before: Option<Instant>,
@@ -104,16 +105,16 @@ struct Known {
 
 #[derive(Debug, Default)]
 pub struct KnownDirs {
-    dirs: HashMap<u64, Known>,
+    dirs: HashMap<FileId, Known>,
     names: usize,
     /// Attributes held by listings, across directories.
     listed: usize,
-    asked: HashMap<u64, Asked>,
+    asked: HashMap<FileId, Asked>,
 }
 
 impl KnownDirs {
     /// Whether `name` surely does not exist in `dir` (`now`: the time of the lookup).
-    pub fn absent(&mut self, dir: u64, name: &[u8], now: Instant) -> bool {
+    pub fn absent(&mut self, dir: FileId, name: &[u8], now: Instant) -> bool {
         let Some(known) = self.dirs.get(&dir) else {
             return false;
         };
@@ -130,7 +131,7 @@ impl KnownDirs {
 
     /// What is known of `name` in `dir` at `now`, while this client's change count is
     /// `changes` (`Remote::changes`).
-    pub fn answer(&mut self, dir: u64, name: &[u8], now: Instant, changes: u64) -> Answer {
+    pub fn answer(&mut self, dir: FileId, name: &[u8], now: Instant, changes: u64) -> Answer {
         if self.absent(dir, name, now) {
             return Answer::Absent;
         }
@@ -156,7 +157,7 @@ impl KnownDirs {
 
     /// A lookup in `dir` went to the server at `now`: whether to list the directory, so
     /// that the next lookups there need not (see [`KnownDirs::listed`]).
-    pub fn should_list(&mut self, dir: u64, now: Instant) -> bool {
+    pub fn should_list(&mut self, dir: FileId, now: Instant) -> bool {
         if self.asked.len() >= ASKED_DIRS_MAX && !self.asked.contains_key(&dir) {
             self.asked
                 .retain(|_, a| now < a.since + ASKED_WITHIN || now < a.not_before);
@@ -206,9 +207,9 @@ impl KnownDirs {
         if changes != changes_now || !dir.may_read || entries.len() > LISTED_ENTRIES_MAX {
             return;
         }
-        self.forget(dir.ino);
+        self.forget(FileId(dir.ino));
         if self.names + entries.len() > NAMES_MAX || self.listed + entries.len() > LISTED_MAX {
-            let others: Vec<u64> = self
+            let others: Vec<FileId> = self
                 .dirs
                 .iter()
                 .filter(|(_, k)| k.listed.is_some())
@@ -231,10 +232,10 @@ impl KnownDirs {
         self.names += names.len();
         self.listed += entries.len();
         self.dirs.insert(
-            dir.ino,
+            FileId(dir.ino),
             Known {
                 names,
-                version: dir.version,
+                version: Version(dir.version),
                 until: asked + KNOWN_FOR,
                 listed: Some(Listed {
                     attrs: entries.into_iter().collect(),
@@ -259,12 +260,12 @@ impl KnownDirs {
                 return;
             }
         }
-        self.forget(dir.ino);
+        self.forget(FileId(dir.ino));
         self.dirs.insert(
-            dir.ino,
+            FileId(dir.ino),
             Known {
                 names: HashSet::new(),
-                version: dir.version,
+                version: Version(dir.version),
                 until: asked + KNOWN_FOR,
                 listed: None,
                 ahead: BTreeSet::new(),
@@ -276,11 +277,11 @@ impl KnownDirs {
     /// This client added `name` to `dir` with a change asked for at `asked`; `reply`: the
     /// attributes that change replied with (none: it failed), which carry the directory's
     /// version after it (`parent_version`).
-    pub fn added(&mut self, dir: u64, name: &[u8], reply: Option<&Attr>, asked: Instant) {
+    pub fn added(&mut self, dir: FileId, name: &[u8], reply: Option<&Attr>, asked: Instant) {
         if self.names >= NAMES_MAX {
             self.forget(dir);
         }
-        let version = reply.map_or(0, |attr| attr.parent_version);
+        let version = Version(reply.map_or(0, |attr| attr.parent_version));
         if let Some(known) = self.proven(dir, version, asked)
             && known.names.insert(name.to_vec())
         {
@@ -290,8 +291,8 @@ impl KnownDirs {
 
     /// This client removed `name` from `dir` with a change asked for at `asked`, which left
     /// the directory with attributes `after` (none: unknown, or it failed).
-    pub fn removed(&mut self, dir: u64, name: &[u8], after: Option<&Attr>, asked: Instant) {
-        let version = after.map_or(0, |attr| attr.version);
+    pub fn removed(&mut self, dir: FileId, name: &[u8], after: Option<&Attr>, asked: Instant) {
+        let version = Version(after.map_or(0, |attr| attr.version));
         let Some(known) = self.proven(dir, version, asked) else {
             return;
         };
@@ -307,7 +308,7 @@ impl KnownDirs {
     /// This client's change count went from `before` to `after` with one change that left
     /// every other entry of `dir` as it was (a removal, already applied by `removed`): the
     /// listing's attributes still answer lookups, if nothing else changed meanwhile.
-    pub fn listing_survives(&mut self, dir: u64, before: u64, after: u64) {
+    pub fn listing_survives(&mut self, dir: FileId, before: u64, after: u64) {
         if let Some(listed) = self.dirs.get_mut(&dir).and_then(|k| k.listed.as_mut())
             && listed.changes == before
             && after == before + 1
@@ -318,7 +319,7 @@ impl KnownDirs {
 
     /// This client changed `dir` without adding or removing a name (its attributes), after
     /// which it was at `version`.
-    pub fn touched(&mut self, dir: u64, version: u64, asked: Instant) {
+    pub fn touched(&mut self, dir: FileId, version: Version, asked: Instant) {
         self.proven(dir, version, asked);
     }
 
@@ -326,14 +327,14 @@ impl KnownDirs {
     /// (closes under a lease return before the server has the file): until one asked for
     /// from then on proves the names, `dir` answers no lookup. Otherwise another client's
     /// change from before the lease could hide behind the changes not answered yet.
-    pub fn distrust(&mut self, dir: u64, since: Instant) {
+    pub fn distrust(&mut self, dir: FileId, since: Instant) {
         if let Some(known) = self.dirs.get_mut(&dir) {
             known.distrusted_before = Some(since);
         }
     }
 
     /// Stops answering for `dir` (a change this client cannot account for name by name).
-    pub fn forget(&mut self, dir: u64) {
+    pub fn forget(&mut self, dir: FileId) {
         if let Some(known) = self.dirs.remove(&dir) {
             self.names -= known.names.len();
             self.listed -= known.listed.map_or(0, |l| l.attrs.len());
@@ -345,24 +346,24 @@ impl KnownDirs {
     /// further on waits in `ahead` for the changes of this client's own still in flight; if
     /// another client's change took one of the versions between, the gap never closes and
     /// the directory answers nothing until forgotten.
-    fn proven(&mut self, dir: u64, version: u64, asked: Instant) -> Option<&mut Known> {
+    fn proven(&mut self, dir: FileId, version: Version, asked: Instant) -> Option<&mut Known> {
         let usable = self.dirs.get(&dir).is_some_and(|known| {
             version > known.version
                 && !known.ahead.contains(&version)
-                && (version == known.version + 1 || known.ahead.len() < AHEAD_MAX)
+                && (version == known.version.next() || known.ahead.len() < AHEAD_MAX)
         });
         if !usable {
             self.forget(dir);
             return None;
         }
         let known = self.dirs.get_mut(&dir)?;
-        if version != known.version + 1 {
+        if version != known.version.next() {
             known.ahead.insert(version);
             return Some(known);
         }
         known.version = version;
-        while known.ahead.remove(&(known.version + 1)) {
-            known.version += 1;
+        while known.ahead.remove(&known.version.next()) {
+            known.version = known.version.next();
         }
         known.until = asked + KNOWN_FOR;
         Some(known)
@@ -395,19 +396,19 @@ mod tests {
         let mut dirs = KnownDirs::default();
         let t = Instant::now();
         assert!(
-            !dirs.absent(7, b"a", t),
+            !dirs.absent(FileId(7), b"a", t),
             "unknown directories answer nothing"
         );
         dirs.made(&dir(7, 1), t);
-        assert!(dirs.absent(7, b"a", t));
-        assert!(dirs.absent(7, b"a", t + KNOWN_FOR / 2));
-        assert!(!dirs.absent(7, b"a", t + KNOWN_FOR), "expired");
+        assert!(dirs.absent(FileId(7), b"a", t));
+        assert!(dirs.absent(FileId(7), b"a", t + KNOWN_FOR / 2));
+        assert!(!dirs.absent(FileId(7), b"a", t + KNOWN_FOR), "expired");
         assert!(
-            !dirs.absent(7, b"a", t),
+            !dirs.absent(FileId(7), b"a", t),
             "an expired directory is forgotten"
         );
         assert!(
-            !dirs.absent(7, &[b'x'; 256], t),
+            !dirs.absent(FileId(7), &[b'x'; 256], t),
             "too long: the server says so"
         );
     }
@@ -418,13 +419,16 @@ mod tests {
         let t = Instant::now();
         dirs.made(&dir(7, 1), t);
         let later = t + KNOWN_FOR / 2;
-        dirs.added(7, b"a", named(2).as_ref(), later);
-        assert!(!dirs.absent(7, b"a", later));
-        assert!(dirs.absent(7, b"b", later));
-        assert!(dirs.absent(7, b"b", t + KNOWN_FOR), "the proof renewed it");
-        dirs.touched(7, 3, later);
-        dirs.removed(7, b"a", Some(&dir(7, 4)), later);
-        assert!(dirs.absent(7, b"a", later));
+        dirs.added(FileId(7), b"a", named(2).as_ref(), later);
+        assert!(!dirs.absent(FileId(7), b"a", later));
+        assert!(dirs.absent(FileId(7), b"b", later));
+        assert!(
+            dirs.absent(FileId(7), b"b", t + KNOWN_FOR),
+            "the proof renewed it"
+        );
+        dirs.touched(FileId(7), Version(3), later);
+        dirs.removed(FileId(7), b"a", Some(&dir(7, 4)), later);
+        assert!(dirs.absent(FileId(7), b"a", later));
         assert_eq!(dirs.names, 0);
     }
 
@@ -432,16 +436,16 @@ mod tests {
     fn a_gap_in_the_versions_answers_nothing() {
         let t = Instant::now();
         for change in [
-            |d: &mut KnownDirs, t| d.added(7, b"a", named(3).as_ref(), t),
-            |d: &mut KnownDirs, t| d.added(7, b"a", None, t),
-            |d: &mut KnownDirs, t| d.removed(7, b"a", Some(&dir(7, 3)), t),
-            |d: &mut KnownDirs, t| d.touched(7, 1, t),
+            |d: &mut KnownDirs, t| d.added(FileId(7), b"a", named(3).as_ref(), t),
+            |d: &mut KnownDirs, t| d.added(FileId(7), b"a", None, t),
+            |d: &mut KnownDirs, t| d.removed(FileId(7), b"a", Some(&dir(7, 3)), t),
+            |d: &mut KnownDirs, t| d.touched(FileId(7), Version(1), t),
         ] {
             let mut dirs = KnownDirs::default();
             dirs.made(&dir(7, 1), t);
             change(&mut dirs, t);
-            assert!(!dirs.absent(7, b"b", t));
-            assert_eq!(dirs.answer(7, b"b", t, 0), Answer::Ask);
+            assert!(!dirs.absent(FileId(7), b"b", t));
+            assert_eq!(dirs.answer(FileId(7), b"b", t, 0), Answer::Ask);
         }
     }
 
@@ -464,29 +468,35 @@ mod tests {
         let mut dirs = KnownDirs::default();
         let t = Instant::now();
         let asked: Vec<bool> = (0..LIST_AFTER_ASKED)
-            .map(|_| dirs.should_list(7, t))
+            .map(|_| dirs.should_list(FileId(7), t))
             .collect();
         assert_eq!(asked.iter().filter(|l| **l).count(), 1);
         assert!(asked[LIST_AFTER_ASKED as usize - 1], "the last one lists");
         dirs.listed(&dir(7, 5), listing(3), t, 40, 40);
-        assert_eq!(dirs.answer(7, b"f1", t, 40), Answer::Present(file(101)));
-        assert_eq!(dirs.answer(7, b"g", t, 40), Answer::Absent);
         assert_eq!(
-            dirs.answer(7, b"f1", t, 41),
+            dirs.answer(FileId(7), b"f1", t, 40),
+            Answer::Present(file(101))
+        );
+        assert_eq!(dirs.answer(FileId(7), b"g", t, 40), Answer::Absent);
+        assert_eq!(
+            dirs.answer(FileId(7), b"f1", t, 41),
             Answer::Ask,
             "a change of this client's own since: the attributes may be stale"
         );
         assert_eq!(
-            dirs.answer(7, b"g", t, 41),
+            dirs.answer(FileId(7), b"g", t, 41),
             Answer::Absent,
             "names still known"
         );
         assert_eq!(
-            dirs.answer(7, b"f1", t + LISTED_FOR, 40),
+            dirs.answer(FileId(7), b"f1", t + LISTED_FOR, 40),
             Answer::Ask,
             "attributes expired"
         );
-        assert_eq!(dirs.answer(7, b"f1", t + KNOWN_FOR, 40), Answer::Ask);
+        assert_eq!(
+            dirs.answer(FileId(7), b"f1", t + KNOWN_FOR, 40),
+            Answer::Ask
+        );
         assert_eq!(dirs.names + dirs.listed, 0, "expired: forgotten");
     }
 
@@ -496,7 +506,7 @@ mod tests {
         let t = Instant::now();
         dirs.listed(&dir(7, 5), listing(3), t, 40, 41);
         assert_eq!(
-            dirs.answer(7, b"g", t, 41),
+            dirs.answer(FileId(7), b"g", t, 41),
             Answer::Ask,
             "changed meanwhile"
         );
@@ -505,7 +515,7 @@ mod tests {
             ..dir(7, 5)
         };
         dirs.listed(&unreadable, listing(3), t, 40, 40);
-        assert_eq!(dirs.answer(7, b"g", t, 40), Answer::Ask);
+        assert_eq!(dirs.answer(FileId(7), b"g", t, 40), Answer::Ask);
         dirs.listed(
             &dir(7, 5),
             listing(LISTED_ENTRIES_MAX as u64 + 1),
@@ -513,7 +523,11 @@ mod tests {
             40,
             40,
         );
-        assert_eq!(dirs.answer(7, b"g", t, 40), Answer::Ask, "too large");
+        assert_eq!(
+            dirs.answer(FileId(7), b"g", t, 40),
+            Answer::Ask,
+            "too large"
+        );
         assert_eq!(dirs.names + dirs.listed, 0);
     }
 
@@ -522,18 +536,21 @@ mod tests {
         let mut dirs = KnownDirs::default();
         let t = Instant::now();
         dirs.listed(&dir(7, 5), listing(3), t, 40, 40);
-        dirs.removed(7, b"f0", Some(&dir(7, 6)), t);
-        dirs.listing_survives(7, 40, 41);
-        assert_eq!(dirs.answer(7, b"f0", t, 41), Answer::Absent);
-        assert_eq!(dirs.answer(7, b"f1", t, 41), Answer::Present(file(101)));
+        dirs.removed(FileId(7), b"f0", Some(&dir(7, 6)), t);
+        dirs.listing_survives(FileId(7), 40, 41);
+        assert_eq!(dirs.answer(FileId(7), b"f0", t, 41), Answer::Absent);
+        assert_eq!(
+            dirs.answer(FileId(7), b"f1", t, 41),
+            Answer::Present(file(101))
+        );
         assert_eq!((dirs.names, dirs.listed), (2, 2));
         // Another change came in between: the attributes no longer answer.
-        dirs.removed(7, b"f1", Some(&dir(7, 7)), t);
-        dirs.listing_survives(7, 41, 43);
-        assert_eq!(dirs.answer(7, b"f2", t, 43), Answer::Ask);
+        dirs.removed(FileId(7), b"f1", Some(&dir(7, 7)), t);
+        dirs.listing_survives(FileId(7), 41, 43);
+        assert_eq!(dirs.answer(FileId(7), b"f2", t, 43), Answer::Ask);
         // A gap in the directory's versions forgets it all.
-        dirs.removed(7, b"f2", Some(&dir(7, 9)), t);
-        assert_eq!(dirs.answer(7, b"f2", t, 43), Answer::Ask);
+        dirs.removed(FileId(7), b"f2", Some(&dir(7, 9)), t);
+        assert_eq!(dirs.answer(FileId(7), b"f2", t, 43), Answer::Ask);
         assert_eq!((dirs.names, dirs.listed), (0, 0));
     }
 
@@ -541,8 +558,9 @@ mod tests {
     fn a_listing_that_answered_little_is_not_taken_again_soon() {
         let mut dirs = KnownDirs::default();
         let t = Instant::now();
-        let list =
-            |dirs: &mut KnownDirs, at| (0..LIST_AFTER_ASKED).any(|_| dirs.should_list(7, at));
+        let list = |dirs: &mut KnownDirs, at| {
+            (0..LIST_AFTER_ASKED).any(|_| dirs.should_list(FileId(7), at))
+        };
         assert!(list(&mut dirs, t));
         dirs.listed(&dir(7, 5), listing(3), t, 40, 40);
         // Voided at once by this client's changes: it answered nothing.
@@ -554,7 +572,7 @@ mod tests {
         dirs.listed(&dir(7, 5), listing(3), later, 40, 40);
         for _ in 0..LIST_AFTER_ASKED {
             assert!(matches!(
-                dirs.answer(7, b"f1", later, 40),
+                dirs.answer(FileId(7), b"f1", later, 40),
                 Answer::Present(_)
             ));
         }
@@ -568,23 +586,28 @@ mod tests {
         let t = Instant::now();
         dirs.made(&dir(1, 1), t);
         for i in 0..NAMES_MAX as u64 {
-            dirs.added(1, &i.to_le_bytes(), named(i + 2).as_ref(), t);
+            dirs.added(FileId(1), &i.to_le_bytes(), named(i + 2).as_ref(), t);
         }
         assert_eq!(dirs.names, NAMES_MAX);
-        dirs.added(1, b"one more", named(NAMES_MAX as u64 + 2).as_ref(), t);
+        dirs.added(
+            FileId(1),
+            b"one more",
+            named(NAMES_MAX as u64 + 2).as_ref(),
+            t,
+        );
         assert_eq!(dirs.names, 0, "over the bound: forgotten");
         for ino in 0..DIRS_MAX as u64 + 10 {
             dirs.made(&dir(ino + 100, 1), t);
         }
         assert_eq!(dirs.dirs.len(), DIRS_MAX);
-        assert!(!dirs.absent(DIRS_MAX as u64 + 105, b"a", t));
+        assert!(!dirs.absent(FileId(DIRS_MAX as u64 + 105), b"a", t));
         let unreadable = Attr {
             may_read: false,
             ..dir(5, 1)
         };
         dirs.made(&unreadable, t + KNOWN_FOR);
         assert!(
-            !dirs.absent(5, b"a", t),
+            !dirs.absent(FileId(5), b"a", t),
             "a lookup there must ask the server"
         );
     }
@@ -594,16 +617,16 @@ mod tests {
         let mut dirs = KnownDirs::default();
         let t = Instant::now();
         dirs.made(&dir(5, 1), t);
-        dirs.added(5, b"b", named(3).as_ref(), t);
+        dirs.added(FileId(5), b"b", named(3).as_ref(), t);
         assert!(
-            !dirs.absent(5, b"x", t),
+            !dirs.absent(FileId(5), b"x", t),
             "version 2 is not accounted for yet"
         );
-        dirs.added(5, b"a", named(2).as_ref(), t);
-        assert!(dirs.absent(5, b"x", t));
-        assert!(!dirs.absent(5, b"a", t) && !dirs.absent(5, b"b", t));
-        dirs.added(5, b"c", named(4).as_ref(), t);
-        assert!(dirs.absent(5, b"x", t), "in order again");
+        dirs.added(FileId(5), b"a", named(2).as_ref(), t);
+        assert!(dirs.absent(FileId(5), b"x", t));
+        assert!(!dirs.absent(FileId(5), b"a", t) && !dirs.absent(FileId(5), b"b", t));
+        dirs.added(FileId(5), b"c", named(4).as_ref(), t);
+        assert!(dirs.absent(FileId(5), b"x", t), "in order again");
     }
 
     #[test]
@@ -611,17 +634,17 @@ mod tests {
         let mut dirs = KnownDirs::default();
         let t = Instant::now();
         dirs.made(&dir(5, 1), t);
-        assert!(dirs.absent(5, b"x", t));
+        assert!(dirs.absent(FileId(5), b"x", t));
         let later = t + Duration::from_millis(10);
-        dirs.distrust(5, later);
-        assert!(!dirs.absent(5, b"x", later));
-        dirs.added(5, b"a", named(2).as_ref(), t);
+        dirs.distrust(FileId(5), later);
+        assert!(!dirs.absent(FileId(5), b"x", later));
+        dirs.added(FileId(5), b"a", named(2).as_ref(), t);
         assert!(
-            !dirs.absent(5, b"x", later),
+            !dirs.absent(FileId(5), b"x", later),
             "asked for before the distrust"
         );
-        dirs.added(5, b"b", named(3).as_ref(), later);
-        assert!(dirs.absent(5, b"x", later));
+        dirs.added(FileId(5), b"b", named(3).as_ref(), later);
+        assert!(dirs.absent(FileId(5), b"x", later));
     }
 
     #[test]
@@ -632,14 +655,14 @@ mod tests {
         // Another client's change took version 2.
         for version in 3..3 + AHEAD_MAX as u64 {
             dirs.added(
-                5,
+                FileId(5),
                 format!("f{version}").as_bytes(),
                 named(version).as_ref(),
                 t,
             );
-            assert!(!dirs.absent(5, b"x", t));
+            assert!(!dirs.absent(FileId(5), b"x", t));
         }
-        dirs.added(5, b"last", named(3 + AHEAD_MAX as u64).as_ref(), t);
+        dirs.added(FileId(5), b"last", named(3 + AHEAD_MAX as u64).as_ref(), t);
         assert!(dirs.dirs.is_empty(), "forgotten once too far ahead");
     }
 }

@@ -1,6 +1,7 @@
 //! The client's errors, and the one place that turns them into errno values.
 
 use client::ClientError;
+use format::ids::{ChunkIndex, FileId};
 use proto::ErrorKind;
 
 /// Why a filesystem operation failed.
@@ -11,15 +12,15 @@ pub enum FsError {
     Remote { kind: ErrorKind, message: String },
     /// A chunk did not open: tampered with, rolled back, truncated or corrupted. The reader
     /// gets EIO, never the chunk's bytes.
-    #[error("chunk {index} of file {ino:016x} failed its integrity check: {reason}")]
+    #[error("chunk {index} of file {ino} failed its integrity check: {reason}")]
     Integrity {
-        ino: u64,
-        index: u64,
+        ino: FileId,
+        index: ChunkIndex,
         reason: String,
     },
     /// The file's key could not be obtained or opened.
-    #[error("no usable key for file {ino:016x}: {reason}")]
-    Key { ino: u64, reason: String },
+    #[error("no usable key for file {ino}: {reason}")]
+    Key { ino: FileId, reason: String },
     /// Something the kernel or caller asked for that the vault does not do or allow.
     #[error("{1}")]
     Local(ErrorKind, String),
@@ -90,8 +91,8 @@ mod tests {
             assert!(errno(&FsError::local(kind, "x")) > 0);
         }
         let integrity = FsError::Integrity {
-            ino: 1,
-            index: 0,
+            ino: FileId(1),
+            index: ChunkIndex(0),
             reason: "flipped".into(),
         };
         assert_eq!(errno(&integrity), libc::EIO);

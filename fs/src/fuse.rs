@@ -5,8 +5,9 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use format::ids::{FileId, Handle};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -16,7 +17,7 @@ use fuser::{
 use proto::v1::{Attr, FileKind, Timestamp};
 
 use crate::error::{FsError, errno};
-use crate::vault::{Changes, Listing, RenameMode, Vault, stamp};
+use crate::vault::{Changes, Listing, Node, Owner, RenameMode, Vault, stamp, system_time};
 
 /// How long the kernel may trust an entry or attributes (short: other clients change files).
 const TTL: Duration = Duration::from_secs(1);
@@ -65,18 +66,32 @@ fn reply_empty(reply: ReplyEmpty, outcome: Result<(), FsError>) {
     }
 }
 
+/// Who owns what a request makes: its caller.
+fn owner(req: &Request) -> Owner {
+    Owner {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+/// The permission bits a new file gets from the mode asked for and the caller's umask.
+fn perm(mode: u32, umask: u32) -> u32 {
+    mode & !umask & 0o7777
+}
+
+/// The vault's file for the kernel's inode number.
+fn file(ino: INodeNo) -> FileId {
+    FileId(ino.0)
+}
+
+/// The vault's handle for the kernel's file handle.
+fn handle(fh: FileHandle) -> Handle {
+    Handle(fh.0)
+}
+
 fn fail(error: &FsError) -> Errno {
     tracing::debug!(%error, "operation failed");
     Errno::from_i32(errno(error))
-}
-
-fn time(stamp: Option<&Timestamp>) -> SystemTime {
-    stamp
-        .and_then(|t| {
-            let secs = u64::try_from(t.seconds).ok()?;
-            UNIX_EPOCH.checked_add(Duration::new(secs, t.nanos))
-        })
-        .unwrap_or(UNIX_EPOCH)
 }
 
 fn file_type(kind: i32) -> FileType {
@@ -96,10 +111,10 @@ fn file_attr(attr: &Attr) -> FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
         blocks: attr.size.div_ceil(512),
-        atime: time(attr.atime.as_ref()),
-        mtime: time(attr.mtime.as_ref()),
-        ctime: time(attr.ctime.as_ref()),
-        crtime: time(attr.ctime.as_ref()),
+        atime: system_time(attr.atime.as_ref()),
+        mtime: system_time(attr.mtime.as_ref()),
+        ctime: system_time(attr.ctime.as_ref()),
+        crtime: system_time(attr.ctime.as_ref()),
         kind: file_type(attr.kind),
         perm: (attr.perm & 0o7777) as u16,
         nlink: attr.nlink,
@@ -164,11 +179,36 @@ macro_rules! allowed_or_reply {
     };
 }
 
+/// The session's notifier tells the kernel what the vault finds stale.
+impl crate::vault::Notifier for fuser::Notifier {
+    fn drop_attributes(&self, ino: FileId) -> std::io::Result<()> {
+        // Attributes only (a negative offset). Safe inside an open: the kernel takes no lock
+        // of the inode for it.
+        self.inval_inode(INodeNo(ino.0), -1, 0)
+    }
+}
+
 impl VaultFs {
     /// `attr` for a reply: the vault notes which version the kernel now keeps.
     fn kernel_attr(&self, attr: &Attr) -> FileAttr {
         self.vault.kernel_has(attr);
         file_attr(attr)
+    }
+
+    /// Answers a request for an entry (a lookup, or a name just made).
+    fn reply_entry(&self, reply: ReplyEntry, outcome: Result<Attr, FsError>) {
+        match outcome {
+            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    /// Answers a request for attributes.
+    fn reply_attr(&self, reply: ReplyAttr, outcome: Result<Attr, FsError>) {
+        match outcome {
+            Ok(attr) => reply.attr(&TTL, &self.kernel_attr(&attr)),
+            Err(e) => reply.error(fail(&e)),
+        }
     }
 }
 
@@ -189,18 +229,12 @@ impl Filesystem for VaultFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.lookup(parent.0, name.as_bytes()) {
-            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        self.reply_entry(reply, self.vault.lookup(file(parent), name.as_bytes()));
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.getattr(ino.0) {
-            Ok(attr) => reply.attr(&TTL, &self.kernel_attr(&attr)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        self.reply_attr(reply, self.vault.getattr(file(ino)));
     }
 
     fn setattr(
@@ -234,15 +268,12 @@ impl Filesystem for VaultFs {
             atime_now,
             mtime_now,
         };
-        match self.vault.setattr(ino.0, &changes) {
-            Ok(attr) => reply.attr(&TTL, &self.kernel_attr(&attr)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        self.reply_attr(reply, self.vault.setattr(file(ino), &changes));
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.readlink(ino.0) {
+        match self.vault.readlink(file(ino)) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(fail(&e)),
         }
@@ -259,45 +290,17 @@ impl Filesystem for VaultFs {
         reply: ReplyEntry,
     ) {
         allowed_or_reply!(self, req, reply);
-        let kind = match mode & libc::S_IFMT {
-            libc::S_IFIFO => FileKind::Fifo,
-            libc::S_IFSOCK => FileKind::Socket,
-            libc::S_IFCHR => FileKind::CharDevice,
-            libc::S_IFBLK => FileKind::BlockDevice,
-            libc::S_IFREG => {
-                // A regular file through mknod: create it (with its key) and close it.
-                let created = self.vault.create(
-                    parent.0,
-                    name.as_bytes(),
-                    mode & !umask & 0o7777,
-                    true,
-                    req.uid(),
-                    req.gid(),
-                );
-                match created.and_then(|(attr, fh)| self.vault.release(fh).map(|()| attr)) {
-                    Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
-                    Err(e) => reply.error(fail(&e)),
-                }
-                return;
-            }
-            _ => {
-                reply.error(Errno::EINVAL);
-                return;
-            }
+        let (perm, owner, name) = (perm(mode, umask), owner(req), name.as_bytes());
+        let outcome = if mode & libc::S_IFMT == libc::S_IFREG {
+            // A regular file through mknod: create it (with its key) and close it.
+            let created = self.vault.create(file(parent), name, perm, true, owner);
+            created.and_then(|(attr, fh)| self.vault.release(fh).map(|()| attr))
+        } else if let Some(node) = Node::from_mode(mode, umask, u64::from(rdev)) {
+            self.vault.mknod(file(parent), name, node, owner)
+        } else {
+            return reply.error(Errno::EINVAL);
         };
-        let perm = mode & !umask & 0o7777;
-        match self.vault.mknod(
-            parent.0,
-            name.as_bytes(),
-            kind,
-            perm,
-            u64::from(rdev),
-            req.uid(),
-            req.gid(),
-        ) {
-            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        self.reply_entry(reply, outcome);
     }
 
     fn mkdir(
@@ -310,26 +313,21 @@ impl Filesystem for VaultFs {
         reply: ReplyEntry,
     ) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.mkdir(
-            parent.0,
-            name.as_bytes(),
-            mode & !umask & 0o7777,
-            req.uid(),
-            req.gid(),
-        ) {
-            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        let perm = perm(mode, umask);
+        let made = self
+            .vault
+            .mkdir(file(parent), name.as_bytes(), perm, owner(req));
+        self.reply_entry(reply, made);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         allowed_or_reply!(self, req, reply);
-        reply_empty(reply, self.vault.unlink(parent.0, name.as_bytes()));
+        reply_empty(reply, self.vault.unlink(file(parent), name.as_bytes()));
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         allowed_or_reply!(self, req, reply);
-        reply_empty(reply, self.vault.rmdir(parent.0, name.as_bytes()));
+        reply_empty(reply, self.vault.rmdir(file(parent), name.as_bytes()));
     }
 
     fn symlink(
@@ -341,16 +339,9 @@ impl Filesystem for VaultFs {
         reply: ReplyEntry,
     ) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.symlink(
-            parent.0,
-            link_name.as_bytes(),
-            target.as_os_str().as_bytes(),
-            req.uid(),
-            req.gid(),
-        ) {
-            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        let (name, target) = (link_name.as_bytes(), target.as_os_str().as_bytes());
+        let made = self.vault.symlink(file(parent), name, target, owner(req));
+        self.reply_entry(reply, made);
     }
 
     fn rename(
@@ -374,9 +365,9 @@ impl Filesystem for VaultFs {
         reply_empty(
             reply,
             self.vault.rename(
-                parent.0,
+                file(parent),
                 name.as_bytes(),
-                newparent.0,
+                file(newparent),
                 newname.as_bytes(),
                 mode,
             ),
@@ -392,21 +383,21 @@ impl Filesystem for VaultFs {
         reply: ReplyEntry,
     ) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.link(ino.0, newparent.0, newname.as_bytes()) {
-            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        let linked = self
+            .vault
+            .link(file(ino), file(newparent), newname.as_bytes());
+        self.reply_entry(reply, linked);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.open(ino.0) {
+        match self.vault.open(file(ino)) {
             Ok((fh, keep_cache)) => {
                 let mut open_flags = write_only(flags.0);
                 if keep_cache {
                     open_flags |= FopenFlags::FOPEN_KEEP_CACHE;
                 }
-                reply.opened(FileHandle(fh), open_flags);
+                reply.opened(FileHandle(fh.get()), open_flags);
             }
             Err(e) => reply.error(fail(&e)),
         }
@@ -423,7 +414,7 @@ impl Filesystem for VaultFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.vault.read(fh.0, offset, size) {
+        match self.vault.read(handle(fh), offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(fail(&e)),
         }
@@ -442,11 +433,11 @@ impl Filesystem for VaultFs {
         reply: ReplyWrite,
     ) {
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
-            && let Err(e) = self.vault.drop_setid_bits(fh.0)
+            && let Err(e) = self.vault.drop_setid_bits(handle(fh))
         {
             return reply.error(fail(&e));
         }
-        match self.vault.write(fh.0, offset, data) {
+        match self.vault.write(handle(fh), offset, data) {
             Ok(written) => reply.written(written as u32),
             Err(e) => reply.error(fail(&e)),
         }
@@ -460,7 +451,7 @@ impl Filesystem for VaultFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.vault.flush(fh.0));
+        reply_empty(reply, self.vault.flush(handle(fh)));
     }
 
     fn release(
@@ -473,7 +464,7 @@ impl Filesystem for VaultFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.vault.release(fh.0));
+        reply_empty(reply, self.vault.release(handle(fh)));
     }
 
     fn fsync(
@@ -484,13 +475,13 @@ impl Filesystem for VaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.vault.fsync(fh.0));
+        reply_empty(reply, self.vault.fsync(handle(fh)));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        match self.vault.opendir(file(ino)) {
+            Ok(fh) => reply.opened(FileHandle(fh.get()), FopenFlags::empty()),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -503,7 +494,7 @@ impl Filesystem for VaultFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (listing, _) = match self.vault.listing(fh.0) {
+        let (listing, _) = match self.vault.listing(handle(fh)) {
             Ok(listing) => listing,
             Err(e) => return reply.error(fail(&e)),
         };
@@ -529,7 +520,7 @@ impl Filesystem for VaultFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (listing, current) = match self.vault.listing(fh.0) {
+        let (listing, current) = match self.vault.listing(handle(fh)) {
             Ok(listing) => listing,
             Err(e) => return reply.error(fail(&e)),
         };
@@ -572,7 +563,7 @@ impl Filesystem for VaultFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.vault.releasedir(fh.0);
+        self.vault.releasedir(handle(fh));
         reply.ok();
     }
 
@@ -626,7 +617,7 @@ impl Filesystem for VaultFs {
         reply_empty(
             reply,
             self.vault
-                .setxattr(ino.0, name.as_bytes(), value, create, replace),
+                .setxattr(file(ino), name.as_bytes(), value, create, replace),
         );
     }
 
@@ -637,7 +628,7 @@ impl Filesystem for VaultFs {
         if !kept_xattr(name.as_bytes()) {
             return reply.error(Errno::ENODATA);
         }
-        match self.vault.getxattr(ino.0, name.as_bytes()) {
+        match self.vault.getxattr(file(ino), name.as_bytes()) {
             Ok(value) => xattr_reply(reply, size, &value),
             Err(e) => reply.error(fail(&e)),
         }
@@ -645,13 +636,12 @@ impl Filesystem for VaultFs {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.listxattr(ino.0) {
+        match self.vault.listxattr(file(ino)) {
             Ok(names) => {
-                let mut list = Vec::new();
-                for name in names.iter().filter(|name| kept_xattr(name)) {
-                    list.extend_from_slice(name);
-                    list.push(0);
-                }
+                let kept = names.iter().filter(|name| kept_xattr(name));
+                let list: Vec<u8> = kept
+                    .flat_map(|name| name.iter().chain(&[0]).copied())
+                    .collect();
                 xattr_reply(reply, size, &list);
             }
             Err(e) => reply.error(fail(&e)),
@@ -660,7 +650,7 @@ impl Filesystem for VaultFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         allowed_or_reply!(self, req, reply);
-        reply_empty(reply, self.vault.removexattr(ino.0, name.as_bytes()));
+        reply_empty(reply, self.vault.removexattr(file(ino), name.as_bytes()));
     }
 
     fn access(&self, req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -680,19 +670,16 @@ impl Filesystem for VaultFs {
     ) {
         allowed_or_reply!(self, req, reply);
         let exclusive = flags & libc::O_EXCL != 0;
-        match self.vault.create(
-            parent.0,
-            name.as_bytes(),
-            mode & !umask & 0o7777,
-            exclusive,
-            req.uid(),
-            req.gid(),
-        ) {
+        let perm = perm(mode, umask);
+        match self
+            .vault
+            .create(file(parent), name.as_bytes(), perm, exclusive, owner(req))
+        {
             Ok((attr, fh)) => reply.created(
                 &TTL,
                 &self.kernel_attr(&attr),
                 Generation(0),
-                FileHandle(fh),
+                FileHandle(fh.get()),
                 write_only(flags),
             ),
             Err(e) => reply.error(fail(&e)),

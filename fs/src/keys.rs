@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crypto::{ChunkCipher, DataKey, WrapContext, WrapKind};
-use format::ids::VaultId;
+use format::ids::{FileId, VaultId};
 use identity::PublicIdentity;
 use proto::ErrorKind;
 use proto::v1::{
@@ -24,9 +24,9 @@ pub struct Keys {
     /// The site administrator's key, pinned when the user logged in first.
     admin: PublicIdentity,
     uid: u32,
-    ciphers: Mutex<HashMap<u64, Arc<ChunkCipher>>>,
+    ciphers: Mutex<HashMap<FileId, Arc<ChunkCipher>>>,
     users: Mutex<HashMap<u32, PublicIdentity>>,
-    acls: Mutex<HashMap<u64, (std::time::Instant, Vec<u32>)>>,
+    acls: Mutex<HashMap<FileId, (std::time::Instant, Vec<u32>)>>,
     /// Wraps to this user's own key prepared ahead (see [`crypto::PreparedWrap`]): a new
     /// file's key is wrapped without X25519 work on the creating thread.
     own_wraps: Arc<Mutex<Vec<crypto::PreparedWrap>>>,
@@ -72,7 +72,7 @@ fn start_refiller(
 /// How long a directory's readers are trusted for new files' keys.
 const ACL_CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn key_error(ino: u64, reason: impl std::fmt::Display) -> FsError {
+fn key_error(ino: FileId, reason: impl std::fmt::Display) -> FsError {
     FsError::Key {
         ino,
         reason: reason.to_string(),
@@ -109,27 +109,28 @@ impl Keys {
         self.uid
     }
 
-    fn context(&self, ino: u64) -> WrapContext {
+    fn context(&self, ino: FileId) -> WrapContext {
         WrapContext {
             vault: self.vault,
             kind: WrapKind::FileKey,
-            object: ino,
+            object: ino.0,
         }
     }
 
     /// The wrapped keys of a file that this user can open.
-    async fn wrapped_keys(&self, ino: u64) -> Result<Vec<WrappedKey>, FsError> {
+    async fn wrapped_keys(&self, ino: FileId) -> Result<Vec<WrappedKey>, FsError> {
         let reply = self
             .remote
             .call("get_wrapped_keys", |mut api| async move {
-                api.get_wrapped_keys(GetWrappedKeysRequest { ino }).await
+                api.get_wrapped_keys(GetWrappedKeysRequest { ino: ino.0 })
+                    .await
             })
             .await?;
         Ok(reply.keys)
     }
 
     /// The chunk cipher of a file: from memory, or by unwrapping the file key wrapped to us.
-    pub async fn cipher(&self, ino: u64) -> Result<Arc<ChunkCipher>, FsError> {
+    pub async fn cipher(&self, ino: FileId) -> Result<Arc<ChunkCipher>, FsError> {
         if let Some(cipher) = self.ciphers.lock().expect("key cache poisoned").get(&ino) {
             return Ok(cipher.clone());
         }
@@ -138,7 +139,11 @@ impl Keys {
     }
 
     /// The chunk cipher of a file, from memory or from the wrapped keys an `Open` returned.
-    pub fn cipher_from(&self, ino: u64, keys: &[WrappedKey]) -> Result<Arc<ChunkCipher>, FsError> {
+    pub fn cipher_from(
+        &self,
+        ino: FileId,
+        keys: &[WrappedKey],
+    ) -> Result<Arc<ChunkCipher>, FsError> {
         if let Some(cipher) = self.ciphers.lock().expect("key cache poisoned").get(&ino) {
             return Ok(cipher.clone());
         }
@@ -157,7 +162,7 @@ impl Keys {
         Ok(self.remember(ino, &key))
     }
 
-    pub fn remember(&self, ino: u64, key: &DataKey) -> Arc<ChunkCipher> {
+    pub fn remember(&self, ino: FileId, key: &DataKey) -> Arc<ChunkCipher> {
         let cipher = Arc::new(key.chunk_cipher());
         self.ciphers
             .lock()
@@ -166,7 +171,7 @@ impl Keys {
         cipher
     }
 
-    pub fn forget(&self, ino: u64) {
+    pub fn forget(&self, ino: FileId) {
         self.ciphers
             .lock()
             .expect("key cache poisoned")
@@ -226,9 +231,9 @@ impl Keys {
     /// directory's ACL lets read (the file inherits that ACL).
     pub async fn wrap_new_file(
         &self,
-        ino: u64,
+        ino: FileId,
         key: &DataKey,
-        parent: u64,
+        parent: FileId,
     ) -> Result<Vec<WrappedKey>, FsError> {
         let recipients = self.readers_of(parent).await?;
         let mut wrapped = Vec::with_capacity(recipients.len());
@@ -283,7 +288,7 @@ impl Keys {
 
     /// This user and every user a directory's ACL lets read: the recipients of a new file's
     /// key. Cached for a second, so that creating many files costs one ACL lookup.
-    async fn readers_of(&self, dir: u64) -> Result<Vec<u32>, FsError> {
+    async fn readers_of(&self, dir: FileId) -> Result<Vec<u32>, FsError> {
         if let Some((at, readers)) = self.acls.lock().expect("acl cache poisoned").get(&dir)
             && at.elapsed() < ACL_CACHE_LIFETIME
         {
@@ -292,7 +297,7 @@ impl Keys {
         let acl = self
             .remote
             .call("get_acl", |mut api| async move {
-                api.get_acl(GetAclRequest { ino: dir }).await
+                api.get_acl(GetAclRequest { ino: dir.0 }).await
             })
             .await?;
         let mut readers = vec![self.uid];
@@ -312,7 +317,7 @@ impl Keys {
     }
 
     /// The file's key wrapped for another user (for sharing).
-    pub async fn wrap_for(&self, ino: u64, uid: u32) -> Result<Vec<u8>, FsError> {
+    pub async fn wrap_for(&self, ino: FileId, uid: u32) -> Result<Vec<u8>, FsError> {
         let public = self.user(uid).await?;
         let keys = self.wrapped_keys(ino).await?;
         let mine = user_principal(self.uid);

@@ -3,11 +3,13 @@
 //! presents the vault as a FUSE filesystem. It is the only process that ever sees plaintext.
 //!
 //! Layers: [`vault::Vault`] has every filesystem operation as a plain function (testable
-//! without a mount); [`file`] the per-file chunk logic (dirty buffers, write-behind, flush
-//! with compare-and-swap); [`shared`] the cache and chunk loading with integrity checks;
-//! [`fuse`] the thin FUSE adapter; [`error::errno`] the one errno mapping.
+//! without a mount), with the directory leases it closes new files under
+//! ([`vault::behind`]); [`file`](mod@file) the per-file chunk logic (dirty buffers,
+//! write-behind, flush with compare-and-swap, the file's lifecycle); [`shared`] the cache and
+//! chunk loading with integrity checks; [`fuse`] the thin FUSE adapter; [`error::errno`] the
+//! one errno mapping. Inode numbers, handles, versions, generations and chunk indexes are
+//! `format::ids` types inside; `fuse.rs` and the wire messages carry plain numbers.
 
-pub mod behind;
 pub mod cache;
 pub mod claims;
 pub mod config;

@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use client::Connection;
 use format::ids::VaultId;
-use fuser::{Config, Session, SessionACL};
+use fuser::{BackgroundSession, Config, Session, SessionACL};
 use identity::Identity;
 
 use crate::config::ClientConfig;
@@ -30,7 +31,7 @@ pub struct MountSettings {
     pub limits: Limits,
     /// How long operations wait for an unreachable server before failing.
     pub server_wait: Duration,
-    /// Take directory leases when the server grants them (see `crate::behind`).
+    /// Take directory leases when the server grants them (see `crate::vault::behind`).
     pub leases: bool,
 }
 
@@ -87,34 +88,52 @@ pub fn run(
         .thread_name("vaultfs-io")
         .build()
         .context("starting the async runtime")?;
-    let identity = Arc::new(identity);
-    let (shared, vault_uid) = runtime.block_on(async {
-        let (remote, vault, pinned) =
-            connect(&settings.config, identity.clone(), settings.server_wait).await?;
-        if pinned != settings.config {
-            pinned.save(&settings.config_path)?;
-        }
-        let logged = remote.login().await?;
-        let admin = pinned.admin()?;
-        let keys = Keys::new(remote.clone(), vault, admin, logged.uid);
-        let shared = Shared::new(
-            remote,
-            keys,
-            settings.limits,
-            tokio::runtime::Handle::current(),
-        );
-        Ok::<_, anyhow::Error>((shared, logged.uid))
-    })?;
-    let shared = Arc::new(shared);
-    let vault = Arc::new(Vault::new(shared.clone()));
+    let (shared, vault_uid) = runtime.block_on(log_in(&settings, Arc::new(identity)))?;
+    let vault = Arc::new(Vault::new(Arc::new(shared)));
     if settings.leases {
         vault.start_behind();
     }
+    // The control socket stays open as long as the process lives (see `fusermount`).
+    let (session, _control) = start_session(&mountpoint, &vault)?;
+    raise_readahead(&mountpoint);
+    let description = format!("{} (vault user {vault_uid})", mountpoint.display());
+    ready(&description);
+    tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    let stop = stop_signals(&runtime);
+    serve(&settings, &mountpoint, &vault, &runtime, session, &stop)
+}
+
+/// Logs in with the pinned vault and admin key (saved on first contact): what every file of
+/// the mount shares, and the vault user this is.
+async fn log_in(
+    settings: &MountSettings,
+    identity: Arc<Identity>,
+) -> anyhow::Result<(Shared, u32)> {
+    let (remote, vault, pinned) = connect(&settings.config, identity, settings.server_wait).await?;
+    if pinned != settings.config {
+        pinned.save(&settings.config_path)?;
+    }
+    let logged = remote.login().await?;
+    let admin = pinned.admin()?;
+    let keys = Keys::new(remote.clone(), vault, admin, logged.uid);
+    let runtime = tokio::runtime::Handle::current();
+    Ok((
+        Shared::new(remote, keys, settings.limits, runtime),
+        logged.uid,
+    ))
+}
+
+/// Mounts through fusermount3 and starts the FUSE session's threads. Returns the session and
+/// fusermount3's control socket, which the caller keeps until the process ends.
+fn start_session(
+    mountpoint: &Path,
+    vault: &Arc<Vault>,
+) -> anyhow::Result<(BackgroundSession, fusermount::Control)> {
     let owner = rustix::process::getuid().as_raw();
     // AutoUnmount (fusermount3's `auto_unmount`) needs allow_other; `VaultFs` itself refuses
     // every user but the owner.
-    let (device, _control) = fusermount::mount(
-        &mountpoint,
+    let (device, control) = fusermount::mount(
+        mountpoint,
         "fsname=vaultfs,subtype=vaultfs,default_permissions,noatime,allow_other",
     )
     .with_context(|| {
@@ -137,11 +156,11 @@ pub fn run(
         session.spawn()
     })
     .context("starting the FUSE session")?;
-    raise_readahead(&mountpoint);
-    let description = format!("{} (vault user {vault_uid})", mountpoint.display());
-    ready(&description);
-    tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    Ok((session, control))
+}
 
+/// A message on the returned channel when the process is told to stop (SIGTERM, SIGINT).
+fn stop_signals(runtime: &tokio::runtime::Runtime) -> Receiver<()> {
     let (stop_tx, stop_rx) = std::sync::mpsc::channel();
     runtime.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -157,20 +176,33 @@ pub fn run(
         }
         let _ = stop_tx.send(());
     });
+    stop_rx
+}
+
+/// Reports the mount's status every two seconds until it is unmounted (then flushes) or told
+/// to stop (then flushes and unmounts).
+fn serve(
+    settings: &MountSettings,
+    mountpoint: &Path,
+    vault: &Vault,
+    runtime: &tokio::runtime::Runtime,
+    session: BackgroundSession,
+    stop: &Receiver<()>,
+) -> anyhow::Result<()> {
     let status_path = status::path_for(std::process::id());
     loop {
-        report(&settings, &mountpoint, &vault, &runtime);
+        report(settings, mountpoint, vault, runtime);
         if session.guard.is_finished() {
             tracing::info!("unmounted");
             let _ = std::fs::remove_file(&status_path);
             vault.flush_all().context("flushing after unmount")?;
             return session.join().context("the FUSE session failed");
         }
-        if stop_rx.recv_timeout(Duration::from_secs(2)).is_ok() {
+        if stop.recv_timeout(Duration::from_secs(2)).is_ok() {
             tracing::info!("stopping: flushing and unmounting");
             let flushed = vault.flush_all();
             let _ = std::fs::remove_file(&status_path);
-            unmount(&mountpoint)?;
+            unmount(mountpoint)?;
             session.join().context("the FUSE session failed")?;
             return flushed.context("flushing at shutdown");
         }

@@ -173,6 +173,21 @@ impl Remote {
         outcome
     }
 
+    /// [`Remote::call`] with one request, which each attempt sends anew (a copy of it).
+    pub async fn send<Q, T, F, Fut>(
+        &self,
+        what: &'static str,
+        request: Q,
+        call: F,
+    ) -> Result<T, FsError>
+    where
+        Q: Clone,
+        F: Fn(Api, Q) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call(what, |api| call(api, request.clone())).await
+    }
+
     async fn call_retrying<T, F, Fut>(&self, what: &'static str, mut call: F) -> Result<T, FsError>
     where
         F: FnMut(Api) -> Fut,

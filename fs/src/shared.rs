@@ -53,12 +53,12 @@ pub struct Shared {
     pub limits: Limits,
     pub dirty_bytes: AtomicUsize,
     pub uploads: tokio::sync::Semaphore,
-    loads: Mutex<HashMap<(u64, u64), LoadLock>>,
+    loads: Mutex<HashMap<(FileId, ChunkIndex), LoadLock>>,
     /// The last name each inode was seen under, for log lines.
-    names: Mutex<HashMap<u64, String>>,
+    names: Mutex<HashMap<FileId, String>>,
     /// New files whose creation waits for their first flush: inode -> where, and the
     /// attributes they were created with.
-    pending: Mutex<HashMap<u64, Pending>>,
+    pending: Mutex<HashMap<FileId, Pending>>,
     /// Directories whose every name this client knows (see [`KnownDirs`]).
     dirs: Mutex<KnownDirs>,
     /// The mount's runtime, where background work (uploads, read-ahead) runs.
@@ -67,10 +67,10 @@ pub struct Shared {
     claims: Option<Arc<Claims>>,
 }
 
-/// A new file not yet created on the server (see `FileState::pending_create`).
+/// A new file not yet created on the server (see `Lifecycle::pending` in `file`).
 #[derive(Clone, Debug)]
 pub struct Pending {
-    pub parent: u64,
+    pub parent: FileId,
     pub name: Vec<u8>,
     pub attr: proto::v1::Attr,
 }
@@ -82,10 +82,10 @@ const DESCRIPTOR_BYTES_MIN: usize = 128 * 1024;
 /// What reading a committed chunk expects of it.
 #[derive(Clone, Debug)]
 pub struct ChunkRead {
-    pub ino: u64,
-    pub index: u64,
+    pub ino: FileId,
+    pub index: ChunkIndex,
     /// The generation this client knows to be current (the server may have a newer one).
-    pub generation: u64,
+    pub generation: Generation,
     pub last: bool,
     pub len: usize,
     pub cipher: Arc<ChunkCipher>,
@@ -119,7 +119,7 @@ impl Shared {
         }
     }
 
-    pub fn remember_name(&self, ino: u64, name: &[u8]) {
+    pub fn remember_name(&self, ino: FileId, name: &[u8]) {
         let mut names = self.names.lock().expect("names poisoned");
         if names.len() > 100_000 {
             names.clear();
@@ -127,7 +127,7 @@ impl Shared {
         names.insert(ino, String::from_utf8_lossy(name).into_owned());
     }
 
-    pub fn name_of(&self, ino: u64) -> String {
+    pub fn name_of(&self, ino: FileId) -> String {
         self.names
             .lock()
             .expect("names poisoned")
@@ -151,25 +151,25 @@ impl Shared {
         self.dirs.lock().expect("known directories poisoned")
     }
 
-    pub fn add_pending(&self, ino: u64, pending: Pending) {
+    pub fn add_pending(&self, ino: FileId, pending: Pending) {
         self.pending
             .lock()
             .expect("pending poisoned")
             .insert(ino, pending);
     }
 
-    pub fn forget_pending(&self, ino: u64) {
+    pub fn forget_pending(&self, ino: FileId) {
         self.pending.lock().expect("pending poisoned").remove(&ino);
     }
 
     /// The attributes of a pending new file.
-    pub fn pending_attr(&self, ino: u64) -> Option<proto::v1::Attr> {
+    pub fn pending_attr(&self, ino: FileId) -> Option<proto::v1::Attr> {
         let pending = self.pending.lock().expect("pending poisoned");
         pending.get(&ino).map(|p| p.attr)
     }
 
     /// The pending new file under this name, if any.
-    pub fn pending_named(&self, parent: u64, name: &[u8]) -> Option<proto::v1::Attr> {
+    pub fn pending_named(&self, parent: FileId, name: &[u8]) -> Option<proto::v1::Attr> {
         let pending = self.pending.lock().expect("pending poisoned");
         pending
             .values()
@@ -178,7 +178,7 @@ impl Shared {
     }
 
     /// Pending new files in `parent`, or everywhere.
-    pub fn pending_in(&self, parent: Option<u64>) -> Vec<u64> {
+    pub fn pending_in(&self, parent: Option<FileId>) -> Vec<FileId> {
         let pending = self.pending.lock().expect("pending poisoned");
         pending
             .iter()
@@ -267,7 +267,7 @@ impl Shared {
         read: &ChunkRead,
         descriptor: bool,
     ) -> Result<GetChunkReply, FsError> {
-        let (ino, index) = (read.ino, read.index);
+        let (ino, index) = (read.ino.0, read.index.get());
         self.remote
             .call("get_chunk", |mut api| async move {
                 let request = GetChunkRequest {
@@ -292,8 +292,9 @@ impl Shared {
         reply: GetChunkReply,
     ) -> Result<Arc<CleanChunk>, FsError> {
         let (ino, index) = (read.ino, read.index);
-        if reply.generation < read.generation {
-            let reason = if reply.generation == 0 {
+        let generation = Generation(reply.generation);
+        if generation < read.generation {
+            let reason = if generation == Generation::default() {
                 format!(
                     "the server has no chunk, but generation {} was written",
                     read.generation
@@ -308,9 +309,9 @@ impl Shared {
         }
         let context = ChunkContext {
             vault: self.keys.vault(),
-            file: FileId(ino),
-            index: ChunkIndex(index),
-            generation: Generation(reply.generation),
+            file: ino,
+            index,
+            generation,
             last: read.last,
         };
         let cipher = read.cipher.clone();
@@ -330,7 +331,7 @@ impl Shared {
             ));
         }
         let chunk = Arc::new(CleanChunk {
-            generation: reply.generation,
+            generation,
             plaintext: opened,
         });
         self.cache
@@ -344,8 +345,8 @@ impl Shared {
     pub fn integrity(&self, read: &ChunkRead, reason: String) -> FsError {
         tracing::error!(
             file = %self.name_of(read.ino),
-            ino = %format!("{:016x}", read.ino),
-            chunk = read.index,
+            ino = %read.ino,
+            chunk = %read.index,
             %reason,
             "chunk failed its integrity check; returning EIO"
         );

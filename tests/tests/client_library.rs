@@ -4,14 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use format::ids::FileId;
+use proto::v1::Attr;
 use tests::daemon::Storaged;
 use vaultfs::config::ClientConfig;
-use vaultfs::error::errno;
+use vaultfs::error::{FsError, errno};
 use vaultfs::keys::Keys;
 use vaultfs::shared::{Limits, Shared};
-use vaultfs::vault::{Changes, RenameMode, Vault};
+use vaultfs::vault::{Changes, Owner, RenameMode, Vault};
 
-const ROOT: u64 = 1;
+const ROOT: FileId = FileId::ROOT;
+/// The user and group the files made here belong to.
+const OWNER: Owner = Owner { uid: 0, gid: 0 };
 
 fn vault_of(daemon: &Storaged, runtime: &tokio::runtime::Runtime) -> Vault {
     let user = runtime.block_on(daemon.user("alice"));
@@ -48,9 +52,9 @@ fn file_operations_without_a_mount() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let vault = vault_of(&daemon, &runtime);
 
-    let dir = vault.mkdir(ROOT, b"dir", 0o755, 0, 0).expect("mkdir");
+    let dir = vault.mkdir(ROOT, b"dir", 0o755, OWNER).expect("mkdir");
     let (attr, fh) = vault
-        .create(dir.ino, b"file", 0o644, true, 0, 0)
+        .create(FileId(dir.ino), b"file", 0o644, true, OWNER)
         .expect("create");
     assert_eq!(vault.write(fh, 0, b"hello").expect("write"), 5);
     assert_eq!(
@@ -62,11 +66,11 @@ fn file_operations_without_a_mount() {
     vault.flush(fh).expect("flush");
     vault.release(fh).expect("release");
     assert_eq!(
-        vault.getattr(attr.ino).expect("getattr").size,
+        vault.getattr(FileId(attr.ino)).expect("getattr").size,
         8 * 1024 * 1024 + 4
     );
 
-    let (fh, _) = vault.open(attr.ino).expect("open");
+    let (fh, _) = vault.open(FileId(attr.ino)).expect("open");
     assert_eq!(vault.read(fh, 0, 5).expect("read"), &b"hello"[..]);
     assert_eq!(
         vault.read(fh, 8 * 1024 * 1024 - 2, 100).expect("read"),
@@ -77,28 +81,36 @@ fn file_operations_without_a_mount() {
 
     vault
         .setattr(
-            attr.ino,
+            FileId(attr.ino),
             &Changes {
                 size: Some(3),
                 ..Changes::default()
             },
         )
         .expect("truncate");
-    let (fh, _) = vault.open(attr.ino).expect("open");
+    let (fh, _) = vault.open(FileId(attr.ino)).expect("open");
     assert_eq!(vault.read(fh, 0, 100).expect("read"), &b"hel"[..]);
     vault.release(fh).expect("release");
 
     vault
-        .rename(dir.ino, b"file", ROOT, b"moved", RenameMode::Replace)
+        .rename(
+            FileId(dir.ino),
+            b"file",
+            ROOT,
+            b"moved",
+            RenameMode::Replace,
+        )
         .expect("rename");
-    let missing = vault.lookup(dir.ino, b"file").expect_err("moved away");
+    let missing = vault
+        .lookup(FileId(dir.ino), b"file")
+        .expect_err("moved away");
     assert_eq!(errno(&missing), libc::ENOENT);
     assert_eq!(
         errno(&vault.rmdir(ROOT, b"moved").expect_err("not a directory")),
         libc::ENOTDIR
     );
     assert_eq!(
-        errno(&vault.mkdir(ROOT, b"dir", 0o755, 0, 0).expect_err("exists")),
+        errno(&vault.mkdir(ROOT, b"dir", 0o755, OWNER).expect_err("exists")),
         libc::EEXIST
     );
     vault.unlink(ROOT, b"moved").expect("unlink");
@@ -118,7 +130,7 @@ fn an_open_racing_a_release_keeps_the_file_open() {
     for round in 0..8u8 {
         let name = format!("raced-{round}");
         let (attr, old) = vault
-            .create(ROOT, name.as_bytes(), 0o644, true, 0, 0)
+            .create(ROOT, name.as_bytes(), 0o644, true, OWNER)
             .expect("create");
         // Dirty data makes the release flush two chunks, which takes a while; the open
         // comes in meanwhile.
@@ -127,7 +139,7 @@ fn an_open_racing_a_release_keeps_the_file_open() {
         let fresh = std::thread::scope(|scope| {
             let releasing = scope.spawn(|| vault.release(old));
             std::thread::sleep(Duration::from_millis(5));
-            let opened = vault.open(attr.ino).expect("open").0;
+            let opened = vault.open(FileId(attr.ino)).expect("open").0;
             releasing.join().expect("release thread").expect("release");
             opened
         });
@@ -154,25 +166,45 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
     let on_server = |name: &'static [u8]| {
         runtime.block_on(vault.shared().remote.call("lookup", |mut api| async move {
             api.lookup(proto::v1::LookupRequest {
-                parent: ROOT,
+                parent: ROOT.0,
                 name: name.to_vec(),
             })
             .await
         }))
     };
+    the_first_flush_creates_it(&vault, &on_server);
+    a_listing_or_an_empty_close_creates_it(&vault, &on_server);
+    an_unlink_creates_it_first(&vault, &on_server);
+    a_name_taken_meanwhile_fails_the_flush(&vault, &on_server);
+    let (_, dirty, open) = vault.usage();
+    assert_eq!((dirty, open), (0, 0), "nothing left dirty or open");
+}
 
+/// A name in the root directory as the server has it, asked directly (not through the vault).
+type OnServer<'a> = &'a dyn Fn(&'static [u8]) -> Result<Attr, FsError>;
+
+/// Until its first flush, a new file is only in this client, which answers for it.
+fn the_first_flush_creates_it(vault: &Vault, on_server: OnServer) {
     let (attr, fh) = vault
-        .create(ROOT, b"late", 0o640, false, 0, 0)
+        .create(ROOT, b"late", 0o640, false, OWNER)
         .expect("create");
     assert_eq!(
         errno(&on_server(b"late").expect_err("not on the server yet")),
         libc::ENOENT
     );
     assert_eq!(vault.lookup(ROOT, b"late").expect("lookup").ino, attr.ino);
-    assert_eq!(vault.getattr(attr.ino).expect("getattr").perm, 0o640);
-    assert!(vault.listxattr(attr.ino).expect("listxattr").is_empty());
+    assert_eq!(
+        vault.getattr(FileId(attr.ino)).expect("getattr").perm,
+        0o640
+    );
+    assert!(
+        vault
+            .listxattr(FileId(attr.ino))
+            .expect("listxattr")
+            .is_empty()
+    );
     vault.write(fh, 0, b"hello").expect("write");
-    assert_eq!(vault.getattr(attr.ino).expect("getattr").size, 5);
+    assert_eq!(vault.getattr(FileId(attr.ino)).expect("getattr").size, 5);
     vault.flush(fh).expect("flush creates it with its chunk");
     let created = on_server(b"late").expect("on the server now");
     assert_eq!(
@@ -180,13 +212,15 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
         (attr.ino, 5, 0o640)
     );
     vault.release(fh).expect("release");
-    let (fh, _) = vault.open(attr.ino).expect("open");
+    let (fh, _) = vault.open(FileId(attr.ino)).expect("open");
     assert_eq!(vault.read(fh, 0, 100).expect("read"), &b"hello"[..]);
     vault.release(fh).expect("release");
+}
 
-    // Listing the directory creates what is pending in it first; so does an empty close.
+/// Listing the directory creates what is pending in it first; so does an empty close.
+fn a_listing_or_an_empty_close_creates_it(vault: &Vault, on_server: OnServer) {
     let (listed, fh) = vault
-        .create(ROOT, b"listed", 0o644, false, 0, 0)
+        .create(ROOT, b"listed", 0o644, false, OWNER)
         .expect("create");
     let dh = vault.opendir(ROOT).expect("opendir");
     let names: Vec<Vec<u8>> = vault
@@ -201,31 +235,35 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
     assert_eq!(on_server(b"listed").expect("listed").ino, listed.ino);
     vault.release(fh).expect("release");
     let (empty, fh) = vault
-        .create(ROOT, b"empty", 0o644, false, 0, 0)
+        .create(ROOT, b"empty", 0o644, false, OWNER)
         .expect("create");
     vault
         .release(fh)
         .expect("an empty file is created at its close");
     assert_eq!(on_server(b"empty").expect("empty").ino, empty.ino);
+}
 
-    // Unlinking an open new file creates it first, so the open handle keeps it.
+/// Unlinking an open new file creates it first, so the open handle keeps it.
+fn an_unlink_creates_it_first(vault: &Vault, on_server: OnServer) {
     let (_, fh) = vault
-        .create(ROOT, b"gone", 0o644, false, 0, 0)
+        .create(ROOT, b"gone", 0o644, false, OWNER)
         .expect("create");
     vault.write(fh, 0, b"still here").expect("write");
     vault.unlink(ROOT, b"gone").expect("unlink");
     assert_eq!(vault.read(fh, 0, 100).expect("read"), &b"still here"[..]);
     vault.release(fh).expect("release");
     assert_eq!(errno(&on_server(b"gone").expect_err("gone")), libc::ENOENT);
+}
 
-    // Another client took the name meanwhile: the flush fails with EEXIST, leaves the other
-    // file alone and nothing half-created.
+/// Another client took the name meanwhile: the flush fails with EEXIST, leaves the other file
+/// alone and nothing half-created.
+fn a_name_taken_meanwhile_fails_the_flush(vault: &Vault, on_server: OnServer) {
     let (_, fh) = vault
-        .create(ROOT, b"taken", 0o644, false, 0, 0)
+        .create(ROOT, b"taken", 0o644, false, OWNER)
         .expect("create");
     vault.write(fh, 0, b"mine").expect("write");
     let (theirs, other) = vault
-        .create(ROOT, b"taken", 0o644, true, 0, 0)
+        .create(ROOT, b"taken", 0o644, true, OWNER)
         .expect("another creates the name on the server");
     vault.write(other, 0, b"theirs").expect("write");
     vault.release(other).expect("release");
@@ -236,6 +274,4 @@ fn a_new_file_reaches_the_server_at_its_first_flush() {
     vault.release(fh).expect("release after a failed creation");
     let taken = on_server(b"taken").expect("theirs");
     assert_eq!((taken.ino, taken.size), (theirs.ino, 6));
-    let (_, dirty, open) = vault.usage();
-    assert_eq!((dirty, open), (0, 0), "nothing left dirty or open");
 }

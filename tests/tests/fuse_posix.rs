@@ -60,6 +60,13 @@ fn setup(backend: &Backend) -> Setup {
 fn files_directories_and_links(backend: Backend) {
     let s = setup(&backend);
     let m = &s.alice;
+    errors_a_program_meets(m);
+    symlinks_and_hard_links(m);
+    renames(m);
+}
+
+/// Makes `docs/a.txt` ("alpha"), and meets the errors of each wrong step around it.
+fn errors_a_program_meets(m: &Mount) {
     fs::create_dir(m.join("docs")).expect("mkdir");
     fs::write(m.join("docs/a.txt"), b"alpha").expect("write");
     assert_eq!(fs::read(m.join("docs/a.txt")).expect("read"), b"alpha");
@@ -86,8 +93,10 @@ fn files_directories_and_links(backend: Backend) {
         ),
         libc::EEXIST
     );
+}
 
-    // Symlinks and hard links.
+/// A symlink `docs/link` to `a.txt`, and a hard link to it that comes and goes.
+fn symlinks_and_hard_links(m: &Mount) {
     std::os::unix::fs::symlink("a.txt", m.join("docs/link")).expect("symlink");
     assert_eq!(
         fs::read_link(m.join("docs/link")).expect("readlink"),
@@ -100,8 +109,10 @@ fn files_directories_and_links(backend: Backend) {
     assert_eq!(fs::read(m.join("docs/a.txt")).expect("read"), b"beta");
     fs::remove_file(m.join("hard.txt")).expect("unlink one name");
     assert_eq!(fs::metadata(m.join("docs/a.txt")).expect("stat").nlink(), 1);
+}
 
-    // Renames: over an existing file, across directories, and RENAME_NOREPLACE.
+/// Renames: over an existing file, across directories, and RENAME_NOREPLACE.
+fn renames(m: &Mount) {
     fs::write(m.join("b.txt"), b"bravo").expect("write");
     fs::rename(m.join("b.txt"), m.join("docs/a.txt")).expect("rename over");
     assert_eq!(fs::read(m.join("docs/a.txt")).expect("read"), b"bravo");
@@ -146,78 +157,8 @@ fn attributes_times_and_extended_attributes(backend: Backend) {
     let s = setup(&backend);
     let m = &s.alice;
     let path = m.join("f");
-    fs::write(&path, b"data").expect("write");
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
-    assert_eq!(fs::metadata(&path).expect("stat").mode() & 0o7777, 0o600);
-    rustix::fs::chown(
-        &path,
-        Some(rustix::process::Uid::from_raw(1234)),
-        Some(rustix::process::Gid::from_raw(4321)),
-    )
-    .expect("chown as root");
-    let meta = fs::metadata(&path).expect("stat");
-    assert_eq!((meta.uid(), meta.gid()), (1234, 4321));
-    let when = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: 1_000_000,
-            tv_nsec: 0,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: 2_000_000,
-            tv_nsec: 500,
-        },
-    };
-    rustix::fs::utimensat(rustix::fs::CWD, &path, &when, rustix::fs::AtFlags::empty())
-        .expect("utimens");
-    let meta = fs::metadata(&path).expect("stat");
-    assert_eq!((meta.mtime(), meta.mtime_nsec()), (2_000_000, 500));
-
-    rustix::fs::setxattr(
-        &path,
-        "user.colour",
-        b"blue",
-        rustix::fs::XattrFlags::CREATE,
-    )
-    .expect("setxattr");
-    let mut value = [0u8; 16];
-    let n = rustix::fs::getxattr(&path, "user.colour", &mut value).expect("getxattr");
-    assert_eq!(&value[..n], b"blue");
-    let again = rustix::fs::setxattr(&path, "user.colour", b"red", rustix::fs::XattrFlags::CREATE);
-    assert_eq!(again.expect_err("exists").raw_os_error(), libc::EEXIST);
-    let mut list = [0u8; 64];
-    let n = rustix::fs::listxattr(&path, &mut list).expect("listxattr");
-    assert_eq!(&list[..n], b"user.colour\0");
-    rustix::fs::removexattr(&path, "user.colour").expect("removexattr");
-    assert_eq!(
-        rustix::fs::getxattr(&path, "user.colour", &mut value)
-            .expect_err("gone")
-            .raw_os_error(),
-        libc::ENODATA
-    );
-    // Only the user namespace is kept: an ACL or a security label would look enforced and
-    // not be; the kernel's and `ls`'s queries for them get "none".
-    // (The kernel itself checks an ACL's bytes before it asks the vault to store one.)
-    for name in ["security.selinux", "trusted.note"] {
-        let refused = rustix::fs::setxattr(&path, name, b"x", rustix::fs::XattrFlags::empty());
-        assert_eq!(
-            refused.expect_err(name).raw_os_error(),
-            libc::EOPNOTSUPP,
-            "{name}"
-        );
-    }
-    for name in [
-        "system.posix_acl_access",
-        "security.selinux",
-        "trusted.note",
-    ] {
-        assert_eq!(
-            rustix::fs::getxattr(&path, name, &mut value)
-                .expect_err(name)
-                .raw_os_error(),
-            libc::ENODATA,
-            "{name}"
-        );
-    }
+    mode_owner_and_times(&path);
+    extended_attributes(&path);
 
     let stat = rustix::fs::statvfs(m.path()).expect("statfs");
     assert!(
@@ -239,6 +180,71 @@ fn attributes_times_and_extended_attributes(backend: Backend) {
     assert!(
         rustix::fs::stat(m.join("pipe")).expect("stat").st_mode & libc::S_IFMT == libc::S_IFIFO
     );
+}
+
+/// Writes `path`, then sets its mode, owner and times.
+fn mode_owner_and_times(path: &Path) {
+    fs::write(path, b"data").expect("write");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_eq!(fs::metadata(path).expect("stat").mode() & 0o7777, 0o600);
+    rustix::fs::chown(
+        path,
+        Some(rustix::process::Uid::from_raw(1234)),
+        Some(rustix::process::Gid::from_raw(4321)),
+    )
+    .expect("chown as root");
+    let meta = fs::metadata(path).expect("stat");
+    assert_eq!((meta.uid(), meta.gid()), (1234, 4321));
+    let when = when(2_000_000);
+    rustix::fs::utimensat(rustix::fs::CWD, path, &when, rustix::fs::AtFlags::empty())
+        .expect("utimens");
+    let meta = fs::metadata(path).expect("stat");
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (2_000_000, 500));
+}
+
+/// The user namespace's extended attributes are kept, and no other's.
+fn extended_attributes(path: &Path) {
+    rustix::fs::setxattr(path, "user.colour", b"blue", rustix::fs::XattrFlags::CREATE)
+        .expect("setxattr");
+    let mut value = [0u8; 16];
+    let n = rustix::fs::getxattr(path, "user.colour", &mut value).expect("getxattr");
+    assert_eq!(&value[..n], b"blue");
+    let again = rustix::fs::setxattr(path, "user.colour", b"red", rustix::fs::XattrFlags::CREATE);
+    assert_eq!(again.expect_err("exists").raw_os_error(), libc::EEXIST);
+    let mut list = [0u8; 64];
+    let n = rustix::fs::listxattr(path, &mut list).expect("listxattr");
+    assert_eq!(&list[..n], b"user.colour\0");
+    rustix::fs::removexattr(path, "user.colour").expect("removexattr");
+    assert_eq!(
+        rustix::fs::getxattr(path, "user.colour", &mut value)
+            .expect_err("gone")
+            .raw_os_error(),
+        libc::ENODATA
+    );
+    // Only the user namespace is kept: an ACL or a security label would look enforced and
+    // not be; the kernel's and `ls`'s queries for them get "none".
+    // (The kernel itself checks an ACL's bytes before it asks the vault to store one.)
+    for name in ["security.selinux", "trusted.note"] {
+        let refused = rustix::fs::setxattr(path, name, b"x", rustix::fs::XattrFlags::empty());
+        assert_eq!(
+            refused.expect_err(name).raw_os_error(),
+            libc::EOPNOTSUPP,
+            "{name}"
+        );
+    }
+    for name in [
+        "system.posix_acl_access",
+        "security.selinux",
+        "trusted.note",
+    ] {
+        assert_eq!(
+            rustix::fs::getxattr(path, name, &mut value)
+                .expect_err(name)
+                .raw_os_error(),
+            libc::ENODATA,
+            "{name}"
+        );
+    }
 }
 
 fn sizes_sparse_files_append_truncate_and_sync(backend: Backend) {
@@ -548,6 +554,10 @@ fn attributes_set_before_close_land_with_the_data(backend: Backend) {
     let user = runtime.block_on(daemon.user("alice"));
     let client = ClientFiles::for_user(&user);
     let mut alice = Mount::start(&daemon, &client, &[]);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
     // The file as the server has it, asked directly.
     let on_server = |ino: u64| {
         runtime
@@ -559,7 +569,16 @@ fn attributes_set_before_close_land_with_the_data(backend: Backend) {
             .expect("get_attr")
             .into_inner()
     };
-    let when = |mtime: i64| rustix::fs::Timestamps {
+    changes_of_an_exclusive_create_wait_for_the_close(&alice, on_server);
+    let big = change_files_before_closing_them(&alice);
+    alice.remount();
+    the_changes_landed_with_the_data(&alice, &big, started);
+}
+
+/// Access time 1,000,000 s after the epoch, modification time `mtime` s and 500 ns: the times
+/// `like_tar` and `LIKE_TAR` set, with `mtime` 2,000,000.
+fn when(mtime: i64) -> rustix::fs::Timestamps {
+    rustix::fs::Timestamps {
         last_access: rustix::fs::Timespec {
             tv_sec: 1_000_000,
             tv_nsec: 0,
@@ -568,36 +587,40 @@ fn attributes_set_before_close_land_with_the_data(backend: Backend) {
             tv_sec: mtime,
             tv_nsec: 500,
         },
-    };
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
-    let like_tar = |file: &File, mode: u32| {
-        rustix::fs::futimens(file, &when(2_000_000)).expect("futimens");
-        rustix::fs::fchown(
-            file,
-            Some(rustix::process::Uid::from_raw(1234)),
-            Some(rustix::process::Gid::from_raw(4321)),
-        )
-        .expect("fchown as root");
-        rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode)).expect("fchmod");
-        let meta = file.metadata().expect("fstat");
-        assert_eq!(
-            (meta.mode() & 0o7777, meta.uid(), meta.gid()),
-            (mode, 1234, 4321)
-        );
-        assert_eq!(
-            (meta.mtime(), meta.mtime_nsec(), meta.atime()),
-            (2_000_000, 500, 1_000_000)
-        );
-    };
-    // Created exclusively (on the server at once), as tar does; and without O_EXCL (created
-    // on the server with its first chunk).
-    //
-    // Whether the changes wait for the close is asked of a child process: this test process
-    // runs other tests, whose children inherit its open descriptors until they exec, and each
-    // close of a FUSE file's descriptor flushes it.
+    }
+}
+
+/// Sets a file's times, owner and mode as `tar` does, and checks that the mount shows them.
+fn like_tar(file: &File, mode: u32) {
+    rustix::fs::futimens(file, &when(2_000_000)).expect("futimens");
+    rustix::fs::fchown(
+        file,
+        Some(rustix::process::Uid::from_raw(1234)),
+        Some(rustix::process::Gid::from_raw(4321)),
+    )
+    .expect("fchown as root");
+    rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode)).expect("fchmod");
+    let meta = file.metadata().expect("fstat");
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (mode, 1234, 4321)
+    );
+    assert_eq!(
+        (meta.mtime(), meta.mtime_nsec(), meta.atime()),
+        (2_000_000, 500, 1_000_000)
+    );
+}
+
+/// A file created exclusively (on the server at once), as tar does: its changes reach the
+/// server only at the close.
+///
+/// Whether they wait for the close is asked of a child process: this test process runs other
+/// tests, whose children inherit its open descriptors until they exec, and each close of a
+/// FUSE file's descriptor flushes it.
+fn changes_of_an_exclusive_create_wait_for_the_close(
+    alice: &Mount,
+    on_server: impl Fn(u64) -> proto::v1::Attr,
+) {
     let mut tar = std::process::Command::new("python3")
         .args(["-c", LIKE_TAR, &alice.join("exclusive").to_string_lossy()])
         .stdin(std::process::Stdio::piped())
@@ -621,6 +644,11 @@ fn attributes_set_before_close_land_with_the_data(backend: Backend) {
     assert!(tar.wait().expect("wait").success(), "the child failed");
     let after = on_server(ino);
     assert_eq!((after.perm, after.uid, after.gid), (0o640, 1234, 4321));
+}
+
+/// Files created without O_EXCL (on the server with their first chunk), changed before their
+/// close in every way that matters; returns the contents of the one of two chunks.
+fn change_files_before_closing_them(alice: &Mount) -> Vec<u8> {
     let mut plain = File::create(alice.join("plain")).expect("create");
     plain.write_all(b"cp's file").expect("write");
     like_tar(&plain, 0o604);
@@ -650,13 +678,15 @@ fn attributes_set_before_close_land_with_the_data(backend: Backend) {
     cut.set_len(6).expect("ftruncate");
     assert_eq!(cut.metadata().expect("fstat").mode() & 0o7777, 0o611);
     drop(cut);
+    big
+}
 
-    alice.remount();
-    let m = &alice;
+/// After a remount, every file shows what was set before its close, with its data.
+fn the_changes_landed_with_the_data(m: &Mount, big: &[u8], started: i64) {
     for (name, mode, contents) in [
         ("exclusive", 0o640, &b"tar's file"[..]),
         ("plain", 0o604, &b"cp's file"[..]),
-        ("two-chunks", 0o660, &big[..]),
+        ("two-chunks", 0o660, big),
     ] {
         let meta = fs::metadata(m.join(name)).expect("stat");
         assert_eq!(

@@ -518,72 +518,10 @@ fn exclusive_creates_from_two_mounts_have_one_winner_per_name(backend: Backend) 
     let metrics = format!("127.0.0.1:{}", tests::daemon::free_port());
     let pair = pair_with(&backend, 1, &["--metrics-addr", &metrics]);
     let Pair { first, second, .. } = &pair;
-    let exclusive = |path: std::path::PathBuf, tag: &str| match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-    {
-        Ok(mut file) => {
-            std::io::Write::write_all(&mut file, tag.as_bytes()).expect("write");
-            true
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => false,
-        Err(error) => panic!("{}: {error}", path.display()),
-    };
     fs::create_dir(first.join("locks")).expect("mkdir");
-    // The first mount takes the lease: its O_EXCL creates there soon skip the server.
-    let mut warm = 0;
-    while embedded && server_calls(&metrics, "lease", "ok") == 0 {
-        assert!(warm < 200, "no lease on the directory");
-        assert!(exclusive(first.join(&format!("locks/warm{warm}")), "warm"));
-        warm += 1;
-    }
-    for i in warm..warm + 20 {
-        assert!(exclusive(first.join(&format!("locks/warm{i}")), "warm"));
-    }
-    // Names the first mount holds open, created under its lease: the second cannot take them.
-    let held: Vec<fs::File> = (0..50)
-        .map(|i| {
-            let path = first.join(&format!("locks/held{i}"));
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .expect("create on the first mount");
-            std::io::Write::write_all(&mut file, b"first").expect("write");
-            file
-        })
-        .collect();
-    for i in 0..50 {
-        assert!(
-            !exclusive(second.join(&format!("locks/held{i}")), "second"),
-            "held{i} was taken twice"
-        );
-    }
-    drop(held);
-    for i in 0..50 {
-        let content = fs::read(second.join(&format!("locks/held{i}"))).expect("read");
-        assert_eq!(content, b"first", "held{i}");
-    }
-    let racers: Vec<_> = [(first.path(), "first"), (second.path(), "second")]
-        .into_iter()
-        .map(|(root, tag)| {
-            std::thread::spawn(move || {
-                let order: Vec<usize> = match tag {
-                    "first" => (0..names).collect(),
-                    _ => (0..names).rev().collect(),
-                };
-                order
-                    .into_iter()
-                    .filter(|i| exclusive(root.join(format!("locks/l{i}")), tag))
-                    .collect::<Vec<usize>>()
-            })
-        })
-        .collect();
-    let won: Vec<Vec<usize>> = racers
-        .into_iter()
-        .map(|r| r.join().expect("a racer failed"))
-        .collect();
+    take_the_lease(first, &metrics, embedded);
+    names_held_open_are_not_taken_twice(first, second);
+    let won = race_for_names(first, second, names);
     let mut all = won.concat();
     all.sort_unstable();
     assert_eq!(all, (0..names).collect::<Vec<_>>(), "one winner per name");
@@ -598,6 +536,89 @@ fn exclusive_creates_from_two_mounts_have_one_winner_per_name(backend: Backend) 
     }
     let recalls = server_calls(&metrics, "recall", "");
     assert_eq!(recalls > 0, embedded, "{recalls} recalls");
+}
+
+/// Creates `path` with `O_EXCL` and writes `tag` into it; false if the name was taken.
+fn create_exclusive(path: std::path::PathBuf, tag: &str) -> bool {
+    match OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(mut file) => {
+            std::io::Write::write_all(&mut file, tag.as_bytes()).expect("write");
+            true
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(error) => panic!("{}: {error}", path.display()),
+    }
+}
+
+/// The first mount takes the lease on `locks` (where the server grants leases): its `O_EXCL`
+/// creates there soon skip the server.
+fn take_the_lease(first: &Mount, metrics: &str, embedded: bool) {
+    let mut warm = 0;
+    while embedded && server_calls(metrics, "lease", "ok") == 0 {
+        assert!(warm < 200, "no lease on the directory");
+        assert!(create_exclusive(
+            first.join(&format!("locks/warm{warm}")),
+            "warm"
+        ));
+        warm += 1;
+    }
+    for i in warm..warm + 20 {
+        assert!(create_exclusive(
+            first.join(&format!("locks/warm{i}")),
+            "warm"
+        ));
+    }
+}
+
+/// Names the first mount holds open, created under its lease: the second cannot take them.
+fn names_held_open_are_not_taken_twice(first: &Mount, second: &Mount) {
+    let held: Vec<fs::File> = (0..50)
+        .map(|i| {
+            let path = first.join(&format!("locks/held{i}"));
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .expect("create on the first mount");
+            std::io::Write::write_all(&mut file, b"first").expect("write");
+            file
+        })
+        .collect();
+    for i in 0..50 {
+        assert!(
+            !create_exclusive(second.join(&format!("locks/held{i}")), "second"),
+            "held{i} was taken twice"
+        );
+    }
+    drop(held);
+    for i in 0..50 {
+        let content = fs::read(second.join(&format!("locks/held{i}"))).expect("read");
+        assert_eq!(content, b"first", "held{i}");
+    }
+}
+
+/// Both mounts create the same `names` names at once, from opposite ends: the indexes each
+/// one won, the first mount's first.
+fn race_for_names(first: &Mount, second: &Mount, names: usize) -> Vec<Vec<usize>> {
+    let racers: Vec<_> = [(first.path(), "first"), (second.path(), "second")]
+        .into_iter()
+        .map(|(root, tag)| {
+            std::thread::spawn(move || {
+                let order: Vec<usize> = match tag {
+                    "first" => (0..names).collect(),
+                    _ => (0..names).rev().collect(),
+                };
+                order
+                    .into_iter()
+                    .filter(|i| create_exclusive(root.join(format!("locks/l{i}")), tag))
+                    .collect::<Vec<usize>>()
+            })
+        })
+        .collect();
+    racers
+        .into_iter()
+        .map(|r| r.join().expect("a racer failed"))
+        .collect()
 }
 
 tests::on_every_backend!(

@@ -19,6 +19,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use format::ids::FileId;
+
 /// Larger new files are not held back: their upload costs more than the wait, and a killed
 /// client would lose more (with the queue's bound, at most 16 MiB in all).
 pub const FILE_BYTES_MAX: u64 = 64 * 1024;
@@ -47,8 +49,8 @@ enum Lease {
 
 #[derive(Debug, Default)]
 struct Queue {
-    order: VecDeque<u64>,
-    queued: HashSet<u64>,
+    order: VecDeque<FileId>,
+    queued: HashSet<FileId>,
     stopping: bool,
 }
 
@@ -57,12 +59,12 @@ struct Queue {
 pub struct Behind {
     queue: Mutex<Queue>,
     ready: Condvar,
-    leases: Mutex<HashMap<u64, Lease>>,
+    leases: Mutex<HashMap<FileId, Lease>>,
 }
 
 impl Behind {
     /// Whether a close of a new file in `dir` may return before the server has it.
-    pub fn may_defer(&self, dir: u64) -> bool {
+    pub fn may_defer(&self, dir: FileId) -> bool {
         self.while_held(dir, || {
             let queue = self.queue.lock().expect("queue poisoned");
             !queue.stopping && queue.order.len() < QUEUED_MAX
@@ -71,7 +73,7 @@ impl Behind {
 
     /// Runs `work` while holding the lease on `dir` (a recall's drain starts only after it),
     /// if this client holds it; whether it held it and `work` said yes.
-    pub fn while_held(&self, dir: u64, work: impl FnOnce() -> bool) -> bool {
+    pub fn while_held(&self, dir: FileId, work: impl FnOnce() -> bool) -> bool {
         let mut leases = self.leases.lock().expect("leases poisoned");
         let Some(Lease::Held(used)) = leases.get_mut(&dir) else {
             return false;
@@ -84,7 +86,7 @@ impl Behind {
     }
 
     /// Queues a closed file for the uploader (once).
-    pub fn defer(&self, ino: u64) {
+    pub fn defer(&self, ino: FileId) {
         let mut queue = self.queue.lock().expect("queue poisoned");
         if queue.queued.insert(ino) {
             queue.order.push_back(ino);
@@ -94,14 +96,14 @@ impl Behind {
 
     /// The next queued files, at most `max`, waiting for one at most `wait`; none once
     /// stopping.
-    pub fn next(&self, max: usize, wait: Duration) -> Vec<u64> {
+    pub fn next(&self, max: usize, wait: Duration) -> Vec<FileId> {
         let queue = self.queue.lock().expect("queue poisoned");
         let (mut queue, _) = self
             .ready
             .wait_timeout_while(queue, wait, |q| q.order.is_empty() && !q.stopping)
             .expect("queue poisoned");
         let take = queue.order.len().min(max);
-        let next: Vec<u64> = queue.order.drain(..take).collect();
+        let next: Vec<FileId> = queue.order.drain(..take).collect();
         for ino in &next {
             queue.queued.remove(ino);
         }
@@ -109,7 +111,7 @@ impl Behind {
     }
 
     /// Whether `ino` waits in the queue.
-    pub fn is_queued(&self, ino: u64) -> bool {
+    pub fn is_queued(&self, ino: FileId) -> bool {
         self.queue
             .lock()
             .expect("queue poisoned")
@@ -133,7 +135,7 @@ impl Behind {
     }
 
     /// Whether to ask the server for a lease on `dir` now; if so, it counts as asked.
-    pub fn should_ask(&self, dir: u64) -> bool {
+    pub fn should_ask(&self, dir: FileId) -> bool {
         let mut leases = self.leases.lock().expect("leases poisoned");
         let now = Instant::now();
         match leases.get(&dir) {
@@ -152,7 +154,7 @@ impl Behind {
     }
 
     /// The server's answer to asking for `dir`.
-    pub fn answered(&self, dir: u64, granted: bool) {
+    pub fn answered(&self, dir: FileId, granted: bool) {
         let mut leases = self.leases.lock().expect("leases poisoned");
         if leases.get(&dir) == Some(&Lease::Asking) {
             let lease = if granted {
@@ -165,7 +167,7 @@ impl Behind {
     }
 
     /// The server recalls `dir`: no close there returns early from now on.
-    pub fn recalled(&self, dir: u64) {
+    pub fn recalled(&self, dir: FileId) {
         self.leases
             .lock()
             .expect("leases poisoned")
@@ -173,7 +175,7 @@ impl Behind {
     }
 
     /// The lease on `dir` went back to the server.
-    pub fn given_back(&self, dir: u64) {
+    pub fn given_back(&self, dir: FileId) {
         self.leases
             .lock()
             .expect("leases poisoned")
@@ -182,7 +184,7 @@ impl Behind {
 
     /// The server forgot every lease (its recall stream ended): none is held any more, and
     /// none is asked for before it is back. Returns the directories that were held.
-    pub fn lost_all(&self) -> Vec<u64> {
+    pub fn lost_all(&self) -> Vec<FileId> {
         let mut leases = self.leases.lock().expect("leases poisoned");
         let held = leases
             .iter()
@@ -198,7 +200,7 @@ impl Behind {
 
     /// Leases no close used for `idle`: they are being given back (no close there returns
     /// early from now on).
-    pub fn idle(&self, idle: Duration) -> Vec<u64> {
+    pub fn idle(&self, idle: Duration) -> Vec<FileId> {
         let mut leases = self.leases.lock().expect("leases poisoned");
         let now = Instant::now();
         let mut idle_dirs = Vec::new();
@@ -229,64 +231,64 @@ mod tests {
     #[test]
     fn only_a_held_lease_defers_closes() {
         let behind = Behind::default();
-        assert!(!behind.may_defer(7), "no lease asked for");
-        assert!(behind.should_ask(7));
-        assert!(!behind.should_ask(7), "asked once");
-        assert!(!behind.may_defer(7), "asked, not granted yet");
-        behind.answered(7, true);
-        assert!(behind.may_defer(7));
-        assert!(!behind.may_defer(8), "another directory");
-        behind.recalled(7);
-        assert!(!behind.may_defer(7), "recalled");
-        behind.given_back(7);
-        assert!(!behind.may_defer(7));
-        assert!(!behind.should_ask(7), "paused after giving it back");
+        assert!(!behind.may_defer(FileId(7)), "no lease asked for");
+        assert!(behind.should_ask(FileId(7)));
+        assert!(!behind.should_ask(FileId(7)), "asked once");
+        assert!(!behind.may_defer(FileId(7)), "asked, not granted yet");
+        behind.answered(FileId(7), true);
+        assert!(behind.may_defer(FileId(7)));
+        assert!(!behind.may_defer(FileId(8)), "another directory");
+        behind.recalled(FileId(7));
+        assert!(!behind.may_defer(FileId(7)), "recalled");
+        behind.given_back(FileId(7));
+        assert!(!behind.may_defer(FileId(7)));
+        assert!(!behind.should_ask(FileId(7)), "paused after giving it back");
     }
 
     #[test]
     fn a_refused_lease_is_asked_for_again_after_the_pause() {
         let behind = Behind::default();
-        assert!(behind.should_ask(3));
-        behind.answered(3, false);
-        assert!(!behind.may_defer(3));
-        assert!(!behind.should_ask(3));
+        assert!(behind.should_ask(FileId(3)));
+        behind.answered(FileId(3), false);
+        assert!(!behind.may_defer(FileId(3)));
+        assert!(!behind.should_ask(FileId(3)));
         behind
             .leases
             .lock()
             .expect("leases")
-            .insert(3, Lease::Paused(Instant::now()));
-        assert!(behind.should_ask(3));
+            .insert(FileId(3), Lease::Paused(Instant::now()));
+        assert!(behind.should_ask(FileId(3)));
     }
 
     #[test]
     fn an_answer_after_a_recall_does_not_grant() {
         let behind = Behind::default();
-        assert!(behind.should_ask(5));
-        behind.recalled(5);
-        behind.answered(5, true);
-        assert!(!behind.may_defer(5));
+        assert!(behind.should_ask(FileId(5)));
+        behind.recalled(FileId(5));
+        behind.answered(FileId(5), true);
+        assert!(!behind.may_defer(FileId(5)));
     }
 
     #[test]
     fn work_runs_only_under_a_held_lease() {
         let behind = Behind::default();
-        assert!(!behind.while_held(2, || panic!("no lease")));
-        assert!(behind.should_ask(2));
-        behind.answered(2, true);
-        assert!(behind.while_held(2, || true));
-        assert!(!behind.while_held(2, || false));
-        behind.recalled(2);
-        assert!(!behind.while_held(2, || panic!("recalled")));
+        assert!(!behind.while_held(FileId(2), || panic!("no lease")));
+        assert!(behind.should_ask(FileId(2)));
+        behind.answered(FileId(2), true);
+        assert!(behind.while_held(FileId(2), || true));
+        assert!(!behind.while_held(FileId(2), || false));
+        behind.recalled(FileId(2));
+        assert!(!behind.while_held(FileId(2), || panic!("recalled")));
     }
 
     #[test]
     fn an_idle_lease_goes_back() {
         let behind = Behind::default();
-        assert!(behind.should_ask(4));
-        behind.answered(4, true);
+        assert!(behind.should_ask(FileId(4)));
+        behind.answered(FileId(4), true);
         assert!(behind.idle(Duration::from_secs(60)).is_empty());
-        assert_eq!(behind.idle(Duration::ZERO), vec![4]);
-        assert!(!behind.may_defer(4), "being given back");
+        assert_eq!(behind.idle(Duration::ZERO), vec![FileId(4)]);
+        assert!(!behind.may_defer(FileId(4)), "being given back");
         assert!(behind.idle(Duration::ZERO).is_empty());
     }
 
@@ -294,33 +296,33 @@ mod tests {
     fn losing_the_server_drops_every_lease() {
         let behind = Behind::default();
         for dir in [1, 2] {
-            assert!(behind.should_ask(dir));
-            behind.answered(dir, true);
+            assert!(behind.should_ask(FileId(dir)));
+            behind.answered(FileId(dir), true);
         }
         let mut lost = behind.lost_all();
         lost.sort();
-        assert_eq!(lost, vec![1, 2]);
-        assert!(!behind.may_defer(1) && !behind.may_defer(2));
+        assert_eq!(lost, vec![FileId(1), FileId(2)]);
+        assert!(!behind.may_defer(FileId(1)) && !behind.may_defer(FileId(2)));
         assert_eq!(behind.held(), 0);
     }
 
     #[test]
     fn the_queue_holds_a_file_once_and_bounds_deferring() {
         let behind = Behind::default();
-        assert!(behind.should_ask(1));
-        behind.answered(1, true);
-        behind.defer(10);
-        behind.defer(10);
+        assert!(behind.should_ask(FileId(1)));
+        behind.answered(FileId(1), true);
+        behind.defer(FileId(10));
+        behind.defer(FileId(10));
         assert_eq!(behind.queued(), 1);
-        behind.defer(11);
-        behind.defer(12);
-        assert_eq!(behind.next(2, Duration::ZERO), vec![10, 11]);
-        assert_eq!(behind.next(2, Duration::ZERO), vec![12]);
+        behind.defer(FileId(11));
+        behind.defer(FileId(12));
+        assert_eq!(behind.next(2, Duration::ZERO), [10, 11].map(FileId));
+        assert_eq!(behind.next(2, Duration::ZERO), vec![FileId(12)]);
         assert!(behind.next(2, Duration::ZERO).is_empty());
         for ino in 0..QUEUED_MAX as u64 {
-            behind.defer(100 + ino);
+            behind.defer(FileId(100 + ino));
         }
-        assert!(!behind.may_defer(1), "the queue is full");
+        assert!(!behind.may_defer(FileId(1)), "the queue is full");
         behind.stop();
         assert!(behind.stopping());
     }

@@ -1,0 +1,289 @@
+//! The namespace: making, linking, removing and renaming names, and what each change proves
+//! about its directories (see [`crate::dirs`]).
+
+use std::future::Future;
+use std::time::Instant;
+
+use format::ids::FileId;
+use proto::v1::{
+    Attr, FileKind, LinkRequest, LookupRequest, MkdirRequest, MknodRequest, ReleaseRequest,
+    RenameRequest, RmdirRequest, SymlinkRequest, UnlinkRequest,
+};
+
+use super::{Node, Owner, RenameMode, SharedFile, Vault};
+use crate::error::FsError;
+
+impl Vault {
+    pub fn mkdir(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        perm: u32,
+        owner: Owner,
+    ) -> Result<Attr, FsError> {
+        let request = MkdirRequest {
+            lazy: true,
+            parent: parent.0,
+            name: name.to_vec(),
+            perm,
+            uid: owner.uid,
+            gid: owner.gid,
+        };
+        let remote = &self.shared.remote;
+        let made = remote.send(
+            "mkdir",
+            request,
+            |mut api, r| async move { api.mkdir(r).await },
+        );
+        self.make_name(parent, name, made)
+    }
+
+    /// Makes a special file (a FIFO, a socket, a device node).
+    pub fn mknod(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        node: Node,
+        owner: Owner,
+    ) -> Result<Attr, FsError> {
+        let request = MknodRequest {
+            lazy: true,
+            parent: parent.0,
+            name: name.to_vec(),
+            kind: node.kind as i32,
+            perm: node.perm,
+            uid: owner.uid,
+            gid: owner.gid,
+            rdev: node.rdev,
+        };
+        let remote = &self.shared.remote;
+        let made = remote.send(
+            "mknod",
+            request,
+            |mut api, r| async move { api.mknod(r).await },
+        );
+        self.make_name(parent, name, made)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        target: &[u8],
+        owner: Owner,
+    ) -> Result<Attr, FsError> {
+        let request = SymlinkRequest {
+            lazy: true,
+            parent: parent.0,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            uid: owner.uid,
+            gid: owner.gid,
+        };
+        let remote = &self.shared.remote;
+        let made = remote.send("symlink", request, |mut api, r| async move {
+            api.symlink(r).await
+        });
+        self.make_name(parent, name, made)
+    }
+
+    /// Makes `name` in `parent` by the call `made` (not started yet), and notes the new name
+    /// in the known directories, with the version the reply proves; a new directory is known
+    /// empty.
+    fn make_name(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        made: impl Future<Output = Result<Attr, FsError>>,
+    ) -> Result<Attr, FsError> {
+        let asked = Instant::now();
+        let made = self.block(made);
+        let mut dirs = self.shared.dirs();
+        dirs.added(parent, name, made.as_ref().ok(), asked);
+        if let Ok(attr) = &made
+            && attr.kind == FileKind::Directory as i32
+        {
+            dirs.made(attr, asked);
+        }
+        made
+    }
+
+    pub fn link(&self, ino: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Attr, FsError> {
+        self.coherence.forget_fresh();
+        self.block(async {
+            self.materialize(ino).await?;
+            let asked = Instant::now();
+            let linked = self
+                .shared
+                .remote
+                .send(
+                    "link",
+                    LinkRequest {
+                        lazy: true,
+                        ino: ino.0,
+                        new_parent: new_parent.0,
+                        new_name: new_name.to_vec(),
+                    },
+                    |mut api, r| async move { api.link(r).await },
+                )
+                .await;
+            let reply = linked.as_ref().ok();
+            self.shared.dirs().added(new_parent, new_name, reply, asked);
+            Ok(self.local_view(linked?).await)
+        })
+    }
+
+    /// The inode behind a name, if this client has it open (so that removing the name keeps
+    /// the data until the last close).
+    async fn open_inode_named(&self, parent: FileId, name: &[u8]) -> Option<SharedFile> {
+        if self.table.open_files() == 0 {
+            return None;
+        }
+        let attr = self
+            .shared
+            .remote
+            .send(
+                "lookup",
+                LookupRequest {
+                    parent: parent.0,
+                    name: name.to_vec(),
+                },
+                |mut api, r| async move { api.lookup(r).await },
+            )
+            .await
+            .ok()?;
+        self.table.file(FileId(attr.ino))
+    }
+
+    pub fn unlink(&self, parent: FileId, name: &[u8]) -> Result<(), FsError> {
+        self.coherence.forget_fresh();
+        self.block(async {
+            self.materialize_in(Some(parent)).await?;
+            let open = self.open_inode_named(parent, name).await;
+            let keep_open = open.is_some();
+            let asked = Instant::now();
+            let changes = self.shared.remote.changes();
+            let reply = self
+                .shared
+                .remote
+                .send(
+                    "unlink",
+                    UnlinkRequest {
+                        lazy: true,
+                        parent: parent.0,
+                        name: name.to_vec(),
+                        keep_open,
+                    },
+                    |mut api, r| async move { api.unlink(r).await },
+                )
+                .await;
+            let after = reply.as_ref().ok().and_then(|r| r.parent.as_ref());
+            {
+                let mut dirs = self.shared.dirs();
+                dirs.removed(parent, name, after, asked);
+                if reply.as_ref().is_ok_and(|r| r.nlink == 0) {
+                    // The inode went with its one name: no other entry's attributes changed.
+                    dirs.listing_survives(parent, changes, self.shared.remote.changes());
+                }
+            }
+            let reply = reply?;
+            // The kernel asks for the directory's attributes next (they changed).
+            if let Some(parent) = &reply.parent {
+                self.coherence.learn(parent);
+            }
+            if let Some(file) = open {
+                file.lock().await.life.name_removed(reply.nlink == 0);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<(), FsError> {
+        self.coherence.forget_fresh();
+        // The directory may hold new files not created on the server yet.
+        self.block(self.materialize_in(None))?;
+        let asked = Instant::now();
+        let reply = self.block(self.shared.remote.send(
+            "rmdir",
+            RmdirRequest {
+                lazy: true,
+                parent: parent.0,
+                name: name.to_vec(),
+            },
+            |mut api, r| async move { api.rmdir(r).await },
+        ));
+        let after = reply.as_ref().ok().and_then(|r| r.parent.as_ref());
+        self.shared.dirs().removed(parent, name, after, asked);
+        let reply = reply?;
+        // The kernel asks for the directory's attributes next (they changed).
+        if let Some(parent) = &reply.parent {
+            self.coherence.learn(parent);
+        }
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        new_parent: FileId,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<(), FsError> {
+        self.coherence.forget_fresh();
+        self.block(async {
+            self.materialize_in(Some(parent)).await?;
+            self.materialize_in(Some(new_parent)).await?;
+            let reply = self
+                .shared
+                .remote
+                .send(
+                    "rename",
+                    RenameRequest {
+                        lazy: true,
+                        parent: parent.0,
+                        name: name.to_vec(),
+                        new_parent: new_parent.0,
+                        new_name: new_name.to_vec(),
+                        no_replace: mode == RenameMode::NoReplace,
+                        exchange: mode == RenameMode::Exchange,
+                    },
+                    |mut api, r| async move { api.rename(r).await },
+                )
+                .await;
+            // Names moved in both directories (and a replaced one may be gone).
+            {
+                let mut dirs = self.shared.dirs();
+                dirs.forget(parent);
+                dirs.forget(new_parent);
+            }
+            let reply = reply?;
+            if reply.replaced_ino != 0 {
+                let replaced = FileId(reply.replaced_ino);
+                match self.table.file(replaced) {
+                    Some(file) => file.lock().await.life.name_removed(true),
+                    None => self.release_orphan(replaced).await,
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub(super) async fn release_orphan(&self, ino: FileId) {
+        let released = self
+            .shared
+            .remote
+            .send(
+                "release",
+                ReleaseRequest {
+                    lazy: true,
+                    ino: ino.0,
+                },
+                |mut api, r| async move { api.release(r).await },
+            )
+            .await;
+        if let Err(error) = released {
+            tracing::warn!(%error, %ino, "could not free an unlinked file; the server frees it later");
+        }
+    }
+}
