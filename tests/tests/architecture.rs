@@ -268,3 +268,195 @@ fn private_key_bytes_are_zeroized_on_drop() {
     zeroizes_on_drop::<identity::Identity>();
     zeroizes_on_drop::<keystore::Passphrase>();
 }
+/// Source files read in one sitting (tests excepted) and functions fit on a screen.
+const FILE_LINES_MAX: usize = 700;
+const FUNCTION_LINES_MAX: usize = 80;
+
+#[test]
+fn sources_and_functions_stay_small() {
+    let root = tests::workspace_root();
+    let mut found = Vec::new();
+    for file in workspace_sources(&root) {
+        let relative = file
+            .strip_prefix(&root)
+            .expect("under the root")
+            .to_path_buf();
+        let text = fs::read_to_string(&file).expect("source is readable");
+        let in_tests = relative.components().any(|c| c.as_os_str() == "tests");
+        let lines = text.lines().count();
+        if !in_tests && lines > FILE_LINES_MAX {
+            found.push(format!("{}: {lines} lines", relative.display()));
+        }
+        for (line, name, length) in long_functions(&text, FUNCTION_LINES_MAX) {
+            found.push(format!(
+                "{}:{line}: fn {name} is {length} lines",
+                relative.display()
+            ));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "over {FILE_LINES_MAX} lines a file (outside tests) or {FUNCTION_LINES_MAX} a \
+         function:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The measure itself finds a long function and passes over braces in strings, characters and
+/// comments, so that the test above can fail.
+#[test]
+fn function_lengths_are_measured_from_fn_to_its_closing_brace() {
+    let body: String = (0..79)
+        .map(|i| format!("    let _x{i} = '{{';\n"))
+        .collect();
+    let text = format!(
+        "trait T {{\n    fn declared(&self);\n}}\n\npub(crate) async fn long() {{\n{body}}}\n\n\
+         fn short() {{\n    let s = \"}}}}\"; // }}\n    /* }} */\n}}\n"
+    );
+    assert_eq!(long_functions(&text, 80), vec![(5, "long".to_string(), 81)]);
+    assert_eq!(long_functions(&text, 81), vec![]);
+}
+
+/// Every `.rs` file of the workspace's crates (not the build output or other checkouts).
+fn workspace_sources(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(root).expect("workspace root").flatten() {
+        let path = entry.path();
+        if path.join("Cargo.toml").is_file() {
+            out.extend(rust_files(&path));
+        }
+    }
+    out
+}
+
+/// (first line, name, lines) of each function longer than `max` lines in `text`, counting
+/// from the line of `fn` to the line of its closing brace.
+fn long_functions(text: &str, max: usize) -> Vec<(usize, String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let Some(name) = function_name(line) else {
+            continue;
+        };
+        if let Some(end) = closing_line(&lines[index..])
+            && end + 1 > max
+        {
+            found.push((index + 1, name, end + 1));
+        }
+    }
+    found
+}
+
+/// The name of the function a line starts to define, if it does.
+fn function_name(line: &str) -> Option<String> {
+    let mut rest = line.trim_start();
+    for qualifier in [
+        "pub(crate) ",
+        "pub(super) ",
+        "pub ",
+        "const ",
+        "async ",
+        "unsafe ",
+    ] {
+        rest = rest.strip_prefix(qualifier).unwrap_or(rest);
+    }
+    let name: String = rest
+        .strip_prefix("fn ")?
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The offset of the line whose `}` closes the body opened after the first line's `fn`, or
+/// `None` for a declaration without a body.
+fn closing_line(lines: &[&str]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut opened = false;
+    let mut in_string = false;
+    let mut block_comments = 0usize;
+    for (offset, line) in lines.iter().enumerate() {
+        let chars: Vec<char> = line.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let (c, next) = (chars[i], chars.get(i + 1).copied());
+            if block_comments > 0 {
+                match (c, next) {
+                    ('*', Some('/')) => (block_comments -= 1, i += 1).1,
+                    ('/', Some('*')) => (block_comments += 1, i += 1).1,
+                    _ => {}
+                }
+            } else if in_string {
+                match c {
+                    '\\' => i += 1,
+                    '"' => in_string = false,
+                    _ => {}
+                }
+            } else {
+                match (c, next) {
+                    ('/', Some('/')) => break,
+                    ('/', Some('*')) => (block_comments += 1, i += 1).1,
+                    ('"', _) => in_string = true,
+                    ('\'', Some('\\')) => i += chars[i + 2..].iter().position(|&c| c == '\'')? + 2,
+                    ('\'', _) if chars.get(i + 2) == Some(&'\'') => i += 2,
+                    (';', _) if !opened => return None,
+                    ('{', _) => (depth += 1, opened = true).1,
+                    ('}', _) => {
+                        depth = depth.checked_sub(1)?;
+                        if opened && depth == 0 {
+                            return Some(offset);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            i += 1;
+        }
+    }
+    None
+}
+
+/// ARCHITECTURE.md: each invariant is at most four lines and ends with the tests that check it
+/// (in `*...*`), and every test it names exists.
+#[test]
+fn every_invariant_names_tests_that_exist() {
+    let root = tests::workspace_root();
+    let text = fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let invariants = text
+        .split("## Invariants")
+        .nth(1)
+        .expect("an Invariants section");
+    let sources: String = workspace_sources(&root)
+        .iter()
+        .map(|file| fs::read_to_string(file).expect("source is readable"))
+        .collect();
+    let mut items: Vec<Vec<&str>> = Vec::new();
+    for line in invariants.lines() {
+        let starts_item = line.split_once(". ").is_some_and(|(number, _)| {
+            !number.is_empty() && number.chars().all(|c| c.is_ascii_digit())
+        });
+        if starts_item {
+            items.push(vec![line]);
+        } else if let Some(item) = items.last_mut().filter(|_| !line.trim().is_empty()) {
+            item.push(line);
+        }
+    }
+    assert!(items.len() >= 19, "{} invariants found", items.len());
+    for item in &items {
+        let head = item[0];
+        assert!(item.len() <= 4, "longer than four lines: {head}");
+        let joined = item.join(" ");
+        let tests = joined.rsplit_once(" *").map(|(_, tests)| tests);
+        let tests = tests.filter(|t| t.ends_with('*')).unwrap_or_else(|| {
+            panic!("names no test (in *...* at its end): {head}");
+        });
+        let names: Vec<&str> = tests.split('`').skip(1).step_by(2).collect();
+        let functions = names.iter().filter(|n| !n.contains(['.', '/', ' ']));
+        for name in functions {
+            assert!(
+                sources.contains(&format!("fn {name}(")),
+                "`{name}` of invariant `{head}` is no function in the workspace"
+            );
+        }
+    }
+}
