@@ -300,10 +300,4 @@ async fn set_member(args: &MemberArgs, member: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_command_line_is_well_formed() {
-        cli::Cli::<cli::NoOptions, super::Command>::check();
-    }
-}
+cli::test_command_line!(cli::NoOptions, Command);

@@ -28,6 +28,19 @@ macro_rules! program {
     };
 }
 
+/// A test that clap finds the program's options consistent (`Cli::check`):
+/// `cli::test_command_line!(Options, Command);` in the program's `main.rs`.
+#[macro_export]
+macro_rules! test_command_line {
+    ($global:ty, $command:ty) => {
+        #[cfg(test)]
+        #[test]
+        fn the_command_line_is_well_formed() {
+            $crate::Cli::<$global, $command>::check();
+        }
+    };
+}
+
 /// A command line: options every subcommand takes (`G`, [`NoOptions`] when there are none),
 /// then one subcommand (`C`).
 #[derive(Parser, Debug)]

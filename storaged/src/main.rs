@@ -64,10 +64,4 @@ async fn run(command: &Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_command_line_is_well_formed() {
-        cli::Cli::<cli::NoOptions, super::Command>::check();
-    }
-}
+cli::test_command_line!(cli::NoOptions, Command);

@@ -337,10 +337,4 @@ fn print_status(vmctl: &Vmctl, name: &str) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_command_line_is_well_formed() {
-        cli::Cli::<super::Global, super::Command>::check();
-    }
-}
+cli::test_command_line!(Global, Command);
