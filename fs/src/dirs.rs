@@ -12,10 +12,11 @@
 //! (versions go up by one with every change), so a version one past the one known proves that
 //! nobody else changed the directory in between. Anything else forgets the directory.
 //!
-//! Another client's change shows here within [`KNOWN_FOR`] of this client's last proof: a
-//! name it created can look absent for that long, as a name it removed can look present for
-//! as long in the kernel's entry cache (the same timeout, see `fuse::TTL`). A listing's
-//! attributes answer lookups for [`LISTED_FOR`], and only while this client has changed
+//! Another client's change shows here within the mount's coherence window (by default
+//! [`KNOWN_FOR`]) of this client's last proof: a name it created can look absent for that
+//! long, as a name it removed can look present for as long in the kernel's entry cache (the
+//! same timeout, see `fuse::VaultFs::new`). A listing's attributes answer lookups for half the
+//! window (by default [`LISTED_FOR`]), and only while this client has changed
 //! nothing on the server since (a change of its own could make them stale) but removed names
 //! whose inode went with them ([`KnownDirs::listing_survives`]).
 
@@ -25,10 +26,11 @@ use std::time::{Duration, Instant};
 use format::ids::{FileId, Version};
 use proto::v1::Attr;
 
-/// How long after the last proof a directory's names stay known.
+/// How long after the last proof a directory's names stay known, by default (the mount's
+/// coherence window, see [`KnownDirs::new`]).
 pub const KNOWN_FOR: Duration = Duration::from_secs(1);
-/// How long a listing's attributes answer lookups; the kernel keeps what a lookup answered
-/// for its attribute timeout on top.
+/// How long a listing's attributes answer lookups, by default (half the window); the kernel
+/// keeps what a lookup answered for its attribute timeout on top.
 pub const LISTED_FOR: Duration = Duration::from_millis(500);
 /// Names known across all directories (a name costs about 100 bytes here).
 const NAMES_MAX: usize = 200_000;
@@ -43,10 +45,9 @@ const DIRS_MAX: usize = 1024;
 const AHEAD_MAX: usize = 64;
 /// Longer names never exist: the server refuses them, and its lookup says so.
 const NAME_BYTES_MAX: usize = 255;
-/// Lookups of one directory that go to the server, within [`ASKED_WITHIN`], after which the
-/// client lists the directory.
+/// Lookups of one directory that go to the server, within the coherence window, after which
+/// the client lists the directory.
 const LIST_AFTER_ASKED: u32 = 16;
-const ASKED_WITHIN: Duration = Duration::from_secs(1);
 /// After a listing is asked for, the next waits at least this long; longer when the last
 /// one answered few lookups (changes of this client's own, say, kept voiding it).
 const LIST_AGAIN_AFTER: Duration = Duration::from_millis(250);
@@ -103,16 +104,39 @@ struct Known {
     distrusted_before: Option<Instant>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KnownDirs {
     dirs: HashMap<FileId, Known>,
     names: usize,
     /// Attributes held by listings, across directories.
     listed: usize,
     asked: HashMap<FileId, Asked>,
+    known_for: Duration,
+    listed_for: Duration,
+    asked_within: Duration,
+}
+
+impl Default for KnownDirs {
+    fn default() -> Self {
+        KnownDirs::new(KNOWN_FOR)
+    }
 }
 
 impl KnownDirs {
+    /// Known directories whose names stay known for `window` after the last proof, and
+    /// listings that answer for half of it: another client's change shows within `window`.
+    pub fn new(window: Duration) -> KnownDirs {
+        KnownDirs {
+            dirs: HashMap::new(),
+            names: 0,
+            listed: 0,
+            asked: HashMap::new(),
+            known_for: window,
+            listed_for: window / 2,
+            asked_within: window,
+        }
+    }
+
     /// Whether `name` surely does not exist in `dir` (`now`: the time of the lookup).
     pub fn absent(&mut self, dir: FileId, name: &[u8], now: Instant) -> bool {
         let Some(known) = self.dirs.get(&dir) else {
@@ -122,7 +146,7 @@ impl KnownDirs {
             self.forget(dir);
             return false;
         }
-        let proven_at = known.until - KNOWN_FOR;
+        let proven_at = known.until - self.known_for;
         known.ahead.is_empty()
             && known.distrusted_before.is_none_or(|t| proven_at >= t)
             && name.len() <= NAME_BYTES_MAX
@@ -143,7 +167,7 @@ impl KnownDirs {
         else {
             return Answer::Ask;
         };
-        if listed.changes != changes || now >= listed.asked + LISTED_FOR {
+        if listed.changes != changes || now >= listed.asked + self.listed_for {
             return Answer::Ask;
         }
         match listed.attrs.get(name) {
@@ -159,8 +183,9 @@ impl KnownDirs {
     /// that the next lookups there need not (see [`KnownDirs::listed`]).
     pub fn should_list(&mut self, dir: FileId, now: Instant) -> bool {
         if self.asked.len() >= ASKED_DIRS_MAX && !self.asked.contains_key(&dir) {
+            let within = self.asked_within;
             self.asked
-                .retain(|_, a| now < a.since + ASKED_WITHIN || now < a.not_before);
+                .retain(|_, a| now < a.since + within || now < a.not_before);
             if self.asked.len() >= ASKED_DIRS_MAX {
                 return false;
             }
@@ -179,7 +204,7 @@ impl KnownDirs {
             since: now,
             not_before: now,
         });
-        if now >= asked.since + ASKED_WITHIN {
+        if now >= asked.since + self.asked_within {
             asked.count = 0;
             asked.since = now;
         }
@@ -236,7 +261,7 @@ impl KnownDirs {
             Known {
                 names,
                 version: Version(dir.version),
-                until: asked + KNOWN_FOR,
+                until: asked + self.known_for,
                 listed: Some(Listed {
                     attrs: entries.into_iter().collect(),
                     asked,
@@ -266,7 +291,7 @@ impl KnownDirs {
             Known {
                 names: HashSet::new(),
                 version: Version(dir.version),
-                until: asked + KNOWN_FOR,
+                until: asked + self.known_for,
                 listed: None,
                 ahead: BTreeSet::new(),
                 distrusted_before: None,
@@ -365,7 +390,7 @@ impl KnownDirs {
         while known.ahead.remove(&known.version.next()) {
             known.version = known.version.next();
         }
-        known.until = asked + KNOWN_FOR;
+        known.until = asked + self.known_for;
         Some(known)
     }
 }
@@ -564,7 +589,7 @@ mod tests {
         assert!(list(&mut dirs, t));
         dirs.listed(&dir(7, 5), listing(3), t, 40, 40);
         // Voided at once by this client's changes: it answered nothing.
-        let soon = t + ASKED_WITHIN;
+        let soon = t + KNOWN_FOR;
         assert!(!list(&mut dirs, soon));
         let later = t + LIST_AGAIN_AFTER_USELESS;
         assert!(list(&mut dirs, later));

@@ -19,8 +19,6 @@ use proto::v1::{Attr, FileKind, Timestamp};
 use crate::error::{FsError, errno};
 use crate::vault::{Changes, Listing, Node, Owner, RenameMode, Vault, stamp, system_time};
 
-/// How long the kernel may trust an entry or attributes (short: other clients change files).
-const TTL: Duration = Duration::from_secs(1);
 /// The extended attributes a vault keeps: the `user.` namespace. The others have meanings the
 /// vault does not implement (POSIX ACLs, security labels, file capabilities); it refuses to
 /// store them rather than keep bytes that look enforced and are not, and answers "none" to
@@ -35,6 +33,8 @@ pub struct VaultFs {
     vault: Arc<Vault>,
     /// The user who mounted: only they (and root) may use the mount.
     owner_uid: u32,
+    /// How long the kernel keeps entries and attributes: the mount's coherence window.
+    ttl: Duration,
 }
 
 impl std::fmt::Debug for VaultFs {
@@ -45,7 +45,12 @@ impl std::fmt::Debug for VaultFs {
 
 impl VaultFs {
     pub fn new(vault: Arc<Vault>, owner_uid: u32) -> VaultFs {
-        VaultFs { vault, owner_uid }
+        let ttl = vault.shared().limits.coherence;
+        VaultFs {
+            vault,
+            owner_uid,
+            ttl,
+        }
     }
 
     /// The mount carries its owner's vault credentials; other local users must not use them.
@@ -198,7 +203,7 @@ impl VaultFs {
     /// Answers a request for an entry (a lookup, or a name just made).
     fn reply_entry(&self, reply: ReplyEntry, outcome: Result<Attr, FsError>) {
         match outcome {
-            Ok(attr) => reply.entry(&TTL, &self.kernel_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl, &self.kernel_attr(&attr), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -206,7 +211,7 @@ impl VaultFs {
     /// Answers a request for attributes.
     fn reply_attr(&self, reply: ReplyAttr, outcome: Result<Attr, FsError>) {
         match outcome {
-            Ok(attr) => reply.attr(&TTL, &self.kernel_attr(&attr)),
+            Ok(attr) => reply.attr(&self.ttl, &self.kernel_attr(&attr)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -526,7 +531,7 @@ impl Filesystem for VaultFs {
         };
         // Attributes from before a change this client made would overwrite the kernel's newer
         // ones; then they come already expired, and the kernel asks again before using them.
-        let ttl = if current { TTL } else { Duration::ZERO };
+        let ttl = if current { self.ttl } else { Duration::ZERO };
         // The kernel links no entry for "." and "..", so their attributes are never read.
         let dot = Attr {
             ino: ino.0,
@@ -676,7 +681,7 @@ impl Filesystem for VaultFs {
             .create(file(parent), name.as_bytes(), perm, exclusive, owner(req))
         {
             Ok((attr, fh)) => reply.created(
-                &TTL,
+                &self.ttl,
                 &self.kernel_attr(&attr),
                 Generation(0),
                 FileHandle(fh.get()),

@@ -149,6 +149,22 @@ struct MountArgs {
     /// per new file.
     #[arg(long)]
     no_leases: bool,
+    /// How long another client's change may take to show here, seconds (fractions allowed):
+    /// the kernel's entry and attribute timeout, and how long this mount trusts the names and
+    /// listings it knows. Longer saves round trips where one mount is the only writer.
+    #[arg(long, default_value = "1", value_parser = parse_coherence)]
+    coherence_seconds: Duration,
+}
+
+/// A coherence window: more than nothing, at most a day.
+fn parse_coherence(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(0.001..=86_400.0).contains(&seconds) {
+        return Err(format!("{seconds} s is outside 0.001 s to a day"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn main() -> ExitCode {
@@ -271,6 +287,7 @@ fn settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
         limits: Limits {
             cache_bytes_max: args.cache_mib << 20,
             dirty_bytes_max: args.dirty_mib << 20,
+            coherence: args.coherence_seconds,
             ..Limits::default()
         },
         server_wait: Duration::from_secs(args.server_wait_seconds),

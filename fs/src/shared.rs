@@ -29,6 +29,10 @@ pub struct Limits {
     /// Chunks read ahead of a sequential reader (four: 32 MiB in flight keeps the disk, the
     /// wire and both cores busy).
     pub prefetch_chunks: u64,
+    /// How long another client's change may take to show here: the kernel's entry and
+    /// attribute timeout, and how long this client trusts names it knows (see
+    /// [`KnownDirs::new`]).
+    pub coherence: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -38,6 +42,7 @@ impl Default for Limits {
             dirty_bytes_max: 256 << 20,
             uploads_in_flight_max: 4,
             prefetch_chunks: 4,
+            coherence: crate::dirs::KNOWN_FOR,
         }
     }
 }
@@ -114,7 +119,7 @@ impl Shared {
             loads: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
-            dirs: Mutex::new(KnownDirs::default()),
+            dirs: Mutex::new(KnownDirs::new(limits.coherence)),
             runtime,
         }
     }

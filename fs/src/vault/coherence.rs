@@ -71,7 +71,7 @@ impl Pages {
 }
 
 /// The version of the attributes the kernel was last given for each inode (it keeps them for
-/// `fuse::TTL`).
+/// the mount's coherence window, `Limits::coherence`).
 #[derive(Debug, Default)]
 struct KernelAttrs {
     versions: HashMap<FileId, Version>,
