@@ -221,8 +221,7 @@ impl Remote {
                     self.login().await?;
                 }
                 ErrorKind::Unavailable
-                    if started.elapsed() < self.wait
-                        && self.deadline.get().is_none_or(|d| Instant::now() < *d) =>
+                    if may_wait(started, Instant::now(), self.wait, self.deadline.get()) =>
                 {
                     tracing::warn!(what, %error, "storaged unreachable; waiting");
                     tokio::time::sleep(pause).await;
@@ -231,5 +230,41 @@ impl Remote {
                 _ => return Err(error),
             }
         }
+    }
+}
+
+/// Whether a call started at `started` may wait longer for an unreachable server at `now`:
+/// within its own `wait`, and before the shutdown `deadline` if there is one (then all calls
+/// together wait one wait, not one each).
+fn may_wait(started: Instant, now: Instant, wait: Duration, deadline: Option<&Instant>) -> bool {
+    now < started + wait && deadline.is_none_or(|d| now < *d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_shutdown_all_calls_together_wait_one_wait() {
+        let wait = Duration::from_secs(30);
+        let t = Instant::now();
+        assert!(may_wait(t, t + wait / 2, wait, None));
+        assert!(!may_wait(t, t + wait, wait, None), "its own wait is over");
+        // Shutting down at t + 10 s: no call waits past t + 40 s, however late it started.
+        let deadline = t + Duration::from_secs(10) + wait;
+        let late = t + Duration::from_secs(35);
+        assert!(may_wait(
+            late,
+            late + Duration::from_secs(4),
+            wait,
+            Some(&deadline)
+        ));
+        assert!(!may_wait(late, deadline, wait, Some(&deadline)));
+        assert!(!may_wait(
+            late,
+            late + Duration::from_secs(20),
+            wait,
+            Some(&deadline)
+        ));
     }
 }

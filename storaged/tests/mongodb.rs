@@ -3,7 +3,7 @@
 //! The shared semantics are in `conformance.rs`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mongodb::bson::{Bson, Document, doc};
 use storaged::meta::{
@@ -278,16 +278,16 @@ async fn a_lost_server_is_reported_unavailable_and_work_resumes_when_it_returns(
     mkdir(&*store, FileId::ROOT, "before").await.expect("mkdir");
 
     server.kill();
-    let started = Instant::now();
-    let failed = mkdir(&*store, FileId::ROOT, "during").await;
+    // The failure comes after the server wait, not never (bounded however slow the machine).
+    let failed = tokio::time::timeout(
+        Duration::from_secs(300),
+        mkdir(&*store, FileId::ROOT, "during"),
+    )
+    .await
+    .expect("a write while MongoDB is gone fails rather than hangs");
     assert!(
         matches!(failed, Err(OpError::Store(StoreError::Unavailable(_)))),
         "{failed:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "the failure comes within the server wait: {:?}",
-        started.elapsed()
     );
     let who = caller();
     let read = meta::read(&*store, move |txn| {

@@ -30,7 +30,7 @@ fn a_killed_client_leaves_a_clean_mount_point_and_its_closed_files(backend: Back
     open.write_all(b"maybe lost")
         .expect("write without closing");
     mount.kill();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while mount.is_mounted() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -80,7 +80,7 @@ fn a_killed_client_loses_files_closed_under_a_lease_whole_or_not_at_all(backend:
         fs::write(mount.join(&format!("d/f{i}")), content(i)).expect("create");
     }
     mount.kill();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while mount.is_mounted() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -109,7 +109,7 @@ fn without_leases_a_killed_client_keeps_every_file_it_closed(backend: Backend) {
         fs::write(mount.join(&format!("d/f{i}")), format!("file {i}")).expect("create");
     }
     mount.kill();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while mount.is_mounted() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -123,6 +123,7 @@ fn without_leases_a_killed_client_keeps_every_file_it_closed(backend: Backend) {
 fn stopping_a_client_flushes_dirty_data(backend: Backend) {
     let (_daemon, _client, mut mount) = setup(&backend, &[]);
     let path = mount.join("dirty.txt");
+    let (written, stopped) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
     let writer = std::thread::spawn(move || {
         let mut file = OpenOptions::new()
             .create(true)
@@ -132,11 +133,16 @@ fn stopping_a_client_flushes_dirty_data(backend: Backend) {
             .expect("open");
         file.write_all(&vec![b'd'; 3 * 1024 * 1024]).expect("write");
         // Keep the file open (dirty, never closed) while the client is stopped.
-        std::thread::sleep(Duration::from_secs(3));
+        let _ = written.0.send(());
+        let _ = stopped.1.recv_timeout(Duration::from_secs(600));
         drop(file);
     });
-    std::thread::sleep(Duration::from_millis(800));
+    written
+        .1
+        .recv_timeout(Duration::from_secs(600))
+        .expect("the writer wrote");
     mount.stop();
+    let _ = stopped.0.send(());
     let _ = writer.join();
     mount.spawn();
     assert_eq!(
@@ -179,7 +185,11 @@ fn an_operation_waits_for_a_restarting_daemon(backend: Backend) {
     daemon.stop();
     let path = mount.join("b.txt");
     let waiting = std::thread::spawn(move || fs::write(path, b"written after the restart"));
-    std::thread::sleep(Duration::from_secs(2));
+    let waits = (0..1200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        mount.log_text().contains("storaged unreachable; waiting")
+    });
+    assert!(waits, "the write never waited for storaged");
     daemon.spawn();
     waiting
         .join()
@@ -191,12 +201,11 @@ fn an_operation_waits_for_a_restarting_daemon(backend: Backend) {
     );
 }
 
-/// Stopping a client whose daemon is gone waits for the daemon once, not once per file whose
-/// writes it still holds (and again for the final sync): then it gives up on what is left.
-fn a_stop_without_the_daemon_waits_for_it_once(backend: Backend) {
-    const WAIT: u64 = 2;
-    let wait = WAIT.to_string();
-    let (mut daemon, _client, mut mount) = setup(&backend, &["--server-wait-seconds", &wait]);
+/// Stopping a client whose daemon is gone gives up on the writes it still holds (after one
+/// wait for the daemon in all: see `vaultfs::remote` for that decision's unit test), and says
+/// so in its log, rather than hanging.
+fn a_stop_without_the_daemon_gives_up_on_what_it_holds(backend: Backend) {
+    let (mut daemon, _client, mut mount) = setup(&backend, &["--server-wait-seconds", "2"]);
     let files: Vec<fs::File> = (0..4)
         .map(|i| {
             let path = mount.join(&format!("open{i}"));
@@ -215,12 +224,11 @@ fn a_stop_without_the_daemon_waits_for_it_once(backend: Backend) {
     for close in closing {
         assert!(close.join().expect("thread").is_err(), "storaged is down");
     }
-    let started = Instant::now();
     mount.stop();
-    let took = started.elapsed();
+    let log = mount.log_text();
     assert!(
-        took < Duration::from_secs(5 * WAIT),
-        "stopping took {took:?} with a server wait of {WAIT} s"
+        log.contains("unflushed data at unmount"),
+        "the stopped client says what it gave up on:\n{log}"
     );
 }
 
@@ -231,5 +239,5 @@ tests::on_every_backend!(
     stopping_a_client_flushes_dirty_data,
     a_killed_daemon_fails_operations_cleanly_and_they_resume_after_restart,
     an_operation_waits_for_a_restarting_daemon,
-    a_stop_without_the_daemon_waits_for_it_once,
+    a_stop_without_the_daemon_gives_up_on_what_it_holds,
 );

@@ -58,9 +58,18 @@ fn every_tamper_gives_eio_and_intact_files_still_read(backend: Backend) {
         fs::write(mount.join(name), pattern(seed, len)).expect("write");
     }
     // An old copy of "rollback", then a rewrite (the old chunk file is collected).
-    let old = fs::read(&chunk_files(&daemon, &mount, "rollback")[0]).expect("old chunk");
+    let old_path = chunk_files(&daemon, &mount, "rollback").remove(0);
+    let old = fs::read(&old_path).expect("old chunk");
     fs::write(mount.join("rollback"), pattern(19, 1000)).expect("rewrite");
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Wait for the collector (every second here) to delete the superseded chunk file.
+    let collected = (0..1200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        !old_path.exists() && chunk_files(&daemon, &mount, "rollback").len() == 1
+    });
+    assert!(
+        collected,
+        "the superseded chunk file of rollback was never collected"
+    );
 
     let swap_a = chunk_files(&daemon, &mount, "swap-a");
     let swap_b = chunk_files(&daemon, &mount, "swap-b");

@@ -104,7 +104,17 @@ async fn killing_mongodb_mid_run_fails_requests_cleanly_and_loses_nothing_acknow
         );
         writers.push(tokio::spawn(task));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Take MongoDB away mid-run: once every writer has had a few calls acknowledged.
+    for _ in 0..6000 {
+        let acknowledged = |s: &Arc<Mutex<Seen>>| {
+            let seen = s.lock().expect("lock");
+            seen.created.len() + usize::from(seen.chunk.0 > 0) >= 3
+        };
+        if seen.iter().all(acknowledged) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     server.kill();
     tokio::time::sleep(OUTAGE).await;

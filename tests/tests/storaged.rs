@@ -704,7 +704,18 @@ async fn sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged(backend: B
         ]));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers = start_writers(&alice, &files, &acknowledged, &stop);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill it mid-stream: once every writer has had a few writes acknowledged.
+    for _ in 0..6000 {
+        if acknowledged
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|(n, _)| *n >= 3)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     daemon.kill();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for writer in writers {
