@@ -43,9 +43,12 @@ vault_user() {
     if [[ ! -f $XDG_CONFIG_HOME/vault/user.vkey ]]; then
         "$bin/vaultfs" key init "${pass[@]}"
     fi
-    local fingerprint
+    local fingerprint admin
     fingerprint=$("$bin/vaultfs" key show | awk '/^fingerprint/ {$1=""; print substr($0, 2)}')
-    "$bin/vaultfs" register --server "$server" --name "$name" "${pass[@]}" > /dev/null
+    # The administrator hands this out of band; here both sides are on this machine.
+    admin=$("$bin/vault-admin" show | awk '/^fingerprint/ {$1=""; print substr($0, 2)}')
+    "$bin/vaultfs" register --server "$server" --name "$name" --admin-fingerprint "$admin" \
+        "${pass[@]}" > /dev/null
     if "$bin/vault-admin" pending --server "$server" "${pass[@]}" | grep -q "^$name"; then
         "$bin/vault-admin" approve "$name" --fingerprint "$fingerprint" --server "$server" "${pass[@]}"
     fi

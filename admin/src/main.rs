@@ -14,8 +14,9 @@ use client::Connection;
 use identity::{Fingerprint, Identity, KeyKind, PublicIdentity};
 use keystore::PassphraseSource;
 use proto::v1::{
-    ApproveRequest, CreateGroupRequest, GetGroupRequest, GetUserRequest, ListPendingRequest,
-    SetGroupMemberRequest, User, get_group_request, get_user_request,
+    AnchorAuditRequest, ApproveRequest, AuditHead, CreateGroupRequest, GetAuditHeadRequest,
+    GetGroupRequest, GetUserRequest, ListPendingRequest, SetGroupMemberRequest, User,
+    get_group_request, get_user_request,
 };
 
 const PROGRAM: Program = cli::program!(
@@ -37,6 +38,16 @@ enum Command {
     /// Manage groups (principals for sharing).
     #[command(subcommand)]
     Group(GroupCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Sign the audit log's last entry with the administrator key, so that a rewrite of the
+    /// log up to it no longer verifies (`storaged audit verify`). Run it regularly.
+    Anchor(AdminSession),
 }
 
 #[derive(Args, Debug)]
@@ -134,7 +145,35 @@ async fn run(command: &Command) -> anyhow::Result<()> {
         Command::Pending(args) => pending(args).await,
         Command::Approve(args) => approve(args).await,
         Command::Group(command) => group(command).await,
+        Command::Audit(AuditCommand::Anchor(args)) => anchor_audit(args).await,
     }
+}
+
+async fn anchor_audit(args: &AdminSession) -> anyhow::Result<()> {
+    let identity = args.key.unlock()?;
+    let connection = connect_with(args, &identity).await?;
+    let vault = connection.hello().await?.vault_id;
+    let head = connection
+        .api()
+        .get_audit_head(GetAuditHeadRequest {})
+        .await?;
+    let AuditHead { seq, hash } = head.into_inner();
+    if seq == 0 {
+        bail!("the audit log is empty: nothing to anchor");
+    }
+    let message = proto::audit_anchor_message(&vault, seq, &hash);
+    let signature = identity.sign(proto::domains::AUDIT_ANCHOR, &message);
+    let request = AnchorAuditRequest {
+        seq,
+        hash: hash.clone(),
+        signature: signature.to_vec(),
+    };
+    connection.api().anchor_audit(request).await?;
+    println!(
+        "anchored the audit log at entry {seq}, hash {}",
+        hex::encode(&hash)
+    );
+    Ok(())
 }
 
 fn init(args: &InitArgs) -> anyhow::Result<()> {

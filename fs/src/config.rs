@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use client::Target;
-use identity::{CertificateFingerprint, PublicIdentity};
+use identity::{CertificateFingerprint, Fingerprint, PublicIdentity};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
@@ -23,6 +23,11 @@ pub struct ClientConfig {
     /// The vault administrator's public keys (hex, signing then wrapping), pinned at first
     /// contact: every other user's key is checked against them before a file key is wrapped.
     pub admin_key: Option<String>,
+    /// The administrator key's fingerprint as the administrator gave it, out of band
+    /// (`--admin-fingerprint`): what first contact must find before it pins anything. Never
+    /// saved: once pinned, the key itself is.
+    #[serde(skip)]
+    pub expected_admin: Option<Fingerprint>,
 }
 
 pub fn default_path() -> PathBuf {
@@ -69,8 +74,9 @@ impl ClientConfig {
             .context("no user name: give --name (register first)")
     }
 
-    /// Pins the vault and its administrator key on first contact; afterwards refuses a server
-    /// that presents different ones.
+    /// Pins the vault and its administrator key on first contact, only when the key's
+    /// fingerprint is the one expected (a server's word alone is no proof: an impostor would
+    /// present its own key); afterwards refuses a server that presents different ones.
     pub fn pin(&mut self, vault: &[u8], admin: &PublicIdentity) -> anyhow::Result<()> {
         let vault_hex = hex::encode(vault);
         let admin_hex = format!(
@@ -86,6 +92,7 @@ impl ClientConfig {
                 admin.fingerprint()
             ),
             _ => {
+                check_first_contact(admin, self.expected_admin.as_ref())?;
                 self.vault = Some(vault_hex);
                 self.admin_key = Some(admin_hex);
                 Ok(())
@@ -107,5 +114,26 @@ impl ClientConfig {
                 .context("malformed admin_key in the client config"),
             _ => bail!("malformed admin_key in the client config"),
         }
+    }
+}
+
+/// On first contact, the administrator key the server presents must have the fingerprint the
+/// user was given.
+fn check_first_contact(
+    admin: &PublicIdentity,
+    expected: Option<&Fingerprint>,
+) -> anyhow::Result<()> {
+    let found = admin.fingerprint();
+    match expected {
+        Some(expected) if *expected == found => Ok(()),
+        Some(expected) => bail!(
+            "the server presents an administrator key with fingerprint {found}, not the \
+             {expected} you were given: refusing (a different or impostor server)"
+        ),
+        None => bail!(
+            "first contact with this vault: its administrator key has fingerprint {found}; \
+             compare it with the one your administrator gave you and pass it as \
+             --admin-fingerprint '{found}'"
+        ),
     }
 }

@@ -17,15 +17,10 @@ use fuser::{
 use proto::v1::{Attr, FileKind, Timestamp};
 
 use crate::error::{FsError, errno};
-use crate::vault::{Changes, Listing, Node, Owner, RenameMode, Vault, stamp, system_time};
+use crate::vault::{
+    Changes, Listing, Node, Owner, RenameMode, Vault, kept_xattr, stamp, system_time,
+};
 
-/// The extended attributes a vault keeps: the `user.` namespace. The others have meanings the
-/// vault does not implement (POSIX ACLs, security labels, file capabilities); it refuses to
-/// store them rather than keep bytes that look enforced and are not, and answers "none" to
-/// the kernel's and `ls`'s queries for them without asking the server.
-fn kept_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"user.")
-}
 /// Writes up to 1 MiB per request.
 pub const MAX_WRITE_BYTES: u32 = 1 << 20;
 

@@ -1,6 +1,6 @@
 //! `vaultfs`: the user's command line: key file, registration, login, mount, unmount, status.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::{Command as Process, ExitCode, Stdio};
 use std::sync::Arc;
@@ -93,6 +93,11 @@ struct SessionArgs {
     key: KeyArgs,
     #[command(flatten)]
     daemon: client::ServerArgs,
+    /// The vault administrator key's fingerprint, as your administrator gave it to you (out
+    /// of band): checked at first contact before anything is pinned. Without it, register
+    /// and login show the key's fingerprint and ask.
+    #[arg(long, env = "VAULT_ADMIN_FINGERPRINT")]
+    admin_fingerprint: Option<String>,
     /// Your vault user name [default: from the client config].
     #[arg(long, env = "VAULT_USER")]
     name: Option<String>,
@@ -120,6 +125,11 @@ impl SessionArgs {
         }
         if let Some(name) = &self.name {
             config.name = Some(name.clone());
+        }
+        if let Some(text) = &self.admin_fingerprint {
+            let fingerprint = identity::Fingerprint::from_hex(text)
+                .context("bad --admin-fingerprint: 32 hex digits, spaces allowed")?;
+            config.expected_admin = Some(fingerprint);
         }
         Ok(config)
     }
@@ -213,6 +223,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn register(args: &SessionArgs) -> anyhow::Result<()> {
     let mut config = args.config()?;
+    ask_for_admin_fingerprint(&mut config)?;
     let name = config.name()?.to_string();
     let identity = args.key.unlock()?;
     let public = identity.public();
@@ -260,7 +271,8 @@ fn register(args: &SessionArgs) -> anyhow::Result<()> {
 }
 
 fn login(args: &SessionArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
+    let mut config = args.config()?;
+    ask_for_admin_fingerprint(&mut config)?;
     let identity = Arc::new(args.key.unlock()?);
     let (logged, pinned) = runtime()?.block_on(async {
         let (remote, _, pinned) = mount::connect(&config, identity, Duration::from_secs(5)).await?;
@@ -273,6 +285,40 @@ fn login(args: &SessionArgs) -> anyhow::Result<()> {
         pinned.name.as_deref().unwrap_or("?"),
         logged.uid
     );
+    Ok(())
+}
+
+/// At first contact without `--admin-fingerprint`, at a terminal: shows the fingerprint of the
+/// administrator key the server presents and asks whether it is the one the user was given.
+/// Elsewhere the pinning itself refuses, saying what to pass.
+fn ask_for_admin_fingerprint(config: &mut ClientConfig) -> anyhow::Result<()> {
+    if config.admin_key.is_some()
+        || config.expected_admin.is_some()
+        || !std::io::stdin().is_terminal()
+    {
+        return Ok(());
+    }
+    let target = config.target()?;
+    let hello = runtime()?.block_on(async {
+        let connection = client::Connection::new(&target)?;
+        connection.hello().await
+    });
+    let hello = hello.with_context(|| format!("reaching storaged at {target}"))?;
+    let admin =
+        identity::PublicIdentity::from_slices(&hello.admin_signing_key, &hello.admin_wrapping_key)
+            .context("the server sent a malformed administrator key")?;
+    let found = admin.fingerprint();
+    print!(
+        "The vault's administrator key has fingerprint\n  {found}\nIs this the fingerprint \
+         your administrator gave you? [y/N] "
+    );
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !answer.trim().eq_ignore_ascii_case("y") {
+        bail!("the administrator key was not confirmed: nothing pinned");
+    }
+    config.expected_admin = Some(found);
     Ok(())
 }
 
@@ -313,13 +359,12 @@ fn mount_foreground(args: &MountArgs) -> anyhow::Result<()> {
 fn mount_background(args: &MountArgs) -> anyhow::Result<()> {
     settings(args)?;
     let passphrase = args.session.key.source().read("Passphrase: ", false)?;
-    let log_dir = vaultfs::status::runtime_dir();
-    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let log_dir = vaultfs::status::private_runtime_dir()?;
     let log_path = log_dir.join(format!(
         "vaultfs-{}.log",
         args.mountpoint.display().to_string().replace('/', "_")
     ));
-    let log = std::fs::File::create(&log_path)
+    let log = vaultfs::status::create_private(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
     let mut child_args: Vec<String> = std::env::args()
         .skip(1)

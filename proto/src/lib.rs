@@ -77,6 +77,13 @@ pub mod domains {
     pub const REGISTER: &str = "vault/v1 register";
     pub const LOGIN: &str = "vault/v1 login";
     pub const USER_CERTIFICATE: &str = "vault/v1 user certificate";
+    pub const AUDIT_ANCHOR: &str = "vault/v1 audit anchor";
+}
+
+/// The message an audit anchor signs: vault ID, the entry's sequence number (u64 LE), its
+/// hash.
+pub fn audit_anchor_message(vault: &[u8], seq: u64, hash: &[u8]) -> Vec<u8> {
+    framed(&[vault, &seq.to_le_bytes(), hash])
 }
 
 /// The message a registration proof signs: vault ID, name, signing key, wrapping key.

@@ -42,25 +42,52 @@ const PAGE: usize = 1000;
 
 /// Walks the whole chain from the first entry.
 pub async fn verify(store: &dyn MetaStore) -> Result<Verdict, StoreError> {
+    Ok(walk(store, None).await?.verdict)
+}
+
+/// What a walk of the chain found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Walk {
+    pub verdict: Verdict,
+    /// The last entry (seq, hash) of an intact chain.
+    pub head: Option<(u64, [u8; 32])>,
+    /// The hash of the entry the walk was asked to keep, if the chain holds it intact.
+    pub kept: Option<[u8; 32]>,
+}
+
+/// Walks the whole chain from the first entry, keeping the hash of entry `keep`.
+pub async fn walk(store: &dyn MetaStore, keep: Option<u64>) -> Result<Walk, StoreError> {
     let mut expected_seq = 1u64;
     let mut prev_hash = [0u8; 32];
+    let mut kept = None;
     loop {
         let from = expected_seq;
         let page: Vec<AuditEntry> =
             crate::meta::read(store, move |txn| txn.list_audit(from, PAGE)).await?;
         for entry in &page {
             if let Some(reason) = check(entry, expected_seq, &prev_hash) {
-                return Ok(Verdict::Broken {
+                let verdict = Verdict::Broken {
                     seq: expected_seq,
                     reason,
+                };
+                return Ok(Walk {
+                    verdict,
+                    head: None,
+                    kept,
                 });
+            }
+            if Some(entry.seq) == keep {
+                kept = Some(entry.hash);
             }
             prev_hash = entry.hash;
             expected_seq += 1;
         }
         if page.len() < PAGE {
-            return Ok(Verdict::Intact {
-                entries: expected_seq - 1,
+            let entries = expected_seq - 1;
+            return Ok(Walk {
+                verdict: Verdict::Intact { entries },
+                head: (entries > 0).then_some((entries, prev_hash)),
+                kept,
             });
         }
     }

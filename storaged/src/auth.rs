@@ -12,8 +12,10 @@ use std::time::Duration;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::audit;
+use crate::audit::{self, AuditQueue};
+use crate::login_failures::FailedLogins;
 use crate::meta::{self, MetaStore, Session, Time, now};
+use crate::ops::names::check_principal_name;
 use crate::ops::users::ADMIN_NAME;
 use crate::ops::{Caller, OpError};
 use crate::settings::VaultSettings;
@@ -32,6 +34,7 @@ pub struct Auth {
     session_lifetime: Duration,
     callers: Mutex<HashMap<[u8; 32], (Caller, Time, Time)>>,
     used_challenges: Mutex<HashMap<[u8; CHALLENGE_BYTES], Time>>,
+    failures: FailedLogins,
 }
 
 /// A new session.
@@ -47,6 +50,15 @@ fn nanos(duration: Duration) -> Time {
     i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
 }
 
+/// A name that can log in: the administrator's, or one a user could have registered. Checked
+/// before anything else, so that no work and no audit entry is spent on any other.
+fn check_login_name(name: &str) -> Result<(), OpError> {
+    if name == ADMIN_NAME {
+        return Ok(());
+    }
+    check_principal_name(name)
+}
+
 pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -58,6 +70,7 @@ impl Auth {
             session_lifetime,
             callers: Mutex::new(HashMap::new()),
             used_challenges: Mutex::new(HashMap::new()),
+            failures: FailedLogins::default(),
         }
     }
 
@@ -77,13 +90,15 @@ impl Auth {
         out
     }
 
-    pub fn challenge(&self, name: &str) -> Vec<u8> {
+    /// A challenge for `name`, which must be a name a user could have.
+    pub fn challenge(&self, name: &str) -> Result<Vec<u8>, OpError> {
+        check_login_name(name)?;
         let mut challenge = Vec::with_capacity(CHALLENGE_BYTES);
         challenge.extend_from_slice(&now().to_le_bytes());
         challenge.extend_from_slice(&identity::random_bytes::<16>());
         let mac = self.mac(name, &challenge);
         challenge.extend_from_slice(&mac);
-        challenge
+        Ok(challenge)
     }
 
     /// A challenge this vault issued for `name`, recently, and not used before.
@@ -114,30 +129,23 @@ impl Auth {
         Ok(())
     }
 
-    /// Checks the signed challenge and opens a session. Every failure is audited.
+    /// Checks the signed challenge and opens a session. A failure with a well-formed name is
+    /// audited, within the bounds of [`FailedLogins`] (queued, not a transaction of its own).
     pub async fn login(
         &self,
         store: &dyn MetaStore,
+        audit: &AuditQueue,
         name: &str,
         challenge: &[u8],
         signature: &[u8],
     ) -> Result<Login, OpError> {
+        check_login_name(name)?;
         let outcome = self.try_login(store, name, challenge, signature).await;
         if let Err(error) = &outcome {
-            let detail = format!("{name}: {error}");
-            let logged = meta::write(store, move |txn| -> Result<(), OpError> {
-                Ok(audit::append(
-                    txn,
-                    0,
-                    "login-failed",
-                    audit::NO_FILE,
-                    &detail,
-                    now(),
-                )?)
-            })
-            .await;
-            if let Err(audit_error) = logged {
-                tracing::error!(%audit_error, "could not audit a failed login");
+            for detail in self.failures.note(name, &error.to_string(), now()) {
+                audit
+                    .record(0, "login-failed", audit::NO_FILE, detail)
+                    .await;
             }
         }
         outcome
@@ -163,7 +171,7 @@ impl Auth {
             })
             .await?
             .filter(|u| u.is_active())
-            .ok_or_else(|| OpError::Unauthenticated(format!("no active user {name}")))?;
+            .ok_or_else(|| OpError::Unauthenticated("no active user of that name".into()))?;
             let public = identity::PublicIdentity {
                 signing: user.signing_key,
                 wrapping: user.wrapping_key,

@@ -6,6 +6,7 @@
 //! administrator's key file; storaged knows only its public half). It checks what it can
 //! without keys: chunk lengths and headers, wrapped-key headers, signatures.
 
+pub mod anchor;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -14,9 +15,11 @@ pub mod config;
 pub mod descriptors;
 pub mod gc;
 pub mod leases;
+pub mod login_failures;
 pub mod meta;
 pub mod metrics;
 pub mod ops;
+pub mod private;
 pub mod server;
 pub mod settings;
 pub mod tls;

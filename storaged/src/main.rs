@@ -6,8 +6,12 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Subcommand;
 use cli::{Cli, NoOptions, Program};
+use identity::Fingerprint;
+use storaged::anchor::{self, AnchorCheck};
+use storaged::audit::Verdict;
 use storaged::config::{Config, ServeArgs};
 
 const PROGRAM: Program = cli::program!(
@@ -26,8 +30,19 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum AuditCommand {
-    /// Walk the hash chain of the audit log and report the first break.
-    Verify(ServeArgs),
+    /// Walk the hash chain of the audit log, report the first break, check it against the
+    /// administrator's anchor, and print its head (exit 2 when broken).
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// The administrator key's fingerprint, from the administrator (not from the database,
+    /// which whoever holds it could replace): the anchor must be signed by that key.
+    #[arg(long)]
+    admin_fingerprint: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -47,21 +62,51 @@ async fn run(command: &Command) -> anyhow::Result<ExitCode> {
             storaged::server::serve(Config::resolve(args)?).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCommand::Verify(args)) => {
-            let config = Config::resolve(args)?;
-            let store = storaged::server::open_store(&config, None).await?;
-            match storaged::audit::verify(&*store).await? {
-                storaged::audit::Verdict::Intact { entries } => {
-                    println!("audit log intact: {entries} entries");
-                    Ok(ExitCode::SUCCESS)
-                }
-                storaged::audit::Verdict::Broken { seq, reason } => {
-                    println!("audit log BROKEN at entry {seq}: {reason}");
-                    Ok(ExitCode::from(2))
-                }
-            }
+        Command::Audit(AuditCommand::Verify(args)) => verify_audit(args).await,
+    }
+}
+
+async fn verify_audit(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let expected = args
+        .admin_fingerprint
+        .as_deref()
+        .map(|text| Fingerprint::from_hex(text).context("bad --admin-fingerprint"))
+        .transpose()?;
+    let config = Config::resolve(&args.serve)?;
+    let store = storaged::server::open_store(&config, None).await?;
+    let report = anchor::check(&*store, expected).await?;
+    let mut broken = false;
+    match &report.walk.verdict {
+        Verdict::Intact { entries } => println!("audit log intact: {entries} entries"),
+        Verdict::Broken { seq, reason } => {
+            println!("audit log BROKEN at entry {seq}: {reason}");
+            broken = true;
         }
     }
+    if let Some((seq, hash)) = report.walk.head {
+        println!("head: entry {seq}, hash {}", hex::encode(hash));
+    }
+    match &report.anchor {
+        AnchorCheck::Holds { seq, admin } if expected.is_some() => {
+            println!("anchor: entry {seq}, signed by the expected administrator key {admin}");
+        }
+        AnchorCheck::Holds { seq, admin } => println!(
+            "anchor: entry {seq}, signed by the vault's administrator key {admin} (compare \
+             it, or pass --admin-fingerprint)"
+        ),
+        AnchorCheck::None => {
+            println!("anchor: none (the administrator signs the head: vault-admin audit anchor)");
+        }
+        AnchorCheck::Broken(reason) => {
+            println!("anchor BROKEN: {reason}");
+            broken = true;
+        }
+    }
+    Ok(if broken {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 cli::test_command_line!(cli::NoOptions, Command);

@@ -66,8 +66,7 @@ pub async fn open_store(
 
 /// Runs the daemon until a signal stops it.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    crate::private::make_private(&config)?;
     let (state, vault) = start(&config).await?;
     let (stop, stopped) = watch::channel(false);
     stop_on_signal(state.leases.clone(), stop);

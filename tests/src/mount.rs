@@ -74,6 +74,8 @@ impl ClientFiles {
             path(self.dir.path().join("passphrase")),
             "--config".into(),
             path(self.dir.path().join("client.toml")),
+            "--admin-fingerprint".into(),
+            daemon.admin.public().fingerprint().to_string(),
         ]
     }
 }

@@ -22,6 +22,7 @@ fn vault_of(daemon: &Storaged, runtime: &tokio::runtime::Runtime) -> Vault {
     let config = ClientConfig {
         server: Some(format!("unix:{}", daemon.socket().display())),
         name: Some("alice".into()),
+        expected_admin: Some(daemon.admin.public().fingerprint()),
         ..ClientConfig::default()
     };
     let (remote, vault_id, pinned) = runtime

@@ -29,6 +29,19 @@ fn chunk_files(daemon: &Storaged, mount: &Mount, name: &str) -> Vec<PathBuf> {
     files.into_iter().map(|(_, p)| p).collect()
 }
 
+/// Waits for the collector (every second here) to delete the superseded chunk file `old` of
+/// "rollback".
+fn wait_collected(daemon: &Storaged, mount: &Mount, old: &std::path::Path) {
+    let collected = (0..1200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        !old.exists() && chunk_files(daemon, mount, "rollback").len() == 1
+    });
+    assert!(
+        collected,
+        "the superseded chunk of rollback was never collected"
+    );
+}
+
 fn read_errno(path: PathBuf) -> Option<i32> {
     let mut buffer = Vec::new();
     match fs::File::open(path).and_then(|mut f| f.read_to_end(&mut buffer)) {
@@ -61,15 +74,7 @@ fn every_tamper_gives_eio_and_intact_files_still_read(backend: Backend) {
     let old_path = chunk_files(&daemon, &mount, "rollback").remove(0);
     let old = fs::read(&old_path).expect("old chunk");
     fs::write(mount.join("rollback"), pattern(19, 1000)).expect("rewrite");
-    // Wait for the collector (every second here) to delete the superseded chunk file.
-    let collected = (0..1200).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        !old_path.exists() && chunk_files(&daemon, &mount, "rollback").len() == 1
-    });
-    assert!(
-        collected,
-        "the superseded chunk file of rollback was never collected"
-    );
+    wait_collected(&daemon, &mount, &old_path);
 
     let swap_a = chunk_files(&daemon, &mount, "swap-a");
     let swap_b = chunk_files(&daemon, &mount, "swap-b");

@@ -66,6 +66,7 @@ use self::table::{OpenTable, SharedFile};
 use crate::shared::Shared;
 
 pub use self::coherence::Notifier;
+pub use self::xattr::kept_xattr;
 
 /// A directory's entries with their attributes, as `opendir` saw them.
 pub type Listing = Arc<Vec<(Vec<u8>, Attr)>>;

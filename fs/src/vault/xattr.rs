@@ -76,3 +76,11 @@ impl Vault {
         .map(drop)
     }
 }
+
+/// The extended attributes a vault keeps: the `user.` namespace. The others have meanings the
+/// vault does not implement (POSIX ACLs, security labels, file capabilities); it refuses to
+/// store them rather than keep bytes that look enforced and are not, and answers "none" to
+/// the kernel's and `ls`'s queries for them without asking the server.
+pub fn kept_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+}

@@ -44,7 +44,7 @@ impl PublicCall<RegisterReply> for RegisterRequest {
 impl PublicCall<ChallengeReply> for ChallengeRequest {
     async fn answer(self, state: Arc<State>) -> Result<ChallengeReply, OpError> {
         Ok(ChallengeReply {
-            challenge: state.auth.challenge(&self.name),
+            challenge: state.auth.challenge(&self.name)?,
         })
     }
 }
@@ -53,7 +53,13 @@ impl PublicCall<LoginReply> for LoginRequest {
     async fn answer(self, state: Arc<State>) -> Result<LoginReply, OpError> {
         let login = state
             .auth
-            .login(&*state.store, &self.name, &self.challenge, &self.signature)
+            .login(
+                &*state.store,
+                &state.audit,
+                &self.name,
+                &self.challenge,
+                &self.signature,
+            )
             .await?;
         Ok(LoginReply {
             token: login.token,

@@ -81,6 +81,8 @@ names_nothing!(
     LogoutRequest,
     ListPendingRequest,
     ApproveRequest,
+    GetAuditHeadRequest,
+    AnchorAuditRequest,
     GetUserRequest,
     CreateGroupRequest,
     SetGroupMemberRequest,

@@ -7,6 +7,7 @@
 //! records to and from messages.
 
 mod accounts;
+mod audit;
 mod call;
 mod data;
 mod leases;

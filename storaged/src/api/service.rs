@@ -68,4 +68,6 @@ calls! {
     get_acl(GetAclRequest) -> GetAclReply = call;
     lease(LeaseRequest) -> LeaseReply = call;
     recalls(RecallsRequest) -> Self::RecallsStream = call;
+    get_audit_head(GetAuditHeadRequest) -> AuditHead = call;
+    anchor_audit(AnchorAuditRequest) -> AnchorAuditReply = call;
 }

@@ -14,8 +14,12 @@ pub use proto::ADMIN_NAME;
 pub const FIRST_UID: u32 = 1000;
 pub const FIRST_GID: u32 = 1000;
 const PENDING_LIST_MAX: usize = 1000;
+/// Registrations waiting for approval at once: registering needs no account, so without a
+/// bound anyone could fill the store. The administrator approves (or the waiting users are
+/// removed) before more are taken.
+pub const PENDING_MAX: usize = 1000;
 
-fn check_admin(caller: &Caller) -> Result<(), OpError> {
+pub(crate) fn check_admin(caller: &Caller) -> Result<(), OpError> {
     if caller.admin {
         Ok(())
     } else {
@@ -66,6 +70,12 @@ pub fn register(
             return Ok(existing.uid);
         }
         return Err(OpError::Exists);
+    }
+    if txn.list_pending_users(PENDING_MAX)?.len() >= PENDING_MAX {
+        return Err(OpError::TooLarge(format!(
+            "{PENDING_MAX} registrations are waiting for the administrator's approval; try \
+             again once they are approved"
+        )));
     }
     let uid = txn.next_in_sequence("uid", FIRST_UID)?;
     txn.put_user(&User {

@@ -1,0 +1,386 @@
+//! Attacks on the vault by whoever can reach storaged without an account, by another local
+//! user of a client machine, and by the storage administrator (who holds the database and the
+//! chunk files): each test is named after the attack and shows it fails (issue 20, item 6;
+//! `docs/format.md` section 9, the threat table).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+use std::time::Instant;
+
+use client::Connection;
+use identity::Identity;
+use mongodb::bson::{Binary, doc, spec::BinarySubtype};
+use proto::v1::{AnchorAuditRequest, ChallengeRequest, GetAuditHeadRequest, RegisterRequest};
+use proto::{ErrorKind, domains};
+use storaged::meta::{AuditEntry, FileId};
+use tests::daemon::{Backend, Storaged};
+use tests::mount::ClientFiles;
+
+/// The audit chain as stored, in order.
+async fn audit_entries(daemon: &Storaged) -> Vec<AuditEntry> {
+    let Some(url) = daemon.meta_url() else {
+        let db = rusqlite::Connection::open(daemon.data_dir().join("meta.db")).expect("db");
+        let mut statement = db
+            .prepare("SELECT seq, time, uid, event, ino, detail, prev_hash, hash FROM audit ORDER BY seq")
+            .expect("prepare");
+        let rows = statement
+            .query_map([], |r| {
+                Ok(AuditEntry {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    time: r.get(1)?,
+                    uid: r.get(2)?,
+                    event: r.get(3)?,
+                    ino: FileId(r.get::<_, i64>(4)? as u64),
+                    detail: r.get(5)?,
+                    prev_hash: r.get::<_, Vec<u8>>(6)?.try_into().expect("32 bytes"),
+                    hash: r.get::<_, Vec<u8>>(7)?.try_into().expect("32 bytes"),
+                })
+            })
+            .expect("query");
+        return rows.map(|r| r.expect("row")).collect();
+    };
+    let audit = collection(url, "audit").await;
+    let mut cursor = audit
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .expect("find");
+    let mut entries = Vec::new();
+    while cursor.advance().await.expect("next") {
+        let d = cursor.deserialize_current().expect("document");
+        let bytes = |field: &str| -> [u8; 32] {
+            d.get_binary_generic(field)
+                .expect(field)
+                .clone()
+                .try_into()
+                .expect("32 bytes")
+        };
+        entries.push(AuditEntry {
+            seq: d.get_i64("_id").expect("_id") as u64,
+            time: d.get_i64("time").expect("time"),
+            uid: d.get_i64("uid").expect("uid") as u32,
+            event: d.get_str("event").expect("event").into(),
+            ino: FileId(d.get_i64("ino").expect("ino") as u64),
+            detail: d.get_str("detail").expect("detail").into(),
+            prev_hash: bytes("prev_hash"),
+            hash: bytes("hash"),
+        });
+    }
+    entries
+}
+
+/// Writes back `entry`'s detail and hashes, as an administrator editing the database would.
+async fn rewrite_entry(daemon: &Storaged, entry: &AuditEntry) {
+    let Some(url) = daemon.meta_url() else {
+        let db = rusqlite::Connection::open(daemon.data_dir().join("meta.db")).expect("db");
+        db.execute(
+            "UPDATE audit SET detail = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+            rusqlite::params![
+                entry.detail,
+                entry.prev_hash.to_vec(),
+                entry.hash.to_vec(),
+                entry.seq as i64
+            ],
+        )
+        .expect("update");
+        return;
+    };
+    let binary = |b: &[u8; 32]| Binary {
+        subtype: BinarySubtype::Generic,
+        bytes: b.to_vec(),
+    };
+    collection(url, "audit")
+        .await
+        .update_one(
+            doc! { "_id": entry.seq as i64 },
+            doc! { "$set": {
+                "detail": &entry.detail,
+                "prev_hash": binary(&entry.prev_hash),
+                "hash": binary(&entry.hash),
+            } },
+        )
+        .await
+        .expect("update");
+}
+
+async fn collection(url: &str, name: &str) -> mongodb::Collection<mongodb::bson::Document> {
+    let client = mongodb::Client::with_uri_str(url).await.expect("client");
+    client
+        .default_database()
+        .expect("the URL names the database")
+        .collection(name)
+}
+
+fn kind<T>(result: Result<T, impl Into<client::ClientError>>) -> ErrorKind {
+    match result {
+        Ok(_) => panic!("the call was expected to fail"),
+        Err(error) => error.into().kind(),
+    }
+}
+
+/// Runs `storaged audit verify` on the daemon's (stopped) store: exit code and output.
+fn audit_verify(daemon: &Storaged, admin_fingerprint: &str) -> (i32, String) {
+    let output = Command::new(tests::binary("storaged"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(daemon.data_dir())
+        .args(daemon.meta_args())
+        .args(["--admin-fingerprint", admin_fingerprint])
+        .output()
+        .expect("storaged audit verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// Failed logins cost the daemon a bounded number of audit entries however many there are,
+/// each failure written once (not twice, and not in a commit of its own).
+async fn a_flood_of_failed_logins_writes_a_bounded_audit(backend: Backend) {
+    let mut daemon = Storaged::start_on(&backend, &[]);
+    let alice = daemon.user("alice").await;
+    let mallory = Identity::generate();
+    let started = Instant::now();
+    const WRONG_KEY: usize = 40;
+    const NO_SUCH_USER: usize = 600;
+    let connection = Connection::new(&daemon.target()).expect("connection");
+    for _ in 0..WRONG_KEY {
+        assert!(connection.login(&alice.name, &mallory).await.is_err());
+    }
+    for i in 0..NO_SUCH_USER {
+        assert!(
+            connection
+                .login(&format!("nobody{i}"), &mallory)
+                .await
+                .is_err()
+        );
+    }
+    // A minute's window allows 3 entries per name and 256 names, plus one count of the rest.
+    let windows = started.elapsed().as_secs() as usize / 60 + 2;
+    daemon.stop(); // Writes out what the audit queue holds.
+    let failed: Vec<AuditEntry> = audit_entries(&daemon)
+        .await
+        .into_iter()
+        .filter(|e| e.event == "login-failed")
+        .collect();
+    let of_alice = failed
+        .iter()
+        .filter(|e| e.detail.starts_with("alice:"))
+        .count();
+    assert!(
+        (1..=3 * windows).contains(&of_alice),
+        "{of_alice} entries for alice's {WRONG_KEY} failures"
+    );
+    assert!(
+        failed.len() <= 260 * windows,
+        "{} entries for {} failures",
+        failed.len(),
+        WRONG_KEY + NO_SUCH_USER
+    );
+}
+
+/// A name far longer than any user's is refused before the daemon does any work for it.
+async fn a_login_with_a_huge_name_is_refused_at_once(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
+    let api = Connection::new(&daemon.target()).expect("connection").api();
+    let name = "x".repeat(4096);
+    let refused = api.clone().challenge(ChallengeRequest { name }).await;
+    assert_eq!(kind(refused), ErrorKind::Invalid);
+}
+
+/// Registering needs no account: the registrations waiting for approval are bounded.
+async fn unauthenticated_registrations_are_bounded(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
+    let connection = Connection::new(&daemon.target()).expect("connection");
+    let vault = connection.hello().await.expect("hello").vault_id;
+    let identity = Identity::generate();
+    let public = identity.public();
+    let register = |i: usize| {
+        let name = format!("flood{i}");
+        let proof = identity.sign(
+            domains::REGISTER,
+            &proto::register_message(&vault, &name, &public.signing, &public.wrapping),
+        );
+        RegisterRequest {
+            name,
+            signing_key: public.signing.to_vec(),
+            wrapping_key: public.wrapping.to_vec(),
+            proof: proof.to_vec(),
+        }
+    };
+    let limit = storaged::ops::users::PENDING_MAX;
+    for i in 0..limit {
+        connection
+            .api()
+            .register(register(i))
+            .await
+            .unwrap_or_else(|e| panic!("registration {i}: {e}"));
+    }
+    let refused = connection.api().register(register(limit)).await;
+    assert_eq!(kind(refused), ErrorKind::TooLarge);
+}
+
+/// Whoever holds the database rewrites the audit chain whole, every hash recomputed: the
+/// chain checks out by itself, but not against the administrator's signed anchor.
+async fn a_rewritten_audit_chain_is_caught_by_the_anchor(backend: Backend) {
+    let mut daemon = Storaged::start_on(&backend, &[]);
+    daemon.user("alice").await;
+    let admin = daemon.admin_connection().await;
+    let vault = admin.hello().await.expect("hello").vault_id;
+    let head = admin
+        .api()
+        .get_audit_head(GetAuditHeadRequest {})
+        .await
+        .expect("head")
+        .into_inner();
+    assert!(head.seq > 1, "registering and approving alice is audited");
+    let message = proto::audit_anchor_message(&vault, head.seq, &head.hash);
+    let signature = daemon.admin.sign(domains::AUDIT_ANCHOR, &message);
+    let anchor = |signature: Vec<u8>| AnchorAuditRequest {
+        seq: head.seq,
+        hash: head.hash.clone(),
+        signature,
+    };
+    let forged = Identity::generate().sign(domains::AUDIT_ANCHOR, &message);
+    let refused = admin.api().anchor_audit(anchor(forged.to_vec())).await;
+    assert_eq!(
+        kind(refused),
+        ErrorKind::Invalid,
+        "only the admin's signature"
+    );
+    admin
+        .api()
+        .anchor_audit(anchor(signature.to_vec()))
+        .await
+        .expect("anchor");
+    daemon.stop();
+    let fingerprint = daemon.admin.public().fingerprint().to_string();
+    let (code, text) = audit_verify(&daemon, &fingerprint);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("head: entry {}", head.seq + 1)) && text.contains("anchor: entry"),
+        "{text}"
+    );
+
+    // Rewrite the second entry and every hash after it: a consistent chain.
+    let mut entries = audit_entries(&daemon).await;
+    entries[1]
+        .detail
+        .push_str(", or so the administrator says now");
+    for i in 1..entries.len() {
+        entries[i].prev_hash = entries[i - 1].hash;
+        entries[i].hash = entries[i].compute_hash();
+        rewrite_entry(&daemon, &entries[i]).await;
+    }
+    let (code, text) = audit_verify(&daemon, &fingerprint);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("audit log intact") && text.contains("anchor BROKEN"),
+        "{text}"
+    );
+    // Nor does an administrator key other than the expected one vouch for the anchor.
+    let other = Identity::generate().public().fingerprint().to_string();
+    let (code, text) = audit_verify(&daemon, &other);
+    assert_eq!(code, 2, "{text}");
+}
+
+/// Other local users of the storage host read neither the metadata nor the chunk files, even
+/// where an older daemon or a careless restore left them readable.
+async fn the_storage_host_keeps_its_files_private_from_local_users(backend: Backend) {
+    let embedded = matches!(backend, Backend::Sqlite);
+    let mut daemon = Storaged::start_on(&backend, &[]);
+    daemon.stop();
+    let mode = |path: std::path::PathBuf| {
+        std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .mode()
+            & 0o777
+    };
+    let chunks = daemon.data_dir().join("chunks");
+    std::fs::set_permissions(&chunks, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    if embedded {
+        let db = daemon.data_dir().join("meta.db");
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    daemon.spawn();
+    assert_eq!(mode(daemon.data_dir().to_path_buf()), 0o711);
+    assert_eq!(mode(chunks), 0o700);
+    if embedded {
+        assert_eq!(mode(daemon.data_dir().join("meta.db")), 0o600);
+    }
+}
+
+/// Another local user made the client's runtime directory first (in `/tmp`, to read the
+/// mount's log or plant links in it): the client refuses it rather than write there.
+async fn a_runtime_dir_planted_by_another_user_is_refused(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
+    let user = daemon.user("alice").await;
+    let client = ClientFiles::for_user(&user);
+    let base = tempfile::tempdir().expect("runtime base");
+    let planted = base.path().join("vault");
+    std::fs::create_dir(&planted).expect("plant");
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    rustix::fs::chown(
+        &planted,
+        Some(rustix::fs::Uid::from_raw(65534)),
+        Some(rustix::fs::Gid::from_raw(65534)),
+    )
+    .expect("chown to nobody");
+    let mountpoint = tempfile::tempdir().expect("mount point");
+    let output = Command::new(tests::binary("vaultfs"))
+        .arg("mount")
+        .args(client.args(&daemon))
+        .arg(mountpoint.path())
+        .env("XDG_RUNTIME_DIR", base.path())
+        .output()
+        .expect("vaultfs mount");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "mounted over a planted runtime dir"
+    );
+    assert!(
+        stderr.contains("refusing the runtime directory") && stderr.contains("65534"),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read_dir(&planted).expect("list").next().is_none(),
+        "nothing written into the planted directory"
+    );
+}
+
+/// A server (or someone in the middle) presents an administrator key other than the one the
+/// user was told: the first login refuses it and pins nothing.
+async fn a_first_login_refuses_an_administrator_key_other_than_the_expected(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
+    let user = daemon.user("alice").await;
+    let client = ClientFiles::for_user(&user);
+    let wrong = Identity::generate().public().fingerprint().to_string();
+    let mut args = client.args(&daemon);
+    let at = args
+        .iter()
+        .position(|a| a == "--admin-fingerprint")
+        .expect("the test mounts pass the expected fingerprint");
+    args[at + 1] = wrong;
+    let output = Command::new(tests::binary("vaultfs"))
+        .arg("login")
+        .args(&args)
+        .output()
+        .expect("vaultfs login");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "logged in to the wrong admin key");
+    assert!(stderr.contains("refusing"), "{stderr}");
+    let config = std::fs::read_to_string(client.dir.path().join("client.toml")).unwrap_or_default();
+    assert!(!config.contains("admin"), "nothing pinned: {config}");
+}
+
+tests::on_every_backend!(
+    async: a_flood_of_failed_logins_writes_a_bounded_audit,
+    a_login_with_a_huge_name_is_refused_at_once,
+    unauthenticated_registrations_are_bounded,
+    a_rewritten_audit_chain_is_caught_by_the_anchor,
+    the_storage_host_keeps_its_files_private_from_local_users,
+    a_runtime_dir_planted_by_another_user_is_refused,
+    a_first_login_refuses_an_administrator_key_other_than_the_expected,
+);
