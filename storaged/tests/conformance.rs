@@ -253,7 +253,7 @@ impl World {
 
     /// The chunk files waiting to be deleted.
     async fn garbage(&self) -> Vec<meta::ChunkRef> {
-        self.read(|txn| Ok(txn.list_garbage(100)?))
+        self.read(|txn| Ok(txn.list_garbage(i64::MAX, None, 100)?))
             .await
             .expect("garbage")
     }
@@ -1233,7 +1233,115 @@ conformance!(
     schema_and_settings_persist,
     listing_pages_in_byte_order,
     visible_writes_are_read_at_once,
+    garbage_keeps_its_time_and_every_record_lists_in_pages,
 );
+
+/// Garbage lists with the time it was superseded (kept on a second listing), and every
+/// inode, chunk record and garbage entry lists page by page, each once, as `fsck` reads them.
+async fn garbage_keeps_its_time_and_every_record_lists_in_pages(store: Arc<dyn MetaStore>) {
+    let w = world(store).await;
+    let chunk = |ino: u64, index: u64, generation: u64| meta::ChunkRef {
+        ino: FileId(ino),
+        index: ChunkIndex(index),
+        generation: Generation(generation),
+    };
+    // File IDs on both sides of 2^63, where a signed order and an unsigned one differ.
+    let listed: Vec<meta::ChunkRef> = [(5, 0, 1), (5, 1, 2), (u64::MAX - 3, 0, 9), (1 << 63, 2, 4)]
+        .into_iter()
+        .map(|(i, x, g)| chunk(i, x, g))
+        .collect();
+    let before_any = now();
+    let to_add = listed.clone();
+    w.write(move |txn| {
+        for c in &to_add {
+            txn.add_garbage(*c)?;
+            txn.put_chunk(*c)?;
+        }
+        Ok(())
+    })
+    .await
+    .expect("add");
+    let after_all = now();
+    let list = |before: i64| {
+        w.read(move |txn| {
+            let mut found = Vec::new();
+            let mut after = None;
+            loop {
+                let page = txn.list_garbage(before, after, 3)?;
+                after = page.last().copied();
+                found.extend(page.iter().copied());
+                if page.len() < 3 {
+                    return Ok(found);
+                }
+            }
+        })
+    };
+    assert!(
+        list(before_any).await.expect("list").is_empty(),
+        "nothing superseded before"
+    );
+    let mut all = list(after_all + 1).await.expect("list");
+    all.sort();
+    let mut expected = listed.clone();
+    expected.sort();
+    assert_eq!(all, expected);
+    // Listed again later: it keeps its first time.
+    let again = listed[0];
+    w.write(move |txn| Ok(txn.add_garbage(again)?))
+        .await
+        .expect("again");
+    assert_eq!(list(after_all + 1).await.expect("list").len(), 4);
+    let (probe, absent) = (listed[2], chunk(5, 0, 2));
+    let found = w
+        .read(move |txn| Ok((txn.is_garbage(probe)?, txn.is_garbage(absent)?)))
+        .await
+        .expect("is_garbage");
+    assert_eq!(found, (true, false));
+
+    let chunks = w
+        .read(|txn| {
+            let mut found = Vec::new();
+            let mut after = None;
+            loop {
+                let page = txn.list_all_chunks(after, 2)?;
+                after = page.last().map(|c| (c.ino, c.index));
+                found.extend(page.iter().copied());
+                if page.len() < 2 {
+                    return Ok(found);
+                }
+            }
+        })
+        .await
+        .expect("chunks");
+    let mut chunks = chunks;
+    chunks.sort();
+    assert_eq!(chunks, expected, "every chunk record, once");
+
+    for name in ["a", "b", "c"] {
+        w.mkdir(&w.alice, FileId::ROOT, name).await.expect("mkdir");
+    }
+    let inodes = w
+        .read(|txn| {
+            let mut found = Vec::new();
+            let mut after = None;
+            loop {
+                let page = txn.list_inodes(after, 2)?;
+                after = page.last().map(|i| i.ino);
+                found.extend(page.into_iter().map(|i| i.ino));
+                if found.len() > 1000 || after.is_none() {
+                    return Ok(found);
+                }
+            }
+        })
+        .await
+        .expect("inodes");
+    let count = w.read(|txn| Ok(txn.count_inodes()?)).await.expect("count");
+    let mut unique = inodes.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((inodes.len() as u64, unique.len()), (count, inodes.len()));
+    assert!(inodes.contains(&FileId::ROOT));
+}
 
 async fn put_setting(store: &dyn MetaStore, durability: Durability, key: &str, value: &[u8]) {
     let (key, value) = (key.to_string(), value.to_vec());
@@ -1455,6 +1563,32 @@ fn sqlite_refuses_a_newer_schema() {
     drop(conn);
     let error = SqliteStore::open(&path, None).expect_err("newer schema");
     assert!(error.to_string().contains("newer"), "{error}");
+}
+
+/// A database of schema version 1 is upgraded: garbage listed before gets the upgrade's time.
+#[test]
+fn sqlite_upgrades_garbage_of_schema_version_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("meta.db");
+    drop(SqliteStore::open(&path, None).expect("create"));
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(
+        "DROP INDEX garbage_since; ALTER TABLE garbage DROP COLUMN since;
+         INSERT INTO garbage (ino, idx, generation) VALUES (9, 0, 3);",
+    )
+    .expect("back to version 1");
+    conn.execute(
+        "UPDATE settings SET value = ?1 WHERE key = 'schema_version'",
+        [1u32.to_le_bytes().to_vec()],
+    )
+    .expect("version 1");
+    drop(conn);
+    drop(SqliteStore::open(&path, None).expect("upgrade"));
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let since: i64 = conn
+        .query_row("SELECT since FROM garbage WHERE ino = 9", [], |r| r.get(0))
+        .expect("since");
+    assert!(since > 1_700_000_000_000_000_000, "{since}");
 }
 
 /// The WAL starts small again after each checkpoint. A WAL left at its largest is rewritten

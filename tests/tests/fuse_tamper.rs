@@ -38,7 +38,7 @@ fn read_errno(path: PathBuf) -> Option<i32> {
 }
 
 fn every_tamper_gives_eio_and_intact_files_still_read(backend: Backend) {
-    let daemon = Storaged::start_on(&backend, &["--gc-seconds", "1"]);
+    let daemon = Storaged::start_on(&backend, &["--gc-seconds", "1", "--gc-grace-seconds", "0"]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let user = runtime.block_on(daemon.user("alice"));
     let client = ClientFiles::for_user(&user);

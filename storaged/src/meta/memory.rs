@@ -20,7 +20,8 @@ struct State {
     inodes: BTreeMap<FileId, Inode>,
     entries: BTreeMap<(FileId, Vec<u8>), Entry>,
     chunks: BTreeMap<(FileId, ChunkIndex), Generation>,
-    garbage: BTreeMap<ChunkRef, ()>,
+    /// Each with when it was superseded.
+    garbage: BTreeMap<ChunkRef, Time>,
     xattrs: BTreeMap<(FileId, Vec<u8>), Vec<u8>>,
     wrapped_keys: BTreeMap<(FileId, Principal), Vec<u8>>,
     users: BTreeMap<u32, User>,
@@ -216,15 +217,67 @@ impl Txn for MemoryTxn<'_> {
     }
 
     fn add_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
-        self.state_mut().garbage.insert(chunk, ());
+        self.state_mut().garbage.entry(chunk).or_insert_with(now);
         Ok(())
     }
-    fn list_garbage(&mut self, limit: usize) -> Result<Vec<ChunkRef>, StoreError> {
-        Ok(self.state.garbage.keys().take(limit).copied().collect())
+    fn list_garbage(
+        &mut self,
+        before: Time,
+        after: Option<ChunkRef>,
+        limit: usize,
+    ) -> Result<Vec<ChunkRef>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        Ok(self
+            .state
+            .garbage
+            .range((from, Unbounded))
+            .filter(|&(_, &since)| since < before)
+            .take(limit)
+            .map(|(&chunk, _)| chunk)
+            .collect())
+    }
+    fn is_garbage(&mut self, chunk: ChunkRef) -> Result<bool, StoreError> {
+        Ok(self.state.garbage.contains_key(&chunk))
     }
     fn delete_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
         self.state_mut().garbage.remove(&chunk);
         Ok(())
+    }
+
+    fn list_inodes(
+        &mut self,
+        after: Option<FileId>,
+        limit: usize,
+    ) -> Result<Vec<Inode>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        Ok(self
+            .state
+            .inodes
+            .range((from, Unbounded))
+            .take(limit)
+            .map(|(_, inode)| inode.clone())
+            .collect())
+    }
+    fn list_all_chunks(
+        &mut self,
+        after: Option<(FileId, ChunkIndex)>,
+        limit: usize,
+    ) -> Result<Vec<ChunkRef>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        Ok(self
+            .state
+            .chunks
+            .range((from, Unbounded))
+            .take(limit)
+            .map(|(&(ino, index), &generation)| ChunkRef {
+                ino,
+                index,
+                generation,
+            })
+            .collect())
     }
 
     fn get_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
