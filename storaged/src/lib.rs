@@ -9,6 +9,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod chunkstore;
 pub mod config;
 pub mod descriptors;

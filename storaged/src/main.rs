@@ -22,6 +22,10 @@ enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Copy the metadata as of now into a new directory, while the daemon runs.
+    Backup(storaged::backup::BackupArgs),
+    /// Put a backup's metadata back as a new vault's (then copy the chunk files in).
+    Restore(storaged::backup::RestoreArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -47,6 +51,8 @@ async fn run(command: &Command) -> anyhow::Result<ExitCode> {
             storaged::server::serve(Config::resolve(args)?).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup(args) => storaged::backup::backup(args).await,
+        Command::Restore(args) => storaged::backup::restore(args).await,
         Command::Audit(AuditCommand::Verify(args)) => {
             let config = Config::resolve(args)?;
             let store = storaged::server::open_store(&config, None).await?;
