@@ -13,6 +13,7 @@ pub mod backup;
 pub mod chunkstore;
 pub mod config;
 pub mod descriptors;
+pub mod fsck;
 pub mod gc;
 pub mod leases;
 pub mod meta;

@@ -26,6 +26,8 @@ enum Command {
     Backup(storaged::backup::BackupArgs),
     /// Put a backup's metadata back as a new vault's (then copy the chunk files in).
     Restore(storaged::backup::RestoreArgs),
+    /// Check records against chunk files without a key. Exit 0: clean, 3: leftovers only, 4: damage.
+    Fsck(storaged::fsck::FsckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,6 +55,7 @@ async fn run(command: &Command) -> anyhow::Result<ExitCode> {
         }
         Command::Backup(args) => storaged::backup::backup(args).await,
         Command::Restore(args) => storaged::backup::restore(args).await,
+        Command::Fsck(args) => storaged::fsck::run(args).await,
         Command::Audit(AuditCommand::Verify(args)) => {
             let config = Config::resolve(args)?;
             let store = storaged::server::open_store(&config, None).await?;
