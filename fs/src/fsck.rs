@@ -75,15 +75,19 @@ pub fn run(config: ClientConfig, identity: Identity, args: &FsckArgs) -> anyhow:
     })?;
     let vault = Vault::new(Arc::new(shared));
     let (start, shown) = resolve(&vault, &args.path)?;
-    let (files, unreadable) = walk(&vault, start, &shown)?;
+    let walked = walk(&vault, start, &shown)?;
+    let files = &walked.files;
     let total: u64 = files.iter().map(|f| f.size).sum();
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("checking [{bar:40}] {bytes}/{total_bytes} ({eta}) {msg}")
             .expect("a valid progress template")
             .progress_chars("=> "),
     );
-    let mut damaged = 0;
-    for file in &files {
+    for (path, reason) in &walked.broken {
+        println!("damaged {path}: does not list: {reason}");
+    }
+    let mut damaged = walked.broken.len();
+    for file in files {
         bar.set_message(file.path.clone());
         if let Some(reason) = check_file(&vault, file, &bar)? {
             damaged += 1;
@@ -92,8 +96,9 @@ pub fn run(config: ClientConfig, identity: Identity, args: &FsckArgs) -> anyhow:
     }
     bar.finish_and_clear();
     println!(
-        "checked {} files ({total} bytes) under {shown}: {damaged} damaged, {unreadable} not readable by you",
-        files.len()
+        "checked {} files ({total} bytes) under {shown}: {damaged} damaged, {} not readable by you",
+        files.len(),
+        walked.unreadable
     );
     Ok(ExitCode::from(if damaged == 0 {
         EXIT_CLEAN
@@ -155,12 +160,34 @@ fn fs_error(what: &str) -> impl FnOnce(FsError) -> anyhow::Error + '_ {
     move |error| anyhow::anyhow!("{what}: {error}")
 }
 
-/// The regular files under `start` (itself, if it is one), each once, and how many files and
-/// directories the user may not read.
-fn walk(vault: &Vault, start: Attr, shown: &str) -> anyhow::Result<(Vec<Found>, usize)> {
+/// What a walk found: the regular files (each once), the directories that do not list (and
+/// why), and how many files and directories the user may not read.
+#[derive(Default)]
+struct Walked {
+    files: Vec<Found>,
+    broken: Vec<(String, String)>,
+    unreadable: usize,
+}
+
+fn display(path: &str) -> String {
+    if path.is_empty() {
+        "/".into()
+    } else {
+        path.to_string()
+    }
+}
+
+fn list(vault: &Vault, dir: FileId) -> Result<crate::vault::Listing, FsError> {
+    let handle = vault.opendir(dir)?;
+    let listing = vault.listing(handle).map(|(listing, _)| listing);
+    vault.releasedir(handle);
+    listing
+}
+
+/// Everything under `start` (itself, if it is a file).
+fn walk(vault: &Vault, start: Attr, shown: &str) -> anyhow::Result<Walked> {
     let spinner = ProgressBar::new_spinner().with_message("listing");
-    let mut files = Vec::new();
-    let mut unreadable = 0;
+    let mut walked = Walked::default();
     let mut seen = HashSet::new();
     let mut pending = vec![(shown.trim_end_matches('/').to_string(), start)];
     while let Some((path, attr)) = pending.pop() {
@@ -168,35 +195,42 @@ fn walk(vault: &Vault, start: Attr, shown: &str) -> anyhow::Result<(Vec<Found>, 
             continue;
         }
         if !attr.may_read {
-            unreadable += 1;
+            walked.unreadable += 1;
             continue;
         }
         match attr.kind() {
-            FileKind::Regular => files.push(Found {
-                path: if path.is_empty() { "/".into() } else { path },
+            FileKind::Regular => walked.files.push(Found {
+                path: display(&path),
                 ino: FileId(attr.ino),
                 size: attr.size,
             }),
             FileKind::Directory => {
-                let handle = vault.opendir(FileId(attr.ino)).map_err(fs_error(&path))?;
-                let listing = vault.listing(handle).map(|(l, _)| l);
-                vault.releasedir(handle);
-                for (name, child) in listing.map_err(fs_error(&path))?.iter() {
+                let listing = match list(vault, FileId(attr.ino)) {
+                    Ok(listing) => listing,
+                    Err(error) if error.kind() == proto::ErrorKind::Unavailable => {
+                        bail!("storaged is unreachable: {error}")
+                    }
+                    Err(error) => {
+                        walked.broken.push((display(&path), error.to_string()));
+                        continue;
+                    }
+                };
+                for (name, child) in listing.iter() {
                     if name.as_slice() == b"." || name.as_slice() == b".." {
                         continue;
                     }
                     let child_path = format!("{path}/{}", String::from_utf8_lossy(name));
                     pending.push((child_path, *child));
                 }
-                spinner.set_message(format!("listing: {} files", files.len()));
+                spinner.set_message(format!("listing: {} files", walked.files.len()));
                 spinner.tick();
             }
             _ => {}
         }
     }
     spinner.finish_and_clear();
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok((files, unreadable))
+    walked.files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(walked)
 }
 
 /// Opens and reads every chunk of `file`: why it does not read whole, if it does not. An
