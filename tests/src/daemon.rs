@@ -296,6 +296,15 @@ impl Storaged {
 
 impl Drop for Storaged {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.path().join("storaged.log"));
+            let log = log.unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- storaged log (last lines) ---");
+            for line in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("{line}");
+            }
+        }
         self.kill();
     }
 }
