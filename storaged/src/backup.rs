@@ -8,7 +8,9 @@
 //! written and superseded ones stay `gc_grace_seconds`, so a copy of the chunk root that ends
 //! within that time after the backup holds every chunk file the backup names.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -59,6 +61,8 @@ pub struct Manifest {
     pub chunks: u64,
     /// The storaged that made it.
     pub storaged: String,
+    /// SHA-256 (hex) of every other file of the backup, by its path in the backup.
+    pub sha256: BTreeMap<String, String>,
 }
 
 impl Manifest {
@@ -83,6 +87,66 @@ impl Manifest {
         }
         Ok(manifest)
     }
+
+    /// Fails unless the files of the backup in `dir` are those the manifest lists, each with
+    /// its checksum: a backup damaged since it was made is never restored.
+    pub fn verify(&self, dir: &Path) -> anyhow::Result<()> {
+        let found = digests(dir)?;
+        for (path, digest) in &self.sha256 {
+            match found.get(path) {
+                None => bail!("{}: {path} is missing from the backup", dir.display()),
+                Some(d) if d != digest => bail!(
+                    "{}: {path} does not match its checksum in {MANIFEST}: damaged",
+                    dir.display()
+                ),
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = found.keys().find(|p| !self.sha256.contains_key(*p)) {
+            bail!("{}: {extra} is not in {MANIFEST}", dir.display());
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 (hex) of every file under `dir` but the manifest, by its path relative to `dir`.
+fn digests(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    use sha2::Digest;
+    let mut found = BTreeMap::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let listing = fs::read_dir(dir.join(&relative))
+            .with_context(|| format!("listing {}", dir.join(&relative).display()))?;
+        for entry in listing {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            let path = relative.join(entry.file_name());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(path);
+                continue;
+            }
+            if path.as_os_str() == MANIFEST {
+                continue;
+            }
+            let mut file = File::open(entry.path())
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            let mut hasher = sha2::Sha256::new();
+            let mut buffer = vec![0u8; 1 << 16];
+            loop {
+                let read = file
+                    .read(&mut buffer)
+                    .with_context(|| format!("reading {}", entry.path().display()))?;
+                if read == 0 {
+                    break;
+                }
+                hasher.update(&buffer[..read]);
+            }
+            found.insert(
+                path.to_string_lossy().into_owned(),
+                hex::encode(hasher.finalize()),
+            );
+        }
+    }
+    Ok(found)
 }
 
 /// Writes a backup of the configured vault's metadata into `args.dest`.
@@ -176,6 +240,7 @@ async fn write_backup(config: &Config, dir: &Path) -> anyhow::Result<Manifest> {
         inodes: facts.inodes,
         chunks: facts.chunks,
         storaged: env!("CARGO_PKG_VERSION").to_string(),
+        sha256: digests(dir)?,
     };
     let text = format!(
         "# A vault metadata backup by `storaged backup`; put it back with `storaged restore`.\n{}",
@@ -213,8 +278,12 @@ fn sync_dir(path: &Path) -> anyhow::Result<()> {
 pub async fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let config = Config::resolve(&args.serve)?;
     let manifest = Manifest::read(&args.backup)?;
+    manifest.verify(&args.backup)?;
+    restore_admin_key(&args.backup, &config)?;
     let facts = match (&config.meta, manifest.backend.as_str()) {
-        (MetaBackend::Sqlite(path), "sqlite") => restore_sqlite(&args.backup, path).await?,
+        (MetaBackend::Sqlite(path), "sqlite") => {
+            restore_sqlite(&args.backup, path, &manifest).await?
+        }
         (MetaBackend::Mongo(url), "mongodb") => {
             restore_mongodb(&args.backup.join(MONGODB_DUMP), url, &manifest).await?
         }
@@ -229,15 +298,6 @@ pub async fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
             }
         ),
     };
-    if hex::encode(&facts.vault) != manifest.vault {
-        bail!(
-            "{}: the metadata is of vault {}, the manifest names {}",
-            args.backup.display(),
-            hex::encode(&facts.vault),
-            manifest.vault
-        );
-    }
-    restore_admin_key(&args.backup, &config)?;
     println!(
         "restored vault {}: {} inodes, {} chunk records, as of the backup in {}",
         manifest.vault,
@@ -254,7 +314,41 @@ pub async fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn restore_sqlite(backup: &Path, target: &Path) -> anyhow::Result<SnapshotFacts> {
+/// Fails unless the metadata read from a backup (`facts`, from `what`) is what its manifest
+/// says, of a schema this storaged reads: checked before anything is put in place.
+fn agrees(
+    facts: &SnapshotFacts,
+    manifest: &Manifest,
+    what: &Path,
+    newest: u32,
+) -> anyhow::Result<()> {
+    if hex::encode(&facts.vault) != manifest.vault
+        || facts.schema_version != manifest.schema_version
+    {
+        bail!(
+            "{}: the metadata is of vault {} schema {}, the manifest names vault {} schema {}",
+            what.display(),
+            hex::encode(&facts.vault),
+            facts.schema_version,
+            manifest.vault,
+            manifest.schema_version
+        );
+    }
+    if facts.schema_version > newest {
+        bail!(
+            "{}: metadata schema version {} is newer than this storaged ({newest}); upgrade storaged",
+            what.display(),
+            facts.schema_version
+        );
+    }
+    Ok(())
+}
+
+async fn restore_sqlite(
+    backup: &Path,
+    target: &Path,
+    manifest: &Manifest,
+) -> anyhow::Result<SnapshotFacts> {
     if target.exists() {
         bail!(
             "{} exists: restore onto a data dir without a metadata database",
@@ -267,6 +361,7 @@ async fn restore_sqlite(backup: &Path, target: &Path) -> anyhow::Result<Snapshot
         .await
         .context("the restore thread")?
         .with_context(|| format!("checking {}", copy.display()))?;
+    agrees(&facts, manifest, &copy, sqlite::SCHEMA_VERSION)?;
     let dir = target
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -289,7 +384,8 @@ async fn restore_mongodb(
     url: &str,
     manifest: &Manifest,
 ) -> anyhow::Result<SnapshotFacts> {
-    crate::meta::mongo::dump::check_dump(dump)?;
+    let checked = crate::meta::mongo::dump::check_dump(dump)?;
+    agrees(&checked, manifest, dump, crate::meta::mongo::SCHEMA_VERSION)?;
     let store = MongoStore::open(url).await?;
     if !store.is_empty().await? {
         bail!(
@@ -307,12 +403,7 @@ async fn restore_mongodb(
     let vault = crate::meta::read(&store, |txn| txn.get_setting(crate::settings::VAULT_ID))
         .await?
         .context("the restored database holds no vault ID")?;
-    Ok(SnapshotFacts {
-        vault,
-        schema_version: manifest.schema_version,
-        inodes: manifest.inodes,
-        chunks: manifest.chunks,
-    })
+    Ok(SnapshotFacts { vault, ..checked })
 }
 
 /// The administrator's public key file of the backup, where the restored vault looks for it,

@@ -288,7 +288,82 @@ fn an_older_snapshot_beside_newer_chunks_has_exactly_its_missing_chunks_reported
     );
 }
 
+/// A copy of the backup in `from` as `to`, `damage` done to it.
+fn damaged_copy(from: &Path, to: &Path, damage: impl FnOnce(&Path)) -> PathBuf {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "cp -a the backup");
+    damage(to);
+    to.to_path_buf()
+}
+
+/// Cuts the last `bytes` off `path`.
+fn cut(path: &Path, bytes: u64) {
+    let len = fs::metadata(path).expect("stat").len();
+    let file = fs::OpenOptions::new().write(true).open(path);
+    file.and_then(|f| f.set_len(len - bytes)).expect("truncate");
+}
+
+fn a_damaged_backup_is_refused_and_nothing_is_put_in_place(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(daemon.user("alice"));
+    let work = tempfile::tempdir().expect("backup dir");
+    let backup = work.path().join("backup");
+    tools::storaged("backup", daemon.data_dir(), daemon.meta_url(), &[&backup])
+        .expect_code(&[0], "storaged backup");
+    let metadata = match backend {
+        Backend::Sqlite => "meta.db",
+        Backend::Mongo(_) => "mongodb/inodes.bson",
+    };
+    let manifest = fs::read_to_string(backup.join("BACKUP")).expect("the manifest");
+    let vault = manifest
+        .lines()
+        .find(|l| l.starts_with("vault = "))
+        .expect("vault");
+    let damaged = [
+        damaged_copy(&backup, &work.path().join("no-manifest"), |b| {
+            fs::remove_file(b.join("BACKUP")).expect("rm")
+        }),
+        damaged_copy(&backup, &work.path().join("cut"), |b| {
+            cut(&b.join(metadata), 3)
+        }),
+        damaged_copy(&backup, &work.path().join("other-vault"), |b| {
+            let other = format!("vault = \"{}\"", "ab".repeat(16));
+            fs::write(b.join("BACKUP"), manifest.replace(vault, &other)).expect("edit")
+        }),
+    ];
+    let target = tempfile::tempdir().expect("the new data dir");
+    let url = match &backend {
+        Backend::Sqlite => None,
+        Backend::Mongo(server) => Some(server.url(&unique_database("restored"))),
+    };
+    for copy in &damaged {
+        let run = tools::storaged("restore", target.path(), url.as_deref(), &[copy]);
+        run.expect_code(&[1], &format!("restore of {}", copy.display()));
+        assert_eq!(
+            run.stderr.trim().lines().count(),
+            1,
+            "one line: {}",
+            run.stderr
+        );
+        assert!(
+            !target.path().join("meta.db").exists(),
+            "{}",
+            copy.display()
+        );
+    }
+    // Nothing was put in place: the intact backup restores onto the same target.
+    tools::storaged("restore", target.path(), url.as_deref(), &[&backup])
+        .expect_code(&[0], "restore of the intact backup");
+}
+
 tests::on_every_backend!(
     sync: a_backup_taken_during_writes_restores_what_was_synced,
     an_older_snapshot_beside_newer_chunks_has_exactly_its_missing_chunks_reported,
+    a_damaged_backup_is_refused_and_nothing_is_put_in_place,
 );

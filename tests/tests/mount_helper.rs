@@ -95,3 +95,40 @@ fn mount_t_fuse_vaultfs_and_an_fstab_line_mount_the_vault(backend: Backend) {
 tests::on_every_backend!(
     sync: mount_t_fuse_vaultfs_and_an_fstab_line_mount_the_vault,
 );
+
+/// The units in contrib/systemd pass `systemd-analyze verify` (with the built binaries in
+/// place of the installed ones it names).
+#[test]
+fn shipped_systemd_units_verify() {
+    let analyze = Command::new("systemd-analyze").arg("--version").output();
+    assert!(
+        analyze.is_ok_and(|o| o.status.success()),
+        "this test needs systemd-analyze: install systemd (scripts/setup.sh does)"
+    );
+    let units = tests::workspace_root().join("contrib/systemd");
+    let work = tempfile::tempdir().expect("a work dir");
+    let mut checked = Vec::new();
+    for (unit, instance, binary) in [
+        ("storaged.service", "storaged.service", "storaged"),
+        ("vaultfs@.service", "vaultfs@vault.service", "vaultfs"),
+    ] {
+        let text = std::fs::read_to_string(units.join(unit)).expect("a shipped unit");
+        let installed = format!("/usr/local/bin/{binary}");
+        assert!(text.contains(&installed), "{unit} runs {installed}");
+        let built = tests::binary(binary).display().to_string();
+        std::fs::write(work.path().join(instance), text.replace(&installed, &built))
+            .expect("a unit copy");
+        checked.push(work.path().join(instance));
+    }
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&checked)
+        .output()
+        .expect("systemd-analyze");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {}\n{said}",
+        output.status
+    );
+}

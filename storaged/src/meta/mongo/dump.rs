@@ -180,9 +180,16 @@ fn learn(facts: &mut SnapshotFacts, collection: &str, document: &Document) {
     }
 }
 
-/// Reads the dump's files before anything is loaded: each collection's file is there.
-pub fn check_dump(dir: &Path) -> Result<(), StoreError> {
-    for name in Coll::ALL.iter().map(|c| c.name()) {
+/// Reads the dump's files whole before anything is loaded: each collection's file is there and
+/// holds whole BSON documents. What they tell of the vault.
+pub fn check_dump(dir: &Path) -> Result<SnapshotFacts, StoreError> {
+    let mut facts = SnapshotFacts {
+        vault: Vec::new(),
+        schema_version: 0,
+        inodes: 0,
+        chunks: 0,
+    };
+    for name in dumped() {
         let path = dir.join(format!("{name}.bson"));
         if !path.is_file() {
             return Err(StoreError::Corrupt(format!(
@@ -190,6 +197,24 @@ pub fn check_dump(dir: &Path) -> Result<(), StoreError> {
                 path.display()
             )));
         }
+        let mut reader = BufReader::new(File::open(&path).map_err(|e| file_error(&path, e))?);
+        let mut count = 0u64;
+        while !reader
+            .fill_buf()
+            .map_err(|e| file_error(&path, e))?
+            .is_empty()
+        {
+            let document = Document::from_reader(&mut reader).map_err(|e| {
+                StoreError::Corrupt(format!("{}: document {}: {e}", path.display(), count + 1))
+            })?;
+            learn(&mut facts, name, &document);
+            count += 1;
+        }
+        match name {
+            "inodes" => facts.inodes = count,
+            "chunks" => facts.chunks = count,
+            _ => {}
+        }
     }
-    Ok(())
+    Ok(facts)
 }
