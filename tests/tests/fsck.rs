@@ -55,7 +55,7 @@ fn drop_inode_keeping_chunks(daemon: &Storaged, ino: u64, name: &'static str) {
 
 /// Damages the chunk files (and records) of every file but `clean`, each its own way;
 /// returns the ID of the chunk file no record names.
-fn damage(daemon: &Storaged, chunks: &[(String, u64, Vec<PathBuf>)]) -> String {
+fn damage(daemon: &Storaged, chunks: &Written) -> String {
     let of = |name: &str| -> &[PathBuf] {
         &chunks.iter().find(|(n, _, _)| n == name).expect("a file").2
     };
@@ -84,6 +84,68 @@ fn damage(daemon: &Storaged, chunks: &[(String, u64, Vec<PathBuf>)]) -> String {
     chunk_id(&orphan)
 }
 
+/// Each file's name, inode number and chunk files.
+type Written = Vec<(String, u64, Vec<PathBuf>)>;
+
+/// Writes [`FILES`] through the mount.
+fn write_files(daemon: &Storaged, mount: &Mount) -> Written {
+    let root = daemon.data_dir().join("chunks");
+    let mut written = Vec::new();
+    for (seed, (name, len)) in FILES.into_iter().enumerate() {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * (seed + 3)) as u8).collect();
+        write_synced(&mount.join(name), &bytes);
+        let ino = fs::metadata(mount.join(name)).expect("stat").ino();
+        written.push((name.to_string(), ino, chunk_files(&root, ino)));
+    }
+    written
+}
+
+/// Both fscks find nothing in a clean vault, checked while the daemon runs.
+fn assert_clean(daemon: &Storaged, client: &ClientFiles, mount: &Mount) {
+    let server = tools::storaged_fsck(daemon, false);
+    server.expect_code(&[0], "storaged fsck of a clean vault");
+    assert_eq!(server.labels(), BTreeSet::new(), "{}", server.stdout);
+    let path = mount.path().display().to_string();
+    let client_side = tools::vaultfs_fsck(daemon, client, &path);
+    client_side.expect_code(&[0], "vaultfs fsck of a clean vault");
+    assert_eq!(
+        client_side.labels(),
+        BTreeSet::new(),
+        "{}",
+        client_side.stdout
+    );
+}
+
+/// `storaged fsck` reports exactly the damage [`damage`] did that needs no key to see.
+fn assert_server_findings(daemon: &Storaged, written: &Written, orphan_file: String) {
+    let first = |name: &str| {
+        let file = written.iter().find(|c| c.0 == name).expect("a file");
+        chunk_id(&file.2[0])
+    };
+    let server = tools::storaged_fsck(daemon, false);
+    server.expect_code(&[4], "storaged fsck of a damaged vault");
+    let expected = [
+        (
+            "missing-chunk",
+            BTreeSet::from([chunk_id(&written[1].2[1])]),
+        ),
+        (
+            "damaged-chunk",
+            ["truncated", "header", "swap-a", "swap-b"]
+                .map(first)
+                .into(),
+        ),
+        ("orphan-chunk-record", [first("orphaned")].into()),
+        ("orphan-chunk-file", [orphan_file].into()),
+    ];
+    for (label, chunks) in &expected {
+        let found = subjects(&server.findings(label));
+        assert_eq!(&found, chunks, "{label}:\n{}", server.stdout);
+    }
+    let labels = expected.map(|(label, _)| label.to_string()).into();
+    assert_eq!(server.labels(), labels, "nothing else:\n{}", server.stdout);
+}
+
 /// Only `storaged fsck` sees the chunk file no record names and the records of no inode;
 /// only `vaultfs fsck` the flipped body.
 fn each_damage_is_reported_and_a_clean_vault_reports_nothing(backend: Backend) {
@@ -92,69 +154,13 @@ fn each_damage_is_reported_and_a_clean_vault_reports_nothing(backend: Backend) {
     let user = runtime.block_on(daemon.user("alice"));
     let client = ClientFiles::for_user(&user);
     let mut mount = Mount::start(&daemon, &client, &[]);
-    let root = daemon.data_dir().join("chunks");
-    let mut chunks = Vec::new();
-    for (seed, (name, len)) in FILES.into_iter().enumerate() {
-        let bytes: Vec<u8> = (0..len).map(|i| (i * (seed + 3)) as u8).collect();
-        write_synced(&mount.join(name), &bytes);
-        let ino = fs::metadata(mount.join(name)).expect("stat").ino();
-        chunks.push((name.to_string(), ino, chunk_files(&root, ino)));
-    }
-    // Clean, checked while the daemon runs.
-    let clean = tools::storaged_fsck(&daemon, false);
-    clean.expect_code(&[0], "storaged fsck of a clean vault");
-    assert_eq!(
-        clean.labels(),
-        BTreeSet::new(),
-        "nothing reported:\n{}",
-        clean.stdout
-    );
-    let clean = tools::vaultfs_fsck(&daemon, &client, &mount.path().display().to_string());
-    clean.expect_code(&[0], "vaultfs fsck of a clean vault");
-    assert_eq!(
-        clean.labels(),
-        BTreeSet::new(),
-        "nothing reported:\n{}",
-        clean.stdout
-    );
+    let written = write_files(&daemon, &mount);
+    assert_clean(&daemon, &client, &mount);
     mount.stop();
     daemon.stop();
-    let orphan_file = damage(&daemon, &chunks);
+    let orphan_file = damage(&daemon, &written);
     daemon.spawn();
-
-    let first = |name: &str| chunk_id(&chunks.iter().find(|c| c.0 == name).expect("a file").2[0]);
-    let server = tools::storaged_fsck(&daemon, false);
-    server.expect_code(&[4], "storaged fsck of a damaged vault");
-    let missing = chunk_id(&chunks[1].2[1]);
-    assert_eq!(
-        subjects(&server.findings("missing-chunk")),
-        [missing].into()
-    );
-    let damaged: BTreeSet<String> = ["truncated", "header", "swap-a", "swap-b"]
-        .map(first)
-        .into();
-    assert_eq!(
-        subjects(&server.findings("damaged-chunk")),
-        damaged,
-        "{}",
-        server.stdout
-    );
-    let orphan_records = subjects(&server.findings("orphan-chunk-record"));
-    assert_eq!(
-        orphan_records,
-        [first("orphaned")].into(),
-        "{}",
-        server.stdout
-    );
-    let orphan_files = subjects(&server.findings("orphan-chunk-file"));
-    assert_eq!(orphan_files, [orphan_file].into(), "{}", server.stdout);
-    let labels = strings([
-        "missing-chunk",
-        "damaged-chunk",
-        "orphan-chunk-record",
-        "orphan-chunk-file",
-    ]);
-    assert_eq!(server.labels(), labels, "nothing else:\n{}", server.stdout);
+    assert_server_findings(&daemon, &written, orphan_file);
 
     let client_side = tools::vaultfs_fsck(&daemon, &client, "/");
     client_side.expect_code(&[4], "vaultfs fsck of a damaged vault");
@@ -166,22 +172,15 @@ fn each_damage_is_reported_and_a_clean_vault_reports_nothing(backend: Backend) {
         "/swap-a",
         "/swap-b",
     ]);
-    assert_eq!(
-        subjects(&client_side.findings("damaged")),
-        files,
-        "{}",
-        client_side.stdout
-    );
+    let found = subjects(&client_side.findings("damaged"));
+    assert_eq!(found, files, "{}", client_side.stdout);
 
     // --repair moves the records of no inode to the garbage list, and leaves the damage.
     let repair = tools::storaged_fsck(&daemon, true);
     repair.expect_code(&[4], "storaged fsck --repair");
     let repaired = repair.findings("orphan-chunk-record");
-    assert!(
-        !repaired.is_empty() && repaired.iter().all(|l| l.ends_with("[repaired]")),
-        "{}",
-        repair.stdout
-    );
+    let all_repaired = repaired.iter().all(|l| l.ends_with("[repaired]"));
+    assert!(!repaired.is_empty() && all_repaired, "{}", repair.stdout);
     let again = tools::storaged_fsck(&daemon, false);
     again.expect_code(&[4], "storaged fsck after --repair");
     assert!(

@@ -1,13 +1,15 @@
 //! Backups of the MongoDB store in `mongodump`'s layout: per collection, `<name>.bson` (its
 //! documents, one BSON document after another) and `<name>.metadata.json` (its indexes), all
-//! read in one snapshot session, so as of one moment. `mongorestore` reads the directory;
-//! `storaged restore` loads it into an empty database and upgrades its schema.
+//! read in one transaction of snapshot read concern, so as of one moment. `mongorestore`
+//! reads the directory; `storaged restore` loads it into an empty database and upgrades its
+//! schema.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter};
 use std::path::Path;
 
 use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::{ReadConcern, TransactionOptions};
 
 use super::schema::{Coll, SCHEMA, SCHEMA_ID};
 use super::{MongoStore, failure};
@@ -38,11 +40,17 @@ impl MongoStore {
     /// Writes every collection into `dir` (which exists and is empty) as of one moment.
     pub async fn dump(&self, dir: &Path) -> Result<SnapshotFacts, StoreError> {
         let db = self.shared.client.database(&self.shared.database);
-        let mut session = self
-            .shared
-            .client
-            .start_session()
-            .snapshot(true)
+        let mut session = self.shared.client.start_session().await.map_err(driver)?;
+        // Every read in one transaction of snapshot read concern sees one point in time. (A
+        // snapshot session should too, but not every server pins its reads: SecantusDB does
+        // not, and a dump read that way mixed collections from different moments.) Nothing
+        // is written: the transaction is aborted at the end.
+        let options = TransactionOptions::builder()
+            .read_concern(ReadConcern::snapshot())
+            .build();
+        session
+            .start_transaction()
+            .with_options(options)
             .await
             .map_err(driver)?;
         let mut facts = SnapshotFacts {
@@ -79,6 +87,7 @@ impl MongoStore {
             }
             self.dump_indexes(&db, name, dir).await?;
         }
+        let _ = session.abort_transaction().await;
         if facts.vault.is_empty() {
             return Err(StoreError::Corrupt(format!(
                 "database {} holds no vault (no vault_id setting)",
