@@ -13,7 +13,8 @@ use tests::mount::{ClientFiles, Mount, require_fuse};
 
 /// Run by bash in the namespace: `DIR BIN SOURCE OPTIONS FSTAB PLAIN`. Mounts with
 /// `mount -t`, copies PLAIN in and fsyncs it, unmounts, mounts from the fstab, compares,
-/// unmounts; any mount left is unmounted on the way out, which ends its vaultfs.
+/// unmounts; after each umount the vaultfs that served the mount must exit (bounded); any
+/// mount left is unmounted on the way out, which ends its vaultfs.
 const SCRIPT: &str = r#"
 set -euo pipefail
 dir=$1 bin=$2 source=$3 options=$4 fstab=$5 plain=$6
@@ -21,16 +22,32 @@ trap 'umount -l "$dir" 2>/dev/null || true' EXIT
 trap 'exit 143' TERM
 mount --bind "$bin" /usr/local/sbin
 mounted() { grep -q " $dir fuse.vaultfs " /proc/self/mounts; }
+# The vaultfs serving $dir: its command line names it.
+server_of() {
+    local p
+    for p in /proc/[0-9]*; do
+        [ "$(cat "$p/comm" 2>/dev/null)" = vaultfs ] || continue
+        grep -qzx -- "$dir" "$p/cmdline" 2>/dev/null && { echo "${p#/proc/}"; return; }
+    done
+}
+# umount, then wait (bounded) for the vaultfs that served it to exit.
+unmount() {
+    local pid; pid=$(server_of)
+    [ -n "$pid" ] || { echo "no vaultfs serves $dir"; exit 1; }
+    umount "$dir"
+    ! mounted || { echo "still mounted after umount"; exit 1; }
+    for _ in $(seq 600); do [ -d "/proc/$pid" ] || return 0; sleep 0.1; done
+    echo "vaultfs $pid still running 60 s after umount"; exit 1
+}
 mount -t fuse.vaultfs "$source" "$dir" -o "$options"
 mounted || { echo "mount -t fuse.vaultfs: not mounted"; exit 1; }
 cp "$plain" "$dir/through-mount-t"
 sync "$dir/through-mount-t"
-umount "$dir"
-! mounted || { echo "still mounted after umount"; exit 1; }
+unmount
 mount --fstab "$fstab" "$dir"
 mounted || { echo "mount --fstab: not mounted"; exit 1; }
 cmp "$plain" "$dir/through-mount-t"
-umount "$dir"
+unmount
 echo "helper mounts ok"
 "#;
 
