@@ -1,6 +1,7 @@
 //! `storaged fsck` and `vaultfs fsck` against a real vault: a clean one reports nothing and
 //! exits 0; deleted, truncated, flipped and swapped chunk files, a chunk file no record
-//! names and chunk records of no inode are each reported, by the tool that can see them.
+//! names, chunk records of no inode and a changed audit entry are each reported, by the tool
+//! that can see them.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -53,6 +54,26 @@ fn drop_inode_keeping_chunks(daemon: &Storaged, ino: u64, name: &'static str) {
     });
 }
 
+/// Moves the time of audit entry 2 by a nanosecond, so that its hash no longer matches: a
+/// hand edit of the audit log. The daemon is stopped.
+fn break_audit_chain(daemon: &Storaged) {
+    let Some(url) = daemon.meta_url() else {
+        let db = rusqlite::Connection::open(daemon.data_dir().join("meta.db")).expect("meta.db");
+        let sql = "UPDATE audit SET time = time + 1 WHERE seq = 2";
+        assert_eq!(db.execute(sql, []).expect("the hand edit"), 1);
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        use mongodb::bson::{Document, doc};
+        let client = mongodb::Client::with_uri_str(url).await.expect("MongoDB");
+        let db = client.default_database().expect("a database in the URL");
+        let audit = db.collection::<Document>("audit");
+        let edit = audit.update_one(doc! { "_id": 2i64 }, doc! { "$inc": { "time": 1i64 } });
+        assert_eq!(edit.await.expect("the hand edit").modified_count, 1);
+    });
+}
+
 /// Damages the chunk files (and records) of every file but `clean`, each its own way;
 /// returns the ID of the chunk file no record names.
 fn damage(daemon: &Storaged, chunks: &Written) -> String {
@@ -81,6 +102,7 @@ fn damage(daemon: &Storaged, chunks: &Written) -> String {
         .find(|(n, _, _)| n == "orphaned")
         .expect("a file");
     drop_inode_keeping_chunks(daemon, orphaned.1, "orphaned");
+    break_audit_chain(daemon);
     chunk_id(&orphan)
 }
 
@@ -137,6 +159,7 @@ fn assert_server_findings(daemon: &Storaged, written: &Written, orphan_file: Str
         ),
         ("orphan-chunk-record", [first("orphaned")].into()),
         ("orphan-chunk-file", [orphan_file].into()),
+        ("audit-chain", ["entry 2".to_string()].into()),
     ];
     for (label, chunks) in &expected {
         let found = subjects(&server.findings(label));
