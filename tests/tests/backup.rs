@@ -362,6 +362,10 @@ fn a_damaged_backup_is_refused_and_nothing_is_put_in_place(backend: Backend) {
             copy.display()
         );
     }
+    // fsck before the restore finds no vault there, and makes none.
+    fs::create_dir(target.path().join("chunks")).expect("a chunk root");
+    tools::storaged("fsck", target.path(), url.as_deref(), &[])
+        .expect_code(&[1], "fsck of a data dir without metadata");
     // Nothing was put in place: the intact backup restores onto the same target.
     tools::storaged("restore", target.path(), url.as_deref(), &[&backup])
         .expect_code(&[0], "restore of the intact backup");
