@@ -1264,16 +1264,11 @@ async fn garbage_keeps_its_time_and_every_record_lists_in_pages(store: Arc<dyn M
     let after_all = now();
     let list = |before: i64| {
         w.read(move |txn| {
-            let mut found = Vec::new();
-            let mut after = None;
-            loop {
-                let page = txn.list_garbage(before, after, 3)?;
-                after = page.last().copied();
-                found.extend(page.iter().copied());
-                if page.len() < 3 {
-                    return Ok(found);
-                }
-            }
+            Ok(all_pages(
+                3,
+                |after| txn.list_garbage(before, after, 3),
+                |c| *c,
+            )?)
         })
     };
     assert!(
@@ -1300,16 +1295,11 @@ async fn garbage_keeps_its_time_and_every_record_lists_in_pages(store: Arc<dyn M
 
     let chunks = w
         .read(|txn| {
-            let mut found = Vec::new();
-            let mut after = None;
-            loop {
-                let page = txn.list_all_chunks(after, 2)?;
-                after = page.last().map(|c| (c.ino, c.index));
-                found.extend(page.iter().copied());
-                if page.len() < 2 {
-                    return Ok(found);
-                }
-            }
+            Ok(all_pages(
+                2,
+                |after| txn.list_all_chunks(after, 2),
+                |c| (c.ino, c.index),
+            )?)
         })
         .await
         .expect("chunks");
@@ -1319,6 +1309,27 @@ async fn garbage_keeps_its_time_and_every_record_lists_in_pages(store: Arc<dyn M
     every_inode_lists_once_in_pages(&w).await;
 }
 
+/// Every item of a listing in pages of `size`: `next(after)` lists the page past `after`, the
+/// `key` of the last item of the one before. Fails on a listing that never ends.
+fn all_pages<T, K>(
+    size: usize,
+    mut next: impl FnMut(Option<K>) -> Result<Vec<T>, StoreError>,
+    key: impl Fn(&T) -> K,
+) -> Result<Vec<T>, StoreError> {
+    let mut found = Vec::new();
+    let mut after = None;
+    for _ in 0..10_000 {
+        let page = next(after.take())?;
+        after = page.last().map(&key);
+        let done = page.len() < size;
+        found.extend(page);
+        if done {
+            return Ok(found);
+        }
+    }
+    panic!("a listing of more than 10,000 pages");
+}
+
 /// Inodes list page by page, each once, root included.
 async fn every_inode_lists_once_in_pages(w: &World) {
     for name in ["a", "b", "c"] {
@@ -1326,16 +1337,8 @@ async fn every_inode_lists_once_in_pages(w: &World) {
     }
     let inodes = w
         .read(|txn| {
-            let mut found = Vec::new();
-            let mut after = None;
-            loop {
-                let page = txn.list_inodes(after, 2)?;
-                after = page.last().map(|i| i.ino);
-                found.extend(page.into_iter().map(|i| i.ino));
-                if found.len() > 1000 || after.is_none() {
-                    return Ok(found);
-                }
-            }
+            let inodes = all_pages(2, |after| txn.list_inodes(after, 2), |i| i.ino)?;
+            Ok(inodes.into_iter().map(|i| i.ino).collect::<Vec<_>>())
         })
         .await
         .expect("inodes");
@@ -1553,18 +1556,25 @@ async fn sqlite_visible_writes_go_on_while_chunk_files_sync_ahead() {
     }
 }
 
-#[test]
-fn sqlite_refuses_a_newer_schema() {
+/// A new embedded store (in the returned directory, at the returned path), changed by `sql`
+/// and then claiming schema `version`.
+fn sqlite_claiming_schema(version: u32, sql: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("meta.db");
     drop(SqliteStore::open(&path, None).expect("create"));
     let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(sql).expect("the change");
     conn.execute(
         "UPDATE settings SET value = ?1 WHERE key = 'schema_version'",
-        [99u32.to_le_bytes().to_vec()],
+        [version.to_le_bytes().to_vec()],
     )
-    .expect("bump");
-    drop(conn);
+    .expect("the version");
+    (dir, path)
+}
+
+#[test]
+fn sqlite_refuses_a_newer_schema() {
+    let (_dir, path) = sqlite_claiming_schema(99, "");
     let error = SqliteStore::open(&path, None).expect_err("newer schema");
     assert!(error.to_string().contains("newer"), "{error}");
 }
@@ -1572,21 +1582,11 @@ fn sqlite_refuses_a_newer_schema() {
 /// A database of schema version 1 is upgraded: garbage listed before gets the upgrade's time.
 #[test]
 fn sqlite_upgrades_garbage_of_schema_version_1() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("meta.db");
-    drop(SqliteStore::open(&path, None).expect("create"));
-    let conn = rusqlite::Connection::open(&path).expect("open");
-    conn.execute_batch(
+    let (_dir, path) = sqlite_claiming_schema(
+        1,
         "DROP INDEX garbage_since; ALTER TABLE garbage DROP COLUMN since;
          INSERT INTO garbage (ino, idx, generation) VALUES (9, 0, 3);",
-    )
-    .expect("back to version 1");
-    conn.execute(
-        "UPDATE settings SET value = ?1 WHERE key = 'schema_version'",
-        [1u32.to_le_bytes().to_vec()],
-    )
-    .expect("version 1");
-    drop(conn);
+    );
     drop(SqliteStore::open(&path, None).expect("upgrade"));
     let conn = rusqlite::Connection::open(&path).expect("open");
     let since: i64 = conn

@@ -226,16 +226,9 @@ impl Txn for MemoryTxn<'_> {
         after: Option<ChunkRef>,
         limit: usize,
     ) -> Result<Vec<ChunkRef>, StoreError> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let from = after.map_or(Unbounded, Excluded);
-        Ok(self
-            .state
-            .garbage
-            .range((from, Unbounded))
-            .filter(|&(_, &since)| since < before)
-            .take(limit)
-            .map(|(&chunk, _)| chunk)
-            .collect())
+        Ok(page(&self.state.garbage, after, limit, |&chunk, &since| {
+            (since < before).then_some(chunk)
+        }))
     }
     fn is_garbage(&mut self, chunk: ChunkRef) -> Result<bool, StoreError> {
         Ok(self.state.garbage.contains_key(&chunk))
@@ -250,34 +243,27 @@ impl Txn for MemoryTxn<'_> {
         after: Option<FileId>,
         limit: usize,
     ) -> Result<Vec<Inode>, StoreError> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let from = after.map_or(Unbounded, Excluded);
-        Ok(self
-            .state
-            .inodes
-            .range((from, Unbounded))
-            .take(limit)
-            .map(|(_, inode)| inode.clone())
-            .collect())
+        Ok(page(&self.state.inodes, after, limit, |_, inode| {
+            Some(inode.clone())
+        }))
     }
     fn list_all_chunks(
         &mut self,
         after: Option<(FileId, ChunkIndex)>,
         limit: usize,
     ) -> Result<Vec<ChunkRef>, StoreError> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let from = after.map_or(Unbounded, Excluded);
-        Ok(self
-            .state
-            .chunks
-            .range((from, Unbounded))
-            .take(limit)
-            .map(|(&(ino, index), &generation)| ChunkRef {
-                ino,
-                index,
-                generation,
-            })
-            .collect())
+        Ok(page(
+            &self.state.chunks,
+            after,
+            limit,
+            |&(ino, index), &generation| {
+                Some(ChunkRef {
+                    ino,
+                    index,
+                    generation,
+                })
+            },
+        ))
     }
 
     fn get_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -423,4 +409,19 @@ impl Txn for MemoryTxn<'_> {
             .map(|(_, e)| e.clone())
             .collect())
     }
+}
+
+/// At most `limit` of what `pick` makes of the entries of `map` past `after`, in key order
+/// (entries it makes nothing of are skipped).
+fn page<K: Ord, V, T>(
+    map: &BTreeMap<K, V>,
+    after: Option<K>,
+    limit: usize,
+    mut pick: impl FnMut(&K, &V) -> Option<T>,
+) -> Vec<T> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    map.range((after.map_or(Unbounded, Excluded), Unbounded))
+        .filter_map(|(key, value)| pick(key, value))
+        .take(limit)
+        .collect()
 }

@@ -37,7 +37,7 @@ pub enum StoreError {
 }
 
 /// What a metadata backup (`storaged backup`) holds, read from it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotFacts {
     /// The vault's ID (its `vault_id` setting).
     pub vault: Vec<u8>,

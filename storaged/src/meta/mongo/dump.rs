@@ -53,12 +53,7 @@ impl MongoStore {
             .with_options(options)
             .await
             .map_err(driver)?;
-        let mut facts = SnapshotFacts {
-            vault: Vec::new(),
-            schema_version: 0,
-            inodes: 0,
-            chunks: 0,
-        };
+        let mut facts = SnapshotFacts::default();
         for name in dumped() {
             let path = dir.join(format!("{name}.bson"));
             let mut out = BufWriter::new(File::create(&path).map_err(|e| file_error(&path, e))?);
@@ -80,11 +75,7 @@ impl MongoStore {
             }
             let file = out.into_inner().map_err(|e| file_error(&path, e.error()))?;
             file.sync_all().map_err(|e| file_error(&path, e))?;
-            match name {
-                "inodes" => facts.inodes = count,
-                "chunks" => facts.chunks = count,
-                _ => {}
-            }
+            counted(&mut facts, name, count);
             self.dump_indexes(&db, name, dir).await?;
         }
         let _ = session.abort_transaction().await;
@@ -172,6 +163,15 @@ impl MongoStore {
     }
 }
 
+/// Records how many documents `collection` holds, where the facts count them.
+fn counted(facts: &mut SnapshotFacts, collection: &str, count: u64) {
+    match collection {
+        "inodes" => facts.inodes = count,
+        "chunks" => facts.chunks = count,
+        _ => {}
+    }
+}
+
 /// What a dumped document tells of the vault: its ID and schema version.
 fn learn(facts: &mut SnapshotFacts, collection: &str, document: &Document) {
     match collection {
@@ -192,12 +192,7 @@ fn learn(facts: &mut SnapshotFacts, collection: &str, document: &Document) {
 /// Reads the dump's files whole before anything is loaded: each collection's file is there and
 /// holds whole BSON documents. What they tell of the vault.
 pub fn check_dump(dir: &Path) -> Result<SnapshotFacts, StoreError> {
-    let mut facts = SnapshotFacts {
-        vault: Vec::new(),
-        schema_version: 0,
-        inodes: 0,
-        chunks: 0,
-    };
+    let mut facts = SnapshotFacts::default();
     for name in dumped() {
         let path = dir.join(format!("{name}.bson"));
         if !path.is_file() {
@@ -219,11 +214,7 @@ pub fn check_dump(dir: &Path) -> Result<SnapshotFacts, StoreError> {
             learn(&mut facts, name, &document);
             count += 1;
         }
-        match name {
-            "inodes" => facts.inodes = count,
-            "chunks" => facts.chunks = count,
-            _ => {}
-        }
+        counted(&mut facts, name, count);
     }
     Ok(facts)
 }
