@@ -90,6 +90,11 @@ impl<G: Args, C: Subcommand> Cli<G, C> {
     }
 }
 
+/// Whether `name` is one of the subcommands (or an alias) of the command line `Cli<G, C>`.
+pub fn is_subcommand<G: Args, C: Subcommand>(name: &str) -> bool {
+    Cli::<G, C>::command().find_subcommand(name).is_some() || name == "help"
+}
+
 /// An error as one line (`outer: cause: root cause`), or with `verbose` as the message and
 /// its causes one per line.
 pub fn describe(error: &anyhow::Error, verbose: bool) -> String {

@@ -35,6 +35,14 @@ enum Command {
     Unmount { mountpoint: PathBuf },
     /// List mounts with their cache use and server state.
     Status,
+    /// Open every chunk of every file you can read under a path; list those that do not open.
+    /// Exit 0: all open, 4: some do not.
+    Fsck {
+        #[command(flatten)]
+        session: SessionArgs,
+        #[command(flatten)]
+        check: vaultfs::fsck::FsckArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -178,11 +186,15 @@ fn parse_coherence(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    vaultfs::helper::run_if_mount_helper(cli::is_subcommand::<NoOptions, Command>);
     let cli = Cli::<NoOptions, Command>::parse_for(&PROGRAM);
     let mounting = matches!(cli.command, Command::Mount(_));
     cli::init_logging(if mounting { "info" } else { "warn" });
-    let work = run(&cli.command);
-    cli.finish(&PROGRAM, work.map(|()| ExitCode::SUCCESS))
+    let work = match &cli.command {
+        Command::Fsck { session, check } => fsck(session, check),
+        command => run(command).map(|()| ExitCode::SUCCESS),
+    };
+    cli.finish(&PROGRAM, work)
 }
 
 fn run(command: &Command) -> anyhow::Result<()> {
@@ -211,7 +223,12 @@ fn run(command: &Command) -> anyhow::Result<()> {
             status();
             Ok(())
         }
+        Command::Fsck { .. } => unreachable!("main() runs fsck for its exit code"),
     }
+}
+
+fn fsck(session: &SessionArgs, check: &vaultfs::fsck::FsckArgs) -> anyhow::Result<ExitCode> {
+    vaultfs::fsck::run(session.config()?, session.key.unlock()?, check)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// How often superseded chunk files are deleted, in seconds. [default: 5]
     #[arg(long, env = "VAULT_GC_SECONDS")]
     pub gc_seconds: Option<u64>,
+    /// How long a superseded chunk file is kept before it is deleted, in seconds: a copy of
+    /// the chunk root that ends within this time after `storaged backup` is complete (0: no
+    /// grace, for vaults without backups). [default: 86400]
+    #[arg(long, env = "VAULT_GC_GRACE_SECONDS")]
+    pub gc_grace_seconds: Option<u64>,
 }
 
 /// The config file: every key optional, unknown keys refused.
@@ -65,6 +70,7 @@ struct FileSettings {
     metrics_addr: Option<SocketAddr>,
     session_seconds: Option<u64>,
     gc_seconds: Option<u64>,
+    gc_grace_seconds: Option<u64>,
 }
 
 /// Where metadata lives.
@@ -98,9 +104,13 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     pub session_lifetime: Duration,
     pub gc_interval: Duration,
+    pub gc_grace: Duration,
 }
 
 pub use proto::default_data_dir;
+
+/// How long superseded chunk files stay by default: a day, for backups of the chunk root.
+pub const GC_GRACE_DEFAULT_SECONDS: u64 = 86_400;
 
 impl Config {
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -161,6 +171,11 @@ impl Config {
                 "session_seconds",
             )?,
             gc_interval: seconds(args.gc_seconds.or(settings.gc_seconds), 5, "gc_seconds")?,
+            gc_grace: Duration::from_secs(
+                args.gc_grace_seconds
+                    .or(settings.gc_grace_seconds)
+                    .unwrap_or(GC_GRACE_DEFAULT_SECONDS),
+            ),
             data_dir,
         })
     }
@@ -188,6 +203,7 @@ mod tests {
         };
         let config = Config::resolve(&args).expect("resolve");
         assert_eq!(config.gc_interval, Duration::from_secs(9));
+        assert_eq!(config.gc_grace, Duration::from_secs(86_400));
         assert_eq!(config.socket, PathBuf::from("/tmp/flag.sock"));
         assert_eq!(config.meta, MetaBackend::Sqlite(dir.path().join("meta.db")));
 

@@ -1,6 +1,10 @@
 //! Removing chunk files that are no longer current, always after the commit that superseded
 //! them: the garbage list (written in that commit), inodes unlinked while open whose client
 //! never released them, and files uploaded but never committed.
+//!
+//! A superseded chunk file stays a grace period (`gc_grace_seconds`) after the commit that
+//! superseded it, so that a copy of the chunk root made within that time after a metadata
+//! backup holds every chunk file the backup names (`docs/format.md` section 10).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,11 +20,18 @@ const ORPHAN_INODE_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// An uploaded chunk is given this long to be committed before it counts as litter.
 pub const UPLOAD_GRACE: Duration = Duration::from_secs(3600);
 
-/// Runs forever: collects garbage every `interval`, and sweeps for orphans every hour.
-pub async fn run(state: Arc<State>, interval: Duration) {
+/// Runs forever: collects garbage superseded longer than `grace` ago every `interval`, and
+/// sweeps for orphans every hour.
+pub async fn run(state: Arc<State>, interval: Duration, grace: Duration) {
     let mut since_sweep = Duration::MAX;
     loop {
-        if let Err(error) = collect(&state).await {
+        let started = std::time::Instant::now();
+        let collected = collect(&state, grace).await;
+        // Counted as requests are (`vault_requests_total{op="gc"}`): each pass, done or not.
+        state
+            .metrics
+            .record("gc", started.elapsed(), collected.is_ok());
+        if let Err(error) = collected {
             tracing::warn!(%error, "garbage collection failed; will retry");
         }
         if since_sweep >= Duration::from_secs(3600) {
@@ -34,11 +45,15 @@ pub async fn run(state: Arc<State>, interval: Duration) {
     }
 }
 
-/// Deletes the files on the garbage list, then their entries. Returns how many went.
-pub async fn collect(state: &State) -> Result<usize, OpError> {
+/// Deletes the files on the garbage list superseded longer than `grace` ago, then their
+/// entries. Returns how many went.
+pub async fn collect(state: &State, grace: Duration) -> Result<usize, OpError> {
     let mut removed = 0;
     loop {
-        let garbage = state.read(|txn| Ok(txn.list_garbage(PAGE)?)).await?;
+        let before = now() - i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX);
+        let garbage = state
+            .read(move |txn| Ok(txn.list_garbage(before, None, PAGE)?))
+            .await?;
         if garbage.is_empty() {
             return Ok(removed);
         }
@@ -61,8 +76,9 @@ pub async fn collect(state: &State) -> Result<usize, OpError> {
     }
 }
 
-/// Frees inodes orphaned longer than a day, and deletes chunk files that are neither current
-/// nor younger than `upload_grace` (uploads that were never committed).
+/// Frees inodes orphaned longer than a day, and deletes chunk files that are neither current,
+/// nor on the garbage list (the collector's, after its grace), nor younger than
+/// `upload_grace` (uploads that were never committed).
 pub async fn sweep(state: &State, upload_grace: Duration) -> Result<usize, OpError> {
     let before = now() - i64::try_from(ORPHAN_INODE_GRACE.as_nanos()).unwrap_or(i64::MAX);
     let orphans = state
@@ -83,16 +99,24 @@ pub async fn sweep(state: &State, upload_grace: Duration) -> Result<usize, OpErr
     }
     let mut litter = Vec::new();
     for (ino, chunks) in by_file {
-        let current: HashMap<ChunkIndex, Generation> = state
-            .read(move |txn| Ok(txn.list_chunks(ino, ChunkIndex(0), usize::MAX)?))
-            .await?
-            .into_iter()
-            .collect();
-        litter.extend(
-            chunks
-                .into_iter()
-                .filter(|c| current.get(&c.index) != Some(&c.generation)),
-        );
+        let found = state
+            .read(move |txn| {
+                let current: HashMap<ChunkIndex, Generation> = txn
+                    .list_chunks(ino, ChunkIndex(0), usize::MAX)?
+                    .into_iter()
+                    .collect();
+                let mut litter = Vec::new();
+                for chunk in &chunks {
+                    if current.get(&chunk.index) != Some(&chunk.generation)
+                        && !txn.is_garbage(*chunk)?
+                    {
+                        litter.push(*chunk);
+                    }
+                }
+                Ok::<_, OpError>(litter)
+            })
+            .await?;
+        litter.extend(found);
     }
     let count = litter.len();
     if count > 0 {

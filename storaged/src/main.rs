@@ -26,6 +26,12 @@ enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Copy the metadata as of now into a new directory, while the daemon runs.
+    Backup(storaged::backup::BackupArgs),
+    /// Put a backup's metadata back as a new vault's (then copy the chunk files in).
+    Restore(storaged::backup::RestoreArgs),
+    /// Check records against chunk files without a key. Exit 0: clean, 3: leftovers only, 4: damage.
+    Fsck(storaged::fsck::FsckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -62,6 +68,9 @@ async fn run(command: &Command) -> anyhow::Result<ExitCode> {
             storaged::server::serve(Config::resolve(args)?).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup(args) => storaged::backup::backup(args).await,
+        Command::Restore(args) => storaged::backup::restore(args).await,
+        Command::Fsck(args) => storaged::fsck::run(args).await,
         Command::Audit(AuditCommand::Verify(args)) => verify_audit(args).await,
     }
 }

@@ -70,7 +70,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (state, vault) = start(&config).await?;
     let (stop, stopped) = watch::channel(false);
     stop_on_signal(state.leases.clone(), stop);
-    tokio::spawn(gc::run(state.clone(), config.gc_interval));
+    tokio::spawn(gc::run(state.clone(), config.gc_interval, config.gc_grace));
     if let Some(addr) = config.metrics_addr {
         let metrics = state.metrics.clone();
         tokio::spawn(async move {

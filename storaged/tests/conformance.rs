@@ -253,7 +253,7 @@ impl World {
 
     /// The chunk files waiting to be deleted.
     async fn garbage(&self) -> Vec<meta::ChunkRef> {
-        self.read(|txn| Ok(txn.list_garbage(100)?))
+        self.read(|txn| Ok(txn.list_garbage(i64::MAX, None, 100)?))
             .await
             .expect("garbage")
     }
@@ -1233,7 +1233,122 @@ conformance!(
     schema_and_settings_persist,
     listing_pages_in_byte_order,
     visible_writes_are_read_at_once,
+    garbage_keeps_its_time_and_every_record_lists_in_pages,
 );
+
+/// Garbage lists with the time it was superseded (kept on a second listing), and every
+/// inode, chunk record and garbage entry lists page by page, each once, as `fsck` reads them.
+async fn garbage_keeps_its_time_and_every_record_lists_in_pages(store: Arc<dyn MetaStore>) {
+    let w = world(store).await;
+    let chunk = |ino: u64, index: u64, generation: u64| meta::ChunkRef {
+        ino: FileId(ino),
+        index: ChunkIndex(index),
+        generation: Generation(generation),
+    };
+    // File IDs on both sides of 2^63, where a signed order and an unsigned one differ.
+    let listed: Vec<meta::ChunkRef> = [(5, 0, 1), (5, 1, 2), (u64::MAX - 3, 0, 9), (1 << 63, 2, 4)]
+        .into_iter()
+        .map(|(i, x, g)| chunk(i, x, g))
+        .collect();
+    let before_any = now();
+    let to_add = listed.clone();
+    w.write(move |txn| {
+        for c in &to_add {
+            txn.add_garbage(*c)?;
+            txn.put_chunk(*c)?;
+        }
+        Ok(())
+    })
+    .await
+    .expect("add");
+    let after_all = now();
+    let list = |before: i64| {
+        w.read(move |txn| {
+            Ok(all_pages(
+                3,
+                |after| txn.list_garbage(before, after, 3),
+                |c| *c,
+            )?)
+        })
+    };
+    assert!(
+        list(before_any).await.expect("list").is_empty(),
+        "nothing superseded before"
+    );
+    let mut all = list(after_all + 1).await.expect("list");
+    all.sort();
+    let mut expected = listed.clone();
+    expected.sort();
+    assert_eq!(all, expected);
+    // Listed again later: it keeps its first time.
+    let again = listed[0];
+    w.write(move |txn| Ok(txn.add_garbage(again)?))
+        .await
+        .expect("again");
+    assert_eq!(list(after_all + 1).await.expect("list").len(), 4);
+    let (probe, absent) = (listed[2], chunk(5, 0, 2));
+    let found = w
+        .read(move |txn| Ok((txn.is_garbage(probe)?, txn.is_garbage(absent)?)))
+        .await
+        .expect("is_garbage");
+    assert_eq!(found, (true, false));
+
+    let chunks = w
+        .read(|txn| {
+            Ok(all_pages(
+                2,
+                |after| txn.list_all_chunks(after, 2),
+                |c| (c.ino, c.index),
+            )?)
+        })
+        .await
+        .expect("chunks");
+    let mut chunks = chunks;
+    chunks.sort();
+    assert_eq!(chunks, expected, "every chunk record, once");
+    every_inode_lists_once_in_pages(&w).await;
+}
+
+/// Every item of a listing in pages of `size`: `next(after)` lists the page past `after`, the
+/// `key` of the last item of the one before. Fails on a listing that never ends.
+fn all_pages<T, K>(
+    size: usize,
+    mut next: impl FnMut(Option<K>) -> Result<Vec<T>, StoreError>,
+    key: impl Fn(&T) -> K,
+) -> Result<Vec<T>, StoreError> {
+    let mut found = Vec::new();
+    let mut after = None;
+    for _ in 0..10_000 {
+        let page = next(after.take())?;
+        after = page.last().map(&key);
+        let done = page.len() < size;
+        found.extend(page);
+        if done {
+            return Ok(found);
+        }
+    }
+    panic!("a listing of more than 10,000 pages");
+}
+
+/// Inodes list page by page, each once, root included.
+async fn every_inode_lists_once_in_pages(w: &World) {
+    for name in ["a", "b", "c"] {
+        w.mkdir(&w.alice, FileId::ROOT, name).await.expect("mkdir");
+    }
+    let inodes = w
+        .read(|txn| {
+            let inodes = all_pages(2, |after| txn.list_inodes(after, 2), |i| i.ino)?;
+            Ok(inodes.into_iter().map(|i| i.ino).collect::<Vec<_>>())
+        })
+        .await
+        .expect("inodes");
+    let count = w.read(|txn| Ok(txn.count_inodes()?)).await.expect("count");
+    let mut unique = inodes.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((inodes.len() as u64, unique.len()), (count, inodes.len()));
+    assert!(inodes.contains(&FileId::ROOT));
+}
 
 async fn put_setting(store: &dyn MetaStore, durability: Durability, key: &str, value: &[u8]) {
     let (key, value) = (key.to_string(), value.to_vec());
@@ -1441,20 +1556,43 @@ async fn sqlite_visible_writes_go_on_while_chunk_files_sync_ahead() {
     }
 }
 
-#[test]
-fn sqlite_refuses_a_newer_schema() {
+/// A new embedded store (in the returned directory, at the returned path), changed by `sql`
+/// and then claiming schema `version`.
+fn sqlite_claiming_schema(version: u32, sql: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("meta.db");
     drop(SqliteStore::open(&path, None).expect("create"));
     let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(sql).expect("the change");
     conn.execute(
         "UPDATE settings SET value = ?1 WHERE key = 'schema_version'",
-        [99u32.to_le_bytes().to_vec()],
+        [version.to_le_bytes().to_vec()],
     )
-    .expect("bump");
-    drop(conn);
+    .expect("the version");
+    (dir, path)
+}
+
+#[test]
+fn sqlite_refuses_a_newer_schema() {
+    let (_dir, path) = sqlite_claiming_schema(99, "");
     let error = SqliteStore::open(&path, None).expect_err("newer schema");
     assert!(error.to_string().contains("newer"), "{error}");
+}
+
+/// A database of schema version 1 is upgraded: garbage listed before gets the upgrade's time.
+#[test]
+fn sqlite_upgrades_garbage_of_schema_version_1() {
+    let (_dir, path) = sqlite_claiming_schema(
+        1,
+        "DROP INDEX garbage_since; ALTER TABLE garbage DROP COLUMN since;
+         INSERT INTO garbage (ino, idx, generation) VALUES (9, 0, 3);",
+    );
+    drop(SqliteStore::open(&path, None).expect("upgrade"));
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let since: i64 = conn
+        .query_row("SELECT since FROM garbage WHERE ino = 9", [], |r| r.get(0))
+        .expect("since");
+    assert!(since > 1_700_000_000_000_000_000, "{since}");
 }
 
 /// The WAL starts small again after each checkpoint. A WAL left at its largest is rewritten

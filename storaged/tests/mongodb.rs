@@ -79,7 +79,8 @@ async fn documents_are_readable_and_the_schema_version_guards_upgrades() {
     let db = raw(&url).await;
     let schema = db.collection::<Document>("schema");
     let version = schema.find_one(doc! {}).await.expect("find").expect("doc");
-    assert_eq!(version.get_i64("version"), Ok(1), "{version}");
+    let current = i64::from(storaged::meta::mongo::SCHEMA_VERSION);
+    assert_eq!(version.get_i64("version"), Ok(current), "{version}");
     let entries = db.collection::<Document>("entries");
     let entry = entries
         .find_one(doc! { "parent": 1i64, "name": "readable" })
@@ -100,8 +101,14 @@ async fn documents_are_readable_and_the_schema_version_guards_upgrades() {
         "{indexes:?}"
     );
 
-    // An older schema (here: none recorded) is upgraded in place, keeping the data.
+    // An older schema (here: none recorded) is upgraded in place, keeping the data; garbage
+    // listed before version 2 gets its time.
     schema.delete_many(doc! {}).await.expect("forget version");
+    let garbage = db.collection::<Document>("garbage");
+    garbage
+        .insert_one(doc! { "ino": 9i64, "index": 0i64, "generation": 3i64 })
+        .await
+        .expect("garbage of version 1");
     let store = open(&url).await;
     let who = caller();
     let found = meta::read(&*store, move |txn| {
@@ -112,7 +119,13 @@ async fn documents_are_readable_and_the_schema_version_guards_upgrades() {
     assert_eq!(found.ino, dir.ino);
     drop(store);
     let version = schema.find_one(doc! {}).await.expect("find").expect("doc");
-    assert_eq!(version.get_i64("version"), Ok(1));
+    assert_eq!(version.get_i64("version"), Ok(current));
+    let old = garbage
+        .find_one(doc! { "ino": 9i64 })
+        .await
+        .expect("find")
+        .expect("doc");
+    assert!(old.get_i64("since").is_ok_and(|t| t > 0), "{old}");
 
     // A newer schema is refused, untouched.
     schema

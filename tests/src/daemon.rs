@@ -102,6 +102,18 @@ impl Storaged {
         args: &[&str],
     ) -> Storaged {
         let dir = tempfile::tempdir().expect("temp data dir");
+        Storaged::start_in(dir, admin, meta_url, server, args)
+    }
+
+    /// Starts a daemon on the data dir `dir`, which may hold a vault already (a restored one),
+    /// with `admin`'s public key and, given a URL, metadata in MongoDB on `server`.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        admin: Arc<Identity>,
+        meta_url: Option<String>,
+        server: Option<Arc<MongoServer>>,
+        args: &[&str],
+    ) -> Storaged {
         std::fs::write(
             dir.path().join("admin.pub"),
             admin.public().to_admin_key_text(),
@@ -284,6 +296,15 @@ impl Storaged {
 
 impl Drop for Storaged {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.path().join("storaged.log"));
+            let log = log.unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- storaged log (last lines) ---");
+            for line in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("{line}");
+            }
+        }
         self.kill();
     }
 }
@@ -295,4 +316,27 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// Calls of `op` the daemon answered so far (`outcome`: "ok", "error", or "" for both), from
+/// its metrics endpoint at `metrics` (`--metrics-addr`). The garbage collector's passes count
+/// as calls of `gc`.
+pub fn server_calls(metrics: &str, op: &str, outcome: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(metrics).expect("metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("response");
+    let prefix = format!("vault_requests_total{{op=\"{op}\",outcome=\"{outcome}");
+    body.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("a count")
+        })
+        .sum()
 }

@@ -74,4 +74,5 @@ macro_rules! on_every_backend {
 pub mod daemon;
 pub mod mongo;
 pub mod mount;
+pub mod tools;
 pub mod vault;

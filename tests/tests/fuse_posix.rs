@@ -45,7 +45,7 @@ struct Setup {
 }
 
 fn setup(backend: &Backend) -> Setup {
-    let daemon = Storaged::start_on(backend, &["--gc-seconds", "1"]);
+    let daemon = Storaged::start_on(backend, &["--gc-seconds", "1", "--gc-grace-seconds", "0"]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let user = runtime.block_on(daemon.user("alice"));
     let client = ClientFiles::for_user(&user);

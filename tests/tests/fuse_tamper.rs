@@ -14,19 +14,7 @@ const CHUNK: usize = 8 * 1024 * 1024;
 fn chunk_files(daemon: &Storaged, mount: &Mount, name: &str) -> Vec<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let ino = fs::metadata(mount.join(name)).expect("stat").ino();
-    let file = format::ids::FileId(ino);
-    let dir = format::layout::chunk_dir(&daemon.data_dir().join("chunks"), file);
-    let mut files: Vec<(u64, PathBuf)> = fs::read_dir(&dir)
-        .expect("the file's chunk directory")
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let (owner, index, _) = format::layout::parse_chunk_name(&name)?;
-            (owner == file).then(|| (index, e.path()))
-        })
-        .collect();
-    files.sort();
-    files.into_iter().map(|(_, p)| p).collect()
+    tests::tools::chunk_files(&daemon.data_dir().join("chunks"), ino)
 }
 
 /// Waits for the collector (every second here) to delete the superseded chunk file `old` of
@@ -51,7 +39,7 @@ fn read_errno(path: PathBuf) -> Option<i32> {
 }
 
 fn every_tamper_gives_eio_and_intact_files_still_read(backend: Backend) {
-    let daemon = Storaged::start_on(&backend, &["--gc-seconds", "1"]);
+    let daemon = Storaged::start_on(&backend, &["--gc-seconds", "1", "--gc-grace-seconds", "0"]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let user = runtime.block_on(daemon.user("alice"));
     let client = ClientFiles::for_user(&user);

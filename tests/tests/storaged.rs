@@ -1289,7 +1289,7 @@ async fn replies_that_add_a_name_carry_the_directory_version(backend: Backend) {
 /// embedded store's storaged (the root's one user); storaged instances over MongoDB, which
 /// may share a root, remove it.
 async fn superseded_chunk_files_become_spares_only_with_the_embedded_store(backend: Backend) {
-    let daemon = Storaged::start_on(&backend, &["--gc-seconds", "1"]);
+    let daemon = Storaged::start_on(&backend, &["--gc-seconds", "1", "--gc-grace-seconds", "0"]);
     let alice = daemon.user("alice").await;
     let (file, _) = create_file(&alice, ROOT, "rewritten")
         .await

@@ -20,7 +20,8 @@ struct State {
     inodes: BTreeMap<FileId, Inode>,
     entries: BTreeMap<(FileId, Vec<u8>), Entry>,
     chunks: BTreeMap<(FileId, ChunkIndex), Generation>,
-    garbage: BTreeMap<ChunkRef, ()>,
+    /// Each with when it was superseded.
+    garbage: BTreeMap<ChunkRef, Time>,
     xattrs: BTreeMap<(FileId, Vec<u8>), Vec<u8>>,
     wrapped_keys: BTreeMap<(FileId, Principal), Vec<u8>>,
     users: BTreeMap<u32, User>,
@@ -216,15 +217,53 @@ impl Txn for MemoryTxn<'_> {
     }
 
     fn add_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
-        self.state_mut().garbage.insert(chunk, ());
+        self.state_mut().garbage.entry(chunk).or_insert_with(now);
         Ok(())
     }
-    fn list_garbage(&mut self, limit: usize) -> Result<Vec<ChunkRef>, StoreError> {
-        Ok(self.state.garbage.keys().take(limit).copied().collect())
+    fn list_garbage(
+        &mut self,
+        before: Time,
+        after: Option<ChunkRef>,
+        limit: usize,
+    ) -> Result<Vec<ChunkRef>, StoreError> {
+        Ok(page(&self.state.garbage, after, limit, |&chunk, &since| {
+            (since < before).then_some(chunk)
+        }))
+    }
+    fn is_garbage(&mut self, chunk: ChunkRef) -> Result<bool, StoreError> {
+        Ok(self.state.garbage.contains_key(&chunk))
     }
     fn delete_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
         self.state_mut().garbage.remove(&chunk);
         Ok(())
+    }
+
+    fn list_inodes(
+        &mut self,
+        after: Option<FileId>,
+        limit: usize,
+    ) -> Result<Vec<Inode>, StoreError> {
+        Ok(page(&self.state.inodes, after, limit, |_, inode| {
+            Some(inode.clone())
+        }))
+    }
+    fn list_all_chunks(
+        &mut self,
+        after: Option<(FileId, ChunkIndex)>,
+        limit: usize,
+    ) -> Result<Vec<ChunkRef>, StoreError> {
+        Ok(page(
+            &self.state.chunks,
+            after,
+            limit,
+            |&(ino, index), &generation| {
+                Some(ChunkRef {
+                    ino,
+                    index,
+                    generation,
+                })
+            },
+        ))
     }
 
     fn get_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -370,4 +409,19 @@ impl Txn for MemoryTxn<'_> {
             .map(|(_, e)| e.clone())
             .collect())
     }
+}
+
+/// At most `limit` of what `pick` makes of the entries of `map` past `after`, in key order
+/// (entries it makes nothing of are skipped).
+fn page<K: Ord, V, T>(
+    map: &BTreeMap<K, V>,
+    after: Option<K>,
+    limit: usize,
+    mut pick: impl FnMut(&K, &V) -> Option<T>,
+) -> Vec<T> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    map.range((after.map_or(Unbounded, Excluded), Unbounded))
+        .filter_map(|(key, value)| pick(key, value))
+        .take(limit)
+        .collect()
 }

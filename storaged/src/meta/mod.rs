@@ -36,6 +36,16 @@ pub enum StoreError {
     SchemaTooNew { found: u32, supported: u32 },
 }
 
+/// What a metadata backup (`storaged backup`) holds, read from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotFacts {
+    /// The vault's ID (its `vault_id` setting).
+    pub vault: Vec<u8>,
+    pub schema_version: u32,
+    pub inodes: u64,
+    pub chunks: u64,
+}
+
 /// A boxed future, as the dyn-compatible trait returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -235,10 +245,35 @@ pub trait Txn {
         limit: usize,
     ) -> Result<Vec<(ChunkIndex, Generation)>, StoreError>;
 
-    // Chunk files no longer current, to delete from the chunk store after commit.
+    // Chunk files no longer current, to delete from the chunk store after commit (and after
+    // a grace period, for backups: see `crate::gc`).
+    /// Lists `chunk` as superseded now; one listed already keeps its time.
     fn add_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError>;
-    fn list_garbage(&mut self, limit: usize) -> Result<Vec<ChunkRef>, StoreError>;
+    /// Chunk files superseded before `before`, past `after` in the store's own order (the
+    /// same on every call), at most `limit`.
+    fn list_garbage(
+        &mut self,
+        before: Time,
+        after: Option<ChunkRef>,
+        limit: usize,
+    ) -> Result<Vec<ChunkRef>, StoreError>;
+    fn is_garbage(&mut self, chunk: ChunkRef) -> Result<bool, StoreError>;
     fn delete_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError>;
+
+    // Every record, page by page, for `storaged fsck`.
+    /// Inodes past `after` in the store's own order (the same on every call), at most `limit`.
+    fn list_inodes(
+        &mut self,
+        after: Option<FileId>,
+        limit: usize,
+    ) -> Result<Vec<Inode>, StoreError>;
+    /// The chunk records of every file past `after` (by file in the store's own order, then
+    /// by index), at most `limit`.
+    fn list_all_chunks(
+        &mut self,
+        after: Option<(FileId, ChunkIndex)>,
+        limit: usize,
+    ) -> Result<Vec<ChunkRef>, StoreError>;
 
     // Extended attributes.
     fn get_xattr(&mut self, ino: FileId, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;

@@ -11,6 +11,7 @@
 //! driver reconnects.
 
 mod docs;
+pub mod dump;
 mod failure;
 pub mod schema;
 mod txn;

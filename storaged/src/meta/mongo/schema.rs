@@ -8,11 +8,11 @@ use mongodb::{Collection, Database, IndexModel};
 use super::{StoreError, failure};
 
 /// The schema this build writes. Older databases are upgraded on open; newer ones refused.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The collection holding the schema version: one document `{_id: "vault", version}`.
-const SCHEMA: &str = "schema";
-const SCHEMA_ID: &str = "vault";
+pub(super) const SCHEMA: &str = "schema";
+pub(super) const SCHEMA_ID: &str = "vault";
 
 /// MongoDB's "NamespaceExists": the collection was created already.
 const NAMESPACE_EXISTS: i32 = 48;
@@ -143,6 +143,26 @@ async fn step_v1(db: &Database, collections: &Collections) -> Result<(), StoreEr
     Ok(())
 }
 
+/// Version 2: when each chunk file went on the garbage list (`since`), so that the collector
+/// keeps it a grace period (for backups taken meanwhile); files listed before the upgrade
+/// count from it. Idempotent: only documents without the field get it.
+async fn step_v2(collections: &Collections) -> Result<(), StoreError> {
+    let garbage = collections.get(Coll::Garbage);
+    garbage
+        .update_many(
+            doc! { "since": { "$exists": false } },
+            doc! { "$set": { "since": crate::meta::now() } },
+        )
+        .await
+        .map_err(|e| failure::store_error(&e))?;
+    let model = IndexModel::builder().keys(doc! { "since": 1 }).build();
+    garbage
+        .create_index(model)
+        .await
+        .map_err(|e| failure::store_error(&e))?;
+    Ok(())
+}
+
 /// Brings the database to [`SCHEMA_VERSION`], or refuses a newer one without touching it.
 pub async fn migrate(db: &Database, collections: &Collections) -> Result<(), StoreError> {
     let schema = db.collection::<Document>(SCHEMA);
@@ -164,6 +184,7 @@ pub async fn migrate(db: &Database, collections: &Collections) -> Result<(), Sto
     for next in found + 1..=SCHEMA_VERSION {
         match next {
             1 => step_v1(db, collections).await?,
+            2 => step_v2(collections).await?,
             _ => unreachable!("no upgrade step to schema version {next}"),
         }
         // $max: a slower instance finishing the same step never moves the version back.

@@ -287,22 +287,80 @@ impl Txn for MongoTxn<'_> {
     }
 
     fn add_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
-        let filter = doc! {
-            "ino": file(chunk.ino), "index": long(chunk.index.get()),
-            "generation": long(chunk.generation.get()),
-        };
-        self.put(Coll::Garbage, filter.clone(), filter)
+        let filter = garbage_key(chunk);
+        let coll = self.writing(Coll::Garbage)?;
+        // One listed already keeps its time.
+        let result = block(
+            self.handle,
+            coll.update_one(filter, doc! { "$setOnInsert": { "since": now() } })
+                .upsert(true)
+                .session(&mut *self.session),
+        );
+        self.settle(result).map(drop)
     }
-    fn list_garbage(&mut self, limit: usize) -> Result<Vec<ChunkRef>, StoreError> {
-        let found = self.find(Coll::Garbage, doc! {}, doc! {}, limit)?;
+    fn list_garbage(
+        &mut self,
+        before: Time,
+        after: Option<ChunkRef>,
+        limit: usize,
+    ) -> Result<Vec<ChunkRef>, StoreError> {
+        let mut filter = doc! { "since": { "$lt": before } };
+        if let Some(c) = after {
+            let (ino, index, generation) =
+                (file(c.ino), long(c.index.get()), long(c.generation.get()));
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "ino": { "$gt": ino } },
+                    doc! { "ino": ino, "index": { "$gt": index } },
+                    doc! { "ino": ino, "index": index, "generation": { "$gt": generation } },
+                ],
+            );
+        }
+        let sort = doc! { "ino": 1, "index": 1, "generation": 1 };
+        let found = self.find(Coll::Garbage, filter, sort, limit)?;
         Self::decode_all(found, docs::chunk_ref_from)
     }
+    fn is_garbage(&mut self, chunk: ChunkRef) -> Result<bool, StoreError> {
+        Ok(self.find_one(Coll::Garbage, garbage_key(chunk))?.is_some())
+    }
     fn delete_garbage(&mut self, chunk: ChunkRef) -> Result<(), StoreError> {
-        let filter = doc! {
-            "ino": file(chunk.ino), "index": long(chunk.index.get()),
-            "generation": long(chunk.generation.get()),
+        self.delete(Coll::Garbage, garbage_key(chunk)).map(drop)
+    }
+
+    fn list_inodes(
+        &mut self,
+        after: Option<FileId>,
+        limit: usize,
+    ) -> Result<Vec<Inode>, StoreError> {
+        let filter = match after {
+            Some(ino) => doc! { "_id": { "$gt": file(ino) } },
+            None => doc! {},
         };
-        self.delete(Coll::Garbage, filter).map(drop)
+        let found = self.find(Coll::Inodes, filter, doc! { "_id": 1 }, limit)?;
+        Self::decode_all(found, docs::inode_from)
+    }
+    fn list_all_chunks(
+        &mut self,
+        after: Option<(FileId, ChunkIndex)>,
+        limit: usize,
+    ) -> Result<Vec<ChunkRef>, StoreError> {
+        let filter = match after {
+            Some((ino, index)) => doc! { "$or": [
+                { "ino": { "$gt": file(ino) } },
+                { "ino": file(ino), "index": { "$gt": long(index.get()) } },
+            ] },
+            None => doc! {},
+        };
+        let found = self.find(Coll::Chunks, filter, doc! { "ino": 1, "index": 1 }, limit)?;
+        Self::decode_all(found, |d| {
+            let f = Fields::new(d, "chunks");
+            Ok(ChunkRef {
+                ino: f.file("ino")?,
+                index: f.number("index")?,
+                generation: f.number("generation")?,
+            })
+        })
     }
 
     fn get_xattr(&mut self, ino: FileId, xattr: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -483,5 +541,13 @@ impl Txn for MongoTxn<'_> {
         let filter = doc! { "_id": { "$gte": long(from_seq) } };
         let found = self.find(Coll::Audit, filter, doc! { "_id": 1 }, limit)?;
         Self::decode_all(found, docs::audit_from)
+    }
+}
+
+/// The fields that name a chunk file on the garbage list.
+fn garbage_key(chunk: ChunkRef) -> Document {
+    doc! {
+        "ino": file(chunk.ino), "index": long(chunk.index.get()),
+        "generation": long(chunk.generation.get()),
     }
 }

@@ -24,6 +24,7 @@
 //! `schema` creates and upgrades the tables, `writer` is the writer thread and its commits,
 //! `txn` the records as rows, and `rows` their decoding.
 
+pub mod backup;
 mod rows;
 mod schema;
 mod txn;

@@ -79,6 +79,43 @@ pub(super) fn inode_from_row(row: InodeRow) -> Result<Inode, StoreError> {
     })
 }
 
+/// The columns of an inode, and their table.
+pub(super) const INODES: &str =
+    "SELECT ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime,
+    rdev, owner, version, parent, target, acl, orphaned_at FROM inodes";
+
+/// The columns of [`INODES`] as a tuple (one too many for rusqlite's `TryFrom<&Row>`).
+pub(super) fn inode_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InodeRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+        r.get(13)?,
+        r.get(14)?,
+        r.get(15)?,
+        r.get(16)?,
+    ))
+}
+
+/// A chunk file's (ino, idx, generation) columns.
+pub(super) fn chunk_ref_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRef> {
+    Ok(ChunkRef {
+        ino: FileId(r.get::<_, i64>(0)? as u64),
+        index: ChunkIndex(r.get::<_, i64>(1)? as u64),
+        generation: Generation(r.get::<_, i64>(2)? as u64),
+    })
+}
+
 /// The columns of a user, and their table.
 pub(super) const USERS: &str =
     "SELECT uid, name, signing_key, wrapping_key, certificate, created FROM users";

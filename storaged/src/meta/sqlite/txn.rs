@@ -3,7 +3,10 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::rows::{AUDIT, USERS, audit_from_row, corrupt, inode_from_row, kind_of, user_from_row};
+use super::rows::{
+    AUDIT, INODES, USERS, audit_from_row, chunk_ref_row, corrupt, inode_from_row, inode_row,
+    kind_of, user_from_row,
+};
 use super::unavailable;
 use crate::meta::*;
 
@@ -86,33 +89,10 @@ impl Txn for SqliteTxn<'_> {
     }
 
     fn get_inode(&mut self, ino: FileId) -> Result<Option<Inode>, StoreError> {
-        let row = self.query_one(
-            "SELECT ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, rdev, owner,
-                    version, parent, target, acl, orphaned_at FROM inodes WHERE ino = ?1",
-            params![file(ino)],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                    r.get(10)?,
-                    r.get(11)?,
-                    r.get(12)?,
-                    r.get(13)?,
-                    r.get(14)?,
-                    r.get(15)?,
-                    r.get(16)?,
-                ))
-            },
-        )?;
-        row.map(inode_from_row).transpose()
+        let sql = format!("{INODES} WHERE ino = ?1");
+        self.query_one(&sql, params![file(ino)], inode_row)?
+            .map(inode_from_row)
+            .transpose()
     }
     fn put_inode(&mut self, i: &Inode) -> Result<(), StoreError> {
         self.change(
@@ -254,27 +234,79 @@ impl Txn for SqliteTxn<'_> {
 
     fn add_garbage(&mut self, c: ChunkRef) -> Result<(), StoreError> {
         self.change(
-            "INSERT OR IGNORE INTO garbage (ino, idx, generation) VALUES (?1, ?2, ?3)",
-            params![file(c.ino), id(c.index.get()), id(c.generation.get())],
+            "INSERT OR IGNORE INTO garbage (ino, idx, generation, since) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                file(c.ino),
+                id(c.index.get()),
+                id(c.generation.get()),
+                now()
+            ],
         )
     }
-    fn list_garbage(&mut self, limit: usize) -> Result<Vec<ChunkRef>, StoreError> {
+    fn list_garbage(
+        &mut self,
+        before: Time,
+        after: Option<ChunkRef>,
+        limit: usize,
+    ) -> Result<Vec<ChunkRef>, StoreError> {
+        // Below every stored key: chunk indexes are far below 2^63, so never negative.
+        let (ino, index, generation) = after.map_or((i64::MIN, -1, -1), |c| {
+            (file(c.ino), id(c.index.get()), id(c.generation.get()))
+        });
         self.query_all(
-            "SELECT ino, idx, generation FROM garbage LIMIT ?1",
-            params![limit as i64],
-            |r| {
-                Ok(ChunkRef {
-                    ino: FileId(r.get::<_, i64>(0)? as u64),
-                    index: ChunkIndex(r.get::<_, i64>(1)? as u64),
-                    generation: Generation(r.get::<_, i64>(2)? as u64),
-                })
-            },
+            "SELECT ino, idx, generation FROM garbage
+             WHERE since < ?1 AND (ino, idx, generation) > (?2, ?3, ?4)
+             ORDER BY ino, idx, generation LIMIT ?5",
+            params![before, ino, index, generation, limit as i64],
+            chunk_ref_row,
         )
+    }
+    fn is_garbage(&mut self, c: ChunkRef) -> Result<bool, StoreError> {
+        let found: Option<i64> = self.query_one(
+            "SELECT 1 FROM garbage WHERE ino = ?1 AND idx = ?2 AND generation = ?3",
+            params![file(c.ino), id(c.index.get()), id(c.generation.get())],
+            |r| r.get(0),
+        )?;
+        Ok(found.is_some())
     }
     fn delete_garbage(&mut self, c: ChunkRef) -> Result<(), StoreError> {
         self.change(
             "DELETE FROM garbage WHERE ino = ?1 AND idx = ?2 AND generation = ?3",
             params![file(c.ino), id(c.index.get()), id(c.generation.get())],
+        )
+    }
+
+    fn list_inodes(
+        &mut self,
+        after: Option<FileId>,
+        limit: usize,
+    ) -> Result<Vec<Inode>, StoreError> {
+        let rows = match after {
+            None => self.query_all(
+                &format!("{INODES} ORDER BY ino LIMIT ?1"),
+                params![limit as i64],
+                inode_row,
+            )?,
+            Some(ino) => self.query_all(
+                &format!("{INODES} WHERE ino > ?1 ORDER BY ino LIMIT ?2"),
+                params![file(ino), limit as i64],
+                inode_row,
+            )?,
+        };
+        rows.into_iter().map(inode_from_row).collect()
+    }
+    fn list_all_chunks(
+        &mut self,
+        after: Option<(FileId, ChunkIndex)>,
+        limit: usize,
+    ) -> Result<Vec<ChunkRef>, StoreError> {
+        let (ino, index) =
+            after.map_or((i64::MIN, -1), |(ino, index)| (file(ino), id(index.get())));
+        self.query_all(
+            "SELECT ino, idx, generation FROM chunks WHERE (ino, idx) > (?1, ?2)
+             ORDER BY ino, idx LIMIT ?3",
+            params![ino, index, limit as i64],
+            chunk_ref_row,
         )
     }
 
