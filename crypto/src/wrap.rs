@@ -43,6 +43,8 @@ pub enum UnwrapError {
     NotForMe,
     #[error("wrapped key failed authentication (corrupted or forged)")]
     AuthenticationFailed,
+    #[error("wrapped key is not signed by the user it names as its wrapper")]
+    BadSignature,
 }
 
 /// The recipient-dependent half of a wrap, made ahead of time: a fresh ephemeral X25519 key
