@@ -87,7 +87,7 @@ fn seal_keys(
 ) -> Vec<u8> {
     let count = keys.len() / object.kind.key_bytes();
     assert!(
-        count >= 1 && count <= V2_KEYS_MAX && keys.len() % object.kind.key_bytes() == 0,
+        (1..=V2_KEYS_MAX).contains(&count) && keys.len().is_multiple_of(object.kind.key_bytes()),
         "a signed wrap carries 1 to {V2_KEYS_MAX} whole keys"
     );
     let header = SignedWrapHeader {
