@@ -34,6 +34,7 @@ fn node(kind: Kind, ino: Option<FileId>) -> NewNode {
         rdev: 0,
         target: Vec::new(),
         ino,
+        acl_record: Vec::new(),
     }
 }
 
@@ -79,7 +80,8 @@ async fn documents_are_readable_and_the_schema_version_guards_upgrades() {
     let db = raw(&url).await;
     let schema = db.collection::<Document>("schema");
     let version = schema.find_one(doc! {}).await.expect("find").expect("doc");
-    assert_eq!(version.get_i64("version"), Ok(1), "{version}");
+    let current = i64::from(storaged::meta::mongo::SCHEMA_VERSION);
+    assert_eq!(version.get_i64("version"), Ok(current), "{version}");
     let entries = db.collection::<Document>("entries");
     let entry = entries
         .find_one(doc! { "parent": 1i64, "name": "readable" })
@@ -112,7 +114,9 @@ async fn documents_are_readable_and_the_schema_version_guards_upgrades() {
     assert_eq!(found.ino, dir.ino);
     drop(store);
     let version = schema.find_one(doc! {}).await.expect("find").expect("doc");
-    assert_eq!(version.get_i64("version"), Ok(1));
+    assert_eq!(version.get_i64("version"), Ok(current));
+    let collections = db.list_collection_names().await.expect("collections");
+    assert!(collections.iter().any(|c| c == "signed"), "{collections:?}");
 
     // A newer schema is refused, untouched.
     schema

@@ -85,6 +85,7 @@ names_nothing!(
     CreateGroupRequest,
     SetGroupMemberRequest,
     GetGroupRequest,
+    GetGroupKeyRequest,
     SyncRequest,
     StatFsRequest,
     LeaseRequest,
