@@ -18,9 +18,9 @@ use identity::{Identity, PublicIdentity};
 use zeroize::Zeroizing;
 
 use crate::keys::{ChunkCipher, DataKey};
-use crate::wrap::UnwrapError;
+use crate::wrap::{PreparedWrap, UnwrapError};
 
-const HPKE_INFO: &[u8] = b"vault/v2 key wrap";
+pub(crate) const HPKE_INFO: &[u8] = b"vault/v2 key wrap";
 const ENC_BYTES: usize = 32;
 const TAG_BYTES: usize = 16;
 
@@ -77,12 +77,12 @@ pub fn signed_wrap_header(wrapped: &[u8]) -> Result<SignedWrapHeader, UnwrapErro
 
 /// Seals `keys` (each `object.kind.key_bytes()` long, newest first, the newest of `epoch`)
 /// to `recipient` and signs the result as `wrapper`.
+/// `prepared`, when given, must be a version 2 preparation for `recipient`'s key.
 fn seal_keys(
     keys: &[u8],
     object: Object,
-    recipient: Recipient,
-    epoch: u32,
-    commitment: [u8; COMMITMENT_BYTES],
+    (recipient, prepared): (Recipient, Option<PreparedWrap>),
+    (epoch, commitment): (u32, [u8; COMMITMENT_BYTES]),
     wrapper: Wrapper<'_>,
 ) -> Vec<u8> {
     let count = keys.len() / object.kind.key_bytes();
@@ -101,14 +101,25 @@ fn seal_keys(
         wrapper: wrapper.uid,
         commitment,
     };
-    let recipient_key = <KemSuite as Kem>::PublicKey::from_bytes(&recipient.wrapping_key)
-        .expect("every 32-byte string is an X25519 public key");
-    let (encapped, mut context) = hpke::setup_sender::<AesGcm256, HkdfSha256, KemSuite>(
-        &OpModeS::Base,
-        &recipient_key,
-        HPKE_INFO,
-    )
-    .expect("X25519 encapsulation to a valid key cannot fail");
+    let (encapped, mut context) = match prepared {
+        Some(prepared) => {
+            assert!(
+                prepared.version == 2 && prepared.recipient == recipient.wrapping_key,
+                "a wrap prepared for this recipient and version 2"
+            );
+            (prepared.encapped, prepared.context)
+        }
+        None => {
+            let recipient_key = <KemSuite as Kem>::PublicKey::from_bytes(&recipient.wrapping_key)
+                .expect("every 32-byte string is an X25519 public key");
+            hpke::setup_sender::<AesGcm256, HkdfSha256, KemSuite>(
+                &OpModeS::Base,
+                &recipient_key,
+                HPKE_INFO,
+            )
+            .expect("X25519 encapsulation to a valid key cannot fail")
+        }
+    };
     let mut out = vec![0u8; header.wrapped_bytes()];
     out[..V2_HEADER_BYTES].copy_from_slice(&header.encode());
     out[V2_HEADER_BYTES..V2_HEADER_BYTES + ENC_BYTES].copy_from_slice(&encapped.to_bytes());
@@ -276,12 +287,33 @@ impl FileKeys {
         recipient: Recipient,
         wrapper: Wrapper<'_>,
     ) -> Vec<u8> {
+        self.wrap_with(vault, ino, (recipient, None), wrapper)
+    }
+
+    /// As [`FileKeys::wrap`], with the recipient's half made ahead
+    /// ([`crate::prepare_signed_wrap`]).
+    pub fn wrap_prepared(
+        &self,
+        vault: VaultId,
+        ino: u64,
+        (recipient, prepared): (Recipient, PreparedWrap),
+        wrapper: Wrapper<'_>,
+    ) -> Vec<u8> {
+        self.wrap_with(vault, ino, (recipient, Some(prepared)), wrapper)
+    }
+
+    fn wrap_with(
+        &self,
+        vault: VaultId,
+        ino: u64,
+        to: (Recipient, Option<PreparedWrap>),
+        wrapper: Wrapper<'_>,
+    ) -> Vec<u8> {
         seal_keys(
             &self.payload(),
             Object::file(vault, ino),
-            recipient,
-            self.epoch,
-            *self.newest().commitment(),
+            to,
+            (self.epoch, *self.newest().commitment()),
             wrapper,
         )
     }
@@ -379,9 +411,8 @@ impl GroupKeys {
         seal_keys(
             &payload,
             Object::group(vault, gid),
-            recipient,
-            self.epoch,
-            [0; COMMITMENT_BYTES],
+            (recipient, None),
+            (self.epoch, [0; COMMITMENT_BYTES]),
             wrapper,
         )
     }

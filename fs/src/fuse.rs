@@ -570,12 +570,12 @@ impl Filesystem for VaultFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.vault.sync());
+        reply_empty(reply, self.vault.sync_dir(file(ino)));
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

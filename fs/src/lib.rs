@@ -23,4 +23,5 @@ pub mod mount;
 pub mod remote;
 pub mod shared;
 pub mod status;
+pub mod trust;
 pub mod vault;

@@ -149,6 +149,10 @@ struct MountArgs {
     /// per new file.
     #[arg(long)]
     no_leases: bool,
+    /// Also read files whose keys are wrapped unsigned (vaults written before signed keys);
+    /// each gets a signed new key before this mount writes it.
+    #[arg(long)]
+    legacy_keys: bool,
 }
 
 fn main() -> ExitCode {
@@ -275,6 +279,7 @@ fn settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
         },
         server_wait: Duration::from_secs(args.server_wait_seconds),
         leases: !args.no_leases,
+        legacy_keys: args.legacy_keys,
     })
 }
 

@@ -177,6 +177,14 @@ impl Vault {
         self.block(self.sync_async())
     }
 
+    /// fsyncdir(2): as [`Vault::sync`], and the directory's ACL is read again before the next
+    /// new file there (`vaultfs share` syncs a directory it shared, so that this mount's next
+    /// file there reaches the new readers).
+    pub fn sync_dir(&self, dir: FileId) -> Result<(), FsError> {
+        self.shared.keys.trust().forget_acl(dir);
+        self.sync()
+    }
+
     async fn sync_async(&self) -> Result<(), FsError> {
         // New files not created on the server yet are created first, so they are covered.
         self.materialize_in(None).await?;
