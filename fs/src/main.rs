@@ -1,4 +1,7 @@
-//! `vaultfs`: the user's command line: key file, registration, login, mount, unmount, status.
+//! `vaultfs`: the user's command line: key file, registration, login, mount, unmount, status,
+//! and sharing (`share_cli`).
+
+mod share_cli;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -35,6 +38,14 @@ enum Command {
     Unmount { mountpoint: PathBuf },
     /// List mounts with their cache use and server state.
     Status,
+    /// Let a user or @GROUP read (and --write) a file or directory (-r: all of it).
+    Share(share_cli::ShareArgs),
+    /// Revoke a user's or @GROUP's access; files they could read get new keys.
+    Unshare(share_cli::UnshareArgs),
+    /// Show who may read and write a path, with each principal's fingerprint.
+    Acl(share_cli::PathArgs),
+    /// Re-seal a file's chunks (-r: a tree's) under a new key, dropping its older keys.
+    Rekey(share_cli::PathArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -43,6 +54,8 @@ enum KeyCommand {
     Init(KeyArgs),
     /// Print the public keys and fingerprint of a key file (no passphrase needed).
     Show(KeyFileArg),
+    /// Change the key file's passphrase (the keys stay the same).
+    Passwd(share_cli::PasswdArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -189,6 +202,11 @@ fn run(command: &Command) -> anyhow::Result<()> {
             status();
             Ok(())
         }
+        Command::Key(KeyCommand::Passwd(args)) => share_cli::passwd(args),
+        Command::Share(args) => share_cli::share(args),
+        Command::Unshare(args) => share_cli::unshare(args),
+        Command::Acl(args) => share_cli::acl(args),
+        Command::Rekey(args) => share_cli::rekey(args),
     }
 }
 
