@@ -1,0 +1,514 @@
+//! Sharing between two users through their own mounts of one real daemon, with the real
+//! `vaultfs share`/`unshare`/`acl` and `vault-admin group` commands: read-only and read-write
+//! shares, a directory shared recursively, a group, a member removed, revocation. After each
+//! revocation the revoked user's old keys open no chunk file written after it (the test opens
+//! the chunk files in the data dir itself). Bad requests fail with one line and change
+//! nothing. Each test runs once per metadata backend.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crypto::{ChunkContext, FileKeys, GroupKeys};
+use format::acl::Principal;
+use format::ids::{ChunkIndex, FileId, Generation, VaultId};
+use identity::{KdfParams, KeyFile, KeyKind, PublicIdentity};
+use proto::v1::{GetAclRequest, GetGroupKeyRequest, GetWrappedKeysRequest};
+use tests::daemon::{Backend, Storaged, TestUser};
+use tests::mount::{ClientFiles, Mount, bounded};
+
+const EACCES: i32 = libc::EACCES;
+const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// Two users, each with a mount of their own, on one daemon. The mounts are dropped first.
+struct Lab {
+    alice_mount: Mount,
+    bob_mount: Mount,
+    alice_files: ClientFiles,
+    bob_files: ClientFiles,
+    alice: TestUser,
+    bob: TestUser,
+    vault: VaultId,
+    admin_dir: tempfile::TempDir,
+    runtime: tokio::runtime::Runtime,
+    daemon: Storaged,
+}
+
+fn lab(backend: &Backend) -> Lab {
+    let daemon = Storaged::start_on(backend, &[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let alice = runtime.block_on(daemon.user("alice"));
+    let bob = runtime.block_on(daemon.user("bob"));
+    let vault = runtime.block_on(tests::vault::vault_id(&alice));
+    let (alice_files, bob_files) = (ClientFiles::for_user(&alice), ClientFiles::for_user(&bob));
+    let alice_mount = Mount::start(&daemon, &alice_files, &[]);
+    let bob_mount = Mount::start(&daemon, &bob_files, &[]);
+    let admin_dir = tempfile::tempdir().expect("admin dir");
+    let sealed = KeyFile::seal(
+        &daemon.admin,
+        KeyKind::SiteAdmin,
+        b"admin passphrase",
+        KdfParams::MINIMUM,
+    )
+    .expect("seal the admin key");
+    fs::write(admin_dir.path().join("admin.vkey"), sealed.as_bytes()).expect("admin key");
+    fs::write(admin_dir.path().join("passphrase"), "admin passphrase\n").expect("passphrase");
+    Lab {
+        alice_mount,
+        bob_mount,
+        alice_files,
+        bob_files,
+        alice,
+        bob,
+        vault,
+        admin_dir,
+        runtime,
+        daemon,
+    }
+}
+
+/// Runs a program with a bound on its time.
+fn run(mut command: Command) -> Output {
+    let shown = format!("{command:?}");
+    bounded(COMMAND_LIMIT, &shown, move || {
+        command.output().expect("runs")
+    })
+}
+
+/// What a command printed, after checking it succeeded.
+fn succeeded(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The one line a failed command printed.
+fn failed(output: Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    assert!(!output.status.success(), "succeeded: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    stderr
+}
+
+impl Lab {
+    /// `vaultfs ARGS` as `who` (alice or bob), with their key, daemon and config.
+    fn vaultfs(&self, who: &ClientFiles, args: &[&str]) -> Output {
+        let mut command = Command::new(tests::binary("vaultfs"));
+        command.args(args).args(who.args(&self.daemon));
+        run(command)
+    }
+
+    /// `vault-admin group ARGS` with the site administrator's key.
+    fn group(&self, args: &[&str]) {
+        let dir = self.admin_dir.path();
+        let mut command = Command::new(tests::binary("vault-admin"));
+        command.arg("group").args(args).args([
+            "--admin-key".into(),
+            dir.join("admin.vkey").display().to_string(),
+            "--passphrase-file".into(),
+            dir.join("passphrase").display().to_string(),
+            "--server".into(),
+            format!("unix:{}", self.daemon.socket().display()),
+        ]);
+        succeeded(run(command));
+    }
+
+    fn signers(&self) -> HashMap<u32, PublicIdentity> {
+        HashMap::from([
+            (self.alice.uid, self.alice.identity.public()),
+            (self.bob.uid, self.bob.identity.public()),
+        ])
+    }
+
+    /// The keys of `ino` as `user` holds them now, each wrap checked against its wrapper.
+    fn keys_of(&self, user: &TestUser, ino: u64) -> FileKeys {
+        self.runtime.block_on(file_keys(self, user, ino))
+    }
+
+    /// The key pairs of group `gid` as `user` holds them now.
+    fn group_keys_of(&self, user: &TestUser, gid: u32) -> GroupKeys {
+        self.runtime.block_on(group_keys(self, user, gid))
+    }
+}
+
+async fn group_keys(lab: &Lab, user: &TestUser, gid: u32) -> GroupKeys {
+    let request = GetGroupKeyRequest { gid };
+    let reply = user.connection.api().get_group_key(request).await;
+    let blob = reply.expect("the group's keys").into_inner().blob;
+    let admin = lab.daemon.admin.public();
+    GroupKeys::unwrap(&blob, &user.identity, lab.vault, gid, &admin).expect("group keys")
+}
+
+async fn file_keys(lab: &Lab, user: &TestUser, ino: u64) -> FileKeys {
+    let wrapped = user
+        .connection
+        .api()
+        .get_wrapped_keys(GetWrappedKeysRequest { ino })
+        .await
+        .expect("wrapped keys")
+        .into_inner()
+        .keys;
+    let chosen = wrapped
+        .first()
+        .expect("a key wrapped to this user or a group");
+    let header = crypto::signed_wrap_header(&chosen.blob).expect("a signed wrap");
+    let signer = lab.signers()[&header.wrapper];
+    match header.recipient {
+        Principal::User(_) => {
+            FileKeys::unwrap(&chosen.blob, &user.identity, lab.vault, ino, &signer).expect("opens")
+        }
+        Principal::Group(gid) => {
+            let group = group_keys(lab, user, gid).await;
+            let pair = group
+                .with_wrapping_key(&header.recipient_key)
+                .expect("the group key pair it is wrapped to");
+            FileKeys::unwrap(&chosen.blob, pair, lab.vault, ino, &signer).expect("opens")
+        }
+    }
+}
+
+fn ino_of(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).expect("stat").ino()
+}
+
+/// Writes `text` over a file and makes it durable (fsync), so that it is on the server.
+fn write_synced(path: &Path, text: &str) {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {} for writing: {e}", path.display()));
+    file.write_all(text.as_bytes()).expect("write");
+    file.sync_all().expect("fsync");
+}
+
+fn read_errno(path: &Path) -> Option<i32> {
+    fs::read(path).err().and_then(|e| e.raw_os_error())
+}
+
+fn write_errno(path: &Path) -> Option<i32> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .err()
+        .and_then(|e| e.raw_os_error())
+}
+
+/// Waits (bounded) until reading `path` fails with `errno`: the server forgets a removed
+/// member's groups within its caller cache's lifetime.
+fn wait_for_read_errno(path: &Path, errno: i32) {
+    for _ in 0..300 {
+        if read_errno(path) == Some(errno) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("reading {} never failed with errno {errno}", path.display());
+}
+
+/// Waits (bounded) until `path` reads, and returns what it holds: the server learns of a
+/// new member's groups within its caller cache's lifetime.
+fn wait_for_read(path: &Path) -> String {
+    for _ in 0..300 {
+        if let Ok(text) = fs::read_to_string(path) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{} never became readable", path.display());
+}
+
+/// The chunk files of file `ino` in the data dir: (index, generation).
+fn chunk_files(daemon: &Storaged, ino: u64) -> BTreeSet<(u64, u64)> {
+    let root = daemon.data_dir().join("chunks");
+    let dir = format::layout::chunk_dir(&root, FileId(ino));
+    let Ok(listing) = fs::read_dir(&dir) else {
+        return BTreeSet::new();
+    };
+    listing
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (file, index, generation) = format::layout::parse_chunk_name(&name)?;
+            (file == FileId(ino)).then_some((index, generation))
+        })
+        .collect()
+}
+
+/// The revoked user's `old` keys open none of the chunk files of `ino` written since
+/// `before`, while the owner's `current` keys open every one of them (one-chunk files).
+fn old_keys_open_no_new_chunk(
+    lab: &Lab,
+    ino: u64,
+    before: &BTreeSet<(u64, u64)>,
+    old: &FileKeys,
+    current: &FileKeys,
+) {
+    let written: Vec<(u64, u64)> = chunk_files(&lab.daemon, ino)
+        .difference(before)
+        .copied()
+        .collect();
+    assert!(!written.is_empty(), "no chunk of {ino} was written since");
+    let root = lab.daemon.data_dir().join("chunks");
+    for (index, generation) in written {
+        let path = format::layout::chunk_path(&root, FileId(ino), index, generation);
+        let sealed = fs::read(&path).expect("chunk file");
+        let context = ChunkContext {
+            vault: lab.vault,
+            file: FileId(ino),
+            index: ChunkIndex(index),
+            generation: Generation(generation),
+            last: true,
+        };
+        assert!(
+            crypto::open(current.for_sealed(&sealed), &context, &sealed).is_ok(),
+            "the owner's current key opens {}",
+            path.display()
+        );
+        assert!(
+            crypto::open(old.for_sealed(&sealed), &context, &sealed).is_err(),
+            "the revoked user's old key opens {}",
+            path.display()
+        );
+    }
+}
+
+fn a_file_shared_read_only_reads_but_refuses_writes_until_unshared(backend: Backend) {
+    let lab = lab(&backend);
+    let (mine, theirs) = (lab.alice_mount.join("report"), lab.bob_mount.join("report"));
+    write_synced(&mine, "first words");
+    assert_eq!(read_errno(&theirs), Some(EACCES), "not shared yet");
+    let path = mine.display().to_string();
+    let said = succeeded(lab.vaultfs(&lab.alice_files, &["share", &path, "--with", "bob"]));
+    assert!(said.contains("bob may now read"), "{said}");
+    assert_eq!(
+        fs::read_to_string(&theirs).expect("bob reads"),
+        "first words"
+    );
+    assert_eq!(write_errno(&theirs), Some(EACCES), "read-only");
+
+    let ino = ino_of(&mine);
+    let old = lab.keys_of(&lab.bob, ino);
+    let before = chunk_files(&lab.daemon, ino);
+    succeeded(lab.vaultfs(&lab.alice_files, &["unshare", &path, "--from", "bob"]));
+    assert_eq!(read_errno(&theirs), Some(EACCES), "unshared");
+    write_synced(&mine, "second words, after bob");
+    assert_eq!(
+        fs::read_to_string(&mine).expect("alice reads"),
+        "second words, after bob"
+    );
+    old_keys_open_no_new_chunk(&lab, ino, &before, &old, &lab.keys_of(&lab.alice, ino));
+}
+
+fn a_file_shared_for_writing_takes_the_other_users_writes(backend: Backend) {
+    let lab = lab(&backend);
+    let (mine, theirs) = (lab.alice_mount.join("notes"), lab.bob_mount.join("notes"));
+    write_synced(&mine, "alice's notes");
+    let path = mine.display().to_string();
+    succeeded(lab.vaultfs(
+        &lab.alice_files,
+        &["share", &path, "--with", "bob", "--write"],
+    ));
+    write_synced(&theirs, "bob's notes");
+    assert_eq!(
+        fs::read_to_string(&mine).expect("alice reads"),
+        "bob's notes"
+    );
+    let acl = succeeded(lab.vaultfs(&lab.bob_files, &["acl", &theirs.display().to_string()]));
+    let bob_line = acl
+        .lines()
+        .find(|l| l.trim_start().starts_with("bob"))
+        .unwrap_or_else(|| panic!("no line for bob: {acl}"));
+    let fingerprint = lab.bob.identity.public().fingerprint().to_string();
+    assert!(
+        bob_line.contains("read, write") && bob_line.contains(&fingerprint),
+        "{acl}"
+    );
+    assert!(acl.contains("owner"), "{acl}");
+
+    let ino = ino_of(&mine);
+    let old = lab.keys_of(&lab.bob, ino);
+    let before = chunk_files(&lab.daemon, ino);
+    succeeded(lab.vaultfs(&lab.alice_files, &["unshare", &path, "--from", "bob"]));
+    assert_eq!(write_errno(&theirs), Some(EACCES), "unshared");
+    write_synced(&mine, "alice again");
+    old_keys_open_no_new_chunk(&lab, ino, &before, &old, &lab.keys_of(&lab.alice, ino));
+}
+
+fn a_directory_shared_recursively_reaches_every_file_and_new_ones(backend: Backend) {
+    let lab = lab(&backend);
+    fs::create_dir_all(lab.alice_mount.join("project/sub")).expect("mkdir");
+    write_synced(&lab.alice_mount.join("project/a"), "file a");
+    write_synced(&lab.alice_mount.join("project/sub/b"), "file b");
+    let project = lab.alice_mount.join("project").display().to_string();
+    let said = succeeded(lab.vaultfs(
+        &lab.alice_files,
+        &["share", "-r", &project, "--with", "bob"],
+    ));
+    assert!(said.contains("(4 entries)"), "{said}");
+    let theirs = |name: &str| lab.bob_mount.join(&format!("project/{name}"));
+    assert_eq!(
+        fs::read_to_string(theirs("a")).expect("bob reads a"),
+        "file a"
+    );
+    assert_eq!(
+        fs::read_to_string(theirs("sub/b")).expect("bob reads b"),
+        "file b"
+    );
+    // A file made in the shared directory after sharing reaches bob too.
+    write_synced(&lab.alice_mount.join("project/sub/c"), "file c");
+    assert_eq!(
+        fs::read_to_string(theirs("sub/c")).expect("bob reads c"),
+        "file c"
+    );
+
+    let ino = ino_of(&lab.alice_mount.join("project/sub/c"));
+    let old = lab.keys_of(&lab.bob, ino);
+    let before = chunk_files(&lab.daemon, ino);
+    succeeded(lab.vaultfs(
+        &lab.alice_files,
+        &["unshare", "-r", &project, "--from", "bob"],
+    ));
+    assert_eq!(read_errno(&theirs("a")), Some(EACCES), "unshared");
+    write_synced(&lab.alice_mount.join("project/sub/c"), "file c, after bob");
+    old_keys_open_no_new_chunk(&lab, ino, &before, &old, &lab.keys_of(&lab.alice, ino));
+}
+
+fn a_group_share_reaches_members_and_a_removed_member_gets_no_new_key(backend: Backend) {
+    let lab = lab(&backend);
+    lab.group(&["create", "lab"]);
+    lab.group(&["add", "lab", "alice"]);
+    lab.group(&["add", "lab", "bob"]);
+    let (mine, theirs) = (lab.alice_mount.join("data"), lab.bob_mount.join("data"));
+    write_synced(&mine, "the lab's data");
+    let path = mine.display().to_string();
+    succeeded(lab.vaultfs(&lab.alice_files, &["share", &path, "--with", "@lab"]));
+    assert_eq!(wait_for_read(&theirs), "the lab's data");
+
+    let ino = ino_of(&mine);
+    let old = lab.keys_of(&lab.bob, ino);
+    let gid = lab.runtime.block_on(group_of(&lab.alice, ino));
+    let old_group = lab.group_keys_of(&lab.bob, gid);
+    let before = chunk_files(&lab.daemon, ino);
+    lab.group(&["remove", "lab", "bob"]);
+    wait_for_read_errno(&theirs, EACCES);
+    write_synced(&mine, "the lab's data, without bob");
+    assert_eq!(
+        fs::read_to_string(&mine).expect("alice reads"),
+        "the lab's data, without bob"
+    );
+    let current = lab.keys_of(&lab.alice, ino);
+    old_keys_open_no_new_chunk(&lab, ino, &before, &old, &current);
+    // The file's new key is wrapped to the group's new key pair, which bob never had.
+    let recipient = lab.runtime.block_on(group_wrap_recipient(&lab.alice, ino));
+    assert!(old_group.with_wrapping_key(&recipient).is_none());
+}
+
+/// The group a file is shared with (by its ACL).
+async fn group_of(user: &TestUser, ino: u64) -> u32 {
+    let acl = user
+        .connection
+        .api()
+        .get_acl(GetAclRequest { ino })
+        .await
+        .expect("acl")
+        .into_inner();
+    acl.entries
+        .iter()
+        .find_map(|e| match e.principal.and_then(|p| p.kind) {
+            Some(proto::v1::principal::Kind::Group(gid)) if gid != 0 => Some(gid),
+            _ => None,
+        })
+        .expect("shared with a group")
+}
+
+/// The X25519 key the file's group wrap is addressed to.
+async fn group_wrap_recipient(user: &TestUser, ino: u64) -> [u8; 32] {
+    let wrapped = user
+        .connection
+        .api()
+        .get_wrapped_keys(GetWrappedKeysRequest { ino })
+        .await
+        .expect("wrapped keys")
+        .into_inner()
+        .keys;
+    wrapped
+        .iter()
+        .map(|k| crypto::signed_wrap_header(&k.blob).expect("signed"))
+        .find(|h| matches!(h.recipient, Principal::Group(_)))
+        .expect("a wrap to the group")
+        .recipient_key
+}
+
+/// What the server holds about who may read `ino`: its ACL reply and its wrapped keys.
+fn sharing_state(lab: &Lab, ino: u64) -> String {
+    lab.runtime.block_on(async {
+        let api = lab.alice.connection.api();
+        let acl = api.clone().get_acl(GetAclRequest { ino }).await;
+        let keys = api
+            .clone()
+            .get_wrapped_keys(GetWrappedKeysRequest { ino })
+            .await;
+        format!(
+            "{:?} {:?}",
+            acl.expect("acl").into_inner(),
+            keys.expect("keys").into_inner()
+        )
+    })
+}
+
+fn bad_sharing_requests_fail_with_one_line_and_change_nothing(backend: Backend) {
+    let lab = lab(&backend);
+    lab.group(&["create", "others"]);
+    lab.group(&["add", "others", "bob"]);
+    let mine = lab.alice_mount.join("mine");
+    write_synced(&mine, "alice's alone");
+    let ino = ino_of(&mine);
+    let state = sharing_state(&lab, ino);
+    let path = mine.display().to_string();
+    let outside = tempfile::NamedTempFile::new().expect("a file outside the vault");
+    let outside = outside.path().display().to_string();
+    for (args, expected) in [
+        (["share", &path, "--with", "nobody"], "no user named nobody"),
+        (["share", &path, "--with", "alice"], "yourself"),
+        (
+            ["share", &outside, "--with", "bob"],
+            "not inside a mounted vault",
+        ),
+        (["share", &path, "--with", "@others"], "not in group others"),
+        (
+            ["unshare", &path, "--from", "bob"],
+            "is not shared with bob",
+        ),
+    ] {
+        let said = failed(lab.vaultfs(&lab.alice_files, &args));
+        assert!(said.contains(expected), "{args:?}: {said}");
+    }
+    assert_eq!(
+        sharing_state(&lab, ino),
+        state,
+        "a refused request changed nothing"
+    );
+    assert_eq!(read_errno(&lab.bob_mount.join("mine")), Some(EACCES));
+    assert_eq!(
+        fs::read_to_string(&mine).expect("alice reads"),
+        "alice's alone"
+    );
+}
+
+tests::on_every_backend!(sync:
+    a_file_shared_read_only_reads_but_refuses_writes_until_unshared,
+    a_file_shared_for_writing_takes_the_other_users_writes,
+    a_directory_shared_recursively_reaches_every_file_and_new_ones,
+    a_group_share_reaches_members_and_a_removed_member_gets_no_new_key,
+    bad_sharing_requests_fail_with_one_line_and_change_nothing,
+);
