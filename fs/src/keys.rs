@@ -186,7 +186,10 @@ impl Keys {
         {
             return Ok(known.clone());
         }
-        let keys = self.open_wrap(ino, principal, &chosen.blob, owner).await?;
+        let keys = self
+            .open_wrap(ino, principal, &chosen.blob, owner)
+            .await
+            .inspect_err(|error| tracing::warn!(%ino, %error, "refused the file's wrapped key"))?;
         Ok(self.remember(ino, keys))
     }
 

@@ -28,8 +28,11 @@ use crate::remote::Remote;
 const ACL_CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
 const CACHE_ENTRIES_MAX: usize = 10_000;
 
+/// A record the server sent that this client does not believe: logged, as every tamper is.
 fn refused(what: impl std::fmt::Display) -> FsError {
-    FsError::local(ErrorKind::AccessDenied, what.to_string())
+    let what = what.to_string();
+    tracing::warn!(%what, "refused what the server sent");
+    FsError::local(ErrorKind::AccessDenied, what)
 }
 
 /// An inode's ACL as its signed record says (empty when it never had one).

@@ -16,6 +16,7 @@ use crypto::{ChunkContext, FileKeys, GroupKeys};
 use format::acl::Principal;
 use format::ids::{ChunkIndex, FileId, Generation, VaultId};
 use identity::{KdfParams, KeyFile, KeyKind, PublicIdentity};
+use mongodb::bson::{Document, doc};
 use proto::v1::{GetAclRequest, GetGroupKeyRequest, GetWrappedKeysRequest};
 use tests::daemon::{Backend, Storaged, TestUser};
 use tests::mount::{ClientFiles, Mount, bounded};
@@ -511,4 +512,320 @@ tests::on_every_backend!(sync:
     a_directory_shared_recursively_reaches_every_file_and_new_ones,
     a_group_share_reaches_members_and_a_removed_member_gets_no_new_key,
     bad_sharing_requests_fail_with_one_line_and_change_nothing,
+    a_wrapped_key_replaced_by_the_administrator_is_refused,
+    a_reader_added_to_an_acl_by_the_administrator_gets_no_key,
 );
+
+/// The storage administrator's hands on the metadata store, behind storaged's back: rows
+/// of the embedded store (rusqlite) or documents of MongoDB (the mongodb crate).
+struct Database<'a>(&'a Storaged);
+
+impl Database<'_> {
+    fn sqlite(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(self.0.data_dir().join("meta.db")).expect("db");
+        conn.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        conn
+    }
+
+    async fn collection(&self, name: &str) -> Option<mongodb::Collection<Document>> {
+        let url = self.0.meta_url()?;
+        let client = mongodb::Client::with_uri_str(url).await.expect("client");
+        Some(
+            client
+                .default_database()
+                .expect("a database")
+                .collection(name),
+        )
+    }
+
+    /// The wrapped key of file `ino` filed under user `uid`.
+    async fn wrapped_key(&self, ino: u64, uid: u32) -> Vec<u8> {
+        let principal = format!("u:{uid}");
+        let Some(keys) = self.collection("wrapped_keys").await else {
+            let sql = "SELECT blob FROM wrapped_keys WHERE ino = ?1 AND principal = ?2";
+            let params = rusqlite::params![ino as i64, principal];
+            return self
+                .sqlite()
+                .query_row(sql, params, |r| r.get(0))
+                .expect("row");
+        };
+        let filter = doc! { "ino": ino as i64, "principal": principal };
+        let found = keys
+            .find_one(filter)
+            .await
+            .expect("find")
+            .expect("a document");
+        found.get_binary_generic("blob").expect("blob").clone()
+    }
+
+    /// Replaces the wrapped key of file `ino` filed under user `uid`.
+    async fn set_wrapped_key(&self, ino: u64, uid: u32, blob: &[u8]) {
+        let principal = format!("u:{uid}");
+        let Some(keys) = self.collection("wrapped_keys").await else {
+            let sql = "UPDATE wrapped_keys SET blob = ?1 WHERE ino = ?2 AND principal = ?3";
+            let params = rusqlite::params![blob, ino as i64, principal];
+            assert_eq!(self.sqlite().execute(sql, params).expect("edit"), 1);
+            return;
+        };
+        let filter = doc! { "ino": ino as i64, "principal": principal };
+        let update = doc! { "$set": { "blob": binary(blob) } };
+        let result = keys.update_one(filter, update).await.expect("edit");
+        assert_eq!(result.matched_count, 1);
+    }
+
+    /// Every principal any file's key is wrapped to, as `u:UID` or `g:GID`.
+    async fn wrapped_principals(&self) -> Vec<String> {
+        let Some(keys) = self.collection("wrapped_keys").await else {
+            let conn = self.sqlite();
+            let mut statement = conn
+                .prepare("SELECT principal FROM wrapped_keys")
+                .expect("prepare");
+            let rows = statement.query_map([], |r| r.get(0)).expect("query");
+            return rows.map(|r| r.expect("row")).collect();
+        };
+        let mut cursor = keys.find(doc! {}).await.expect("find");
+        let mut found = Vec::new();
+        while cursor.advance().await.expect("next") {
+            let document = cursor.deserialize_current().expect("document");
+            found.push(
+                document
+                    .get_str("principal")
+                    .expect("principal")
+                    .to_string(),
+            );
+        }
+        found
+    }
+
+    /// Adds (`Some`) or removes (`None`) user `uid`'s read entry in inode `ino`'s ACL.
+    async fn set_reader(&self, ino: u64, uid: u32, read: Option<()>) {
+        let Some(inodes) = self.collection("inodes").await else {
+            let conn = self.sqlite();
+            let sql = "SELECT acl FROM inodes WHERE ino = ?1";
+            let acl: Vec<u8> = conn
+                .query_row(sql, [ino as i64], |r| r.get(0))
+                .expect("acl");
+            let mut entry = vec![b'u'];
+            entry.extend_from_slice(&uid.to_le_bytes());
+            entry.extend_from_slice(&[1, 0, 0, 0]);
+            let mut edited: Vec<u8> = acl
+                .chunks(9)
+                .filter(|e| e[..5] != entry[..5])
+                .flatten()
+                .copied()
+                .collect();
+            if read.is_some() {
+                edited.extend_from_slice(&entry);
+            }
+            let sql = "UPDATE inodes SET acl = ?1 WHERE ino = ?2";
+            conn.execute(sql, rusqlite::params![edited, ino as i64])
+                .expect("edit");
+            return;
+        };
+        let principal = format!("u:{uid}");
+        let filter = doc! { "_id": ino as i64 };
+        let pull = doc! { "$pull": { "acl": { "principal": &principal } } };
+        inodes.update_one(filter.clone(), pull).await.expect("edit");
+        if read.is_some() {
+            let entry = doc! { "principal": principal, "read": true, "write": false };
+            let push = doc! { "$push": { "acl": entry } };
+            inodes.update_one(filter, push).await.expect("edit");
+        }
+    }
+
+    /// Stores (`Some`) or deletes (`None`) inode `ino`'s signed ACL record.
+    async fn set_acl_record(&self, ino: u64, record: Option<&[u8]>) {
+        let Some(signed) = self.collection("signed").await else {
+            let conn = self.sqlite();
+            conn.execute(
+                "DELETE FROM signed WHERE kind = 1 AND id = ?1",
+                [ino as i64],
+            )
+            .expect("delete");
+            if let Some(record) = record {
+                let sql = "INSERT INTO signed (kind, id, sub, blob) VALUES (1, ?1, 0, ?2)";
+                conn.execute(sql, rusqlite::params![ino as i64, record])
+                    .expect("insert");
+            }
+            return;
+        };
+        let key = doc! { "kind": 1i32, "id": ino as i64, "sub": 0i64 };
+        signed.delete_many(key.clone()).await.expect("delete");
+        if let Some(record) = record {
+            let mut document = key;
+            document.insert("blob", binary(record));
+            signed.insert_one(document).await.expect("insert");
+        }
+    }
+}
+
+fn binary(bytes: &[u8]) -> mongodb::bson::Bson {
+    mongodb::bson::Bson::Binary(mongodb::bson::Binary {
+        subtype: mongodb::bson::spec::BinarySubtype::Generic,
+        bytes: bytes.to_vec(),
+    })
+}
+
+/// Tries to write `text` over `path` and make it durable.
+fn try_write(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+/// The wraps the storage administrator makes of a key of its own (`planted`) for alice's
+/// file `ino`: unsigned (version 1), signed as alice by a key it made, and signed by bob, a
+/// certified reader who may not write (colluding with it). Each with the reason alice's
+/// client gives when it refuses it.
+fn forged_wraps(lab: &Lab, ino: u64, planted: &crypto::DataKey) -> Vec<(Vec<u8>, &'static str)> {
+    let alice = lab.alice.identity.public();
+    let unsigned = crypto::wrap(
+        planted,
+        &alice,
+        &crypto::WrapContext {
+            vault: lab.vault,
+            kind: crypto::WrapKind::FileKey,
+            object: ino,
+        },
+    );
+    let keys = FileKeys::single(planted.clone());
+    let to_alice = crypto::Recipient {
+        principal: Principal::User(lab.alice.uid),
+        wrapping_key: alice.wrapping,
+    };
+    let forger = identity::Identity::generate();
+    let as_alice = crypto::Wrapper {
+        uid: lab.alice.uid,
+        identity: &forger,
+    };
+    let as_bob = crypto::Wrapper {
+        uid: lab.bob.uid,
+        identity: &lab.bob.identity,
+    };
+    vec![
+        (unsigned, "unsigned version 1"),
+        (
+            keys.wrap(lab.vault, ino, to_alice, as_alice),
+            "not signed by the user it names",
+        ),
+        (
+            keys.wrap(lab.vault, ino, to_alice, as_bob),
+            "who may not write it",
+        ),
+    ]
+}
+
+/// No chunk file of `ino` opens under `key`.
+fn no_chunk_opens_under(lab: &Lab, ino: u64, key: &crypto::DataKey) {
+    let cipher = key.chunk_cipher();
+    let root = lab.daemon.data_dir().join("chunks");
+    for (index, generation) in chunk_files(&lab.daemon, ino) {
+        let path = format::layout::chunk_path(&root, FileId(ino), index, generation);
+        let sealed = fs::read(&path).expect("chunk file");
+        let context = ChunkContext {
+            vault: lab.vault,
+            file: FileId(ino),
+            index: ChunkIndex(index),
+            generation: Generation(generation),
+            last: true,
+        };
+        assert!(
+            crypto::open(&cipher, &context, &sealed).is_err(),
+            "{} is sealed under the administrator's key",
+            path.display()
+        );
+    }
+}
+
+fn a_wrapped_key_replaced_by_the_administrator_is_refused(backend: Backend) {
+    let mut lab = lab(&backend);
+    let mine = lab.alice_mount.join("secret");
+    write_synced(&mine, "alice's secret");
+    let path = mine.display().to_string();
+    succeeded(lab.vaultfs(&lab.alice_files, &["share", &path, "--with", "bob"]));
+    let ino = ino_of(&mine);
+    let database = Database(&lab.daemon);
+    let original = lab
+        .runtime
+        .block_on(database.wrapped_key(ino, lab.alice.uid));
+    let planted = crypto::DataKey::generate();
+    for (forged, reason) in forged_wraps(&lab, ino, &planted) {
+        lab.runtime
+            .block_on(Database(&lab.daemon).set_wrapped_key(ino, lab.alice.uid, &forged));
+        lab.alice_mount.remount();
+        assert_eq!(read_errno(&mine), Some(EACCES), "{reason}");
+        assert!(
+            try_write(&mine, "written under the planted key").is_err(),
+            "{reason}"
+        );
+        assert!(lab.alice_mount.log_text().contains(reason), "{reason}");
+        no_chunk_opens_under(&lab, ino, &planted);
+    }
+    // Alice's own wrap back: the file reads as she wrote it.
+    lab.runtime
+        .block_on(Database(&lab.daemon).set_wrapped_key(ino, lab.alice.uid, &original));
+    lab.alice_mount.remount();
+    assert_eq!(
+        fs::read_to_string(&mine).expect("alice reads"),
+        "alice's secret"
+    );
+}
+
+fn a_reader_added_to_an_acl_by_the_administrator_gets_no_key(backend: Backend) {
+    let mut lab = lab(&backend);
+    let dir = lab.alice_mount.join("private");
+    fs::create_dir(&dir).expect("mkdir");
+    fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .expect("fsync");
+    let dir_ino = ino_of(&dir);
+    let (database, bob) = (Database(&lab.daemon), lab.bob.uid);
+    let bobs = format!("u:{bob}");
+    // An entry for bob, unsigned; then with a record signed as alice by a key it made.
+    let forger = TestUser {
+        identity: std::sync::Arc::new(identity::Identity::generate()),
+        ..lab.alice.clone()
+    };
+    let forged = tests::vault::signed_acl(
+        &forger,
+        (lab.vault, dir_ino, 1),
+        &[(Principal::User(bob), true, false)],
+    );
+    let steps = [
+        ("unsigned", None, "did not sign"),
+        ("forged", Some(&forged[..]), "has a bad signature"),
+    ];
+    for (step, record, reason) in steps {
+        lab.runtime.block_on(async {
+            database.set_reader(dir_ino, bob, Some(())).await;
+            database.set_acl_record(dir_ino, record).await;
+        });
+        lab.alice_mount.remount();
+        let refused = try_write(&dir.join(step), "for alice only");
+        assert_eq!(refused.err().and_then(|e| e.raw_os_error()), Some(EACCES));
+        let principals = lab.runtime.block_on(database.wrapped_principals());
+        assert!(!principals.contains(&bobs), "{step}: {principals:?}");
+        assert!(lab.alice_mount.log_text().contains(reason), "{step}");
+    }
+    // Undone, and shared by alice herself: her next file there is bob's to read.
+    lab.runtime.block_on(async {
+        database.set_reader(dir_ino, bob, None).await;
+        database.set_acl_record(dir_ino, None).await;
+    });
+    lab.alice_mount.remount();
+    let path = dir.display().to_string();
+    succeeded(lab.vaultfs(&lab.alice_files, &["share", &path, "--with", "bob"]));
+    write_synced(&dir.join("shared"), "for bob too");
+    let principals = lab.runtime.block_on(database.wrapped_principals());
+    assert!(principals.contains(&bobs), "{principals:?}");
+    let theirs = lab.bob_mount.join("private/shared");
+    assert_eq!(
+        fs::read_to_string(theirs).expect("bob reads"),
+        "for bob too"
+    );
+}
