@@ -77,22 +77,20 @@ async fn current_keys(
     Ok(Some((signed, keys)))
 }
 
-/// Adds (`member`) or removes user `name` to or from group `group`, with the group's new
-/// signed record and its keys wrapped to whom they must reach.
-pub async fn set_member(
+/// The vault's ID, as the daemon says.
+async fn vault_of(connection: &Connection) -> anyhow::Result<VaultId> {
+    let bytes = connection.hello().await?.vault_id;
+    Ok(VaultId(bytes.try_into().map_err(|_| {
+        anyhow::anyhow!("the server sent a malformed vault ID")
+    })?))
+}
+
+/// A group's ID and members, and a user's ID, by their names.
+async fn look_up(
     connection: &Connection,
-    admin: &Identity,
-    (group, name): (&str, &str),
-    member: bool,
-) -> anyhow::Result<Vec<u32>> {
-    let vault = VaultId(
-        connection
-            .hello()
-            .await?
-            .vault_id
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("the server sent a malformed vault ID"))?,
-    );
+    group: &str,
+    name: &str,
+) -> anyhow::Result<(u32, Vec<u32>, u32)> {
     let by = Some(get_group_request::By::Name(group.to_string()));
     let found = connection
         .api()
@@ -108,41 +106,16 @@ pub async fn set_member(
         .with_context(|| format!("looking up user {name}"))?
         .into_inner()
         .uid;
-    let mut members = found.members.clone();
-    members.retain(|m| *m != uid);
-    if member {
-        members.push(uid);
-        members.sort_unstable();
-    } else if members.len() == found.members.len() {
-        bail!("{name} is not in group {group}");
-    }
-    let gid = found.gid;
-    let current = current_keys(connection, (vault, admin), gid).await?;
-    let (epoch, keys, holders) = match current {
-        None => (
-            1,
-            GroupKeys::generate(),
-            [vec![0], members.clone()].concat(),
-        ),
-        Some((signed, keys)) if member => (signed.record.epoch, keys, vec![uid]),
-        Some((_, keys)) => {
-            let keys = keys
-                .rotated()
-                .context("the group has too many key epochs")?;
-            (keys.epoch(), keys, [vec![0], members.clone()].concat())
-        }
-    };
-    let record = GroupRecord {
-        vault,
-        gid,
-        epoch,
-        signing_key: keys.newest().public().signing,
-        wrapping_key: keys.newest().public().wrapping,
-        signer: 0,
-        name: found.name.clone(),
-        members: members.clone(),
-    };
-    let signature = admin.sign(format::group::DOMAIN, &record.signed_bytes());
+    Ok((found.gid, found.members, uid))
+}
+
+/// `keys` wrapped by the administrator to each of `holders` (0: the administrator itself).
+async fn wrapped_to(
+    connection: &Connection,
+    (vault, admin): (VaultId, &Identity),
+    (gid, keys): (u32, &GroupKeys),
+    holders: Vec<u32>,
+) -> anyhow::Result<Vec<GroupKey>> {
     let mut wrapped = Vec::with_capacity(holders.len());
     for holder in holders {
         let wrapping_key = if holder == 0 {
@@ -163,17 +136,57 @@ pub async fn set_member(
         let blob = keys.wrap(vault, gid, recipient, wrapper);
         wrapped.push(GroupKey { uid: holder, blob });
     }
+    Ok(wrapped)
+}
+
+/// Adds (`member`) or removes user `name` to or from group `group`, with the group's new
+/// signed record and its keys wrapped to whom they must reach. Returns the members.
+pub async fn set_member(
+    connection: &Connection,
+    admin: &Identity,
+    (group, name): (&str, &str),
+    member: bool,
+) -> anyhow::Result<Vec<u32>> {
+    let vault = vault_of(connection).await?;
+    let (gid, before, uid) = look_up(connection, group, name).await?;
+    let mut members = before.clone();
+    members.retain(|m| *m != uid);
+    if member {
+        members.push(uid);
+        members.sort_unstable();
+    } else if members.len() == before.len() {
+        bail!("{name} is not in group {group}");
+    }
+    let current = current_keys(connection, (vault, admin), gid).await?;
+    let everyone = [vec![0], members.clone()].concat();
+    let (keys, holders) = match current {
+        None => (GroupKeys::generate(), everyone),
+        Some((_, keys)) if member => (keys, vec![uid]),
+        Some((_, keys)) => {
+            let rotated = keys
+                .rotated()
+                .context("the group has too many key epochs")?;
+            (rotated, everyone)
+        }
+    };
+    let record = GroupRecord {
+        vault,
+        gid,
+        epoch: keys.epoch(),
+        signing_key: keys.newest().public().signing,
+        wrapping_key: keys.newest().public().wrapping,
+        signer: 0,
+        name: group.to_string(),
+        members,
+    };
+    let signature = admin.sign(format::group::DOMAIN, &record.signed_bytes());
     let request = SetGroupMemberRequest {
         gid,
         uid,
         member,
         record: record.with_signature(&signature),
-        keys: wrapped,
+        keys: wrapped_to(connection, (vault, admin), (gid, &keys), holders).await?,
     };
-    let group = connection
-        .api()
-        .set_group_member(request)
-        .await?
-        .into_inner();
-    Ok(group.members)
+    let group = connection.api().set_group_member(request).await?;
+    Ok(group.into_inner().members)
 }

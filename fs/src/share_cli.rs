@@ -64,7 +64,7 @@ pub struct PathArgs {
 pub struct PasswdArgs {
     #[command(flatten)]
     key: KeyArgs,
-    /// Read the new passphrase from this file instead of VAULT_NEW_PASSPHRASE or a prompt.
+    /// Read the new passphrase from this file instead of a prompt.
     #[arg(long)]
     new_passphrase_file: Option<PathBuf>,
 }
@@ -72,13 +72,16 @@ pub struct PasswdArgs {
 /// `vaultfs key passwd`.
 pub fn passwd(args: &PasswdArgs) -> anyhow::Result<()> {
     let path = args.key.key_file.path();
-    let new = match (
-        &args.new_passphrase_file,
-        std::env::var_os("VAULT_NEW_PASSPHRASE"),
-    ) {
-        (Some(file), _) => PassphraseSource::from_file(Some(file.clone())),
-        (None, Some(_)) => bail!("VAULT_NEW_PASSPHRASE is not read; use --new-passphrase-file"),
-        (None, None) => PassphraseSource::from_file(None),
+    // Without a file the new passphrase comes from a prompt, never from where the current
+    // one came (VAULT_PASSPHRASE or standard input would hand back the old one).
+    let current_elsewhere =
+        std::env::var_os("VAULT_PASSPHRASE").is_some() || args.key.passphrase_stdin;
+    let new = match &args.new_passphrase_file {
+        Some(file) => PassphraseSource::from_file(Some(file.clone())),
+        None if current_elsewhere => {
+            bail!("give the new passphrase with --new-passphrase-file")
+        }
+        None => PassphraseSource::from_file(None),
     };
     let public = keystore::change_passphrase(&path, KeyKind::User, &args.key.source(), &new)?;
     println!("changed the passphrase of {}", path.display());

@@ -877,43 +877,7 @@ async fn sharing_grants_and_revokes_reading(w: &World, secret: FileId, mine: Fil
         wrapped_key: wrapped(w.settings.vault, secret, key),
         rekey: Vec::new(),
     };
-    let wrong = change(&record, w.alice_key);
-    let r = w
-        .write(by(a, move |txn, who| {
-            sharing::share(txn, who, secret, entry, &wrong, now())
-        }))
-        .await;
-    assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
-    // Without the owner's signature over the new ACL, nothing changes either.
-    let unsigned = sharing::AclChange {
-        record: Vec::new(),
-        ..change(&record, w.bob_key)
-    };
-    let forged = sharing::AclChange {
-        record: w.acl_record(secret, 1, (a.uid, 1), &[entry]),
-        ..change(&record, w.bob_key)
-    };
-    for bad in [unsigned, forged] {
-        let r = w
-            .write(by(a, move |txn, who| {
-                sharing::share(txn, who, secret, entry, &bad, now())
-            }))
-            .await;
-        assert!(
-            matches!(r, Err(OpError::Invalid(_)) | Err(OpError::AccessDenied(_))),
-            "{r:?}"
-        );
-    }
-    let right = change(&record, w.bob_key);
-    let r = w
-        .write(by(b, move |txn, who| {
-            sharing::share(txn, who, mine, entry, &right, now())
-        }))
-        .await;
-    assert!(
-        matches!(r, Err(OpError::Invalid(_)) | Err(OpError::AccessDenied(_))),
-        "{r:?}"
-    );
+    refused_shares_change_nothing(w, (secret, mine), entry, &record).await;
     let right = change(&record, w.bob_key);
     w.write(by(a, move |txn, who| {
         sharing::share(txn, who, secret, entry, &right, now())
@@ -940,7 +904,65 @@ async fn sharing_grants_and_revokes_reading(w: &World, secret: FileId, mine: Fil
         .commit(b, secret, vec![upload(0, 0, 1, true, 1)], 1, false)
         .await;
     assert!(matches!(r, Err(OpError::AccessDenied(_))), "{r:?}");
-    // Unshare: gone again, key removed.
+    unsharing_takes_it_back(w, secret).await;
+}
+
+/// Shares of `secret` that must change nothing: a key wrapped to the wrong user, no record or
+/// a record signed by someone else, and Bob sharing his file `mine` with her key.
+async fn refused_shares_change_nothing(
+    w: &World,
+    (secret, mine): (FileId, FileId),
+    entry: meta::AclEntry,
+    record: &Vec<u8>,
+) {
+    let (a, b) = (&w.alice, &w.bob);
+    let change = |record: &Vec<u8>, key| sharing::AclChange {
+        record: record.clone(),
+        wrapped_key: wrapped(w.settings.vault, secret, key),
+        rekey: Vec::new(),
+    };
+    let wrong = change(record, w.alice_key);
+    let r = w
+        .write(by(a, move |txn, who| {
+            sharing::share(txn, who, secret, entry, &wrong, now())
+        }))
+        .await;
+    assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
+    // Without the owner's signature over the new ACL, nothing changes either.
+    let unsigned = sharing::AclChange {
+        record: Vec::new(),
+        ..change(record, w.bob_key)
+    };
+    let forged = sharing::AclChange {
+        record: w.acl_record(secret, 1, (a.uid, 1), &[entry]),
+        ..change(record, w.bob_key)
+    };
+    for bad in [unsigned, forged] {
+        let r = w
+            .write(by(a, move |txn, who| {
+                sharing::share(txn, who, secret, entry, &bad, now())
+            }))
+            .await;
+        assert!(
+            matches!(r, Err(OpError::Invalid(_)) | Err(OpError::AccessDenied(_))),
+            "{r:?}"
+        );
+    }
+    let right = change(record, w.bob_key);
+    let r = w
+        .write(by(b, move |txn, who| {
+            sharing::share(txn, who, mine, entry, &right, now())
+        }))
+        .await;
+    assert!(
+        matches!(r, Err(OpError::Invalid(_)) | Err(OpError::AccessDenied(_))),
+        "{r:?}"
+    );
+}
+
+/// Alice revokes Bob's reading of `secret`: gone again, his key removed.
+async fn unsharing_takes_it_back(w: &World, secret: FileId) {
+    let (a, b) = (&w.alice, &w.bob);
     let bob = Principal::User(b.uid);
     let revoke = sharing::AclChange {
         record: w.acl_record(secret, 2, (a.uid, 0), &[]),
@@ -1193,12 +1215,18 @@ async fn groups_grant_access_to_their_members(w: &World) {
             .expect("groups"),
         vec![group.gid]
     );
+    a_directory_shared_with_the_group_reaches_its_members(w, group.gid).await;
+}
+
+/// Alice shares a directory with group `gid` (read and write): Bob, a member, sees it and
+/// makes a directory in it.
+async fn a_directory_shared_with_the_group_reaches_its_members(w: &World, gid: u32) {
     let dir = w
         .mkdir(&w.alice, FileId::ROOT, "shared")
         .await
         .expect("mkdir");
     let entry = meta::AclEntry {
-        principal: Principal::Group(group.gid),
+        principal: Principal::Group(gid),
         read: true,
         write: true,
     };
@@ -1207,7 +1235,7 @@ async fn groups_grant_access_to_their_members(w: &World) {
         ..Default::default()
     };
     let alice_in_lab = Caller {
-        groups: vec![0, group.gid],
+        groups: vec![0, gid],
         ..w.alice.clone()
     };
     w.write(by(&alice_in_lab, move |txn, who| {
@@ -1216,7 +1244,7 @@ async fn groups_grant_access_to_their_members(w: &World) {
     .await
     .expect("share dir");
     let bob_in_lab = Caller {
-        groups: vec![0, group.gid],
+        groups: vec![0, gid],
         ..w.bob.clone()
     };
     assert_eq!(

@@ -414,6 +414,48 @@ fn a_group_share_reaches_members_and_a_removed_member_gets_no_new_key(backend: B
     assert!(old_group.with_wrapping_key(&recipient).is_none());
 }
 
+/// Until a chunk is rewritten, a revoked reader's old key still opens it (what they could
+/// read before); `vaultfs rekey` re-seals every chunk under one new key, which theirs do not
+/// open, and the file reads the same.
+fn rekey_reseals_what_a_revoked_reader_could_still_open(backend: Backend) {
+    let lab = lab(&backend);
+    let mine = lab.alice_mount.join("kept");
+    write_synced(&mine, "written before the revocation");
+    let path = mine.display().to_string();
+    succeeded(lab.vaultfs(&lab.alice_files, &["share", &path, "--with", "bob"]));
+    let ino = ino_of(&mine);
+    let old = lab.keys_of(&lab.bob, ino);
+    succeeded(lab.vaultfs(&lab.alice_files, &["unshare", &path, "--from", "bob"]));
+    let before = chunk_files(&lab.daemon, ino);
+    let (index, generation) = *before.last().expect("a chunk file");
+    let root = lab.daemon.data_dir().join("chunks");
+    let sealed = fs::read(format::layout::chunk_path(
+        &root,
+        FileId(ino),
+        index,
+        generation,
+    ))
+    .expect("chunk file");
+    let context = ChunkContext {
+        vault: lab.vault,
+        file: FileId(ino),
+        index: ChunkIndex(index),
+        generation: Generation(generation),
+        last: true,
+    };
+    assert!(crypto::open(old.for_sealed(&sealed), &context, &sealed).is_ok());
+
+    let said = succeeded(lab.vaultfs(&lab.alice_files, &["rekey", &path]));
+    assert!(said.contains("re-sealed 1 files (1 chunks)"), "{said}");
+    let current = lab.keys_of(&lab.alice, ino);
+    assert_eq!(current.count(), 1, "the older keys are dropped");
+    old_keys_open_no_new_chunk(&lab, ino, &before, &old, &current);
+    assert_eq!(
+        fs::read_to_string(&mine).expect("alice reads"),
+        "written before the revocation"
+    );
+}
+
 /// The group a file is shared with (by its ACL).
 async fn group_of(user: &TestUser, ino: u64) -> u32 {
     let acl = user
@@ -512,6 +554,7 @@ tests::on_every_backend!(sync:
     a_directory_shared_recursively_reaches_every_file_and_new_ones,
     a_group_share_reaches_members_and_a_removed_member_gets_no_new_key,
     bad_sharing_requests_fail_with_one_line_and_change_nothing,
+    rekey_reseals_what_a_revoked_reader_could_still_open,
     a_wrapped_key_replaced_by_the_administrator_is_refused,
     a_reader_added_to_an_acl_by_the_administrator_gets_no_key,
 );

@@ -384,30 +384,7 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
         ErrorKind::AccessDenied
     );
 
-    // Unshare: gone again, and the file gets a new key that only alice holds.
-    let new_key = crypto::wrap(
-        &crypto::DataKey::generate(),
-        &alice.identity.public(),
-        &crypto::WrapContext {
-            vault: file.vault,
-            kind: crypto::WrapKind::FileKey,
-            object: file.ino,
-        },
-    );
-    alice
-        .connection
-        .api()
-        .unshare(UnshareRequest {
-            ino: file.ino,
-            principal: Some(principal_user(bob.uid)),
-            acl_record: signed_acl(&alice, (file.vault, file.ino, 2), &[]),
-            rekey: vec![WrappedKey {
-                principal: Some(principal_user(alice.uid)),
-                blob: new_key,
-            }],
-        })
-        .await
-        .expect("unshare");
+    alice_unshares_bob(&alice, &bob, &file).await;
     assert_eq!(chunk_for(&bob, &file).await, ErrorKind::AccessDenied);
 
     // Every refusal was audited.
@@ -423,6 +400,33 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
         "{entries:?}"
     );
     assert!(entries.iter().any(|e| e == "share") && entries.iter().any(|e| e == "unshare"));
+}
+
+/// Alice revokes bob's reading of `file`: the file gets a new key that only alice holds.
+async fn alice_unshares_bob(alice: &TestUser, bob: &TestUser, file: &TestFile) {
+    let new_key = crypto::wrap(
+        &crypto::DataKey::generate(),
+        &alice.identity.public(),
+        &crypto::WrapContext {
+            vault: file.vault,
+            kind: crypto::WrapKind::FileKey,
+            object: file.ino,
+        },
+    );
+    alice
+        .connection
+        .api()
+        .unshare(UnshareRequest {
+            ino: file.ino,
+            principal: Some(principal_user(bob.uid)),
+            acl_record: signed_acl(alice, (file.vault, file.ino, 2), &[]),
+            rekey: vec![WrappedKey {
+                principal: Some(principal_user(alice.uid)),
+                blob: new_key,
+            }],
+        })
+        .await
+        .expect("unshare");
 }
 
 /// What Bob is refused of Alice's `file` before she shares it: its name, its chunk, its keys,
