@@ -10,8 +10,8 @@ use format::acl::{AclRecord, Entry, Principal};
 use format::ids::{ChunkIndex, FileId, Generation};
 use proto::v1::{
     AclEntry, ChunkCommit, CommitChunksRequest, FileKind, GetAttrRequest, GetChunkRequest,
-    GetGroupRequest, GetUserRequest, ListChunksRequest, OpenRequest, PutChunkRequest, ShareRequest,
-    UnshareRequest, get_group_request, get_user_request,
+    GetGroupRequest, GetUserRequest, OpenRequest, PutChunkRequest, ShareRequest, UnshareRequest,
+    get_group_request, get_user_request,
 };
 
 use crate::keys::{Keys, principal_to_wire};
@@ -261,29 +261,11 @@ impl Sharing {
             Some(rotated) => rotated.newest_only(),
             None => bail!("it has too many key epochs"),
         };
-        let mut chunks: Vec<(u64, u64)> = reply
-            .chunks
-            .iter()
-            .map(|c| (c.index, c.generation))
+        let chunks: Vec<(u64, u64)> = crate::file::chunk_map(&self.remote, ino, &reply)
+            .await?
+            .into_iter()
+            .map(|(index, generation)| (index.get(), generation.get()))
             .collect();
-        let mut more = reply.more_chunks;
-        while more {
-            let from = chunks.last().map_or(0, |c| c.0 + 1);
-            let page = self
-                .remote
-                .send(
-                    "list_chunks",
-                    ListChunksRequest {
-                        ino: ino.0,
-                        from_index: from,
-                        limit: 4096,
-                    },
-                    |mut api, r| async move { api.list_chunks(r).await },
-                )
-                .await?;
-            chunks.extend(page.chunks.iter().map(|c| (c.index, c.generation)));
-            more = page.more && !page.chunks.is_empty();
-        }
         let last = attr.size.checked_sub(1).map(ChunkIndex::of_offset);
         let mut commits = Vec::with_capacity(chunks.len());
         for &(index, generation) in &chunks {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -147,15 +147,15 @@ async fn group_keys(lab: &Lab, user: &TestUser, gid: u32) -> GroupKeys {
     GroupKeys::unwrap(&blob, &user.identity, lab.vault, gid, &admin).expect("group keys")
 }
 
+/// The wrapped keys of `ino` that `user` may fetch (theirs and their groups').
+async fn wrapped_keys(user: &TestUser, ino: u64) -> Vec<proto::v1::WrappedKey> {
+    let request = GetWrappedKeysRequest { ino };
+    let reply = user.connection.api().get_wrapped_keys(request).await;
+    reply.expect("wrapped keys").into_inner().keys
+}
+
 async fn file_keys(lab: &Lab, user: &TestUser, ino: u64) -> FileKeys {
-    let wrapped = user
-        .connection
-        .api()
-        .get_wrapped_keys(GetWrappedKeysRequest { ino })
-        .await
-        .expect("wrapped keys")
-        .into_inner()
-        .keys;
+    let wrapped = wrapped_keys(user, ino).await;
     let chosen = wrapped
         .first()
         .expect("a key wrapped to this user or a group");
@@ -245,6 +245,26 @@ fn chunk_files(daemon: &Storaged, ino: u64) -> BTreeSet<(u64, u64)> {
         .collect()
 }
 
+/// Chunk file (`index`, `generation`) of `ino` in the data dir: its path, its bytes, and where
+/// it belongs (one-chunk files: the last chunk).
+fn sealed_chunk(
+    lab: &Lab,
+    ino: u64,
+    (index, generation): (u64, u64),
+) -> (PathBuf, Vec<u8>, ChunkContext) {
+    let root = lab.daemon.data_dir().join("chunks");
+    let path = format::layout::chunk_path(&root, FileId(ino), index, generation);
+    let sealed = fs::read(&path).expect("chunk file");
+    let context = ChunkContext {
+        vault: lab.vault,
+        file: FileId(ino),
+        index: ChunkIndex(index),
+        generation: Generation(generation),
+        last: true,
+    };
+    (path, sealed, context)
+}
+
 /// The revoked user's `old` keys open none of the chunk files of `ino` written since
 /// `before`, while the owner's `current` keys open every one of them (one-chunk files).
 fn old_keys_open_no_new_chunk(
@@ -259,17 +279,8 @@ fn old_keys_open_no_new_chunk(
         .copied()
         .collect();
     assert!(!written.is_empty(), "no chunk of {ino} was written since");
-    let root = lab.daemon.data_dir().join("chunks");
     for (index, generation) in written {
-        let path = format::layout::chunk_path(&root, FileId(ino), index, generation);
-        let sealed = fs::read(&path).expect("chunk file");
-        let context = ChunkContext {
-            vault: lab.vault,
-            file: FileId(ino),
-            index: ChunkIndex(index),
-            generation: Generation(generation),
-            last: true,
-        };
+        let (path, sealed, context) = sealed_chunk(lab, ino, (index, generation));
         assert!(
             crypto::open(current.for_sealed(&sealed), &context, &sealed).is_ok(),
             "the owner's current key opens {}",
@@ -427,22 +438,8 @@ fn rekey_reseals_what_a_revoked_reader_could_still_open(backend: Backend) {
     let old = lab.keys_of(&lab.bob, ino);
     succeeded(lab.vaultfs(&lab.alice_files, &["unshare", &path, "--from", "bob"]));
     let before = chunk_files(&lab.daemon, ino);
-    let (index, generation) = *before.last().expect("a chunk file");
-    let root = lab.daemon.data_dir().join("chunks");
-    let sealed = fs::read(format::layout::chunk_path(
-        &root,
-        FileId(ino),
-        index,
-        generation,
-    ))
-    .expect("chunk file");
-    let context = ChunkContext {
-        vault: lab.vault,
-        file: FileId(ino),
-        index: ChunkIndex(index),
-        generation: Generation(generation),
-        last: true,
-    };
+    let last = *before.last().expect("a chunk file");
+    let (_, sealed, context) = sealed_chunk(&lab, ino, last);
     assert!(crypto::open(old.for_sealed(&sealed), &context, &sealed).is_ok());
 
     let said = succeeded(lab.vaultfs(&lab.alice_files, &["rekey", &path]));
@@ -476,14 +473,7 @@ async fn group_of(user: &TestUser, ino: u64) -> u32 {
 
 /// The X25519 key the file's group wrap is addressed to.
 async fn group_wrap_recipient(user: &TestUser, ino: u64) -> [u8; 32] {
-    let wrapped = user
-        .connection
-        .api()
-        .get_wrapped_keys(GetWrappedKeysRequest { ino })
-        .await
-        .expect("wrapped keys")
-        .into_inner()
-        .keys;
+    let wrapped = wrapped_keys(user, ino).await;
     wrapped
         .iter()
         .map(|k| crypto::signed_wrap_header(&k.blob).expect("signed"))
@@ -766,17 +756,8 @@ fn forged_wraps(lab: &Lab, ino: u64, planted: &crypto::DataKey) -> Vec<(Vec<u8>,
 /// No chunk file of `ino` opens under `key`.
 fn no_chunk_opens_under(lab: &Lab, ino: u64, key: &crypto::DataKey) {
     let cipher = key.chunk_cipher();
-    let root = lab.daemon.data_dir().join("chunks");
     for (index, generation) in chunk_files(&lab.daemon, ino) {
-        let path = format::layout::chunk_path(&root, FileId(ino), index, generation);
-        let sealed = fs::read(&path).expect("chunk file");
-        let context = ChunkContext {
-            vault: lab.vault,
-            file: FileId(ino),
-            index: ChunkIndex(index),
-            generation: Generation(generation),
-            last: true,
-        };
+        let (path, sealed, context) = sealed_chunk(lab, ino, (index, generation));
         assert!(
             crypto::open(&cipher, &context, &sealed).is_err(),
             "{} is sealed under the administrator's key",

@@ -199,6 +199,37 @@ fn committed_chunk(chunk: &ChunkInfo) -> (ChunkIndex, Generation) {
     (ChunkIndex(chunk.index), Generation(chunk.generation))
 }
 
+/// A file's whole committed chunk map: the chunks of its `Open` reply and, for a large file,
+/// the pages that follow.
+pub async fn chunk_map(
+    remote: &crate::remote::Remote,
+    ino: FileId,
+    reply: &OpenReply,
+) -> Result<BTreeMap<ChunkIndex, Generation>, FsError> {
+    let mut generations: BTreeMap<ChunkIndex, Generation> =
+        reply.chunks.iter().map(committed_chunk).collect();
+    let mut more = reply.more_chunks;
+    while more {
+        let from = generations
+            .keys()
+            .next_back()
+            .map_or(0, |last| last.get() + 1);
+        let request = ListChunksRequest {
+            ino: ino.0,
+            from_index: from,
+            limit: 4096,
+        };
+        let page = remote
+            .send("list_chunks", request, |mut api, r| async move {
+                api.list_chunks(r).await
+            })
+            .await?;
+        generations.extend(page.chunks.iter().map(committed_chunk));
+        more = page.more && !page.chunks.is_empty();
+    }
+    Ok(generations)
+}
+
 impl FileState {
     /// Loads a file's committed state (attributes, chunk generations, key) in one call.
     pub async fn open(shared: &Shared, ino: FileId) -> Result<FileState, FsError> {
@@ -321,29 +352,7 @@ impl FileState {
         let attr = reply.attr.ok_or_else(|| {
             FsError::local(ErrorKind::Internal, "an open reply without attributes")
         })?;
-        let mut generations: BTreeMap<ChunkIndex, Generation> =
-            reply.chunks.iter().map(committed_chunk).collect();
-        let mut more = reply.more_chunks;
-        while more {
-            let from = generations
-                .keys()
-                .next_back()
-                .map_or(0, |last| last.get() + 1);
-            let page = shared
-                .remote
-                .send(
-                    "list_chunks",
-                    ListChunksRequest {
-                        ino: ino.0,
-                        from_index: from,
-                        limit: 4096,
-                    },
-                    |mut api, r| async move { api.list_chunks(r).await },
-                )
-                .await?;
-            generations.extend(page.chunks.iter().map(committed_chunk));
-            more = page.more && !page.chunks.is_empty();
-        }
+        let generations = chunk_map(&shared.remote, ino, &reply).await?;
         if !self.is_dirty() {
             self.size = attr.size;
         } else if !self.truncated {
