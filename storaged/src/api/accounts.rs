@@ -8,7 +8,7 @@ use proto::v1::*;
 use super::State;
 use super::call::{Call, Context, PublicCall};
 use super::wire::{group_by, group_to_wire, user_by, user_to_wire};
-use crate::meta::{RecordKind, StoreError, Txn, now};
+use crate::meta::{RecordKind, SignedKey, StoreError, Txn, now};
 use crate::ops::{OpError, users};
 
 impl PublicCall<HelloReply> for HelloRequest {
@@ -124,7 +124,7 @@ async fn change_record(at: &Context, gid: u32) -> Result<Vec<u8>, OpError> {
     let id = u64::from(gid);
     at.read(move |txn, _| {
         Ok(txn
-            .get_signed(RecordKind::Group, id, 0)?
+            .get_signed(SignedKey(RecordKind::Group, id, 0))?
             .unwrap_or_default())
     })
     .await

@@ -286,17 +286,13 @@ impl Txn for MemoryTxn<'_> {
 
     fn get_signed(
         &mut self,
-        kind: RecordKind,
-        id: u64,
-        sub: u32,
+        SignedKey(kind, id, sub): SignedKey,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.state.signed.get(&(kind, id, sub)).cloned())
     }
     fn put_signed(
         &mut self,
-        kind: RecordKind,
-        id: u64,
-        sub: u32,
+        SignedKey(kind, id, sub): SignedKey,
         blob: &[u8],
     ) -> Result<(), StoreError> {
         self.state_mut()

@@ -262,19 +262,9 @@ pub trait Txn {
     fn list_wrapped_keys(&mut self, ino: FileId) -> Result<Vec<(Principal, Vec<u8>)>, StoreError>;
 
     // Signed records (docs/format.md section 5): opaque to the store, one per (kind, id, sub).
-    fn get_signed(
-        &mut self,
-        kind: RecordKind,
-        id: u64,
-        sub: u32,
-    ) -> Result<Option<Vec<u8>>, StoreError>;
-    fn put_signed(
-        &mut self,
-        kind: RecordKind,
-        id: u64,
-        sub: u32,
-        blob: &[u8],
-    ) -> Result<(), StoreError>;
+    /// The signed record stored under `key`, if any.
+    fn get_signed(&mut self, key: SignedKey) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_signed(&mut self, key: SignedKey, blob: &[u8]) -> Result<(), StoreError>;
     /// Removes every record of `kind` for `id`, whatever its `sub`.
     fn delete_signed(&mut self, kind: RecordKind, id: u64) -> Result<(), StoreError>;
     /// Every record of `kind` for `id`, by `sub`.

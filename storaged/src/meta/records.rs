@@ -84,6 +84,10 @@ pub enum RecordKind {
     GroupKey = 3,
 }
 
+/// Where a signed record is stored: its kind, id and sub (see [`RecordKind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SignedKey(pub RecordKind, pub u64, pub u32);
+
 impl RecordKind {
     pub fn from_code(code: i64) -> Option<RecordKind> {
         match code {

@@ -11,7 +11,7 @@ use identity::PublicIdentity;
 
 use super::OpError;
 use super::access::EVERYONE;
-use crate::meta::{AclEntry, FileId, Inode, Principal, RecordKind, Txn};
+use crate::meta::{AclEntry, FileId, Inode, Principal, RecordKind, SignedKey, Txn};
 use crate::settings;
 
 /// The vault's ID and the site administrator's key, from the settings.
@@ -99,7 +99,7 @@ fn entries_of(record: &SignedAcl) -> Vec<AclEntry> {
 
 /// The signed ACL record stored for an inode, if any.
 pub fn stored_acl(txn: &mut dyn Txn, ino: FileId) -> Result<Option<Vec<u8>>, OpError> {
-    Ok(txn.get_signed(RecordKind::Acl, ino.0, 0)?)
+    Ok(txn.get_signed(SignedKey(RecordKind::Acl, ino.0, 0))?)
 }
 
 /// Checks a new ACL record for `node`: its layout, vault, inode and owner, a serial one past
@@ -176,7 +176,7 @@ pub fn key_holders(owner: u32, acl: &[AclEntry]) -> Vec<Principal> {
 
 /// A group's signed record, if it has one yet (its first member's addition makes it).
 pub fn group_record(txn: &mut dyn Txn, gid: u32) -> Result<Option<SignedGroup>, OpError> {
-    txn.get_signed(RecordKind::Group, u64::from(gid), 0)?
+    txn.get_signed(SignedKey(RecordKind::Group, u64::from(gid), 0))?
         .map(|bytes| {
             SignedGroup::parse(&bytes)
                 .map_err(|e| OpError::invalid(format!("the stored record of group {gid}: {e}")))

@@ -5,7 +5,7 @@ use super::access::{EVERYONE, check_read, check_write};
 use super::records::{self, check_acl_record, key_holders, signed_part};
 use super::{Caller, OpError, inode, touch};
 use crate::audit;
-use crate::meta::{AclEntry, FileId, Inode, Kind, Principal, RecordKind, Time, Txn};
+use crate::meta::{AclEntry, FileId, Inode, Kind, Principal, RecordKind, SignedKey, Time, Txn};
 use format::wrapped::{WrapHeader, WrapKind};
 
 /// A wrapped key must be a file key for this file, addressed to the principal's wrapping
@@ -169,7 +169,7 @@ fn set_acl(
     node.acl
         .retain(|e| e.principal == Principal::Group(EVERYONE));
     node.acl.extend(granted);
-    txn.put_signed(RecordKind::Acl, node.ino.0, 0, record)?;
+    txn.put_signed(SignedKey(RecordKind::Acl, node.ino.0, 0), record)?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use super::names::check_principal_name;
 use super::records;
 use super::{Caller, OpError};
 use crate::audit;
-use crate::meta::{Group, RecordKind, Time, Txn, User};
+use crate::meta::{Group, RecordKind, SignedKey, Time, Txn, User};
 use crate::settings::VaultSettings;
 use format::group::SignedGroup;
 use identity::PublicIdentity;
@@ -213,9 +213,15 @@ pub fn set_member(
         txn.delete_signed(RecordKind::GroupKey, u64::from(gid))?;
     }
     for (holder, blob) in &change.keys {
-        txn.put_signed(RecordKind::GroupKey, u64::from(gid), *holder, blob)?;
+        txn.put_signed(
+            SignedKey(RecordKind::GroupKey, u64::from(gid), *holder),
+            blob,
+        )?;
     }
-    txn.put_signed(RecordKind::Group, u64::from(gid), 0, &change.record)?;
+    txn.put_signed(
+        SignedKey(RecordKind::Group, u64::from(gid), 0),
+        &change.record,
+    )?;
     txn.put_group(&group)?;
     let detail = format!("{} {uid}", if member { "add" } else { "remove" });
     audit::append(
@@ -279,10 +285,10 @@ pub fn group_key(
     let holder = if caller.admin { 0 } else { caller.uid };
     let id = u64::from(gid);
     let record = txn
-        .get_signed(RecordKind::Group, id, 0)?
+        .get_signed(SignedKey(RecordKind::Group, id, 0))?
         .unwrap_or_default();
     let blob = txn
-        .get_signed(RecordKind::GroupKey, id, holder)?
+        .get_signed(SignedKey(RecordKind::GroupKey, id, holder))?
         .unwrap_or_default();
     Ok((record, blob))
 }

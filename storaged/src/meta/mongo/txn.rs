@@ -377,9 +377,7 @@ impl Txn for MongoTxn<'_> {
 
     fn get_signed(
         &mut self,
-        kind: RecordKind,
-        id: u64,
-        sub: u32,
+        SignedKey(kind, id, sub): SignedKey,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let filter = docs::signed_key(kind, id, sub);
         self.find_one(Coll::Signed, filter)?
@@ -388,9 +386,7 @@ impl Txn for MongoTxn<'_> {
     }
     fn put_signed(
         &mut self,
-        kind: RecordKind,
-        id: u64,
-        sub: u32,
+        SignedKey(kind, id, sub): SignedKey,
         blob: &[u8],
     ) -> Result<(), StoreError> {
         let filter = docs::signed_key(kind, id, sub);

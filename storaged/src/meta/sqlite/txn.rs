@@ -352,9 +352,7 @@ impl Txn for SqliteTxn<'_> {
 
     fn get_signed(
         &mut self,
-        kind: RecordKind,
-        id: u64,
-        sub: u32,
+        SignedKey(kind, id, sub): SignedKey,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         self.query_one(
             "SELECT blob FROM signed WHERE kind = ?1 AND id = ?2 AND sub = ?3",
@@ -364,9 +362,7 @@ impl Txn for SqliteTxn<'_> {
     }
     fn put_signed(
         &mut self,
-        kind: RecordKind,
-        id: u64,
-        sub: u32,
+        SignedKey(kind, id, sub): SignedKey,
         blob: &[u8],
     ) -> Result<(), StoreError> {
         self.change(

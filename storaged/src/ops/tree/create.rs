@@ -4,7 +4,7 @@
 use super::directory;
 use crate::audit;
 use crate::meta::{
-    AclEntry, Entry, FileId, Inode, Kind, Principal, RecordKind, Time, Txn, Version,
+    AclEntry, Entry, FileId, Inode, Kind, Principal, RecordKind, SignedKey, Time, Txn, Version,
 };
 use crate::ops::access::{check_read, check_write, inherited_acl};
 use crate::ops::names::{check_name, check_target};
@@ -116,7 +116,7 @@ pub fn create_node(
         child.acl = inherited_acl(&dir);
     } else {
         child.acl = check_acl_record(txn, &child, &node.acl_record, &[])?;
-        txn.put_signed(RecordKind::Acl, ino.0, 0, &node.acl_record)?;
+        txn.put_signed(SignedKey(RecordKind::Acl, ino.0, 0), &node.acl_record)?;
     }
     if node.kind == Kind::Directory {
         child.nlink = 2;
