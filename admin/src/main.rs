@@ -15,9 +15,10 @@ use identity::{Fingerprint, Identity, KeyKind, PublicIdentity};
 use keystore::PassphraseSource;
 use proto::v1::{
     AnchorAuditRequest, ApproveRequest, AuditHead, CreateGroupRequest, GetAuditHeadRequest,
-    GetGroupRequest, GetUserRequest, ListPendingRequest, SetGroupMemberRequest, User,
-    get_group_request, get_user_request,
+    GetUserRequest, ListPendingRequest, User, get_user_request,
 };
+
+mod groups;
 
 const PROGRAM: Program = cli::program!(
     "vault-admin",
@@ -319,23 +320,11 @@ async fn group(command: &GroupCommand) -> anyhow::Result<()> {
 }
 
 async fn set_member(args: &MemberArgs, member: bool) -> anyhow::Result<()> {
-    let connection = connect(&args.server).await?;
-    let by = Some(get_group_request::By::Name(args.group.clone()));
-    let gid = connection
-        .api()
-        .get_group(GetGroupRequest { by })
-        .await
-        .with_context(|| format!("looking up group {}", args.group))?
-        .into_inner()
-        .gid;
-    let uid = user_named(&connection, &args.user).await?.uid;
-    let request = SetGroupMemberRequest { gid, uid, member };
-    let group = connection
-        .api()
-        .set_group_member(request)
-        .await?
-        .into_inner();
-    println!("group {} now has members {:?}", group.name, group.members);
+    let identity = args.server.key.unlock()?;
+    let connection = connect_with(&args.server, &identity).await?;
+    let members =
+        groups::set_member(&connection, &identity, (&args.group, &args.user), member).await?;
+    println!("group {} now has members {members:?}", args.group);
     Ok(())
 }
 

@@ -6,12 +6,14 @@
 
 mod chunk;
 mod keys;
+mod signed_wrap;
 mod wrap;
 
 pub use chunk::{AAD_BYTES, OpenError, SealError, authenticated_data, open, open_in_place, seal};
 pub use format::envelope::ChunkContext;
 pub use keys::{ChunkCipher, DATA_KEY_BYTES, DataKey};
+pub use signed_wrap::{FileKeys, GroupKeys, Object, Recipient, Wrapper, signed_wrap_header};
 pub use wrap::{
-    PreparedWrap, UnwrapError, WRAPPED_KEY_BYTES, WrapContext, WrapKind, prepare_wrap, unwrap,
-    wrap, wrap_prepared,
+    PreparedWrap, UnwrapError, WRAPPED_KEY_BYTES, WrapContext, WrapKind, prepare_signed_wrap,
+    prepare_wrap, unwrap, wrap, wrap_prepared,
 };

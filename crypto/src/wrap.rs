@@ -43,6 +43,8 @@ pub enum UnwrapError {
     NotForMe,
     #[error("wrapped key failed authentication (corrupted or forged)")]
     AuthenticationFailed,
+    #[error("wrapped key is not signed by the user it names as its wrapper")]
+    BadSignature,
 }
 
 /// The recipient-dependent half of a wrap, made ahead of time: a fresh ephemeral X25519 key
@@ -50,9 +52,11 @@ pub enum UnwrapError {
 /// It seals exactly one key: [`wrap_prepared`] consumes it, so an ephemeral key is never
 /// used twice, and the result is byte for byte what [`wrap`] would have made.
 pub struct PreparedWrap {
-    recipient: [u8; 32],
-    encapped: <KemSuite as Kem>::EncappedKey,
-    context: hpke::aead::AeadCtxS<AesGcm256, HkdfSha256, KemSuite>,
+    pub(crate) recipient: [u8; 32],
+    pub(crate) encapped: <KemSuite as Kem>::EncappedKey,
+    pub(crate) context: hpke::aead::AeadCtxS<AesGcm256, HkdfSha256, KemSuite>,
+    /// The wrapped key version it was set up for (their HPKE infos differ).
+    pub(crate) version: u8,
 }
 
 impl std::fmt::Debug for PreparedWrap {
@@ -70,18 +74,25 @@ impl PreparedWrap {
 
 /// Prepares one wrap to `recipient` (see [`PreparedWrap`]).
 pub fn prepare_wrap(recipient: &PublicIdentity) -> PreparedWrap {
+    prepare(recipient, HPKE_INFO, 1)
+}
+
+/// Prepares one signed wrap (version 2) to `recipient`, for [`crate::FileKeys::wrap_prepared`].
+pub fn prepare_signed_wrap(recipient: &PublicIdentity) -> PreparedWrap {
+    prepare(recipient, crate::signed_wrap::HPKE_INFO, 2)
+}
+
+fn prepare(recipient: &PublicIdentity, info: &[u8], version: u8) -> PreparedWrap {
     let recipient_key = <KemSuite as Kem>::PublicKey::from_bytes(&recipient.wrapping)
         .expect("every 32-byte string is an X25519 public key");
-    let (encapped, context) = hpke::setup_sender::<AesGcm256, HkdfSha256, KemSuite>(
-        &OpModeS::Base,
-        &recipient_key,
-        HPKE_INFO,
-    )
-    .expect("X25519 encapsulation to a valid key cannot fail");
+    let (encapped, context) =
+        hpke::setup_sender::<AesGcm256, HkdfSha256, KemSuite>(&OpModeS::Base, &recipient_key, info)
+            .expect("X25519 encapsulation to a valid key cannot fail");
     PreparedWrap {
         recipient: recipient.wrapping,
         encapped,
         context,
+        version,
     }
 }
 
@@ -92,6 +103,7 @@ pub fn wrap(key: &DataKey, recipient: &PublicIdentity, context: &WrapContext) ->
 
 /// Wraps `key` for `context` to the recipient `prepared` was made for.
 pub fn wrap_prepared(mut prepared: PreparedWrap, key: &DataKey, context: &WrapContext) -> Vec<u8> {
+    assert_eq!(prepared.version, 1, "a wrap prepared for version 1");
     let mut out = vec![0u8; WRAPPED_KEY_BYTES];
     out[..AAD_END].copy_from_slice(&header(context, &prepared.recipient).encode());
     let (aad, rest) = out.split_at_mut(AAD_END);

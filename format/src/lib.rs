@@ -6,7 +6,9 @@
 //! open chunks. It must never gain the ability to decrypt anything: that would let the server
 //! depend on it and read data. `docs/format.md` is the specification; this is its code.
 
+pub mod acl;
 pub mod envelope;
+pub mod group;
 pub mod ids;
 pub mod layout;
 pub mod limits;

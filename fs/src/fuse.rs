@@ -391,7 +391,7 @@ impl Filesystem for VaultFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         allowed_or_reply!(self, req, reply);
-        match self.vault.open(file(ino)) {
+        match self.vault.open_for(file(ino), flags.0) {
             Ok((fh, keep_cache)) => {
                 let mut open_flags = write_only(flags.0);
                 if keep_cache {
@@ -570,12 +570,12 @@ impl Filesystem for VaultFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.vault.sync());
+        reply_empty(reply, self.vault.sync_dir(file(ino)));
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

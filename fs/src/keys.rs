@@ -1,32 +1,31 @@
-//! File keys: unwrapping them with the user's private key (cached per open file), wrapping a
-//! new file's key to its owner and to everyone its directory is shared with, and checking
-//! every recipient's public key against the site administrator's signature first.
+//! File keys: unwrapping them with the user's private key (cached per file, with their key
+//! epoch), checking who wrapped them first (a certified user allowed to write the file), and
+//! wrapping a file's keys to exactly the principals of a verified ACL (`crate::trust`): a new
+//! file's to its directory's readers, a new key epoch's to the file's (re-keying).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crypto::{ChunkCipher, DataKey, WrapContext, WrapKind};
+use crypto::{FileKeys, Recipient, Wrapper};
+use format::acl::{self as acl_layout, AclRecord, Principal};
 use format::ids::{FileId, VaultId};
 use identity::PublicIdentity;
-use proto::ErrorKind;
-use proto::v1::{
-    GetAclRequest, GetUserRequest, GetWrappedKeysRequest, Principal, WrappedKey, get_user_request,
-    principal,
-};
+use proto::v1::{CommitChunksRequest, GetWrappedKeysRequest, WrappedKey, principal};
 
 use crate::error::FsError;
 use crate::remote::Remote;
+use crate::trust::{Trust, VerifiedAcl};
 
 #[derive(Debug)]
 pub struct Keys {
     remote: Remote,
     vault: VaultId,
-    /// The site administrator's key, pinned when the user logged in first.
-    admin: PublicIdentity,
     uid: u32,
-    ciphers: Mutex<HashMap<FileId, Arc<ChunkCipher>>>,
-    users: Mutex<HashMap<u32, PublicIdentity>>,
-    acls: Mutex<HashMap<FileId, (std::time::Instant, Vec<u32>)>>,
+    trust: Trust,
+    /// Accept unsigned (version 1) wrapped keys, of vaults written before signed ones: read
+    /// them, and give the file a signed new key epoch before writing it.
+    legacy: bool,
+    files: Mutex<HashMap<FileId, Arc<FileKeys>>>,
     /// Wraps to this user's own key prepared ahead (see [`crypto::PreparedWrap`]): a new
     /// file's key is wrapped without X25519 work on the creating thread.
     own_wraps: Arc<Mutex<Vec<crypto::PreparedWrap>>>,
@@ -60,7 +59,7 @@ fn start_refiller(
             }
             while let Ok(me) = requests.recv() {
                 while wraps.lock().expect("wraps poisoned").len() < OWN_WRAPS_MAX {
-                    let prepared = crypto::prepare_wrap(&me);
+                    let prepared = crypto::prepare_signed_wrap(&me);
                     wraps.lock().expect("wraps poisoned").push(prepared);
                 }
                 refilling.store(false, std::sync::atomic::Ordering::Release);
@@ -69,9 +68,6 @@ fn start_refiller(
     Ok(sender)
 }
 
-/// How long a directory's readers are trusted for new files' keys.
-const ACL_CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
-
 fn key_error(ino: FileId, reason: impl std::fmt::Display) -> FsError {
     FsError::Key {
         ino,
@@ -79,26 +75,53 @@ fn key_error(ino: FileId, reason: impl std::fmt::Display) -> FsError {
     }
 }
 
-pub fn user_principal(uid: u32) -> Principal {
-    Principal {
-        kind: Some(principal::Kind::User(uid)),
+pub fn user_principal(uid: u32) -> proto::v1::Principal {
+    principal_to_wire(Principal::User(uid))
+}
+
+pub fn principal_to_wire(p: Principal) -> proto::v1::Principal {
+    proto::v1::Principal {
+        kind: Some(match p {
+            Principal::User(uid) => principal::Kind::User(uid),
+            Principal::Group(gid) => principal::Kind::Group(gid),
+        }),
     }
+}
+
+fn principal_of(wire: Option<&proto::v1::Principal>) -> Option<Principal> {
+    match wire?.kind? {
+        principal::Kind::User(uid) => Some(Principal::User(uid)),
+        principal::Kind::Group(gid) => Some(Principal::Group(gid)),
+    }
+}
+
+/// What a new file or directory needs from its directory's ACL: its own ACL record (none
+/// when private) and, for a file, its keys wrapped to itself and every reader.
+#[derive(Debug, Default)]
+pub struct NewAccess {
+    pub wrapped_keys: Vec<WrappedKey>,
+    pub acl_record: Vec<u8>,
 }
 
 impl Keys {
     pub fn new(remote: Remote, vault: VaultId, admin: PublicIdentity, uid: u32) -> Keys {
         Keys {
+            trust: Trust::new(remote.clone(), vault, admin),
             remote,
             vault,
-            admin,
             uid,
-            ciphers: Mutex::new(HashMap::new()),
-            users: Mutex::new(HashMap::new()),
-            acls: Mutex::new(HashMap::new()),
+            legacy: false,
+            files: Mutex::new(HashMap::new()),
             own_wraps: Arc::new(Mutex::new(Vec::new())),
             refilling: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             refiller: Mutex::new(None),
         }
+    }
+
+    /// Accepts unsigned (version 1) wrapped keys (see `legacy`).
+    pub fn with_legacy_keys(mut self, legacy: bool) -> Keys {
+        self.legacy = legacy;
+        self
     }
 
     pub fn vault(&self) -> VaultId {
@@ -109,11 +132,14 @@ impl Keys {
         self.uid
     }
 
-    fn context(&self, ino: FileId) -> WrapContext {
-        WrapContext {
-            vault: self.vault,
-            kind: WrapKind::FileKey,
-            object: ino.0,
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    fn me(&self) -> Wrapper<'_> {
+        Wrapper {
+            uid: self.uid,
+            identity: self.remote.identity(),
         }
     }
 
@@ -129,131 +155,288 @@ impl Keys {
         Ok(reply.keys)
     }
 
-    /// The chunk cipher of a file: from memory, or by unwrapping the file key wrapped to us.
-    pub async fn cipher(&self, ino: FileId) -> Result<Arc<ChunkCipher>, FsError> {
-        if let Some(cipher) = self.ciphers.lock().expect("key cache poisoned").get(&ino) {
-            return Ok(cipher.clone());
-        }
+    /// A file's keys, fetched and checked (`owner`: the file's owner, as the server says).
+    pub async fn file_keys(&self, ino: FileId, owner: u32) -> Result<Arc<FileKeys>, FsError> {
         let keys = self.wrapped_keys(ino).await?;
-        self.cipher_from(ino, &keys)
+        self.keys_from(ino, &keys, owner).await
     }
 
-    /// The chunk cipher of a file, from memory or from the wrapped keys an `Open` returned.
-    pub fn cipher_from(
+    /// A file's keys from the wrapped keys an `Open` returned: from memory when they are of
+    /// the newest epoch, else unwrapped after checking who wrapped them.
+    pub async fn keys_from(
         &self,
         ino: FileId,
-        keys: &[WrappedKey],
-    ) -> Result<Arc<ChunkCipher>, FsError> {
-        if let Some(cipher) = self.ciphers.lock().expect("key cache poisoned").get(&ino) {
-            return Ok(cipher.clone());
-        }
-        let mine = user_principal(self.uid);
-        let blob = keys
+        wrapped: &[WrappedKey],
+        owner: u32,
+    ) -> Result<Arc<FileKeys>, FsError> {
+        let mine = Principal::User(self.uid);
+        let chosen = wrapped
             .iter()
-            .find(|k| k.principal.as_ref() == Some(&mine))
-            .ok_or_else(|| {
-                key_error(
-                    ino,
-                    "no key is wrapped to you (group keys are not supported yet)",
-                )
-            })?;
-        let key = crypto::unwrap(&blob.blob, self.remote.identity(), &self.context(ino))
-            .map_err(|e| key_error(ino, e))?;
-        Ok(self.remember(ino, &key))
-    }
-
-    pub fn remember(&self, ino: FileId, key: &DataKey) -> Arc<ChunkCipher> {
-        let cipher = Arc::new(key.chunk_cipher());
-        self.ciphers
-            .lock()
-            .expect("key cache poisoned")
-            .insert(ino, cipher.clone());
-        cipher
-    }
-
-    pub fn forget(&self, ino: FileId) {
-        self.ciphers
-            .lock()
-            .expect("key cache poisoned")
-            .remove(&ino);
-    }
-
-    /// A user's public keys, after checking the site administrator's certificate on them.
-    pub async fn user(&self, uid: u32) -> Result<PublicIdentity, FsError> {
-        if let Some(public) = self.users.lock().expect("user cache poisoned").get(&uid) {
-            return Ok(*public);
+            .find(|k| principal_of(k.principal.as_ref()) == Some(mine))
+            .or_else(|| wrapped.first())
+            .ok_or_else(|| key_error(ino, "no key is wrapped to you or your groups"))?;
+        let principal = principal_of(chosen.principal.as_ref())
+            .ok_or_else(|| key_error(ino, "a wrapped key names no principal"))?;
+        let epoch = crypto::signed_wrap_header(&chosen.blob)
+            .map(|h| h.epoch)
+            .unwrap_or(0);
+        if let Some(known) = self.files.lock().expect("key cache poisoned").get(&ino)
+            && known.epoch() >= epoch
+            && epoch > 0
+        {
+            return Ok(known.clone());
         }
-        let user = self
-            .remote
-            .call("get_user", |mut api| async move {
-                api.get_user(GetUserRequest {
-                    by: Some(get_user_request::By::Uid(uid)),
-                })
-                .await
-            })
-            .await?;
-        let public = PublicIdentity::from_slices(&user.signing_key, &user.wrapping_key)
-            .ok_or_else(|| {
-                FsError::local(ErrorKind::Internal, format!("user {uid}: malformed keys"))
-            })?;
-        let certificate: [u8; 64] = user.certificate.as_slice().try_into().map_err(|_| {
-            FsError::local(
-                ErrorKind::AccessDenied,
-                format!("user {} is not approved", user.name),
-            )
-        })?;
-        let message = proto::certificate_message(
-            &self.vault.0,
-            uid,
-            &user.name,
-            &public.signing,
-            &public.wrapping,
-        );
-        self.admin
-            .verify(proto::domains::USER_CERTIFICATE, &message, &certificate)
-            .map_err(|_| {
-                FsError::local(
-                    ErrorKind::AccessDenied,
-                    format!(
-                        "user {}'s keys are not certified by this vault's administrator",
-                        user.name
-                    ),
-                )
-            })?;
-        self.users
-            .lock()
-            .expect("user cache poisoned")
-            .insert(uid, public);
+        let keys = self
+            .open_wrap(ino, principal, &chosen.blob, owner)
+            .await
+            .inspect_err(|error| tracing::warn!(%ino, %error, "refused the file's wrapped key"))?;
+        Ok(self.remember(ino, keys))
+    }
+
+    /// Opens one wrapped key of `ino` after checking it (see [`Keys::check_wrapper`]).
+    async fn open_wrap(
+        &self,
+        ino: FileId,
+        principal: Principal,
+        blob: &[u8],
+        owner: u32,
+    ) -> Result<FileKeys, FsError> {
+        if format::wrapped::version_of(blob) == Some(format::wrapped::VERSION_1) {
+            return self.open_legacy(ino, principal, blob);
+        }
+        let header = crypto::signed_wrap_header(blob).map_err(|e| key_error(ino, e))?;
+        if header.recipient != principal {
+            return Err(key_error(
+                ino,
+                "a wrapped key is filed under another principal",
+            ));
+        }
+        let signer = self.check_wrapper(ino, header.wrapper, owner).await?;
+        let opened = match principal {
+            Principal::User(_) => {
+                FileKeys::unwrap(blob, self.remote.identity(), self.vault, ino.0, &signer)
+            }
+            Principal::Group(gid) => {
+                let me = self.remote.identity();
+                let group = self
+                    .trust
+                    .group_keys(gid, &header.recipient_key, me)
+                    .await?;
+                let pair = group
+                    .with_wrapping_key(&header.recipient_key)
+                    .ok_or_else(|| key_error(ino, "wrapped to a key of its group it never had"))?;
+                FileKeys::unwrap(blob, pair, self.vault, ino.0, &signer)
+            }
+        };
+        opened.map_err(|e| key_error(ino, e))
+    }
+
+    /// Who wrapped a key must be a certified user allowed to write the file: this user, the
+    /// file's owner, or a writer of its verified ACL. Returns their public keys.
+    async fn check_wrapper(
+        &self,
+        ino: FileId,
+        wrapper: u32,
+        owner: u32,
+    ) -> Result<PublicIdentity, FsError> {
+        if wrapper == self.uid {
+            return Ok(self.remote.identity().public());
+        }
+        if wrapper == 0 {
+            return Err(key_error(
+                ino,
+                "its key was wrapped by the site administrator",
+            ));
+        }
+        let public = self.trust.user(wrapper).await?;
+        if wrapper != owner && !self.trust.acl(ino).await?.lets_write(wrapper) {
+            return Err(key_error(
+                ino,
+                format!("its key was wrapped by user {wrapper}, who may not write it"),
+            ));
+        }
         Ok(public)
     }
 
-    /// The wrapped keys a new file in `parent` needs: one for us, and one for every user the
-    /// directory's ACL lets read (the file inherits that ACL).
-    pub async fn wrap_new_file(
+    fn open_legacy(
         &self,
         ino: FileId,
-        key: &DataKey,
-        parent: FileId,
+        principal: Principal,
+        blob: &[u8],
+    ) -> Result<FileKeys, FsError> {
+        if !self.legacy || principal != Principal::User(self.uid) {
+            return Err(key_error(
+                ino,
+                "its key is wrapped in the unsigned version 1 format, which anyone holding the \
+                 database could have made; mount with --legacy-keys to read files of older \
+                 vaults",
+            ));
+        }
+        let context = crypto::WrapContext {
+            vault: self.vault,
+            kind: crypto::WrapKind::FileKey,
+            object: ino.0,
+        };
+        let key = crypto::unwrap(blob, self.remote.identity(), &context)
+            .map_err(|e| key_error(ino, e))?;
+        Ok(FileKeys::single(key))
+    }
+
+    /// Whether a file's keys came unsigned (version 1), to be replaced before any write.
+    pub fn is_legacy(wrapped: &[WrappedKey]) -> bool {
+        wrapped
+            .iter()
+            .any(|k| format::wrapped::version_of(&k.blob) == Some(format::wrapped::VERSION_1))
+    }
+
+    pub fn remember(&self, ino: FileId, keys: impl Into<Arc<FileKeys>>) -> Arc<FileKeys> {
+        let keys = keys.into();
+        let mut files = self.files.lock().expect("key cache poisoned");
+        if files.len() > 100_000 {
+            files.clear();
+        }
+        files.insert(ino, keys.clone());
+        keys
+    }
+
+    pub fn forget(&self, ino: FileId) {
+        self.files.lock().expect("key cache poisoned").remove(&ino);
+    }
+
+    /// Wraps `keys` to each of `holders`, signed by this user.
+    pub async fn wrap_to(
+        &self,
+        ino: FileId,
+        keys: &FileKeys,
+        holders: &[Principal],
     ) -> Result<Vec<WrappedKey>, FsError> {
-        let recipients = self.readers_of(parent).await?;
-        let mut wrapped = Vec::with_capacity(recipients.len());
-        for uid in recipients {
-            let public = if uid == self.uid {
-                self.remote.identity().public()
+        let mut wrapped = Vec::with_capacity(holders.len());
+        for &principal in holders {
+            let blob = if principal == Principal::User(self.uid) {
+                let me = self.remote.identity().public();
+                let recipient = Recipient {
+                    principal,
+                    wrapping_key: me.wrapping,
+                };
+                let prepared = self.own_wrap(&me);
+                keys.wrap_prepared(self.vault, ino.0, (recipient, prepared), self.me())
             } else {
-                self.user(uid).await?
-            };
-            let blob = if uid == self.uid {
-                crypto::wrap_prepared(self.own_wrap(&public), key, &self.context(ino))
-            } else {
-                crypto::wrap(key, &public, &self.context(ino))
+                let recipient = self.trust.recipient(principal).await?;
+                keys.wrap(self.vault, ino.0, recipient, self.me())
             };
             wrapped.push(WrappedKey {
-                principal: Some(user_principal(uid)),
+                principal: Some(principal_to_wire(principal)),
                 blob,
             });
         }
         Ok(wrapped)
+    }
+
+    /// A new inode's ACL entries in directory `parent`: the directory's, and its owner's
+    /// (read and write) when that is someone else, so that a file made in a shared directory
+    /// stays with the people who share it.
+    async fn inherited(&self, parent: FileId) -> Result<Vec<acl_layout::Entry>, FsError> {
+        let acl = self.trust.dir_acl(parent).await?;
+        let mut entries: Vec<acl_layout::Entry> = acl
+            .entries
+            .into_iter()
+            .filter(|e| e.principal != Principal::User(self.uid))
+            .collect();
+        if !entries.is_empty() && acl.owner != self.uid && acl.owner != 0 {
+            entries.push(acl_layout::Entry {
+                principal: Principal::User(acl.owner),
+                read: true,
+                write: true,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// The signed ACL record of a new inode `ino` with `entries` (none when private).
+    fn new_record(&self, ino: FileId, entries: Vec<acl_layout::Entry>) -> Vec<u8> {
+        if entries.is_empty() {
+            return Vec::new();
+        }
+        self.sign_acl(AclRecord {
+            vault: self.vault,
+            ino,
+            serial: 1,
+            owner: self.uid,
+            signer: self.uid,
+            entries,
+        })
+    }
+
+    /// Signs an ACL record as this user (after sorting its entries).
+    pub fn sign_acl(&self, record: AclRecord) -> Vec<u8> {
+        let record = AclRecord {
+            signer: self.uid,
+            ..record
+        }
+        .normalized();
+        let signature = self
+            .remote
+            .identity()
+            .sign(acl_layout::DOMAIN, &record.signed_bytes());
+        record.with_signature(&signature)
+    }
+
+    /// What a new file `ino` in `parent` needs: its ACL record and its keys wrapped to this
+    /// user and every reader its directory's verified ACL passes on.
+    pub async fn new_file_access(
+        &self,
+        ino: FileId,
+        keys: &FileKeys,
+        parent: FileId,
+    ) -> Result<NewAccess, FsError> {
+        let entries = self.inherited(parent).await?;
+        let acl = VerifiedAcl {
+            owner: self.uid,
+            serial: 1,
+            entries: entries.clone(),
+        };
+        Ok(NewAccess {
+            wrapped_keys: self.wrap_to(ino, keys, &acl.key_holders()).await?,
+            acl_record: self.new_record(ino, entries),
+        })
+    }
+
+    /// The ACL record of a new directory `ino` in `parent` (none when private).
+    pub async fn new_dir_record(&self, ino: FileId, parent: FileId) -> Result<Vec<u8>, FsError> {
+        let entries = self.inherited(parent).await?;
+        Ok(self.new_record(ino, entries))
+    }
+
+    /// Gives a file a new key epoch (its older keys kept for the chunks sealed under them),
+    /// wrapped to the owner and readers of its verified ACL, in a commit of no chunks: what
+    /// is written from now on is sealed under a key no removed reader ever had.
+    pub async fn rekey(
+        &self,
+        ino: FileId,
+        keys: &FileKeys,
+        size: u64,
+    ) -> Result<Arc<FileKeys>, FsError> {
+        let fresh = keys.rotated().ok_or_else(|| {
+            key_error(
+                ino,
+                "it has too many key epochs; re-seal it with `vaultfs rekey`",
+            )
+        })?;
+        let acl = self.trust.acl(ino).await?;
+        let rekey = self.wrap_to(ino, &fresh, &acl.key_holders()).await?;
+        let request = CommitChunksRequest {
+            ino: ino.0,
+            size,
+            rekey,
+            ..CommitChunksRequest::default()
+        };
+        self.remote
+            .send("commit_chunks", request, |mut api, r| async move {
+                api.commit_chunks(r).await
+            })
+            .await?;
+        tracing::info!(%ino, epoch = fresh.epoch(), "gave the file a new key epoch");
+        Ok(self.remember(ino, fresh))
     }
 
     /// A wrap to this user's own key, from the prepared ones if any are left (then the
@@ -282,52 +465,8 @@ impl Keys {
         }
         match taken {
             Some(prepared) if prepared.is_for(me) => prepared,
-            _ => crypto::prepare_wrap(me),
+            _ => crypto::prepare_signed_wrap(me),
         }
-    }
-
-    /// This user and every user a directory's ACL lets read: the recipients of a new file's
-    /// key. Cached for a second, so that creating many files costs one ACL lookup.
-    async fn readers_of(&self, dir: FileId) -> Result<Vec<u32>, FsError> {
-        if let Some((at, readers)) = self.acls.lock().expect("acl cache poisoned").get(&dir)
-            && at.elapsed() < ACL_CACHE_LIFETIME
-        {
-            return Ok(readers.clone());
-        }
-        let acl = self
-            .remote
-            .call("get_acl", |mut api| async move {
-                api.get_acl(GetAclRequest { ino: dir.0 }).await
-            })
-            .await?;
-        let mut readers = vec![self.uid];
-        for entry in acl.entries.iter().filter(|e| e.read) {
-            if let Some(principal::Kind::User(uid)) = entry.principal.and_then(|p| p.kind)
-                && !readers.contains(&uid)
-            {
-                readers.push(uid);
-            }
-        }
-        let mut acls = self.acls.lock().expect("acl cache poisoned");
-        if acls.len() > 10_000 {
-            acls.clear();
-        }
-        acls.insert(dir, (std::time::Instant::now(), readers.clone()));
-        Ok(readers)
-    }
-
-    /// The file's key wrapped for another user (for sharing).
-    pub async fn wrap_for(&self, ino: FileId, uid: u32) -> Result<Vec<u8>, FsError> {
-        let public = self.user(uid).await?;
-        let keys = self.wrapped_keys(ino).await?;
-        let mine = user_principal(self.uid);
-        let blob = keys
-            .iter()
-            .find(|k| k.principal.as_ref() == Some(&mine))
-            .ok_or_else(|| key_error(ino, "no key is wrapped to you"))?;
-        let key = crypto::unwrap(&blob.blob, self.remote.identity(), &self.context(ino))
-            .map_err(|e| key_error(ino, e))?;
-        Ok(crypto::wrap(&key, &public, &self.context(ino)))
     }
 }
 

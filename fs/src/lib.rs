@@ -24,5 +24,7 @@ pub mod keys;
 pub mod mount;
 pub mod remote;
 pub mod shared;
+pub mod sharing;
 pub mod status;
+pub mod trust;
 pub mod vault;

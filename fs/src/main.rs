@@ -1,4 +1,7 @@
-//! `vaultfs`: the user's command line: key file, registration, login, mount, unmount, status.
+//! `vaultfs`: the user's command line: key file, registration, login, mount, unmount, status,
+//! and sharing (`share_cli`).
+
+mod share_cli;
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::PathBuf;
@@ -43,6 +46,14 @@ enum Command {
         #[command(flatten)]
         check: vaultfs::fsck::FsckArgs,
     },
+    /// Let a user or @GROUP read (and --write) a file or directory (-r: all of it).
+    Share(share_cli::ShareArgs),
+    /// Revoke a user's or @GROUP's access; files they could read get new keys.
+    Unshare(share_cli::UnshareArgs),
+    /// Show who may read and write a path, with each principal's fingerprint.
+    Acl(share_cli::PathArgs),
+    /// Re-seal a file's chunks (-r: a tree's) under a new key, dropping its older keys.
+    Rekey(share_cli::PathArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -51,6 +62,8 @@ enum KeyCommand {
     Init(KeyArgs),
     /// Print the public keys and fingerprint of a key file (no passphrase needed).
     Show(KeyFileArg),
+    /// Change the key file's passphrase (the keys stay the same).
+    Passwd(share_cli::PasswdArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -172,6 +185,10 @@ struct MountArgs {
     /// listings it knows. Longer saves round trips where one mount is the only writer.
     #[arg(long, default_value = "1", value_parser = parse_coherence)]
     coherence_seconds: Duration,
+    /// Also read files whose keys are wrapped unsigned (vaults written before signed keys);
+    /// each gets a signed new key before this mount writes it.
+    #[arg(long)]
+    legacy_keys: bool,
 }
 
 /// A coherence window: more than nothing, at most a day.
@@ -224,6 +241,11 @@ fn run(command: &Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fsck { .. } => unreachable!("main() runs fsck for its exit code"),
+        Command::Key(KeyCommand::Passwd(args)) => share_cli::passwd(args),
+        Command::Share(args) => share_cli::share(args),
+        Command::Unshare(args) => share_cli::unshare(args),
+        Command::Acl(args) => share_cli::acl(args),
+        Command::Rekey(args) => share_cli::rekey(args),
     }
 }
 
@@ -355,6 +377,7 @@ fn settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
         },
         server_wait: Duration::from_secs(args.server_wait_seconds),
         leases: !args.no_leases,
+        legacy_keys: args.legacy_keys,
     })
 }
 

@@ -33,6 +33,8 @@ pub struct MountSettings {
     pub server_wait: Duration,
     /// Take directory leases when the server grants them (see `crate::vault::behind`).
     pub leases: bool,
+    /// Read files whose keys are wrapped unsigned (version 1, older vaults).
+    pub legacy_keys: bool,
 }
 
 /// Connects and logs in, and checks the server against the pinned vault and admin key.
@@ -115,7 +117,8 @@ async fn log_in(
     }
     let logged = remote.login().await?;
     let admin = pinned.admin()?;
-    let keys = Keys::new(remote.clone(), vault, admin, logged.uid);
+    let keys =
+        Keys::new(remote.clone(), vault, admin, logged.uid).with_legacy_keys(settings.legacy_keys);
     let runtime = tokio::runtime::Handle::current();
     Ok((
         Shared::new(remote, keys, settings.limits, runtime),

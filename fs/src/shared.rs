@@ -93,7 +93,7 @@ pub struct ChunkRead {
     pub generation: Generation,
     pub last: bool,
     pub len: usize,
-    pub cipher: Arc<ChunkCipher>,
+    pub keys: Arc<crypto::FileKeys>,
 }
 
 impl Shared {
@@ -319,9 +319,11 @@ impl Shared {
             generation,
             last: read.last,
         };
-        let cipher = read.cipher.clone();
+        let keys = read.keys.clone();
         let opened = crypto_work(reply.data.len(), move || {
-            open_chunk(&cipher, &context, reply.data)
+            // The chunk names its key by the commitment in its header.
+            let cipher = keys.for_sealed(&reply.data);
+            open_chunk(cipher, &context, reply.data)
         })
         .await
         .map_err(|e| self.integrity(read, e.to_string()))?;

@@ -156,7 +156,9 @@ impl Identity {
         &self.wrapping
     }
 
-    pub(crate) fn signing_seed(&self) -> Zeroizing<[u8; 32]> {
+    /// The Ed25519 seed, for sealing the identity away (a key file, or a group's secrets
+    /// wrapped to its members).
+    pub fn signing_seed(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.signing.to_bytes())
     }
 }

@@ -207,6 +207,49 @@ pub fn unlock(
         })
 }
 
+/// Seals the key file at `path` under a new passphrase, keeping the keys: the old passphrase
+/// from `old`, the new one from `new` (twice at a terminal), the same Argon2id parameters.
+/// The new file is written beside the old one (0600, synced) and renamed over it, and the
+/// directory synced: a crash leaves the old file or the new one, never neither.
+pub fn change_passphrase(
+    path: &Path,
+    kind: KeyKind,
+    old: &PassphraseSource,
+    new: &PassphraseSource,
+) -> Result<PublicIdentity, KeystoreError> {
+    let key_file = read_key_file(path)?;
+    let format = |source| KeystoreError::Format {
+        path: path.to_path_buf(),
+        source,
+    };
+    let current = old.read(
+        &format!("Current passphrase for {}: ", path.display()),
+        false,
+    )?;
+    let identity = key_file.open(&current, kind).map_err(format)?;
+    let passphrase = new.read("New passphrase: ", true)?;
+    let sealed = KeyFile::seal(&identity, kind, &passphrase, key_file.params()).map_err(format)?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".new");
+    let temporary = PathBuf::from(temporary);
+    let _ = fs::remove_file(&temporary);
+    write_key_file(&temporary, &sealed)?;
+    let io_error = |action, source| KeystoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Err(error) = fs::rename(&temporary, path) {
+        let _ = fs::remove_file(&temporary);
+        return Err(io_error("replacing", error));
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    fs::File::open(parent.unwrap_or(Path::new(".")))
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| io_error("syncing the directory of", e))?;
+    Ok(identity.public())
+}
+
 /// What `key show` prints: the file, its kind, fingerprint and public keys.
 pub fn describe(path: &Path, key_file: &KeyFile) -> String {
     let public = key_file.public();

@@ -25,6 +25,8 @@ struct World {
     bob: Caller,
     bob_key: [u8; 32],
     admin: Caller,
+    /// The identities that sign ACL and group records: alice's, bob's, the administrator's.
+    signers: [Arc<Identity>; 3],
 }
 
 async fn world(store: Arc<dyn MetaStore>) -> World {
@@ -41,6 +43,7 @@ async fn world(store: Arc<dyn MetaStore>) -> World {
         admin: true,
     };
     let mut made = Vec::new();
+    let mut signers = Vec::new();
     for name in ["alice", "bob"] {
         let me = Identity::generate();
         let public = me.public();
@@ -85,7 +88,9 @@ async fn world(store: Arc<dyn MetaStore>) -> World {
             },
             public.wrapping,
         ));
+        signers.push(Arc::new(me));
     }
+    signers.push(Arc::new(admin_identity));
     let (bob, bob_key) = made.pop().expect("bob");
     let (alice, alice_key) = made.pop().expect("alice");
     World {
@@ -96,6 +101,87 @@ async fn world(store: Arc<dyn MetaStore>) -> World {
         bob,
         bob_key,
         admin,
+        signers: signers.try_into().expect("three signers"),
+    }
+}
+
+impl World {
+    /// An ACL record for `ino` owned by `owner`, signed by `signer` (alice 0, bob 1).
+    fn acl_record(
+        &self,
+        ino: FileId,
+        serial: u64,
+        (owner, signer): (u32, usize),
+        entries: &[meta::AclEntry],
+    ) -> Vec<u8> {
+        let signer_uid = [self.alice.uid, self.bob.uid, 0][signer];
+        let record = format::acl::AclRecord {
+            vault: self.settings.vault,
+            ino,
+            serial,
+            owner,
+            signer: signer_uid,
+            entries: entries
+                .iter()
+                .map(|e| format::acl::Entry {
+                    principal: storaged::ops::records::to_layout(e.principal),
+                    read: e.read,
+                    write: e.write,
+                })
+                .collect(),
+        }
+        .normalized();
+        let signature = self.signers[signer].sign(format::acl::DOMAIN, &record.signed_bytes());
+        record.with_signature(&signature)
+    }
+
+    /// The change that makes group `gid` (named `name`) hold `members` at `epoch`: its record
+    /// and its keys (opaque here, as the server sees them) for `holders`, signed by the
+    /// administrator.
+    fn group_change(
+        &self,
+        (gid, name): (u32, &str),
+        epoch: u32,
+        members: &[u32],
+        holders: &[(u32, [u8; 32])],
+    ) -> users::MemberChange {
+        let admin = &self.signers[2];
+        let record = format::group::GroupRecord {
+            vault: self.settings.vault,
+            gid,
+            epoch,
+            signing_key: [1; 32],
+            wrapping_key: [2; 32],
+            signer: 0,
+            name: name.into(),
+            members: members.to_vec(),
+        };
+        let signature = admin.sign(format::group::DOMAIN, &record.signed_bytes());
+        let keys = holders
+            .iter()
+            .map(|&(uid, wrapping_key)| {
+                let header = format::wrapped::SignedWrapHeader {
+                    kind: format::wrapped::KeyKind::Group,
+                    vault: self.settings.vault,
+                    object: u64::from(gid),
+                    recipient: format::acl::Principal::User(uid),
+                    recipient_key: wrapping_key,
+                    keys: 1,
+                    epoch,
+                    wrapper: 0,
+                    commitment: [0; 16],
+                };
+                let mut blob = header.encode().to_vec();
+                blob.resize(header.signature_at(), 3);
+                let signature = admin.sign(format::wrapped::V2_DOMAIN, &blob);
+                blob.extend_from_slice(&signature);
+                (uid, blob)
+            })
+            .collect();
+        users::MemberChange {
+            record: record.with_signature(&signature),
+            keys,
+        }
     }
 }
 
@@ -122,6 +208,7 @@ fn node(kind: Kind, ino: Option<FileId>) -> NewNode {
         rdev: 0,
         target: Vec::new(),
         ino,
+        acl_record: Vec::new(),
     }
 }
 
@@ -784,24 +871,14 @@ async fn sharing_grants_and_revokes_reading(w: &World, secret: FileId, mine: Fil
         read: true,
         write: false,
     };
-    let wrong = wrapped(w.settings.vault, secret, w.alice_key);
-    let r = w
-        .write(by(a, move |txn, who| {
-            sharing::share(txn, who, secret, entry, &wrong, now())
-        }))
-        .await;
-    assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
-    let right = wrapped(w.settings.vault, secret, w.bob_key);
-    let r = w
-        .write(by(b, move |txn, who| {
-            sharing::share(txn, who, mine, entry, &right, now())
-        }))
-        .await;
-    assert!(
-        matches!(r, Err(OpError::Invalid(_)) | Err(OpError::AccessDenied(_))),
-        "{r:?}"
-    );
-    let right = wrapped(w.settings.vault, secret, w.bob_key);
+    let record = w.acl_record(secret, 1, (a.uid, 0), &[entry]);
+    let change = |record: &Vec<u8>, key| sharing::AclChange {
+        record: record.clone(),
+        wrapped_key: wrapped(w.settings.vault, secret, key),
+        rekey: Vec::new(),
+    };
+    refused_shares_change_nothing(w, (secret, mine), entry, &record).await;
+    let right = change(&record, w.bob_key);
     w.write(by(a, move |txn, who| {
         sharing::share(txn, who, secret, entry, &right, now())
     }))
@@ -827,10 +904,76 @@ async fn sharing_grants_and_revokes_reading(w: &World, secret: FileId, mine: Fil
         .commit(b, secret, vec![upload(0, 0, 1, true, 1)], 1, false)
         .await;
     assert!(matches!(r, Err(OpError::AccessDenied(_))), "{r:?}");
-    // Unshare: gone again, key removed.
+    unsharing_takes_it_back(w, secret).await;
+}
+
+/// Shares of `secret` that must change nothing: a key wrapped to the wrong user, no record or
+/// a record signed by someone else, and Bob sharing his file `mine` with her key.
+async fn refused_shares_change_nothing(
+    w: &World,
+    (secret, mine): (FileId, FileId),
+    entry: meta::AclEntry,
+    record: &Vec<u8>,
+) {
+    let (a, b) = (&w.alice, &w.bob);
+    let change = |record: &Vec<u8>, key| sharing::AclChange {
+        record: record.clone(),
+        wrapped_key: wrapped(w.settings.vault, secret, key),
+        rekey: Vec::new(),
+    };
+    let wrong = change(record, w.alice_key);
+    let r = w
+        .write(by(a, move |txn, who| {
+            sharing::share(txn, who, secret, entry, &wrong, now())
+        }))
+        .await;
+    assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
+    // Without the owner's signature over the new ACL, nothing changes either.
+    let unsigned = sharing::AclChange {
+        record: Vec::new(),
+        ..change(record, w.bob_key)
+    };
+    let forged = sharing::AclChange {
+        record: w.acl_record(secret, 1, (a.uid, 1), &[entry]),
+        ..change(record, w.bob_key)
+    };
+    for bad in [unsigned, forged] {
+        let r = w
+            .write(by(a, move |txn, who| {
+                sharing::share(txn, who, secret, entry, &bad, now())
+            }))
+            .await;
+        assert!(
+            matches!(r, Err(OpError::Invalid(_)) | Err(OpError::AccessDenied(_))),
+            "{r:?}"
+        );
+    }
+    let right = change(record, w.bob_key);
+    let r = w
+        .write(by(b, move |txn, who| {
+            sharing::share(txn, who, mine, entry, &right, now())
+        }))
+        .await;
+    assert!(
+        matches!(r, Err(OpError::Invalid(_)) | Err(OpError::AccessDenied(_))),
+        "{r:?}"
+    );
+}
+
+/// Alice revokes Bob's reading of `secret`: gone again, his key removed.
+async fn unsharing_takes_it_back(w: &World, secret: FileId) {
+    let (a, b) = (&w.alice, &w.bob);
     let bob = Principal::User(b.uid);
+    let revoke = sharing::AclChange {
+        record: w.acl_record(secret, 2, (a.uid, 0), &[]),
+        wrapped_key: Vec::new(),
+        rekey: vec![(
+            Principal::User(a.uid),
+            wrapped(w.settings.vault, secret, w.alice_key),
+        )],
+    };
     w.write(by(a, move |txn, who| {
-        sharing::unshare(txn, who, secret, bob, now())
+        sharing::unshare(txn, who, secret, bob, &revoke, now())
     }))
     .await
     .expect("unshare");
@@ -1027,14 +1170,44 @@ async fn groups_grant_access_to_their_members(w: &World) {
         }))
         .await
         .expect("group");
-    let bob = w.bob.uid;
+    let (alice, bob) = (w.alice.uid, w.bob.uid);
+    let lab = (group.gid, "lab");
+    let first = w.group_change(
+        lab,
+        1,
+        &[bob],
+        &[(0, w.signers[2].public().wrapping), (bob, w.bob_key)],
+    );
+    // Without the administrator's keys for the group, or with a record of another epoch: no.
+    for bad in [
+        w.group_change(lab, 1, &[bob], &[(bob, w.bob_key)]),
+        w.group_change(
+            lab,
+            2,
+            &[bob],
+            &[(0, w.signers[2].public().wrapping), (bob, w.bob_key)],
+        ),
+    ] {
+        let r = w
+            .write(by(&w.admin, move |txn, who| {
+                users::set_member(txn, who, group.gid, bob, true, &bad, now())
+            }))
+            .await;
+        assert!(matches!(r, Err(OpError::Invalid(_))), "{r:?}");
+    }
+    w.write(by(&w.admin, move |txn, who| {
+        users::set_member(txn, who, group.gid, bob, true, &first, now())
+    }))
+    .await
+    .expect("member");
+    let second = w.group_change(lab, 1, &[alice, bob], &[(alice, w.alice_key)]);
     let group = w
         .write(by(&w.admin, move |txn, who| {
-            users::set_member(txn, who, group.gid, bob, true, now())
+            users::set_member(txn, who, group.gid, alice, true, &second, now())
         }))
         .await
         .expect("member");
-    assert_eq!(group.members, vec![w.bob.uid]);
+    assert_eq!(group.members, vec![w.alice.uid, w.bob.uid]);
     let bob = w.bob.uid;
     assert_eq!(
         w.read(move |txn| Ok(txn.groups_of(bob)?))
@@ -1042,22 +1215,36 @@ async fn groups_grant_access_to_their_members(w: &World) {
             .expect("groups"),
         vec![group.gid]
     );
+    a_directory_shared_with_the_group_reaches_its_members(w, group.gid).await;
+}
+
+/// Alice shares a directory with group `gid` (read and write): Bob, a member, sees it and
+/// makes a directory in it.
+async fn a_directory_shared_with_the_group_reaches_its_members(w: &World, gid: u32) {
     let dir = w
         .mkdir(&w.alice, FileId::ROOT, "shared")
         .await
         .expect("mkdir");
     let entry = meta::AclEntry {
-        principal: Principal::Group(group.gid),
+        principal: Principal::Group(gid),
         read: true,
         write: true,
     };
-    w.write(by(&w.alice, move |txn, who| {
-        sharing::share(txn, who, dir.ino, entry, &[], now())
+    let change = sharing::AclChange {
+        record: w.acl_record(dir.ino, 1, (w.alice.uid, 0), &[entry]),
+        ..Default::default()
+    };
+    let alice_in_lab = Caller {
+        groups: vec![0, gid],
+        ..w.alice.clone()
+    };
+    w.write(by(&alice_in_lab, move |txn, who| {
+        sharing::share(txn, who, dir.ino, entry, &change, now())
     }))
     .await
     .expect("share dir");
     let bob_in_lab = Caller {
-        groups: vec![0, group.gid],
+        groups: vec![0, gid],
         ..w.bob.clone()
     };
     assert_eq!(

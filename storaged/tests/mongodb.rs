@@ -34,6 +34,7 @@ fn node(kind: Kind, ino: Option<FileId>) -> NewNode {
         rdev: 0,
         target: Vec::new(),
         ino,
+        acl_record: Vec::new(),
     }
 }
 
@@ -126,6 +127,8 @@ async fn documents_are_readable_and_the_schema_version_guards_upgrades() {
         .expect("find")
         .expect("doc");
     assert!(old.get_i64("since").is_ok_and(|t| t > 0), "{old}");
+    let collections = db.list_collection_names().await.expect("collections");
+    assert!(collections.iter().any(|c| c == "signed"), "{collections:?}");
 
     // A newer schema is refused, untouched.
     schema

@@ -64,6 +64,7 @@ pub async fn create_file(
             }],
             exclusive: true,
             lazy: false,
+            acl_record: Vec::new(),
         })
         .await?
         .into_inner();
@@ -177,4 +178,33 @@ impl TestFile {
             crypto::open(&self.cipher, &context, &reply.data).expect("the stored chunk opens");
         Ok((reply.generation, plaintext))
     }
+}
+
+/// The signed ACL record `user` (the owner) makes for `ino` at `serial`, granting `entries`
+/// (principal, read, write), as vaultfs signs them (docs/format.md section 5.2).
+pub fn signed_acl(
+    user: &TestUser,
+    (vault, ino, serial): (VaultId, u64, u64),
+    entries: &[(format::acl::Principal, bool, bool)],
+) -> Vec<u8> {
+    let record = format::acl::AclRecord {
+        vault,
+        ino: FileId(ino),
+        serial,
+        owner: user.uid,
+        signer: user.uid,
+        entries: entries
+            .iter()
+            .map(|&(principal, read, write)| format::acl::Entry {
+                principal,
+                read,
+                write,
+            })
+            .collect(),
+    }
+    .normalized();
+    let signature = user
+        .identity
+        .sign(format::acl::DOMAIN, &record.signed_bytes());
+    record.with_signature(&signature)
 }

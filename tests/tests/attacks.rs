@@ -1,7 +1,7 @@
 //! Attacks on the vault by whoever can reach storaged without an account, by another local
 //! user of a client machine, and by the storage administrator (who holds the database and the
 //! chunk files): each test is named after the attack and shows it fails (issue 20, item 6;
-//! `docs/format.md` section 9, the threat table).
+//! `docs/format.md` section 8, the threat table).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;

@@ -87,3 +87,63 @@ fn key_init_then_show_and_no_overwrite() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no key file"));
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+/// `vaultfs key passwd`: the key file opens under the new passphrase only, with the same keys;
+/// a wrong current passphrase fails with one line and leaves the file as it was.
+#[test]
+fn key_passwd_changes_the_passphrase_and_keeps_the_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (key, old, new) = (path("user.vkey"), path("old"), path("new"));
+    std::fs::write(&old, "the old passphrase\n").expect("write passphrase");
+    std::fs::write(&new, "the new passphrase\n").expect("write passphrase");
+    let init = ["key", "init", "--key-file", &key, "--passphrase-file", &old];
+    assert!(run("vaultfs", &init).status.success());
+    let before = std::fs::read(&key).expect("key file");
+    let passwd = |current: &str| {
+        let args = [
+            "key",
+            "passwd",
+            "--key-file",
+            &key,
+            "--passphrase-file",
+            current,
+        ];
+        run(
+            "vaultfs",
+            &[&args[..], &["--new-passphrase-file", &new]].concat(),
+        )
+    };
+    let wrong = passwd(&new);
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert_eq!(std::fs::read(&key).expect("key file"), before, "unchanged");
+
+    let changed = passwd(&old);
+    let stdout = String::from_utf8_lossy(&changed.stdout);
+    assert!(
+        changed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
+    let shown = run("vaultfs", &["key", "show", "--key-file", &key]);
+    let fingerprint = String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint").map(|f| f.trim().to_string()))
+        .expect("key show prints the fingerprint");
+    assert!(stdout.contains(&fingerprint), "{stdout} vs {fingerprint}");
+    let keys = |file: &str| {
+        let sealed = identity::KeyFile::parse(&std::fs::read(&key).expect("read")).expect("parse");
+        let passphrase = std::fs::read_to_string(file).expect("passphrase");
+        sealed
+            .open(passphrase.trim_end().as_bytes(), identity::KeyKind::User)
+            .map(|identity| identity.public().fingerprint())
+    };
+    assert!(keys(&old).is_err(), "the old passphrase no longer opens it");
+    assert_eq!(
+        keys(&new).expect("the new one does").to_string(),
+        fingerprint
+    );
+    assert!(!dir.path().join("user.vkey.new").exists());
+}

@@ -10,7 +10,7 @@ use mongodb::bson::{Document, doc};
 use proto::ErrorKind;
 use proto::v1::*;
 use tests::daemon::{Backend, Storaged, TestUser, free_port};
-use tests::vault::{TestFile, create_file, open_file, principal_user};
+use tests::vault::{TestFile, create_file, open_file, principal_user, signed_acl};
 
 const ROOT: u64 = 1;
 
@@ -50,6 +50,7 @@ async fn a_home_and_a_file_in_it(alice: &TestUser) -> (Attr, TestFile) {
             perm: 0o750,
             uid: 1000,
             gid: 1000,
+            ..Default::default()
         })
         .await
         .expect("mkdir")
@@ -222,6 +223,7 @@ async fn listing_in_pages(alice: &TestUser, home: u64) {
                 perm: 0o755,
                 uid: 1,
                 gid: 1,
+                ..Default::default()
             })
             .await
             .expect("mkdir");
@@ -361,6 +363,11 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
                 write: false,
             }),
             wrapped_key: for_bob,
+            acl_record: signed_acl(
+                &alice,
+                (file.vault, file.ino, 1),
+                &[(format::acl::Principal::User(bob.uid), true, false)],
+            ),
         })
         .await
         .expect("share");
@@ -377,16 +384,7 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
         ErrorKind::AccessDenied
     );
 
-    // Unshare: gone again.
-    alice
-        .connection
-        .api()
-        .unshare(UnshareRequest {
-            ino: file.ino,
-            principal: Some(principal_user(bob.uid)),
-        })
-        .await
-        .expect("unshare");
+    alice_unshares_bob(&alice, &bob, &file).await;
     assert_eq!(chunk_for(&bob, &file).await, ErrorKind::AccessDenied);
 
     // Every refusal was audited.
@@ -402,6 +400,33 @@ async fn users_cannot_see_each_others_files_until_shared(backend: Backend) {
         "{entries:?}"
     );
     assert!(entries.iter().any(|e| e == "share") && entries.iter().any(|e| e == "unshare"));
+}
+
+/// Alice revokes bob's reading of `file`: the file gets a new key that only alice holds.
+async fn alice_unshares_bob(alice: &TestUser, bob: &TestUser, file: &TestFile) {
+    let new_key = crypto::wrap(
+        &crypto::DataKey::generate(),
+        &alice.identity.public(),
+        &crypto::WrapContext {
+            vault: file.vault,
+            kind: crypto::WrapKind::FileKey,
+            object: file.ino,
+        },
+    );
+    alice
+        .connection
+        .api()
+        .unshare(UnshareRequest {
+            ino: file.ino,
+            principal: Some(principal_user(bob.uid)),
+            acl_record: signed_acl(alice, (file.vault, file.ino, 2), &[]),
+            rekey: vec![WrappedKey {
+                principal: Some(principal_user(alice.uid)),
+                blob: new_key,
+            }],
+        })
+        .await
+        .expect("unshare");
 }
 
 /// What Bob is refused of Alice's `file` before she shares it: its name, its chunk, its keys,
@@ -879,6 +904,7 @@ fn mkdir_in(parent: u64, name: Vec<u8>) -> MkdirRequest {
         perm: 0o755,
         uid: 1,
         gid: 1,
+        ..Default::default()
     }
 }
 
@@ -1231,6 +1257,7 @@ async fn replies_that_add_a_name_carry_the_directory_version(backend: Backend) {
                 perm: 0o755,
                 uid: 1,
                 gid: 1,
+                ..Default::default()
             };
             api.mkdir(request).await.expect("mkdir").into_inner()
         }

@@ -139,6 +139,7 @@ async fn make_dirs(users: &[TestUser], clients: usize) -> Vec<u64> {
                 perm: 0o755,
                 uid: 1,
                 gid: 1,
+                ..Default::default()
             })
             .await
             .expect("mkdir")

@@ -130,7 +130,7 @@ mod tests {
     fn kept_attribute_changes_go_under_a_newer_request() {
         let mut state = FileState::created(
             format::ids::FileId(7),
-            crypto::DataKey::generate().chunk_cipher().into(),
+            std::sync::Arc::new(crypto::FileKeys::generate()),
             &Attr::default(),
             None,
         );

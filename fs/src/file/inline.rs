@@ -75,10 +75,12 @@ impl FileState {
             generation,
             last: last_index(size) == Some(index),
         };
-        let (cipher, data) = (self.cipher.clone(), dirty.data.clone());
-        let sealed = crypto_work(data.len(), move || crypto::seal(&cipher, &context, &data))
-            .await
-            .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
+        let (keys, data) = (self.keys.clone(), dirty.data.clone());
+        let sealed = crypto_work(data.len(), move || {
+            crypto::seal(keys.newest(), &context, &data)
+        })
+        .await
+        .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
         let base = dirty.base;
         let create = self.life.pending().cloned();
         Ok(InlinePut {

@@ -27,7 +27,7 @@ mod write;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crypto::ChunkCipher;
+use crypto::FileKeys;
 use format::ids::{ChunkIndex, FileId, Generation, Version};
 use format::limits::CHUNK_BYTES;
 use proto::ErrorKind;
@@ -141,7 +141,8 @@ struct Dirty {
 #[derive(Debug)]
 pub struct FileState {
     pub ino: FileId,
-    pub cipher: Arc<ChunkCipher>,
+    /// The file's keys: the newest seals, each opens the chunks sealed under it.
+    pub keys: Arc<FileKeys>,
     /// The size readers here see: committed size plus local writes and truncations.
     pub size: u64,
     pub committed_size: u64,
@@ -198,12 +199,52 @@ fn committed_chunk(chunk: &ChunkInfo) -> (ChunkIndex, Generation) {
     (ChunkIndex(chunk.index), Generation(chunk.generation))
 }
 
+/// A file's whole committed chunk map: the chunks of its `Open` reply and, for a large file,
+/// the pages that follow.
+pub async fn chunk_map(
+    remote: &crate::remote::Remote,
+    ino: FileId,
+    reply: &OpenReply,
+) -> Result<BTreeMap<ChunkIndex, Generation>, FsError> {
+    let mut generations: BTreeMap<ChunkIndex, Generation> =
+        reply.chunks.iter().map(committed_chunk).collect();
+    let mut more = reply.more_chunks;
+    while more {
+        let from = generations
+            .keys()
+            .next_back()
+            .map_or(0, |last| last.get() + 1);
+        let request = ListChunksRequest {
+            ino: ino.0,
+            from_index: from,
+            limit: 4096,
+        };
+        let page = remote
+            .send("list_chunks", request, |mut api, r| async move {
+                api.list_chunks(r).await
+            })
+            .await?;
+        generations.extend(page.chunks.iter().map(committed_chunk));
+        more = page.more && !page.chunks.is_empty();
+    }
+    Ok(generations)
+}
+
 impl FileState {
     /// Loads a file's committed state (attributes, chunk generations, key) in one call.
     pub async fn open(shared: &Shared, ino: FileId) -> Result<FileState, FsError> {
-        let reply = open_call(shared, ino).await?;
-        let cipher = shared.keys.cipher_from(ino, &reply.keys)?;
-        let mut state = FileState::empty(ino, cipher);
+        let mut reply = open_call(shared, ino).await?;
+        let attr = reply.attr.unwrap_or_default();
+        let mut keys = shared.keys.keys_from(ino, &reply.keys, attr.owner).await?;
+        let legacy = crate::keys::Keys::is_legacy(&reply.keys);
+        if attr.may_write && (reply.rekey_needed || legacy) {
+            // A group lost a member, or the keys are unsigned: a new key epoch first, so
+            // that nothing written here is sealed under a key someone removed still holds.
+            shared.keys.rekey(ino, &keys, attr.size).await?;
+            reply = open_call(shared, ino).await?;
+            keys = shared.keys.keys_from(ino, &reply.keys, attr.owner).await?;
+        }
+        let mut state = FileState::empty(ino, keys);
         state.take_committed(shared, reply).await?;
         Ok(state)
     }
@@ -225,20 +266,20 @@ impl FileState {
     /// server at its first flush, when the server does not have it yet.
     pub fn created(
         ino: FileId,
-        cipher: Arc<ChunkCipher>,
+        keys: Arc<FileKeys>,
         attr: &Attr,
         pending: Option<CreateRequest>,
     ) -> FileState {
-        let mut state = FileState::empty(ino, cipher);
+        let mut state = FileState::empty(ino, keys);
         state.life = Lifecycle::created_here(pending);
         state.heard(*attr);
         state
     }
 
-    fn empty(ino: FileId, cipher: Arc<ChunkCipher>) -> FileState {
+    fn empty(ino: FileId, keys: Arc<FileKeys>) -> FileState {
         FileState {
             ino,
-            cipher,
+            keys,
             size: 0,
             committed_size: 0,
             truncated: false,
@@ -311,29 +352,7 @@ impl FileState {
         let attr = reply.attr.ok_or_else(|| {
             FsError::local(ErrorKind::Internal, "an open reply without attributes")
         })?;
-        let mut generations: BTreeMap<ChunkIndex, Generation> =
-            reply.chunks.iter().map(committed_chunk).collect();
-        let mut more = reply.more_chunks;
-        while more {
-            let from = generations
-                .keys()
-                .next_back()
-                .map_or(0, |last| last.get() + 1);
-            let page = shared
-                .remote
-                .send(
-                    "list_chunks",
-                    ListChunksRequest {
-                        ino: ino.0,
-                        from_index: from,
-                        limit: 4096,
-                    },
-                    |mut api, r| async move { api.list_chunks(r).await },
-                )
-                .await?;
-            generations.extend(page.chunks.iter().map(committed_chunk));
-            more = page.more && !page.chunks.is_empty();
-        }
+        let generations = chunk_map(&shared.remote, ino, &reply).await?;
         if !self.is_dirty() {
             self.size = attr.size;
         } else if !self.truncated {

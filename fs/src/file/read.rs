@@ -19,7 +19,7 @@ impl FileState {
             generation,
             last: last_index(self.committed_size) == Some(index),
             len: chunk_len(self.committed_size, index),
-            cipher: self.cipher.clone(),
+            keys: self.keys.clone(),
         })
     }
 

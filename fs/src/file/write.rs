@@ -130,7 +130,7 @@ impl FileState {
     ) {
         let ino = self.ino;
         let vault = shared.keys.vault();
-        let cipher = self.cipher.clone();
+        let keys = self.keys.clone();
         let dirty = self.dirty.get_mut(&index).expect("uploading a dirty chunk");
         let generation = next_generation(dirty.base, dirty.last_generation);
         dirty.last_generation = generation;
@@ -150,9 +150,11 @@ impl FileState {
                 generation,
                 last,
             };
-            let sealed = crypto_work(len, move || crypto::seal(&cipher, &context, &data[..len]))
-                .await
-                .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
+            let sealed = crypto_work(len, move || {
+                crypto::seal(keys.newest(), &context, &data[..len])
+            })
+            .await
+            .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
             shared
                 .remote
                 .send(

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crypto::DataKey;
+use crypto::FileKeys;
 use format::ids::{FileId, Handle};
 use proto::v1::{Attr, CreateRequest, FileKind, Timestamp};
 
@@ -25,14 +25,9 @@ impl Vault {
     ) -> Result<(Attr, Handle), FsError> {
         let Owner { uid, gid } = owner;
         self.block(async {
-            let ino = loop {
-                let candidate = FileId(u64::from_le_bytes(identity::random_bytes()));
-                if candidate > FileId::ROOT {
-                    break candidate;
-                }
-            };
-            let key = DataKey::generate();
-            let wrapped_keys = self.shared.keys.wrap_new_file(ino, &key, parent).await?;
+            let ino = new_ino();
+            let key = Arc::new(FileKeys::generate());
+            let access = self.shared.keys.new_file_access(ino, &key, parent).await?;
             // Created on the server at its first flush, with its first chunk (one round trip
             // for a small file instead of two). O_EXCL asks the server now, its answer atomic
             // with the open, unless this client holds the directory's lease and knows its
@@ -45,8 +40,9 @@ impl Vault {
                 uid,
                 gid,
                 ino: ino.0,
-                wrapped_keys,
+                wrapped_keys: access.wrapped_keys,
                 exclusive: true,
+                acl_record: access.acl_record,
             };
             if !exclusive {
                 return Ok(self.created_pending(ino, &key, parent, pending));
@@ -82,7 +78,7 @@ impl Vault {
     fn created_pending(
         &self,
         ino: FileId,
-        key: &DataKey,
+        key: &Arc<FileKeys>,
         parent: FileId,
         request: CreateRequest,
     ) -> (Attr, Handle) {
@@ -107,7 +103,7 @@ impl Vault {
     fn created_exclusive_here(
         &self,
         ino: FileId,
-        key: &DataKey,
+        key: &Arc<FileKeys>,
         request: &CreateRequest,
     ) -> Option<(Attr, Handle)> {
         let (parent, name) = (FileId(request.parent), &request.name);
@@ -129,13 +125,13 @@ impl Vault {
     fn created_known(
         &self,
         ino: FileId,
-        key: &DataKey,
+        key: &Arc<FileKeys>,
         attr: Attr,
         pending: Option<CreateRequest>,
     ) -> (Attr, Handle) {
         // A new, empty file: its state is known without asking the server.
-        let cipher = self.shared.keys.remember(ino, key);
-        let state = FileState::created(ino, cipher, &attr, pending);
+        let keys = self.shared.keys.remember(ino, key.clone());
+        let state = FileState::created(ino, keys, &attr, pending);
         let file = Arc::new(tokio::sync::Mutex::new(state));
         self.table.insert_file(ino, file.clone());
         self.coherence.committed(&attr, false);
@@ -174,6 +170,16 @@ impl Vault {
             self.materialize(ino).await?;
         }
         Ok(())
+    }
+}
+
+/// A random new file or directory ID (0 and 1 are reserved).
+pub(super) fn new_ino() -> FileId {
+    loop {
+        let candidate = FileId(u64::from_le_bytes(identity::random_bytes()));
+        if candidate > FileId::ROOT {
+            return candidate;
+        }
     }
 }
 

@@ -22,6 +22,27 @@ impl Vault {
         self.block(self.open_async(ino))
     }
 
+    /// open(2) with its flags: as [`Vault::open`], and an open for writing of a file the
+    /// server does not let this user write fails with `EACCES` (a read-only share).
+    pub fn open_for(&self, ino: FileId, flags: i32) -> Result<(Handle, bool), FsError> {
+        let opened = self.open(ino)?;
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return Ok(opened);
+        }
+        let (_, file) = self.table.file_of(opened.0)?;
+        let writable = self
+            .block(async { file.lock().await.server_attr() })
+            .is_none_or(|attr| attr.may_write);
+        if !writable {
+            let _ = self.release(opened.0);
+            return Err(FsError::local(
+                ErrorKind::AccessDenied,
+                format!("file {ino} is shared with you read-only"),
+            ));
+        }
+        Ok(opened)
+    }
+
     pub(super) async fn open_async(&self, ino: FileId) -> Result<(Handle, bool), FsError> {
         // A release racing with this open may retire the state found in the table; it
         // leaves the table first, so a second look finds a fresh one.
@@ -175,6 +196,14 @@ impl Vault {
     /// becomes durable.
     pub fn sync(&self) -> Result<(), FsError> {
         self.block(self.sync_async())
+    }
+
+    /// fsyncdir(2): as [`Vault::sync`], and the directory's ACL is read again before the next
+    /// new file there (`vaultfs share` syncs a directory it shared, so that this mount's next
+    /// file there reaches the new readers).
+    pub fn sync_dir(&self, dir: FileId) -> Result<(), FsError> {
+        self.shared.keys.trust().forget_acl(dir);
+        self.sync()
     }
 
     async fn sync_async(&self) -> Result<(), FsError> {

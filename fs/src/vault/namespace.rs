@@ -21,20 +21,29 @@ impl Vault {
         perm: u32,
         owner: Owner,
     ) -> Result<Attr, FsError> {
-        let request = MkdirRequest {
-            lazy: true,
-            parent: parent.0,
-            name: name.to_vec(),
-            perm,
-            uid: owner.uid,
-            gid: owner.gid,
+        let made = async {
+            // A directory's ACL record binds its ID: this client draws it.
+            let ino = super::create::new_ino();
+            let acl_record = self.shared.keys.new_dir_record(ino, parent).await?;
+            let request = MkdirRequest {
+                lazy: true,
+                parent: parent.0,
+                name: name.to_vec(),
+                perm,
+                uid: owner.uid,
+                gid: owner.gid,
+                ino: ino.0,
+                acl_record,
+            };
+            let remote = &self.shared.remote;
+            remote
+                .send(
+                    "mkdir",
+                    request,
+                    |mut api, r| async move { api.mkdir(r).await },
+                )
+                .await
         };
-        let remote = &self.shared.remote;
-        let made = remote.send(
-            "mkdir",
-            request,
-            |mut api, r| async move { api.mkdir(r).await },
-        );
         self.make_name(parent, name, made)
     }
 

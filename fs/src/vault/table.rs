@@ -149,7 +149,7 @@ mod tests {
 
     fn file(ino: u64) -> SharedFile {
         let ino = FileId(ino);
-        let cipher = crypto::DataKey::generate().chunk_cipher().into();
+        let cipher = std::sync::Arc::new(crypto::FileKeys::generate());
         let state = FileState::created(ino, cipher, &Attr::default(), None);
         Arc::new(tokio::sync::Mutex::new(state))
     }

@@ -228,7 +228,7 @@ mod tests {
     use proto::v1::{Attr, CreateRequest, PutChunkOutcome};
 
     fn new_file(pending: bool) -> FileState {
-        let cipher = crypto::DataKey::generate().chunk_cipher().into();
+        let cipher = std::sync::Arc::new(crypto::FileKeys::generate());
         let request = CreateRequest {
             parent: 9,
             ..CreateRequest::default()

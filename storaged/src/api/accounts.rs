@@ -8,7 +8,7 @@ use proto::v1::*;
 use super::State;
 use super::call::{Call, Context, PublicCall};
 use super::wire::{group_by, group_to_wire, user_by, user_to_wire};
-use crate::meta::{StoreError, Txn, now};
+use crate::meta::{RecordKind, SignedKey, StoreError, Txn, now};
 use crate::ops::{OpError, users};
 
 impl PublicCall<HelloReply> for HelloRequest {
@@ -109,10 +109,39 @@ impl Call<Group> for CreateGroupRequest {
 impl Call<Group> for SetGroupMemberRequest {
     async fn answer(self, at: Context) -> Result<Group, OpError> {
         let (gid, uid, member) = (self.gid, self.uid, self.member);
+        let change = users::MemberChange {
+            record: self.record,
+            keys: self.keys.into_iter().map(|k| (k.uid, k.blob)).collect(),
+        };
         let group = at
-            .write_durably(move |txn, who| users::set_member(txn, who, gid, uid, member, now()))
+            .write_durably(move |txn, who| {
+                users::set_member(txn, who, gid, uid, member, &change, now())
+            })
             .await?;
-        Ok(group_to_wire(&group))
+        Ok(Group {
+            record: change_record(&at, gid).await?,
+            ..group_to_wire(&group)
+        })
+    }
+}
+
+/// A group's signed record as stored (empty: none yet).
+async fn change_record(at: &Context, gid: u32) -> Result<Vec<u8>, OpError> {
+    let id = u64::from(gid);
+    at.read(move |txn, _| {
+        Ok(txn
+            .get_signed(SignedKey(RecordKind::Group, id, 0))?
+            .unwrap_or_default())
+    })
+    .await
+}
+
+impl Call<GetGroupKeyReply> for GetGroupKeyRequest {
+    async fn answer(self, at: Context) -> Result<GetGroupKeyReply, OpError> {
+        let (record, blob) = at
+            .read(move |txn, who| users::group_key(txn, who, self.gid))
+            .await?;
+        Ok(GetGroupKeyReply { record, blob })
     }
 }
 
@@ -143,6 +172,9 @@ impl Call<User> for GetUserRequest {
 impl Call<Group> for GetGroupRequest {
     async fn answer(self, at: Context) -> Result<Group, OpError> {
         let group = find(&at, self.by, "give a name or a gid", group_by).await?;
-        Ok(group_to_wire(&group))
+        Ok(Group {
+            record: change_record(&at, group.gid).await?,
+            ..group_to_wire(&group)
+        })
     }
 }

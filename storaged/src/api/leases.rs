@@ -87,6 +87,7 @@ names_nothing!(
     CreateGroupRequest,
     SetGroupMemberRequest,
     GetGroupRequest,
+    GetGroupKeyRequest,
     SyncRequest,
     StatFsRequest,
     LeaseRequest,

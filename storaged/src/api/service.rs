@@ -36,6 +36,7 @@ calls! {
     create_group(CreateGroupRequest) -> Group = call;
     set_group_member(SetGroupMemberRequest) -> Group = call;
     get_group(GetGroupRequest) -> Group = call;
+    get_group_key(GetGroupKeyRequest) -> GetGroupKeyReply = call;
     lookup(LookupRequest) -> Attr = call;
     get_attr(GetAttrRequest) -> Attr = call;
     open(OpenRequest) -> OpenReply = call;

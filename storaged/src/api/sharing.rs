@@ -4,7 +4,7 @@
 use proto::v1::*;
 
 use super::call::{Call, Context};
-use super::wire::{principal_of, principal_to_wire, wrapped_keys_to_wire};
+use super::wire::{principal_of, principal_to_wire, wrapped_keys_of, wrapped_keys_to_wire};
 use crate::meta::{self, FileId, now};
 use crate::ops::{OpError, sharing};
 
@@ -27,9 +27,14 @@ impl Call<Attr> for ShareRequest {
             read: entry.read,
             write: entry.write,
         };
-        let (ino, key) = (FileId(self.ino), self.wrapped_key);
+        let ino = FileId(self.ino);
+        let change = sharing::AclChange {
+            record: self.acl_record,
+            wrapped_key: self.wrapped_key,
+            rekey: Vec::new(),
+        };
         let node = at
-            .write_durably(move |txn, who| sharing::share(txn, who, ino, acl_entry, &key, now()))
+            .write_durably(move |txn, who| sharing::share(txn, who, ino, acl_entry, &change, now()))
             .await?;
         Ok(at.attr(&node))
     }
@@ -38,8 +43,13 @@ impl Call<Attr> for ShareRequest {
 impl Call<Attr> for UnshareRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
         let principal = principal_of(self.principal.as_ref())?;
+        let change = sharing::AclChange {
+            record: self.acl_record,
+            wrapped_key: Vec::new(),
+            rekey: wrapped_keys_of(&self.rekey)?,
+        };
         let node = at.write_durably(move |txn, who| {
-            sharing::unshare(txn, who, FileId(self.ino), principal, now())
+            sharing::unshare(txn, who, FileId(self.ino), principal, &change, now())
         });
         Ok(at.attr(&node.await?))
     }
@@ -47,7 +57,7 @@ impl Call<Attr> for UnshareRequest {
 
 impl Call<GetAclReply> for GetAclRequest {
     async fn answer(self, at: Context) -> Result<GetAclReply, OpError> {
-        let (owner, acl) = at
+        let (owner, acl, record) = at
             .read(move |txn, who| sharing::acl(txn, who, FileId(self.ino)))
             .await?;
         let entries = acl
@@ -58,6 +68,10 @@ impl Call<GetAclReply> for GetAclRequest {
                 write: e.write,
             })
             .collect();
-        Ok(GetAclReply { owner, entries })
+        Ok(GetAclReply {
+            owner,
+            entries,
+            record,
+        })
     }
 }

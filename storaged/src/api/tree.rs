@@ -73,12 +73,17 @@ fn plain_node(kind: Kind, perm: u32, uid: u32, gid: u32) -> NewNode {
         rdev: 0,
         target: Vec::new(),
         ino: None,
+        acl_record: Vec::new(),
     }
 }
 
 impl Call<Attr> for MkdirRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
-        let node = plain_node(Kind::Directory, self.perm, self.uid, self.gid);
+        let node = NewNode {
+            ino: (self.ino != 0).then_some(FileId(self.ino)),
+            acl_record: self.acl_record,
+            ..plain_node(Kind::Directory, self.perm, self.uid, self.gid)
+        };
         create_node(&at, FileId(self.parent), self.name, node, self.lazy).await
     }
 }

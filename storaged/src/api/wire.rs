@@ -137,6 +137,7 @@ pub fn group_to_wire(group: &meta::Group) -> Group {
         gid: group.gid,
         name: group.name.clone(),
         members: group.members.clone(),
+        record: Vec::new(),
     }
 }
 
@@ -185,6 +186,7 @@ pub fn new_file(r: &CreateRequest) -> Result<NewFile, OpError> {
         rdev: 0,
         target: Vec::new(),
         ino: Some(FileId(r.ino)),
+        acl_record: r.acl_record.clone(),
     };
     Ok(NewFile {
         parent: FileId(r.parent),

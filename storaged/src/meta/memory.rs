@@ -24,6 +24,7 @@ struct State {
     garbage: BTreeMap<ChunkRef, Time>,
     xattrs: BTreeMap<(FileId, Vec<u8>), Vec<u8>>,
     wrapped_keys: BTreeMap<(FileId, Principal), Vec<u8>>,
+    signed: BTreeMap<(RecordKind, u64, u32), Vec<u8>>,
     users: BTreeMap<u32, User>,
     groups: BTreeMap<u32, Group>,
     sequences: BTreeMap<String, u32>,
@@ -134,6 +135,7 @@ impl Txn for MemoryTxn<'_> {
         state.inodes.remove(&ino);
         state.xattrs.retain(|(i, _), _| *i != ino);
         state.wrapped_keys.retain(|(i, _), _| *i != ino);
+        state.signed.remove(&(RecordKind::Acl, ino.0, 0));
         Ok(())
     }
     fn count_inodes(&mut self) -> Result<u64, StoreError> {
@@ -318,6 +320,41 @@ impl Txn for MemoryTxn<'_> {
             .iter()
             .filter(|((i, _), _)| *i == ino)
             .map(|((_, p), blob)| (*p, blob.clone()))
+            .collect())
+    }
+
+    fn get_signed(
+        &mut self,
+        SignedKey(kind, id, sub): SignedKey,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.state.signed.get(&(kind, id, sub)).cloned())
+    }
+    fn put_signed(
+        &mut self,
+        SignedKey(kind, id, sub): SignedKey,
+        blob: &[u8],
+    ) -> Result<(), StoreError> {
+        self.state_mut()
+            .signed
+            .insert((kind, id, sub), blob.to_vec());
+        Ok(())
+    }
+    fn delete_signed(&mut self, kind: RecordKind, id: u64) -> Result<(), StoreError> {
+        self.state_mut()
+            .signed
+            .retain(|(k, i, _), _| (*k, *i) != (kind, id));
+        Ok(())
+    }
+    fn list_signed(
+        &mut self,
+        kind: RecordKind,
+        id: u64,
+    ) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        Ok(self
+            .state
+            .signed
+            .range((kind, id, 0)..=(kind, id, u32::MAX))
+            .map(|((_, _, sub), blob)| (*sub, blob.clone()))
             .collect())
     }
 

@@ -209,7 +209,7 @@ pub trait Txn {
     fn get_inode(&mut self, ino: FileId) -> Result<Option<Inode>, StoreError>;
     /// Inserts or replaces.
     fn put_inode(&mut self, inode: &Inode) -> Result<(), StoreError>;
-    /// Removes the inode record and its xattrs and wrapped keys. Chunk records must be moved
+    /// Removes the inode record and its xattrs, wrapped keys and ACL record. Chunk records must be moved
     /// to the garbage list by the caller first.
     fn delete_inode(&mut self, ino: FileId) -> Result<(), StoreError>;
     fn count_inodes(&mut self) -> Result<u64, StoreError>;
@@ -295,6 +295,16 @@ pub trait Txn {
     ) -> Result<(), StoreError>;
     fn delete_wrapped_key(&mut self, ino: FileId, principal: Principal) -> Result<(), StoreError>;
     fn list_wrapped_keys(&mut self, ino: FileId) -> Result<Vec<(Principal, Vec<u8>)>, StoreError>;
+
+    // Signed records (docs/format.md section 5): opaque to the store, one per (kind, id, sub).
+    /// The signed record stored under `key`, if any.
+    fn get_signed(&mut self, key: SignedKey) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_signed(&mut self, key: SignedKey, blob: &[u8]) -> Result<(), StoreError>;
+    /// Removes every record of `kind` for `id`, whatever its `sub`.
+    fn delete_signed(&mut self, kind: RecordKind, id: u64) -> Result<(), StoreError>;
+    /// Every record of `kind` for `id`, by `sub`.
+    fn list_signed(&mut self, kind: RecordKind, id: u64)
+    -> Result<Vec<(u32, Vec<u8>)>, StoreError>;
 
     // Users and groups.
     fn get_user(&mut self, uid: u32) -> Result<Option<User>, StoreError>;

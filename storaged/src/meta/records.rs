@@ -73,6 +73,32 @@ impl Principal {
     }
 }
 
+/// What a signed record is (the store keeps them opaque, by kind, id and sub).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordKind {
+    /// The signed ACL record of inode `id` (sub 0).
+    Acl = 1,
+    /// The signed record of group `id` (sub 0).
+    Group = 2,
+    /// Group `id`'s private keys wrapped to user `sub` (0: the site administrator).
+    GroupKey = 3,
+}
+
+/// Where a signed record is stored: its kind, id and sub (see [`RecordKind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SignedKey(pub RecordKind, pub u64, pub u32);
+
+impl RecordKind {
+    pub fn from_code(code: i64) -> Option<RecordKind> {
+        match code {
+            1 => Some(RecordKind::Acl),
+            2 => Some(RecordKind::Group),
+            3 => Some(RecordKind::GroupKey),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AclEntry {
     pub principal: Principal,

@@ -6,7 +6,7 @@
 //! bytes; nothing is stored past L. A commit that changes the size must rewrite the chunks
 //! whose role changes, so a reader never meets a chunk that disagrees with the size.
 
-use super::access::{check_owner, check_read, check_write};
+use super::access::{check_read, check_write};
 use super::tree::truncate_chunks;
 use super::{Caller, OpError, inode, touch};
 use crate::audit;
@@ -112,7 +112,7 @@ pub struct Commit<'a> {
     /// past it).
     pub size: u64,
     pub truncate: bool,
-    /// When not empty, replaces the file's wrapped keys (owner only).
+    /// When not empty, replaces the file's wrapped keys: a new key epoch (owner or writer).
     pub rekey: &'a [(Principal, Vec<u8>)],
 }
 
@@ -170,10 +170,13 @@ pub fn commit(
         truncate_chunks(txn, ino, new_size)?;
     }
     if !rekey.is_empty() {
-        replace_keys(txn, caller, &file, rekey)?;
+        super::sharing::replace_wrapped_keys(txn, caller.uid, &file, rekey)?;
+    }
+    // A new key epoch alone changes no content.
+    if !(chunks.is_empty() && !rekey.is_empty() && new_size == file.size) {
+        file.mtime = now;
     }
     file.size = new_size;
-    file.mtime = now;
     touch(&mut file, now);
     txn.put_inode(&file)?;
     let indices: Vec<String> = chunks
@@ -250,28 +253,6 @@ pub fn check_resize_without_rewrite(
     new_size: u64,
 ) -> Result<(), OpError> {
     check_roles(txn, ino, old_size, new_size, &[])
-}
-
-fn replace_keys(
-    txn: &mut dyn Txn,
-    caller: &Caller,
-    file: &Inode,
-    keys: &[(Principal, Vec<u8>)],
-) -> Result<(), OpError> {
-    check_owner(caller, file)?;
-    if !keys.iter().any(|(p, _)| *p == Principal::User(file.owner)) {
-        return Err(OpError::invalid(
-            "a re-keyed file needs its key wrapped to its owner",
-        ));
-    }
-    for (principal, _) in txn.list_wrapped_keys(file.ino)? {
-        txn.delete_wrapped_key(file.ino, principal)?;
-    }
-    for (principal, blob) in keys {
-        super::sharing::check_wrapped_key(txn, file.ino, *principal, blob)?;
-        txn.put_wrapped_key(file.ino, *principal, blob)?;
-    }
-    Ok(())
 }
 
 /// The current generation of a chunk ([`NO_GENERATION`]: a hole).

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod chunks;
 pub mod names;
+pub mod records;
 pub mod sharing;
 pub mod tree;
 pub mod users;

@@ -2,10 +2,12 @@
 //! administrator's certificate, groups as principals.
 
 use super::names::check_principal_name;
+use super::records;
 use super::{Caller, OpError};
 use crate::audit;
-use crate::meta::{Group, Time, Txn, User};
+use crate::meta::{Group, RecordKind, SignedKey, Time, Txn, User};
 use crate::settings::VaultSettings;
+use format::group::SignedGroup;
 use identity::PublicIdentity;
 
 /// The name the site administrator logs in with. No user may register it.
@@ -156,22 +158,80 @@ pub fn create_group(
     Ok(group)
 }
 
+/// A change of a group's members: the group's new signed record and its private keys wrapped
+/// to whom they must reach (docs/format.md section 5.3).
+#[derive(Clone, Debug, Default)]
+pub struct MemberChange {
+    pub record: Vec<u8>,
+    pub keys: Vec<(u32, Vec<u8>)>,
+}
+
+/// Adds or removes a member as the site administrator's signed record says. The first
+/// addition makes the group's first key pair (epoch 1) and needs its keys wrapped to the
+/// administrator and the member; a later one, to the member; a removal starts a new epoch and
+/// needs its keys wrapped to every remaining member and the administrator, which replace
+/// every wrapped group key stored.
 pub fn set_member(
     txn: &mut dyn Txn,
     caller: &Caller,
     gid: u32,
     uid: u32,
     member: bool,
+    change: &MemberChange,
     now: Time,
 ) -> Result<Group, OpError> {
     check_admin(caller)?;
     let mut group = txn.get_group(gid)?.ok_or(OpError::NotFound)?;
-    txn.get_user(uid)?.ok_or(OpError::NotFound)?;
+    let user = txn.get_user(uid)?.ok_or(OpError::NotFound)?;
+    if member && !user.is_active() {
+        return Err(OpError::invalid(format!(
+            "{} is not approved yet",
+            user.name
+        )));
+    }
+    let before = records::group_record(txn, gid)?;
     group.members.retain(|m| *m != uid);
     if member {
         group.members.push(uid);
         group.members.sort_unstable();
     }
+    let epoch = match (&before, member) {
+        (None, _) => 1,
+        (Some(old), true) => old.record.epoch,
+        (Some(old), false) => old.record.epoch + 1,
+    };
+    let signed = check_group_record(txn, &group, epoch, &change.record)?;
+    let mut holders: Vec<u32> = change.keys.iter().map(|(u, _)| *u).collect();
+    holders.sort_unstable();
+    let replaces = before.is_none() || !member;
+    let needed: Vec<u32> = if replaces {
+        std::iter::once(0)
+            .chain(group.members.iter().copied())
+            .collect()
+    } else {
+        vec![uid]
+    };
+    if holders != needed {
+        return Err(OpError::invalid(format!(
+            "the group's keys must be wrapped to users {needed:?}, once each"
+        )));
+    }
+    for (holder, blob) in &change.keys {
+        records::check_group_wrap(txn, &signed, *holder, blob)?;
+    }
+    if replaces {
+        txn.delete_signed(RecordKind::GroupKey, u64::from(gid))?;
+    }
+    for (holder, blob) in &change.keys {
+        txn.put_signed(
+            SignedKey(RecordKind::GroupKey, u64::from(gid), *holder),
+            blob,
+        )?;
+    }
+    txn.put_signed(
+        SignedKey(RecordKind::Group, u64::from(gid), 0),
+        &change.record,
+    )?;
     txn.put_group(&group)?;
     let detail = format!("{} {uid}", if member { "add" } else { "remove" });
     audit::append(
@@ -183,4 +243,62 @@ pub fn set_member(
         now,
     )?;
     Ok(group)
+}
+
+/// Checks a group's new signed record: this vault, group, name and members, the expected
+/// epoch, and the site administrator's signature.
+fn check_group_record(
+    txn: &mut dyn Txn,
+    group: &Group,
+    epoch: u32,
+    bytes: &[u8],
+) -> Result<SignedGroup, OpError> {
+    let signed = SignedGroup::parse(bytes).map_err(|e| OpError::invalid(e.to_string()))?;
+    let (vault, admin) = records::vault_and_admin(txn)?;
+    let record = &signed.record;
+    let fits = record.vault == vault
+        && record.gid == group.gid
+        && record.name == group.name
+        && record.members == group.members
+        && record.epoch == epoch
+        && record.signer == 0;
+    if !fits {
+        return Err(OpError::invalid(format!(
+            "the group record is not group {}'s at epoch {epoch} with members {:?}",
+            group.name, group.members
+        )));
+    }
+    admin
+        .verify(
+            format::group::DOMAIN,
+            &record.signed_bytes(),
+            &signed.signature,
+        )
+        .map_err(|_| OpError::invalid("the group record is not signed by the administrator"))?;
+    Ok(signed)
+}
+
+/// A group's signed record and its private keys wrapped to the caller (a member, or the
+/// administrator): (record, wrapped keys), either empty when there is none.
+pub fn group_key(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    gid: u32,
+) -> Result<(Vec<u8>, Vec<u8>), OpError> {
+    let group = txn.get_group(gid)?.ok_or(OpError::NotFound)?;
+    if !caller.admin && !group.members.contains(&caller.uid) {
+        return Err(OpError::AccessDenied(format!(
+            "you are not in group {}",
+            group.name
+        )));
+    }
+    let holder = if caller.admin { 0 } else { caller.uid };
+    let id = u64::from(gid);
+    let record = txn
+        .get_signed(SignedKey(RecordKind::Group, id, 0))?
+        .unwrap_or_default();
+    let blob = txn
+        .get_signed(SignedKey(RecordKind::GroupKey, id, holder))?
+        .unwrap_or_default();
+    Ok((record, blob))
 }

@@ -27,7 +27,7 @@ const GET_ATTEMPTS: usize = 3;
 impl Call<OpenReply> for OpenRequest {
     async fn answer(self, at: Context) -> Result<OpenReply, OpError> {
         let ino = FileId(self.ino);
-        let (inode, (chunks, more_chunks), keys) = at
+        let (inode, (chunks, more_chunks), (keys, rekey_needed)) = at
             .read(move |txn, who| {
                 let inode = tree::getattr(txn, who, ino)?;
                 let listed = match inode.kind {
@@ -35,7 +35,8 @@ impl Call<OpenReply> for OpenRequest {
                     _ => (Vec::new(), false),
                 };
                 let keys = sharing::my_wrapped_keys(txn, who, ino)?;
-                Ok((inode, listed, keys))
+                let rekey_needed = sharing::rekey_needed(txn, ino)?;
+                Ok((inode, listed, (keys, rekey_needed)))
             })
             .await?;
         let small_chunk = match chunks.as_slice() {
@@ -50,6 +51,7 @@ impl Call<OpenReply> for OpenRequest {
             chunks: chunks_to_wire(chunks),
             more_chunks,
             keys: wrapped_keys_to_wire(keys),
+            rekey_needed,
         })
     }
 }

@@ -17,6 +17,11 @@ pub fn file(ino: FileId) -> i64 {
     long(ino.0)
 }
 
+/// The key fields of a signed record (`signed` collection).
+pub fn signed_key(kind: RecordKind, id: u64, sub: u32) -> Document {
+    doc! { "kind": kind as i32, "id": id as i64, "sub": i64::from(sub) }
+}
+
 pub fn binary(bytes: &[u8]) -> Bson {
     Bson::Binary(Binary {
         subtype: BinarySubtype::Generic,

@@ -8,7 +8,7 @@ use mongodb::{Collection, Database, IndexModel};
 use super::{StoreError, failure};
 
 /// The schema this build writes. Older databases are upgraded on open; newer ones refused.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The collection holding the schema version: one document `{_id: "vault", version}`.
 pub(super) const SCHEMA: &str = "schema";
@@ -32,10 +32,11 @@ pub enum Coll {
     Sequences,
     Sessions,
     Audit,
+    Signed,
 }
 
 impl Coll {
-    pub const ALL: [Coll; 12] = [
+    pub const ALL: [Coll; 13] = [
         Coll::Settings,
         Coll::Inodes,
         Coll::Entries,
@@ -48,6 +49,7 @@ impl Coll {
         Coll::Sequences,
         Coll::Sessions,
         Coll::Audit,
+        Coll::Signed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +66,7 @@ impl Coll {
             Coll::Sequences => "sequences",
             Coll::Sessions => "sessions",
             Coll::Audit => "audit",
+            Coll::Signed => "signed",
         }
     }
 }
@@ -163,6 +166,25 @@ async fn step_v2(collections: &Collections) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Version 3: the signed records (docs/format.md section 5), one collection with a unique
+/// index on (kind, id, sub). Idempotent like version 1.
+async fn step_v3(db: &Database, collections: &Collections) -> Result<(), StoreError> {
+    match db.create_collection(Coll::Signed.name()).await {
+        Ok(()) => {}
+        Err(error) if failure::code(&error) == Some(NAMESPACE_EXISTS) => {}
+        Err(error) => return Err(failure::store_error(&error)),
+    }
+    let keys = doc! { "kind": 1, "id": 1, "sub": 1 };
+    let options = IndexOptions::builder().unique(true).build();
+    let model = IndexModel::builder().keys(keys).options(options).build();
+    collections
+        .get(Coll::Signed)
+        .create_index(model)
+        .await
+        .map_err(|e| failure::store_error(&e))?;
+    Ok(())
+}
+
 /// Brings the database to [`SCHEMA_VERSION`], or refuses a newer one without touching it.
 pub async fn migrate(db: &Database, collections: &Collections) -> Result<(), StoreError> {
     let schema = db.collection::<Document>(SCHEMA);
@@ -185,6 +207,7 @@ pub async fn migrate(db: &Database, collections: &Collections) -> Result<(), Sto
         match next {
             1 => step_v1(db, collections).await?,
             2 => step_v2(collections).await?,
+            3 => step_v3(db, collections).await?,
             _ => unreachable!("no upgrade step to schema version {next}"),
         }
         // $max: a slower instance finishing the same step never moves the version back.

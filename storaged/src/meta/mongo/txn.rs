@@ -186,6 +186,7 @@ impl Txn for MongoTxn<'_> {
         self.delete(Coll::Inodes, doc! { "_id": file(ino) })?;
         self.delete(Coll::Xattrs, doc! { "ino": file(ino) })?;
         self.delete(Coll::WrappedKeys, doc! { "ino": file(ino) })?;
+        self.delete_signed(RecordKind::Acl, ino.0)?;
         Ok(())
     }
     fn count_inodes(&mut self) -> Result<u64, StoreError> {
@@ -429,6 +430,42 @@ impl Txn for MongoTxn<'_> {
             let principal = Principal::from_key(&f.text("principal")?)
                 .ok_or_else(|| f.corrupt("principal", "names no principal"))?;
             Ok((principal, f.bytes("blob")?))
+        })
+    }
+
+    fn get_signed(
+        &mut self,
+        SignedKey(kind, id, sub): SignedKey,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let filter = docs::signed_key(kind, id, sub);
+        self.find_one(Coll::Signed, filter)?
+            .map(|d| Fields::new(&d, "signed").bytes("blob"))
+            .transpose()
+    }
+    fn put_signed(
+        &mut self,
+        SignedKey(kind, id, sub): SignedKey,
+        blob: &[u8],
+    ) -> Result<(), StoreError> {
+        let filter = docs::signed_key(kind, id, sub);
+        let mut document = filter.clone();
+        document.insert("blob", binary(blob));
+        self.put(Coll::Signed, filter, document)
+    }
+    fn delete_signed(&mut self, kind: RecordKind, id: u64) -> Result<(), StoreError> {
+        let filter = doc! { "kind": kind as i32, "id": id as i64 };
+        self.delete(Coll::Signed, filter).map(drop)
+    }
+    fn list_signed(
+        &mut self,
+        kind: RecordKind,
+        id: u64,
+    ) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        let filter = doc! { "kind": kind as i32, "id": id as i64 };
+        let found = self.find(Coll::Signed, filter, doc! { "sub": 1 }, usize::MAX)?;
+        Self::decode_all(found, |d| {
+            let f = Fields::new(d, "signed");
+            Ok((f.u32("sub")?, f.bytes("blob")?))
         })
     }
 

@@ -7,7 +7,7 @@ use super::unavailable;
 use crate::meta::StoreError;
 
 /// The schema this build writes. Older databases are upgraded on open; newer ones refused.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Brings the schema of the database up to [`SCHEMA_VERSION`], or refuses a newer one.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -38,7 +38,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         });
     }
     // Each step takes the schema from version N to N + 1; a new version appends one.
-    let steps: [&str; 2] = [SCHEMA_V1, SCHEMA_V2];
+    let steps: [&str; 3] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
     for (version, step) in steps.iter().enumerate().skip(found as usize) {
         let next = version as u32 + 1;
         conn.execute_batch(&format!("BEGIN; {step}; COMMIT;"))
@@ -91,4 +91,10 @@ const SCHEMA_V2: &str = "
 ALTER TABLE garbage ADD COLUMN since INTEGER NOT NULL DEFAULT 0;
 UPDATE garbage SET since = unixepoch() * 1000000000;
 CREATE INDEX garbage_since ON garbage (since)
+";
+
+/// Version 3: signed records (ACL records, group records, group keys), docs/format.md 5.
+const SCHEMA_V3: &str = "
+CREATE TABLE signed (kind INTEGER NOT NULL, id INTEGER NOT NULL, sub INTEGER NOT NULL,
+    blob BLOB NOT NULL, PRIMARY KEY (kind, id, sub)) WITHOUT ROWID
 ";

@@ -125,6 +125,7 @@ impl Txn for SqliteTxn<'_> {
             "DELETE FROM inodes WHERE ino = ?1",
             "DELETE FROM xattrs WHERE ino = ?1",
             "DELETE FROM wrapped_keys WHERE ino = ?1",
+            "DELETE FROM signed WHERE kind = 1 AND id = ?1",
         ] {
             self.execute(sql, params![file(ino)])?;
         }
@@ -379,6 +380,44 @@ impl Txn for SqliteTxn<'_> {
                 ))
             })
             .collect()
+    }
+
+    fn get_signed(
+        &mut self,
+        SignedKey(kind, id, sub): SignedKey,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query_one(
+            "SELECT blob FROM signed WHERE kind = ?1 AND id = ?2 AND sub = ?3",
+            params![kind as i64, id as i64, sub],
+            |r| r.get(0),
+        )
+    }
+    fn put_signed(
+        &mut self,
+        SignedKey(kind, id, sub): SignedKey,
+        blob: &[u8],
+    ) -> Result<(), StoreError> {
+        self.change(
+            "INSERT OR REPLACE INTO signed (kind, id, sub, blob) VALUES (?1, ?2, ?3, ?4)",
+            params![kind as i64, id as i64, sub, blob],
+        )
+    }
+    fn delete_signed(&mut self, kind: RecordKind, id: u64) -> Result<(), StoreError> {
+        self.change(
+            "DELETE FROM signed WHERE kind = ?1 AND id = ?2",
+            params![kind as i64, id as i64],
+        )
+    }
+    fn list_signed(
+        &mut self,
+        kind: RecordKind,
+        id: u64,
+    ) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        self.query_all(
+            "SELECT sub, blob FROM signed WHERE kind = ?1 AND id = ?2 ORDER BY sub",
+            params![kind as i64, id as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     fn get_user(&mut self, uid: u32) -> Result<Option<User>, StoreError> {

@@ -3,9 +3,12 @@
 
 use super::directory;
 use crate::audit;
-use crate::meta::{AclEntry, Entry, FileId, Inode, Kind, Principal, Time, Txn, Version};
+use crate::meta::{
+    AclEntry, Entry, FileId, Inode, Kind, Principal, RecordKind, SignedKey, Time, Txn, Version,
+};
 use crate::ops::access::{check_read, check_write, inherited_acl};
 use crate::ops::names::{check_name, check_target};
+use crate::ops::records::{check_acl_record, key_holders};
 use crate::ops::{Caller, OpError, inode, touch};
 
 /// Creates the root directory of a new vault (owned by the site administrator, uid 0,
@@ -27,6 +30,7 @@ pub fn init_root(txn: &mut dyn Txn, now: Time) -> Result<(), OpError> {
         rdev: 0,
         target: Vec::new(),
         ino: Some(FileId::ROOT),
+        acl_record: Vec::new(),
     };
     let mut root = new_inode(FileId::ROOT, &node, 0, FileId::ROOT, now);
     root.nlink = 2;
@@ -68,8 +72,12 @@ pub struct NewNode {
     pub gid: u32,
     pub rdev: u64,
     pub target: Vec<u8>,
-    /// The inode number the client chose (regular files), or none to draw one here.
+    /// The inode number the client chose (regular files, and directories with an ACL
+    /// record), or none to draw one here.
     pub ino: Option<FileId>,
+    /// The new inode's signed ACL record, by its creator (docs/format.md section 5.2); empty:
+    /// it takes the ACL its directory passes on, unsigned.
+    pub acl_record: Vec<u8>,
 }
 
 /// Creates a directory entry and its inode: mkdir, mknod, symlink, and create (see
@@ -104,7 +112,12 @@ pub fn create_node(
         None => free_ino(txn)?,
     };
     let mut child = new_inode(ino, node, caller.uid, parent, now);
-    child.acl = inherited_acl(&dir);
+    if node.acl_record.is_empty() {
+        child.acl = inherited_acl(&dir);
+    } else {
+        child.acl = check_acl_record(txn, &child, &node.acl_record, &[])?;
+        txn.put_signed(SignedKey(RecordKind::Acl, ino.0, 0), &node.acl_record)?;
+    }
     if node.kind == Kind::Directory {
         child.nlink = 2;
         dir.nlink += 1;
@@ -185,6 +198,33 @@ pub fn create_file(
         .ino
         .ok_or_else(|| OpError::invalid("a new file needs its inode number"))?;
     let (child, dir_version) = create_node(txn, caller, parent, name, node, now)?;
+    check_key_holders(caller, &child, node, wrapped_keys)?;
+    for (principal, blob) in wrapped_keys {
+        crate::ops::sharing::check_wrapped_key(txn, caller.uid, ino, *principal, blob)?;
+        txn.put_wrapped_key(ino, *principal, blob)?;
+    }
+    Ok((child, Some(dir_version)))
+}
+
+/// A new file's key must be wrapped to its owner and every reader: by its signed ACL record
+/// exactly those, else (an ACL passed on unsigned) at least the owner and the user readers.
+fn check_key_holders(
+    caller: &Caller,
+    child: &Inode,
+    node: &NewNode,
+    wrapped_keys: &[(Principal, Vec<u8>)],
+) -> Result<(), OpError> {
+    let mut given: Vec<Principal> = wrapped_keys.iter().map(|(p, _)| *p).collect();
+    given.sort();
+    if !node.acl_record.is_empty() {
+        if given != key_holders(caller.uid, &child.acl) {
+            return Err(OpError::invalid(
+                "the file key must be wrapped to its owner and each reader of its ACL record, \
+                 once",
+            ));
+        }
+        return Ok(());
+    }
     let mut needed: Vec<Principal> = child
         .acl
         .iter()
@@ -193,18 +233,14 @@ pub fn create_file(
         .collect();
     needed.push(Principal::User(caller.uid));
     for principal in needed {
-        if !wrapped_keys.iter().any(|(p, _)| *p == principal) {
+        if !given.contains(&principal) {
             return Err(OpError::invalid(format!(
                 "the file key must be wrapped to {}",
                 principal.key()
             )));
         }
     }
-    for (principal, blob) in wrapped_keys {
-        crate::ops::sharing::check_wrapped_key(txn, ino, *principal, blob)?;
-        txn.put_wrapped_key(ino, *principal, blob)?;
-    }
-    Ok((child, Some(dir_version)))
+    Ok(())
 }
 
 /// Adds a name for a file; returns the file and the directory's version right after.
