@@ -1766,12 +1766,13 @@ fn sqlite_refuses_a_newer_schema() {
     assert!(error.to_string().contains("newer"), "{error}");
 }
 
-/// A database of schema version 1 is upgraded: garbage listed before gets the upgrade's time.
+/// A database of schema version 1 is upgraded: garbage listed before gets the upgrade's time,
+/// and the signed records' table (version 3) is made.
 #[test]
 fn sqlite_upgrades_garbage_of_schema_version_1() {
     let (_dir, path) = sqlite_claiming_schema(
         1,
-        "DROP INDEX garbage_since; ALTER TABLE garbage DROP COLUMN since;
+        "DROP INDEX garbage_since; ALTER TABLE garbage DROP COLUMN since; DROP TABLE signed;
          INSERT INTO garbage (ino, idx, generation) VALUES (9, 0, 3);",
     );
     drop(SqliteStore::open(&path, None).expect("upgrade"));
@@ -1780,6 +1781,10 @@ fn sqlite_upgrades_garbage_of_schema_version_1() {
         .query_row("SELECT since FROM garbage WHERE ino = 9", [], |r| r.get(0))
         .expect("since");
     assert!(since > 1_700_000_000_000_000_000, "{since}");
+    let signed: i64 = conn
+        .query_row("SELECT count(*) FROM signed", [], |r| r.get(0))
+        .expect("the signed table");
+    assert_eq!(signed, 0);
 }
 
 /// The WAL starts small again after each checkpoint. A WAL left at its largest is rewritten
