@@ -18,6 +18,7 @@ pub mod error;
 pub mod file;
 pub mod fuse;
 pub mod fusermount;
+pub mod guest;
 pub mod keys;
 pub mod mount;
 pub mod remote;

@@ -35,6 +35,8 @@ enum Command {
     Unmount { mountpoint: PathBuf },
     /// List mounts with their cache use and server state.
     Status,
+    /// Inside a VM that vmctl started: take the key vmctl hands over and mount (foreground).
+    GuestMount(vaultfs::guest::GuestMountArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,7 +155,7 @@ struct MountArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::<NoOptions, Command>::parse_for(&PROGRAM);
-    let mounting = matches!(cli.command, Command::Mount(_));
+    let mounting = matches!(cli.command, Command::Mount(_) | Command::GuestMount(_));
     cli::init_logging(if mounting { "info" } else { "warn" });
     let work = run(&cli.command);
     cli.finish(&PROGRAM, work.map(|()| ExitCode::SUCCESS))
@@ -185,6 +187,7 @@ fn run(command: &Command) -> anyhow::Result<()> {
             status();
             Ok(())
         }
+        Command::GuestMount(args) => vaultfs::guest::run(args),
     }
 }
 

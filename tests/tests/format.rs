@@ -185,3 +185,27 @@ fn golden_fixture_v1_opens() {
     }
     assert_eq!(opened, 3, "the fixture holds three chunks");
 }
+
+#[test]
+fn documented_handoff_vector_decodes() {
+    let v = documented_vectors();
+    let identity = identity::Identity::from_secrets(
+        &array(&v, "handoff.signing_seed"),
+        &array(&v, "handoff.wrapping_secret"),
+    );
+    let settings = String::from_utf8(bytes(&v, "handoff.settings")).expect("UTF-8 settings");
+    let message = bytes(&v, "handoff.bytes");
+    let opened = identity::Handoff::decode(&message, KeyKind::User).expect("vector decodes");
+    assert_eq!(opened.identity.public(), identity.public());
+    assert_eq!(
+        identity.public().signing[..],
+        bytes(&v, "handoff.signing_public")[..]
+    );
+    assert_eq!(
+        identity.public().wrapping[..],
+        bytes(&v, "handoff.wrapping_public")[..]
+    );
+    assert_eq!(opened.settings, settings);
+    let encoded = identity::Handoff::encode(&identity, KeyKind::User, &settings).expect("encode");
+    assert_eq!(encoded[..], message[..]);
+}
