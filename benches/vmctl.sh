@@ -11,4 +11,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --quiet -p vmctl --test bench -- "$@"
 echo
-cargo test --quiet -p tests --test vm_bench -- "$@"
+cargo test --quiet -p vmctl --test vault_bench -- "$@"

@@ -229,8 +229,7 @@ pub fn vault_guest_image(vaultfs: &Path) -> PathBuf {
 fn build_guest(kind: &str, vaultfs: Option<&Path>) -> PathBuf {
     static BUILD: Mutex<()> = Mutex::new(());
     let _serial = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    // From vmctl's tests and from the workspace's `tests` crate alike.
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vmctl/guest");
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest");
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for file in ["build.sh", "init"] {
         fs::read(sources.join(file))

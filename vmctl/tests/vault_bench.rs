@@ -5,14 +5,15 @@
 //! mounted (taking the key, logging in over TLS, mounting), and the QEMU resident set with the
 //! vault mounted. One VM: its first start, then restarts on the same host. Prints a table.
 //!
-//!   usage: vm_bench [--runs N]
+//!   usage: vault_bench [--runs N]
 
-mod vm;
+mod support;
+mod vault_site;
 
 use std::time::Duration;
 
-use vm::VaultSite;
-use vm::support::argument;
+use support::argument;
+use vault_site::VaultSite;
 
 struct Run {
     mounted_s: f64,

@@ -1,17 +1,18 @@
 //! Integration (root): a VM mounts the vault inside its guest. vmctl's two-host lab, storaged
 //! as the VM network's service on h2 (TLS, pinned certificate), the vault guest on h1 (one TCG
-//! boot), a host mount of the same vault over storaged's socket. See tests/vm/mod.rs.
+//! boot), a host mount of the same vault over storaged's socket. See vault_site/mod.rs.
 
-mod vm;
+mod support;
+mod vault_site;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use identity::{Handoff, KeyKind};
+use support::lab::{eventually, ping};
+use support::{file_contains, files_under, guest_shell, key_args, owner_key, stdout};
 use tests::mount::{Mount, bounded};
-use vm::support::lab::{eventually, ping};
-use vm::support::{file_contains, files_under, guest_shell, key_args, owner_key, stdout};
-use vm::{VaultSite, reaches_storaged};
+use vault_site::{VaultSite, reaches_storaged};
 
 const FROM_GUEST: &str = "written in the guest, over TLS";
 const FROM_HOST: &str = "written on the host, through storaged's socket";

@@ -4,15 +4,12 @@
 //! project alpha (which may use storaged) and one of project beta (which may not), both on h2.
 #![allow(dead_code)] // The test and the benchmark each use a part.
 
-#[path = "../../../vmctl/tests/support/mod.rs"]
-pub mod support;
-
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 
-use support::lab::{project, service, which};
-use support::{Site, peer, stdout};
+use crate::support::lab::{project, service, which};
+use crate::support::{self, Site, peer, stdout};
 use tests::daemon::{Storaged, TestUser};
 use tests::mount::ClientFiles;
 use vmctl::OwnerKey;
