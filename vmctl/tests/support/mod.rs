@@ -274,22 +274,29 @@ pub fn install_image(guest: &Path, image_dir: &Path) {
 /// Runs shell commands in the guest over its command port, from namespace `ns`; returns what
 /// they printed. Bounded: 3 s to connect, 120 s without output, 150 s in all. (`-t`: socat
 /// waits that long for the guest's output after it sent the commands, not its default 0.5 s.)
+/// A refused connection (the shell not listening yet) is tried again, 20 times at most.
 pub fn guest_shell(ns: &str, address: std::net::Ipv4Addr, commands: &str) -> String {
     let target = format!("TCP:{address}:{GUEST_SHELL_PORT},connect-timeout=3");
-    let mut child = Command::new(which("ip").expect("ip"))
-        .args([
-            "netns", "exec", ns, "timeout", "150", "socat", "-t", "120", "-T", "120", "-", &target,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start socat");
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = writeln!(stdin, "{commands}\nexit");
+    for _ in 0..20 {
+        let mut child = Command::new(which("ip").expect("ip"))
+            .args(["netns", "exec", ns, "timeout", "150", "socat"])
+            .args(["-t", "120", "-T", "120", "-", &target])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start socat");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = writeln!(stdin, "{commands}\nexit");
+        }
+        let output = child.wait_with_output().expect("socat");
+        let refused = String::from_utf8_lossy(&output.stderr).contains("Connection refused");
+        if !(refused && output.stdout.is_empty()) {
+            return String::from_utf8_lossy(&output.stdout).into_owned();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    let output = child.wait_with_output().expect("socat");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    panic!("the shell of the guest at {address} refused 20 connections");
 }
 
 /// Every regular file under `dir` (recursively; symlinks are not followed).
