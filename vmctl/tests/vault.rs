@@ -27,7 +27,14 @@ fn a_vm_mounts_the_vault_over_tls_and_shares_files_with_a_host_mount() {
     a_start_without_the_users_key_starts_nothing(&vault);
 
     let key = key_args(&vault.owner_key());
-    let start = [vec!["start".to_string(), "g1".into()], key].concat();
+    // Generous: a TCG boot on a loaded 2-core machine took up to a minute.
+    let timeout = ["--timeout".to_string(), "300".into()];
+    let start = [
+        vec!["start".to_string(), "g1".into()],
+        key,
+        timeout.to_vec(),
+    ]
+    .concat();
     let start: Vec<&str> = start.iter().map(String::as_str).collect();
     let started = stdout(&vault.site.cli(&start));
     assert!(started.contains("started g1 on h1 in"), "{started}");
