@@ -19,6 +19,7 @@ pub mod file;
 pub mod fsck;
 pub mod fuse;
 pub mod fusermount;
+pub mod guest;
 pub mod helper;
 pub mod keys;
 pub mod mount;

@@ -54,6 +54,8 @@ enum Command {
     Acl(share_cli::PathArgs),
     /// Re-seal a file's chunks (-r: a tree's) under a new key, dropping its older keys.
     Rekey(share_cli::PathArgs),
+    /// Inside a VM that vmctl started: take the key vmctl hands over and mount (foreground).
+    GuestMount(vaultfs::guest::GuestMountArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,7 +207,7 @@ fn parse_coherence(text: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     vaultfs::helper::run_if_mount_helper(cli::is_subcommand::<NoOptions, Command>);
     let cli = Cli::<NoOptions, Command>::parse_for(&PROGRAM);
-    let mounting = matches!(cli.command, Command::Mount(_));
+    let mounting = matches!(cli.command, Command::Mount(_) | Command::GuestMount(_));
     cli::init_logging(if mounting { "info" } else { "warn" });
     let work = match &cli.command {
         Command::Fsck { session, check } => fsck(session, check),
@@ -246,6 +248,7 @@ fn run(command: &Command) -> anyhow::Result<()> {
         Command::Unshare(args) => share_cli::unshare(args),
         Command::Acl(args) => share_cli::acl(args),
         Command::Rekey(args) => share_cli::rekey(args),
+        Command::GuestMount(args) => vaultfs::guest::run(args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Who a user (or the site administrator) is: an Ed25519 key pair for signatures and an X25519
 //! key pair that file keys are wrapped to, their fingerprint, and the passphrase-protected key
-//! file that holds the private halves.
+//! file that holds the private halves, and the hand-off message that carries them, unlocked,
+//! to a VM guest.
 //!
 //! Pure: no I/O (callers read and write key files), no async. Private key bytes are zeroized
 //! when dropped. This crate can verify and sign but cannot open a chunk, so the storage daemon
@@ -8,6 +9,7 @@
 
 mod admin_key;
 mod fingerprint;
+mod handoff;
 mod keyfile;
 
 use std::fmt;
@@ -18,6 +20,10 @@ use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 pub use admin_key::AdminKeyError;
 pub use fingerprint::{CertificateFingerprint, Fingerprint};
+pub use handoff::{
+    HANDOFF_BYTES_MAX, HANDOFF_CHANNEL, HANDOFF_HEADER_BYTES, HANDOFF_SETTINGS_BYTES_MAX, Handoff,
+    HandoffError,
+};
 pub use keyfile::{KEY_FILE_BYTES, KdfParams, KeyFile, KeyFileError, KeyKind};
 
 pub const PUBLIC_KEY_BYTES: usize = 32;

@@ -39,6 +39,8 @@ pub struct Storaged {
     /// Keeps the MongoDB server up while the daemon uses it.
     server: Option<Arc<MongoServer>>,
     args: Vec<String>,
+    /// The network namespace it runs in, if not this process's.
+    netns: Option<String>,
     child: Option<Child>,
     /// The daemon's first stdout line ("storaged ready: ...").
     pub ready_line: String,
@@ -74,7 +76,14 @@ impl Storaged {
                 Some(server.clone()),
             ),
         };
-        Storaged::launch(Arc::new(Identity::generate()), meta_url, server, args)
+        Storaged::launch(Arc::new(Identity::generate()), meta_url, server, args, None)
+    }
+
+    /// Starts a daemon on the embedded store inside network namespace `netns`, where its TLS
+    /// listener (`--listen`) binds; its data dir and socket are on this machine's filesystem.
+    pub fn start_in_netns(netns: &str, args: &[&str]) -> Storaged {
+        let admin = Arc::new(Identity::generate());
+        Storaged::launch(admin, None, None, args, Some(netns.to_string()))
     }
 
     /// Another instance of this vault: its own data dir and socket, the same administrator,
@@ -92,6 +101,7 @@ impl Storaged {
             Some(meta_url),
             self.server.clone(),
             &args,
+            None,
         )
     }
 
@@ -100,9 +110,10 @@ impl Storaged {
         meta_url: Option<String>,
         server: Option<Arc<MongoServer>>,
         args: &[&str],
+        netns: Option<String>,
     ) -> Storaged {
         let dir = tempfile::tempdir().expect("temp data dir");
-        Storaged::start_in(dir, admin, meta_url, server, args)
+        Storaged::place(dir, admin, meta_url, server, args, netns)
     }
 
     /// Starts a daemon on the data dir `dir`, which may hold a vault already (a restored one),
@@ -113,6 +124,18 @@ impl Storaged {
         meta_url: Option<String>,
         server: Option<Arc<MongoServer>>,
         args: &[&str],
+    ) -> Storaged {
+        Storaged::place(dir, admin, meta_url, server, args, None)
+    }
+
+    /// A daemon on `dir`, in the network namespace `netns` if given.
+    fn place(
+        dir: tempfile::TempDir,
+        admin: Arc<Identity>,
+        meta_url: Option<String>,
+        server: Option<Arc<MongoServer>>,
+        args: &[&str],
+        netns: Option<String>,
     ) -> Storaged {
         std::fs::write(
             dir.path().join("admin.pub"),
@@ -129,6 +152,7 @@ impl Storaged {
             meta_url,
             server,
             args,
+            netns,
             child: None,
             ready_line: String::new(),
         };
@@ -170,7 +194,15 @@ impl Storaged {
             .append(true)
             .open(self.dir.path().join("storaged.log"))
             .expect("log file");
-        let mut child = Command::new(crate::binary("storaged"))
+        let mut command = Command::new(crate::binary("storaged"));
+        if let Some(netns) = &self.netns {
+            // `ip netns exec` execs the daemon: the child's PID stays the daemon's.
+            command = Command::new("ip");
+            command
+                .args(["netns", "exec", netns])
+                .arg(crate::binary("storaged"));
+        }
+        let mut child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(self.dir.path())

@@ -75,14 +75,7 @@ fn documented_chunk_vector_opens() {
 fn documented_key_file_and_wrap_vectors_open() {
     let v = documented_vectors();
     let file = KeyFile::parse(&bytes(&v, "keyfile.bytes")).expect("key file parses");
-    assert_eq!(
-        file.public().signing[..],
-        bytes(&v, "keyfile.signing_public")[..]
-    );
-    assert_eq!(
-        file.public().wrapping[..],
-        bytes(&v, "keyfile.wrapping_public")[..]
-    );
+    assert_public_keys(&file.public(), &v, "keyfile");
     assert_eq!(
         file.public().fingerprint().0[..],
         bytes(&v, "keyfile.fingerprint")[..]
@@ -184,4 +177,37 @@ fn golden_fixture_v1_opens() {
         }
     }
     assert_eq!(opened, 3, "the fixture holds three chunks");
+}
+
+#[test]
+fn documented_handoff_vector_decodes() {
+    let v = documented_vectors();
+    let identity = identity::Identity::from_secrets(
+        &array(&v, "handoff.signing_seed"),
+        &array(&v, "handoff.wrapping_secret"),
+    );
+    let settings = String::from_utf8(bytes(&v, "handoff.settings")).expect("UTF-8 settings");
+    let message = bytes(&v, "handoff.bytes");
+    let opened = identity::Handoff::decode(&message, KeyKind::User).expect("vector decodes");
+    assert_eq!(opened.identity.public(), identity.public());
+    assert_public_keys(&identity.public(), &v, "handoff");
+    assert_eq!(opened.settings, settings);
+    let encoded = identity::Handoff::encode(&identity, KeyKind::User, &settings).expect("encode");
+    assert_eq!(encoded[..], message[..]);
+}
+
+/// `public` holds the vectors' `PREFIX.signing_public` and `PREFIX.wrapping_public`.
+fn assert_public_keys(
+    public: &identity::PublicIdentity,
+    v: &HashMap<String, String>,
+    prefix: &str,
+) {
+    let signing = bytes(v, &format!("{prefix}.signing_public"));
+    let wrapping = bytes(v, &format!("{prefix}.wrapping_public"));
+    assert_eq!(public.signing[..], signing[..], "{prefix}.signing_public");
+    assert_eq!(
+        public.wrapping[..],
+        wrapping[..],
+        "{prefix}.wrapping_public"
+    );
 }

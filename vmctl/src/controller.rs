@@ -170,6 +170,10 @@ impl Vmctl {
                 mac: port.mac.to_string(),
             }),
             drives,
+            channel: vm
+                .vault
+                .as_ref()
+                .map(|_| identity::HANDOFF_CHANNEL.to_string()),
             project: vm.project.clone(),
             image: vm.image.clone(),
         })

@@ -49,6 +49,9 @@ pub struct DomainSpec {
     pub serial_log: PathBuf,
     pub nic: Option<NicSpec>,
     pub drives: Vec<DriveSpec>,
+    /// The virtio-serial channel vmctl hands the vault key through (`crate::vault`), by name:
+    /// QEMU listens on a socket in libvirt's private directory for it.
+    pub channel: Option<String>,
     pub project: String,
     pub image: String,
 }
@@ -109,6 +112,13 @@ impl DomainSpec {
                     )
                     .child(Element::new("target").attr("port", 0)),
             )
+            .child_opt(self.channel.as_deref().map(channel))
+            // Entropy from the host: guests that seal chunks need random nonces at once.
+            .child(
+                Element::new("rng")
+                    .attr("model", "virtio")
+                    .child(Element::with_text("backend", "/dev/urandom").attr("model", "random")),
+            )
             .child(Element::new("memballoon").attr("model", "none"));
         Element::new("domain")
             .attr("type", self.accel.domain_type())
@@ -125,6 +135,19 @@ impl DomainSpec {
             .child(devices)
             .to_string()
     }
+}
+
+/// A virtio-serial channel named `name` whose host side is a socket QEMU listens on (libvirt
+/// picks its path in its own directory); vmctl reaches it through libvirt's stream API.
+fn channel(name: &str) -> Element {
+    Element::new("channel")
+        .attr("type", "unix")
+        .child(Element::new("source").attr("mode", "bind"))
+        .child(
+            Element::new("target")
+                .attr("type", "virtio")
+                .attr("name", name),
+        )
 }
 
 impl NicSpec {
@@ -216,6 +239,7 @@ mod tests {
                 serial: "data".into(),
                 secret_uuid: "0c4c1a52-7fd6-4b44-8a4b-2fa3a3b0d0c9".into(),
             }],
+            channel: Some("org.vault.handoff.0".into()),
             project: "alpha".into(),
             image: "tiny".into(),
         }
@@ -240,6 +264,10 @@ mod tests {
             "<target dev='vdb' bus='virtio'/>",
             "<source path='/store/console/vm1.log' append='off'/>",
             "<vmctl:project>alpha</vmctl:project>",
+            "<channel type='unix'>",
+            "<source mode='bind'/>",
+            "<target type='virtio' name='org.vault.handoff.0'/>",
+            "<backend model='random'>/dev/urandom</backend>",
         ] {
             assert!(xml.contains(expected), "`{expected}` missing in:\n{xml}");
         }

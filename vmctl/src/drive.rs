@@ -114,7 +114,12 @@ pub fn unwrap_key(
 
 /// The owner's fingerprint, for display.
 pub fn owner_fingerprint(record: &DriveRecord) -> String {
-    hex::decode(&record.owner)
+    fingerprint_of(&record.owner)
+}
+
+/// The fingerprint of a public identity recorded as hex (signing then wrapping key).
+pub fn fingerprint_of(owner: &str) -> String {
+    hex::decode(owner)
         .ok()
         .and_then(|bytes| PublicIdentity::from_slices(bytes.get(..32)?, bytes.get(32..)?))
         .map_or_else(|| "?".to_string(), |owner| owner.fingerprint().to_string())

@@ -9,7 +9,7 @@ use crate::controller::{OwnerKey, Vmctl};
 use crate::domain::DriveSpec;
 use crate::drive;
 use crate::error::{Error, Result};
-use crate::lifecycle::is_running;
+use crate::lifecycle::{is_running, unlock};
 use crate::limits;
 use crate::store::{DriveRecord, check_name};
 
@@ -106,7 +106,8 @@ impl Vmctl {
             let live = is_running(&host, &domain)?;
             let spec = self.drive_spec(drive, &record, &target);
             let secrets = if live {
-                self.drive_secrets(&host, vm, &[drive.to_string()], state, key)?
+                let owner = unlock(vm, &format!("encrypted drives ({drive})"), key)?;
+                self.drive_secrets(&host, vm, &[drive.to_string()], state, &owner)?
             } else {
                 Vec::new()
             };

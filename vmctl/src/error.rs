@@ -81,8 +81,24 @@ pub enum Error {
     DriveInUse { drive: String, vm: String },
     #[error("drive `{drive}` is not attached to VM `{vm}`")]
     DriveNotAttached { drive: String, vm: String },
-    #[error("VM `{vm}` has encrypted drives ({drives}): pass its owner's key file (--key)")]
-    KeyNeeded { vm: String, drives: String },
+    #[error("VM `{vm}` has {what}: pass its owner's key file (--key)")]
+    KeyNeeded { vm: String, what: String },
+    #[error("vault settings {}: {reason}", path.display())]
+    BadVaultConfig { path: PathBuf, reason: String },
+    #[error(
+        "VM `{vm}` mounts the vault as `{user}`, whose key file this is not (it holds {fingerprint})"
+    )]
+    NotVaultOwner {
+        vm: String,
+        user: String,
+        fingerprint: String,
+    },
+    #[error("VM `{vm}` {what} (see {})", log.display())]
+    GuestFailed {
+        vm: String,
+        what: String,
+        log: PathBuf,
+    },
     #[error(transparent)]
     Key(#[from] keystore::KeystoreError),
     #[error("the key of drive `{drive}` does not open with this key file: {source}")]

@@ -8,6 +8,7 @@ use virt::connect::Connect;
 use virt::domain::{Domain, DomainState};
 use virt::error::ErrorNumber;
 use virt::secret::Secret;
+use virt::stream::Stream;
 
 use crate::domain::{Accel, SecretSpec};
 use crate::error::{Error, Result};
@@ -253,6 +254,61 @@ impl Host {
     /// Whether a secret with this UUID is defined (the tests check none outlives its use).
     pub fn has_secret(&self, uuid: &str) -> bool {
         self.connection.lookup_secret_by_uuid_string(uuid).is_ok()
+    }
+
+    /// Opens a running VM's virtio channel `channel` (a libvirt stream to QEMU's socket for it)
+    /// and sends `message` into it. The channel stays open until the guard drops: QEMU passes
+    /// the bytes on when the guest opens its port, and a socket closed before might lose them.
+    pub fn send_to_channel(
+        &self,
+        vm: &str,
+        domain: &Domain,
+        channel: &str,
+        message: &[u8],
+    ) -> Result<ChannelGuard> {
+        let action = || format!("opening channel {channel} of VM `{vm}`");
+        let stream = Stream::new(&self.connection, 0).map_err(self.libvirt(action()))?;
+        domain
+            .open_channel(Some(channel), &stream, 0)
+            .map_err(self.libvirt(action()))?;
+        let guard = ChannelGuard {
+            stream: Some(stream),
+        };
+        let stream = guard.stream.as_ref().expect("open until dropped");
+        let mut sent = 0;
+        // A blocking send takes at least one byte or fails: the message's length bounds this.
+        while sent < message.len() {
+            let action = || format!("writing to channel {channel} of VM `{vm}`");
+            let count = stream
+                .send(&message[sent..])
+                .map_err(self.libvirt(action()))?;
+            match usize::try_from(count) {
+                Ok(count) if count > 0 => sent += count,
+                _ => return Err(self.libvirt(action())(virt::error::Error::last_error())),
+            }
+        }
+        Ok(guard)
+    }
+}
+
+/// An open channel into a VM, closed on drop.
+pub struct ChannelGuard {
+    stream: Option<Stream>,
+}
+
+impl std::fmt::Debug for ChannelGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChannelGuard(open: {})", self.stream.is_some())
+    }
+}
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        // Nothing is left in it once the guest has read its message; a failed close only
+        // means the VM is gone already.
+        if let Some(stream) = self.stream.take() {
+            let _ = stream.finish();
+        }
     }
 }
 

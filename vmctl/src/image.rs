@@ -7,6 +7,8 @@
 //! initrd = "initrd.img"
 //! cmdline = "console=ttyS0 quiet"
 //! ready_marker = "vault-guest: ready"
+//! failed_marker = "vault-guest: vault failed"   # optional: the start failed in the guest
+//! vault = true                                  # optional: it mounts the vault (crate::vault)
 //! ```
 //!
 //! vmctl appends the VM's address as the kernel's `ip=` parameter
@@ -30,6 +32,9 @@ struct Manifest {
     #[serde(default)]
     cmdline: String,
     ready_marker: Option<String>,
+    failed_marker: Option<String>,
+    #[serde(default)]
+    vault: bool,
 }
 
 /// A checked image.
@@ -41,6 +46,10 @@ pub struct Image {
     pub cmdline: String,
     /// The serial-console line that means the guest is up; without it, running is up.
     pub ready_marker: Option<String>,
+    /// The serial-console line that means the guest failed to come up.
+    pub failed_marker: Option<String>,
+    /// Whether the guest mounts the vault with the key vmctl hands over at start.
+    pub vault: bool,
 }
 
 impl Image {
@@ -87,12 +96,26 @@ impl Image {
                 "cmdline must not set ip=: vmctl sets the address".into()
             ));
         }
+        if manifest.vault
+            && manifest
+                .ready_marker
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+        {
+            return Err(bad(
+                "an image that mounts the vault needs the ready_marker it prints once mounted"
+                    .into(),
+            ));
+        }
         Ok(Image {
             name: name.to_string(),
             kernel: file(&manifest.kernel)?,
             initrd: manifest.initrd.as_deref().map(file).transpose()?,
             cmdline: manifest.cmdline,
             ready_marker: manifest.ready_marker.filter(|m| !m.is_empty()),
+            failed_marker: manifest.failed_marker.filter(|m| !m.is_empty()),
+            vault: manifest.vault,
         })
     }
 
@@ -150,6 +173,7 @@ mod tests {
             "kernel = \"missing\"\n",
             "kernel = \"vmlinuz\"\ncmdline = \"ip=dhcp\"\n",
             "kernel = \"vmlinuz\"\nextra = 1\n",
+            "kernel = \"vmlinuz\"\nvault = true\n",
         ] {
             let (_dir, store) = store_with(manifest);
             let error = Image::load(&store, "tiny").expect_err(manifest);

@@ -7,17 +7,19 @@ use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use identity::Identity;
 use virt::domain::Domain;
 
 use crate::controller::{OwnerKey, Undo, Vmctl, now_s};
 use crate::domain::SecretSpec;
 use crate::drive;
 use crate::error::{Error, Result, io_error};
-use crate::host::{Host, SecretGuard};
+use crate::host::{ChannelGuard, Host, SecretGuard};
 use crate::image::Image;
 use crate::limits;
 use crate::placement;
-use crate::store::State;
+use crate::store::{State, VmRecord};
+use crate::vault;
 
 /// How long `move` waits for the graceful stop (then forces it), and for the guest to come up.
 #[derive(Debug, Clone, Copy)]
@@ -33,13 +35,16 @@ pub struct Started {
     pub host: String,
     pub address: std::net::Ipv4Addr,
     /// From the start call until the guest printed its readiness marker (or, for an image
-    /// without one, until it ran).
+    /// without one, until it ran); for a VM that mounts the vault, until it mounted.
     pub elapsed: Duration,
+    /// Whether the guest mounted the vault.
+    pub vault: bool,
 }
 
 impl Vmctl {
     /// Starts a VM and waits (up to `timeout`) until the guest is up. Drive keys are opened
-    /// with `key` and handed to libvirt only for the start.
+    /// with `key` and handed to libvirt only for the start; a VM that mounts the vault gets the
+    /// unlocked key through its channel, and is forced off again if it does not mount.
     pub fn start(&self, name: &str, key: Option<&OwnerKey>, timeout: Duration) -> Result<Started> {
         let state = self.store.read()?;
         let vm = state.vm(name)?;
@@ -53,29 +58,87 @@ impl Vmctl {
                 hint: "stop it first",
             });
         }
-        let secrets = self.drive_secrets(&host, name, &vm.drives, &state, key)?;
+        let image = Image::load(&self.store, &vm.image)?;
+        let owner = self.unlock_owner(name, vm, key)?;
+        let secrets = match &owner {
+            Some(owner) => self.drive_secrets(&host, name, &vm.drives, &state, owner)?,
+            None => Vec::new(),
+        };
         let console = self.store.console_path(name);
         let _ = fs::remove_file(&console);
         let started = Instant::now();
         host.start(name, &domain)?;
         drop(secrets);
         self.reattach_port(&host, name, &domain)?;
+        let channel = self.hand_over(&host, name, &domain, vm, owner.as_ref())?;
+        drop(owner);
         self.store.update(|state| {
             if let Some(vm) = state.vms.get_mut(name) {
                 vm.started_at = Some(now_s());
             }
             Ok(())
         })?;
-        let image = Image::load(&self.store, &vm.image)?;
-        if let Some(marker) = &image.ready_marker {
-            wait_for_marker(name, &console, marker, started, timeout)?;
+        let up = wait_until_up(name, &console, &image, started, timeout);
+        if let (Err(error), Some(_)) = (&up, &channel) {
+            let _ = host.force_off(name, &domain);
+            self.clear_started(name)?;
+            return Err(forced_off(error, name, &console));
         }
+        up?;
+        drop(channel);
         Ok(Started {
             vm: name.to_string(),
             host: vm.host.clone(),
             address: self.net.port(name)?.ip,
             elapsed: started.elapsed(),
+            vault: vm.vault.is_some(),
         })
+    }
+
+    /// Sends a VM that mounts the vault its hand-off; forces the VM off if that fails.
+    fn hand_over(
+        &self,
+        host: &Host,
+        name: &str,
+        domain: &Domain,
+        vm: &VmRecord,
+        owner: Option<&Identity>,
+    ) -> Result<Option<ChannelGuard>> {
+        let (Some(seed), Some(owner)) = (&vm.vault, owner) else {
+            return Ok(None);
+        };
+        let mut undo = Undo::new();
+        undo.push(|| {
+            let _ = host.force_off(name, domain);
+        });
+        let channel = vault::hand_off(host, name, domain, seed, owner)?;
+        undo.done();
+        Ok(Some(channel))
+    }
+
+    /// Unlocks the owner's key file when the VM needs it (drives, the vault): fails before
+    /// anything starts if it is missing, does not open, or is not the vault user's.
+    pub(crate) fn unlock_owner(
+        &self,
+        name: &str,
+        vm: &VmRecord,
+        key: Option<&OwnerKey>,
+    ) -> Result<Option<Identity>> {
+        let mut needs = Vec::new();
+        if let Some(seed) = &vm.vault {
+            needs.push(format!("the vault mounted as `{}`", seed.user));
+        }
+        if !vm.drives.is_empty() {
+            needs.push(format!("encrypted drives ({})", vm.drives.join(", ")));
+        }
+        if needs.is_empty() {
+            return Ok(None);
+        }
+        let owner = unlock(name, &needs.join(" and "), key)?;
+        if let Some(seed) = &vm.vault {
+            vault::check_owner(name, seed, &owner)?;
+        }
+        Ok(Some(owner))
     }
 
     /// Attaches the VM's OVS port to the tap libvirt has just made for it. A start makes a new
@@ -97,31 +160,23 @@ impl Vmctl {
         Ok(())
     }
 
-    /// Defines an ephemeral secret with the key of each of `drives`, opened with `key`. Fails
-    /// before anything is defined if a key cannot be opened.
+    /// Defines an ephemeral secret with the key of each of `drives`, opened with `owner`.
+    /// Fails before anything is defined if a key cannot be opened.
     pub(crate) fn drive_secrets(
         &self,
         host: &Host,
         vm: &str,
         drives: &[String],
         state: &State,
-        key: Option<&OwnerKey>,
+        owner: &Identity,
     ) -> Result<Vec<SecretGuard>> {
-        if drives.is_empty() {
-            return Ok(Vec::new());
-        }
-        let key = key.ok_or_else(|| Error::KeyNeeded {
-            vm: vm.to_string(),
-            drives: drives.join(", "),
-        })?;
-        let owner = key.unlock()?;
         let mut keys = Vec::new();
         for name in drives {
             let record = state.drive(name)?;
             keys.push((
                 name,
                 record,
-                drive::unwrap_key(name, record, &state.site, &owner)?,
+                drive::unwrap_key(name, record, &state.site, owner)?,
             ));
         }
         keys.into_iter()
@@ -190,13 +245,9 @@ impl Vmctl {
         }
         let domain = source.domain(name)?;
         let was_running = source.state(&domain)?.is_active();
-        if was_running && !vm.drives.is_empty() {
-            // Open the keys now: a wrong passphrase must fail before the VM stops.
-            let owner = key.ok_or_else(|| Error::KeyNeeded {
-                vm: name.to_string(),
-                drives: vm.drives.join(", "),
-            })?;
-            owner.unlock()?;
+        if was_running {
+            // Open the key now: a wrong passphrase must fail before the VM stops.
+            self.unlock_owner(name, &vm, key)?;
         }
         let port = self.net.port(name)?;
         let spec = self.domain_spec(name, &vm, &state, &port, target.accel()?)?;
@@ -235,18 +286,40 @@ impl Vmctl {
     }
 }
 
-/// Waits until the console log holds `marker` (bounded by `timeout` and a count of looks).
-fn wait_for_marker(
+/// Unlocks `key`, which VM `vm` needs for `what`.
+pub(crate) fn unlock(vm: &str, what: &str, key: Option<&OwnerKey>) -> Result<Identity> {
+    let key = key.ok_or_else(|| Error::KeyNeeded {
+        vm: vm.to_string(),
+        what: what.to_string(),
+    })?;
+    key.unlock()
+}
+
+/// Waits until the guest printed the image's ready marker (if it has one), bounded by
+/// `timeout` and a count of looks; the failure marker ends the wait at once.
+fn wait_until_up(
     vm: &str,
     console: &Path,
-    marker: &str,
+    image: &Image,
     started: Instant,
     timeout: Duration,
 ) -> Result<()> {
+    let Some(marker) = &image.ready_marker else {
+        return Ok(());
+    };
     let looks = timeout.as_millis() / u128::from(limits::POLL_MS) + 1;
     for _ in 0..looks {
-        if console_contains(console, marker)? {
+        if console_line_with(console, marker)?.is_some() {
             return Ok(());
+        }
+        if let Some(failed) = &image.failed_marker
+            && let Some(line) = console_line_with(console, failed)?
+        {
+            return Err(Error::GuestFailed {
+                vm: vm.to_string(),
+                what: format!("reported `{line}`"),
+                log: console.to_path_buf(),
+            });
         }
         if started.elapsed() > timeout {
             break;
@@ -261,7 +334,24 @@ fn wait_for_marker(
     })
 }
 
-fn console_contains(console: &Path, marker: &str) -> Result<bool> {
+/// The error of a start that failed after the VM got its vault key (it was forced off).
+fn forced_off(error: &Error, vm: &str, console: &Path) -> Error {
+    let what = match error {
+        Error::GuestFailed { what, .. } => what.clone(),
+        Error::NotReady {
+            timeout_s, marker, ..
+        } => format!("did not print `{marker}` within {timeout_s} s"),
+        other => other.to_string(),
+    };
+    Error::GuestFailed {
+        vm: vm.to_string(),
+        what: what + ", so it was forced off again",
+        log: console.to_path_buf(),
+    }
+}
+
+/// The first line of the console log holding `marker`, if any.
+fn console_line_with(console: &Path, marker: &str) -> Result<Option<String>> {
     let mut text = Vec::new();
     match fs::File::open(console) {
         Ok(file) => {
@@ -269,10 +359,14 @@ fn console_contains(console: &Path, marker: &str) -> Result<bool> {
                 .read_to_end(&mut text)
                 .map_err(io_error("reading", console))?;
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error("reading", console)(e)),
     }
-    Ok(String::from_utf8_lossy(&text).contains(marker))
+    let text = String::from_utf8_lossy(&text);
+    Ok(text
+        .lines()
+        .find(|line| line.contains(marker))
+        .map(|line| line.trim().to_string()))
 }
 
 /// Whether a domain is running (for callers holding one).

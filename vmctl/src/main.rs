@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use cli::{Cli, Program};
 use keystore::PassphraseSource;
-use vmctl::{CreateRequest, MoveTimeouts, OwnerKey, Store, Vmctl, limits};
+use vmctl::{CreateRequest, MoveTimeouts, OwnerKey, Store, VaultRequest, Vmctl, limits};
 
 const PROGRAM: Program = cli::program!(
     "vmctl",
@@ -50,8 +50,15 @@ enum Command {
         network: Option<String>,
         #[arg(long)]
         host: Option<String>,
+        /// For an image that mounts the vault: the client config of the vault user, as
+        /// `vaultfs login --server https://...` wrote it (no secrets; handed to the guest).
+        #[arg(long, requires = "owner")]
+        vault: Option<PathBuf>,
+        /// The vault user's key file (only its public key is read; `start` needs the file).
+        #[arg(long, requires = "vault")]
+        owner: Option<PathBuf>,
     },
-    /// Start a VM and wait until the guest is up.
+    /// Start a VM and wait until the guest is up (for the vault image: until it mounted).
     Start {
         name: String,
         #[command(flatten)]
@@ -170,6 +177,8 @@ fn vm(vmctl: &Vmctl, command: &Command) -> Result<()> {
             project,
             network,
             host,
+            vault,
+            owner,
         } => {
             let request = CreateRequest {
                 name: name.clone(),
@@ -179,6 +188,10 @@ fn vm(vmctl: &Vmctl, command: &Command) -> Result<()> {
                 project: project.clone(),
                 network: network.clone(),
                 host: host.clone(),
+                vault: vault
+                    .clone()
+                    .zip(owner.clone())
+                    .map(|(config, owner)| VaultRequest { config, owner }),
             };
             let host = vmctl.create(&request)?;
             let port = vmctl.network().port(name)?;
@@ -275,10 +288,11 @@ fn drive(vmctl: &Vmctl, command: &DriveCommand) -> Result<()> {
 
 fn print_started(started: &vmctl::Started) {
     println!(
-        "started {} on {} in {:.1} s: address {}",
+        "started {} on {} in {:.1} s{}: address {}",
         started.vm,
         started.host,
         started.elapsed.as_secs_f64(),
+        if started.vault { ", vault mounted" } else { "" },
         started.address
     );
 }
@@ -332,6 +346,9 @@ fn print_status(vmctl: &Vmctl, name: &str) -> Result<()> {
             drives.join(", ")
         }
     );
+    if let Some(vault) = &status.vault {
+        println!("vault      {vault}");
+    }
     println!("uptime     {uptime}");
     println!("console    {}", status.console.display());
     Ok(())

@@ -39,6 +39,8 @@ pub struct VmStatus {
     /// Resident memory of the VM's QEMU process on its host.
     pub rss_kib: Option<u64>,
     pub console: PathBuf,
+    /// Whom the guest mounts the vault as, and from where.
+    pub vault: Option<String>,
 }
 
 impl Vmctl {
@@ -118,6 +120,7 @@ impl Vmctl {
             uptime: if running { Self::uptime(vm) } else { None },
             rss_kib,
             console: self.store.console_path(name),
+            vault: vm.vault.as_ref().map(crate::vault::describe),
         })
     }
 

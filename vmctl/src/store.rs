@@ -44,6 +44,9 @@ pub struct VmRecord {
     pub drives: Vec<String>,
     /// Unix seconds of the last start through vmctl (for uptime).
     pub started_at: Option<u64>,
+    /// What the VM needs to mount the vault (`create --vault`), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<crate::vault::VaultSeed>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

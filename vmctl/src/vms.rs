@@ -10,6 +10,7 @@ use crate::image::Image;
 use crate::limits;
 use crate::placement;
 use crate::store::{VmRecord, check_name};
+use crate::vault::{VaultRequest, VaultSeed};
 
 /// What `create` needs.
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct CreateRequest {
     pub network: Option<String>,
     /// The host with the most free capacity when not named.
     pub host: Option<String>,
+    /// The vault settings and user, for an image that mounts the vault.
+    pub vault: Option<VaultRequest>,
 }
 
 impl CreateRequest {
@@ -55,7 +58,8 @@ impl Vmctl {
     pub fn create(&self, request: &CreateRequest) -> Result<String> {
         request.check()?;
         let name = request.name.as_str();
-        Image::load(&self.store, &request.image)?;
+        let image = Image::load(&self.store, &request.image)?;
+        let vault = vault_seed(request, &image)?;
         let network = self.network_for(request.network.as_deref())?;
         if let Some(host) = &request.host {
             self.connect_check(host)?;
@@ -104,6 +108,7 @@ impl Vmctl {
                 memory_mib: request.memory_mib,
                 drives: Vec::new(),
                 started_at: None,
+                vault,
             };
             let spec = self.domain_spec(name, &record, state, &port, accel)?;
             let domain = host.define(name, &spec.to_xml())?;
@@ -145,5 +150,27 @@ impl Vmctl {
             let _ = std::fs::remove_file(self.store.console_path(name));
             Ok(())
         })
+    }
+}
+
+/// The checked vault settings of a VM whose image mounts the vault; none for other images.
+fn vault_seed(request: &CreateRequest, image: &Image) -> Result<Option<VaultSeed>> {
+    match (&request.vault, image.vault) {
+        (Some(vault), true) => vault.seed().map(Some),
+        (None, false) => Ok(None),
+        (Some(_), false) => Err(Error::Invalid {
+            what: "--vault",
+            reason: format!(
+                "image `{}` does not mount the vault (no `vault = true` in its image.toml)",
+                image.name
+            ),
+        }),
+        (None, true) => Err(Error::Invalid {
+            what: "VM",
+            reason: format!(
+                "image `{}` mounts the vault: give --vault CLIENT_CONFIG and --owner KEY_FILE",
+                image.name
+            ),
+        }),
     }
 }

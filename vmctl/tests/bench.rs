@@ -12,8 +12,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use netctl::PortRequest;
-use support::Site;
 use support::lab::ping;
+use support::{Site, argument};
 
 struct Run {
     ready_s: f64,
@@ -131,17 +131,4 @@ fn ready_seconds(line: &str) -> f64 {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no time in `{line}`"))
-}
-
-fn argument(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|value| {
-            value
-                .parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-        .unwrap_or(default)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vmctl::domain::{Accel, DomainSpec, NicSpec};
 use vmctl::host::{Host, VmState};
-use vmctl::{CreateRequest, Error, Store, Vmctl};
+use vmctl::{CreateRequest, Error, Store, VaultRequest, Vmctl};
 
 const TEST_URI: &str = "test:///default";
 
@@ -45,6 +45,7 @@ fn spec(name: &str) -> DomainSpec {
             mac: "02:00:0a:0a:00:09".into(),
         }),
         drives: Vec::new(),
+        channel: Some(identity::HANDOFF_CHANNEL.into()),
         project: "alpha".into(),
         image: "tiny".into(),
     }
@@ -104,6 +105,8 @@ fn the_generated_xml_round_trips_through_libvirt() {
         "<mac address='02:00:0a:0a:00:09'/>",
         "<cmdline>console=ttyS0</cmdline>",
         "<memory unit='KiB'>131072</memory>",
+        "<target type='virtio' name='org.vault.handoff.0'/>",
+        "<rng model='virtio'>",
     ] {
         assert!(xml.contains(expected), "`{expected}` missing in:\n{xml}");
     }
@@ -135,6 +138,7 @@ fn request(name: &str) -> CreateRequest {
         project: "alpha".into(),
         network: None,
         host: Some("h1".into()),
+        vault: None,
     }
 }
 
@@ -224,4 +228,100 @@ fn bad_input_is_refused_before_anything_is_made() {
         vmctl.start("ghost", None, Duration::from_secs(1)),
         Err(Error::UnknownVm(_))
     ));
+}
+
+/// A client config as `vaultfs login` writes it for a TLS server.
+const CLIENT_CONFIG: &str = "server = \"https://10.10.0.2:7000\"\n\
+    server_fingerprint = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n\
+    name = \"alice\"\nvault = \"00112233445566778899aabbccddeeff\"\nadmin_key = \"aa bb\"\n";
+
+/// A vault image (`vault = true`) in `vmctl`'s store and a user's key file in `dir`.
+fn vault_image_and_owner(vmctl: &Vmctl, dir: &Path) -> std::path::PathBuf {
+    let image = vmctl.store().image_dir("vault");
+    std::fs::create_dir_all(&image).expect("image dir");
+    std::fs::write(image.join("vmlinuz"), b"kernel").expect("kernel");
+    let manifest = "kernel = \"vmlinuz\"\nready_marker = \"mounted\"\nvault = true\n";
+    std::fs::write(image.join("image.toml"), manifest).expect("image.toml");
+    let owner = dir.join("alice.vkey");
+    let sealed = identity::KeyFile::seal(
+        &identity::Identity::generate(),
+        identity::KeyKind::User,
+        b"passphrase",
+        identity::KdfParams::MINIMUM,
+    )
+    .expect("seal");
+    keystore::write_key_file(&owner, &sealed).expect("key file");
+    owner
+}
+
+#[test]
+fn vault_settings_are_checked_before_anything_is_made() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vmctl = vmctl_on_test_driver(dir.path(), 1024);
+    let owner = vault_image_and_owner(&vmctl, dir.path());
+    let config = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("config");
+        path
+    };
+    let vault = |config, owner: &Path| CreateRequest {
+        image: "vault".into(),
+        vault: Some(VaultRequest {
+            config,
+            owner: owner.to_path_buf(),
+        }),
+        ..request("vm-v")
+    };
+    // A client config with `from` replaced by `to`.
+    let changed = |name: &str, from: &str, to: &str| {
+        vault(config(name, &CLIENT_CONFIG.replace(from, to)), &owner)
+    };
+    let good = config("good.toml", CLIENT_CONFIG);
+    let cases: Vec<(CreateRequest, &str)> = vec![
+        (
+            CreateRequest {
+                image: "vault".into(),
+                ..request("vm-v")
+            },
+            "mounts the vault: give --vault",
+        ),
+        (
+            CreateRequest {
+                image: "tiny".into(),
+                ..vault(good.clone(), &owner)
+            },
+            "image `tiny` does not mount the vault",
+        ),
+        (
+            changed("unknown.toml", "vault =", "x_vault ="),
+            "`x_vault` is no client setting",
+        ),
+        (
+            changed("no-pin.toml", "vault = \"0011", "#"),
+            "no `vault`: run `vaultfs login",
+        ),
+        (
+            changed("unix.toml", "https://10.10.0.2:7000", "unix:/s"),
+            "must be https://HOST:PORT",
+        ),
+        (
+            changed("pin.toml", "sha256:00", "sha256:zz"),
+            "no sha256 fingerprint",
+        ),
+        (
+            vault(config("bad.toml", "server = ["), &owner),
+            "vault settings",
+        ),
+        (vault(dir.path().join("none.toml"), &owner), "none.toml"),
+        (vault(good, &dir.path().join("none.vkey")), "no key file"),
+    ];
+    for (request, expected) in cases {
+        let message = vmctl.create(&request).expect_err(expected).to_string();
+        assert!(
+            message.contains(expected),
+            "`{expected}` missing in: {message}"
+        );
+        assert!(!message.contains('\n'), "one line: {message}");
+        assert_nothing_left(&vmctl, &request.name);
+    }
 }

@@ -6,47 +6,13 @@ mod support;
 
 use std::net::Ipv4Addr;
 
-use netctl::PortRequest;
 use support::lab::{eventually, ping};
-use support::{Site, file_contains, files_under, guest_shell};
+use support::{Site, file_contains, files_under, guest_shell, peer, stdout};
 
 const PATTERN: &str = "VAULT-PLAINTEXT-PATTERN-7f3a9c";
 
-fn stdout(output: &std::process::Output) -> String {
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "vmctl failed: {}{text}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    text
-}
-
-/// A namespace "VM" of `project` on `host`, plugged into the VM network.
-fn peer(site: &mut Site, name: &str, host: &str, project: &str) -> (String, Ipv4Addr) {
-    let port = site
-        .vmctl
-        .network()
-        .allocate_port(&PortRequest {
-            vm: name.into(),
-            host: host.into(),
-            project: project.into(),
-            network: "research".into(),
-            address: None,
-        })
-        .expect("peer port");
-    site.vmctl.network().apply().expect("apply");
-    (site.lab.attach(&port), port.ip)
-}
-
 fn key_args(site: &Site) -> Vec<String> {
-    let passphrase = site.key.passphrase.file.clone().expect("passphrase file");
-    vec![
-        "--key".into(),
-        site.key.key_file.display().to_string(),
-        "--passphrase-file".into(),
-        passphrase.display().to_string(),
-    ]
+    support::key_args(&site.key)
 }
 
 /// Finds the guest's disk whose serial number is `drive` (the guest names disks in the order

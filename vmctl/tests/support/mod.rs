@@ -14,15 +14,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
+use std::net::Ipv4Addr;
+
 use identity::{Identity, KdfParams, KeyFile, KeyKind};
 use keystore::PassphraseSource;
 use lab::{Lab, NETWORK, project, which};
+use netctl::PortRequest;
 use vmctl::{OwnerKey, Store, Vmctl};
 
 use self::libvirtd::Libvirtd;
 
 pub const PASSPHRASE: &str = "correct horse battery staple";
-/// The TCP port of the guest's command shell (tests/guest/init).
+/// The TCP port of the test guests' command shell (vmctl/guest/init, `--shell-port`).
 pub const GUEST_SHELL_PORT: u16 = 7000;
 
 /// Fails (never skips) when the machine lacks what the tests need.
@@ -52,10 +55,30 @@ pub struct Site {
 }
 
 impl Site {
-    /// `host_count` hosts of 2 CPUs and `memory_mib` each; projects alpha and beta.
+    /// `host_count` hosts of 2 CPUs and `memory_mib` each; projects alpha and beta; the tiny
+    /// guest as image `tiny`.
     pub fn new(tag: &str, host_count: usize, memory_mib: u64) -> Site {
         require_libvirt();
-        let guest = guest_image();
+        let body = project("alpha", &[]) + &project("beta", &[]);
+        Site::with(
+            tag,
+            host_count,
+            memory_mib,
+            &body,
+            &[("tiny", &guest_image())],
+        )
+    }
+
+    /// A site whose cluster file ends with `body` (projects, services), with `images` (name,
+    /// built guest) in its store.
+    pub fn with(
+        tag: &str,
+        host_count: usize,
+        memory_mib: u64,
+        body: &str,
+        images: &[(&str, &Path)],
+    ) -> Site {
+        require_libvirt();
         let lab = Lab::new(tag, host_count);
         let mut daemons = Vec::new();
         for host in &lab.hosts {
@@ -63,10 +86,13 @@ impl Site {
             daemons.push(Libvirtd::start(&host.ns, &dir, &host.run_dir));
         }
         let store = lab.dir.path().join("store");
-        install_image(&guest, &store.join("images/tiny"));
+        for (name, guest) in images {
+            install_image(guest, &store.join("images").join(name));
+        }
         let uris: Vec<String> = daemons.iter().map(|d| d.uri.clone()).collect();
         let cluster_file = lab.dir.path().join("cluster.toml");
-        fs::write(&cluster_file, cluster_text(&lab, &uris, memory_mib)).expect("cluster file");
+        let text = cluster_text(&lab, &uris, memory_mib) + body;
+        fs::write(&cluster_file, text).expect("cluster file");
         let net = netctl::Netctl::open(&cluster_file).expect("cluster file loads");
         let vmctl = Vmctl::new(net, Store::new(&store));
         let (owner, key) = owner_key(lab.dir.path());
@@ -95,6 +121,46 @@ impl Site {
     }
 }
 
+/// What a successful command printed (it fails the test otherwise).
+pub fn stdout(output: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "vmctl failed: {}{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text
+}
+
+/// The `--key`/`--passphrase-file` arguments of `owner`.
+pub fn key_args(owner: &OwnerKey) -> Vec<String> {
+    let passphrase = owner.passphrase.file.clone().expect("passphrase file");
+    vec![
+        "--key".into(),
+        owner.key_file.display().to_string(),
+        "--passphrase-file".into(),
+        passphrase.display().to_string(),
+    ]
+}
+
+/// A namespace "VM" of `project` on `host`, plugged into the VM network: its namespace and
+/// address.
+pub fn peer(site: &mut Site, name: &str, host: &str, project: &str) -> (String, Ipv4Addr) {
+    let port = site
+        .vmctl
+        .network()
+        .allocate_port(&PortRequest {
+            vm: name.into(),
+            host: host.into(),
+            project: project.into(),
+            network: "research".into(),
+            address: None,
+        })
+        .expect("peer port");
+    site.vmctl.network().apply().expect("apply");
+    (site.lab.attach(&port), port.ip)
+}
+
 /// The `vmctl` binary: cargo's for integration tests, else the one beside the running
 /// example's directory (`target/debug/examples/..` -> `target/debug/vmctl`).
 pub fn vmctl_binary() -> PathBuf {
@@ -106,7 +172,7 @@ pub fn vmctl_binary() -> PathBuf {
     dir.join("vmctl")
 }
 
-/// A cluster file for the lab, with each host's libvirt URI.
+/// The hosts and network of a cluster file for the lab, with each host's libvirt URI.
 pub fn cluster_text(lab: &Lab, uris: &[String], memory_mib: u64) -> String {
     let mut text = String::from("state = \"netctl-state.json\"\nexpose_ports = \"20000-20009\"\n");
     for (i, host) in lab.hosts.iter().enumerate() {
@@ -120,8 +186,6 @@ pub fn cluster_text(lab: &Lab, uris: &[String], memory_mib: u64) -> String {
         ));
     }
     text.push_str(NETWORK);
-    text.push_str(&project("alpha", &[]));
-    text.push_str(&project("beta", &[]));
     text
 }
 
@@ -150,29 +214,48 @@ pub fn owner_key(dir: &Path) -> (Identity, OwnerKey) {
     (owner, key)
 }
 
-/// The tiny guest (tests/guest), built once per version of its sources under the target dir.
+/// The tiny guest (vmctl/guest with the test shell), built once per version of its sources
+/// under the target dir.
 pub fn guest_image() -> PathBuf {
+    build_guest("tiny", None)
+}
+
+/// The vault guest: the tiny one plus fuse and `vaultfs` (this build's), rebuilt when the
+/// sources or the binary change.
+pub fn vault_guest_image(vaultfs: &Path) -> PathBuf {
+    build_guest("vault", Some(vaultfs))
+}
+
+fn build_guest(kind: &str, vaultfs: Option<&Path>) -> PathBuf {
     static BUILD: Mutex<()> = Mutex::new(());
     let _serial = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest");
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for file in ["build.sh", "init"] {
         fs::read(sources.join(file))
             .expect("guest source")
             .hash(&mut hasher);
     }
+    let mut args = vec!["--shell-port".to_string(), GUEST_SHELL_PORT.to_string()];
+    if let Some(binary) = vaultfs {
+        let meta =
+            fs::metadata(binary).expect("the vaultfs binary (cargo build --workspace --bins)");
+        (meta.len(), meta.modified().ok()).hash(&mut hasher);
+        args.extend(["--vaultfs".to_string(), binary.display().to_string()]);
+    }
     // Integration tests cache it under the target dir; the benchmark (an example) under $TMPDIR.
     let cache = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
-    let dir = cache.join(format!("vmctl-guest-{:016x}", hasher.finish()));
+    let dir = cache.join(format!("vmctl-guest-{kind}-{:016x}", hasher.finish()));
     if !dir.join("image.toml").exists() {
         let output = Command::new("bash")
             .arg(sources.join("build.sh"))
             .arg(&dir)
+            .args(&args)
             .output()
-            .expect("run tests/guest/build.sh");
+            .expect("run vmctl/guest/build.sh");
         assert!(
             output.status.success(),
-            "building the tiny guest failed (needs apt-get, dpkg-deb, cpio, modinfo and the \
+            "building the {kind} guest failed (needs apt-get, dpkg-deb, cpio, modinfo and the \
              Debian package lists: run scripts/setup.sh): {}",
             String::from_utf8_lossy(&output.stderr)
         );
@@ -189,23 +272,31 @@ pub fn install_image(guest: &Path, image_dir: &Path) {
 }
 
 /// Runs shell commands in the guest over its command port, from namespace `ns`; returns what
-/// they printed. Bounded: 3 s to connect, 40 s without output, 60 s in all.
+/// they printed. Bounded: 3 s to connect, 120 s without output, 150 s in all. (`-t`: socat
+/// waits that long for the guest's output after it sent the commands, not its default 0.5 s.)
+/// A refused connection (the shell not listening yet) is tried again, 20 times at most.
 pub fn guest_shell(ns: &str, address: std::net::Ipv4Addr, commands: &str) -> String {
     let target = format!("TCP:{address}:{GUEST_SHELL_PORT},connect-timeout=3");
-    let mut child = Command::new(which("ip").expect("ip"))
-        .args([
-            "netns", "exec", ns, "timeout", "150", "socat", "-T", "120", "-", &target,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start socat");
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = writeln!(stdin, "{commands}\nexit");
+    for _ in 0..20 {
+        let mut child = Command::new(which("ip").expect("ip"))
+            .args(["netns", "exec", ns, "timeout", "150", "socat"])
+            .args(["-t", "120", "-T", "120", "-", &target])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start socat");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = writeln!(stdin, "{commands}\nexit");
+        }
+        let output = child.wait_with_output().expect("socat");
+        let refused = String::from_utf8_lossy(&output.stderr).contains("Connection refused");
+        if !(refused && output.stdout.is_empty()) {
+            return String::from_utf8_lossy(&output.stdout).into_owned();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    let output = child.wait_with_output().expect("socat");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    panic!("the shell of the guest at {address} refused 20 connections");
 }
 
 /// Every regular file under `dir` (recursively; symlinks are not followed).
@@ -228,4 +319,18 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
     let bytes = fs::read(path).unwrap_or_default();
     bytes.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The number after `name` on the command line (of a benchmark), or `default`.
+pub fn argument(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|value| {
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number"))
+        })
+        .unwrap_or(default)
 }

@@ -1,0 +1,176 @@
+//! Integration (root): a VM mounts the vault inside its guest. vmctl's two-host lab, storaged
+//! as the VM network's service on h2 (TLS, pinned certificate), the vault guest on h1 (one TCG
+//! boot), a host mount of the same vault over storaged's socket. See vault_site/mod.rs.
+
+mod support;
+mod vault_site;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use identity::{Handoff, KeyKind};
+use support::lab::{eventually, ping};
+use support::{file_contains, files_under, guest_shell, key_args, owner_key, stdout};
+use tests::mount::{Mount, bounded};
+use vault_site::{VaultSite, reaches_storaged};
+
+const FROM_GUEST: &str = "written in the guest, over TLS";
+const FROM_HOST: &str = "written on the host, through storaged's socket";
+/// A chunk and a bit: the guest's file crosses a chunk boundary.
+const TWO_CHUNKS_BYTES: usize = (8 << 20) + (64 << 10);
+
+#[test]
+fn a_vm_mounts_the_vault_over_tls_and_shares_files_with_a_host_mount() {
+    let vault = VaultSite::new("vv");
+    let created = vault.create_vm("g1");
+    assert!(created.contains("created g1 on h1"), "{created}");
+    a_start_without_the_users_key_starts_nothing(&vault);
+
+    let key = key_args(&vault.owner_key());
+    // Generous: a TCG boot on a loaded 2-core machine took up to a minute.
+    let timeout = ["--timeout".to_string(), "300".into()];
+    let start = [
+        vec!["start".to_string(), "g1".into()],
+        key,
+        timeout.to_vec(),
+    ]
+    .concat();
+    let start: Vec<&str> = start.iter().map(String::as_str).collect();
+    let started = stdout(&vault.site.cli(&start));
+    assert!(started.contains("started g1 on h1 in"), "{started}");
+    assert!(started.contains("vault mounted"), "{started}");
+    let guest = vault.site.vmctl.network().port("g1").expect("port").ip;
+    eventually("g1 answers its project", || ping(&vault.friend, guest));
+
+    files_go_both_ways(&vault, guest);
+    the_key_is_in_no_file_and_no_command_line(&vault);
+    only_its_project_reaches_storaged(&vault);
+    let status = stdout(&vault.site.cli(&["status", "g1"]));
+    assert!(
+        status.contains("alice at https://10.10.0.2:7000"),
+        "{status}"
+    );
+    stdout(&vault.site.cli(&["destroy", "g1"]));
+}
+
+/// Without a key, or with another user's, `start` refuses before the VM runs.
+fn a_start_without_the_users_key_starts_nothing(vault: &VaultSite) {
+    let output = vault.site.cli(&["start", "g1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a start without a key ran");
+    assert!(stderr.contains("the vault mounted as `alice`"), "{stderr}");
+    assert!(stderr.contains("pass its owner's key file"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stranger_dir = tempfile::tempdir().expect("dir");
+    let (_, stranger) = owner_key(stranger_dir.path());
+    let args = [vec!["start".to_string(), "g1".into()], key_args(&stranger)].concat();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = vault.site.cli(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a start with bob's key ran");
+    assert!(stderr.contains("whose key file this is not"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let host = vault.site.vmctl.connect("h1").expect("h1");
+    let domain = host.domain("g1").expect("g1");
+    assert!(
+        !host.state(&domain).expect("state").is_active(),
+        "g1 stays off"
+    );
+}
+
+/// A small file and one of two chunks (8 MiB and 64 KiB) written in the guest read back on the
+/// host mount, and a file written there reads in the guest.
+fn files_go_both_ways(vault: &VaultSite, guest: Ipv4Addr) {
+    let written = guest_shell(
+        &vault.friend,
+        guest,
+        &format!(
+            "echo '{FROM_GUEST}' > /vault/from-guest.txt && \
+             head -c {TWO_CHUNKS_BYTES} /dev/urandom > /vault/two-chunks && \
+             echo sum=$(md5sum < /vault/two-chunks) && echo written"
+        ),
+    );
+    assert!(written.contains("written"), "the guest wrote: {written}");
+    let guest_sum = written
+        .lines()
+        .find_map(|l| l.strip_prefix("sum="))
+        .map(|s| s.split_whitespace().next().unwrap_or_default().to_string())
+        .expect("the guest's checksum");
+    let mount = Mount::start(&vault.storaged, &vault.client, &[]);
+    let (small, big) = (mount.join("from-guest.txt"), mount.join("two-chunks"));
+    let read = bounded(Duration::from_secs(60), "reading on the host", move || {
+        (std::fs::read_to_string(small), std::fs::read(big))
+    });
+    assert_eq!(read.0.expect("from-guest.txt"), format!("{FROM_GUEST}\n"));
+    let big = read.1.expect("two-chunks");
+    assert_eq!(big.len(), TWO_CHUNKS_BYTES);
+    let host_sum = md5sum(&big);
+    assert_eq!(host_sum, guest_sum, "the two-chunk file differs");
+
+    std::fs::write(mount.join("from-host.txt"), FROM_HOST).expect("write on the host");
+    // Names another client made show in the guest within a second (README): wait for it.
+    let seen = guest_shell(
+        &vault.friend,
+        guest,
+        "i=0; while [ ! -e /vault/from-host.txt ] && [ $i -lt 100 ]; do sleep 0.1; \
+         i=$((i+1)); done; echo read=$(cat /vault/from-host.txt)",
+    );
+    assert!(seen.contains(&format!("read={FROM_HOST}")), "{seen}");
+}
+
+/// The MD5 of `bytes` as busybox prints it, computed by the host's md5sum.
+fn md5sum(bytes: &[u8]) -> String {
+    let mut child = std::process::Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("md5sum");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, bytes).expect("md5sum input");
+    drop(stdin);
+    let output = child.wait_with_output().expect("md5sum");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// alice's private keys (raw and as hex) are in no file of the store, the lab or any libvirtd,
+/// and in no QEMU command line.
+fn the_key_is_in_no_file_and_no_command_line(vault: &VaultSite) {
+    let message = Handoff::encode(&vault.user.identity, KeyKind::User, "").expect("encode");
+    let (seed, secret) = (&message[76..108], &message[108..140]);
+    let needles = [
+        seed.to_vec(),
+        secret.to_vec(),
+        hex::encode(seed).into_bytes(),
+        hex::encode(secret).into_bytes(),
+    ];
+    // The lab's directory holds the store (consoles, images) and every libvirtd's directories.
+    let mut files = files_under(vault.site.lab.dir.path());
+    files.extend(files_under(vault.storaged.data_dir()));
+    let mut command_lines = Vec::new();
+    for daemon in &vault.site.daemons {
+        for pid_file in daemon.files().iter().filter(|f| f.ends_with("g1.pid")) {
+            let pid = std::fs::read_to_string(pid_file).expect("QEMU's pid");
+            command_lines.push(format!("/proc/{}/cmdline", pid.trim()).into());
+        }
+    }
+    assert_eq!(command_lines.len(), 1, "one QEMU for g1");
+    for file in files.iter().chain(&command_lines) {
+        for needle in &needles {
+            let found = file_contains(file, needle);
+            assert!(!found, "alice's private key is in {}", file.display());
+        }
+    }
+}
+
+/// A VM of project alpha reaches storaged; one of project beta does not.
+fn only_its_project_reaches_storaged(vault: &VaultSite) {
+    assert!(reaches_storaged(&vault.friend), "alpha reaches storaged");
+    assert!(
+        !reaches_storaged(&vault.stranger),
+        "a VM of another project reached storaged"
+    );
+}
