@@ -10,6 +10,7 @@
 //! one errno mapping. Inode numbers, handles, versions, generations and chunk indexes are
 //! `format::ids` types inside; `fuse.rs` and the wire messages carry plain numbers.
 
+pub mod blocks;
 pub mod cache;
 pub mod claims;
 pub mod config;
@@ -24,3 +25,4 @@ pub mod remote;
 pub mod shared;
 pub mod status;
 pub mod vault;
+pub mod writeback;

@@ -296,3 +296,25 @@ pub fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// Calls of `op` a daemon started with `--metrics-addr METRICS` answered so far, from its
+/// metrics endpoint (`outcome`: "ok", "error", or "" for both).
+pub fn server_calls(metrics: &str, op: &str, outcome: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(metrics).expect("metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("response");
+    let prefix = format!("vault_requests_total{{op=\"{op}\",outcome=\"{outcome}");
+    body.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("a count")
+        })
+        .sum()
+}
