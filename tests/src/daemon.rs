@@ -142,6 +142,22 @@ impl Storaged {
         self.dir.path()
     }
 
+    /// The chunk files of file `ino` on this daemon's disk, in index order.
+    pub fn chunk_files(&self, ino: format::ids::FileId) -> Vec<PathBuf> {
+        let dir = format::layout::chunk_dir(&self.data_dir().join("chunks"), ino);
+        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+            .expect("the file's chunk directory")
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (owner, index, _) = format::layout::parse_chunk_name(&name)?;
+                (owner == ino).then(|| (index, e.path()))
+            })
+            .collect();
+        files.sort();
+        files.into_iter().map(|(_, p)| p).collect()
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("storaged.sock")
     }

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tests::daemon::{Backend, Storaged};
+use tests::daemon::{Backend, Storaged, server_calls};
 use tests::mount::{ClientFiles, Mount, bounded};
 
 const CHUNK: usize = 8 * 1024 * 1024;
@@ -61,27 +61,6 @@ fn concurrent_renames_move_each_file_exactly_once(backend: Backend) {
 /// Lookups the daemon answered so far, from its metrics endpoint.
 fn server_lookups(metrics: &str) -> u64 {
     server_calls(metrics, "lookup", "")
-}
-
-/// Calls of `op` the daemon answered so far (`outcome`: "ok", "error", or "" for both).
-fn server_calls(metrics: &str, op: &str, outcome: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(metrics).expect("metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("response");
-    let prefix = format!("vault_requests_total{{op=\"{op}\",outcome=\"{outcome}");
-    body.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(|l| {
-            l.rsplit(' ')
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .expect("a count")
-        })
-        .sum()
 }
 
 /// Resumes a stopped process when dropped (a failing test must not leave a mount frozen).

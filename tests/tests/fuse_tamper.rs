@@ -14,19 +14,7 @@ const CHUNK: usize = 8 * 1024 * 1024;
 fn chunk_files(daemon: &Storaged, mount: &Mount, name: &str) -> Vec<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let ino = fs::metadata(mount.join(name)).expect("stat").ino();
-    let file = format::ids::FileId(ino);
-    let dir = format::layout::chunk_dir(&daemon.data_dir().join("chunks"), file);
-    let mut files: Vec<(u64, PathBuf)> = fs::read_dir(&dir)
-        .expect("the file's chunk directory")
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let (owner, index, _) = format::layout::parse_chunk_name(&name)?;
-            (owner == file).then(|| (index, e.path()))
-        })
-        .collect();
-    files.sort();
-    files.into_iter().map(|(_, p)| p).collect()
+    daemon.chunk_files(format::ids::FileId(ino))
 }
 
 fn read_errno(path: PathBuf) -> Option<i32> {
