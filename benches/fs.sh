@@ -165,8 +165,9 @@ head -c 1G /dev/urandom > "$work/fio.src"
 declare -A samples
 for round in $(seq "$rounds"); do
     measure vault "$work/vault.mnt" remount_vault
-    vault_pid=$(pgrep -f "vaultfs mount $work/vault.mnt" | head -n 1)
     fio_measure vault "$work/vault.mnt" remount_vault
+    # The mount that ran the last fio run (each phase remounts): its peak.
+    vault_pid=$(pgrep -f "vaultfs mount $work/vault.mnt" | head -n 1)
     peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$vault_pid/status" 2> /dev/null || echo 0)
     remount_vault_big
     fio_measure vaultbig "$work/vault.mnt" remount_vault_big

@@ -340,6 +340,7 @@ fn small_writes_into_a_committed_chunk_send_it_once_at_the_close() {
     let mut expected = b"CHANGED".to_vec();
     expected.extend(pattern(1, 7, 2));
     assert_eq!(vault.read(fh, 0, 9).expect("read"), expected);
+    let gets = server_calls(&metrics, "get_chunk");
     vault.flush(fh).expect("close");
     vault.release(fh).expect("release");
     assert_eq!(
@@ -351,6 +352,11 @@ fn small_writes_into_a_committed_chunk_send_it_once_at_the_close() {
     let mut expected = pattern(1, 0, 16);
     expected[..7].copy_from_slice(b"CHANGED");
     assert_eq!(vault.read(fh, 0, 16).expect("read back"), expected);
+    assert_eq!(
+        server_calls(&metrics, "get_chunk"),
+        gets,
+        "the new generation's plaintext stayed in the cache"
+    );
     assert_eq!(
         vault.read(fh, CHUNK + 5, 4).expect("the other chunk"),
         pattern(1, CHUNK + 5, 4)

@@ -192,8 +192,32 @@ impl FileState {
                 };
                 cache.insert(self.ino, index, Arc::new(chunk));
             }
-            // Only the runs written here: the cache's copy (if any) is the old generation.
-            Content::Sparse(_) => cache.remove(self.ino, index),
+            // Only the runs written here: laid over the committed chunk they were sealed
+            // over, when the cache still holds it, they are the new generation's plaintext
+            // (a random writer's chunks stay cached); else the cache's copy is stale.
+            Content::Sparse(extents) => {
+                let len = dirty.upload.as_ref().expect("uploaded").len;
+                let merged = cache
+                    .get(self.ino, index)
+                    .filter(|old| old.generation == dirty.base)
+                    .map(|old| {
+                        let mut plaintext = vec![0u8; len];
+                        let n = old.plaintext.len().min(len);
+                        plaintext[..n].copy_from_slice(&old.plaintext[..n]);
+                        extents.overlay(0, &mut plaintext);
+                        plaintext
+                    });
+                match merged {
+                    Some(plaintext) => {
+                        let chunk = CleanChunk {
+                            generation,
+                            plaintext: plaintext.into(),
+                        };
+                        cache.insert(self.ino, index, Arc::new(chunk));
+                    }
+                    None => cache.remove(self.ino, index),
+                }
+            }
         }
     }
 }
