@@ -4,11 +4,15 @@
 //! `format` crate. This is the only crate that can open a chunk, so the storage daemon must
 //! never depend on it (a test over `cargo metadata` checks that).
 
+mod blocks;
 mod chunk;
 mod keys;
 mod signed_wrap;
 mod wrap;
 
+pub use blocks::{
+    BLOCK_BYTES, BlockError, ChunkBlocks, DIGEST_BYTES, open_in_place_keeping_blocks,
+};
 pub use chunk::{AAD_BYTES, OpenError, SealError, authenticated_data, open, open_in_place, seal};
 pub use format::envelope::ChunkContext;
 pub use keys::{ChunkCipher, DATA_KEY_BYTES, DataKey};

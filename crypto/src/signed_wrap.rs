@@ -265,6 +265,13 @@ impl FileKeys {
             .unwrap_or(&self.ciphers[0])
     }
 
+    /// The cipher of the key with `commitment`, if the file has it.
+    pub fn with_commitment(&self, commitment: &[u8]) -> Option<&ChunkCipher> {
+        self.ciphers
+            .iter()
+            .find(|c| c.commitment()[..] == *commitment)
+    }
+
     /// Whether a sealed chunk names the newest key.
     pub fn sealed_under_newest(&self, sealed: &[u8]) -> bool {
         let at = format::limits::ENVELOPE_BYTES - COMMITMENT_BYTES;

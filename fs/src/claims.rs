@@ -45,10 +45,13 @@ impl Claims {
         until.is_none_or(|until| Instant::now() >= until)
     }
 
-    /// Claims the chunk file of `ticket` and reads it whole. Blocks.
-    pub fn read(&self, ticket: &[u8]) -> std::io::Result<Bytes> {
+    /// Claims the chunk file of `ticket` and reads it whole; the descriptor comes along.
+    /// `keep`: the caller keeps the descriptor to read parts of the file again, so its pages
+    /// stay in the page cache. Blocks.
+    pub fn read(&self, ticket: &[u8], keep: bool) -> std::io::Result<(File, Bytes)> {
         let file = self.claim(ticket)?;
-        read_chunk_file(&file)
+        let sealed = read_chunk_file(&file, keep)?;
+        Ok((file, sealed))
     }
 
     fn connect(&self) -> std::io::Result<UnixStream> {
@@ -126,9 +129,9 @@ fn receive(stream: &UnixStream) -> std::io::Result<(u8, Option<File>)> {
     Ok((status[0], file))
 }
 
-/// A chunk file's bytes, at most one sealed chunk; its pages are dropped from the page cache
-/// afterwards (the plaintext cache is what serves reads again).
-fn read_chunk_file(file: &File) -> std::io::Result<Bytes> {
+/// A chunk file's bytes, at most one sealed chunk; unless `keep`, its pages are dropped from
+/// the page cache afterwards (the plaintext cache is what serves reads again).
+fn read_chunk_file(file: &File, keep: bool) -> std::io::Result<Bytes> {
     let len = file.metadata()?.len();
     if len > SEALED_CHUNK_BYTES_MAX as u64 {
         return Err(std::io::Error::other(format!(
@@ -140,7 +143,9 @@ fn read_chunk_file(file: &File) -> std::io::Result<Bytes> {
     let mut file = file;
     file.seek(std::io::SeekFrom::Start(0))?;
     file.take(len).read_to_end(&mut sealed)?;
-    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
+    if !keep {
+        let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
+    }
     Ok(sealed.into())
 }
 
@@ -153,7 +158,7 @@ mod tests {
         let nowhere = std::path::Path::new("/nonexistent/vault/storaged.sock");
         let claims = Claims::new(nowhere);
         assert!(claims.usable());
-        assert!(claims.read(&[0; 16]).is_err());
+        assert!(claims.read(&[0; 16], false).is_err());
         assert!(!claims.usable(), "no socket: bytes for a while");
     }
 }

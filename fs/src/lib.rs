@@ -10,6 +10,7 @@
 //! one errno mapping. Inode numbers, handles, versions, generations and chunk indexes are
 //! `format::ids` types inside; `fuse.rs` and the wire messages carry plain numbers.
 
+pub mod blocks;
 pub mod cache;
 pub mod claims;
 pub mod config;
@@ -29,3 +30,4 @@ pub mod sharing;
 pub mod status;
 pub mod trust;
 pub mod vault;
+pub mod writeback;

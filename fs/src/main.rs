@@ -167,12 +167,18 @@ struct MountArgs {
     /// Stay in the foreground (logs go to stderr).
     #[arg(long)]
     foreground: bool,
-    /// Plaintext chunk cache, MiB (memory only).
-    #[arg(long, default_value_t = 256)]
-    cache_mib: usize,
-    /// Written data held before it must be flushed, MiB.
-    #[arg(long, default_value_t = 256)]
-    dirty_mib: usize,
+    /// Plaintext chunk cache, MiB (memory only) [default: an eighth of the machine's
+    /// memory, from 256 MiB to 4 GiB]
+    #[arg(long)]
+    cache_mib: Option<usize>,
+    /// Written data held before it must be sent, MiB [default: a sixteenth of the machine's
+    /// memory, from 128 MiB to 2 GiB]
+    #[arg(long)]
+    dirty_mib: Option<usize>,
+    /// Written data no one wrote to for this long is sent to storaged without waiting for a
+    /// flush, seconds.
+    #[arg(long, default_value_t = vaultfs::writeback::IDLE_DEFAULT.as_secs())]
+    dirty_idle_seconds: u64,
     /// How long an operation waits for an unreachable storaged before it fails, seconds
     /// (and how long unmounting waits for it in all, to flush what it holds).
     #[arg(long, default_value_t = 30)]
@@ -365,7 +371,14 @@ fn ask_for_admin_fingerprint(config: &mut ClientConfig) -> anyhow::Result<()> {
 }
 
 fn settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
-    if args.cache_mib == 0 || args.dirty_mib < 16 {
+    let memory = vaultfs::shared::machine_memory_bytes();
+    let cache_bytes = args
+        .cache_mib
+        .map_or_else(|| vaultfs::shared::default_cache_bytes(memory), |m| m << 20);
+    let dirty_bytes = args
+        .dirty_mib
+        .map_or_else(|| vaultfs::shared::default_dirty_bytes(memory), |m| m << 20);
+    if cache_bytes == 0 || dirty_bytes < 16 << 20 {
         bail!("--cache-mib must be at least 1 and --dirty-mib at least 16 (two chunks)");
     }
     Ok(MountSettings {
@@ -373,8 +386,9 @@ fn settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
         config_path: args.session.config_path(),
         mountpoint: args.mountpoint.clone(),
         limits: Limits {
-            cache_bytes_max: args.cache_mib << 20,
-            dirty_bytes_max: args.dirty_mib << 20,
+            cache_bytes_max: cache_bytes,
+            dirty_bytes_max: dirty_bytes,
+            dirty_idle: Duration::from_secs(args.dirty_idle_seconds),
             coherence: args.coherence_seconds,
             ..Limits::default()
         },

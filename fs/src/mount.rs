@@ -95,6 +95,7 @@ pub fn run(
     if settings.leases {
         vault.start_behind();
     }
+    vault.start_flusher();
     // The control socket stays open as long as the process lives (see `fusermount`).
     let (session, _control) = start_session(&mountpoint, &vault)?;
     raise_readahead(&mountpoint);

@@ -10,12 +10,14 @@ use crypto::{ChunkCipher, ChunkContext};
 use format::ids::{ChunkIndex, FileId, Generation};
 use proto::v1::{GetChunkReply, GetChunkRequest};
 
+use crate::blocks::{Kept, KeptBlocks};
 use crate::cache::{ChunkCache, CleanChunk};
 use crate::claims::Claims;
 use crate::dirs::KnownDirs;
 use crate::error::FsError;
 use crate::keys::Keys;
 use crate::remote::Remote;
+use crate::writeback::Writeback;
 
 /// Sizes the client keeps to.
 #[derive(Clone, Copy, Debug)]
@@ -33,6 +35,8 @@ pub struct Limits {
     /// attribute timeout, and how long this client trusts names it knows (see
     /// [`KnownDirs::new`]).
     pub coherence: std::time::Duration,
+    /// How long a dirty chunk may go unwritten before the flusher sends it.
+    pub dirty_idle: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -43,12 +47,41 @@ impl Default for Limits {
             uploads_in_flight_max: 4,
             prefetch_chunks: 4,
             coherence: crate::dirs::KNOWN_FOR,
+            dirty_idle: crate::writeback::IDLE_DEFAULT,
         }
     }
 }
 
-/// Held while one chunk is being fetched, so that concurrent readers wait for it.
-type LoadLock = Arc<tokio::sync::Mutex<()>>;
+/// The default plaintext cache: an eighth of the machine's memory, from 256 MiB to 4 GiB
+/// (3 GiB on a 24 GiB machine). `memory_bytes`: the machine's (see [`machine_memory_bytes`]).
+pub fn default_cache_bytes(memory_bytes: u64) -> usize {
+    (memory_bytes / 8).clamp(256 << 20, 4 << 30) as usize
+}
+
+/// The default budget of written data not sent yet: a sixteenth of the machine's memory, from
+/// 128 MiB to 2 GiB (1.5 GiB on a 24 GiB machine).
+pub fn default_dirty_bytes(memory_bytes: u64) -> usize {
+    (memory_bytes / 16).clamp(128 << 20, 2 << 30) as usize
+}
+
+/// The machine's memory (`MemTotal` in /proc/meminfo); 2 GiB when it cannot be read.
+pub fn machine_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            kib.checked_mul(1024)
+        })
+        .unwrap_or(2 << 30)
+}
+
+/// One chunk being fetched: every reader that wants it waits for the same fetch and gets the
+/// same plaintext (one fetch and one decryption however many wait).
+type Loading = Arc<tokio::sync::OnceCell<Arc<CleanChunk>>>;
+
+/// Which fetch a reader waits for: the chunk, and what the reader expects of it.
+type LoadKey = (FileId, ChunkIndex, Generation, usize);
 
 #[derive(Debug)]
 pub struct Shared {
@@ -58,7 +91,11 @@ pub struct Shared {
     pub limits: Limits,
     pub dirty_bytes: AtomicUsize,
     pub uploads: tokio::sync::Semaphore,
-    loads: Mutex<HashMap<(FileId, ChunkIndex), LoadLock>>,
+    loads: Mutex<HashMap<LoadKey, Loading>>,
+    /// What random reads keep of the chunks they opened (see [`KeptBlocks`]).
+    pub blocks: KeptBlocks,
+    /// The order dirty chunks were written in (see [`Writeback`]).
+    pub writeback: Writeback,
     /// The last name each inode was seen under, for log lines.
     names: Mutex<HashMap<FileId, String>>,
     /// New files whose creation waits for their first flush: inode -> where, and the
@@ -94,6 +131,8 @@ pub struct ChunkRead {
     pub last: bool,
     pub len: usize,
     pub keys: Arc<crypto::FileKeys>,
+    /// Keep what reading a few bytes of the chunk again needs (a random reader's chunk).
+    pub keep_blocks: bool,
 }
 
 impl Shared {
@@ -117,6 +156,8 @@ impl Shared {
             limits,
             dirty_bytes: AtomicUsize::new(0),
             loads: Mutex::new(HashMap::new()),
+            blocks: KeptBlocks::new(limits.cache_bytes_max / 16),
+            writeback: Writeback::default(),
             names: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             dirs: Mutex::new(KnownDirs::new(limits.coherence)),
@@ -201,7 +242,17 @@ impl Shared {
     }
 
     pub fn over_dirty_budget(&self) -> bool {
-        self.dirty_bytes.load(Ordering::Relaxed) > self.limits.dirty_bytes_max
+        self.dirty_bytes() > self.limits.dirty_bytes_max
+    }
+
+    /// Dirty bytes held now, across all files.
+    pub fn dirty_bytes(&self) -> usize {
+        self.dirty_bytes.load(Ordering::Relaxed)
+    }
+
+    /// A committed chunk's plaintext, if the cache holds what `read` expects.
+    pub fn cached_chunk(&self, read: &ChunkRead) -> Option<Arc<CleanChunk>> {
+        self.cached(read)
     }
 
     fn cached(&self, read: &ChunkRead) -> Option<Arc<CleanChunk>> {
@@ -213,35 +264,65 @@ impl Shared {
         (chunk.generation >= read.generation && chunk.plaintext.len() == read.len).then_some(chunk)
     }
 
-    /// A committed chunk's plaintext, from the cache or fetched, opened and checked. One load
-    /// per chunk at a time: concurrent readers of the same chunk wait for the first.
+    /// A committed chunk's plaintext, from the cache or fetched, opened and checked. One fetch
+    /// per chunk at a time: concurrent readers of the same chunk wait for the first, and get
+    /// what it opened.
     pub async fn load(&self, read: &ChunkRead) -> Result<Arc<CleanChunk>, FsError> {
         if let Some(chunk) = self.cached(read) {
             return Ok(chunk);
         }
-        let lock = self
+        let key = (read.ino, read.index, read.generation, read.len);
+        let loading = self
             .loads
             .lock()
             .expect("loads poisoned")
-            .entry((read.ino, read.index))
+            .entry(key)
             .or_default()
             .clone();
-        let _loading = lock.lock().await;
-        let result = match self.cached(read) {
-            Some(chunk) => Ok(chunk),
-            None => self.fetch(read).await,
-        };
-        self.loads
-            .lock()
-            .expect("loads poisoned")
-            .remove(&(read.ino, read.index));
+        // A failed fetch leaves the cell empty: the next waiter tries again.
+        let result = loading
+            .get_or_try_init(|| async {
+                match self.cached(read) {
+                    Some(chunk) => Ok(chunk),
+                    None => self.fetch(read).await,
+                }
+            })
+            .await
+            .cloned();
+        let mut loads = self.loads.lock().expect("loads poisoned");
+        if loads.get(&key).is_some_and(|l| Arc::ptr_eq(l, &loading)) {
+            loads.remove(&key);
+        }
         result
+    }
+
+    /// Bytes `start..end` of a committed chunk from what a random read kept of it (see
+    /// [`crate::blocks`]), if anything is kept and still matches; none otherwise (then the
+    /// caller loads the chunk whole).
+    pub fn read_kept(&self, read: &ChunkRead, start: usize, end: usize) -> Option<Bytes> {
+        let kept = self
+            .blocks
+            .get(read.ino, read.index, read.generation, read.len)?;
+        // The key that opened the chunk whole (a file's newest key may have changed since).
+        let Some(cipher) = read.keys.with_commitment(&kept.commitment) else {
+            self.blocks.remove(read.ino, read.index);
+            return None;
+        };
+        match kept.read(cipher, start, end) {
+            Ok(bytes) => Some(bytes),
+            Err(reason) => {
+                tracing::info!(ino = %read.ino, chunk = %read.index, %reason, "a kept chunk no longer matches; fetching it whole");
+                self.blocks.remove(read.ino, read.index);
+                None
+            }
+        }
     }
 
     async fn fetch(&self, read: &ChunkRead) -> Result<Arc<CleanChunk>, FsError> {
         let descriptor = read.len >= DESCRIPTOR_BYTES_MIN
             && self.claims.as_ref().is_some_and(|claims| claims.usable());
         let mut reply = self.get_chunk(read, descriptor).await?;
+        let mut file = None;
         if !reply.descriptor_ticket.is_empty() {
             let claims = self
                 .claims
@@ -249,11 +330,15 @@ impl Shared {
                 .expect("a ticket only when asked for one");
             let ticket = std::mem::take(&mut reply.descriptor_ticket);
             let claiming = claims.clone();
-            let claimed = tokio::task::spawn_blocking(move || claiming.read(&ticket))
+            let keep = read.keep_blocks;
+            let claimed = tokio::task::spawn_blocking(move || claiming.read(&ticket, keep))
                 .await
                 .expect("claiming a chunk file panicked");
             match claimed {
-                Ok(sealed) => reply.data = sealed,
+                Ok((claimed_file, sealed)) => {
+                    reply.data = sealed;
+                    file = keep.then_some(claimed_file);
+                }
                 Err(error) => {
                     // An unreachable socket was logged where it was found.
                     if claims.usable() {
@@ -263,7 +348,7 @@ impl Shared {
                 }
             }
         }
-        self.accept(read, reply).await
+        self.accept_keeping(read, reply, file).await
     }
 
     /// Asks for a committed chunk: its bytes, or with `descriptor` a ticket for its file.
@@ -296,6 +381,17 @@ impl Shared {
         read: &ChunkRead,
         reply: GetChunkReply,
     ) -> Result<Arc<CleanChunk>, FsError> {
+        self.accept_keeping(read, reply, None).await
+    }
+
+    /// [`Shared::accept`]; with the chunk file's descriptor, also keeps what reading blocks
+    /// of the chunk again needs (see [`crate::blocks`]).
+    async fn accept_keeping(
+        &self,
+        read: &ChunkRead,
+        reply: GetChunkReply,
+        file: Option<std::fs::File>,
+    ) -> Result<Arc<CleanChunk>, FsError> {
         let (ino, index) = (read.ino, read.index);
         let generation = Generation(reply.generation);
         if generation < read.generation {
@@ -320,10 +416,12 @@ impl Shared {
             last: read.last,
         };
         let keys = read.keys.clone();
-        let opened = crypto_work(reply.data.len(), move || {
+        let keep = file.is_some();
+        let (opened, blocks, commitment) = crypto_work(reply.data.len(), move || {
             // The chunk names its key by the commitment in its header.
             let cipher = keys.for_sealed(&reply.data);
-            open_chunk(cipher, &context, reply.data)
+            let commitment = *cipher.commitment();
+            open_chunk(cipher, &context, reply.data, keep).map(|(o, b)| (o, b, commitment))
         })
         .await
         .map_err(|e| self.integrity(read, e.to_string()))?;
@@ -345,6 +443,15 @@ impl Shared {
             .lock()
             .expect("cache poisoned")
             .insert(ino, index, chunk.clone());
+        if let (Some(blocks), Some(file)) = (blocks, file) {
+            let kept = Kept {
+                generation,
+                blocks,
+                file,
+                commitment,
+            };
+            self.blocks.insert(ino, index, kept);
+        }
         Ok(chunk)
     }
 
@@ -371,20 +478,31 @@ const CRYPTO_INLINE_BYTES: usize = 128 * 1024;
 
 /// Opens a chunk in the buffer it arrived in when this is its only user and it is not much
 /// larger than the chunk (no second allocation, zeroed and faulted in, per chunk read); else
-/// into a buffer of its own.
+/// into a buffer of its own. With `keep_blocks`, also the digests of its blocks (see
+/// [`crate::blocks`]).
 fn open_chunk(
     cipher: &ChunkCipher,
     context: &ChunkContext,
     sealed: Bytes,
-) -> Result<Bytes, crypto::OpenError> {
+    keep_blocks: bool,
+) -> Result<(Bytes, Option<crypto::ChunkBlocks>), crypto::OpenError> {
     match sealed.try_into_mut() {
         Ok(mut buffer) if buffer.capacity() <= buffer.len() + buffer.len() / 8 => {
-            let len = crypto::open_in_place(cipher, context, &mut buffer)?.len();
+            let (len, blocks) = if keep_blocks {
+                let (plaintext, blocks) =
+                    crypto::open_in_place_keeping_blocks(cipher, context, &mut buffer)?;
+                (plaintext.len(), Some(blocks))
+            } else {
+                (
+                    crypto::open_in_place(cipher, context, &mut buffer)?.len(),
+                    None,
+                )
+            };
             let plaintext = buffer.freeze();
-            Ok(plaintext.slice(plaintext.len() - len..))
+            Ok((plaintext.slice(plaintext.len() - len..), blocks))
         }
-        Ok(buffer) => crypto::open(cipher, context, &buffer).map(Bytes::from),
-        Err(shared) => crypto::open(cipher, context, &shared).map(Bytes::from),
+        Ok(buffer) => Ok((crypto::open(cipher, context, &buffer)?.into(), None)),
+        Err(shared) => Ok((crypto::open(cipher, context, &shared)?.into(), None)),
     }
 }
 

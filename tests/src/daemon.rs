@@ -178,6 +178,12 @@ impl Storaged {
         self.dir.path()
     }
 
+    /// The current chunk files of file `ino` on this daemon's disk, in index order (see
+    /// [`crate::tools::chunk_files`]).
+    pub fn chunk_files(&self, ino: format::ids::FileId) -> Vec<PathBuf> {
+        crate::tools::chunk_files(&self.data_dir().join("chunks"), ino.0)
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("storaged.sock")
     }

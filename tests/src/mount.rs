@@ -148,9 +148,9 @@ impl Mount {
             Ok(line) if line.starts_with("mounted") => self.child = Some(child),
             other => {
                 let _ = child.kill();
-                let _ = child.wait();
+                let status = child.wait();
                 panic!(
-                    "vaultfs did not mount ({other:?}); its log:\n{}",
+                    "vaultfs did not mount ({other:?}, {status:?}); its log:\n{}",
                     self.log_text()
                 );
             }

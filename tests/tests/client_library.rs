@@ -1,6 +1,8 @@
 //! The client's filesystem operations as plain functions, driven without a mount against a
-//! real daemon: what the FUSE adapter calls, and the errors it turns into errno.
+//! real daemon: what the FUSE adapter calls, and the errors it turns into errno; and random
+//! I/O through them (write-back, the dirty budget, blocks read again).
 
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +16,15 @@ use vaultfs::shared::{Limits, Shared};
 use vaultfs::vault::{Changes, Owner, RenameMode, Vault};
 
 const ROOT: FileId = FileId::ROOT;
+const CHUNK: u64 = 8 * 1024 * 1024;
 /// The user and group the files made here belong to.
 const OWNER: Owner = Owner { uid: 0, gid: 0 };
 
 fn vault_of(daemon: &Storaged, runtime: &tokio::runtime::Runtime) -> Vault {
+    vault_with(daemon, runtime, Limits::default())
+}
+
+fn vault_with(daemon: &Storaged, runtime: &tokio::runtime::Runtime, limits: Limits) -> Vault {
     let user = runtime.block_on(daemon.user("alice"));
     let config = ClientConfig {
         server: Some(format!("unix:{}", daemon.socket().display())),
@@ -38,12 +45,7 @@ fn vault_of(daemon: &Storaged, runtime: &tokio::runtime::Runtime) -> Vault {
         pinned.admin().expect("pinned admin key"),
         user.uid,
     );
-    let shared = Arc::new(Shared::new(
-        remote,
-        keys,
-        Limits::default(),
-        runtime.handle().clone(),
-    ));
+    let shared = Arc::new(Shared::new(remote, keys, limits, runtime.handle().clone()));
     Vault::new(shared)
 }
 
@@ -275,4 +277,200 @@ fn a_name_taken_meanwhile_fails_the_flush(vault: &Vault, on_server: OnServer) {
     vault.release(fh).expect("release after a failed creation");
     let taken = on_server(b"taken").expect("theirs");
     assert_eq!((taken.ino, taken.size), (theirs.ino, 6));
+}
+
+// Random I/O: what a write of a few bytes into a committed chunk sends (nothing until the
+// chunk is sealed once), a random writer held to its dirty budget, and random reads of a file
+// larger than the cache served from blocks kept of chunks opened before, which still refuse
+// a chunk file changed under them. Counts are of calls the daemon answered, never of time.
+
+/// A daemon that reports its calls on a metrics port.
+fn daemon_with_metrics() -> (Storaged, String) {
+    let metrics = format!("127.0.0.1:{}", tests::daemon::free_port());
+    let daemon = Storaged::start(&["--metrics-addr", &metrics]);
+    (daemon, metrics)
+}
+
+/// Calls of `op` the daemon answered so far.
+fn server_calls(metrics: &str, op: &str) -> u64 {
+    tests::daemon::server_calls(metrics, op, "")
+}
+
+/// Bytes that differ at every offset and with every seed.
+fn pattern(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| ((offset + i).wrapping_mul(2_654_435_761) >> 7) as u8 ^ seed as u8)
+        .collect()
+}
+
+/// Creates `name` in the root holding `pattern(1, ..)` for `size` bytes, closed.
+fn file_of(vault: &Vault, name: &[u8], size: u64) -> FileId {
+    let (attr, fh) = vault
+        .create(FileId::ROOT, name, 0o644, true, OWNER)
+        .expect("create");
+    let step = 1 << 20;
+    for offset in (0..size).step_by(step) {
+        let len = step.min((size - offset) as usize);
+        vault
+            .write(fh, offset, &pattern(1, offset, len))
+            .expect("write");
+    }
+    vault.flush(fh).expect("flush");
+    vault.release(fh).expect("release");
+    FileId(attr.ino)
+}
+
+#[test]
+fn small_writes_into_a_committed_chunk_send_it_once_at_the_close() {
+    let (daemon, metrics) = daemon_with_metrics();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let vault = vault_of(&daemon, &runtime);
+    let ino = file_of(&vault, b"twelve", 12 << 20);
+
+    // What `dd bs=1 count=7 conv=notrunc` does: seven one-byte writes into chunk 0.
+    let (fh, _) = vault.open(ino).expect("open");
+    let puts = server_calls(&metrics, "put_chunk");
+    for (i, byte) in b"CHANGED".iter().enumerate() {
+        vault.write(fh, i as u64, &[*byte]).expect("write one byte");
+    }
+    assert_eq!(
+        server_calls(&metrics, "put_chunk"),
+        puts,
+        "nothing is sent while the writer stays in the chunk"
+    );
+    let mut expected = b"CHANGED".to_vec();
+    expected.extend(pattern(1, 7, 2));
+    assert_eq!(vault.read(fh, 0, 9).expect("read"), expected);
+    let gets = server_calls(&metrics, "get_chunk");
+    vault.flush(fh).expect("close");
+    vault.release(fh).expect("release");
+    assert_eq!(
+        server_calls(&metrics, "put_chunk"),
+        puts + 1,
+        "one new generation of chunk 0, sent at the close"
+    );
+    let (fh, _) = vault.open(ino).expect("open again");
+    let mut expected = pattern(1, 0, 16);
+    expected[..7].copy_from_slice(b"CHANGED");
+    assert_eq!(vault.read(fh, 0, 16).expect("read back"), expected);
+    assert_eq!(
+        server_calls(&metrics, "get_chunk"),
+        gets,
+        "the new generation's plaintext stayed in the cache"
+    );
+    assert_eq!(
+        vault.read(fh, CHUNK + 5, 4).expect("the other chunk"),
+        pattern(1, CHUNK + 5, 4)
+    );
+    vault.release(fh).expect("release");
+}
+
+/// Deterministic "random" offsets: each far from the last.
+fn scattered(count: usize, size: u64, seed: u64) -> impl Iterator<Item = u64> {
+    let blocks = size / 4096;
+    (0..count as u64).map(move |i| ((i * 7919 + seed) * 104_729 % blocks) * 4096)
+}
+
+#[test]
+fn a_random_writer_keeps_to_its_dirty_budget_and_reads_its_own_writes() {
+    let daemon = Storaged::start(&[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let limits = Limits {
+        dirty_bytes_max: 16 << 20,
+        cache_bytes_max: 16 << 20,
+        ..Limits::default()
+    };
+    let vault = vault_with(&daemon, &runtime, limits);
+    let size = 8 * CHUNK;
+    let ino = file_of(&vault, b"drive", size);
+    let mut model = pattern(1, 0, size as usize);
+
+    let (fh, _) = vault.open(ino).expect("open");
+    let mut most = 0;
+    for (i, offset) in scattered(6000, size, 3).enumerate() {
+        let data = pattern(i as u64 + 2, offset, 4096);
+        vault.write(fh, offset, &data).expect("write");
+        model[offset as usize..offset as usize + 4096].copy_from_slice(&data);
+        most = most.max(vault.usage().1);
+        if i % 500 == 0 {
+            let at = offset.saturating_sub(100);
+            let got = vault.read(fh, at, 8192).expect("read");
+            assert_eq!(got, &model[at as usize..at as usize + 8192], "at {at}");
+        }
+    }
+    assert!(
+        most <= (16 << 20) + 8192,
+        "{most} dirty bytes held, over the budget"
+    );
+    for offset in scattered(300, size, 11) {
+        let got = vault.read(fh, offset, 4096).expect("read");
+        assert_eq!(got, &model[offset as usize..offset as usize + 4096]);
+    }
+    vault.flush(fh).expect("close");
+    vault.release(fh).expect("release");
+    assert_eq!(vault.usage().1, 0, "nothing left dirty");
+    let (fh, _) = vault.open(ino).expect("open again");
+    for at in (0..size).step_by(1 << 20) {
+        let got = vault.read(fh, at, 1 << 20).expect("read back");
+        assert!(
+            got == model[at as usize..(at + (1 << 20)) as usize],
+            "at {at}"
+        );
+    }
+    vault.release(fh).expect("release");
+}
+
+#[test]
+fn random_reads_past_the_cache_read_kept_blocks_and_refuse_a_changed_chunk_file() {
+    let (daemon, metrics) = daemon_with_metrics();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let limits = Limits {
+        cache_bytes_max: 16 << 20,
+        ..Limits::default()
+    };
+    let vault = vault_with(&daemon, &runtime, limits);
+    let size = 6 * CHUNK;
+    let ino = file_of(&vault, b"big", size);
+    let model = pattern(1, 0, size as usize);
+
+    let (fh, _) = vault.open(ino).expect("open");
+    let check = |offset: u64| {
+        let got = vault.read(fh, offset, 4096).expect("read");
+        assert_eq!(
+            got,
+            &model[offset as usize..offset as usize + 4096],
+            "at {offset}"
+        );
+    };
+    // Every chunk read once, out of order: each is fetched and opened whole once.
+    for index in [3, 0, 5, 1, 4, 2] {
+        check(index * CHUNK + 4 * 4096 * (index + 1));
+    }
+    let fetched = server_calls(&metrics, "get_chunk");
+    for offset in scattered(400, size, 5) {
+        check(offset);
+    }
+    assert_eq!(
+        server_calls(&metrics, "get_chunk"),
+        fetched,
+        "random reads past the cache read kept blocks, not whole chunks"
+    );
+
+    // The storage administrator changes a chunk file in place (chunk 1: the cache holds the
+    // last two opened whole, 4 and 2): the kept blocks no longer match, the chunk is fetched
+    // whole again, and its tag fails.
+    let files = daemon.chunk_files(ino);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[1])
+        .expect("open the chunk file");
+    file.write_all_at(&[0x55; 16], 64 + 4096 * 10)
+        .expect("change the chunk file");
+    drop(file);
+    let error = vault
+        .read(fh, CHUNK + 4096 * 10, 4096)
+        .expect_err("a changed chunk file");
+    assert_eq!(errno(&error), libc::EIO);
+    check(2 * CHUNK + 4096 * 10);
+    vault.release(fh).expect("release");
 }

@@ -71,6 +71,39 @@ fn documented_chunk_vector_opens() {
     assert_eq!(plaintext, bytes(&v, "chunk.plaintext"));
 }
 
+/// A range read back from block digests and AES-CTR (`crypto::ChunkBlocks`) is the same bytes
+/// as the documented chunk vector's plaintext there: GCM's keystream, at GCM's counters.
+#[test]
+fn documented_chunk_vector_reads_back_by_range() {
+    let v = documented_vectors();
+    let cipher = DataKey::from_bytes(array(&v, "chunk.data_key")).chunk_cipher();
+    let context = ChunkContext {
+        vault: VaultId(array(&v, "chunk.vault")),
+        file: file_id(&v, "chunk.file"),
+        index: ChunkIndex(3),
+        generation: Generation(7),
+        last: true,
+    };
+    let sealed = bytes(&v, "chunk.sealed");
+    let plaintext = bytes(&v, "chunk.plaintext");
+    let mut opened = sealed.clone();
+    let (_, blocks) =
+        crypto::open_in_place_keeping_blocks(&cipher, &context, &mut opened).expect("vector opens");
+    for start in 0..plaintext.len() {
+        for end in [
+            start + 1,
+            (start + 17).min(plaintext.len()),
+            plaintext.len(),
+        ] {
+            let range = blocks.sealed_range(start, end).expect("in range");
+            let got = blocks
+                .open_range(&cipher, start, end, &sealed[range])
+                .expect("a range opens");
+            assert_eq!(got, plaintext[start..end], "{start}..{end}");
+        }
+    }
+}
+
 #[test]
 fn documented_key_file_and_wrap_vectors_open() {
     let v = documented_vectors();

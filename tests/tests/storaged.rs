@@ -1395,11 +1395,17 @@ async fn local_clients_take_chunk_files_as_descriptors(backend: Backend) {
     assert_eq!(ticketed.descriptor_ticket.len(), 16);
     let claims = vaultfs::claims::Claims::new(&daemon.socket());
     let ticket = ticketed.descriptor_ticket;
-    assert_eq!(claims.read(&ticket).expect("claim"), bytes.data);
-    assert!(claims.read(&ticket).is_err(), "a ticket is good once");
-    assert!(claims.read(&[7; 16]).is_err(), "an unknown ticket");
+    assert_eq!(claims.read(&ticket, false).expect("claim").1, bytes.data);
+    assert!(
+        claims.read(&ticket, false).is_err(),
+        "a ticket is good once"
+    );
+    assert!(claims.read(&[7; 16], false).is_err(), "an unknown ticket");
     let again = ask(true).await.descriptor_ticket;
-    assert_eq!(claims.read(&again).expect("claim again"), bytes.data);
+    assert_eq!(
+        claims.read(&again, true).expect("claim again").1,
+        bytes.data
+    );
 
     daemon.stop();
     daemon.spawn();
@@ -1412,7 +1418,10 @@ async fn local_clients_take_chunk_files_as_descriptors(backend: Backend) {
         .await
         .descriptor_ticket;
     assert_eq!(
-        claims.read(&ticket).expect("claim over a new connection"),
+        claims
+            .read(&ticket, false)
+            .expect("claim over a new connection")
+            .1,
         bytes.data
     );
 }

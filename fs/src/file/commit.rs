@@ -8,6 +8,7 @@ use format::ids::ChunkIndex;
 use proto::ErrorKind;
 use proto::v1::{Attr, ChunkCommit, CommitChunksRequest};
 
+use super::content::Content;
 use super::{FileState, chunk_len, end_index, last_index};
 use crate::error::FsError;
 use crate::shared::Shared;
@@ -79,24 +80,16 @@ impl FileState {
             }
             for index in roles_change {
                 if self.generations.contains_key(&index) {
-                    self.make_dirty(shared, index, false).await?;
+                    self.make_dirty(index, false);
                 }
             }
         }
-        for (&index, dirty) in self.dirty.iter_mut() {
+        let indexes: Vec<ChunkIndex> = self.dirty.keys().copied().collect();
+        for index in indexes {
             let want_len = chunk_len(size, index);
-            if dirty.data.len() != want_len {
-                let buffer = Arc::make_mut(&mut dirty.data);
-                if want_len > buffer.len() {
-                    shared.add_dirty(want_len - buffer.len());
-                } else {
-                    shared.sub_dirty(buffer.len() - want_len);
-                }
-                buffer.resize(want_len, 0);
-                dirty.written.clip(want_len);
-                dirty.upload = None;
-            }
+            self.fit(shared, index, want_len);
             let want_last = new_last == Some(index);
+            let dirty = self.dirty.get_mut(&index).expect("listed");
             if dirty
                 .upload
                 .as_ref()
@@ -111,11 +104,12 @@ impl FileState {
     /// Seals and uploads every dirty chunk that has no usable upload yet, and waits for all.
     async fn upload_all(&mut self, shared: &Arc<Shared>) -> Result<(), FsError> {
         let new_last = last_index(self.size);
+        let size = self.size;
         let missing: Vec<(ChunkIndex, usize)> = self
             .dirty
             .iter()
             .filter(|(_, d)| d.upload.is_none())
-            .map(|(&index, d)| (index, d.data.len()))
+            .map(|(&index, _)| (index, chunk_len(size, index)))
             .collect();
         for (index, len) in missing {
             self.start_upload(shared, index, new_last == Some(index), len);
@@ -169,30 +163,22 @@ impl FileState {
     /// cache), and the committed state is the server's.
     pub(super) fn committed_now(&mut self, shared: &Shared, attr: Attr, truncate: bool) -> Attr {
         let ino = self.ino;
-        let mut cache = shared.cache.lock().expect("cache poisoned");
-        for (index, dirty) in std::mem::take(&mut self.dirty) {
-            let generation = dirty.upload.as_ref().expect("uploaded").generation;
-            shared.sub_dirty(dirty.data.len());
-            self.generations.insert(index, generation);
-            let plaintext = Arc::try_unwrap(dirty.data)
-                .unwrap_or_else(|shared| (*shared).clone())
-                .into();
-            cache.insert(
-                ino,
-                index,
-                Arc::new(crate::cache::CleanChunk {
-                    generation,
-                    plaintext,
-                }),
-            );
+        let indexes: Vec<ChunkIndex> = self.dirty.keys().copied().collect();
+        for index in indexes {
+            self.clean(shared, index);
         }
         if truncate {
             let keep = end_index(attr.size);
             let dropped: Vec<ChunkIndex> =
                 self.generations.range(keep..).map(|(i, _)| *i).collect();
-            for index in dropped {
+            for &index in &dropped {
                 self.generations.remove(&index);
-                cache.remove(ino, index);
+                shared
+                    .cache
+                    .lock()
+                    .expect("cache poisoned")
+                    .remove(ino, index);
+                shared.blocks.remove(ino, index);
             }
         }
         self.committed_size = attr.size;
@@ -215,24 +201,30 @@ impl FileState {
             if self.dirty[&index].base == current {
                 continue;
             }
-            let theirs = self
-                .committed(shared, index)
-                .await?
-                .map(|c| c.plaintext.to_vec())
-                .unwrap_or_default();
-            let dirty = self.dirty.get_mut(&index).expect("listed");
-            let mut merged = theirs;
-            for &(start, end) in &dirty.written.0 {
-                if merged.len() < end {
-                    merged.resize(end, 0);
-                }
-                merged[start..end].copy_from_slice(&dirty.data[start..end]);
-            }
-            shared.add_dirty(merged.len());
-            shared.sub_dirty(dirty.data.len());
-            dirty.data = Arc::new(merged);
-            dirty.base = current;
             self.merged_foreign = true;
+            let theirs = match &self.dirty[&index].content {
+                // Written runs are laid over whatever is committed when the chunk is sealed.
+                Content::Sparse(_) => None,
+                Content::Full(_) => Some(
+                    self.committed(shared, index, false)
+                        .await?
+                        .map(|c| c.plaintext.to_vec())
+                        .unwrap_or_default(),
+                ),
+            };
+            let dirty = self.dirty.get_mut(&index).expect("listed");
+            if let (Some(mut merged), Content::Full(data)) = (theirs, &dirty.content) {
+                for &(start, end) in &dirty.written.0 {
+                    if merged.len() < end {
+                        merged.resize(end, 0);
+                    }
+                    merged[start..end].copy_from_slice(&data[start..end]);
+                }
+                shared.add_dirty(merged.len());
+                shared.sub_dirty(data.len());
+                dirty.content = Content::Full(Arc::new(merged));
+            }
+            dirty.base = current;
             dirty.last_generation = dirty.last_generation.max(current);
             dirty.upload = None;
         }

@@ -9,7 +9,7 @@ use format::ids::{ChunkIndex, Generation};
 use proto::ErrorKind;
 use proto::v1::{Attr, PutChunkReply, PutChunkRequest};
 
-use super::{FileState, Upload, last_index, next_generation};
+use super::{FileState, Upload, chunk_len, last_index, next_generation};
 use crate::error::FsError;
 use crate::shared::{Shared, crypto_work};
 
@@ -20,6 +20,7 @@ pub struct InlinePut {
     index: ChunkIndex,
     generation: Generation,
     last: bool,
+    len: usize,
     asked: std::time::Instant,
 }
 
@@ -65,7 +66,10 @@ impl FileState {
     ) -> Result<InlinePut, FsError> {
         let (ino, size) = (self.ino, self.size);
         let truncate = self.truncated || self.size < self.committed_size;
-        let (&index, dirty) = self.dirty.iter_mut().next().expect("one dirty chunk");
+        let index = *self.dirty.keys().next().expect("one dirty chunk");
+        let len = chunk_len(size, index);
+        let data = self.source(index).bytes(shared, len).await?;
+        let dirty = self.dirty.get_mut(&index).expect("one dirty chunk");
         let generation = next_generation(dirty.base, dirty.last_generation);
         dirty.last_generation = generation;
         let context = ChunkContext {
@@ -75,12 +79,10 @@ impl FileState {
             generation,
             last: last_index(size) == Some(index),
         };
-        let (keys, data) = (self.keys.clone(), dirty.data.clone());
-        let sealed = crypto_work(data.len(), move || {
-            crypto::seal(keys.newest(), &context, &data)
-        })
-        .await
-        .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
+        let keys = self.keys.clone();
+        let sealed = crypto_work(len, move || crypto::seal(keys.newest(), &context, &data))
+            .await
+            .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
         let base = dirty.base;
         let create = self.life.pending().cloned();
         Ok(InlinePut {
@@ -99,6 +101,7 @@ impl FileState {
             index,
             generation,
             last: context.last,
+            len,
             asked: std::time::Instant::now(),
         })
     }
@@ -115,6 +118,7 @@ impl FileState {
             index,
             generation,
             last,
+            len,
             asked,
         } = put;
         if let Some(create) = &request.create {
@@ -129,7 +133,7 @@ impl FileState {
         dirty.upload = Some(Upload {
             generation,
             last,
-            len: dirty.data.len(),
+            len,
             task: None,
         });
         let attr = reply.attr.ok_or_else(|| {

@@ -18,10 +18,12 @@
 
 mod attrs;
 mod commit;
+mod content;
 mod create;
 mod inline;
 mod lifecycle;
 mod read;
+mod room;
 mod write;
 
 use std::collections::BTreeMap;
@@ -40,6 +42,7 @@ use tokio::task::JoinHandle;
 use crate::error::FsError;
 use crate::shared::Shared;
 
+use content::Content;
 pub use inline::InlinePut;
 pub use lifecycle::Lifecycle;
 
@@ -126,15 +129,50 @@ struct Upload {
 
 #[derive(Debug)]
 struct Dirty {
-    data: Arc<Vec<u8>>,
-    /// What this client wrote into the chunk: re-applied on top of another writer's chunk
-    /// when a commit loses the compare-and-swap.
+    content: Content,
+    /// What this client wrote into a whole (`Content::Full`) chunk: re-applied on top of
+    /// another writer's chunk when a commit loses the compare-and-swap. (Written runs say it
+    /// themselves.)
     written: Ranges,
     /// The committed generation the buffer started from (0: none).
     base: Generation,
     upload: Option<Upload>,
     /// The highest generation used for this chunk, so that every upload has a new one.
     last_generation: Generation,
+}
+
+impl Dirty {
+    /// A whole chunk's buffer: `data`, over `base`.
+    fn full(data: Vec<u8>, base: Generation) -> Dirty {
+        Dirty {
+            content: Content::Full(Arc::new(data)),
+            written: Ranges::default(),
+            base,
+            upload: None,
+            last_generation: base,
+        }
+    }
+
+    /// Runs written over the committed chunk `base`, which is not loaded.
+    fn sparse(base: Generation) -> Dirty {
+        Dirty {
+            content: Content::Sparse(Arc::default()),
+            ..Dirty::full(Vec::new(), base)
+        }
+    }
+
+    /// Memory held against the dirty budget.
+    fn bytes(&self) -> usize {
+        self.content.bytes()
+    }
+
+    /// The length of a whole chunk's buffer (none for written runs).
+    fn full_len(&self) -> Option<usize> {
+        match &self.content {
+            Content::Full(data) => Some(data.len()),
+            Content::Sparse(_) => None,
+        }
+    }
 }
 
 /// The state of one file while it is open or has dirty data. Callers hold it locked.
@@ -155,10 +193,16 @@ pub struct FileState {
     /// Open or closed here, and what the file still needs on the server (see
     /// [`Lifecycle`]).
     pub life: Lifecycle,
-    /// The index just past the last chunk read, to notice sequential readers.
-    next_sequential: ChunkIndex,
+    /// Where the last read ended, to notice sequential readers (their chunks are read ahead;
+    /// a random reader's are kept for reading blocks again, see [`crate::blocks`]).
+    read_end: u64,
+    /// Reads in a row that each continued the last one.
+    sequential_reads: u32,
     /// Chunks below this were already read ahead in the current sequential pass.
     prefetched_to: ChunkIndex,
+    /// Where the last write ended, to notice sequential writers (the chunks they move past
+    /// are sealed and sent behind them).
+    write_end: u64,
     /// Another writer's changes were merged into this client's commit since the last one was
     /// recorded: the kernel's cached pages of the file may lack them. A fact about the
     /// kernel's cache, not the file's lifecycle: it holds in any stage.
@@ -287,8 +331,10 @@ impl FileState {
             dirty: BTreeMap::new(),
             version: Version::default(),
             life: Lifecycle::from_server(),
-            next_sequential: ChunkIndex::default(),
+            read_end: 0,
+            sequential_reads: 0,
             prefetched_to: ChunkIndex::default(),
+            write_end: 0,
             merged_foreign: false,
             arrived: None,
             server_attr: None,
@@ -367,9 +413,11 @@ impl FileState {
 
     /// Drops dirty state without committing (the file is gone).
     pub fn discard(&mut self, shared: &Shared) {
-        for (_, dirty) in std::mem::take(&mut self.dirty) {
-            shared.sub_dirty(dirty.data.len());
+        for (index, dirty) in std::mem::take(&mut self.dirty) {
+            shared.sub_dirty(dirty.bytes());
+            shared.writeback.clean(self.ino, index);
         }
+        shared.blocks.forget_file(self.ino);
         self.size = self.committed_size;
         self.truncated = false;
         self.attr_changes = None;

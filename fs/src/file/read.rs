@@ -1,17 +1,25 @@
 //! Reading: committed chunks through the cache (a read inside one is a slice of its
-//! plaintext), dirty ones from their buffers, and reading ahead of a sequential reader.
+//! plaintext), dirty ones from their buffers or their written runs over the committed bytes,
+//! reading ahead of a sequential reader, and a random reader's blocks read back without
+//! opening their chunk whole again (see [`crate::blocks`]).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use format::ids::{ChunkIndex, Generation};
 
-use super::{CHUNK, FileState, after, chunk_len, indexes, last_index, pieces};
+use super::content::Content;
+use super::{FileState, after, chunk_len, indexes, last_index, pieces};
 use crate::error::FsError;
 use crate::shared::{ChunkRead, Shared};
 
+/// A read that starts this close to where the last one ended continues a sequential pass
+/// (the kernel's read-ahead requests may come a little out of order).
+const SEQUENTIAL_SLACK_BYTES: u64 = 2 << 20;
+
 impl FileState {
-    fn chunk_read(&self, index: ChunkIndex) -> Option<ChunkRead> {
+    /// What reading committed chunk `index` expects; `keep_blocks` for a random reader.
+    fn chunk_read(&self, index: ChunkIndex, keep_blocks: bool) -> Option<ChunkRead> {
         let generation = *self.generations.get(&index)?;
         Some(ChunkRead {
             ino: self.ino,
@@ -20,6 +28,7 @@ impl FileState {
             last: last_index(self.committed_size) == Some(index),
             len: chunk_len(self.committed_size, index),
             keys: self.keys.clone(),
+            keep_blocks,
         })
     }
 
@@ -29,31 +38,69 @@ impl FileState {
         &mut self,
         shared: &Shared,
         index: ChunkIndex,
+        keep_blocks: bool,
     ) -> Result<Option<Arc<crate::cache::CleanChunk>>, FsError> {
-        let first = ChunkIndex::default();
-        if let Some(small) = self.arrived.take()
-            && !self.dirty.contains_key(&first)
-            && let Some(read) = self.chunk_read(first)
-            && read.generation == Generation(small.generation)
-        {
-            // Into the cache for this read; a chunk that fails its checks is fetched (and
-            // reported) again below.
-            let _ = shared.accept(&read, small).await;
-        }
-        let Some(read) = self.chunk_read(index) else {
+        self.take_arrived(shared).await;
+        let Some(read) = self.chunk_read(index, keep_blocks) else {
             return Ok(None);
         };
         match shared.load(&read).await {
             Ok(chunk) => Ok(Some(chunk)),
             Err(FsError::Integrity { .. }) => {
                 self.refresh(shared).await?;
-                let Some(read) = self.chunk_read(index) else {
+                let Some(read) = self.chunk_read(index, keep_blocks) else {
                     return Ok(None);
                 };
                 shared.load(&read).await.map(Some)
             }
             Err(other) => Err(other),
         }
+    }
+
+    /// A small file's only chunk that came with the `Open` reply, into the cache.
+    async fn take_arrived(&mut self, shared: &Shared) {
+        let first = ChunkIndex::default();
+        if let Some(small) = self.arrived.take()
+            && !self.dirty.contains_key(&first)
+            && let Some(read) = self.chunk_read(first, false)
+            && read.generation == Generation(small.generation)
+        {
+            // Into the cache for this read; a chunk that fails its checks is fetched (and
+            // reported) again when it is read.
+            let _ = shared.accept(&read, small).await;
+        }
+    }
+
+    /// Bytes `start..end` of committed chunk `index`, as far as it holds them (nothing for a
+    /// hole): a slice of the cached plaintext, blocks read back for a `random` reader, or the
+    /// chunk loaded whole.
+    async fn committed_range(
+        &mut self,
+        shared: &Shared,
+        index: ChunkIndex,
+        start: usize,
+        end: usize,
+        random: bool,
+    ) -> Result<Bytes, FsError> {
+        self.take_arrived(shared).await;
+        let Some(read) = self.chunk_read(index, random) else {
+            return Ok(Bytes::new());
+        };
+        let end = end.min(read.len);
+        if start >= end {
+            return Ok(Bytes::new());
+        }
+        if let Some(chunk) = shared.cached_chunk(&read) {
+            return Ok(slice(&chunk.plaintext, start, end));
+        }
+        if random && let Some(bytes) = shared.read_kept(&read, start, end) {
+            return Ok(bytes);
+        }
+        Ok(self
+            .committed(shared, index, random)
+            .await?
+            .map(|chunk| slice(&chunk.plaintext, start, end))
+            .unwrap_or_default())
     }
 
     pub async fn read(
@@ -66,45 +113,72 @@ impl FileState {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        // A read inside one committed chunk is a slice of its cached plaintext, not a copy.
-        let first = ChunkIndex::of_offset(offset);
-        let last = ChunkIndex::of_offset(end - 1);
-        if last == first
-            && !self.dirty.contains_key(&first)
-            && let Some(chunk) = self.committed(shared, first).await?
-        {
-            let within = (offset % CHUNK) as usize;
-            let n = (end - offset) as usize;
-            if within + n <= chunk.plaintext.len() {
-                self.prefetch(shared, first, first);
-                return Ok(chunk.plaintext.slice(within..within + n));
-            }
-        }
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let sequential = offset.abs_diff(self.read_end) <= SEQUENTIAL_SLACK_BYTES;
+        // Read ahead only on the second sequential read in a row: a random reader lands near
+        // its last read now and then, and a pass of read-ahead would cost it 32 MiB.
+        let streak = sequential && self.sequential_reads > 0;
+        self.sequential_reads = if sequential {
+            self.sequential_reads.saturating_add(1)
+        } else {
+            0
+        };
+        self.read_end = end;
+        let mut parts = Vec::with_capacity(2);
         for (index, within, n) in pieces(offset, end) {
-            let copied = if let Some(dirty) = self.dirty.get(&index) {
-                copy_out(&mut out, &dirty.data, within, n)
-            } else if let Some(chunk) = self.committed(shared, index).await? {
-                copy_out(&mut out, &chunk.plaintext, within, n)
-            } else {
-                0
-            };
-            out.resize(out.len() + (n - copied), 0);
+            parts.push(self.piece(shared, index, within, n, !sequential).await?);
         }
-        self.prefetch(shared, first, last);
-        Ok(out.into())
+        if streak {
+            self.prefetch(shared, ChunkIndex::of_offset(end - 1));
+        } else if !sequential {
+            self.prefetched_to = ChunkIndex::default();
+        }
+        // A read inside one committed chunk is a slice of its cached plaintext, not a copy.
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
+        Ok(parts.concat().into())
+    }
+
+    /// `n` bytes of chunk `index` from `within`, zeros where nothing is written or stored.
+    async fn piece(
+        &mut self,
+        shared: &Shared,
+        index: ChunkIndex,
+        within: usize,
+        n: usize,
+        random: bool,
+    ) -> Result<Bytes, FsError> {
+        let content = self.dirty.get(&index).map(|d| d.content.clone());
+        let bytes = match content {
+            Some(Content::Full(data)) => {
+                let to = data.len().min(within + n);
+                Bytes::copy_from_slice(data.get(within..to).unwrap_or_default())
+            }
+            Some(Content::Sparse(extents)) => {
+                let committed = self
+                    .committed_range(shared, index, within, within + n, random)
+                    .await?;
+                let mut out = vec![0u8; n];
+                out[..committed.len()].copy_from_slice(&committed);
+                extents.overlay(within, &mut out);
+                return Ok(out.into());
+            }
+            None => {
+                self.committed_range(shared, index, within, within + n, random)
+                    .await?
+            }
+        };
+        if bytes.len() == n {
+            return Ok(bytes);
+        }
+        let mut padded = Vec::with_capacity(n);
+        padded.extend_from_slice(&bytes);
+        padded.resize(n, 0);
+        Ok(padded.into())
     }
 
     /// Reads ahead of a sequential reader, in the background.
-    fn prefetch(&mut self, shared: &Arc<Shared>, first: ChunkIndex, last: ChunkIndex) {
-        let sequential = first == self.next_sequential
-            || after(first) == self.next_sequential
-            || first == ChunkIndex::default();
-        self.next_sequential = after(last);
-        if !sequential {
-            self.prefetched_to = ChunkIndex::default();
-            return;
-        }
+    fn prefetch(&mut self, shared: &Arc<Shared>, last: ChunkIndex) {
         // Each chunk is asked for once per sequential pass, not once per read request.
         let from = after(last).max(self.prefetched_to);
         let to = ChunkIndex(last.get() + shared.limits.prefetch_chunks);
@@ -113,7 +187,7 @@ impl FileState {
             if self.dirty.contains_key(&index) {
                 continue;
             }
-            let Some(read) = self.chunk_read(index) else {
+            let Some(read) = self.chunk_read(index, false) else {
                 continue;
             };
             let background = shared.clone();
@@ -126,11 +200,11 @@ impl FileState {
     }
 }
 
-/// Copies `n` bytes from `source[within..]` (as far as it goes); returns how many.
-fn copy_out(out: &mut Vec<u8>, source: &[u8], within: usize, n: usize) -> usize {
-    let available = source.len().saturating_sub(within).min(n);
-    if available > 0 {
-        out.extend_from_slice(&source[within..within + available]);
+/// `start..end` of `plaintext`, as far as it goes.
+fn slice(plaintext: &Bytes, start: usize, end: usize) -> Bytes {
+    let end = end.min(plaintext.len());
+    if start >= end {
+        return Bytes::new();
     }
-    available
+    plaintext.slice(start..end)
 }

@@ -103,7 +103,16 @@ impl Vault {
 
     pub fn write(&self, fh: Handle, offset: u64, data: &[u8]) -> Result<usize, FsError> {
         let (_, file) = self.table.file_of(fh)?;
-        self.block(async { file.lock().await.write(&self.shared, offset, data).await })?;
+        self.block(async {
+            {
+                let mut state = file.lock().await;
+                if let Some(attr) = state.write(&self.shared, offset, data).await? {
+                    self.record_commit(&attr, &mut state);
+                }
+            }
+            self.wait_for_room().await;
+            Ok::<_, FsError>(())
+        })?;
         Ok(data.len())
     }
 

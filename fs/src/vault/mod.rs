@@ -52,6 +52,7 @@ pub mod behind;
 mod coherence;
 mod create;
 mod files;
+mod flusher;
 mod leases;
 mod listing;
 mod lookup;
@@ -136,6 +137,8 @@ pub struct Vault {
     me: OnceLock<Weak<Vault>>,
     /// Listening for storaged's recalls: only then may this client hold leases.
     hearing: AtomicBool,
+    /// The flusher runs (see `flusher`).
+    flusher_running: AtomicBool,
 }
 
 /// A time as the wire carries it.
@@ -166,6 +169,7 @@ impl Vault {
             behind: Behind::default(),
             me: OnceLock::new(),
             hearing: AtomicBool::new(false),
+            flusher_running: AtomicBool::new(false),
         }
     }
 
