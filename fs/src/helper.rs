@@ -32,9 +32,10 @@ const IGNORED: [&str; 19] = [
 ];
 
 /// The options that become `vaultfs mount` flags with a value.
-const VALUED: [(&str, &str); 9] = [
+const VALUED: [(&str, &str); 10] = [
     ("server", "--server"),
     ("server_fingerprint", "--server-fingerprint"),
+    ("admin_fingerprint", "--admin-fingerprint"),
     ("name", "--name"),
     ("key_file", "--key-file"),
     ("passphrase_file", "--passphrase-file"),

@@ -51,15 +51,17 @@ unmount
 echo "helper mounts ok"
 "#;
 
-/// The `-o` options naming the user's files.
-fn options(client: &ClientFiles) -> String {
+/// The `-o` options naming the user's files, and the administrator key's fingerprint the
+/// first contact checks.
+fn options(client: &ClientFiles, daemon: &Storaged) -> String {
     let file = |name: &str| client.dir.path().join(name).display().to_string();
     format!(
-        "rw,nosuid,nodev,name={},key_file={},passphrase_file={},config={}",
+        "rw,nosuid,nodev,name={},key_file={},passphrase_file={},config={},admin_fingerprint={}",
         client.name,
         file("user.vkey"),
         file("passphrase"),
         file("client.toml"),
+        daemon.admin.public().fingerprint().to_hex(),
     )
 }
 
@@ -78,7 +80,7 @@ fn mount_t_fuse_vaultfs_and_an_fstab_line_mount_the_vault(backend: Backend) {
     let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(&plain, &bytes).expect("the plaintext");
     let socket = format!("unix:{}", daemon.socket().display());
-    let options = options(&client);
+    let options = options(&client, &daemon);
     // A label for a source, the server in the options.
     let fstab = work.path().join("fstab");
     let line = format!(
