@@ -54,7 +54,8 @@ impl VaultSite {
         let (friend, _) = peer(&mut site, "friend", "h2", "alpha");
         let (stranger, _) = peer(&mut site, "stranger", "h2", "beta");
         let vm_config = client.dir.path().join("vm-client.toml");
-        login_over_tls(&friend, &client, &fingerprint, &vm_config);
+        let admin = storaged.admin.public().fingerprint().to_hex();
+        login_over_tls(&friend, &client, (&fingerprint, &admin), &vm_config);
         VaultSite {
             storaged,
             user,
@@ -113,14 +114,17 @@ fn certificate_fingerprint(ready_line: &str) -> String {
 }
 
 /// `vaultfs login` from namespace `ns` over TLS, as alice does once on a machine of the VM
-/// network: it pins the vault and its administrator key into `config`.
-fn login_over_tls(ns: &str, client: &ClientFiles, fingerprint: &str, config: &PathBuf) {
+/// network: it checks the server's certificate and administrator key against the
+/// fingerprints (`certificate`, `admin`) and pins the vault and that key into `config`.
+fn login_over_tls(ns: &str, client: &ClientFiles, fingerprints: (&str, &str), config: &PathBuf) {
+    let (fingerprint, admin) = fingerprints;
     let (address, port) = STORAGED;
     let output = Command::new(which("ip").expect("ip"))
         .args(["netns", "exec", ns, "timeout", "60"])
         .arg(tests::binary("vaultfs"))
         .args(["login", "--server", &format!("https://{address}:{port}")])
         .args(["--server-fingerprint", fingerprint, "--name", &client.name])
+        .args(["--admin-fingerprint", admin])
         .arg("--key-file")
         .arg(client.key_file())
         .arg("--passphrase-file")
