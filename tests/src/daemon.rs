@@ -76,14 +76,28 @@ impl Storaged {
                 Some(server.clone()),
             ),
         };
-        Storaged::launch(Arc::new(Identity::generate()), meta_url, server, args, None)
+        Storaged::place(
+            tempfile::tempdir().expect("temp data dir"),
+            Arc::new(Identity::generate()),
+            meta_url,
+            server,
+            args,
+            None,
+        )
     }
 
     /// Starts a daemon on the embedded store inside network namespace `netns`, where its TLS
     /// listener (`--listen`) binds; its data dir and socket are on this machine's filesystem.
     pub fn start_in_netns(netns: &str, args: &[&str]) -> Storaged {
         let admin = Arc::new(Identity::generate());
-        Storaged::launch(admin, None, None, args, Some(netns.to_string()))
+        Storaged::place(
+            tempfile::tempdir().expect("temp data dir"),
+            admin,
+            None,
+            None,
+            args,
+            Some(netns.to_string()),
+        )
     }
 
     /// Another instance of this vault: its own data dir and socket, the same administrator,
@@ -96,24 +110,14 @@ impl Storaged {
         let chunk_root = self.dir.path().join("chunks").display().to_string();
         let mut args: Vec<&str> = args.to_vec();
         args.extend(["--chunk-root", &chunk_root]);
-        Storaged::launch(
+        Storaged::place(
+            tempfile::tempdir().expect("temp data dir"),
             self.admin.clone(),
             Some(meta_url),
             self.server.clone(),
             &args,
             None,
         )
-    }
-
-    fn launch(
-        admin: Arc<Identity>,
-        meta_url: Option<String>,
-        server: Option<Arc<MongoServer>>,
-        args: &[&str],
-        netns: Option<String>,
-    ) -> Storaged {
-        let dir = tempfile::tempdir().expect("temp data dir");
-        Storaged::place(dir, admin, meta_url, server, args, netns)
     }
 
     /// Starts a daemon on the data dir `dir`, which may hold a vault already (a restored one),
