@@ -39,8 +39,19 @@ pub struct GuestMountArgs {
 }
 
 /// Takes the hand-off, then mounts and serves in the foreground until unmounted or signalled.
-/// Prints `mounted ...` on standard output once the mount is live.
+/// Prints `mounted ...` on standard output once the mount is live, or `failed REASON` (one
+/// line) if it ends in an error: the guest's init reports that line on the serial console,
+/// where `vmctl start` reads it.
 pub fn run(args: &GuestMountArgs) -> anyhow::Result<()> {
+    let outcome = take_and_mount(args);
+    if let Err(error) = &outcome {
+        println!("failed {}", format!("{error:#}").replace('\n', " "));
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }
+    outcome
+}
+
+fn take_and_mount(args: &GuestMountArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.handoff_wait_seconds);
     let channel = match &args.channel {
         Some(path) => path.clone(),

@@ -5,7 +5,8 @@
 #   usage: build.sh DIR [--vaultfs BINARY] [--shell-port PORT]
 # --vaultfs BINARY  the vault image: adds the fuse and virtio-serial drivers, fusermount3 (Debian's
 #                   fuse3), and BINARY (vaultfs, stripped) with the shared libraries it links; the
-#                   guest takes its user's key from vmctl at start and mounts the vault on /vault.
+#                   guest takes its user's key from vmctl at start and mounts the vault on /vault,
+#                   and unmounts it when the VM's power button is pressed (then powers off).
 # --shell-port PORT for tests only: a root shell for anyone on TCP port PORT. Never in a real image.
 set -euo pipefail
 usage="usage: build.sh DIR [--vaultfs BINARY] [--shell-port PORT]"
@@ -72,7 +73,24 @@ add_program() {
 what="The tiny test guest"
 ready_marker="vault-guest: ready"
 if [[ -n $vaultfs ]]; then
-    for module in fuse virtio_console virtio-rng; do load "$module"; done
+    for module in fuse virtio_console virtio-rng button evdev; do load "$module"; done
+    # The power button (ACPI: `vmctl stop` and `move`) unmounts the vault, so that vaultfs sends
+    # what it still holds, and then powers off; busybox acpid runs this file for the button.
+    mkdir -p "$root/etc/acpi/PWRF"
+    cat >"$root/etc/acpi/PWRF/00000080" <<'EOF'
+#!/bin/sh
+echo "vault-guest: power button: unmounting the vault" >/dev/console
+pid=$(cat /run/vaultfs.pid 2>/dev/null)
+i=0
+while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ $i -lt 600 ]; do
+    [ $i -eq 0 ] && kill -TERM "$pid"
+    sleep 0.1
+    i=$((i + 1))
+done
+echo "vault-guest: powering off" >/dev/console
+poweroff -f
+EOF
+    chmod 0755 "$root/etc/acpi/PWRF/00000080"
     dpkg-deb -x fuse3_*.deb fuse
     add_program fuse/bin/fusermount3 /bin/fusermount3
     strip -o vaultfs.stripped "$vaultfs"
