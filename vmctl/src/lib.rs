@@ -34,7 +34,7 @@ pub mod xml;
 pub use controller::{OwnerKey, Vmctl};
 pub use drives::DriveInfo;
 pub use error::{Error, Result};
-pub use lifecycle::{MoveTimeouts, Started};
+pub use lifecycle::{MoveTimeouts, Moved, Started};
 pub use show::{VmStatus, VmSummary};
 pub use store::Store;
 pub use vault::VaultRequest;

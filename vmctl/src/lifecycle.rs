@@ -28,6 +28,17 @@ pub struct MoveTimeouts {
     pub start: Duration,
 }
 
+/// What `move` reports.
+#[derive(Debug, Clone)]
+pub struct Moved {
+    /// The host it left.
+    pub from: String,
+    /// Whether the guest shut down by itself there (else it was forced off; or it was off).
+    pub shut_down: bool,
+    /// The start on the new host, if it was running.
+    pub started: Option<Started>,
+}
+
 /// What `start` (and `move`) report.
 #[derive(Debug, Clone)]
 pub struct Started {
@@ -49,8 +60,7 @@ impl Vmctl {
         let state = self.store.read()?;
         let vm = state.vm(name)?;
         let host = self.connect(&vm.host)?;
-        let domain = host.domain(name)?;
-        let current = host.state(&domain)?;
+        let current = host.state(&host.domain(name)?)?;
         if current.is_active() {
             return Err(Error::WrongState {
                 vm: name.to_string(),
@@ -58,9 +68,19 @@ impl Vmctl {
                 hint: "stop it first",
             });
         }
-        let image = Image::load(&self.store, &vm.image)?;
         let owner = self.unlock_owner(name, vm, key)?;
-        let secrets = match &owner {
+        self.boot(name, owner.as_ref(), timeout)
+    }
+
+    /// Starts a stopped VM on its host with its owner's key already unlocked (by `start`, or
+    /// by `move` before it stopped the VM: one passphrase for the whole move).
+    fn boot(&self, name: &str, owner: Option<&Identity>, timeout: Duration) -> Result<Started> {
+        let state = self.store.read()?;
+        let vm = state.vm(name)?;
+        let host = self.connect(&vm.host)?;
+        let domain = host.domain(name)?;
+        let image = Image::load(&self.store, &vm.image)?;
+        let secrets = match owner {
             Some(owner) => self.drive_secrets(&host, name, &vm.drives, &state, owner)?,
             None => Vec::new(),
         };
@@ -70,8 +90,7 @@ impl Vmctl {
         host.start(name, &domain)?;
         drop(secrets);
         self.reattach_port(&host, name, &domain)?;
-        let channel = self.hand_over(&host, name, &domain, vm, owner.as_ref())?;
-        drop(owner);
+        let channel = self.hand_over(&host, name, &domain, vm, owner)?;
         self.store.update(|state| {
             if let Some(vm) = state.vms.get_mut(name) {
                 vm.started_at = Some(now_s());
@@ -213,14 +232,16 @@ impl Vmctl {
 
     /// Moves a VM to another host: stop, define there, move the network port, undefine here,
     /// and start again if it was running. Name, address and drives stay. Every check (target
-    /// host reachable with room, drive keys open) happens before the VM is stopped.
+    /// host reachable with room, the owner's key opens) happens before the VM is stopped; a
+    /// VM that mounts the vault gets its hand-off again on the new host, as at any start (the
+    /// key the old host's QEMU held goes with that process, and no disk ever had it).
     pub fn move_vm(
         &self,
         name: &str,
         to: &str,
         key: Option<&OwnerKey>,
         timeouts: MoveTimeouts,
-    ) -> Result<Option<Started>> {
+    ) -> Result<Moved> {
         let state = self.store.read()?;
         let vm = state.vm(name)?.clone();
         if vm.host == to {
@@ -245,18 +266,21 @@ impl Vmctl {
         }
         let domain = source.domain(name)?;
         let was_running = source.state(&domain)?.is_active();
-        if was_running {
-            // Open the key now: a wrong passphrase must fail before the VM stops.
-            self.unlock_owner(name, &vm, key)?;
-        }
+        // Open the key now, once: a wrong passphrase must fail before the VM stops, and the
+        // start on the new host (drive secrets, the vault's hand-off) uses it from memory.
+        let owner = if was_running {
+            self.unlock_owner(name, &vm, key)?
+        } else {
+            None
+        };
         let port = self.net.port(name)?;
         let spec = self.domain_spec(name, &vm, &state, &port, target.accel()?)?;
-        source.stop(name, &domain, timeouts.stop)?;
+        let shut_down = source.stop(name, &domain, timeouts.stop)?;
         self.clear_started(name)?;
         let mut undo = Undo::new();
         if was_running {
             undo.push(|| {
-                let _ = self.start(name, key, timeouts.start);
+                let _ = self.boot(name, owner.as_ref(), timeouts.start);
             });
         }
         let defined = target.define(name, &spec.to_xml())?;
@@ -279,10 +303,16 @@ impl Vmctl {
             Ok(())
         })?;
         undo.done();
-        if was_running {
-            return self.start(name, key, timeouts.start).map(Some);
-        }
-        Ok(None)
+        let started = if was_running {
+            Some(self.boot(name, owner.as_ref(), timeouts.start)?)
+        } else {
+            None
+        };
+        Ok(Moved {
+            from: vm.host,
+            shut_down,
+            started,
+        })
     }
 }
 
@@ -351,7 +381,7 @@ fn forced_off(error: &Error, vm: &str, console: &Path) -> Error {
 }
 
 /// The first line of the console log holding `marker`, if any.
-fn console_line_with(console: &Path, marker: &str) -> Result<Option<String>> {
+pub(crate) fn console_line_with(console: &Path, marker: &str) -> Result<Option<String>> {
     let mut text = Vec::new();
     match fs::File::open(console) {
         Ok(file) => {

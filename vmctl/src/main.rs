@@ -235,8 +235,17 @@ fn vm(vmctl: &Vmctl, command: &Command) -> Result<()> {
                 stop: Duration::from_secs(*stop_timeout),
                 start: Duration::from_secs(*timeout),
             };
-            match vmctl.move_vm(name, to, key.owner_key().as_ref(), timeouts)? {
-                Some(started) => print_started(&started),
+            let moved = vmctl.move_vm(name, to, key.owner_key().as_ref(), timeouts)?;
+            match &moved.started {
+                Some(started) => {
+                    let how = if moved.shut_down {
+                        "shut down"
+                    } else {
+                        "forced off after the stop timeout"
+                    };
+                    println!("{name} on {}: {how}", moved.from);
+                    print_started(started);
+                }
                 None => println!("moved {name} to {to} (not running)"),
             }
         }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use crate::controller::Vmctl;
 use crate::error::{Result, io_error};
 use crate::host::Host;
+use crate::image::Image;
+use crate::lifecycle::console_line_with;
 use crate::limits;
 
 /// One VM as `list` shows it.
@@ -39,7 +41,7 @@ pub struct VmStatus {
     /// Resident memory of the VM's QEMU process on its host.
     pub rss_kib: Option<u64>,
     pub console: PathBuf,
-    /// Whom the guest mounts the vault as, and from where.
+    /// Whom the guest mounts the vault as, from where, and how the last start's mount went.
     pub vault: Option<String>,
 }
 
@@ -120,8 +122,26 @@ impl Vmctl {
             uptime: if running { Self::uptime(vm) } else { None },
             rss_kib,
             console: self.store.console_path(name),
-            vault: vm.vault.as_ref().map(crate::vault::describe),
+            vault: vm.vault.as_ref().map(|seed| {
+                let mount = self.vault_mount(name, &vm.image, running);
+                format!("{}; {mount}", crate::vault::describe(seed))
+            }),
         })
+    }
+
+    /// How the vault mount of the VM's last start went, as its console tells.
+    fn vault_mount(&self, name: &str, image: &str, running: bool) -> String {
+        let Ok(image) = Image::load(&self.store, image) else {
+            return format!("mount state unknown (no image `{image}`)");
+        };
+        let console = self.store.console_path(name);
+        let line = |marker: &Option<String>| {
+            let marker = marker.as_deref()?;
+            console_line_with(&console, marker).ok().flatten()
+        };
+        let failed = line(&image.failed_marker);
+        let mounted = line(&image.ready_marker).is_some();
+        crate::vault::mount_state(failed.as_deref(), mounted, running)
     }
 
     /// The end of a VM's serial console log (at most `limits::CONSOLE_BYTES_MAX`).

@@ -116,3 +116,39 @@ pub fn describe(seed: &VaultSeed) -> String {
     let fingerprint = crate::drive::fingerprint_of(&seed.owner);
     format!("{} at {} (key {fingerprint})", seed.user, seed.server)
 }
+
+/// How the vault mount of a VM's last start went, as `status` shows it: from the guest's
+/// failure line and whether its mounted line is on the console (both of this start: a start
+/// clears the console), and whether the VM runs.
+pub(crate) fn mount_state(failed: Option<&str>, mounted: bool, running: bool) -> String {
+    match (failed, mounted, running) {
+        (Some(line), _, _) => format!("not mounted: the guest reported `{line}`"),
+        (None, true, true) => "mounted".into(),
+        (None, false, true) => "not mounted yet".into(),
+        (None, _, false) => "not mounted (the VM is off)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mount_state;
+
+    #[test]
+    fn the_mount_state_says_what_the_console_says() {
+        let failed = "vault-guest: vault failed: reaching storaged at https://10.10.0.2:7000";
+        for running in [true, false] {
+            let state = mount_state(Some(failed), false, running);
+            assert!(
+                state.starts_with("not mounted: the guest reported"),
+                "{state}"
+            );
+            assert!(state.contains("reaching storaged"), "{state}");
+        }
+        assert_eq!(mount_state(None, true, true), "mounted");
+        assert_eq!(mount_state(None, false, true), "not mounted yet");
+        assert_eq!(
+            mount_state(None, true, false),
+            "not mounted (the VM is off)"
+        );
+    }
+}
