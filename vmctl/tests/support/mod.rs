@@ -109,15 +109,22 @@ impl Site {
 
     /// A `vmctl` command line against this site.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(vmctl_binary())
+        self.command(args).output().expect("run vmctl")
+    }
+
+    /// A `vmctl` command against this site, to run alongside others (`spawn`).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(vmctl_binary());
+        command
             .arg("--cluster")
             .arg(&self.cluster_file)
             .arg("--store")
             .arg(&self.store)
             .args(args)
             .stdin(Stdio::null())
-            .output()
-            .expect("run vmctl")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
     }
 }
 

@@ -78,8 +78,13 @@ impl VaultSite {
         }
     }
 
-    /// `vmctl create NAME` of the vault image on h1 for alice.
+    /// `vmctl create NAME` of the vault image on h1 for alice, in project alpha.
     pub fn create_vm(&self, name: &str) -> String {
+        self.create_vm_in(name, "alpha")
+    }
+
+    /// `vmctl create NAME` of the vault image on h1 for alice, in `project`.
+    pub fn create_vm_in(&self, name: &str, project: &str) -> String {
         let config = self.vm_config.display().to_string();
         let key = self.client.key_file().display().to_string();
         let args = [
@@ -88,7 +93,7 @@ impl VaultSite {
             "--image",
             "vault",
             "--project",
-            "alpha",
+            project,
             "--host",
             "h1",
             "--memory",
