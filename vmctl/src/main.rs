@@ -236,18 +236,7 @@ fn vm(vmctl: &Vmctl, command: &Command) -> Result<()> {
                 start: Duration::from_secs(*timeout),
             };
             let moved = vmctl.move_vm(name, to, key.owner_key().as_ref(), timeouts)?;
-            match &moved.started {
-                Some(started) => {
-                    let how = if moved.shut_down {
-                        "shut down"
-                    } else {
-                        "forced off after the stop timeout"
-                    };
-                    println!("{name} on {}: {how}", moved.from);
-                    print_started(started);
-                }
-                None => println!("moved {name} to {to} (not running)"),
-            }
+            print_moved(name, to, &moved);
         }
         Command::Drive(_) => unreachable!("drive commands are handled by `drive`"),
     }
@@ -293,6 +282,20 @@ fn drive(vmctl: &Vmctl, command: &DriveCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_moved(name: &str, to: &str, moved: &vmctl::Moved) {
+    let Some(started) = &moved.started else {
+        println!("moved {name} to {to} (not running)");
+        return;
+    };
+    let how = if moved.shut_down {
+        "shut down"
+    } else {
+        "forced off after the stop timeout"
+    };
+    println!("{name} on {}: {how}", moved.from);
+    print_started(started);
 }
 
 fn print_started(started: &vmctl::Started) {
