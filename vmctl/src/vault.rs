@@ -123,7 +123,7 @@ pub fn describe(seed: &VaultSeed) -> String {
 pub(crate) fn mount_state(failed: Option<&str>, mounted: bool, running: bool) -> String {
     match (failed, mounted, running) {
         (Some(line), _, _) => format!("not mounted: the guest reported `{line}`"),
-        (None, true, true) => "mounted".into(),
+        (None, true, true) => "mounted at the start".into(),
         (None, false, true) => "not mounted yet".into(),
         (None, _, false) => "not mounted (the VM is off)".into(),
     }
@@ -144,7 +144,7 @@ mod tests {
             );
             assert!(state.contains("reaching storaged"), "{state}");
         }
-        assert_eq!(mount_state(None, true, true), "mounted");
+        assert_eq!(mount_state(None, true, true), "mounted at the start");
         assert_eq!(mount_state(None, false, true), "not mounted yet");
         assert_eq!(
             mount_state(None, true, false),
