@@ -251,6 +251,12 @@ async fn approve(args: &ApproveArgs) -> anyhow::Result<()> {
         bail!("{} is already approved", args.name);
     }
     let public = keys_of(&user)?;
+    if identity::is_low_order_wrapping_key(&public.wrapping) {
+        bail!(
+            "refusing to approve {}: their wrapping key is a low-order X25519 point, so keys wrapped to it would be readable by anyone",
+            user.name
+        );
+    }
     confirm(args, &user, public.fingerprint())?;
     let message = proto::certificate_message(
         &vault,
