@@ -130,6 +130,9 @@ impl KeyArgs {
 async fn main() -> ExitCode {
     let cli = Cli::<NoOptions, Command>::parse_for(&PROGRAM);
     cli::init_logging("warn");
+    if let Err(error) = keystore::memory::forbid_dumps() {
+        tracing::warn!(%error, "could not make this process non-dumpable");
+    }
     let work = run(&cli.command).await;
     cli.finish(&PROGRAM, work.map(|()| ExitCode::SUCCESS))
 }
