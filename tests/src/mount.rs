@@ -7,7 +7,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use identity::{KdfParams, KeyFile, KeyKind};
+use identity::{Identity, KdfParams, KeyFile, KeyKind};
 
 use crate::daemon::{Storaged, TestUser};
 
@@ -37,22 +37,22 @@ pub struct ClientFiles {
     pub name: String,
 }
 
+/// A new directory with `identity` sealed in the key file `key_file` (cheap Argon2 parameters:
+/// it is a test) and its passphrase in the file `passphrase`.
+pub fn sealed_key_dir(identity: &Identity, kind: KeyKind, key_file: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("key dir");
+    let sealed =
+        KeyFile::seal(identity, kind, b"test passphrase", KdfParams::MINIMUM).expect("seal");
+    std::fs::write(dir.path().join(key_file), sealed.as_bytes()).expect("key file");
+    std::fs::write(dir.path().join("passphrase"), "test passphrase\n").expect("passphrase file");
+    dir
+}
+
 impl ClientFiles {
-    /// Seals a test user's identity into a key file (cheap Argon2 parameters: it is a test).
+    /// Seals a test user's identity into a key file.
     pub fn for_user(user: &TestUser) -> ClientFiles {
-        let dir = tempfile::tempdir().expect("client dir");
-        let sealed = KeyFile::seal(
-            &user.identity,
-            KeyKind::User,
-            b"test passphrase",
-            KdfParams::MINIMUM,
-        )
-        .expect("seal");
-        std::fs::write(dir.path().join("user.vkey"), sealed.as_bytes()).expect("key file");
-        std::fs::write(dir.path().join("passphrase"), "test passphrase\n")
-            .expect("passphrase file");
         ClientFiles {
-            dir,
+            dir: sealed_key_dir(&user.identity, KeyKind::User, "user.vkey"),
             name: user.name.clone(),
         }
     }

@@ -9,7 +9,7 @@ use std::process::{Command, ExitStatus};
 use std::time::Instant;
 
 use client::Connection;
-use identity::{Identity, KdfParams, KeyFile, KeyKind};
+use identity::{Identity, KeyKind};
 use mongodb::bson::{Binary, doc, spec::BinarySubtype};
 use proto::v1::{
     AnchorAuditRequest, ChallengeRequest, GetAuditHeadRequest, LoginRequest, RegisterRequest,
@@ -17,7 +17,7 @@ use proto::v1::{
 use proto::{ErrorKind, domains};
 use storaged::meta::{AuditEntry, FileId};
 use tests::daemon::{Backend, Storaged, TestUser};
-use tests::mount::{ClientFiles, Mount};
+use tests::mount::{ClientFiles, Mount, sealed_key_dir};
 
 /// The audit chain as stored, in order.
 async fn audit_entries(daemon: &Storaged) -> Vec<AuditEntry> {
@@ -502,16 +502,7 @@ async fn set_wrapping_key(daemon: &Storaged, name: &str, key: [u8; 32]) {
 
 /// `vault-admin approve NAME --yes` with the site administrator's key: its output.
 fn vault_admin_approve(daemon: &Storaged, name: &str) -> std::process::Output {
-    let dir = tempfile::tempdir().expect("admin dir");
-    let sealed = KeyFile::seal(
-        &daemon.admin,
-        KeyKind::SiteAdmin,
-        b"pass",
-        KdfParams::MINIMUM,
-    )
-    .expect("seal the admin key");
-    std::fs::write(dir.path().join("admin.vkey"), sealed.as_bytes()).expect("admin key");
-    std::fs::write(dir.path().join("passphrase"), "pass\n").expect("passphrase");
+    let dir = sealed_key_dir(&daemon.admin, KeyKind::SiteAdmin, "admin.vkey");
     Command::new(tests::binary("vault-admin"))
         .args(["approve", name, "--yes", "--admin-key"])
         .arg(dir.path().join("admin.vkey"))
