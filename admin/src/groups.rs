@@ -133,7 +133,9 @@ async fn wrapped_to(
             uid: 0,
             identity: admin,
         };
-        let blob = keys.wrap(vault, gid, recipient, wrapper);
+        let blob = keys
+            .wrap(vault, gid, recipient, wrapper)
+            .with_context(|| format!("wrapping group {gid}'s keys to user {holder}"))?;
         wrapped.push(GroupKey { uid: holder, blob });
     }
     Ok(wrapped)

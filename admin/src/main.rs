@@ -130,6 +130,9 @@ impl KeyArgs {
 async fn main() -> ExitCode {
     let cli = Cli::<NoOptions, Command>::parse_for(&PROGRAM);
     cli::init_logging("warn");
+    if let Err(error) = keystore::memory::forbid_dumps() {
+        tracing::warn!(%error, "could not make this process non-dumpable");
+    }
     let work = run(&cli.command).await;
     cli.finish(&PROGRAM, work.map(|()| ExitCode::SUCCESS))
 }
@@ -251,6 +254,12 @@ async fn approve(args: &ApproveArgs) -> anyhow::Result<()> {
         bail!("{} is already approved", args.name);
     }
     let public = keys_of(&user)?;
+    if identity::is_low_order_wrapping_key(&public.wrapping) {
+        bail!(
+            "refusing to approve {}: their wrapping key is a low-order X25519 point, so keys wrapped to it would be readable by anyone",
+            user.name
+        );
+    }
     confirm(args, &user, public.fingerprint())?;
     let message = proto::certificate_message(
         &vault,

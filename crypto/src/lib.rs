@@ -18,6 +18,6 @@ pub use format::envelope::ChunkContext;
 pub use keys::{ChunkCipher, DATA_KEY_BYTES, DataKey};
 pub use signed_wrap::{FileKeys, GroupKeys, Object, Recipient, Wrapper, signed_wrap_header};
 pub use wrap::{
-    PreparedWrap, UnwrapError, WRAPPED_KEY_BYTES, WrapContext, WrapKind, prepare_signed_wrap,
-    prepare_wrap, unwrap, wrap, wrap_prepared,
+    PreparedWrap, UnwrapError, WRAPPED_KEY_BYTES, WrapContext, WrapError, WrapKind,
+    prepare_signed_wrap, prepare_wrap, unwrap, wrap, wrap_prepared,
 };

@@ -13,12 +13,12 @@ use format::wrapped::{
 use hpke::aead::{AeadTag, AesGcm256};
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
-use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
+use hpke::{Deserializable, Kem, OpModeR, Serializable};
 use identity::{Identity, PublicIdentity};
 use zeroize::Zeroizing;
 
 use crate::keys::{ChunkCipher, DataKey};
-use crate::wrap::{PreparedWrap, UnwrapError};
+use crate::wrap::{PreparedWrap, UnwrapError, WrapError};
 
 pub(crate) const HPKE_INFO: &[u8] = b"vault/v2 key wrap";
 const ENC_BYTES: usize = 32;
@@ -84,7 +84,7 @@ fn seal_keys(
     (recipient, prepared): (Recipient, Option<PreparedWrap>),
     (epoch, commitment): (u32, [u8; COMMITMENT_BYTES]),
     wrapper: Wrapper<'_>,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, WrapError> {
     let count = keys.len() / object.kind.key_bytes();
     assert!(
         (1..=V2_KEYS_MAX).contains(&count) && keys.len().is_multiple_of(object.kind.key_bytes()),
@@ -101,25 +101,15 @@ fn seal_keys(
         wrapper: wrapper.uid,
         commitment,
     };
-    let (encapped, mut context) = match prepared {
-        Some(prepared) => {
-            assert!(
-                prepared.version == 2 && prepared.recipient == recipient.wrapping_key,
-                "a wrap prepared for this recipient and version 2"
-            );
-            (prepared.encapped, prepared.context)
-        }
-        None => {
-            let recipient_key = <KemSuite as Kem>::PublicKey::from_bytes(&recipient.wrapping_key)
-                .expect("every 32-byte string is an X25519 public key");
-            hpke::setup_sender::<AesGcm256, HkdfSha256, KemSuite>(
-                &OpModeS::Base,
-                &recipient_key,
-                HPKE_INFO,
-            )
-            .expect("X25519 encapsulation to a valid key cannot fail")
-        }
+    let prepared = match prepared {
+        Some(prepared) => prepared,
+        None => crate::wrap::prepare(&recipient.wrapping_key, HPKE_INFO, 2)?,
     };
+    assert!(
+        prepared.version == 2 && prepared.recipient == recipient.wrapping_key,
+        "a wrap prepared for this recipient and version 2"
+    );
+    let (encapped, mut context) = (prepared.encapped, prepared.context);
     let mut out = vec![0u8; header.wrapped_bytes()];
     out[..V2_HEADER_BYTES].copy_from_slice(&header.encode());
     out[V2_HEADER_BYTES..V2_HEADER_BYTES + ENC_BYTES].copy_from_slice(&encapped.to_bytes());
@@ -137,7 +127,7 @@ fn seal_keys(
     let signature_at = header.signature_at();
     let signature = wrapper.identity.sign(V2_DOMAIN, &out[..signature_at]);
     out[signature_at..].copy_from_slice(&signature);
-    out
+    Ok(out)
 }
 
 /// Checks a signed wrap's signature by `signer` (the wrapper its header names, whose key the
@@ -293,7 +283,7 @@ impl FileKeys {
         ino: u64,
         recipient: Recipient,
         wrapper: Wrapper<'_>,
-    ) -> Vec<u8> {
+    ) -> Result<Vec<u8>, WrapError> {
         self.wrap_with(vault, ino, (recipient, None), wrapper)
     }
 
@@ -305,7 +295,7 @@ impl FileKeys {
         ino: u64,
         (recipient, prepared): (Recipient, PreparedWrap),
         wrapper: Wrapper<'_>,
-    ) -> Vec<u8> {
+    ) -> Result<Vec<u8>, WrapError> {
         self.wrap_with(vault, ino, (recipient, Some(prepared)), wrapper)
     }
 
@@ -315,7 +305,7 @@ impl FileKeys {
         ino: u64,
         to: (Recipient, Option<PreparedWrap>),
         wrapper: Wrapper<'_>,
-    ) -> Vec<u8> {
+    ) -> Result<Vec<u8>, WrapError> {
         seal_keys(
             &self.payload(),
             Object::file(vault, ino),
@@ -409,7 +399,7 @@ impl GroupKeys {
         gid: u32,
         recipient: Recipient,
         wrapper: Wrapper<'_>,
-    ) -> Vec<u8> {
+    ) -> Result<Vec<u8>, WrapError> {
         let mut payload = Zeroizing::new(Vec::with_capacity(64 * self.identities.len()));
         for identity in &self.identities {
             payload.extend_from_slice(&*identity.signing_seed());

@@ -47,6 +47,15 @@ pub enum UnwrapError {
     BadSignature,
 }
 
+/// Why a key cannot be wrapped to a recipient.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WrapError {
+    #[error(
+        "the recipient's wrapping key is a low-order X25519 point: a key wrapped to it would be readable by anyone"
+    )]
+    LowOrderRecipient,
+}
+
 /// The recipient-dependent half of a wrap, made ahead of time: a fresh ephemeral X25519 key
 /// agreed with the recipient's key and the HPKE key schedule (nearly all of a wrap's cost).
 /// It seals exactly one key: [`wrap_prepared`] consumes it, so an ephemeral key is never
@@ -73,32 +82,44 @@ impl PreparedWrap {
 }
 
 /// Prepares one wrap to `recipient` (see [`PreparedWrap`]).
-pub fn prepare_wrap(recipient: &PublicIdentity) -> PreparedWrap {
-    prepare(recipient, HPKE_INFO, 1)
+pub fn prepare_wrap(recipient: &PublicIdentity) -> Result<PreparedWrap, WrapError> {
+    prepare(&recipient.wrapping, HPKE_INFO, 1)
 }
 
 /// Prepares one signed wrap (version 2) to `recipient`, for [`crate::FileKeys::wrap_prepared`].
-pub fn prepare_signed_wrap(recipient: &PublicIdentity) -> PreparedWrap {
-    prepare(recipient, crate::signed_wrap::HPKE_INFO, 2)
+pub fn prepare_signed_wrap(recipient: &PublicIdentity) -> Result<PreparedWrap, WrapError> {
+    prepare(&recipient.wrapping, crate::signed_wrap::HPKE_INFO, 2)
 }
 
-fn prepare(recipient: &PublicIdentity, info: &[u8], version: u8) -> PreparedWrap {
-    let recipient_key = <KemSuite as Kem>::PublicKey::from_bytes(&recipient.wrapping)
-        .expect("every 32-byte string is an X25519 public key");
+pub(crate) fn prepare(
+    recipient: &[u8; 32],
+    info: &[u8],
+    version: u8,
+) -> Result<PreparedWrap, WrapError> {
+    // HPKE refuses an all-zero shared secret itself; the explicit check says why.
+    if identity::is_low_order_wrapping_key(recipient) {
+        return Err(WrapError::LowOrderRecipient);
+    }
+    let recipient_key = <KemSuite as Kem>::PublicKey::from_bytes(recipient)
+        .map_err(|_| WrapError::LowOrderRecipient)?;
     let (encapped, context) =
         hpke::setup_sender::<AesGcm256, HkdfSha256, KemSuite>(&OpModeS::Base, &recipient_key, info)
-            .expect("X25519 encapsulation to a valid key cannot fail");
-    PreparedWrap {
-        recipient: recipient.wrapping,
+            .map_err(|_| WrapError::LowOrderRecipient)?;
+    Ok(PreparedWrap {
+        recipient: *recipient,
         encapped,
         context,
         version,
-    }
+    })
 }
 
 /// Wraps `key` to `recipient` for `context`.
-pub fn wrap(key: &DataKey, recipient: &PublicIdentity, context: &WrapContext) -> Vec<u8> {
-    wrap_prepared(prepare_wrap(recipient), key, context)
+pub fn wrap(
+    key: &DataKey,
+    recipient: &PublicIdentity,
+    context: &WrapContext,
+) -> Result<Vec<u8>, WrapError> {
+    Ok(wrap_prepared(prepare_wrap(recipient)?, key, context))
 }
 
 /// Wraps `key` for `context` to the recipient `prepared` was made for.

@@ -27,22 +27,26 @@ fn a_signed_wrap_opens_only_with_its_signers_key_and_for_its_recipient() {
         uid: 1000,
         identity: &alice,
     };
-    let wrapped = keys.wrap(VAULT, 42, to(Principal::User(1001), &bob), by_alice);
+    let wrapped = keys
+        .wrap(VAULT, 42, to(Principal::User(1001), &bob), by_alice)
+        .expect("wrap");
     assert_eq!(wrapped.len(), 236);
     let header = crypto::signed_wrap_header(&wrapped).expect("header");
     assert_eq!((header.wrapper, header.epoch, header.keys), (1000, 1, 1));
     let opened = FileKeys::unwrap(&wrapped, &bob, VAULT, 42, &alice.public()).expect("opens");
     assert_eq!(opened.newest().commitment(), keys.newest().commitment());
     // The storage administrator's own wrap, signed by a key it made: refused.
-    let forged = keys.wrap(
-        VAULT,
-        42,
-        to(Principal::User(1001), &bob),
-        Wrapper {
-            uid: 1000,
-            identity: &mallory,
-        },
-    );
+    let forged = keys
+        .wrap(
+            VAULT,
+            42,
+            to(Principal::User(1001), &bob),
+            Wrapper {
+                uid: 1000,
+                identity: &mallory,
+            },
+        )
+        .expect("wrap");
     let refused = FileKeys::unwrap(&forged, &bob, VAULT, 42, &alice.public());
     assert_eq!(refused.err(), Some(UnwrapError::BadSignature));
     // Another recipient, another file, a flipped bit anywhere.
@@ -88,7 +92,9 @@ fn rotated_keys_seal_with_the_newest_and_open_every_older_chunk() {
         uid: 7,
         identity: &me,
     };
-    let wrapped = second.wrap(VAULT, 5, to(Principal::User(7), &me), wrapper);
+    let wrapped = second
+        .wrap(VAULT, 5, to(Principal::User(7), &me), wrapper)
+        .expect("wrap");
     let back = FileKeys::unwrap(&wrapped, &me, VAULT, 5, &me.public()).expect("opens");
     assert_eq!(open(&back, &old_chunk, 1).expect("old opens"), b"before");
     assert_eq!(back.newest_only().count(), 1);
@@ -104,7 +110,9 @@ fn group_keys_travel_whole_and_find_the_pair_a_key_was_wrapped_to() {
         uid: 0,
         identity: &admin,
     };
-    let wrapped = second.wrap(VAULT, 1000, to(Principal::User(1001), &member), wrapper);
+    let wrapped = second
+        .wrap(VAULT, 1000, to(Principal::User(1001), &member), wrapper)
+        .expect("wrap");
     let back = GroupKeys::unwrap(&wrapped, &member, VAULT, 1000, &admin.public()).expect("opens");
     assert_eq!(back.epoch(), 2);
     assert_eq!(back.newest().public(), second.newest().public());
@@ -118,7 +126,9 @@ fn group_keys_travel_whole_and_find_the_pair_a_key_was_wrapped_to() {
         uid: 1001,
         identity: &member,
     };
-    let to_group = keys.wrap(VAULT, 8, to(Principal::Group(1000), old), by);
+    let to_group = keys
+        .wrap(VAULT, 8, to(Principal::Group(1000), old), by)
+        .expect("wrap");
     assert!(FileKeys::unwrap(&to_group, old, VAULT, 8, &member.public()).is_ok());
     assert!(FileKeys::unwrap(&to_group, back.newest(), VAULT, 8, &member.public()).is_err());
 }

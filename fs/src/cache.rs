@@ -43,6 +43,7 @@ impl ChunkCache {
         if chunk.plaintext.len() > self.bytes_max {
             return;
         }
+        keystore::memory::exclude_from_dumps(&chunk.plaintext);
         self.bytes += chunk.plaintext.len();
         match self.entries.put((ino, index), chunk) {
             Some(old) => self.bytes -= old.plaintext.len(),

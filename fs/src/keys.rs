@@ -59,8 +59,11 @@ fn start_refiller(
             }
             while let Ok(me) = requests.recv() {
                 while wraps.lock().expect("wraps poisoned").len() < OWN_WRAPS_MAX {
-                    let prepared = crypto::prepare_signed_wrap(&me);
-                    wraps.lock().expect("wraps poisoned").push(prepared);
+                    match crypto::prepare_signed_wrap(&me) {
+                        Ok(prepared) => wraps.lock().expect("wraps poisoned").push(prepared),
+                        // Files then wrap their keys themselves, and fail with this error.
+                        Err(_) => break,
+                    }
                 }
                 refilling.store(false, std::sync::atomic::Ordering::Release);
             }
@@ -318,12 +321,13 @@ impl Keys {
                     principal,
                     wrapping_key: me.wrapping,
                 };
-                let prepared = self.own_wrap(&me);
+                let prepared = self.own_wrap(&me).map_err(|e| key_error(ino, e))?;
                 keys.wrap_prepared(self.vault, ino.0, (recipient, prepared), self.me())
             } else {
                 let recipient = self.trust.recipient(principal).await?;
                 keys.wrap(self.vault, ino.0, recipient, self.me())
-            };
+            }
+            .map_err(|e| key_error(ino, e))?;
             wrapped.push(WrappedKey {
                 principal: Some(principal_to_wire(principal)),
                 blob,
@@ -441,7 +445,7 @@ impl Keys {
 
     /// A wrap to this user's own key, from the prepared ones if any are left (then the
     /// refiller thread is woken when they run low), else made now.
-    fn own_wrap(&self, me: &PublicIdentity) -> crypto::PreparedWrap {
+    fn own_wrap(&self, me: &PublicIdentity) -> Result<crypto::PreparedWrap, crypto::WrapError> {
         use std::sync::atomic::Ordering;
         let (taken, left) = {
             let mut wraps = self.own_wraps.lock().expect("wraps poisoned");
@@ -464,7 +468,7 @@ impl Keys {
             }
         }
         match taken {
-            Some(prepared) if prepared.is_for(me) => prepared,
+            Some(prepared) if prepared.is_for(me) => Ok(prepared),
             _ => crypto::prepare_signed_wrap(me),
         }
     }

@@ -215,6 +215,9 @@ fn main() -> ExitCode {
     let cli = Cli::<NoOptions, Command>::parse_for(&PROGRAM);
     let mounting = matches!(cli.command, Command::Mount(_) | Command::GuestMount(_));
     cli::init_logging(if mounting { "info" } else { "warn" });
+    if let Err(error) = keystore::memory::forbid_dumps() {
+        tracing::warn!(%error, "could not make this process non-dumpable");
+    }
     let work = match &cli.command {
         Command::Fsck { session, check } => fsck(session, check),
         command => run(command).map(|()| ExitCode::SUCCESS),

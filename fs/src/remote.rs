@@ -92,6 +92,7 @@ impl Remote {
         identity: Arc<Identity>,
         wait: Duration,
     ) -> Remote {
+        keystore::memory::lock_secret(&*identity);
         Remote {
             id: NEXT_REMOTE.fetch_add(1, Ordering::Relaxed),
             connection,

@@ -40,6 +40,18 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
+/// Whether `key` is an X25519 public key of small order: a Diffie-Hellman with it gives all
+/// zeros whatever the other secret, so a key wrapped to it is readable by anyone. Registration,
+/// certification and wrapping refuse such keys (`docs/format.md` section 4).
+pub fn is_low_order_wrapping_key(key: &[u8; PUBLIC_KEY_BYTES]) -> bool {
+    // X25519 clamps every secret to a multiple of the cofactor 8, so one fixed secret gives
+    // all zeros exactly for the points whose order divides 8, on the curve or its twist.
+    let probe = x25519_dalek::StaticSecret::from([0x55; 32]);
+    !probe
+        .diffie_hellman(&x25519_dalek::PublicKey::from(*key))
+        .was_contributory()
+}
+
 /// The public half of an identity: what the server stores and what others wrap keys to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PublicIdentity {

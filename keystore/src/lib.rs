@@ -3,7 +3,10 @@
 //! Key files are created with mode 0600 in a 0700 directory, written and synced before they
 //! are visible, and never overwritten: losing a key file loses every file shared only with it.
 //! Passphrases come from a file (`--passphrase-file`), an environment variable (for scripts)
-//! or a terminal prompt, in that order, and are zeroized after use.
+//! or a terminal prompt, in that order, and are zeroized after use. `memory` keeps unlocked
+//! keys and plaintext out of core dumps and swap.
+
+pub mod memory;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, IsTerminal, Write};

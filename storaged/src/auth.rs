@@ -3,7 +3,9 @@
 //! A client asks for a challenge, signs it with its signing key, and gets a session token
 //! that expires. Challenges are stateless (a MAC under a secret all storaged instances of the
 //! vault share, with a timestamp), so a login may land on another instance than its
-//! challenge. Tokens are stored only as their SHA-256.
+//! challenge. A challenge answered is recorded in the metadata store until it expires, in the
+//! transaction that opens the session, so that no instance, before or after a restart,
+//! accepts the same login twice. Tokens are stored only as their SHA-256.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,6 +25,9 @@ use crate::settings::VaultSettings;
 /// A challenge: issue time (i64 LE), 16 random bytes, 16 bytes of MAC.
 pub const CHALLENGE_BYTES: usize = 40;
 const CHALLENGE_LIFETIME: Duration = Duration::from_secs(120);
+/// How long the record of an answered challenge outlives the challenge: instances whose clocks
+/// lag by up to this much still find it while they would take the challenge.
+const CHALLENGE_RECORD_MARGIN: Duration = Duration::from_secs(60);
 /// How long a session's caller stays cached in memory: a logout or revocation reaches every
 /// instance within this time.
 const CALLER_CACHE_LIFETIME: Duration = Duration::from_secs(10);
@@ -33,7 +38,6 @@ pub struct Auth {
     settings: VaultSettings,
     session_lifetime: Duration,
     callers: Mutex<HashMap<[u8; 32], (Caller, Time, Time)>>,
-    used_challenges: Mutex<HashMap<[u8; CHALLENGE_BYTES], Time>>,
     failures: FailedLogins,
 }
 
@@ -69,7 +73,6 @@ impl Auth {
             settings,
             session_lifetime,
             callers: Mutex::new(HashMap::new()),
-            used_challenges: Mutex::new(HashMap::new()),
             failures: FailedLogins::default(),
         }
     }
@@ -101,8 +104,10 @@ impl Auth {
         Ok(challenge)
     }
 
-    /// A challenge this vault issued for `name`, recently, and not used before.
-    fn check_challenge(&self, name: &str, challenge: &[u8]) -> Result<(), OpError> {
+    /// A challenge this vault issued for `name`, recently: until when its record is kept once
+    /// answered. Whether it was answered before is for the store to say
+    /// ([`meta::Txn::use_challenge`]).
+    fn check_challenge(&self, name: &str, challenge: &[u8]) -> Result<Time, OpError> {
         let challenge: [u8; CHALLENGE_BYTES] = challenge
             .try_into()
             .map_err(|_| OpError::Unauthenticated("malformed challenge".into()))?;
@@ -121,12 +126,7 @@ impl Auth {
         {
             return Err(OpError::Unauthenticated("challenge expired".into()));
         }
-        let mut used = self.used_challenges.lock().expect("challenge set poisoned");
-        used.retain(|_, at| now - *at <= nanos(CHALLENGE_LIFETIME));
-        if used.insert(challenge, now).is_some() {
-            return Err(OpError::Unauthenticated("challenge already used".into()));
-        }
-        Ok(())
+        Ok(issued + nanos(CHALLENGE_LIFETIME) + nanos(CHALLENGE_RECORD_MARGIN))
     }
 
     /// Checks the signed challenge and opens a session. A failure with a well-formed name is
@@ -158,7 +158,7 @@ impl Auth {
         challenge: &[u8],
         signature: &[u8],
     ) -> Result<Login, OpError> {
-        self.check_challenge(name, challenge)?;
+        let record_expires = self.check_challenge(name, challenge)?;
         let signature: [u8; 64] = signature
             .try_into()
             .map_err(|_| OpError::Unauthenticated("a signature has 64 bytes".into()))?;
@@ -192,7 +192,12 @@ impl Auth {
         };
         let stored = session.clone();
         let who = name.to_string();
+        let answered: [u8; 32] = Sha256::digest(challenge).into();
         meta::write(store, move |txn| -> Result<(), OpError> {
+            txn.delete_expired_challenges(now())?;
+            if !txn.use_challenge(&answered, record_expires)? {
+                return Err(OpError::Unauthenticated("challenge already used".into()));
+            }
             txn.put_session(&stored)?;
             txn.delete_expired_sessions(now())?;
             Ok(audit::append(

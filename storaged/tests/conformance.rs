@@ -1421,7 +1421,38 @@ conformance!(
     listing_pages_in_byte_order,
     visible_writes_are_read_at_once,
     garbage_keeps_its_time_and_every_record_lists_in_pages,
+    a_challenge_is_used_once_until_it_expires,
 );
+
+/// A login challenge is recorded as used once; a second use finds it, until its record
+/// expires and is deleted.
+async fn a_challenge_is_used_once_until_it_expires(store: Arc<dyn MetaStore>) {
+    let use_challenge = |challenge: [u8; 32], expires: i64| {
+        meta::write(&*store, move |txn| -> Result<bool, StoreError> {
+            txn.use_challenge(&challenge, expires)
+        })
+    };
+    let t = now();
+    assert!(use_challenge([1; 32], t + 1000).await.expect("first use"));
+    assert!(!use_challenge([1; 32], t + 1000).await.expect("second use"));
+    assert!(use_challenge([2; 32], t + 2000).await.expect("another"));
+    let deleted = meta::write(&*store, move |txn| -> Result<u64, StoreError> {
+        txn.delete_expired_challenges(t + 1500)
+    })
+    .await
+    .expect("purge");
+    assert_eq!(deleted, 1, "only the expired one");
+    assert!(
+        use_challenge([1; 32], t + 3000)
+            .await
+            .expect("after it expired")
+    );
+    assert!(
+        !use_challenge([2; 32], t + 3000)
+            .await
+            .expect("not expired yet")
+    );
+}
 
 /// Garbage lists with the time it was superseded (kept on a second listing), and every
 /// inode, chunk record and garbage entry lists page by page, each once, as `fsck` reads them.
@@ -1767,12 +1798,13 @@ fn sqlite_refuses_a_newer_schema() {
 }
 
 /// A database of schema version 1 is upgraded: garbage listed before gets the upgrade's time,
-/// and the signed records' table (version 3) is made.
+/// and the signed records' table (version 3) and the used challenges' (version 4) are made.
 #[test]
 fn sqlite_upgrades_garbage_of_schema_version_1() {
     let (_dir, path) = sqlite_claiming_schema(
         1,
         "DROP INDEX garbage_since; ALTER TABLE garbage DROP COLUMN since; DROP TABLE signed;
+         DROP TABLE used_challenges;
          INSERT INTO garbage (ino, idx, generation) VALUES (9, 0, 3);",
     );
     drop(SqliteStore::open(&path, None).expect("upgrade"));
@@ -1785,6 +1817,10 @@ fn sqlite_upgrades_garbage_of_schema_version_1() {
         .query_row("SELECT count(*) FROM signed", [], |r| r.get(0))
         .expect("the signed table");
     assert_eq!(signed, 0);
+    let used: i64 = conn
+        .query_row("SELECT count(*) FROM used_challenges", [], |r| r.get(0))
+        .expect("the used challenges' table");
+    assert_eq!(used, 0);
 }
 
 /// The WAL starts small again after each checkpoint. A WAL left at its largest is rewritten

@@ -129,6 +129,9 @@ async fn documents_are_readable_and_the_schema_version_guards_upgrades() {
     assert!(old.get_i64("since").is_ok_and(|t| t > 0), "{old}");
     let collections = db.list_collection_names().await.expect("collections");
     assert!(collections.iter().any(|c| c == "signed"), "{collections:?}");
+    let used = db.collection::<Document>("used_challenges");
+    let indexes = used.list_index_names().await.expect("indexes");
+    assert!(indexes.iter().any(|i| i == "expires_1"), "{indexes:?}");
 
     // A newer schema is refused, untouched.
     schema

@@ -56,7 +56,8 @@ fn main() -> std::io::Result<()> {
                 kind: WrapKind::FileKey,
                 object: id,
             },
-        );
+        )
+        .map_err(std::io::Error::other)?;
         let wrapped_name = format!("keys/{}.wrapped", file.to_hex());
         fs::write(out.join(&wrapped_name), &wrapped)?;
         manifest += &format!(
@@ -129,7 +130,8 @@ fn print_vectors(vault: VaultId) {
             kind: WrapKind::FileKey,
             object: file.0,
         },
-    );
+    )
+    .expect("a generated key is never of low order");
     let recipient_file = KeyFile::seal(
         &recipient,
         KeyKind::User,

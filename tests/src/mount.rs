@@ -3,11 +3,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use identity::{KdfParams, KeyFile, KeyKind};
+use identity::{Identity, KdfParams, KeyFile, KeyKind};
 
 use crate::daemon::{Storaged, TestUser};
 
@@ -37,22 +37,22 @@ pub struct ClientFiles {
     pub name: String,
 }
 
+/// A new directory with `identity` sealed in the key file `key_file` (cheap Argon2 parameters:
+/// it is a test) and its passphrase in the file `passphrase`.
+pub fn sealed_key_dir(identity: &Identity, kind: KeyKind, key_file: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("key dir");
+    let sealed =
+        KeyFile::seal(identity, kind, b"test passphrase", KdfParams::MINIMUM).expect("seal");
+    std::fs::write(dir.path().join(key_file), sealed.as_bytes()).expect("key file");
+    std::fs::write(dir.path().join("passphrase"), "test passphrase\n").expect("passphrase file");
+    dir
+}
+
 impl ClientFiles {
-    /// Seals a test user's identity into a key file (cheap Argon2 parameters: it is a test).
+    /// Seals a test user's identity into a key file.
     pub fn for_user(user: &TestUser) -> ClientFiles {
-        let dir = tempfile::tempdir().expect("client dir");
-        let sealed = KeyFile::seal(
-            &user.identity,
-            KeyKind::User,
-            b"test passphrase",
-            KdfParams::MINIMUM,
-        )
-        .expect("seal");
-        std::fs::write(dir.path().join("user.vkey"), sealed.as_bytes()).expect("key file");
-        std::fs::write(dir.path().join("passphrase"), "test passphrase\n")
-            .expect("passphrase file");
         ClientFiles {
-            dir,
+            dir: sealed_key_dir(&user.identity, KeyKind::User, "user.vkey"),
             name: user.name.clone(),
         }
     }
@@ -178,6 +178,14 @@ impl Mount {
         self.force_unmount();
     }
 
+    /// Sends `sent` to vaultfs and waits for it to end (at most 30 s, then SIGKILL): how it
+    /// ended by itself, if it did. The mount point is cleaned up on drop.
+    pub fn end_with(&mut self, sent: rustix::process::Signal) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(&child, sent);
+        wait_bounded(&mut child, Duration::from_secs(30))
+    }
+
     /// SIGKILL: a crash of the client.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -232,16 +240,18 @@ pub fn signal(child: &Child, signal: rustix::process::Signal) {
     }
 }
 
-fn wait_bounded(child: &mut Child, limit: Duration) {
+/// Waits for `child` to end, at most `limit`, then kills it: how it ended by itself, if it did.
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = std::time::Instant::now() + limit;
     while std::time::Instant::now() < deadline {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
+        if let Some(status) = child.try_wait().ok().flatten() {
+            return Some(status);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
     let _ = child.wait();
+    None
 }
 
 /// Runs `work` on a thread and fails the test if it takes longer than `limit` (a hung FUSE

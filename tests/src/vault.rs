@@ -47,7 +47,8 @@ pub async fn create_file(
             kind: WrapKind::FileKey,
             object: ino,
         },
-    );
+    )
+    .expect("wrap");
     let attr = user
         .connection
         .api()

@@ -4,17 +4,20 @@
 //! `docs/format.md` section 8, the threat table).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::Command;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus};
 use std::time::Instant;
 
 use client::Connection;
-use identity::Identity;
+use identity::{Identity, KeyKind};
 use mongodb::bson::{Binary, doc, spec::BinarySubtype};
-use proto::v1::{AnchorAuditRequest, ChallengeRequest, GetAuditHeadRequest, RegisterRequest};
+use proto::v1::{
+    AnchorAuditRequest, ChallengeRequest, GetAuditHeadRequest, LoginRequest, RegisterRequest,
+};
 use proto::{ErrorKind, domains};
 use storaged::meta::{AuditEntry, FileId};
-use tests::daemon::{Backend, Storaged};
-use tests::mount::ClientFiles;
+use tests::daemon::{Backend, Storaged, TestUser};
+use tests::mount::{ClientFiles, Mount, sealed_key_dir};
 
 /// The audit chain as stored, in order.
 async fn audit_entries(daemon: &Storaged) -> Vec<AuditEntry> {
@@ -375,6 +378,279 @@ async fn a_first_login_refuses_an_administrator_key_other_than_the_expected(back
     assert!(!config.contains("admin"), "nothing pinned: {config}");
 }
 
+/// A login as an eavesdropper captures it: a challenge for `user` and its signature.
+async fn captured_login(daemon: &Storaged, user: &TestUser) -> LoginRequest {
+    let connection = Connection::new(&daemon.target()).expect("connection");
+    let vault = connection.hello().await.expect("hello").vault_id;
+    let name = user.name.clone();
+    let challenge = connection
+        .api()
+        .challenge(ChallengeRequest { name: name.clone() })
+        .await
+        .expect("challenge")
+        .into_inner()
+        .challenge;
+    let message = proto::login_message(&vault, &challenge);
+    let signature = user.identity.sign(domains::LOGIN, &message).to_vec();
+    LoginRequest {
+        name,
+        challenge,
+        signature,
+    }
+}
+
+/// Sends `login` to `daemon`: whether it opened a session, or the server's refusal.
+async fn send_login(daemon: &Storaged, login: &LoginRequest) -> Result<(), client::ClientError> {
+    let api = Connection::new(&daemon.target()).expect("connection").api();
+    api.clone().login(login.clone()).await.map(drop)?;
+    Ok(())
+}
+
+fn assert_replay_refused(outcome: Result<(), client::ClientError>) {
+    let error = outcome.expect_err("a replayed login opened a session");
+    assert_eq!(error.kind(), ErrorKind::Unauthenticated, "{error}");
+    assert!(error.to_string().contains("already used"), "{error}");
+}
+
+/// Someone who captured a login (challenge and signature) sends it again after storaged
+/// restarted on the same store, within the challenge's lifetime: refused, since the store,
+/// not the instance's memory, remembers the challenges answered.
+async fn a_login_replayed_after_a_restart_is_refused(backend: Backend) {
+    let mut daemon = Storaged::start_on(&backend, &[]);
+    let alice = daemon.user("alice").await;
+    let captured = captured_login(&daemon, &alice).await;
+    send_login(&daemon, &captured)
+        .await
+        .expect("the first login");
+    daemon.stop();
+    daemon.spawn();
+    assert_replay_refused(send_login(&daemon, &captured).await);
+    // A fresh login still works: the refusal is the replay's alone.
+    let fresh = captured_login(&daemon, &alice).await;
+    send_login(&daemon, &fresh).await.expect("a fresh login");
+}
+
+/// Two storaged instances serve one vault (one MongoDB database): a login answered at one is
+/// refused at the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_replayed_at_another_instance_is_refused() {
+    let daemon = Storaged::start_on(&Backend::mongo(), &[]);
+    let alice = daemon.user("alice").await;
+    let other = daemon.another_instance(&[]);
+    let captured = captured_login(&daemon, &alice).await;
+    send_login(&daemon, &captured)
+        .await
+        .expect("the first login");
+    assert_replay_refused(send_login(&other, &captured).await);
+    let at_other = captured_login(&other, &alice).await;
+    send_login(&other, &at_other)
+        .await
+        .expect("a fresh login at the other instance");
+    assert_replay_refused(send_login(&daemon, &at_other).await);
+}
+
+/// Points of order 4 and 8 on Curve25519, as X25519 public keys: every Diffie-Hellman with
+/// them gives all zeros (crypto's tests go through every small-order point).
+const LOW_ORDER_KEYS: [&str; 2] = [
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+];
+
+/// A registration of `name` with `identity`'s signing key, `wrapping` as its wrapping key and
+/// a valid proof.
+fn registration(
+    vault: &[u8],
+    name: &str,
+    identity: &Identity,
+    wrapping: [u8; 32],
+) -> RegisterRequest {
+    let signing = identity.public().signing;
+    let message = proto::register_message(vault, name, &signing, &wrapping);
+    RegisterRequest {
+        name: name.into(),
+        signing_key: signing.to_vec(),
+        wrapping_key: wrapping.to_vec(),
+        proof: identity.sign(domains::REGISTER, &message).to_vec(),
+    }
+}
+
+/// Replaces the wrapping key of user `name` in the store, as the storage administrator would.
+async fn set_wrapping_key(daemon: &Storaged, name: &str, key: [u8; 32]) {
+    let Some(url) = daemon.meta_url() else {
+        let db = rusqlite::Connection::open(daemon.data_dir().join("meta.db")).expect("db");
+        let sql = "UPDATE users SET wrapping_key = ?1 WHERE name = ?2";
+        let changed = db
+            .execute(sql, rusqlite::params![key.to_vec(), name])
+            .expect("update");
+        assert_eq!(changed, 1, "user {name} is in the store");
+        return;
+    };
+    let key = Binary {
+        subtype: BinarySubtype::Generic,
+        bytes: key.to_vec(),
+    };
+    let changed = collection(url, "users")
+        .await
+        .update_one(
+            doc! { "name": name },
+            doc! { "$set": { "wrapping_key": key } },
+        )
+        .await
+        .expect("update");
+    assert_eq!(changed.matched_count, 1, "user {name} is in the store");
+}
+
+/// `vault-admin approve NAME --yes` with the site administrator's key: its output.
+fn vault_admin_approve(daemon: &Storaged, name: &str) -> std::process::Output {
+    let dir = sealed_key_dir(&daemon.admin, KeyKind::SiteAdmin, "admin.vkey");
+    Command::new(tests::binary("vault-admin"))
+        .args(["approve", name, "--yes", "--admin-key"])
+        .arg(dir.path().join("admin.vkey"))
+        .arg("--passphrase-file")
+        .arg(dir.path().join("passphrase"))
+        .arg("--server")
+        .arg(format!("unix:{}", daemon.socket().display()))
+        .output()
+        .expect("vault-admin approve")
+}
+
+/// A wrapping key of small order makes every key wrapped to its user readable by anyone:
+/// storaged refuses such a registration, and the site administrator's `vault-admin approve`
+/// refuses one the storage administrator slipped into a waiting registration.
+async fn a_registration_with_a_low_order_key_is_refused(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
+    let connection = Connection::new(&daemon.target()).expect("connection");
+    let vault = connection.hello().await.expect("hello").vault_id;
+    let mallory = Identity::generate();
+    let low_order: Vec<[u8; 32]> = LOW_ORDER_KEYS
+        .iter()
+        .map(|h| hex::decode(h).expect("hex").try_into().expect("32 bytes"))
+        .collect();
+    for (i, &key) in low_order.iter().enumerate() {
+        let request = registration(&vault, &format!("weak{i}"), &mallory, key);
+        let error = client::ClientError::from(
+            connection
+                .api()
+                .register(request)
+                .await
+                .expect_err("a low-order key registered"),
+        );
+        assert_eq!(error.kind(), ErrorKind::Invalid, "{error}");
+        assert!(error.to_string().contains("low-order"), "{error}");
+    }
+    let request = registration(&vault, "mallory", &mallory, mallory.public().wrapping);
+    connection.api().register(request).await.expect("register");
+    set_wrapping_key(&daemon, "mallory", low_order[1]).await;
+    let output = vault_admin_approve(&daemon, "mallory");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "approved a low-order key");
+    assert!(
+        stderr.contains("low-order") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+}
+
+/// The mappings of process `pid` (`/proc/PID/smaps`): each one's size in KiB and flags.
+fn mappings(pid: u32) -> Vec<(u64, Vec<String>)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .expect("/proc/PID/smaps of a non-dumpable process (needs CAP_SYS_PTRACE)");
+    let mut found: Vec<(u64, Vec<String>)> = Vec::new();
+    for line in smaps.lines() {
+        if let Some(size) = line.strip_prefix("Size:") {
+            let kib = size
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .expect("size");
+            found.push((kib, Vec::new()));
+        } else if let Some(flags) = line.strip_prefix("VmFlags:")
+            && let Some(last) = found.last_mut()
+        {
+            last.1 = flags.split_whitespace().map(String::from).collect();
+        }
+    }
+    found
+}
+
+/// Raises the core size limit of process `pid` (`prlimit`, util-linux), sends it SIGABRT and
+/// waits for it: whether the kernel wrote a core dump (the wait status says).
+fn abort_for_a_core_dump(pid: u32, end: impl FnOnce() -> Option<ExitStatus>) -> bool {
+    let raised = Command::new("prlimit")
+        .args(["--core=unlimited", "--pid"])
+        .arg(pid.to_string())
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(raised.status.success(), "prlimit: {raised:?}");
+    let status = end().expect("the process ended on SIGABRT within 30 s");
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    status.core_dumped()
+}
+
+/// Someone makes vaultfs dump core (to read the keys and plaintext in the dump): the kernel
+/// refuses, since vaultfs is non-dumpable; a dump let through anyway would hold none of its
+/// memory (`coredump_filter` 0), and its plaintext cache and private key's pages are marked to
+/// stay out of one (the key's pages locked in RAM too). A real mount, a real SIGABRT.
+#[test]
+fn a_core_dump_of_vaultfs_is_refused() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let daemon = Storaged::start(&[]);
+    let user = runtime.block_on(daemon.user("alice"));
+    let client = ClientFiles::for_user(&user);
+    let mut mount = Mount::start(&daemon, &client, &[]);
+    let data: Vec<u8> = (0..9usize << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(mount.join("big"), &data).expect("write");
+    mount.remount();
+    assert!(
+        std::fs::read(mount.join("big")).expect("read") == data,
+        "read back"
+    );
+    let pid = mount.pid();
+
+    let filter =
+        std::fs::read_to_string(format!("/proc/{pid}/coredump_filter")).expect("coredump_filter");
+    assert_eq!(
+        u32::from_str_radix(filter.trim(), 16),
+        Ok(0),
+        "a dump let through would hold memory: coredump_filter {filter}"
+    );
+    let mappings = mappings(pid);
+    let flagged = |kib: u64, flags: &[&str]| {
+        mappings.iter().any(|(size, has)| {
+            *size >= kib && flags.iter().all(|f| has.iter().any(|h| h.as_str() == *f))
+        })
+    };
+    assert!(
+        flagged(8 << 10, &["dd"]),
+        "no mapping of a cached 8 MiB chunk is marked dontdump: {mappings:?}"
+    );
+    assert!(
+        flagged(4, &["dd", "lo"]),
+        "the private key's pages are not locked and marked dontdump: {mappings:?}"
+    );
+
+    // The control: a dumpable process, ended the same way, dumps core (into a directory of
+    // its own), so that the refusal below is vaultfs's.
+    let cwd = tempfile::tempdir().expect("control dir");
+    let mut control = Command::new("sleep")
+        .arg("60")
+        .current_dir(cwd.path())
+        .spawn()
+        .expect("sleep");
+    let dumped = abort_for_a_core_dump(control.id(), || {
+        tests::mount::signal(&control, rustix::process::Signal::ABORT);
+        control.wait().ok()
+    });
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    assert!(
+        dumped,
+        "this machine writes no core dumps (kernel.core_pattern {pattern:?}), so the check \
+         cannot run: set it to write them (e.g. `core`)"
+    );
+    let dumped = abort_for_a_core_dump(pid, || mount.end_with(rustix::process::Signal::ABORT));
+    assert!(!dumped, "vaultfs dumped core");
+}
+
 tests::on_every_backend!(
     async: a_flood_of_failed_logins_writes_a_bounded_audit,
     a_login_with_a_huge_name_is_refused_at_once,
@@ -383,4 +659,6 @@ tests::on_every_backend!(
     the_storage_host_keeps_its_files_private_from_local_users,
     a_runtime_dir_planted_by_another_user_is_refused,
     a_first_login_refuses_an_administrator_key_other_than_the_expected,
+    a_login_replayed_after_a_restart_is_refused,
+    a_registration_with_a_low_order_key_is_refused,
 );

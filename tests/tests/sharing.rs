@@ -725,7 +725,8 @@ fn forged_wraps(lab: &Lab, ino: u64, planted: &crypto::DataKey) -> Vec<(Vec<u8>,
             kind: crypto::WrapKind::FileKey,
             object: ino,
         },
-    );
+    )
+    .expect("wrap");
     let keys = FileKeys::single(planted.clone());
     let to_alice = crypto::Recipient {
         principal: Principal::User(lab.alice.uid),
@@ -743,11 +744,11 @@ fn forged_wraps(lab: &Lab, ino: u64, planted: &crypto::DataKey) -> Vec<(Vec<u8>,
     vec![
         (unsigned, "unsigned version 1"),
         (
-            keys.wrap(lab.vault, ino, to_alice, as_alice),
+            keys.wrap(lab.vault, ino, to_alice, as_alice).expect("wrap"),
             "not signed by the user it names",
         ),
         (
-            keys.wrap(lab.vault, ino, to_alice, as_bob),
+            keys.wrap(lab.vault, ino, to_alice, as_bob).expect("wrap"),
             "who may not write it",
         ),
     ]

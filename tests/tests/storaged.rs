@@ -412,7 +412,8 @@ async fn alice_unshares_bob(alice: &TestUser, bob: &TestUser, file: &TestFile) {
             kind: crypto::WrapKind::FileKey,
             object: file.ino,
         },
-    );
+    )
+    .expect("wrap");
     alice
         .connection
         .api()
@@ -563,6 +564,7 @@ async fn key_wrapped_for_bob(alice: &TestUser, file: &TestFile) -> Vec<u8> {
             object: file.ino,
         },
     )
+    .expect("wrap")
 }
 
 /// The audit log's events in order, read from the store behind storaged's back.

@@ -83,7 +83,11 @@ pub fn new_record(
 ) -> Result<(DriveRecord, DataKey)> {
     let object = u64::from_le_bytes(identity::random_bytes::<8>());
     let key = DataKey::generate();
-    let wrapped = crypto::wrap(&key, owner, &wrap_context(site, object)?);
+    let wrapped =
+        crypto::wrap(&key, owner, &wrap_context(site, object)?).map_err(|e| Error::Invalid {
+            what: "drive owner's key",
+            reason: e.to_string(),
+        })?;
     let record = DriveRecord {
         object,
         size_gib,

@@ -29,6 +29,8 @@ struct State {
     groups: BTreeMap<u32, Group>,
     sequences: BTreeMap<String, u32>,
     sessions: BTreeMap<[u8; 32], Session>,
+    /// Login challenges answered, with when they expire.
+    used_challenges: BTreeMap<[u8; 32], Time>,
     audit: BTreeMap<u64, AuditEntry>,
 }
 
@@ -428,6 +430,16 @@ impl Txn for MemoryTxn<'_> {
         let before = sessions.len();
         sessions.retain(|_, s| s.expires > now);
         Ok((before - sessions.len()) as u64)
+    }
+    fn use_challenge(&mut self, challenge: &[u8; 32], expires: Time) -> Result<bool, StoreError> {
+        let used = &mut self.state_mut().used_challenges;
+        Ok(used.insert(*challenge, expires).is_none())
+    }
+    fn delete_expired_challenges(&mut self, now: Time) -> Result<u64, StoreError> {
+        let used = &mut self.state_mut().used_challenges;
+        let before = used.len();
+        used.retain(|_, expires| *expires > now);
+        Ok((before - used.len()) as u64)
     }
 
     fn last_audit(&mut self) -> Result<Option<AuditEntry>, StoreError> {

@@ -324,6 +324,12 @@ pub trait Txn {
     fn delete_session(&mut self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
     fn delete_expired_sessions(&mut self, now: Time) -> Result<u64, StoreError>;
 
+    // Login challenges answered, by their SHA-256, kept until they expire: a login is
+    // answered once by every instance sharing the store, before and after a restart.
+    /// Records `challenge` as used until `expires`; false if it was used already.
+    fn use_challenge(&mut self, challenge: &[u8; 32], expires: Time) -> Result<bool, StoreError>;
+    fn delete_expired_challenges(&mut self, now: Time) -> Result<u64, StoreError>;
+
     // The audit log: append-only, hash-chained.
     fn last_audit(&mut self) -> Result<Option<AuditEntry>, StoreError>;
     fn append_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError>;

@@ -43,6 +43,10 @@ fn public_key(bytes: &[u8], what: &str) -> Result<[u8; 32], OpError> {
         .map_err(|_| OpError::invalid(format!("a {what} has 32 bytes")))
 }
 
+/// Why a registration with a small-order X25519 key is refused.
+const LOW_ORDER_KEY: &str =
+    "the wrapping key is a low-order X25519 point: keys wrapped to it would be readable by anyone";
+
 /// Records a registration, pending approval. Registering the same name with the same keys
 /// again returns the same uid.
 pub fn register(
@@ -67,6 +71,9 @@ pub fn register(
     public
         .verify(proto::domains::REGISTER, &message, &signature(proof)?)
         .map_err(|e| OpError::invalid(format!("registration proof: {e}")))?;
+    if identity::is_low_order_wrapping_key(&public.wrapping) {
+        return Err(OpError::invalid(LOW_ORDER_KEY));
+    }
     if let Some(existing) = txn.get_user_by_name(name)? {
         if existing.signing_key == public.signing && existing.wrapping_key == public.wrapping {
             return Ok(existing.uid);

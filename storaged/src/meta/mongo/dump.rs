@@ -125,7 +125,10 @@ impl MongoStore {
     /// dump's schema version, so that the next open upgrades what it must.
     pub async fn load(&self, dir: &Path, schema_version: u32) -> Result<u64, StoreError> {
         let mut loaded = 0;
-        for which in Coll::ALL {
+        for which in Coll::ALL
+            .into_iter()
+            .filter(|c| c.since() <= schema_version)
+        {
             let path = dir.join(format!("{}.bson", which.name()));
             let coll = self.shared.collections.get(which);
             let mut reader = BufReader::new(File::open(&path).map_err(|e| file_error(&path, e))?);

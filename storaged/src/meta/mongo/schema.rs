@@ -8,7 +8,7 @@ use mongodb::{Collection, Database, IndexModel};
 use super::{StoreError, failure};
 
 /// The schema this build writes. Older databases are upgraded on open; newer ones refused.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The collection holding the schema version: one document `{_id: "vault", version}`.
 pub(super) const SCHEMA: &str = "schema";
@@ -33,10 +33,11 @@ pub enum Coll {
     Sessions,
     Audit,
     Signed,
+    UsedChallenges,
 }
 
 impl Coll {
-    pub const ALL: [Coll; 13] = [
+    pub const ALL: [Coll; 14] = [
         Coll::Settings,
         Coll::Inodes,
         Coll::Entries,
@@ -50,7 +51,17 @@ impl Coll {
         Coll::Sessions,
         Coll::Audit,
         Coll::Signed,
+        Coll::UsedChallenges,
     ];
+
+    /// The schema version that made this collection: a dump of an older one has none.
+    pub fn since(self) -> u32 {
+        match self {
+            Coll::Signed => 3,
+            Coll::UsedChallenges => 4,
+            _ => 1,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -67,6 +78,7 @@ impl Coll {
             Coll::Sessions => "sessions",
             Coll::Audit => "audit",
             Coll::Signed => "signed",
+            Coll::UsedChallenges => "used_challenges",
         }
     }
 }
@@ -166,23 +178,40 @@ async fn step_v2(collections: &Collections) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Version 3: the signed records (docs/format.md section 5), one collection with a unique
-/// index on (kind, id, sub). Idempotent like version 1.
-async fn step_v3(db: &Database, collections: &Collections) -> Result<(), StoreError> {
-    match db.create_collection(Coll::Signed.name()).await {
+/// Creates collection `which` (if it is not there yet) with one index on `keys`.
+async fn create_indexed(
+    db: &Database,
+    collections: &Collections,
+    which: Coll,
+    (keys, unique): (Document, bool),
+) -> Result<(), StoreError> {
+    match db.create_collection(which.name()).await {
         Ok(()) => {}
         Err(error) if failure::code(&error) == Some(NAMESPACE_EXISTS) => {}
         Err(error) => return Err(failure::store_error(&error)),
     }
-    let keys = doc! { "kind": 1, "id": 1, "sub": 1 };
-    let options = IndexOptions::builder().unique(true).build();
+    let options = IndexOptions::builder().unique(unique).build();
     let model = IndexModel::builder().keys(keys).options(options).build();
     collections
-        .get(Coll::Signed)
+        .get(which)
         .create_index(model)
         .await
         .map_err(|e| failure::store_error(&e))?;
     Ok(())
+}
+
+/// Version 3: the signed records (docs/format.md section 5), one collection with a unique
+/// index on (kind, id, sub). Idempotent like version 1.
+async fn step_v3(db: &Database, collections: &Collections) -> Result<(), StoreError> {
+    let keys = doc! { "kind": 1, "id": 1, "sub": 1 };
+    create_indexed(db, collections, Coll::Signed, (keys, true)).await
+}
+
+/// Version 4: the login challenges answered and not expired yet, indexed by when they expire
+/// (docs/format.md section 7). Idempotent like version 1.
+async fn step_v4(db: &Database, collections: &Collections) -> Result<(), StoreError> {
+    let keys = doc! { "expires": 1 };
+    create_indexed(db, collections, Coll::UsedChallenges, (keys, false)).await
 }
 
 /// Brings the database to [`SCHEMA_VERSION`], or refuses a newer one without touching it.
@@ -208,6 +237,7 @@ pub async fn migrate(db: &Database, collections: &Collections) -> Result<(), Sto
             1 => step_v1(db, collections).await?,
             2 => step_v2(collections).await?,
             3 => step_v3(db, collections).await?,
+            4 => step_v4(db, collections).await?,
             _ => unreachable!("no upgrade step to schema version {next}"),
         }
         // $max: a slower instance finishing the same step never moves the version back.

@@ -542,6 +542,23 @@ impl Txn for MongoTxn<'_> {
     fn delete_expired_sessions(&mut self, now: Time) -> Result<u64, StoreError> {
         self.delete(Coll::Sessions, doc! { "expires": { "$lte": now } })
     }
+    fn use_challenge(&mut self, challenge: &[u8; 32], expires: Time) -> Result<bool, StoreError> {
+        // Two instances answering one challenge at once both find nothing; their upserts
+        // conflict, and the one run again finds the other's.
+        let filter = doc! { "_id": binary(challenge) };
+        if self
+            .find_one(Coll::UsedChallenges, filter.clone())?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let document = doc! { "_id": binary(challenge), "expires": expires };
+        self.put(Coll::UsedChallenges, filter, document)?;
+        Ok(true)
+    }
+    fn delete_expired_challenges(&mut self, now: Time) -> Result<u64, StoreError> {
+        self.delete(Coll::UsedChallenges, doc! { "expires": { "$lte": now } })
+    }
 
     fn last_audit(&mut self) -> Result<Option<AuditEntry>, StoreError> {
         // The head names the last entry, so that finding it takes two point reads rather than

@@ -516,6 +516,21 @@ impl Txn for SqliteTxn<'_> {
             .map(|n| n as u64)
     }
 
+    fn use_challenge(&mut self, challenge: &[u8; 32], expires: Time) -> Result<bool, StoreError> {
+        self.execute(
+            "INSERT OR IGNORE INTO used_challenges (hash, expires) VALUES (?1, ?2)",
+            params![challenge.to_vec(), expires],
+        )
+        .map(|inserted| inserted == 1)
+    }
+    fn delete_expired_challenges(&mut self, now: Time) -> Result<u64, StoreError> {
+        self.execute(
+            "DELETE FROM used_challenges WHERE expires <= ?1",
+            params![now],
+        )
+        .map(|n| n as u64)
+    }
+
     fn last_audit(&mut self) -> Result<Option<AuditEntry>, StoreError> {
         let clause = "ORDER BY seq DESC LIMIT 1";
         Ok(self.rows_where(AUDIT, clause, [], audit_from_row)?.pop())
