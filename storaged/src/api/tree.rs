@@ -137,22 +137,54 @@ impl Call<Attr> for LinkRequest {
 
 impl Call<UnlinkReply> for UnlinkRequest {
     async fn answer(self, at: Context) -> Result<UnlinkReply, OpError> {
-        let unlinked = at
-            .write(self.lazy, move |txn, who| {
-                tree::unlink(
-                    txn,
-                    who,
-                    FileId(self.parent),
-                    &self.name,
-                    self.keep_open,
-                    now(),
-                )
-            })
-            .await?;
-        Ok(UnlinkReply {
-            parent: Some(at.attr(&unlinked.parent)),
-            nlink: unlinked.links_left,
+        unlink(&at, self).await
+    }
+}
+
+/// One unlink, of `Unlink` or `Unlinks`.
+async fn unlink(at: &Context, request: UnlinkRequest) -> Result<UnlinkReply, OpError> {
+    let unlinked = at
+        .write(request.lazy, move |txn, who| {
+            tree::unlink(
+                txn,
+                who,
+                FileId(request.parent),
+                &request.name,
+                request.keep_open,
+                now(),
+            )
         })
+        .await?;
+    Ok(UnlinkReply {
+        parent: Some(at.attr(&unlinked.parent)),
+        nlink: unlinked.links_left,
+    })
+}
+
+impl Call<UnlinksReply> for UnlinksRequest {
+    async fn answer(self, at: Context) -> Result<UnlinksReply, OpError> {
+        if self.unlinks.len() > proto::limits::UNLINKS_PER_CALL_MAX {
+            return Err(OpError::invalid(format!(
+                "at most {} unlinks in one call",
+                proto::limits::UNLINKS_PER_CALL_MAX
+            )));
+        }
+        // In order: the client learns its directories' versions from the replies.
+        let mut outcomes = Vec::with_capacity(self.unlinks.len());
+        for request in self.unlinks {
+            outcomes.push(match unlink(&at, request).await {
+                Ok(reply) => UnlinkOutcome {
+                    reply: Some(reply),
+                    ..UnlinkOutcome::default()
+                },
+                Err(error) => UnlinkOutcome {
+                    reply: None,
+                    error_kind: error.kind() as i32,
+                    error: error.to_string(),
+                },
+            });
+        }
+        Ok(UnlinksReply { outcomes })
     }
 }
 
