@@ -26,7 +26,8 @@ use std::time::Instant;
 use format::ids::FileId;
 use proto::ErrorKind;
 use proto::limits::UNLINKS_PER_CALL_MAX;
-use proto::v1::{UnlinkOutcome, UnlinkRequest, UnlinksReply, UnlinksRequest};
+use proto::v1::unlink_outcome::Outcome;
+use proto::v1::{UnlinkOutcome, UnlinkReply, UnlinkRequest, UnlinksReply, UnlinksRequest};
 
 use super::Vault;
 use crate::error::FsError;
@@ -233,18 +234,17 @@ impl Vault {
         let mut dirs = self.shared.dirs();
         for (queued, outcome) in batch.iter().zip(outcomes) {
             let (parent, name) = (queued.parent, String::from_utf8_lossy(&queued.name));
-            match outcome.reply {
-                Some(reply) => {
+            match outcome_of(outcome) {
+                Ok(reply) => {
                     dirs.removed(parent, &queued.name, reply.parent.as_ref(), asked);
                     gone_with_inode &= reply.nlink == 0;
                     if let Some(attr) = &reply.parent {
                         self.coherence.learn(attr);
                     }
                 }
-                None => {
+                Err(error) => {
                     gone_with_inode = false;
                     dirs.forget(parent);
-                    let error = FsError::refused(outcome.error_kind, outcome.error);
                     if error.kind() == ErrorKind::NotFound {
                         // Gone already: what the unlink wanted.
                         tracing::debug!(%parent, %name, "a queued unlink found no name");
@@ -261,6 +261,18 @@ impl Vault {
                 dirs.listing_survives(parent, changes.0, changes.1);
             }
         }
+    }
+}
+
+/// What the server did with one unlink of a batch.
+fn outcome_of(outcome: UnlinkOutcome) -> Result<UnlinkReply, FsError> {
+    match outcome.outcome {
+        Some(Outcome::Done(reply)) => Ok(reply),
+        Some(Outcome::Refused(refusal)) => Err(FsError::refused(refusal.kind, refusal.message)),
+        None => Err(FsError::local(
+            ErrorKind::Internal,
+            "an unlink's outcome says neither done nor refused",
+        )),
     }
 }
 

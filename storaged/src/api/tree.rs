@@ -3,7 +3,7 @@
 
 use proto::v1::*;
 
-use super::call::{Call, Context};
+use super::call::{Call, Context, each_in_order};
 use super::wire::{attr_changes, choice, new_file, page_limit, special_kind};
 use crate::meta::{FileId, Kind, now};
 use crate::ops::OpError;
@@ -163,28 +163,25 @@ async fn unlink(at: &Context, request: UnlinkRequest) -> Result<UnlinkReply, OpE
 
 impl Call<UnlinksReply> for UnlinksRequest {
     async fn answer(self, at: Context) -> Result<UnlinksReply, OpError> {
-        if self.unlinks.len() > proto::limits::UNLINKS_PER_CALL_MAX {
-            return Err(OpError::invalid(format!(
-                "at most {} unlinks in one call",
-                proto::limits::UNLINKS_PER_CALL_MAX
-            )));
-        }
-        // In order: the client learns its directories' versions from the replies.
-        let mut outcomes = Vec::with_capacity(self.unlinks.len());
-        for request in self.unlinks {
-            outcomes.push(match unlink(&at, request).await {
-                Ok(reply) => UnlinkOutcome {
-                    reply: Some(reply),
-                    ..UnlinkOutcome::default()
+        let max = proto::limits::UNLINKS_PER_CALL_MAX;
+        let done = each_in_order(self.unlinks, max, |request| unlink(&at, request)).await?;
+        let outcome = |done: Result<UnlinkReply, OpError>| {
+            Some(done.map_or_else(
+                |error| {
+                    unlink_outcome::Outcome::Refused(Refusal {
+                        kind: error.kind() as i32,
+                        message: error.to_string(),
+                    })
                 },
-                Err(error) => UnlinkOutcome {
-                    reply: None,
-                    error_kind: error.kind() as i32,
-                    error: error.to_string(),
-                },
-            });
-        }
-        Ok(UnlinksReply { outcomes })
+                unlink_outcome::Outcome::Done,
+            ))
+        };
+        let outcomes = done.into_iter().map(|done| UnlinkOutcome {
+            outcome: outcome(done),
+        });
+        Ok(UnlinksReply {
+            outcomes: outcomes.collect(),
+        })
     }
 }
 
