@@ -4,10 +4,9 @@
 //! rest run on both backends (over MongoDB every unlink waits for the server).
 
 use std::fs;
-use std::time::Duration;
 
 use tests::daemon::{Backend, Storaged, server_calls};
-use tests::mount::{ClientFiles, Mount};
+use tests::mount::{ClientFiles, Mount, metered, until};
 
 /// A mount's knowledge outlasts any stall of a slow machine: no time window decides what is
 /// counted.
@@ -23,12 +22,7 @@ struct Setup {
 }
 
 fn setup(backend: &Backend) -> Setup {
-    let metrics = format!("127.0.0.1:{}", tests::daemon::free_port());
-    let daemon = Storaged::start_on(backend, &["--metrics-addr", &metrics]);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let user = runtime.block_on(daemon.user("alice"));
-    let client = ClientFiles::for_user(&user);
-    let first = Mount::start(&daemon, &client, A_LONG_WINDOW);
+    let (daemon, metrics, client, first) = metered(backend, A_LONG_WINDOW);
     let second = Mount::start(&daemon, &client, A_LONG_WINDOW);
     Setup {
         first,
@@ -37,17 +31,6 @@ fn setup(backend: &Backend) -> Setup {
         _client: client,
         _daemon: daemon,
     }
-}
-
-/// Waits (bounded, however slow the machine) until `seen` holds.
-fn until(what: &str, mut seen: impl FnMut() -> bool) {
-    for _ in 0..1200 {
-        if seen() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what} never showed");
 }
 
 /// fsync(2) of a directory: everything this mount did there reaches the server.
