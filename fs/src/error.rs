@@ -38,6 +38,15 @@ impl FsError {
     pub fn local(kind: ErrorKind, message: impl Into<String>) -> FsError {
         FsError::Local(kind, message.into())
     }
+
+    /// The server's refusal of one request of a batch, as its outcome says (an unknown
+    /// kind is an internal error).
+    pub fn refused(kind: i32, message: String) -> FsError {
+        FsError::Remote {
+            kind: ErrorKind::try_from(kind).unwrap_or(ErrorKind::Internal),
+            message,
+        }
+    }
 }
 
 impl From<ClientError> for FsError {

@@ -3,7 +3,6 @@
 //! wrapping a file's keys to exactly the principals of a verified ACL (`crate::trust`): a new
 //! file's to its directory's readers, a new key epoch's to the file's (re-keying).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crypto::{FileKeys, Recipient, Wrapper};
@@ -25,7 +24,10 @@ pub struct Keys {
     /// Accept unsigned (version 1) wrapped keys, of vaults written before signed ones: read
     /// them, and give the file a signed new key epoch before writing it.
     legacy: bool,
-    files: Mutex<HashMap<FileId, Arc<FileKeys>>>,
+    /// Unwrapped keys of the files opened or made lately, with their epoch: a file opened
+    /// again costs no unwrap while its newest epoch is the one kept (least recently used
+    /// first out, at most [`FILE_KEYS_MAX`]).
+    files: Mutex<lru::LruCache<FileId, Arc<FileKeys>>>,
     /// Wraps to this user's own key prepared ahead (see [`crypto::PreparedWrap`]): a new
     /// file's key is wrapped without X25519 work on the creating thread.
     own_wraps: Arc<Mutex<Vec<crypto::PreparedWrap>>>,
@@ -34,6 +36,10 @@ pub struct Keys {
     /// To the thread that refills `own_wraps` (see [`start_refiller`]), once started.
     refiller: Mutex<Option<std::sync::mpsc::Sender<PublicIdentity>>>,
 }
+
+/// Files whose unwrapped keys are kept at most (a file's keys take about 100 bytes an epoch).
+const FILE_KEYS_MAX: std::num::NonZeroUsize =
+    std::num::NonZeroUsize::new(65_536).expect("not zero");
 
 /// `own_wraps` is refilled to [`OWN_WRAPS_MAX`] when it falls below [`OWN_WRAPS_LOW`].
 const OWN_WRAPS_LOW: usize = 16;
@@ -114,7 +120,7 @@ impl Keys {
             vault,
             uid,
             legacy: false,
-            files: Mutex::new(HashMap::new()),
+            files: Mutex::new(lru::LruCache::new(FILE_KEYS_MAX)),
             own_wraps: Arc::new(Mutex::new(Vec::new())),
             refilling: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             refiller: Mutex::new(None),
@@ -295,15 +301,12 @@ impl Keys {
     pub fn remember(&self, ino: FileId, keys: impl Into<Arc<FileKeys>>) -> Arc<FileKeys> {
         let keys = keys.into();
         let mut files = self.files.lock().expect("key cache poisoned");
-        if files.len() > 100_000 {
-            files.clear();
-        }
-        files.insert(ino, keys.clone());
+        files.put(ino, keys.clone());
         keys
     }
 
     pub fn forget(&self, ino: FileId) {
-        self.files.lock().expect("key cache poisoned").remove(&ino);
+        self.files.lock().expect("key cache poisoned").pop(&ino);
     }
 
     /// Wraps `keys` to each of `holders`, signed by this user.

@@ -65,8 +65,10 @@ pub mod features {
     pub const LEASES: &str = "leases";
     /// `PutChunks`: several puts in one call.
     pub const PUT_CHUNKS: &str = "put-chunks";
+    /// `Unlinks`: several unlinks in one call.
+    pub const UNLINKS: &str = "unlinks";
     /// Every feature this build's server always has.
-    pub const ALL: &[&str] = &[COMMIT_SET_ATTR, PUT_CHUNKS];
+    pub const ALL: &[&str] = &[COMMIT_SET_ATTR, PUT_CHUNKS, UNLINKS];
 }
 
 /// The metadata that names the calling client (see `LeaseRequest`).

@@ -24,6 +24,9 @@ pub const FRAME_BYTES_MAX: u32 = 1 << 20;
 /// Puts in one `PutChunks` call at most (the message's size bounds their chunks together).
 pub const PUTS_PER_CALL_MAX: usize = 64;
 
+/// Unlinks in one `Unlinks` call at most.
+pub const UNLINKS_PER_CALL_MAX: usize = 64;
+
 const _: () = assert!(NAME_BYTES_MAX < PATH_BYTES_MAX);
 const _: () = assert!(STREAM_WINDOW_BYTES as usize >= 2 * SEALED_CHUNK_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX > SEALED_CHUNK_BYTES_MAX);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use identity::{Identity, KdfParams, KeyFile, KeyKind};
 
-use crate::daemon::{Storaged, TestUser};
+use crate::daemon::{Backend, Storaged, TestUser};
 
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -267,4 +267,27 @@ pub fn bounded<T: Send + 'static>(
     });
     rx.recv_timeout(limit)
         .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
+/// Waits (bounded, however slow the machine) until `seen` holds.
+pub fn until(what: &str, mut seen: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if seen() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{what} never showed");
+}
+
+/// A daemon reporting its calls on a metrics port, a user's files (kept for remounts) and a
+/// mount with `extra` options.
+pub fn metered(backend: &Backend, extra: &[&str]) -> (Storaged, String, ClientFiles, Mount) {
+    let metrics = format!("127.0.0.1:{}", crate::daemon::free_port());
+    let daemon = Storaged::start_on(backend, &["--metrics-addr", &metrics]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let user = runtime.block_on(daemon.user("alice"));
+    let client = ClientFiles::for_user(&user);
+    let mount = Mount::start(&daemon, &client, extra);
+    (daemon, metrics, client, mount)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tests::daemon::{Backend, Storaged, server_calls};
-use tests::mount::{ClientFiles, Mount, bounded};
+use tests::mount::{ClientFiles, Mount, bounded, until};
 
 const CHUNK: usize = 8 * 1024 * 1024;
 
@@ -52,17 +52,6 @@ const A_LONG_WINDOW: &[&str] = &["--coherence-seconds", "3600"];
 /// The same, and every create answered by the server (under a lease the proofs of what a
 /// mount knows come when the uploader sends its batch, however long that takes).
 const A_LONG_WINDOW_NO_LEASES: &[&str] = &["--coherence-seconds", "3600", "--no-leases"];
-
-/// Waits (bounded, however slow the machine) until `seen` holds.
-fn until(what: &str, mut seen: impl FnMut() -> bool) {
-    for _ in 0..1200 {
-        if seen() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what} never showed");
-}
 
 fn what_one_mount_closes_the_other_reads_after_open(backend: Backend) {
     close_to_open(pair(&backend, 1));

@@ -7,22 +7,10 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use tests::daemon::{Backend, Storaged, server_calls};
-use tests::mount::{ClientFiles, Mount};
+use tests::daemon::{Backend, server_calls};
+use tests::mount::{Mount, metered as setup};
 
 const CHUNK: usize = 8 << 20;
-
-/// A daemon reporting its calls on a metrics port, a user's files (kept for remounts) and a
-/// mount with `extra` options.
-fn setup(backend: &Backend, extra: &[&str]) -> (Storaged, String, ClientFiles, Mount) {
-    let metrics = format!("127.0.0.1:{}", tests::daemon::free_port());
-    let daemon = Storaged::start_on(backend, &["--metrics-addr", &metrics]);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let user = runtime.block_on(daemon.user("alice"));
-    let client = ClientFiles::for_user(&user);
-    let mount = Mount::start(&daemon, &client, extra);
-    (daemon, metrics, client, mount)
-}
 
 /// Chunks the daemon accepted so far, alone or many in one call.
 fn chunk_puts(metrics: &str) -> u64 {

@@ -711,6 +711,54 @@ async fn a_call_of_several_puts_refuses_only_the_bad_ones(backend: Backend) {
     assert_eq!(kind(refused), ErrorKind::Invalid);
 }
 
+/// `Unlinks` does each unlink as its own `Unlink`, in order: a missing name refuses only
+/// itself, the directory's version goes up by one with each done, and a call of more than 64
+/// is refused whole.
+async fn a_call_of_several_unlinks_refuses_only_the_bad_ones(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
+    let alice = daemon.user("alice").await;
+    for name in ["a", "b"] {
+        create_file(&alice, ROOT, name).await.expect("create");
+    }
+    let unlink = |name: &str| UnlinkRequest {
+        lazy: true,
+        parent: ROOT,
+        name: name.into(),
+        keep_open: false,
+    };
+    let unlinks = vec![unlink("a"), unlink("missing"), unlink("b")];
+    let mut api = alice.connection.api();
+    let reply = api.unlinks(UnlinksRequest { unlinks }).await;
+    let outcomes = reply.expect("unlinks").into_inner().outcomes;
+    let versions: Vec<Option<u64>> = outcomes
+        .iter()
+        .map(|o| match &o.outcome {
+            Some(unlink_outcome::Outcome::Done(done)) => done.parent.map(|p| p.version),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(versions[..], [Some(first), None, Some(last)] if last == first + 1),
+        "{versions:?}"
+    );
+    let Some(unlink_outcome::Outcome::Refused(refusal)) = &outcomes[1].outcome else {
+        panic!("the missing name was not refused: {:?}", outcomes[1]);
+    };
+    assert_eq!(refusal.kind, ErrorKind::NotFound as i32);
+    for name in ["a", "b"] {
+        let lookup = api
+            .lookup(LookupRequest {
+                parent: ROOT,
+                name: name.into(),
+            })
+            .await;
+        assert_eq!(kind(lookup), ErrorKind::NotFound, "{name} is still there");
+    }
+    let too_many = vec![unlink("a"); proto::limits::UNLINKS_PER_CALL_MAX + 1];
+    let refused = api.unlinks(UnlinksRequest { unlinks: too_many }).await;
+    assert_eq!(kind(refused), ErrorKind::Invalid);
+}
+
 async fn sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged(backend: Backend) {
     let mut daemon = Storaged::start_on(&backend, &[]);
     let alice = daemon.user("alice").await;
@@ -1434,6 +1482,7 @@ tests::on_every_backend!(
     users_cannot_see_each_others_files_until_shared,
     concurrent_chunk_puts_exactly_one_wins,
     a_call_of_several_puts_refuses_only_the_bad_ones,
+    a_call_of_several_unlinks_refuses_only_the_bad_ones,
     sigkill_in_a_stream_of_chunk_puts_loses_nothing_acknowledged,
     audit_chain_breaks_detectably_when_edited_on_disk,
     bad_input_gets_a_clear_status_and_changes_nothing,

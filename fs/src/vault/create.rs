@@ -25,6 +25,8 @@ impl Vault {
     ) -> Result<(Attr, Handle), FsError> {
         let Owner { uid, gid } = owner;
         self.block(async {
+            // The server must not find a name an unlink answered here removed.
+            self.send_unlinks(Some(parent)).await?;
             let ino = new_ino();
             let key = Arc::new(FileKeys::generate());
             let access = self.shared.keys.new_file_access(ino, &key, parent).await?;
@@ -166,6 +168,8 @@ impl Vault {
     /// Creates every pending new file in `parent` (or everywhere) on the server now: before
     /// listing, renaming or removing names there.
     pub(super) async fn materialize_in(&self, parent: Option<FileId>) -> Result<(), FsError> {
+        // Unlinks answered here first: a new file may take a name one of them frees.
+        self.send_unlinks(parent).await?;
         for ino in self.shared.pending_in(parent) {
             self.materialize(ino).await?;
         }

@@ -81,6 +81,8 @@ impl Vault {
                     if !queued.is_empty() {
                         vault.send_queued(queued);
                     }
+                    // Unlinks answered here go within about a second (see `unlinks`).
+                    vault.send_all_unlinks();
                 }
             });
         if let Err(error) = started {

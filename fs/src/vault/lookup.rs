@@ -24,6 +24,12 @@ impl Vault {
             if let Some(attr) = self.shared.pending_named(parent, name) {
                 return Ok(self.local_view(attr).await);
             }
+            if self.unlinks.has(parent, name) {
+                return Err(FsError::local(
+                    ErrorKind::NotFound,
+                    "unlinked here (not sent to the server yet)",
+                ));
+            }
             if let Some(answer) = self.known_answer(parent, name).await {
                 return answer;
             }

@@ -8,7 +8,8 @@
 //! By concern: `lookup` (lookups and attributes), `namespace` (making, linking, removing and
 //! renaming names), `listing` (directory listings), `create` (new files, and creating them on
 //! the server), `files` (open files: reads, writes, flushes, releases), `uploader` and
-//! `leases` (closing new files under directory leases, see [`behind`]), `coherence` (what the
+//! `leases` (closing new files under directory leases, see [`behind`]), `unlinks` (unlinks
+//! answered under them, sent in batches), `coherence` (what the
 //! kernel keeps), `xattr`; `table` holds the open files and handles.
 //!
 //! # Lock order
@@ -29,7 +30,9 @@
 //!    `O_EXCL` create here (`create::created_exclusive_here`) the known directories, pending
 //!    files, keys, the open-files table and coherence (5 to 9) one after the other, so that
 //!    the file is pending and open before a recall's drain can start.
-//! 4. **The uploader's queue** (`Behind`'s queue; the uploader waits on it): leaf.
+//! 4. **The uploader's queue** (`Behind`'s queue; the uploader waits on it), and the queued
+//!    unlinks (`unlinks::Unlinks`; an unlink answered here queues under the lease table):
+//!    leaves.
 //! 5. **Known directories** (`Shared::dirs`, `KnownDirs`): leaf (it reads the change count,
 //!    an atomic).
 //! 6. **Pending new files** (`Shared`'s pending table): leaf.
@@ -58,12 +61,14 @@ mod listing;
 mod lookup;
 mod namespace;
 mod table;
+mod unlinks;
 mod uploader;
 mod xattr;
 
 use self::behind::Behind;
 use self::coherence::Coherence;
 use self::table::{OpenTable, SharedFile};
+use self::unlinks::Unlinks;
 use crate::shared::Shared;
 
 pub use self::coherence::Notifier;
@@ -133,6 +138,8 @@ pub struct Vault {
     coherence: Coherence,
     /// New files closed under a directory lease, waiting for the uploader.
     behind: Behind,
+    /// Unlinks answered under a directory lease, waiting to be sent (see `unlinks`).
+    unlinks: Unlinks,
     /// This vault, for its background work (set by [`Vault::start_behind`]).
     me: OnceLock<Weak<Vault>>,
     /// Listening for storaged's recalls: only then may this client hold leases.
@@ -167,6 +174,7 @@ impl Vault {
             table: OpenTable::new(),
             coherence: Coherence::default(),
             behind: Behind::default(),
+            unlinks: Unlinks::default(),
             me: OnceLock::new(),
             hearing: AtomicBool::new(false),
             flusher_running: AtomicBool::new(false),

@@ -105,6 +105,8 @@ impl Vault {
         name: &[u8],
         made: impl Future<Output = Result<Attr, FsError>>,
     ) -> Result<Attr, FsError> {
+        // The server must not find a name an unlink answered here removed.
+        self.block(self.send_unlinks(Some(parent)))?;
         let asked = Instant::now();
         let made = self.block(made);
         let mut dirs = self.shared.dirs();
@@ -121,6 +123,7 @@ impl Vault {
         self.coherence.forget_fresh();
         self.block(async {
             self.materialize(ino).await?;
+            self.send_unlinks(Some(new_parent)).await?;
             let asked = Instant::now();
             let linked = self
                 .shared
@@ -165,7 +168,22 @@ impl Vault {
     }
 
     pub fn unlink(&self, parent: FileId, name: &[u8]) -> Result<(), FsError> {
+        let parent_attr = self.coherence.fresh(parent);
         self.coherence.forget_fresh();
+        if self.unlink_here(parent, name) {
+            self.changed_here(parent_attr);
+            return Ok(());
+        }
+        let unlinked = self.unlink_now(parent, name);
+        if unlinked.is_ok() {
+            // The next unlinks there may be answered here (see `unlinks`).
+            self.ask_lease(parent);
+        }
+        unlinked
+    }
+
+    /// An unlink that waits for the server.
+    fn unlink_now(&self, parent: FileId, name: &[u8]) -> Result<(), FsError> {
         self.block(async {
             self.materialize_in(Some(parent)).await?;
             let open = self.open_inode_named(parent, name).await;

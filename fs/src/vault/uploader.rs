@@ -161,10 +161,11 @@ impl Vault {
         Ok(())
     }
 
-    /// Sends every new file of `dir` (or everywhere) not on the server yet: whole, also one
-    /// still open (a close may have returned before its release came).
+    /// Sends the unlinks answered in `dir` (or everywhere) and every new file there not on
+    /// the server yet: whole, also one still open (a close may have returned before its
+    /// release came).
     pub(super) async fn send_held_in(&self, dir: Option<FileId>) -> Result<(), FsError> {
-        let mut first_error = None;
+        let mut first_error = self.send_unlinks(dir).await.err();
         for ino in self.shared.pending_in(dir) {
             let Some(file) = self.table.file(ino) else {
                 continue;
@@ -205,10 +206,7 @@ fn outcomes_of(
             .into_iter()
             .map(|outcome| match outcome.reply {
                 Some(reply) => Ok(reply),
-                None => Err(FsError::Remote {
-                    kind: ErrorKind::try_from(outcome.error_kind).unwrap_or(ErrorKind::Internal),
-                    message: outcome.error,
-                }),
+                None => Err(FsError::refused(outcome.error_kind, outcome.error)),
             })
             .collect(),
         Ok(reply) => {

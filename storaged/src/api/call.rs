@@ -171,6 +171,29 @@ impl Service {
     }
 }
 
+/// The requests of a call that carries several (at most `max`), each done as its own call,
+/// in order (the client learns its directories' versions from the replies): the outcome of
+/// each.
+pub(super) async fn each_in_order<Q, T, Fut>(
+    requests: Vec<Q>,
+    max: usize,
+    mut each: impl FnMut(Q) -> Fut,
+) -> Result<Vec<Result<T, OpError>>, OpError>
+where
+    Fut: Future<Output = Result<T, OpError>>,
+{
+    if requests.len() > max {
+        return Err(OpError::invalid(format!(
+            "at most {max} requests in one call"
+        )));
+    }
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for request in requests {
+        outcomes.push(each(request).await);
+    }
+    Ok(outcomes)
+}
+
 fn bearer<T>(request: &Request<T>) -> Result<String, OpError> {
     let header = request
         .metadata()

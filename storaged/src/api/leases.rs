@@ -132,6 +132,12 @@ impl Names for PutChunksRequest {
     }
 }
 
+impl Names for UnlinksRequest {
+    fn inodes(&self) -> Vec<u64> {
+        self.unlinks.iter().flat_map(Names::inodes).collect()
+    }
+}
+
 impl Names for RmdirRequest {
     fn inodes(&self) -> Vec<u64> {
         vec![self.parent]

@@ -71,4 +71,5 @@ calls! {
     recalls(RecallsRequest) -> Self::RecallsStream = call;
     get_audit_head(GetAuditHeadRequest) -> AuditHead = call;
     anchor_audit(AnchorAuditRequest) -> AnchorAuditReply = call;
+    unlinks(UnlinksRequest) -> UnlinksReply = call;
 }

@@ -3,7 +3,7 @@
 
 use proto::v1::*;
 
-use super::call::{Call, Context};
+use super::call::{Call, Context, each_in_order};
 use super::wire::{attr_changes, choice, new_file, page_limit, special_kind};
 use crate::meta::{FileId, Kind, now};
 use crate::ops::OpError;
@@ -137,21 +137,50 @@ impl Call<Attr> for LinkRequest {
 
 impl Call<UnlinkReply> for UnlinkRequest {
     async fn answer(self, at: Context) -> Result<UnlinkReply, OpError> {
-        let unlinked = at
-            .write(self.lazy, move |txn, who| {
-                tree::unlink(
-                    txn,
-                    who,
-                    FileId(self.parent),
-                    &self.name,
-                    self.keep_open,
-                    now(),
-                )
-            })
-            .await?;
-        Ok(UnlinkReply {
-            parent: Some(at.attr(&unlinked.parent)),
-            nlink: unlinked.links_left,
+        unlink(&at, self).await
+    }
+}
+
+/// One unlink, of `Unlink` or `Unlinks`.
+async fn unlink(at: &Context, request: UnlinkRequest) -> Result<UnlinkReply, OpError> {
+    let unlinked = at
+        .write(request.lazy, move |txn, who| {
+            tree::unlink(
+                txn,
+                who,
+                FileId(request.parent),
+                &request.name,
+                request.keep_open,
+                now(),
+            )
+        })
+        .await?;
+    Ok(UnlinkReply {
+        parent: Some(at.attr(&unlinked.parent)),
+        nlink: unlinked.links_left,
+    })
+}
+
+impl Call<UnlinksReply> for UnlinksRequest {
+    async fn answer(self, at: Context) -> Result<UnlinksReply, OpError> {
+        let max = proto::limits::UNLINKS_PER_CALL_MAX;
+        let done = each_in_order(self.unlinks, max, |request| unlink(&at, request)).await?;
+        let outcome = |done: Result<UnlinkReply, OpError>| {
+            Some(done.map_or_else(
+                |error| {
+                    unlink_outcome::Outcome::Refused(Refusal {
+                        kind: error.kind() as i32,
+                        message: error.to_string(),
+                    })
+                },
+                unlink_outcome::Outcome::Done,
+            ))
+        };
+        let outcomes = done.into_iter().map(|done| UnlinkOutcome {
+            outcome: outcome(done),
+        });
+        Ok(UnlinksReply {
+            outcomes: outcomes.collect(),
         })
     }
 }

@@ -5,7 +5,7 @@ use format::envelope::Header;
 use proto::v1::*;
 
 use super::chunk_error;
-use crate::api::call::{Call, Context};
+use crate::api::call::{Call, Context, each_in_order};
 use crate::api::wire::{commit_attr_changes, new_file, wrapped_keys_of};
 use crate::meta::{ChunkIndex, ChunkRef, FileId, Generation, Inode, Time, Txn, now};
 use crate::ops::chunks::{self, Uploaded};
@@ -27,28 +27,22 @@ impl Call<PutChunkReply> for PutChunkRequest {
 
 impl Call<PutChunksReply> for PutChunksRequest {
     async fn answer(self, at: Context) -> Result<PutChunksReply, OpError> {
-        if self.puts.len() > proto::limits::PUTS_PER_CALL_MAX {
-            return Err(OpError::invalid(format!(
-                "at most {} puts in one call",
-                proto::limits::PUTS_PER_CALL_MAX
-            )));
-        }
-        // In order: the client learns its directories' versions from the replies.
-        let mut outcomes = Vec::with_capacity(self.puts.len());
-        for put in self.puts {
-            outcomes.push(match put_chunk(&at, put).await {
-                Ok(reply) => PutChunkOutcome {
-                    reply: Some(reply),
-                    ..PutChunkOutcome::default()
-                },
-                Err(error) => PutChunkOutcome {
-                    reply: None,
-                    error_kind: error.kind() as i32,
-                    error: error.to_string(),
-                },
-            });
-        }
-        Ok(PutChunksReply { outcomes })
+        let max = proto::limits::PUTS_PER_CALL_MAX;
+        let done = each_in_order(self.puts, max, |put| put_chunk(&at, put)).await?;
+        let outcomes = done.into_iter().map(|done| match done {
+            Ok(reply) => PutChunkOutcome {
+                reply: Some(reply),
+                ..PutChunkOutcome::default()
+            },
+            Err(error) => PutChunkOutcome {
+                reply: None,
+                error_kind: error.kind() as i32,
+                error: error.to_string(),
+            },
+        });
+        Ok(PutChunksReply {
+            outcomes: outcomes.collect(),
+        })
     }
 }
 
