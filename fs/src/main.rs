@@ -175,8 +175,8 @@ struct MountArgs {
     /// memory, from 128 MiB to 2 GiB]
     #[arg(long)]
     dirty_mib: Option<usize>,
-    /// Written data no one wrote to for this long is sent to storaged without waiting for a
-    /// flush, seconds.
+    /// Written data of a file no one wrote to for this long is sent to storaged without
+    /// waiting for a flush, seconds (a chunk not written for 30 s is sent anyway).
     #[arg(long, default_value_t = vaultfs::writeback::IDLE_DEFAULT.as_secs())]
     dirty_idle_seconds: u64,
     /// How long an operation waits for an unreachable storaged before it fails, seconds

@@ -1,6 +1,6 @@
 //! The flusher: sends dirty chunks before their file's flush, when the dirty budget needs
 //! room (the least recently written chunks first, across every file) and when no one wrote
-//! them for a moment (`Limits::dirty_idle`), so that a file written now and then does not hold its
+//! their file for a moment (`Limits::dirty_idle`; see [`crate::writeback`]), so that a file written now and then does not hold its
 //! changes in memory until it is closed. A writer that finds the budget full makes room in
 //! its own file first (`FileState::make_room`); the flusher takes the rest, and writers wait
 //! for it only when the budget is overdrawn by a quarter.
@@ -66,16 +66,16 @@ impl Vault {
             let needs_room = shared.dirty_bytes() > target;
             let now = Instant::now();
             let oldest = shared.writeback.oldest(LOOKED_AT_MAX);
-            let Some(first) = oldest.iter().find(|e| {
-                !failed.contains_key(&e.ino)
-                    && (needs_room || now.duration_since(e.written) >= idle)
-            }) else {
+            let Some(first) = oldest
+                .iter()
+                .find(|e| !failed.contains_key(&e.ino) && (needs_room || e.idle(now, idle)))
+            else {
                 return;
             };
             let ino = first.ino;
             let indexes: Vec<ChunkIndex> = oldest
                 .iter()
-                .filter(|e| e.ino == ino && (needs_room || now.duration_since(e.written) >= idle))
+                .filter(|e| e.ino == ino && (needs_room || e.idle(now, idle)))
                 .map(|e| e.index)
                 .collect();
             if !self.send_chunks_of(ino, &indexes).await {
