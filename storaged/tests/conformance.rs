@@ -170,6 +170,7 @@ impl World {
                     epoch,
                     wrapper: 0,
                     commitment: [0; 16],
+                    manifests: false,
                 };
                 let mut blob = header.encode().to_vec();
                 blob.resize(header.signature_at(), 3);
