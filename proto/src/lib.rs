@@ -65,8 +65,10 @@ pub mod features {
     pub const LEASES: &str = "leases";
     /// `PutChunks`: several puts in one call.
     pub const PUT_CHUNKS: &str = "put-chunks";
+    /// Commits store `manifest` and `Open` returns it (docs/format.md section 5.5).
+    pub const MANIFESTS: &str = "manifests";
     /// Every feature this build's server always has.
-    pub const ALL: &[&str] = &[COMMIT_SET_ATTR, PUT_CHUNKS];
+    pub const ALL: &[&str] = &[COMMIT_SET_ATTR, PUT_CHUNKS, MANIFESTS];
 }
 
 /// The metadata that names the calling client (see `LeaseRequest`).

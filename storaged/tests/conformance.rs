@@ -362,6 +362,7 @@ impl World {
                 size,
                 truncate,
                 rekey: &[],
+                manifest: None,
             };
             chunks::commit(txn, &who, &commit, now())
         })

@@ -22,6 +22,7 @@ mod content;
 mod create;
 mod inline;
 mod lifecycle;
+mod manifests;
 mod read;
 mod room;
 mod write;
@@ -188,6 +189,8 @@ pub struct FileState {
     truncated: bool,
     /// Committed generation of every stored chunk.
     generations: BTreeMap<ChunkIndex, Generation>,
+    /// The counter of the manifest that describes the committed state (0: none).
+    manifest: u64,
     dirty: BTreeMap<ChunkIndex, Dirty>,
     pub version: Version,
     /// Open or closed here, and what the file still needs on the server (see
@@ -328,6 +331,7 @@ impl FileState {
             committed_size: 0,
             truncated: false,
             generations: BTreeMap::new(),
+            manifest: 0,
             dirty: BTreeMap::new(),
             version: Version::default(),
             life: Lifecycle::from_server(),
@@ -399,6 +403,16 @@ impl FileState {
             FsError::local(ErrorKind::Internal, "an open reply without attributes")
         })?;
         let generations = chunk_map(&shared.remote, ino, &reply).await?;
+        let served = crate::manifest::Served {
+            vault: shared.keys.vault(),
+            ino,
+            size: attr.size,
+            map: &generations,
+        };
+        // Before anything of it is used: the writer's own account of this state.
+        self.manifest =
+            crate::manifest::check(&self.keys, served, &reply.manifest, Some(&shared.manifests))
+                .map_err(|reason| crate::manifest::refused(&shared.name_of(ino), ino, reason))?;
         if !self.is_dirty() {
             self.size = attr.size;
         } else if !self.truncated {
