@@ -27,42 +27,59 @@ fn read(path: std::path::PathBuf) -> Result<Vec<u8>, i32> {
         .map_err(|e| e.raw_os_error().unwrap_or(0))
 }
 
-/// The storage administrator's hands on the metadata store: rows of the embedded store or
-/// documents of MongoDB.
-struct Database<'a>(&'a Storaged);
+/// The storage administrator's hands on the metadata store: the embedded store's file, or
+/// the MongoDB database.
+enum Database {
+    Sqlite(rusqlite::Connection),
+    Mongo(mongodb::Database),
+}
 
-impl Database<'_> {
-    fn sqlite(&self) -> rusqlite::Connection {
-        let conn = rusqlite::Connection::open(self.0.data_dir().join("meta.db")).expect("db");
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .expect("busy timeout");
-        conn
+impl Database {
+    async fn of(daemon: &Storaged) -> Database {
+        match daemon.meta_url() {
+            Some(url) => {
+                let client = mongodb::Client::with_uri_str(url).await.expect("client");
+                Database::Mongo(client.default_database().expect("the URL names one"))
+            }
+            None => {
+                let path = daemon.data_dir().join("meta.db");
+                let conn = rusqlite::Connection::open(path).expect("meta.db");
+                conn.busy_timeout(std::time::Duration::from_secs(10))
+                    .expect("busy timeout");
+                Database::Sqlite(conn)
+            }
+        }
     }
 
-    async fn collection(&self, name: &str) -> Option<mongodb::Collection<mongodb::bson::Document>> {
-        let url = self.0.meta_url()?;
-        let client = mongodb::Client::with_uri_str(url).await.expect("client");
-        Some(
-            client
-                .default_database()
-                .expect("a database")
-                .collection(name),
-        )
+    fn collection(&self, name: &str) -> Option<mongodb::Collection<mongodb::bson::Document>> {
+        match self {
+            Database::Mongo(db) => Some(db.collection(name)),
+            Database::Sqlite(_) => None,
+        }
+    }
+
+    /// Runs `sql` on the embedded store and checks it changed one row.
+    fn change_one(&self, sql: &str, params: impl rusqlite::Params) {
+        let Database::Sqlite(conn) = self else {
+            panic!("not the embedded store");
+        };
+        assert_eq!(conn.execute(sql, params).expect("edit"), 1, "{sql}");
     }
 
     /// Points chunk `index` of `ino` at `generation`, or drops its record (`None`).
     async fn set_chunk(&self, ino: u64, index: u64, generation: Option<u64>) {
-        let Some(chunks) = self.collection("chunks").await else {
-            let conn = self.sqlite();
-            let params = rusqlite::params![ino as i64, index as i64];
-            let changed = match generation {
-                Some(g) => conn.execute(
+        let Some(chunks) = self.collection("chunks") else {
+            let (ino, index) = (ino as i64, index as i64);
+            match generation {
+                Some(g) => self.change_one(
                     "UPDATE chunks SET generation = ?3 WHERE ino = ?1 AND idx = ?2",
-                    rusqlite::params![ino as i64, index as i64, g as i64],
+                    rusqlite::params![ino, index, g as i64],
                 ),
-                None => conn.execute("DELETE FROM chunks WHERE ino = ?1 AND idx = ?2", params),
-            };
-            assert_eq!(changed.expect("edit"), 1);
+                None => self.change_one(
+                    "DELETE FROM chunks WHERE ino = ?1 AND idx = ?2",
+                    rusqlite::params![ino, index],
+                ),
+            }
             return;
         };
         let filter = doc! { "ino": ino as i64, "index": index as i64 };
@@ -81,10 +98,9 @@ impl Database<'_> {
     }
 
     async fn set_size(&self, ino: u64, size: u64) {
-        let Some(inodes) = self.collection("inodes").await else {
+        let Some(inodes) = self.collection("inodes") else {
             let sql = "UPDATE inodes SET size = ?1 WHERE ino = ?2";
-            let params = rusqlite::params![size as i64, ino as i64];
-            assert_eq!(self.sqlite().execute(sql, params).expect("edit"), 1);
+            self.change_one(sql, rusqlite::params![size as i64, ino as i64]);
             return;
         };
         let update = doc! { "$set": { "size": Bson::Int64(size as i64) } };
@@ -94,9 +110,11 @@ impl Database<'_> {
 
     /// Deletes file `ino`'s manifest (signed record kind 5).
     async fn delete_manifest(&self, ino: u64) {
-        let Some(signed) = self.collection("signed").await else {
-            let sql = "DELETE FROM signed WHERE kind = 5 AND id = ?1";
-            assert_eq!(self.sqlite().execute(sql, [ino as i64]).expect("edit"), 1);
+        let Some(signed) = self.collection("signed") else {
+            self.change_one(
+                "DELETE FROM signed WHERE kind = 5 AND id = ?1",
+                [ino as i64],
+            );
             return;
         };
         let filter = doc! { "kind": 5i32, "id": ino as i64 };
@@ -140,7 +158,7 @@ fn assert_refused(mount: &Mount, name: &str, what: &str) {
 
 fn a_chunk_rolled_back_to_an_older_generation_gives_eio(backend: Backend) {
     let (daemon, client, runtime) = lab(&backend);
-    let db = Database(&daemon);
+    let db = runtime.block_on(Database::of(&daemon));
     let mut mount = Mount::start(&daemon, &client, &[]);
     let (old, intact) = (pattern(3, CHUNK + 1000), pattern(5, 2 * CHUNK));
     fs::write(mount.join("doc"), &old).expect("write");
@@ -176,7 +194,7 @@ fn a_chunk_rolled_back_to_an_older_generation_gives_eio(backend: Backend) {
 
 fn a_file_cut_or_holed_by_the_administrator_gives_eio(backend: Backend) {
     let (daemon, client, runtime) = lab(&backend);
-    let db = Database(&daemon);
+    let db = runtime.block_on(Database::of(&daemon));
     let mut mount = Mount::start(&daemon, &client, &[]);
     let content = pattern(7, 2 * CHUNK + 500);
     for name in ["holed", "cut", "emptied"] {
