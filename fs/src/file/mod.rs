@@ -33,7 +33,6 @@ use std::sync::Arc;
 use crypto::FileKeys;
 use format::ids::{ChunkIndex, FileId, Generation, Version};
 use format::limits::CHUNK_BYTES;
-use proto::ErrorKind;
 use proto::v1::{
     Attr, ChunkInfo, CreateRequest, GetChunkReply, ListChunksRequest, OpenReply, OpenRequest,
     SetAttrRequest,
@@ -398,21 +397,14 @@ impl FileState {
     /// Adopts the server's committed state from an `Open` reply (paging in the rest of a
     /// large file's chunk map).
     async fn take_committed(&mut self, shared: &Shared, reply: OpenReply) -> Result<Attr, FsError> {
-        let ino = self.ino;
-        let attr = reply.attr.ok_or_else(|| {
-            FsError::local(ErrorKind::Internal, "an open reply without attributes")
-        })?;
-        let generations = chunk_map(&shared.remote, ino, &reply).await?;
-        let served = crate::manifest::Served {
-            vault: shared.keys.vault(),
-            ino,
-            size: attr.size,
-            map: &generations,
-        };
         // Before anything of it is used: the writer's own account of this state.
-        self.manifest =
-            crate::manifest::check(&self.keys, served, &reply.manifest, Some(&shared.manifests))
-                .map_err(|reason| crate::manifest::refused(&shared.name_of(ino), ino, reason))?;
+        let manifests::Checked {
+            reply,
+            attr,
+            generations,
+            counter,
+        } = self.checked(shared, reply).await?;
+        self.manifest = counter;
         if !self.is_dirty() {
             self.size = attr.size;
         } else if !self.truncated {
