@@ -14,6 +14,7 @@ pub const DATA_KEY_BYTES: usize = 32;
 const HKDF_SALT: &[u8] = b"vault/v1 data key";
 const INFO_CHUNK_ENCRYPTION: &[u8] = b"vault/v1 chunk encryption";
 const INFO_KEY_COMMITMENT: &[u8] = b"vault/v1 key commitment";
+const INFO_MANIFEST: &[u8] = b"vault/v1 manifest";
 
 /// A file's (or a VM drive's) random 256-bit key. It is never used directly: every use has
 /// its own subkey derived with HKDF-SHA256. Zeroized on drop.
@@ -31,6 +32,15 @@ impl DataKey {
 
     pub fn as_bytes(&self) -> &[u8; DATA_KEY_BYTES] {
         &self.0
+    }
+
+    /// The subkey that MACs the file's manifests (docs/format.md section 5.5).
+    pub(crate) fn manifest_key(&self) -> Zeroizing<[u8; 32]> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        Hkdf::<Sha256>::new(Some(HKDF_SALT), &self.0[..])
+            .expand(INFO_MANIFEST, &mut key[..])
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        key
     }
 
     /// The subkeys for sealing and opening chunks. Deriving them costs an HKDF and an AES key

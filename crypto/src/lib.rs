@@ -7,6 +7,7 @@
 mod blocks;
 mod chunk;
 mod keys;
+mod manifest;
 mod signed_wrap;
 mod wrap;
 
@@ -16,6 +17,7 @@ pub use blocks::{
 pub use chunk::{AAD_BYTES, OpenError, SealError, authenticated_data, open, open_in_place, seal};
 pub use format::envelope::ChunkContext;
 pub use keys::{ChunkCipher, DATA_KEY_BYTES, DataKey};
+pub use manifest::{ManifestOpenError, open_manifest, seal_manifest};
 pub use signed_wrap::{FileKeys, GroupKeys, Object, Recipient, Wrapper, signed_wrap_header};
 pub use wrap::{
     PreparedWrap, UnwrapError, WRAPPED_KEY_BYTES, WrapContext, WrapError, WrapKind,

@@ -82,7 +82,7 @@ fn seal_keys(
     keys: &[u8],
     object: Object,
     (recipient, prepared): (Recipient, Option<PreparedWrap>),
-    (epoch, commitment): (u32, [u8; COMMITMENT_BYTES]),
+    (epoch, commitment, manifests): (u32, [u8; COMMITMENT_BYTES], bool),
     wrapper: Wrapper<'_>,
 ) -> Result<Vec<u8>, WrapError> {
     let count = keys.len() / object.kind.key_bytes();
@@ -100,6 +100,7 @@ fn seal_keys(
         epoch,
         wrapper: wrapper.uid,
         commitment,
+        manifests,
     };
     let prepared = match prepared {
         Some(prepared) => prepared,
@@ -183,6 +184,9 @@ pub struct FileKeys {
     epoch: u32,
     keys: Vec<DataKey>,
     ciphers: Vec<ChunkCipher>,
+    /// Every commit of the file carries a manifest (`crate::manifest`): said in every wrap
+    /// of these keys, under the wrapper's signature.
+    manifests: bool,
 }
 
 impl std::fmt::Debug for FileKeys {
@@ -197,23 +201,38 @@ impl std::fmt::Debug for FileKeys {
 }
 
 impl FileKeys {
-    /// A new file's keys: one fresh key, epoch 1.
+    /// A new file's keys: one fresh key, epoch 1; every commit of the file carries a
+    /// manifest.
     pub fn generate() -> FileKeys {
-        FileKeys::from_keys(1, vec![DataKey::generate()])
+        FileKeys::from_keys(1, vec![DataKey::generate()], true)
     }
 
     /// Keys for a file whose one key is `key` (epoch 1): a file of the unsigned format.
     pub fn single(key: DataKey) -> FileKeys {
-        FileKeys::from_keys(1, vec![key])
+        FileKeys::from_keys(1, vec![key], false)
     }
 
-    fn from_keys(epoch: u32, keys: Vec<DataKey>) -> FileKeys {
+    fn from_keys(epoch: u32, keys: Vec<DataKey>, manifests: bool) -> FileKeys {
         let ciphers = keys.iter().map(DataKey::chunk_cipher).collect();
         FileKeys {
             epoch,
             keys,
             ciphers,
+            manifests,
         }
+    }
+
+    /// Whether every commit of the file carries a manifest, as its wraps say: a file without
+    /// one must then be empty.
+    pub fn manifests(&self) -> bool {
+        self.manifests
+    }
+
+    /// These keys with the manifest flag set or cleared: set only where every commit of the
+    /// file from now on carries a manifest and the file has one (or is empty).
+    pub fn with_manifests(mut self, manifests: bool) -> FileKeys {
+        self.manifests = manifests;
+        self
     }
 
     /// A new key for what is written from now on, the older ones kept for the chunks sealed
@@ -224,12 +243,16 @@ impl FileKeys {
         }
         let mut keys = vec![DataKey::generate()];
         keys.extend(self.keys.iter().cloned());
-        Some(FileKeys::from_keys(self.epoch.checked_add(1)?, keys))
+        Some(FileKeys::from_keys(
+            self.epoch.checked_add(1)?,
+            keys,
+            self.manifests,
+        ))
     }
 
     /// Only the newest key: once no chunk is sealed under an older one.
     pub fn newest_only(&self) -> FileKeys {
-        FileKeys::from_keys(self.epoch, vec![self.keys[0].clone()])
+        FileKeys::from_keys(self.epoch, vec![self.keys[0].clone()], self.manifests)
     }
 
     pub fn epoch(&self) -> u32 {
@@ -260,6 +283,18 @@ impl FileKeys {
         self.ciphers
             .iter()
             .find(|c| c.commitment()[..] == *commitment)
+    }
+
+    /// The key with `commitment`, if the file has it.
+    pub(crate) fn position_of(&self, commitment: &[u8]) -> Option<usize> {
+        self.ciphers
+            .iter()
+            .position(|c| c.commitment()[..] == *commitment)
+    }
+
+    /// The manifest subkey of the key at `at` (0: the newest).
+    pub(crate) fn manifest_key(&self, at: usize) -> Zeroizing<[u8; 32]> {
+        self.keys[at].manifest_key()
     }
 
     /// Whether a sealed chunk names the newest key.
@@ -310,7 +345,7 @@ impl FileKeys {
             &self.payload(),
             Object::file(vault, ino),
             to,
-            (self.epoch, *self.newest().commitment()),
+            (self.epoch, *self.newest().commitment(), self.manifests),
             wrapper,
         )
     }
@@ -328,7 +363,7 @@ impl FileKeys {
             .chunks(32)
             .map(|k| DataKey::from_bytes(k.try_into().expect("32 bytes")))
             .collect();
-        let keys = FileKeys::from_keys(header.epoch, keys);
+        let keys = FileKeys::from_keys(header.epoch, keys, header.manifests);
         if keys.newest().commitment() != &header.commitment {
             return Err(UnwrapError::Malformed(
                 "the commitment does not match the key",
@@ -409,7 +444,7 @@ impl GroupKeys {
             &payload,
             Object::group(vault, gid),
             (recipient, None),
-            (self.epoch, [0; COMMITMENT_BYTES]),
+            (self.epoch, [0; COMMITMENT_BYTES], false),
             wrapper,
         )
     }

@@ -12,6 +12,7 @@ pub mod group;
 pub mod ids;
 pub mod layout;
 pub mod limits;
+pub mod manifest;
 pub mod wrapped;
 
 pub use envelope::{Header, HeaderError};

@@ -98,7 +98,8 @@ impl WrapHeader {
 ///     20   8  object ID (file, drive or group), u64 LE
 ///     28   1  recipient kind: 1 user, 2 group
 ///     29   1  key count n (1..=64)
-///     30   2  zero
+///     30   1  flags: bit 0 = the file's every commit carries a manifest (file keys only)
+///     31   1  zero
 ///     32   4  recipient id (uid or gid), u32 LE
 ///     36  32  recipient's X25519 public key
 ///     68   4  epoch of the newest key, u32 LE (n <= epoch)
@@ -167,7 +168,13 @@ pub struct SignedWrapHeader {
     pub epoch: u32,
     pub wrapper: u32,
     pub commitment: [u8; 16],
+    /// Flag bit 0: every commit of the file carries a manifest (`crate::manifest`), so a
+    /// reader refuses the file without one unless it is empty (file keys only).
+    pub manifests: bool,
 }
+
+/// The flag bit of [`SignedWrapHeader::manifests`].
+const FLAG_MANIFESTS: u8 = 1;
 
 impl SignedWrapHeader {
     pub fn encode(&self) -> [u8; V2_HEADER_BYTES] {
@@ -179,6 +186,7 @@ impl SignedWrapHeader {
         out[20..28].copy_from_slice(&self.object.to_le_bytes());
         out[28] = self.recipient.kind_byte();
         out[29] = self.keys;
+        out[30] = if self.manifests { FLAG_MANIFESTS } else { 0 };
         out[32..36].copy_from_slice(&self.recipient.id().to_le_bytes());
         out[36..68].copy_from_slice(&self.recipient_key);
         out[68..72].copy_from_slice(&self.epoch.to_le_bytes());
@@ -227,13 +235,18 @@ impl SignedWrapHeader {
             epoch: crate::acl::u32_at(wrapped, 68),
             wrapper: crate::acl::u32_at(wrapped, 72),
             commitment: wrapped[76..92].try_into().expect("16 bytes"),
+            manifests: wrapped[30] == FLAG_MANIFESTS,
         };
         let keys = usize::from(header.keys);
         if keys == 0 || keys > V2_KEYS_MAX || header.epoch < u32::from(header.keys) {
             return Err(Malformed("key count"));
         }
-        if wrapped[30..32] != [0, 0] {
-            return Err(Malformed("reserved bytes are not zero"));
+        let flags_allowed = match kind {
+            KeyKind::Data(WrapKind::FileKey) => FLAG_MANIFESTS,
+            _ => 0,
+        };
+        if wrapped[30] & !flags_allowed != 0 || wrapped[31] != 0 {
+            return Err(Malformed("reserved bits are not zero"));
         }
         if wrapped.len() != header.wrapped_bytes() {
             return Err(Malformed("wrong length"));
@@ -264,6 +277,7 @@ mod tests {
             epoch: 5,
             wrapper: 0,
             commitment: [0; 16],
+            manifests: false,
         };
         let mut bytes = header.encode().to_vec();
         bytes.resize(header.wrapped_bytes(), 0);

@@ -18,6 +18,10 @@ pub enum FsError {
         index: ChunkIndex,
         reason: String,
     },
+    /// The size or chunk map the server sent is not one the file's writer committed (see
+    /// `crate::manifest`): the reader gets EIO.
+    #[error("file {ino} failed its manifest check: {reason}")]
+    Manifest { ino: FileId, reason: String },
     /// The file's key could not be obtained or opened.
     #[error("no usable key for file {ino}: {reason}")]
     Key { ino: FileId, reason: String },
@@ -30,7 +34,7 @@ impl FsError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             FsError::Remote { kind, .. } | FsError::Local(kind, _) => *kind,
-            FsError::Integrity { .. } => ErrorKind::BadChunk,
+            FsError::Integrity { .. } | FsError::Manifest { .. } => ErrorKind::BadChunk,
             FsError::Key { .. } => ErrorKind::AccessDenied,
         }
     }

@@ -23,6 +23,7 @@ pub mod fusermount;
 pub mod guest;
 pub mod helper;
 pub mod keys;
+pub mod manifest;
 pub mod mount;
 pub mod remote;
 pub mod shared;

@@ -107,6 +107,8 @@ pub struct Shared {
     runtime: tokio::runtime::Handle,
     /// Chunk files as descriptors, from a server on this machine (see [`Claims`]).
     claims: Option<Arc<Claims>>,
+    /// The newest manifest seen of each file (see [`crate::manifest`]).
+    pub manifests: crate::manifest::Seen,
 }
 
 /// A new file not yet created on the server (see `Lifecycle::pending` in `file`).
@@ -162,6 +164,7 @@ impl Shared {
             pending: Mutex::new(HashMap::new()),
             dirs: Mutex::new(KnownDirs::new(limits.coherence)),
             runtime,
+            manifests: crate::manifest::Seen::default(),
         }
     }
 

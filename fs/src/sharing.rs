@@ -15,6 +15,7 @@ use proto::v1::{
 };
 
 use crate::keys::{Keys, principal_to_wire};
+use crate::manifest::Served;
 use crate::remote::Remote;
 use crate::trust::VerifiedAcl;
 
@@ -257,13 +258,23 @@ impl Sharing {
             .await?;
         let attr = reply.attr.unwrap_or_default();
         let keys = self.keys.keys_from(ino, &reply.keys, attr.owner).await?;
+        // Its wraps say from now on that every commit carries a manifest (this one does).
+        let manifests = self.remote.server_has(proto::features::MANIFESTS);
         let fresh = match keys.rotated() {
-            Some(rotated) => rotated.newest_only(),
+            Some(rotated) => rotated.newest_only().with_manifests(manifests),
             None => bail!("it has too many key epochs"),
         };
-        let chunks: Vec<(u64, u64)> = crate::file::chunk_map(&self.remote, ino, &reply)
-            .await?
-            .into_iter()
+        let map = crate::file::chunk_map(&self.remote, ino, &reply).await?;
+        let served = Served {
+            vault: self.keys.vault(),
+            ino,
+            size: attr.size,
+            map: &map,
+        };
+        let counter = crate::manifest::check(&keys, served, &reply.manifest, None)
+            .map_err(|reason| anyhow::anyhow!("file {ino} failed its manifest check: {reason}"))?;
+        let chunks: Vec<(u64, u64)> = map
+            .iter()
             .map(|(index, generation)| (index.get(), generation.get()))
             .collect();
         let last = attr.size.checked_sub(1).map(ChunkIndex::of_offset);
@@ -279,11 +290,20 @@ impl Sharing {
             commits.push(self.reseal_chunk(&keys, &fresh, context).await?);
         }
         let acl = self.keys.trust().acl(ino).await?;
+        let resealed = commits
+            .iter()
+            .map(|c| (ChunkIndex(c.index), Generation(c.generation)))
+            .collect();
+        let served = Served {
+            map: &resealed,
+            ..served
+        };
         let request = CommitChunksRequest {
             ino: ino.0,
             chunks: commits,
             size: attr.size,
             rekey: self.keys.wrap_to(ino, &fresh, &acl.key_holders()).await?,
+            manifest: crate::manifest::seal(&fresh, served, counter + 1),
             ..CommitChunksRequest::default()
         };
         self.remote

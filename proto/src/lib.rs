@@ -67,8 +67,10 @@ pub mod features {
     pub const PUT_CHUNKS: &str = "put-chunks";
     /// `Unlinks`: several unlinks in one call.
     pub const UNLINKS: &str = "unlinks";
+    /// Commits store `manifest` and `Open` returns it (docs/format.md section 5.5).
+    pub const MANIFESTS: &str = "manifests";
     /// Every feature this build's server always has.
-    pub const ALL: &[&str] = &[COMMIT_SET_ATTR, PUT_CHUNKS, UNLINKS];
+    pub const ALL: &[&str] = &[COMMIT_SET_ATTR, PUT_CHUNKS, UNLINKS, MANIFESTS];
 }
 
 /// The metadata that names the calling client (see `LeaseRequest`).

@@ -170,6 +170,7 @@ impl World {
                     epoch,
                     wrapper: 0,
                     commitment: [0; 16],
+                    manifests: false,
                 };
                 let mut blob = header.encode().to_vec();
                 blob.resize(header.signature_at(), 3);
@@ -361,6 +362,7 @@ impl World {
                 size,
                 truncate,
                 rekey: &[],
+                manifest: None,
             };
             chunks::commit(txn, &who, &commit, now())
         })
@@ -1422,6 +1424,7 @@ conformance!(
     visible_writes_are_read_at_once,
     garbage_keeps_its_time_and_every_record_lists_in_pages,
     a_challenge_is_used_once_until_it_expires,
+    a_manifest_is_kept_only_while_it_describes_the_chunk_map,
 );
 
 /// A login challenge is recorded as used once; a second use finds it, until its record
@@ -1452,6 +1455,95 @@ async fn a_challenge_is_used_once_until_it_expires(store: Arc<dyn MetaStore>) {
             .await
             .expect("not expired yet")
     );
+}
+
+/// A manifest of `ino` (its MAC left zero: the server cannot check it) with `counter`,
+/// describing a file of `size` bytes whose chunks are `map`.
+fn manifest(w: &World, ino: FileId, counter: u64, size: u64, map: &[(u64, u64)]) -> Vec<u8> {
+    let manifest = format::manifest::Manifest {
+        counter,
+        ..format::manifest::Manifest::describing(w.settings.vault, ino, size, listed_as(map))
+    };
+    let mut bytes = manifest.encode_body().to_vec();
+    bytes.resize(format::manifest::MANIFEST_BYTES, 0);
+    bytes
+}
+
+/// Commits `chunks` of `ino` at `size` (growing) with `manifest`, as alice.
+async fn commit_with(
+    w: &World,
+    ino: FileId,
+    chunks: Vec<Uploaded>,
+    size: u64,
+    manifest: Option<Vec<u8>>,
+) -> Result<meta::Inode, OpError> {
+    let vault = w.settings.vault;
+    w.write(by(&w.alice, move |txn, who| {
+        let bytes = manifest.clone().unwrap_or_default();
+        let commit = chunks::Commit {
+            ino,
+            chunks: &chunks,
+            size,
+            truncate: false,
+            rekey: &[],
+            manifest: storaged::ops::manifest::Sent::of(vault, &bytes),
+        };
+        chunks::commit(txn, who, &commit, now())
+    }))
+    .await
+}
+
+async fn stored_manifest(w: &World, ino: FileId) -> Vec<u8> {
+    w.read(move |txn| storaged::ops::manifest::stored(txn, ino))
+        .await
+        .expect("read")
+}
+
+/// The store keeps a file's manifest only while it describes the chunk records and size: one
+/// that does not, or is not newer, fails the commit whole; a change without one drops it.
+async fn a_manifest_is_kept_only_while_it_describes_the_chunk_map(store: Arc<dyn MetaStore>) {
+    let w = world(store).await;
+    let ino = w
+        .create(&w.alice, w.alice_key, FileId::ROOT, "m")
+        .await
+        .expect("create")
+        .ino;
+    let first = manifest(&w, ino, 1, 100, &[(0, 10)]);
+    commit_with(
+        &w,
+        ino,
+        vec![upload(0, 0, 10, true, 100)],
+        100,
+        Some(first.clone()),
+    )
+    .await
+    .expect("a manifest that describes the commit");
+    assert_eq!(stored_manifest(&w, ino).await, first);
+    for (why, refused) in [
+        ("not newer", manifest(&w, ino, 1, 100, &[(0, 11)])),
+        ("the old map", manifest(&w, ino, 2, 100, &[(0, 10)])),
+        ("another size", manifest(&w, ino, 2, 99, &[(0, 11)])),
+    ] {
+        let r = commit_with(
+            &w,
+            ino,
+            vec![upload(0, 10, 11, true, 100)],
+            100,
+            Some(refused),
+        )
+        .await;
+        assert!(matches!(r, Err(OpError::StaleManifest(_))), "{why}: {r:?}");
+        assert_eq!(
+            w.chunks(&w.alice, ino).await.0,
+            listed_as(&[(0, 10)]),
+            "{why}"
+        );
+        assert_eq!(stored_manifest(&w, ino).await, first, "{why}");
+    }
+    commit_with(&w, ino, vec![upload(0, 10, 12, true, 100)], 100, None)
+        .await
+        .expect("a commit without a manifest");
+    assert_eq!(stored_manifest(&w, ino).await, Vec::<u8>::new());
 }
 
 /// Garbage lists with the time it was superseded (kept on a second listing), and every

@@ -219,6 +219,7 @@ async fn one_name_one_chunk_and_one_rename_have_one_winner(stores: &[Arc<dyn Met
                 size: 10,
                 truncate: false,
                 rekey: &[],
+                manifest: None,
             };
             chunks::commit(txn, &caller(), &commit, now())
         })

@@ -142,6 +142,8 @@ impl TestFile {
                 lazy: false,
                 create: None,
                 set_attr: None,
+                // A file of the raw API (key version 1) carries no manifest.
+                manifest: Default::default(),
             })
             .await?
             .into_inner();

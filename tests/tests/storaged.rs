@@ -672,6 +672,7 @@ async fn a_call_of_several_puts_refuses_only_the_bad_ones(backend: Backend) {
             lazy: true,
             create: None,
             set_attr: None,
+            manifest: Default::default(),
         };
     let puts = vec![
         put(&a, 0, 10, "first"),
@@ -972,6 +973,7 @@ fn put(data: Vec<u8>, index: u64, ino: u64) -> PutChunkRequest {
         truncate: true,
         create: None,
         set_attr: None,
+        manifest: Default::default(),
     }
 }
 

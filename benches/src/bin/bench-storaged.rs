@@ -258,6 +258,7 @@ async fn chunk_throughput(user: &TestUser) -> (f64, f64) {
             truncate: false,
             rekey: vec![],
             set_attr: None,
+            manifest: Default::default(),
         })
         .await
         .expect("commit");

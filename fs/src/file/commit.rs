@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use format::ids::ChunkIndex;
+use format::ids::{ChunkIndex, Generation};
 use proto::ErrorKind;
 use proto::v1::{Attr, ChunkCommit, CommitChunksRequest};
 
@@ -141,14 +141,17 @@ impl FileState {
                 generation: d.upload.as_ref().expect("uploaded").generation.get(),
             })
             .collect();
+        let committed: Vec<_> = chunks.iter().map(committed_chunk).collect();
+        let (manifest, counter) = self.manifest_after(shared, &committed, self.size, truncate);
         let request = CommitChunksRequest {
             ino,
-            chunks: chunks.clone(),
+            chunks,
             size: self.size,
             truncate,
             rekey: vec![],
             lazy: !durable,
             set_attr: self.attr_changes,
+            manifest,
         };
         let attr = shared
             .remote
@@ -156,6 +159,7 @@ impl FileState {
                 api.commit_chunks(r).await
             })
             .await?;
+        self.manifest_committed(shared, counter);
         Ok(self.committed_now(shared, attr, truncate))
     }
 
@@ -230,6 +234,11 @@ impl FileState {
         }
         Ok(())
     }
+}
+
+/// A chunk of a commit: its index and new generation.
+pub(super) fn committed_chunk(chunk: &ChunkCommit) -> (ChunkIndex, Generation) {
+    (ChunkIndex(chunk.index), Generation(chunk.generation))
 }
 
 /// A random pause that grows with the attempt: 10 ms times 2^attempt at most, capped.

@@ -22,6 +22,8 @@ pub struct InlinePut {
     last: bool,
     len: usize,
     asked: std::time::Instant,
+    /// The counter of the manifest the put carries.
+    manifest: u64,
 }
 
 impl FileState {
@@ -85,6 +87,8 @@ impl FileState {
             .map_err(|e| FsError::local(ErrorKind::Internal, e.to_string()))?;
         let base = dirty.base;
         let create = self.life.pending().cloned();
+        let (manifest, counter) =
+            self.manifest_after(shared, &[(index, generation)], size, truncate);
         Ok(InlinePut {
             request: PutChunkRequest {
                 ino: ino.0,
@@ -97,12 +101,14 @@ impl FileState {
                 lazy: !durable,
                 create,
                 set_attr: self.attr_changes,
+                manifest,
             },
             index,
             generation,
             last: context.last,
             len,
             asked: std::time::Instant::now(),
+            manifest: counter,
         })
     }
 
@@ -120,6 +126,7 @@ impl FileState {
             last,
             len,
             asked,
+            manifest,
         } = put;
         if let Some(create) = &request.create {
             let outcome = reply.as_ref().map(|r| r.attr.as_ref());
@@ -142,6 +149,7 @@ impl FileState {
                 "a committed put returned no attributes",
             )
         })?;
+        self.manifest_committed(shared, manifest);
         Ok(self.committed_now(shared, attr, request.truncate))
     }
 }

@@ -22,6 +22,7 @@ mod content;
 mod create;
 mod inline;
 mod lifecycle;
+mod manifests;
 mod read;
 mod room;
 mod write;
@@ -32,7 +33,6 @@ use std::sync::Arc;
 use crypto::FileKeys;
 use format::ids::{ChunkIndex, FileId, Generation, Version};
 use format::limits::CHUNK_BYTES;
-use proto::ErrorKind;
 use proto::v1::{
     Attr, ChunkInfo, CreateRequest, GetChunkReply, ListChunksRequest, OpenReply, OpenRequest,
     SetAttrRequest,
@@ -188,6 +188,8 @@ pub struct FileState {
     truncated: bool,
     /// Committed generation of every stored chunk.
     generations: BTreeMap<ChunkIndex, Generation>,
+    /// The counter of the manifest that describes the committed state (0: none).
+    manifest: u64,
     dirty: BTreeMap<ChunkIndex, Dirty>,
     pub version: Version,
     /// Open or closed here, and what the file still needs on the server (see
@@ -328,6 +330,7 @@ impl FileState {
             committed_size: 0,
             truncated: false,
             generations: BTreeMap::new(),
+            manifest: 0,
             dirty: BTreeMap::new(),
             version: Version::default(),
             life: Lifecycle::from_server(),
@@ -394,11 +397,14 @@ impl FileState {
     /// Adopts the server's committed state from an `Open` reply (paging in the rest of a
     /// large file's chunk map).
     async fn take_committed(&mut self, shared: &Shared, reply: OpenReply) -> Result<Attr, FsError> {
-        let ino = self.ino;
-        let attr = reply.attr.ok_or_else(|| {
-            FsError::local(ErrorKind::Internal, "an open reply without attributes")
-        })?;
-        let generations = chunk_map(&shared.remote, ino, &reply).await?;
+        // Before anything of it is used: the writer's own account of this state.
+        let manifests::Checked {
+            reply,
+            attr,
+            generations,
+            counter,
+        } = self.checked(shared, reply).await?;
+        self.manifest = counter;
         if !self.is_dirty() {
             self.size = attr.size;
         } else if !self.truncated {

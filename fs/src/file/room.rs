@@ -144,6 +144,9 @@ impl FileState {
                 generation: upload.generation.get(),
             });
         }
+        let committed: Vec<_> = chunks.iter().map(super::commit::committed_chunk).collect();
+        let (manifest, counter) =
+            self.manifest_after(shared, &committed, self.committed_size, false);
         let request = CommitChunksRequest {
             ino: self.ino.0,
             chunks,
@@ -152,6 +155,7 @@ impl FileState {
             rekey: vec![],
             lazy: true,
             set_attr: None,
+            manifest,
         };
         let attr = shared
             .remote
@@ -159,6 +163,7 @@ impl FileState {
                 api.commit_chunks(r).await
             })
             .await?;
+        self.manifest_committed(shared, counter);
         let size_before = self.committed_size;
         for &index in indexes {
             self.clean(shared, index);

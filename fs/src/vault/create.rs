@@ -28,7 +28,9 @@ impl Vault {
             // The server must not find a name an unlink answered here removed.
             self.send_unlinks(Some(parent)).await?;
             let ino = new_ino();
-            let key = Arc::new(FileKeys::generate());
+            // Its wraps say every commit carries a manifest when the server keeps them.
+            let manifests = self.shared.remote.server_has(proto::features::MANIFESTS);
+            let key = Arc::new(FileKeys::generate().with_manifests(manifests));
             let access = self.shared.keys.new_file_access(ino, &key, parent).await?;
             // Created on the server at its first flush, with its first chunk (one round trip
             // for a small file instead of two). O_EXCL asks the server now, its answer atomic

@@ -229,7 +229,7 @@ fn status(error: &OpError) -> Status {
         OpError::Exists => Code::AlreadyExists,
         OpError::AccessDenied(_) => Code::PermissionDenied,
         OpError::Unauthenticated(_) => Code::Unauthenticated,
-        OpError::StaleGeneration { .. } => Code::Aborted,
+        OpError::StaleGeneration { .. } | OpError::StaleManifest(_) => Code::Aborted,
         OpError::Invalid(_) | OpError::NameTooLong | OpError::BadChunk(_) => Code::InvalidArgument,
         OpError::NotEmpty | OpError::NotDirectory | OpError::IsDirectory => {
             Code::FailedPrecondition

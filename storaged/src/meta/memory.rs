@@ -138,6 +138,7 @@ impl Txn for MemoryTxn<'_> {
         state.xattrs.retain(|(i, _), _| *i != ino);
         state.wrapped_keys.retain(|(i, _), _| *i != ino);
         state.signed.remove(&(RecordKind::Acl, ino.0, 0));
+        state.signed.remove(&(RecordKind::Manifest, ino.0, 0));
         Ok(())
     }
     fn count_inodes(&mut self) -> Result<u64, StoreError> {

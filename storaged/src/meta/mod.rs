@@ -209,7 +209,7 @@ pub trait Txn {
     fn get_inode(&mut self, ino: FileId) -> Result<Option<Inode>, StoreError>;
     /// Inserts or replaces.
     fn put_inode(&mut self, inode: &Inode) -> Result<(), StoreError>;
-    /// Removes the inode record and its xattrs, wrapped keys and ACL record. Chunk records must be moved
+    /// Removes the inode record and its xattrs, wrapped keys, ACL record and manifest. Chunk records must be moved
     /// to the garbage list by the caller first.
     fn delete_inode(&mut self, ino: FileId) -> Result<(), StoreError>;
     fn count_inodes(&mut self) -> Result<u64, StoreError>;

@@ -82,6 +82,8 @@ pub enum RecordKind {
     Group = 2,
     /// Group `id`'s private keys wrapped to user `sub` (0: the site administrator).
     GroupKey = 3,
+    /// The manifest of file `id` (sub 0), MACed by its writer under the file's key.
+    Manifest = 5,
 }
 
 /// Where a signed record is stored: its kind, id and sub (see [`RecordKind`]).
@@ -94,6 +96,7 @@ impl RecordKind {
             1 => Some(RecordKind::Acl),
             2 => Some(RecordKind::Group),
             3 => Some(RecordKind::GroupKey),
+            5 => Some(RecordKind::Manifest),
             _ => None,
         }
     }

@@ -7,6 +7,7 @@
 //! whose role changes, so a reader never meets a chunk that disagrees with the size.
 
 use super::access::{check_read, check_write};
+use super::manifest::Sent;
 use super::tree::truncate_chunks;
 use super::{Caller, OpError, inode, touch};
 use crate::audit;
@@ -114,6 +115,8 @@ pub struct Commit<'a> {
     pub truncate: bool,
     /// When not empty, replaces the file's wrapped keys: a new key epoch (owner or writer).
     pub rekey: &'a [(Principal, Vec<u8>)],
+    /// The file's manifest after the commit; without one, a change drops the stored one.
+    pub manifest: Option<Sent<'a>>,
 }
 
 /// Makes uploaded chunks current, atomically, each only if its base is still the current
@@ -130,6 +133,7 @@ pub fn commit(
         size,
         truncate,
         rekey,
+        manifest,
     } = *commit;
     let mut file = regular_file(txn, ino)?;
     check_write(caller, &file)?;
@@ -168,6 +172,11 @@ pub fn commit(
     }
     if truncate {
         truncate_chunks(txn, ino, new_size)?;
+    }
+    match manifest {
+        Some(sent) => super::manifest::store(txn, ino, sent, new_size)?,
+        None if !chunks.is_empty() || new_size != file.size => super::manifest::forget(txn, ino)?,
+        None => {}
     }
     if !rekey.is_empty() {
         super::sharing::replace_wrapped_keys(txn, caller.uid, &file, rekey)?;

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod chunks;
+pub mod manifest;
 pub mod names;
 pub mod records;
 pub mod sharing;
@@ -44,6 +45,8 @@ pub enum OpError {
         base: Generation,
         current: Generation,
     },
+    #[error("stale manifest: {0}")]
+    StaleManifest(String),
     #[error("bad chunk: {0}")]
     BadChunk(String),
     #[error("not authenticated: {0}")]
@@ -69,7 +72,9 @@ impl OpError {
             OpError::NameTooLong => ErrorKind::NameTooLong,
             OpError::Invalid(_) => ErrorKind::Invalid,
             OpError::AccessDenied(_) => ErrorKind::AccessDenied,
-            OpError::StaleGeneration { .. } => ErrorKind::StaleGeneration,
+            OpError::StaleGeneration { .. } | OpError::StaleManifest(_) => {
+                ErrorKind::StaleGeneration
+            }
             OpError::BadChunk(_) => ErrorKind::BadChunk,
             OpError::Unauthenticated(_) => ErrorKind::Unauthenticated,
             OpError::TooLarge(_) => ErrorKind::TooLarge,

@@ -9,7 +9,7 @@ use crate::api::call::{Call, Context};
 use crate::api::wire::{chunks_to_wire, page_limit, wrapped_keys_to_wire};
 use crate::chunkstore::ChunkStoreError;
 use crate::meta::{self, ChunkIndex, ChunkRef, FileId, Generation, Kind, NO_GENERATION};
-use crate::ops::{OpError, chunks, sharing, tree};
+use crate::ops::{OpError, chunks, manifest, sharing, tree};
 
 /// Chunk generations an `Open` reply carries (a 32 GiB file); larger files page the rest.
 const OPEN_CHUNKS_MAX: usize = 4096;
@@ -27,16 +27,19 @@ const GET_ATTEMPTS: usize = 3;
 impl Call<OpenReply> for OpenRequest {
     async fn answer(self, at: Context) -> Result<OpenReply, OpError> {
         let ino = FileId(self.ino);
-        let (inode, (chunks, more_chunks), (keys, rekey_needed)) = at
+        let (inode, (chunks, more_chunks), (keys, rekey_needed), manifest) = at
             .read(move |txn, who| {
                 let inode = tree::getattr(txn, who, ino)?;
-                let listed = match inode.kind {
-                    Kind::Regular => chunks::list(txn, who, ino, FIRST, OPEN_CHUNKS_MAX)?,
-                    _ => (Vec::new(), false),
+                let (listed, manifest) = match inode.kind {
+                    Kind::Regular => (
+                        chunks::list(txn, who, ino, FIRST, OPEN_CHUNKS_MAX)?,
+                        manifest::stored(txn, ino)?,
+                    ),
+                    _ => ((Vec::new(), false), Vec::new()),
                 };
                 let keys = sharing::my_wrapped_keys(txn, who, ino)?;
                 let rekey_needed = sharing::rekey_needed(txn, ino)?;
-                Ok((inode, listed, (keys, rekey_needed)))
+                Ok((inode, listed, (keys, rekey_needed), manifest))
             })
             .await?;
         let small_chunk = match chunks.as_slice() {
@@ -52,6 +55,7 @@ impl Call<OpenReply> for OpenRequest {
             more_chunks,
             keys: wrapped_keys_to_wire(keys),
             rekey_needed,
+            manifest,
         })
     }
 }

@@ -9,6 +9,7 @@ use crate::api::call::{Call, Context, each_in_order};
 use crate::api::wire::{commit_attr_changes, new_file, wrapped_keys_of};
 use crate::meta::{ChunkIndex, ChunkRef, FileId, Generation, Inode, Time, Txn, now};
 use crate::ops::chunks::{self, Uploaded};
+use crate::ops::manifest::Sent;
 use crate::ops::tree::{self, AttrChanges, NewFile};
 use crate::ops::{Caller, OpError};
 
@@ -59,6 +60,7 @@ impl Call<Attr> for CommitChunksRequest {
         }
         let rekey = wrapped_keys_of(&self.rekey)?;
         let changes = commit_attr_changes(self.set_attr.as_ref())?;
+        let vault = at.state.auth.settings().vault;
         let file = at
             .write(self.lazy, move |txn, who| {
                 let now = now();
@@ -68,6 +70,7 @@ impl Call<Attr> for CommitChunksRequest {
                     size: self.size,
                     truncate: self.truncate,
                     rekey: &rekey,
+                    manifest: Sent::of(vault, &self.manifest),
                 };
                 let file = chunks::commit(txn, who, &commit, now)?;
                 set_after_commit(txn, who, file, changes.as_ref(), now)
@@ -168,6 +171,7 @@ async fn commit_put(at: &Context, r: PutChunkRequest, put: Put) -> Result<Attr, 
     let Put {
         create, changes, ..
     } = put;
+    let vault = at.state.auth.settings().vault;
     let (file, parent_version) = at
         .write(r.lazy, move |txn, who| {
             let now = now();
@@ -181,6 +185,7 @@ async fn commit_put(at: &Context, r: PutChunkRequest, put: Put) -> Result<Attr, 
                 size: r.size,
                 truncate: r.truncate,
                 rekey: &[],
+                manifest: Sent::of(vault, &r.manifest),
             };
             let file = chunks::commit(txn, who, &commit, now)?;
             let file = set_after_commit(txn, who, file, changes.as_ref(), now)?;

@@ -187,6 +187,7 @@ impl Txn for MongoTxn<'_> {
         self.delete(Coll::Xattrs, doc! { "ino": file(ino) })?;
         self.delete(Coll::WrappedKeys, doc! { "ino": file(ino) })?;
         self.delete_signed(RecordKind::Acl, ino.0)?;
+        self.delete_signed(RecordKind::Manifest, ino.0)?;
         Ok(())
     }
     fn count_inodes(&mut self) -> Result<u64, StoreError> {

@@ -125,7 +125,7 @@ impl Txn for SqliteTxn<'_> {
             "DELETE FROM inodes WHERE ino = ?1",
             "DELETE FROM xattrs WHERE ino = ?1",
             "DELETE FROM wrapped_keys WHERE ino = ?1",
-            "DELETE FROM signed WHERE kind = 1 AND id = ?1",
+            "DELETE FROM signed WHERE kind IN (1, 5) AND id = ?1",
         ] {
             self.execute(sql, params![file(ino)])?;
         }

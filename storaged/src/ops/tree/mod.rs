@@ -130,6 +130,9 @@ pub fn setattr(
         check_write(caller, &node)?;
         super::chunks::check_resize_without_rewrite(txn, ino, node.size, size)?;
         truncate_chunks(txn, ino, size)?;
+        if size != node.size {
+            super::manifest::forget(txn, ino)?;
+        }
         node.size = size;
         node.mtime = changes.mtime.unwrap_or(now);
     }

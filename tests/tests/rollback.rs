@@ -1,0 +1,243 @@
+//! The storage administrator edits a file's chunk map behind storaged's back (issue 20, item
+//! 5): it points a chunk's record at an older generation whose file the grace period kept,
+//! drops chunk records to make holes, cuts the size, and deletes the file's manifest. Readers
+//! through a real mount get EIO and a log line naming the manifest check, never the old bytes
+//! (`docs/format.md` sections 5.5 and 8).
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+
+use mongodb::bson::{Bson, doc};
+use tests::daemon::{Backend, Storaged};
+use tests::mount::{ClientFiles, Mount};
+
+const CHUNK: usize = 8 * 1024 * 1024;
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect()
+}
+
+/// The errno of reading the whole file at `path` (none when it reads), and what it read.
+fn read(path: std::path::PathBuf) -> Result<Vec<u8>, i32> {
+    let mut buffer = Vec::new();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut buffer))
+        .map(|_| buffer)
+        .map_err(|e| e.raw_os_error().unwrap_or(0))
+}
+
+/// The storage administrator's hands on the metadata store: the embedded store's file, or
+/// the MongoDB database.
+enum Database {
+    Sqlite(rusqlite::Connection),
+    Mongo(mongodb::Database),
+}
+
+impl Database {
+    async fn of(daemon: &Storaged) -> Database {
+        match daemon.meta_url() {
+            Some(url) => {
+                let client = mongodb::Client::with_uri_str(url).await.expect("client");
+                Database::Mongo(client.default_database().expect("the URL names one"))
+            }
+            None => {
+                let path = daemon.data_dir().join("meta.db");
+                let conn = rusqlite::Connection::open(path).expect("meta.db");
+                conn.busy_timeout(std::time::Duration::from_secs(10))
+                    .expect("busy timeout");
+                Database::Sqlite(conn)
+            }
+        }
+    }
+
+    fn collection(&self, name: &str) -> Option<mongodb::Collection<mongodb::bson::Document>> {
+        match self {
+            Database::Mongo(db) => Some(db.collection(name)),
+            Database::Sqlite(_) => None,
+        }
+    }
+
+    /// Runs `sql` on the embedded store and checks it changed one row.
+    fn change_one(&self, sql: &str, params: impl rusqlite::Params) {
+        let Database::Sqlite(conn) = self else {
+            panic!("not the embedded store");
+        };
+        assert_eq!(conn.execute(sql, params).expect("edit"), 1, "{sql}");
+    }
+
+    /// Points chunk `index` of `ino` at `generation`, or drops its record (`None`).
+    async fn set_chunk(&self, ino: u64, index: u64, generation: Option<u64>) {
+        let Some(chunks) = self.collection("chunks") else {
+            let (ino, index) = (ino as i64, index as i64);
+            match generation {
+                Some(g) => self.change_one(
+                    "UPDATE chunks SET generation = ?3 WHERE ino = ?1 AND idx = ?2",
+                    rusqlite::params![ino, index, g as i64],
+                ),
+                None => self.change_one(
+                    "DELETE FROM chunks WHERE ino = ?1 AND idx = ?2",
+                    rusqlite::params![ino, index],
+                ),
+            }
+            return;
+        };
+        let filter = doc! { "ino": ino as i64, "index": index as i64 };
+        let matched = match generation {
+            Some(g) => {
+                let update = doc! { "$set": { "generation": g as i64 } };
+                chunks
+                    .update_one(filter, update)
+                    .await
+                    .expect("edit")
+                    .matched_count
+            }
+            None => chunks.delete_one(filter).await.expect("edit").deleted_count,
+        };
+        assert_eq!(matched, 1);
+    }
+
+    async fn set_size(&self, ino: u64, size: u64) {
+        let Some(inodes) = self.collection("inodes") else {
+            let sql = "UPDATE inodes SET size = ?1 WHERE ino = ?2";
+            self.change_one(sql, rusqlite::params![size as i64, ino as i64]);
+            return;
+        };
+        let update = doc! { "$set": { "size": Bson::Int64(size as i64) } };
+        let result = inodes.update_one(doc! { "_id": ino as i64 }, update).await;
+        assert_eq!(result.expect("edit").matched_count, 1);
+    }
+
+    /// Deletes file `ino`'s manifest (signed record kind 5).
+    async fn delete_manifest(&self, ino: u64) {
+        let Some(signed) = self.collection("signed") else {
+            self.change_one(
+                "DELETE FROM signed WHERE kind = 5 AND id = ?1",
+                [ino as i64],
+            );
+            return;
+        };
+        let filter = doc! { "kind": 5i32, "id": ino as i64 };
+        let deleted = signed
+            .delete_many(filter)
+            .await
+            .expect("edit")
+            .deleted_count;
+        assert_eq!(deleted, 1);
+    }
+}
+
+/// Generations of chunk `index` of `ino` on disk, oldest first.
+fn generations_on_disk(daemon: &Storaged, ino: u64, index: u64) -> Vec<u64> {
+    let root = daemon.data_dir().join("chunks");
+    tests::tools::chunk_files_all(&root, ino)
+        .iter()
+        .filter_map(|p| format::layout::parse_chunk_name(p.file_name()?.to_str()?))
+        .filter(|&(_, i, _)| i == index)
+        .map(|(_, _, generation)| generation)
+        .collect()
+}
+
+/// A daemon that keeps superseded chunk files (as any does for its grace period), alice's
+/// mount, and the runtime the database edits run on.
+fn lab(backend: &Backend) -> (Storaged, ClientFiles, tokio::runtime::Runtime) {
+    let daemon = Storaged::start_on(backend, &["--gc-grace-seconds", "3600"]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let user = runtime.block_on(daemon.user("alice"));
+    (daemon, ClientFiles::for_user(&user), runtime)
+}
+
+fn assert_refused(mount: &Mount, name: &str, what: &str) {
+    assert_eq!(read(mount.join(name)), Err(libc::EIO), "{what}");
+    let log = mount.log_text();
+    assert!(
+        log.contains("failed its manifest check") && log.contains(name),
+        "the client logs the file and the manifest check ({what}):\n{log}"
+    );
+}
+
+fn a_chunk_rolled_back_to_an_older_generation_gives_eio(backend: Backend) {
+    let (daemon, client, runtime) = lab(&backend);
+    let db = runtime.block_on(Database::of(&daemon));
+    let mut mount = Mount::start(&daemon, &client, &[]);
+    let (old, intact) = (pattern(3, CHUNK + 1000), pattern(5, 2 * CHUNK));
+    fs::write(mount.join("doc"), &old).expect("write");
+    fs::write(mount.join("intact"), &intact).expect("write");
+    // Rewrite a few bytes of chunk 0: a new generation; the old one stays on disk.
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(mount.join("doc"))
+        .expect("open");
+    file.seek(SeekFrom::Start(100)).expect("seek");
+    file.write_all(b"the newer state").expect("write");
+    drop(file);
+    let ino = fs::metadata(mount.join("doc")).expect("stat").ino();
+    mount.stop();
+    let generations = generations_on_disk(&daemon, ino, 0);
+    assert_eq!(generations.len(), 2, "the superseded chunk file is kept");
+
+    runtime.block_on(db.set_chunk(ino, 0, Some(generations[0])));
+    mount.spawn();
+    assert_refused(&mount, "doc", "chunk 0 pointed at its older generation");
+    assert_eq!(
+        read(mount.join("intact")),
+        Ok(intact),
+        "other files still read"
+    );
+
+    // Without the manifest the file's keys still say it must have one.
+    mount.stop();
+    runtime.block_on(db.delete_manifest(ino));
+    mount.spawn();
+    assert_refused(&mount, "doc", "the rollback with the manifest deleted");
+}
+
+fn a_file_cut_or_holed_by_the_administrator_gives_eio(backend: Backend) {
+    let (daemon, client, runtime) = lab(&backend);
+    let db = runtime.block_on(Database::of(&daemon));
+    let mut mount = Mount::start(&daemon, &client, &[]);
+    let content = pattern(7, 2 * CHUNK + 500);
+    for name in ["holed", "cut", "emptied"] {
+        fs::write(mount.join(name), &content).expect("write");
+    }
+    let ino = |name: &str| fs::metadata(mount.join(name)).expect("stat").ino();
+    let (holed, cut, emptied) = (ino("holed"), ino("cut"), ino("emptied"));
+    // This mount reads "emptied" whole, so it remembers its manifest.
+    assert_eq!(read(mount.join("emptied")), Ok(content.clone()));
+
+    runtime.block_on(async {
+        // A hole where chunk 1 was: it would read as zeros.
+        db.set_chunk(holed, 1, None).await;
+        // The file cut to nothing, every chunk record dropped.
+        db.set_size(cut, 0).await;
+        for index in 0..3 {
+            db.set_chunk(cut, index, None).await;
+        }
+        // The same, with its manifest deleted too: only a client that saw it can tell.
+        db.set_size(emptied, 0).await;
+        for index in 0..3 {
+            db.set_chunk(emptied, index, None).await;
+        }
+        db.delete_manifest(emptied).await;
+    });
+    // Opened again on this mount, once the kernel's cached attributes (one coherence window)
+    // let the open reach the client.
+    let refused = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        read(mount.join("emptied")) == Err(libc::EIO)
+    });
+    assert!(
+        refused,
+        "a client that saw the manifest refuses the file without it"
+    );
+    mount.remount();
+    assert_refused(&mount, "holed", "a hole made by dropping a chunk record");
+    assert_refused(&mount, "cut", "the size cut and the chunk records dropped");
+    // A fresh client cannot tell the emptied file from its state at creation (section 8).
+    assert_eq!(read(mount.join("emptied")), Ok(Vec::new()));
+}
+
+tests::on_every_backend!(sync:
+    a_chunk_rolled_back_to_an_older_generation_gives_eio,
+    a_file_cut_or_holed_by_the_administrator_gives_eio,
+);
