@@ -141,8 +141,6 @@ impl FileState {
                 generation: d.upload.as_ref().expect("uploaded").generation.get(),
             })
             .collect();
-        let committed: Vec<_> = chunks.iter().map(committed_chunk).collect();
-        let (manifest, counter) = self.manifest_after(shared, &committed, self.size, truncate);
         let request = CommitChunksRequest {
             ino,
             chunks,
@@ -151,8 +149,22 @@ impl FileState {
             rekey: vec![],
             lazy: !durable,
             set_attr: self.attr_changes,
-            manifest,
+            manifest: vec![],
         };
+        let attr = self.send_commit(shared, request).await?;
+        Ok(self.committed_now(shared, attr, truncate))
+    }
+
+    /// Sends `request` with the manifest of the chunk map it leaves (its chunks at its size).
+    pub(super) async fn send_commit(
+        &mut self,
+        shared: &Shared,
+        mut request: CommitChunksRequest,
+    ) -> Result<Attr, FsError> {
+        let committed: Vec<_> = request.chunks.iter().map(committed_chunk).collect();
+        let (manifest, counter) =
+            self.manifest_after(shared, &committed, request.size, request.truncate);
+        request.manifest = manifest;
         let attr = shared
             .remote
             .send("commit_chunks", request, |mut api, r| async move {
@@ -160,7 +172,7 @@ impl FileState {
             })
             .await?;
         self.manifest_committed(shared, counter);
-        Ok(self.committed_now(shared, attr, truncate))
+        Ok(attr)
     }
 
     /// After a successful commit: the dirty chunks are clean now (their plaintext stays in the
@@ -237,7 +249,7 @@ impl FileState {
 }
 
 /// A chunk of a commit: its index and new generation.
-pub(super) fn committed_chunk(chunk: &ChunkCommit) -> (ChunkIndex, Generation) {
+fn committed_chunk(chunk: &ChunkCommit) -> (ChunkIndex, Generation) {
     (ChunkIndex(chunk.index), Generation(chunk.generation))
 }
 

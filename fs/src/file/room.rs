@@ -144,9 +144,6 @@ impl FileState {
                 generation: upload.generation.get(),
             });
         }
-        let committed: Vec<_> = chunks.iter().map(super::commit::committed_chunk).collect();
-        let (manifest, counter) =
-            self.manifest_after(shared, &committed, self.committed_size, false);
         let request = CommitChunksRequest {
             ino: self.ino.0,
             chunks,
@@ -155,15 +152,9 @@ impl FileState {
             rekey: vec![],
             lazy: true,
             set_attr: None,
-            manifest,
+            manifest: vec![],
         };
-        let attr = shared
-            .remote
-            .send("commit_chunks", request, |mut api, r| async move {
-                api.commit_chunks(r).await
-            })
-            .await?;
-        self.manifest_committed(shared, counter);
+        let attr = self.send_commit(shared, request).await?;
         let size_before = self.committed_size;
         for &index in indexes {
             self.clean(shared, index);
