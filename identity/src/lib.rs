@@ -44,12 +44,45 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 /// zeros whatever the other secret, so a key wrapped to it is readable by anyone. Registration,
 /// certification and wrapping refuse such keys (`docs/format.md` section 4).
 pub fn is_low_order_wrapping_key(key: &[u8; PUBLIC_KEY_BYTES]) -> bool {
-    // X25519 clamps every secret to a multiple of the cofactor 8, so one fixed secret gives
-    // all zeros exactly for the points whose order divides 8, on the curve or its twist.
-    let probe = x25519_dalek::StaticSecret::from([0x55; 32]);
-    !probe
-        .diffie_hellman(&x25519_dalek::PublicKey::from(*key))
-        .was_contributory()
+    // X25519 ignores the top bit and clamps every secret to a multiple of the cofactor 8, so
+    // exactly the points whose order divides 8, on the curve or its twist, give all zeros:
+    // these u-coordinates and their non-canonical encodings (as libsodium lists them). A
+    // comparison instead of a Diffie-Hellman: this runs for every key wrapped.
+    let mut u = *key;
+    u[31] &= 0x7f;
+    SMALL_ORDER_U.contains(&u)
+}
+
+/// The u-coordinates of the points of order 1, 2, 4 and 8 (0, 1, the two of order 8, p - 1)
+/// and p, p + 1 (0 and 1 again), little-endian, top bit clear.
+const SMALL_ORDER_U: [[u8; 32]; 7] = [
+    [0; 32],
+    {
+        let mut one = [0; 32];
+        one[0] = 1;
+        one
+    },
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    p_plus(-1),
+    p_plus(0),
+    p_plus(1),
+];
+
+/// p + `delta` (p = 2^255 - 19) for a small `delta`, little-endian.
+const fn p_plus(delta: i8) -> [u8; 32] {
+    let mut out = [0xff; 32];
+    out[0] = (0xed_i16 + delta as i16) as u8;
+    out[31] = 0x7f;
+    out
 }
 
 /// The public half of an identity: what the server stores and what others wrap keys to.
@@ -206,6 +239,48 @@ fn domain_separated(domain: &str, message: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Diffie-Hellman definition of a small-order key: all zeros with a clamped secret.
+    fn gives_all_zeros(key: &[u8; 32]) -> bool {
+        let probe = x25519_dalek::StaticSecret::from([0x55; 32]);
+        !probe
+            .diffie_hellman(&x25519_dalek::PublicKey::from(*key))
+            .was_contributory()
+    }
+
+    /// The list agrees with the Diffie-Hellman on every listed point (both top bits), on
+    /// every small value and every non-canonical encoding, and on random keys.
+    #[test]
+    fn the_small_order_list_is_what_diffie_hellman_says() {
+        let mut keys: Vec<[u8; 32]> = SMALL_ORDER_U.to_vec();
+        for small in 0..=40u8 {
+            let mut key = [0; 32];
+            key[0] = small;
+            keys.push(key);
+        }
+        for delta in -20..=18i8 {
+            keys.push(p_plus(delta));
+        }
+        for _ in 0..200 {
+            keys.push(random_bytes());
+        }
+        for key in keys.clone() {
+            let mut high = key;
+            high[31] ^= 0x80;
+            keys.push(high);
+        }
+        let mut small = 0;
+        for key in &keys {
+            assert_eq!(
+                is_low_order_wrapping_key(key),
+                gives_all_zeros(key),
+                "{key:02x?}"
+            );
+            small += usize::from(gives_all_zeros(key));
+        }
+        // The list, and again 0, 1, p - 1, p and p + 1 among the values added; each twice.
+        assert_eq!(small, 2 * (SMALL_ORDER_U.len() + 5));
+    }
 
     #[test]
     fn signatures_verify_only_in_their_domain() {
