@@ -237,7 +237,53 @@ fn a_file_cut_or_holed_by_the_administrator_gives_eio(backend: Backend) {
     assert_eq!(read(mount.join("emptied")), Ok(Vec::new()));
 }
 
+/// The administrator points the chunk of a file a client holds open at a generation that no
+/// manifest names: a writer's upload that never became current (the writer was killed before
+/// its commit). The open file re-reads its manifest before it takes a newer generation, and
+/// refuses the file; before, it served the bytes its writer never committed.
+fn an_open_file_refuses_a_chunk_generation_no_manifest_names(backend: Backend) {
+    let (daemon, client, runtime) = lab(&backend);
+    let db = runtime.block_on(Database::of(&daemon));
+    let mut mount = Mount::start(&daemon, &client, &[]);
+    fs::write(mount.join("doc"), pattern(3, 2 * CHUNK + 100)).expect("write");
+    let ino = fs::metadata(mount.join("doc")).expect("stat").ino();
+    let before = generations_on_disk(&daemon, ino, 0);
+    // A writer rewrites chunk 0 and moves past it (so it is sealed and sent behind it), and
+    // dies before the close that would commit it.
+    let mut writer = fs::OpenOptions::new()
+        .write(true)
+        .open(mount.join("doc"))
+        .expect("open");
+    writer.write_all(&pattern(9, CHUNK + 1)).expect("write");
+    let new = || -> Vec<u64> {
+        let now = generations_on_disk(&daemon, ino, 0);
+        now.into_iter().filter(|g| !before.contains(g)).collect()
+    };
+    tests::mount::until("the upload of chunk 0", || !new().is_empty());
+    mount.kill();
+    tests::mount::until("the killed mount gone", || !mount.is_mounted());
+    drop(writer);
+    let uncommitted = new()[0];
+
+    mount.spawn();
+    let mut reader = fs::File::open(mount.join("doc")).expect("open");
+    runtime.block_on(db.set_chunk(ino, 0, Some(uncommitted)));
+    let mut buffer = vec![0u8; 4096];
+    let read = reader.read(&mut buffer).map_err(|e| e.raw_os_error());
+    assert_eq!(
+        read,
+        Err(Some(libc::EIO)),
+        "the uncommitted chunk is served"
+    );
+    let log = mount.log_text();
+    assert!(
+        log.contains("failed its manifest check") && log.contains("doc"),
+        "the client logs the file and the manifest check:\n{log}"
+    );
+}
+
 tests::on_every_backend!(sync:
     a_chunk_rolled_back_to_an_older_generation_gives_eio,
     a_file_cut_or_holed_by_the_administrator_gives_eio,
+    an_open_file_refuses_a_chunk_generation_no_manifest_names,
 );
