@@ -120,12 +120,9 @@ impl Database {
                 .expect("a manifest");
         };
         let filter = doc! { "kind": 5i32, "id": ino as i64 };
-        let found = signed
-            .find_one(filter)
-            .await
-            .expect("find")
-            .expect("a manifest");
-        found.get_binary_generic("blob").expect("blob").clone()
+        let stored = signed.find_one(filter).await.expect("find");
+        let blob = stored.and_then(|d| d.get_binary_generic("blob").ok().cloned());
+        blob.expect("a manifest")
     }
 
     /// Puts `blob` back as file `ino`'s manifest.
@@ -211,7 +208,8 @@ fn a_chunk_rolled_back_to_an_older_generation_gives_eio(backend: Backend) {
     let ino = fs::metadata(mount.join("doc")).expect("stat").ino();
     mount.stop();
     let generations = generations_on_disk(&daemon, ino, 0);
-    assert_eq!(generations.len(), 2, "the superseded chunk file is kept");
+    // Two or more: a busy machine's writer may have sent chunk 0 twice before its commit.
+    assert!(generations.len() >= 2, "the superseded chunk file is kept");
 
     runtime.block_on(db.set_chunk(ino, 0, Some(generations[0])));
     mount.spawn();
