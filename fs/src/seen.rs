@@ -128,6 +128,8 @@ pub struct SeenFile {
     pub path: PathBuf,
     vault: VaultId,
     uid: u32,
+    /// One save at a time (the periodic one and the one at unmount share the temporary file).
+    saving: Arc<Mutex<()>>,
 }
 
 impl SeenFile {
@@ -138,6 +140,7 @@ impl SeenFile {
             path: config_path.with_extension("seen"),
             vault,
             uid,
+            saving: Arc::default(),
         }
     }
 
@@ -193,6 +196,7 @@ impl SeenFile {
 
     /// Writes `seen` whole, signed by `me`: a new private file, synced, renamed over the old.
     pub fn save(&self, seen: &Seen, me: &Identity) -> anyhow::Result<()> {
+        let _one = self.saving.lock().expect("saving poisoned");
         let bytes = encode(&seen.snapshot(), self.vault, self.uid, me);
         let temp = self.path.with_extension("seen.tmp");
         let _ = std::fs::remove_file(&temp);
