@@ -43,6 +43,12 @@ async fn certified(
         .public()
         .verify(proto::domains::USER_CERTIFICATE, &message, &certificate)
         .map_err(|_| anyhow::anyhow!("{}'s keys are not the ones you approved", user.name))?;
+    if identity::is_low_order_wrapping_key(&public.wrapping) {
+        anyhow::bail!(
+            "{}'s wrapping key is a low-order X25519 point: refusing it",
+            user.name
+        );
+    }
     Ok(public)
 }
 

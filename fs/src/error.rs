@@ -22,6 +22,17 @@ pub enum FsError {
     /// `crate::manifest`): the reader gets EIO.
     #[error("file {ino} failed its manifest check: {reason}")]
     Manifest { ino: FileId, reason: String },
+    /// The server offers a newer generation of a chunk than the file's checked manifest
+    /// names: another writer committed since (the reader re-reads the file and its manifest),
+    /// or the chunk's record was changed behind the manifest. EIO if it gets that far.
+    #[error(
+        "chunk {index} of file {ino}: the server offers generation {offered}, which the manifest this client checked does not name"
+    )]
+    Superseded {
+        ino: FileId,
+        index: ChunkIndex,
+        offered: format::ids::Generation,
+    },
     /// The file's key could not be obtained or opened.
     #[error("no usable key for file {ino}: {reason}")]
     Key { ino: FileId, reason: String },
@@ -34,7 +45,9 @@ impl FsError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             FsError::Remote { kind, .. } | FsError::Local(kind, _) => *kind,
-            FsError::Integrity { .. } | FsError::Manifest { .. } => ErrorKind::BadChunk,
+            FsError::Integrity { .. } | FsError::Manifest { .. } | FsError::Superseded { .. } => {
+                ErrorKind::BadChunk
+            }
             FsError::Key { .. } => ErrorKind::AccessDenied,
         }
     }

@@ -13,6 +13,8 @@ use anyhow::{Context, bail};
 use identity::{HANDOFF_BYTES_MAX, HANDOFF_CHANNEL, Handoff, KeyKind};
 use zeroize::Zeroizing;
 
+use proto::ErrorKind;
+
 use crate::config::ClientConfig;
 use crate::mount::{self, MountSettings};
 use crate::shared::Limits;
@@ -36,6 +38,10 @@ pub struct GuestMountArgs {
     /// How long an operation waits for an unreachable storaged before it fails, seconds.
     #[arg(long, default_value_t = 30)]
     pub server_wait_seconds: u64,
+    /// How long the first contact with storaged is tried again while it does not answer (the
+    /// guest's network may come up a moment after the mount starts), seconds.
+    #[arg(long, default_value_t = 60)]
+    pub first_contact_seconds: u64,
 }
 
 /// Takes the hand-off, then mounts and serves in the foreground until unmounted or signalled.
@@ -67,6 +73,7 @@ fn take_and_mount(args: &GuestMountArgs) -> anyhow::Result<()> {
         server = config.server.as_deref().unwrap_or_default(),
         "took the key from the host's hand-off"
     );
+    wait_for_server(&config, Duration::from_secs(args.first_contact_seconds))?;
     let settings = MountSettings {
         config,
         config_path: status::runtime_dir().join("client.toml"),
@@ -97,6 +104,60 @@ fn check(config: &ClientConfig) -> anyhow::Result<()> {
     config.admin()?;
     config.target()?;
     Ok(())
+}
+
+/// Attempts at first contact, at most (the pauses reach any sensible wait well before).
+const FIRST_CONTACT_ATTEMPTS_MAX: u32 = 64;
+/// The longest pause between two attempts, and how long one attempt may take.
+const FIRST_CONTACT_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// After attempt `attempt` (from 1) at first contact failed with `kind`, `elapsed` after the
+/// first began: the pause before the next attempt (doubling from half a second up to
+/// [`FIRST_CONTACT_PAUSE_MAX`]), or none when it is time to give up: the server answered
+/// with a refusal, or the next attempt would start past `limit`.
+fn first_contact_retry(
+    kind: ErrorKind,
+    attempt: u32,
+    elapsed: Duration,
+    limit: Duration,
+) -> Option<Duration> {
+    if kind != ErrorKind::Unavailable || attempt >= FIRST_CONTACT_ATTEMPTS_MAX {
+        return None;
+    }
+    let pause = Duration::from_millis(250 << attempt.min(5)).min(FIRST_CONTACT_PAUSE_MAX);
+    (elapsed + pause <= limit).then_some(pause)
+}
+
+/// Waits until storaged answers at the hand-off's address, trying again (bounded, see
+/// [`first_contact_retry`]) while it is unreachable.
+fn wait_for_server(config: &ClientConfig, limit: Duration) -> anyhow::Result<()> {
+    let target = config.target()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let start = Instant::now();
+    for attempt in 1.. {
+        let hello = runtime.block_on(async {
+            let connection = client::Connection::new(&target)?;
+            match tokio::time::timeout(FIRST_CONTACT_PAUSE_MAX, connection.hello()).await {
+                Ok(reply) => reply.map(drop),
+                Err(_) => Err(client::ClientError::Connect {
+                    target: target.to_string(),
+                    reason: "no answer in time".into(),
+                }),
+            }
+        });
+        let Err(error) = hello else {
+            return Ok(());
+        };
+        let Some(pause) = first_contact_retry(error.kind(), attempt, start.elapsed(), limit) else {
+            return Err(error).with_context(|| format!("reaching storaged at {target}"));
+        };
+        tracing::info!(%error, attempt, "storaged does not answer yet (is the network up?); trying again");
+        std::thread::sleep(pause);
+    }
+    unreachable!("first_contact_retry gives up after {FIRST_CONTACT_ATTEMPTS_MAX} attempts")
 }
 
 /// The caches scale with the guest's memory: an eighth for plaintext, a sixteenth for dirty
@@ -170,4 +231,52 @@ fn read_message(file: &mut File, deadline: Instant) -> anyhow::Result<Zeroizing<
     }
     message.truncate(have);
     Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_contact_is_tried_again_only_while_unreachable_and_within_the_wait() {
+        let limit = Duration::from_secs(60);
+        let retry = |kind, attempt, elapsed| first_contact_retry(kind, attempt, elapsed, limit);
+        assert_eq!(
+            retry(ErrorKind::Unavailable, 1, Duration::ZERO),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            retry(ErrorKind::Unavailable, 2, Duration::ZERO),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            retry(ErrorKind::Unavailable, 9, Duration::ZERO),
+            Some(FIRST_CONTACT_PAUSE_MAX)
+        );
+        for refusal in [
+            ErrorKind::AccessDenied,
+            ErrorKind::Invalid,
+            ErrorKind::NotFound,
+        ] {
+            assert_eq!(retry(refusal, 1, Duration::ZERO), None, "{refusal:?}");
+        }
+        assert_eq!(
+            retry(ErrorKind::Unavailable, 3, Duration::from_secs(59)),
+            None
+        );
+        // Attempts against a server that never answers: a dozen or so, all within the wait.
+        let (mut elapsed, mut attempts) = (Duration::ZERO, 1);
+        while let Some(pause) = retry(ErrorKind::Unavailable, attempts, elapsed) {
+            elapsed += pause;
+            attempts += 1;
+        }
+        assert!(
+            elapsed <= limit && elapsed > limit - FIRST_CONTACT_PAUSE_MAX,
+            "{elapsed:?}"
+        );
+        assert!(
+            (10..FIRST_CONTACT_ATTEMPTS_MAX).contains(&attempts),
+            "{attempts}"
+        );
+    }
 }

@@ -26,6 +26,7 @@ pub mod keys;
 pub mod manifest;
 pub mod mount;
 pub mod remote;
+pub mod seen;
 pub mod shared;
 pub mod sharing;
 pub mod status;

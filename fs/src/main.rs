@@ -197,6 +197,10 @@ struct MountArgs {
     /// each gets a signed new key before this mount writes it.
     #[arg(long)]
     legacy_keys: bool,
+    /// Forget which manifests this client saw, accepting earlier states of files: only after
+    /// your administrator restored the vault from a backup (docs/format.md section 5.5).
+    #[arg(long)]
+    forget_seen: bool,
 }
 
 /// A coherence window: more than nothing, at most a day.
@@ -403,6 +407,9 @@ fn settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
 
 fn mount_foreground(args: &MountArgs) -> anyhow::Result<()> {
     let settings = settings(args)?;
+    if args.forget_seen {
+        vaultfs::seen::SeenFile::forget(&settings.config_path)?;
+    }
     let identity = args.session.key.unlock()?;
     if args.session.key.passphrase_stdin {
         // Started by `vaultfs mount` in the background: leave its terminal session.

@@ -2,43 +2,16 @@
 //! commit, describing the file as the commit leaves it; a reader checks the one the server
 //! sends against the size and chunk map it sends before it serves any byte, and remembers the
 //! highest counter it saw of each file so that an older manifest (a whole earlier state the
-//! storage kept) is refused while this client runs.
+//! storage kept) is refused, by this mount and the user's later ones ([`crate::seen`]).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use crypto::FileKeys;
 use format::ids::{ChunkIndex, FileId, Generation, VaultId};
 use format::manifest::Manifest;
 
 use crate::error::FsError;
-
-/// Files whose newest manifest counter is remembered; past this the memory starts over (a
-/// client of this many files forgets, it never refuses wrongly).
-const FILES_REMEMBERED_MAX: usize = 1 << 20;
-
-/// The highest manifest counter this client saw of each file (in a commit of its own or an
-/// open), for the life of the mount.
-#[derive(Debug, Default)]
-pub struct Seen(Mutex<HashMap<FileId, u64>>);
-
-impl Seen {
-    /// The highest counter seen of `ino` (0: none).
-    pub fn of(&self, ino: FileId) -> u64 {
-        let seen = self.0.lock().expect("manifests seen poisoned");
-        seen.get(&ino).copied().unwrap_or(0)
-    }
-
-    /// Remembers that `ino` reached manifest `counter`.
-    pub fn saw(&self, ino: FileId, counter: u64) {
-        let mut seen = self.0.lock().expect("manifests seen poisoned");
-        if seen.len() >= FILES_REMEMBERED_MAX && !seen.contains_key(&ino) {
-            seen.clear();
-        }
-        let entry = seen.entry(ino).or_default();
-        *entry = (*entry).max(counter);
-    }
-}
+pub use crate::seen::Seen;
 
 /// What a file is, as the server sent it: the file, its size and its chunk map.
 #[derive(Clone, Copy, Debug)]

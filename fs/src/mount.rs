@@ -17,6 +17,7 @@ use crate::fuse::VaultFs;
 use crate::fusermount;
 use crate::keys::Keys;
 use crate::remote::Remote;
+use crate::seen::SeenFile;
 use crate::shared::{Limits, Shared};
 use crate::status::{self, MountStatus};
 use crate::vault::Vault;
@@ -90,8 +91,12 @@ pub fn run(
         .thread_name("vaultfs-io")
         .build()
         .context("starting the async runtime")?;
-    let (shared, vault_uid) = runtime.block_on(log_in(&settings, Arc::new(identity)))?;
-    let vault = Arc::new(Vault::new(Arc::new(shared)));
+    let (mut shared, vault_uid) = runtime.block_on(log_in(&settings, Arc::new(identity)))?;
+    let seen = SeenFile::beside(&settings.config_path, shared.keys.vault(), vault_uid);
+    shared.manifests = seen.load(&shared.remote.identity().public())?;
+    let shared = Arc::new(shared);
+    crate::seen::keep_saving(runtime.handle(), seen.clone(), shared.clone());
+    let vault = Arc::new(Vault::new(shared.clone()));
     if settings.leases {
         vault.start_behind();
     }
@@ -103,7 +108,9 @@ pub fn run(
     ready(&description);
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     let stop = stop_signals(&runtime);
-    serve(&settings, &mountpoint, &vault, &runtime, session, &stop)
+    let served = serve(&settings, &mountpoint, &vault, &runtime, session, &stop);
+    seen.save_if_changed(&shared.manifests, shared.remote.identity());
+    served
 }
 
 /// Logs in with the pinned vault and admin key (saved on first contact): what every file of

@@ -181,8 +181,10 @@ async fn connect(session: &SessionArgs) -> anyhow::Result<Sharing> {
     let (remote, vault, pinned) =
         vaultfs::mount::connect(&config, identity, Duration::from_secs(10)).await?;
     let logged = remote.login().await?;
+    let seen = vaultfs::seen::SeenFile::beside(&session.config_path(), vault, logged.uid)
+        .load(&remote.identity().public())?;
     let keys = vaultfs::keys::Keys::new(remote.clone(), vault, pinned.admin()?, logged.uid);
-    Ok(Sharing { remote, keys })
+    Ok(Sharing { remote, keys, seen })
 }
 
 /// Runs `work` on every entry's file ID, with a progress bar when there is more than one;

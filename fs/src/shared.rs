@@ -128,7 +128,8 @@ const DESCRIPTOR_BYTES_MIN: usize = 128 * 1024;
 pub struct ChunkRead {
     pub ino: FileId,
     pub index: ChunkIndex,
-    /// The generation this client knows to be current (the server may have a newer one).
+    /// The generation the file's checked manifest names: the only one accepted (the server
+    /// may have a newer one, which the reader takes only with the manifest that names it).
     pub generation: Generation,
     pub last: bool,
     pub len: usize,
@@ -264,7 +265,7 @@ impl Shared {
             .lock()
             .expect("cache poisoned")
             .get(read.ino, read.index)?;
-        (chunk.generation >= read.generation && chunk.plaintext.len() == read.len).then_some(chunk)
+        (chunk.generation == read.generation && chunk.plaintext.len() == read.len).then_some(chunk)
     }
 
     /// A committed chunk's plaintext, from the cache or fetched, opened and checked. One fetch
@@ -397,6 +398,15 @@ impl Shared {
     ) -> Result<Arc<CleanChunk>, FsError> {
         let (ino, index) = (read.ino, read.index);
         let generation = Generation(reply.generation);
+        if generation > read.generation {
+            // Another writer's commit, or a record changed behind the manifest: only a
+            // manifest that names it may tell (see `FileState::committed`).
+            return Err(FsError::Superseded {
+                ino,
+                index,
+                offered: generation,
+            });
+        }
         if generation < read.generation {
             let reason = if generation == Generation::default() {
                 format!(

@@ -24,6 +24,9 @@ use crate::trust::VerifiedAcl;
 pub struct Sharing {
     pub remote: Remote,
     pub keys: Keys,
+    /// The manifests this user's mounts saw (their seen file): `rekey` never re-seals a
+    /// file state older than one of them.
+    pub seen: crate::manifest::Seen,
 }
 
 /// A principal as people name it: `NAME` for a user, `@NAME` for a group.
@@ -271,7 +274,7 @@ impl Sharing {
             size: attr.size,
             map: &map,
         };
-        let counter = crate::manifest::check(&keys, served, &reply.manifest, None)
+        let counter = crate::manifest::check(&keys, served, &reply.manifest, Some(&self.seen))
             .map_err(|reason| anyhow::anyhow!("file {ino} failed its manifest check: {reason}"))?;
         let chunks: Vec<(u64, u64)> = map
             .iter()

@@ -145,6 +145,14 @@ impl Trust {
                     user.name
                 ))
             })?;
+        // A certificate an older vault-admin made, or one slipped in among old records: a key
+        // wrapped to such a point would be readable by anyone, so its holder is no principal.
+        if identity::is_low_order_wrapping_key(&public.wrapping) {
+            return Err(refused(format!(
+                "user {}'s certified wrapping key is a low-order X25519 point: refusing it",
+                user.name
+            )));
+        }
         self.users
             .lock()
             .expect("user cache poisoned")
@@ -173,6 +181,11 @@ impl Trust {
                     "group {gid}'s record is not signed by the administrator"
                 ))
             })?;
+        if identity::is_low_order_wrapping_key(&record.wrapping_key) {
+            return Err(refused(format!(
+                "group {gid}'s signed wrapping key is a low-order X25519 point: refusing it"
+            )));
+        }
         let mut epochs = self.epochs.lock().expect("epochs poisoned");
         let seen = epochs.entry(gid).or_insert(record.epoch);
         if record.epoch < *seen {

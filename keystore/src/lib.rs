@@ -6,7 +6,10 @@
 //! or a terminal prompt, in that order, and are zeroized after use. `memory` keeps unlocked
 //! keys and plaintext out of core dumps and swap.
 
+pub mod locked;
 pub mod memory;
+
+pub use locked::LockedKey;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, IsTerminal, Write};

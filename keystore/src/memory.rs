@@ -44,6 +44,14 @@ pub fn exclude_from_dumps(bytes: &[u8]) {
     }
 }
 
+/// [`exclude_from_dumps`] for the whole allocation of `buffer`, what it holds and its spare
+/// capacity both: a buffer reserved once and filled afterwards (a chunk being written).
+pub fn exclude_allocation_from_dumps(buffer: &Vec<u8>) {
+    if buffer.capacity() >= DONT_DUMP_BYTES_MIN {
+        mark(buffer.as_ptr() as usize, buffer.capacity());
+    }
+}
+
 fn mark(address: usize, len: usize) {
     let (start, len) = pages(address, len);
     // SAFETY: the range covers only pages that hold a live value of this process, so they are
@@ -100,6 +108,9 @@ mod tests {
         );
         let big = vec![7u8; 3 * DONT_DUMP_BYTES_MIN];
         exclude_from_dumps(&big);
+        let mut reserved: Vec<u8> = Vec::with_capacity(2 * DONT_DUMP_BYTES_MIN);
+        exclude_allocation_from_dumps(&reserved);
+        reserved.resize(DONT_DUMP_BYTES_MIN, 1);
         let secret = Box::new([9u8; 32]);
         lock_secret(&*secret);
         assert!(!MARK_REFUSED.load(Ordering::Relaxed));

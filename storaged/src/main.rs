@@ -82,6 +82,7 @@ async fn verify_audit(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         .map(|text| Fingerprint::from_hex(text).context("bad --admin-fingerprint"))
         .transpose()?;
     let config = Config::resolve(&args.serve)?;
+    storaged::server::require_existing_store(&config)?;
     let store = storaged::server::open_store(&config, None).await?;
     let report = anchor::check(&*store, expected).await?;
     let mut broken = false;

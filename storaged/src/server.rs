@@ -64,6 +64,21 @@ pub async fn open_store(
     }
 }
 
+/// Refuses a configuration whose embedded store does not exist yet: the tools that inspect an
+/// existing vault (`audit verify`, `fsck`) must not make an empty store (and its directory)
+/// where a mistyped `--data-dir` points, which a later restore would then refuse.
+pub fn require_existing_store(config: &Config) -> anyhow::Result<()> {
+    if let MetaBackend::Sqlite(path) = &config.meta
+        && !path.is_file()
+    {
+        bail!(
+            "no metadata database at {}: not a vault's data directory",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Runs the daemon until a signal stops it.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::private::make_private(&config)?;

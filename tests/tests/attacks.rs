@@ -476,28 +476,67 @@ fn registration(
 
 /// Replaces the wrapping key of user `name` in the store, as the storage administrator would.
 async fn set_wrapping_key(daemon: &Storaged, name: &str, key: [u8; 32]) {
+    set_user_bytes(daemon, name, "wrapping_key", &key).await;
+}
+
+/// Replaces a byte field (`wrapping_key`, `certificate`) of user `name` in the store.
+async fn set_user_bytes(daemon: &Storaged, name: &str, field: &str, bytes: &[u8]) {
     let Some(url) = daemon.meta_url() else {
         let db = rusqlite::Connection::open(daemon.data_dir().join("meta.db")).expect("db");
-        let sql = "UPDATE users SET wrapping_key = ?1 WHERE name = ?2";
+        let sql = format!("UPDATE users SET {field} = ?1 WHERE name = ?2");
         let changed = db
-            .execute(sql, rusqlite::params![key.to_vec(), name])
+            .execute(&sql, rusqlite::params![bytes, name])
             .expect("update");
         assert_eq!(changed, 1, "user {name} is in the store");
         return;
     };
-    let key = Binary {
+    let bytes = Binary {
         subtype: BinarySubtype::Generic,
-        bytes: key.to_vec(),
+        bytes: bytes.to_vec(),
     };
     let changed = collection(url, "users")
         .await
-        .update_one(
-            doc! { "name": name },
-            doc! { "$set": { "wrapping_key": key } },
-        )
+        .update_one(doc! { "name": name }, doc! { "$set": { field: bytes } })
         .await
         .expect("update");
     assert_eq!(changed.matched_count, 1, "user {name} is in the store");
+}
+
+/// The storage administrator serves a user whose wrapping key is a low-order point under a
+/// valid certificate of the site administrator's key (one an older `vault-admin` made, kept
+/// among the records): every key wrapped to it would be readable by anyone. The client
+/// refuses the certificate when it verifies it, before it would wrap anything to it.
+async fn a_certificate_of_a_low_order_key_is_refused_by_the_client(backend: Backend) {
+    let daemon = Storaged::start_on(&backend, &[]);
+    let alice = daemon.user("alice").await;
+    let bob = daemon.user("bob").await;
+    let vault = alice.connection.hello().await.expect("hello").vault_id;
+    let weak: [u8; 32] = hex::decode(LOW_ORDER_KEYS[1])
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    let signing = bob.identity.public().signing;
+    let message = proto::certificate_message(&vault, bob.uid, "bob", &signing, &weak);
+    let certificate = daemon.admin.sign(domains::USER_CERTIFICATE, &message);
+    set_wrapping_key(&daemon, "bob", weak).await;
+    set_user_bytes(&daemon, "bob", "certificate", &certificate).await;
+
+    let connection = Connection::new(&daemon.target()).expect("connection");
+    let wait = std::time::Duration::from_secs(5);
+    let remote = vaultfs::remote::Remote::new(connection, "alice", alice.identity.clone(), wait);
+    remote.login().await.expect("login");
+    let vault = format::ids::VaultId(vault.as_slice().try_into().expect("16 bytes"));
+    let trust = vaultfs::trust::Trust::new(remote, vault, daemon.admin.public());
+    let error = trust
+        .user(bob.uid)
+        .await
+        .expect_err("a low-order key trusted");
+    assert_eq!(error.kind(), ErrorKind::AccessDenied, "{error}");
+    assert!(error.to_string().contains("low-order"), "{error}");
+    trust
+        .user(alice.uid)
+        .await
+        .expect("an ordinary certificate still verifies");
 }
 
 /// `vault-admin approve NAME --yes` with the site administrator's key: its output.
@@ -661,4 +700,5 @@ tests::on_every_backend!(
     a_first_login_refuses_an_administrator_key_other_than_the_expected,
     a_login_replayed_after_a_restart_is_refused,
     a_registration_with_a_low_order_key_is_refused,
+    a_certificate_of_a_low_order_key_is_refused_by_the_client,
 );

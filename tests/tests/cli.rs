@@ -147,3 +147,29 @@ fn key_passwd_changes_the_passphrase_and_keeps_the_keys() {
     );
     assert!(!dir.path().join("user.vkey.new").exists());
 }
+
+/// `storaged audit verify` of a data directory that holds no vault (mistyped, or empty) says
+/// so in one line and makes nothing there: no meta.db, no directory.
+#[test]
+fn audit_verify_of_a_directory_without_a_vault_refuses_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no-such-vault");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    for data_dir in [&missing, &empty] {
+        let path = data_dir.to_str().expect("utf-8 path");
+        let output = run("storaged", &["audit", "verify", "--data-dir", path]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{path}: verified nothing");
+        assert!(
+            stderr.contains("no metadata database") && stderr.trim().lines().count() == 1,
+            "{path}: {stderr}"
+        );
+    }
+    assert!(!missing.exists(), "the mistyped directory was made");
+    let left: Vec<_> = std::fs::read_dir(&empty).expect("list").collect();
+    assert!(
+        left.is_empty(),
+        "files made in the empty directory: {left:?}"
+    );
+}

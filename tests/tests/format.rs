@@ -244,3 +244,79 @@ fn assert_public_keys(
         "{prefix}.wrapping_public"
     );
 }
+
+/// HMAC-SHA256 written out from its definition (RFC 2104), so that the manifest vector is
+/// checked against more than the code that made it.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    block[..key.len()].copy_from_slice(key);
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// `manifest.map`: `INDEX:GENERATION` pairs, ascending.
+fn chunk_map(text: &str) -> Vec<(ChunkIndex, Generation)> {
+    let pair = |p: &str| {
+        let (index, generation) = p.split_once(':').expect("INDEX:GENERATION");
+        let number = |n: &str| n.parse::<u64>().expect("a number");
+        (ChunkIndex(number(index)), Generation(number(generation)))
+    };
+    text.split_whitespace().map(pair).collect()
+}
+
+#[test]
+fn documented_manifest_vector_seals_and_opens() {
+    let v = documented_vectors();
+    let number = |name: &str| v[name].parse::<u64>().expect("a number");
+    let data_key: [u8; 32] = array(&v, "manifest.data_key");
+    // HKDF-SHA256 (RFC 5869), one block: PRK = HMAC(salt, key), OKM = HMAC(PRK, info || 1).
+    let prk = hmac_sha256(b"vault/v1 data key", &data_key);
+    let subkey = hmac_sha256(&prk, b"vault/v1 manifest\x01");
+    assert_eq!(
+        subkey[..],
+        bytes(&v, "manifest.key")[..],
+        "the manifest subkey"
+    );
+
+    let (vault, file) = (
+        VaultId(array(&v, "manifest.vault")),
+        file_id(&v, "manifest.file"),
+    );
+    let map = chunk_map(&v["manifest.map"]);
+    let mut digest = Sha256::new().chain_update(b"vault/v1 chunk map");
+    for (index, generation) in &map {
+        digest.update(index.get().to_le_bytes());
+        digest.update(generation.get().to_le_bytes());
+    }
+    assert_eq!(digest.finalize()[..], bytes(&v, "manifest.digest")[..]);
+
+    let sealed = bytes(&v, "manifest.bytes");
+    assert_eq!(sealed.len(), format::manifest::MANIFEST_BYTES);
+    assert_eq!(sealed[104..], hmac_sha256(&subkey, &sealed[..104]));
+    assert_eq!(sealed[104..], bytes(&v, "manifest.hmac")[..]);
+
+    let keys = crypto::FileKeys::single(DataKey::from_bytes(data_key));
+    let size = number("manifest.size");
+    let manifest = format::manifest::Manifest {
+        counter: number("manifest.counter"),
+        ..format::manifest::Manifest::describing(vault, file, size, map.iter().copied())
+    };
+    assert_eq!(
+        crypto::seal_manifest(&keys, &manifest),
+        sealed,
+        "this build seals it"
+    );
+    let opened = crypto::open_manifest(&keys, vault, file, &sealed).expect("the vector opens");
+    assert_eq!(u64::from(opened.epoch), number("manifest.epoch"));
+    assert_eq!(opened.commitment[..], keys.newest().commitment()[..]);
+    assert_eq!(opened.counter, manifest.counter);
+    assert!(opened.describes(size, map.iter().copied()));
+}

@@ -261,8 +261,11 @@ fn backoff(attempt: usize) -> std::time::Duration {
 }
 
 fn retryable(error: &FsError) -> bool {
-    matches!(
-        error.kind(),
-        ErrorKind::StaleGeneration | ErrorKind::Conflict
-    ) || matches!(error, FsError::Remote { kind: ErrorKind::Invalid | ErrorKind::BadChunk, message } if message.contains("resizing") || message.contains("does not fit"))
+    // A chunk under written runs moved on (another writer): rebasing re-reads the manifest.
+    matches!(error, FsError::Superseded { .. })
+        || matches!(
+            error.kind(),
+            ErrorKind::StaleGeneration | ErrorKind::Conflict
+        )
+        || matches!(error, FsError::Remote { kind: ErrorKind::Invalid | ErrorKind::BadChunk, message } if message.contains("resizing") || message.contains("does not fit"))
 }

@@ -170,6 +170,7 @@ impl Source {
             )),
             Source::Sparse { base, extents } => {
                 let mut out = vec![0u8; len];
+                keystore::memory::exclude_allocation_from_dumps(&out);
                 if let Some(read) = base {
                     let committed = shared.load(&read).await?;
                     let n = committed.plaintext.len().min(len);

@@ -17,6 +17,10 @@ use crate::shared::{ChunkRead, Shared};
 /// (the kernel's read-ahead requests may come a little out of order).
 const SEQUENTIAL_SLACK_BYTES: u64 = 2 << 20;
 
+/// Reads of a file, each with the newer manifest another writer committed, before a chunk the
+/// server keeps offering in a generation newer than the manifest's is refused.
+const SUPERSEDED_READS_MAX: usize = 3;
+
 impl FileState {
     /// What reading committed chunk `index` expects; `keep_blocks` for a random reader.
     fn chunk_read(&self, index: ChunkIndex, keep_blocks: bool) -> Option<ChunkRead> {
@@ -32,8 +36,10 @@ impl FileState {
         })
     }
 
-    /// A committed chunk's plaintext; on an integrity failure, re-reads the file once (another
-    /// client may have changed it) before giving up.
+    /// A committed chunk's plaintext. On an integrity failure, or a newer generation than the
+    /// file's checked manifest names, re-reads the file and its manifest (another client may
+    /// have changed it) and loads what that manifest names; a generation that no checked
+    /// manifest names is refused (EIO and a log line).
     pub(super) async fn committed(
         &mut self,
         shared: &Shared,
@@ -41,19 +47,36 @@ impl FileState {
         keep_blocks: bool,
     ) -> Result<Option<Arc<crate::cache::CleanChunk>>, FsError> {
         self.take_arrived(shared).await;
-        let Some(read) = self.chunk_read(index, keep_blocks) else {
+        let Some(mut read) = self.chunk_read(index, keep_blocks) else {
             return Ok(None);
         };
-        match shared.load(&read).await {
-            Ok(chunk) => Ok(Some(chunk)),
-            Err(FsError::Integrity { .. }) => {
-                self.refresh(shared).await?;
-                let Some(read) = self.chunk_read(index, keep_blocks) else {
-                    return Ok(None);
-                };
-                shared.load(&read).await.map(Some)
+        let mut reads = 1;
+        loop {
+            let offered = match shared.load(&read).await {
+                Ok(chunk) => return Ok(Some(chunk)),
+                Err(FsError::Integrity { .. }) if reads == 1 => None,
+                Err(FsError::Superseded { offered, .. }) => Some(offered),
+                Err(other) => return Err(other),
+            };
+            self.refresh(shared).await?;
+            let Some(now) = self.chunk_read(index, keep_blocks) else {
+                return Ok(None);
+            };
+            if let Some(offered) = offered
+                && (now.generation == read.generation || reads >= SUPERSEDED_READS_MAX)
+            {
+                // The file's manifest still names the generation the server would not serve.
+                let reason = format!(
+                    "the server offers generation {offered}, but the file's manifest names {}",
+                    now.generation
+                );
+                return Err(crate::manifest::refused(
+                    &shared.name_of(self.ino),
+                    self.ino,
+                    reason,
+                ));
             }
-            Err(other) => Err(other),
+            (read, reads) = (now, reads + 1);
         }
     }
 

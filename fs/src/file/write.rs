@@ -241,6 +241,8 @@ fn write_into(dirty: &mut Dirty, within: usize, data: &[u8], committed_len: usiz
                 if n >= LARGE_WRITE_BYTES {
                     // A large writer will likely fill the chunk: grow it once, not by doubling.
                     buffer.reserve_exact(CHUNK_BYTES - buffer.len());
+                    // Plaintext being written stays out of core dumps, as cached chunks do.
+                    keystore::memory::exclude_allocation_from_dumps(buffer);
                 }
                 buffer.resize(within + n, 0);
             }
@@ -251,6 +253,7 @@ fn write_into(dirty: &mut Dirty, within: usize, data: &[u8], committed_len: usiz
             let extents = Arc::make_mut(extents);
             extents.write(within, data);
             if let Some(whole) = extents.take_whole(committed_len) {
+                keystore::memory::exclude_allocation_from_dumps(&whole);
                 dirty.written = Ranges(vec![(0, whole.len())]);
                 dirty.content = Content::Full(Arc::new(whole));
             }

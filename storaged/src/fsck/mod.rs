@@ -28,7 +28,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use self::scan::Scan;
 use crate::chunkstore::{ChunkStore, DirChunkStore};
-use crate::config::{Config, MetaBackend, ServeArgs};
+use crate::config::{Config, ServeArgs};
 use crate::meta::{self, ChunkRef, FileId, MetaStore, StoreError};
 
 /// Nothing found, or all that was found repaired.
@@ -168,12 +168,7 @@ pub async fn run(args: &FsckArgs) -> anyhow::Result<ExitCode> {
     if !config.chunk_root.is_dir() {
         bail!("chunk root {} does not exist", config.chunk_root.display());
     }
-    // Opening the embedded store would make an empty one, which a restore then refuses.
-    if let MetaBackend::Sqlite(path) = &config.meta
-        && !path.is_file()
-    {
-        bail!("no metadata database at {}", path.display());
-    }
+    crate::server::require_existing_store(&config)?;
     let chunks = Arc::new(DirChunkStore::open(&config.chunk_root, false)?);
     let on_disk = Arc::new(list_chunk_files(&chunks).await?);
     let store = crate::server::open_store(&config, None).await?;
