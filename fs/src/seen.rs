@@ -200,12 +200,7 @@ impl SeenFile {
         let bytes = encode(&seen.snapshot(), self.vault, self.uid, me);
         let temp = self.path.with_extension("seen.tmp");
         let _ = std::fs::remove_file(&temp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&temp)
+        let mut file = crate::status::create_private(&temp)
             .with_context(|| format!("creating {}", temp.display()))?;
         file.write_all(&bytes)
             .and_then(|()| file.sync_all())
