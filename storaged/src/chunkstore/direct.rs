@@ -86,10 +86,16 @@ pub(super) fn read_uncached(file: &File, len: usize) -> io::Result<Option<Bytes>
         0,
         ReadWriteFlags::NOWAIT,
     ) {
-        Err(Errno::AGAIN) => {}
+        Err(Errno::AGAIN) => read_direct(file, len),
         // Cached, or no way to tell.
-        _ => return Ok(None),
+        _ => Ok(None),
     }
+}
+
+/// Reads a whole chunk file of `len` bytes with `O_DIRECT`, cached or not; `None` when the
+/// filesystem cannot.
+pub(super) fn read_direct(file: &File, len: usize) -> io::Result<Option<Bytes>> {
+    use rustix::io::Errno;
     let read = with_direct_io(file, || {
         let rounded = len.next_multiple_of(DIRECT_ALIGN);
         let mut buffer = vec![0u8; rounded + DIRECT_ALIGN];
