@@ -8,6 +8,7 @@ mod blocks;
 mod chunk;
 mod keys;
 mod manifest;
+mod names;
 mod signed_wrap;
 mod wrap;
 
@@ -18,6 +19,7 @@ pub use chunk::{AAD_BYTES, OpenError, SealError, authenticated_data, open, open_
 pub use format::envelope::ChunkContext;
 pub use keys::{ChunkCipher, DATA_KEY_BYTES, DataKey};
 pub use manifest::{ManifestOpenError, open_manifest, seal_manifest};
+pub use names::{NameError, NameKeys};
 pub use signed_wrap::{FileKeys, GroupKeys, Object, Recipient, Wrapper, signed_wrap_header};
 pub use wrap::{
     PreparedWrap, UnwrapError, WRAPPED_KEY_BYTES, WrapContext, WrapError, WrapKind,

@@ -6,7 +6,7 @@
 
 use format::acl::Principal;
 use format::envelope::COMMITMENT_BYTES;
-use format::ids::VaultId;
+use format::ids::{FileId, VaultId};
 use format::wrapped::{
     KeyKind, SignedWrapHeader, V2_DOMAIN, V2_HEADER_BYTES, V2_KEYS_MAX, WrapHeaderError, WrapKind,
 };
@@ -248,6 +248,13 @@ impl FileKeys {
             keys,
             self.manifests,
         ))
+    }
+
+    /// The name keys of directory `dir` whose keys these are: from its oldest key, so that
+    /// its names stay where they are across key epochs (docs/format.md section 5.6).
+    pub fn name_keys(&self, vault: VaultId, dir: FileId) -> crate::NameKeys {
+        let oldest = self.keys.last().expect("a key list is never empty");
+        crate::NameKeys::derive(oldest, vault, dir)
     }
 
     /// Only the newest key: once no chunk is sealed under an older one.
