@@ -47,6 +47,7 @@ impl Vault {
                 wrapped_keys: access.wrapped_keys,
                 exclusive: true,
                 acl_record: access.acl_record,
+                entry_seal: Vec::new(),
             };
             if !exclusive {
                 return Ok(self.created_pending(ino, &key, parent, pending));
@@ -209,6 +210,8 @@ fn new_file_attr(ino: FileId, request: &CreateRequest, owner: u32, now: Timestam
         may_read: true,
         may_write: true,
         parent_version: 0,
+        entry_seal_low: 0,
+        entry_seal_high: 0,
     }
 }
 

@@ -34,6 +34,7 @@ impl Vault {
                 gid: owner.gid,
                 ino: ino.0,
                 acl_record,
+                ..MkdirRequest::default()
             };
             let remote = &self.shared.remote;
             remote
@@ -64,6 +65,7 @@ impl Vault {
             uid: owner.uid,
             gid: owner.gid,
             rdev: node.rdev,
+            ..MknodRequest::default()
         };
         let remote = &self.shared.remote;
         let made = remote.send(
@@ -88,6 +90,7 @@ impl Vault {
             target: target.to_vec(),
             uid: owner.uid,
             gid: owner.gid,
+            ..SymlinkRequest::default()
         };
         let remote = &self.shared.remote;
         let made = remote.send("symlink", request, |mut api, r| async move {
@@ -135,6 +138,7 @@ impl Vault {
                         ino: ino.0,
                         new_parent: new_parent.0,
                         new_name: new_name.to_vec(),
+                        ..LinkRequest::default()
                     },
                     |mut api, r| async move { api.link(r).await },
                 )
@@ -274,6 +278,7 @@ impl Vault {
                         new_name: new_name.to_vec(),
                         no_replace: mode == RenameMode::NoReplace,
                         exchange: mode == RenameMode::Exchange,
+                        ..RenameRequest::default()
                     },
                     |mut api, r| async move { api.rename(r).await },
                 )
