@@ -45,6 +45,16 @@ pub fn sealed_name_bytes(plain: usize) -> usize {
     SEALED_NAME_OVERHEAD + plain
 }
 
+/// The length of the target a symlink target as stored stands for (its `st_size`): a sealed
+/// one's ciphertext is as long as the target.
+pub fn target_bytes(stored: &[u8]) -> usize {
+    if is_sealed(stored) {
+        stored.len().saturating_sub(SEALED_TARGET_OVERHEAD)
+    } else {
+        stored.len()
+    }
+}
+
 /// The directory whose key sealed a sealed symlink target, if the target is long enough.
 pub fn target_sealer(sealed: &[u8]) -> Option<FileId> {
     if !is_sealed(sealed) || sealed.len() < SEALED_TARGET_OVERHEAD {

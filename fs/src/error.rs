@@ -22,6 +22,10 @@ pub enum FsError {
     /// `crate::manifest`): the reader gets EIO.
     #[error("file {ino} failed its manifest check: {reason}")]
     Manifest { ino: FileId, reason: String },
+    /// A directory entry, name or symlink target the server sent failed its check against
+    /// the directory's key (docs/format.md section 5.6): the caller gets EIO.
+    #[error("directory {dir}: {reason}")]
+    Entry { dir: FileId, reason: String },
     /// The file's key could not be obtained or opened.
     #[error("no usable key for file {ino}: {reason}")]
     Key { ino: FileId, reason: String },
@@ -34,7 +38,9 @@ impl FsError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             FsError::Remote { kind, .. } | FsError::Local(kind, _) => *kind,
-            FsError::Integrity { .. } | FsError::Manifest { .. } => ErrorKind::BadChunk,
+            FsError::Integrity { .. } | FsError::Manifest { .. } | FsError::Entry { .. } => {
+                ErrorKind::BadChunk
+            }
             FsError::Key { .. } => ErrorKind::AccessDenied,
         }
     }

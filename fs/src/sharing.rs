@@ -115,7 +115,11 @@ impl Sharing {
             .copied()
             .collect();
         entries.push(entry);
-        let wrapped_key = if self.kind_of(ino).await? == FileKind::Regular {
+        // A directory of sealed names has a key, wrapped as a file's (docs/format.md 5.6).
+        let kind = self.kind_of(ino).await?;
+        let has_key = kind == FileKind::Regular
+            || (kind == FileKind::Directory && format::names::is_keyed(ino));
+        let wrapped_key = if has_key {
             let keys = self.keys.file_keys(ino, acl.owner).await?;
             let mut wrapped = self.keys.wrap_to(ino, &keys, &[principal]).await?;
             wrapped.remove(0).blob

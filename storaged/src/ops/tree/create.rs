@@ -51,7 +51,7 @@ fn new_inode(ino: FileId, node: &NewNode, owner: u32, parent: FileId, now: Time)
         uid: node.uid,
         gid: node.gid,
         nlink: 1,
-        size: node.target.len() as u64,
+        size: format::names::target_bytes(&node.target) as u64,
         atime: now,
         mtime: now,
         ctime: now,
