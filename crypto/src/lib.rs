@@ -11,6 +11,7 @@ mod manifest;
 mod names;
 mod signed_wrap;
 mod wrap;
+mod xattrs;
 
 pub use blocks::{
     BLOCK_BYTES, BlockError, ChunkBlocks, DIGEST_BYTES, open_in_place_keeping_blocks,
@@ -25,3 +26,4 @@ pub use wrap::{
     PreparedWrap, UnwrapError, WRAPPED_KEY_BYTES, WrapContext, WrapError, WrapKind,
     prepare_signed_wrap, prepare_wrap, unwrap, wrap, wrap_prepared,
 };
+pub use xattrs::{XattrError, open_xattr, seal_xattr};

@@ -14,6 +14,9 @@ pub const SEALED_NAME_OVERHEAD: usize = 1 + SIV_BYTES;
 /// A sealed symlink target: the mark, the directory whose key sealed it (u64 LE), the SIV,
 /// and the ciphertext.
 pub const SEALED_TARGET_OVERHEAD: usize = 1 + 8 + SIV_BYTES;
+/// A sealed extended attribute value: the mark, the key commitment of the data key that
+/// sealed it, the SIV, and the ciphertext, as long as the value.
+pub const SEALED_XATTR_OVERHEAD: usize = 1 + 16 + SIV_BYTES;
 /// The tag that binds an entry's name to its inode and kind.
 pub const ENTRY_SEAL_BYTES: usize = 16;
 

@@ -171,6 +171,7 @@ impl World {
                     wrapper: 0,
                     commitment: [0; 16],
                     manifests: false,
+                    sealed_xattrs: false,
                 };
                 let mut blob = header.encode().to_vec();
                 blob.resize(header.signature_at(), 3);

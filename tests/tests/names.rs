@@ -66,6 +66,19 @@ fn errno<T>(what: std::io::Result<T>) -> Option<i32> {
     what.err().map(|e| e.raw_os_error().unwrap_or(0))
 }
 
+/// Sets extended attribute `name` of `path` to `value`.
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    rustix::fs::setxattr(path, name, value, rustix::fs::XattrFlags::empty()).expect("setxattr");
+}
+
+/// Extended attribute `name` of `path`, or the errno of reading it.
+fn get_xattr(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let mut value = vec![0u8; 4096];
+    let read = rustix::fs::getxattr(path, name, &mut value).map_err(|e| e.raw_os_error())?;
+    value.truncate(read);
+    Ok(value)
+}
+
 fn ino(path: &Path) -> u64 {
     fs::symlink_metadata(path).expect("stat").ino()
 }
@@ -96,6 +109,12 @@ fn the_administrator_cannot_read_names(backend: Backend) {
     fs::write(work.join(secrets[0]), b"content").expect("write");
     fs::create_dir(work.join(secrets[1])).expect("mkdir");
     fs::write(work.join(secrets[1]).join(secrets[2]), b"rows").expect("write");
+    set_xattr(
+        &work.join(secrets[0]),
+        "user.note",
+        b"vermilion-xattr-value",
+    );
+    set_xattr(&work.join(secrets[1]), "user.note", b"cerulean-xattr-value");
     let target = format!("../{}/elsewhere", secrets[4]);
     std::os::unix::fs::symlink(&target, work.join(secrets[3])).expect("symlink");
     fs::create_dir(mount.join("plaintext-root-marker")).expect("mkdir in the root");
@@ -132,10 +151,13 @@ fn the_administrator_cannot_read_names(backend: Backend) {
         contains(&held, "plaintext-root-marker"),
         "the search finds names in the root, which has no key"
     );
-    for secret in secrets
-        .iter()
-        .chain(&["renamed-obsidian-memo", "linked-peregrine-memo"])
-    {
+    let others = [
+        "renamed-obsidian-memo",
+        "linked-peregrine-memo",
+        "vermilion-xattr-value",
+        "cerulean-xattr-value",
+    ];
+    for secret in secrets.iter().chain(&others) {
         assert!(
             !contains(&held, secret),
             "{secret} is readable on the server"
@@ -146,6 +168,57 @@ fn the_administrator_cannot_read_names(backend: Backend) {
         fs::read(mount.join("work/renamed-obsidian-memo")).expect("read"),
         b"content"
     );
+    let dir = mount.join("work").join(secrets[1]);
+    assert_eq!(
+        get_xattr(&dir, "user.note"),
+        Ok(b"cerulean-xattr-value".to_vec())
+    );
+}
+
+fn a_changed_xattr_value_is_refused(backend: Backend) {
+    let Lab {
+        daemon,
+        mut mount,
+        runtime,
+        _alice,
+    } = lab(&backend);
+    let db = runtime.block_on(Database::of(&daemon));
+    let work = mount.join("work");
+    for name in ["forged", "copied", "intact"] {
+        fs::write(work.join(name), name).expect("write");
+        set_xattr(&work.join(name), "user.note", name.as_bytes());
+    }
+    set_xattr(&work, "user.note", b"of the directory");
+    let [dir, forged, copied, intact] =
+        ["", "forged", "copied", "intact"].map(|n| ino(&work.join(n)));
+    mount.stop();
+
+    runtime.block_on(async {
+        db.set_xattr(
+            forged,
+            "user.note",
+            b"plaintext put in by the administrator",
+        )
+        .await;
+        db.set_xattr(dir, "user.note", b"plaintext too").await;
+        // A value that authenticates, but sealed for another file.
+        let stolen = db.xattr(intact, "user.note").await;
+        db.set_xattr(copied, "user.note", &stolen).await;
+    });
+    mount.spawn();
+    let work = mount.join("work");
+    for name in ["forged", "copied", ""] {
+        assert_eq!(
+            get_xattr(&work.join(name), "user.note"),
+            Err(libc::EIO),
+            "{name:?}: a value the administrator changed"
+        );
+    }
+    assert_eq!(
+        get_xattr(&work.join("intact"), "user.note"),
+        Ok(b"intact".to_vec())
+    );
+    assert_logged(&mount, "changed extended attribute values");
 }
 
 fn a_file_turned_into_a_symlink_is_refused(backend: Backend) {
@@ -252,4 +325,5 @@ tests::on_every_backend!(sync:
     the_administrator_cannot_read_names,
     a_file_turned_into_a_symlink_is_refused,
     a_renamed_or_swapped_entry_is_refused,
+    a_changed_xattr_value_is_refused,
 );

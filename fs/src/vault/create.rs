@@ -30,7 +30,10 @@ impl Vault {
             let ino = new_ino();
             // Its wraps say every commit carries a manifest when the server keeps them.
             let manifests = self.shared.remote.server_has(proto::features::MANIFESTS);
-            let key = Arc::new(FileKeys::generate().with_manifests(manifests));
+            // And that its extended attribute values are sealed, when the server seals names.
+            let sealed = self.shared.remote.server_has(proto::features::SEALED_NAMES);
+            let key = FileKeys::generate().with_manifests(manifests);
+            let key = Arc::new(key.with_sealed_xattrs(sealed));
             let access = self.shared.keys.new_file_access(ino, &key, parent).await?;
             let names = self.shared.dir_names(parent).await?;
             let wire = names.wire(name);

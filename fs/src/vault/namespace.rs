@@ -376,7 +376,7 @@ impl Vault {
     }
 
     /// An inode's attributes: as this client knows them fresh, or from the server.
-    async fn attr_of(&self, ino: FileId) -> Result<Attr, FsError> {
+    pub(super) async fn attr_of(&self, ino: FileId) -> Result<Attr, FsError> {
         if let Some(attr) = self
             .coherence
             .fresh(ino)

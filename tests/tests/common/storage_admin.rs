@@ -277,3 +277,39 @@ impl Database {
         all
     }
 }
+
+impl Database {
+    /// The stored value of extended attribute `name` of `ino`.
+    pub async fn xattr(&self, ino: u64, name: &str) -> Vec<u8> {
+        let Some(xattrs) = self.collection("xattrs") else {
+            let Database::Sqlite(conn) = self else {
+                unreachable!()
+            };
+            let sql = "SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2";
+            let params = rusqlite::params![ino as i64, name.as_bytes()];
+            return conn
+                .query_row(sql, params, |r| r.get(0))
+                .expect("the attribute");
+        };
+        let filter = doc! { "ino": ino as i64, "name": name };
+        let found: Document = xattrs
+            .find_one(filter)
+            .await
+            .expect("find")
+            .expect("the attribute");
+        found.get_binary_generic("value").expect("value").clone()
+    }
+
+    /// Sets the stored value of extended attribute `name` of `ino`.
+    pub async fn set_xattr(&self, ino: u64, name: &str, value: &[u8]) {
+        let Some(xattrs) = self.collection("xattrs") else {
+            let sql = "UPDATE xattrs SET value = ?1 WHERE ino = ?2 AND name = ?3";
+            self.change_one(sql, rusqlite::params![value, ino as i64, name.as_bytes()]);
+            return;
+        };
+        let filter = doc! { "ino": ino as i64, "name": name };
+        let update = doc! { "$set": { "value": bytes(value.to_vec()) } };
+        let result = xattrs.update_one(filter, update).await;
+        assert_eq!(result.expect("edit").matched_count, 1);
+    }
+}
