@@ -10,9 +10,8 @@ use format::acl::{AclRecord, Entry, Principal};
 use format::ids::{ChunkIndex, FileId, Generation};
 use proto::v1::{
     AclEntry, ChunkCommit, CommitChunksRequest, FileKind, GetAttrRequest, GetChunkRequest,
-    GetGroupRequest, GetUserRequest, GetXattrRequest, ListXattrRequest, OpenRequest,
-    PutChunkRequest, SetXattrRequest, ShareRequest, UnshareRequest, get_group_request,
-    get_user_request,
+    GetGroupRequest, GetUserRequest, ListXattrRequest, OpenRequest, PutChunkRequest,
+    SetXattrRequest, ShareRequest, UnshareRequest, get_group_request, get_user_request,
 };
 
 use crate::keys::{Keys, principal_to_wire};
@@ -348,17 +347,7 @@ impl Sharing {
             .await?
             .names;
         for name in names {
-            let request = GetXattrRequest {
-                ino: ino.0,
-                name: name.clone(),
-            };
-            let stored = self
-                .remote
-                .send("get_xattr", request, |mut api, r| async move {
-                    api.get_xattr(r).await
-                })
-                .await?
-                .value;
+            let stored = crate::vault::stored_xattr(&self.remote, ino, name.clone()).await?;
             let value = if keys.sealed_xattrs() {
                 crypto::open_xattr(keys, vault, ino, &name, &stored)?
             } else {

@@ -1438,6 +1438,26 @@ fn sealed_name(seed: u8, len: usize) -> Vec<u8> {
     name
 }
 
+/// The names and seals of `dir`'s entries, listed by alice in pages of 3 (at most `max`
+/// pages).
+async fn sealed_listing(w: &World, dir: FileId, max: usize) -> Vec<(Vec<u8>, Option<[u8; 16]>)> {
+    let mut seen = Vec::new();
+    let mut after = Vec::new();
+    for _ in 0..max {
+        let (who, cursor) = (w.alice.clone(), after.clone());
+        let (page, more) = w
+            .read(move |txn| tree::readdir_sealed(txn, &who, dir, &cursor, 3))
+            .await
+            .expect("page");
+        after = page.last().map(|(n, _, _)| n.clone()).unwrap_or_default();
+        seen.extend(page.into_iter().map(|(n, _, seal)| (n, seal)));
+        if !more {
+            break;
+        }
+    }
+    seen
+}
+
 /// Sealed names (any bytes after a NUL) are stored, looked up and listed in pages in byte
 /// order with their entry seals; a rename and a link carry the seals the client made, and a
 /// rename sealed for another inode than the entry names is refused, changing nothing.
@@ -1463,20 +1483,7 @@ async fn sealed_entries_keep_their_seals_and_list_in_byte_order(store: Arc<dyn M
             .await
             .expect("create under a sealed name");
     }
-    let mut seen = Vec::new();
-    let mut after = Vec::new();
-    for _ in 0..names.len() {
-        let (who, cursor) = (a.clone(), after.clone());
-        let (page, more) = w
-            .read(move |txn| tree::readdir_sealed(txn, &who, dir, &cursor, 3))
-            .await
-            .expect("page");
-        after = page.last().map(|(n, _, _)| n.clone()).unwrap_or_default();
-        seen.extend(page.into_iter().map(|(n, _, seal)| (n, seal)));
-        if !more {
-            break;
-        }
-    }
+    let seen = sealed_listing(&w, dir, names.len()).await;
     let mut expected: Vec<_> = names
         .iter()
         .enumerate()
@@ -1490,11 +1497,12 @@ async fn sealed_entries_keep_their_seals_and_list_in_byte_order(store: Arc<dyn M
         .await
         .expect("lookup by a sealed name");
     assert_eq!((found.kind, seal), (Kind::Fifo, Some([0; 16])));
-    let (who, first, moved) = (a.clone(), names[0].clone(), sealed_name(99, 20));
-    let wrong = w
-        .write(move |txn| {
+    // A rename of the first name to a new one, sealed for inode `sealed_for`.
+    let rename_sealed_for = |sealed_for: FileId| {
+        let (who, first, moved) = (a.clone(), names[0].clone(), sealed_name(99, 20));
+        w.write(move |txn| {
             let seals = tree::RenameSeals {
-                ino: Some(FileId(found.ino.0 + 1)),
+                ino: Some(sealed_for),
                 new_entry_seal: Some([9; 16]),
                 ..Default::default()
             };
@@ -1508,27 +1516,12 @@ async fn sealed_entries_keep_their_seals_and_list_in_byte_order(store: Arc<dyn M
             };
             tree::rename(txn, &who, &rename, now())
         })
-        .await;
+    };
+    let wrong = rename_sealed_for(FileId(found.ino.0 + 1)).await;
     assert!(matches!(wrong, Err(OpError::Invalid(_))), "{wrong:?}");
-    let (who, first, moved) = (a.clone(), names[0].clone(), sealed_name(99, 20));
-    w.write(move |txn| {
-        let seals = tree::RenameSeals {
-            ino: Some(found.ino),
-            new_entry_seal: Some([9; 16]),
-            ..Default::default()
-        };
-        let rename = Rename {
-            parent: dir,
-            name: &first,
-            new_parent: dir,
-            new_name: &moved,
-            mode: RenameMode::NoReplace,
-            seals,
-        };
-        tree::rename(txn, &who, &rename, now())
-    })
-    .await
-    .expect("rename sealed for the inode it names");
+    rename_sealed_for(found.ino)
+        .await
+        .expect("rename sealed for the inode it names");
     let (who, moved) = (a.clone(), sealed_name(99, 20));
     let (_, seal) = w
         .read(move |txn| tree::lookup_sealed(txn, &who, dir, &moved))

@@ -22,6 +22,7 @@ struct Lab {
     daemon: Storaged,
     mount: Mount,
     runtime: tokio::runtime::Runtime,
+    db: Database,
     _alice: ClientFiles,
 }
 
@@ -32,10 +33,12 @@ fn lab(backend: &Backend) -> Lab {
     let alice = ClientFiles::for_user(&user);
     let mount = Mount::start(&daemon, &alice, &[]);
     fs::create_dir(mount.join("work")).expect("mkdir work");
+    let db = runtime.block_on(Database::of(&daemon));
     Lab {
         daemon,
         mount,
         runtime,
+        db,
         _alice: alice,
     }
 }
@@ -92,12 +95,7 @@ fn assert_logged(mount: &Mount, what: &str) {
 }
 
 fn the_administrator_cannot_read_names(backend: Backend) {
-    let Lab {
-        daemon,
-        mut mount,
-        runtime,
-        _alice,
-    } = lab(&backend);
+    let mut lab = lab(&backend);
     let secrets = [
         "zanzibar-quarterly-report.txt",
         "quixotic-merger-plans",
@@ -105,7 +103,7 @@ fn the_administrator_cannot_read_names(backend: Backend) {
         "xylophone-shortcut",
         "mellifluous-target-directory",
     ];
-    let work = mount.join("work");
+    let work = lab.mount.join("work");
     fs::write(work.join(secrets[0]), b"content").expect("write");
     fs::create_dir(work.join(secrets[1])).expect("mkdir");
     fs::write(work.join(secrets[1]).join(secrets[2]), b"rows").expect("write");
@@ -117,7 +115,7 @@ fn the_administrator_cannot_read_names(backend: Backend) {
     set_xattr(&work.join(secrets[1]), "user.note", b"cerulean-xattr-value");
     let target = format!("../{}/elsewhere", secrets[4]);
     std::os::unix::fs::symlink(&target, work.join(secrets[3])).expect("symlink");
-    fs::create_dir(mount.join("plaintext-root-marker")).expect("mkdir in the root");
+    fs::create_dir(lab.mount.join("plaintext-root-marker")).expect("mkdir in the root");
     // Renamed and hard-linked names are sealed too.
     fs::rename(work.join(secrets[0]), work.join("renamed-obsidian-memo")).expect("rename");
     fs::hard_link(
@@ -143,10 +141,10 @@ fn the_administrator_cannot_read_names(backend: Backend) {
         fs::read_link(work.join(secrets[3])).expect("readlink"),
         Path::new(&target)
     );
-    mount.stop();
+    lab.mount.stop();
 
-    let mut held = runtime.block_on(async { Database::of(&daemon).await.documents().await });
-    bytes_under(daemon.data_dir(), &mut held);
+    let mut held = lab.runtime.block_on(lab.db.documents());
+    bytes_under(lab.daemon.data_dir(), &mut held);
     assert!(
         contains(&held, "plaintext-root-marker"),
         "the search finds names in the root, which has no key"
@@ -163,12 +161,12 @@ fn the_administrator_cannot_read_names(backend: Backend) {
             "{secret} is readable on the server"
         );
     }
-    mount.spawn();
+    lab.mount.spawn();
     assert_eq!(
-        fs::read(mount.join("work/renamed-obsidian-memo")).expect("read"),
+        fs::read(lab.mount.join("work/renamed-obsidian-memo")).expect("read"),
         b"content"
     );
-    let dir = mount.join("work").join(secrets[1]);
+    let dir = lab.mount.join("work").join(secrets[1]);
     assert_eq!(
         get_xattr(&dir, "user.note"),
         Ok(b"cerulean-xattr-value".to_vec())
@@ -176,14 +174,8 @@ fn the_administrator_cannot_read_names(backend: Backend) {
 }
 
 fn a_changed_xattr_value_is_refused(backend: Backend) {
-    let Lab {
-        daemon,
-        mut mount,
-        runtime,
-        _alice,
-    } = lab(&backend);
-    let db = runtime.block_on(Database::of(&daemon));
-    let work = mount.join("work");
+    let mut lab = lab(&backend);
+    let work = lab.mount.join("work");
     for name in ["forged", "copied", "intact"] {
         fs::write(work.join(name), name).expect("write");
         set_xattr(&work.join(name), "user.note", name.as_bytes());
@@ -191,22 +183,23 @@ fn a_changed_xattr_value_is_refused(backend: Backend) {
     set_xattr(&work, "user.note", b"of the directory");
     let [dir, forged, copied, intact] =
         ["", "forged", "copied", "intact"].map(|n| ino(&work.join(n)));
-    mount.stop();
+    lab.mount.stop();
 
-    runtime.block_on(async {
-        db.set_xattr(
-            forged,
-            "user.note",
-            b"plaintext put in by the administrator",
-        )
-        .await;
-        db.set_xattr(dir, "user.note", b"plaintext too").await;
+    lab.runtime.block_on(async {
+        lab.db
+            .set_xattr(
+                forged,
+                "user.note",
+                b"plaintext put in by the administrator",
+            )
+            .await;
+        lab.db.set_xattr(dir, "user.note", b"plaintext too").await;
         // A value that authenticates, but sealed for another file.
-        let stolen = db.xattr(intact, "user.note").await;
-        db.set_xattr(copied, "user.note", &stolen).await;
+        let stolen = lab.db.xattr(intact, "user.note").await;
+        lab.db.set_xattr(copied, "user.note", &stolen).await;
     });
-    mount.spawn();
-    let work = mount.join("work");
+    lab.mount.spawn();
+    let work = lab.mount.join("work");
     for name in ["forged", "copied", ""] {
         assert_eq!(
             get_xattr(&work.join(name), "user.note"),
@@ -218,18 +211,12 @@ fn a_changed_xattr_value_is_refused(backend: Backend) {
         get_xattr(&work.join("intact"), "user.note"),
         Ok(b"intact".to_vec())
     );
-    assert_logged(&mount, "changed extended attribute values");
+    assert_logged(&lab.mount, "changed extended attribute values");
 }
 
 fn a_file_turned_into_a_symlink_is_refused(backend: Backend) {
-    let Lab {
-        daemon,
-        mut mount,
-        runtime,
-        _alice,
-    } = lab(&backend);
-    let db = runtime.block_on(Database::of(&daemon));
-    let work = mount.join("work");
+    let mut lab = lab(&backend);
+    let work = lab.mount.join("work");
     fs::write(work.join("victim"), b"my data").expect("write");
     fs::write(work.join("intact"), b"still here").expect("write");
     for link in ["link", "copied", "source"] {
@@ -237,17 +224,17 @@ fn a_file_turned_into_a_symlink_is_refused(backend: Backend) {
     }
     let [victim, link, copied, source] =
         ["victim", "link", "copied", "source"].map(|n| ino(&work.join(n)));
-    mount.stop();
+    lab.mount.stop();
 
-    runtime.block_on(async {
-        db.make_symlink(victim, b"/etc/passwd").await;
-        db.set_target(link, b"/etc/passwd").await;
+    lab.runtime.block_on(async {
+        lab.db.make_symlink(victim, b"/etc/passwd").await;
+        lab.db.set_target(link, b"/etc/passwd").await;
         // A target that authenticates, but sealed for another link.
-        let stolen = db.target(source).await;
-        db.set_target(copied, &stolen).await;
+        let stolen = lab.db.target(source).await;
+        lab.db.set_target(copied, &stolen).await;
     });
-    mount.spawn();
-    let work = mount.join("work");
+    lab.mount.spawn();
+    let work = lab.mount.join("work");
     assert_eq!(
         errno(fs::symlink_metadata(work.join("victim"))),
         Some(libc::EIO),
@@ -266,18 +253,12 @@ fn a_file_turned_into_a_symlink_is_refused(backend: Backend) {
         Path::new("intact")
     );
     assert_eq!(fs::read(work.join("intact")).expect("read"), b"still here");
-    assert_logged(&mount, "a file turned into a symlink");
+    assert_logged(&lab.mount, "a file turned into a symlink");
 }
 
 fn a_renamed_or_swapped_entry_is_refused(backend: Backend) {
-    let Lab {
-        daemon,
-        mut mount,
-        runtime,
-        _alice,
-    } = lab(&backend);
-    let db = runtime.block_on(Database::of(&daemon));
-    let work = mount.join("work");
+    let mut lab = lab(&backend);
+    let work = lab.mount.join("work");
     fs::create_dir(work.join("elsewhere")).expect("mkdir");
     for (name, content) in [
         ("first", "1"),
@@ -289,15 +270,15 @@ fn a_renamed_or_swapped_entry_is_refused(backend: Backend) {
     }
     let [dir, elsewhere, first, second, pointed, moved] =
         ["", "elsewhere", "first", "second", "pointed", "moved"].map(|n| ino(&work.join(n)));
-    mount.stop();
+    lab.mount.stop();
 
-    runtime.block_on(async {
-        db.swap_entries(dir, first, second).await;
-        db.move_entry(dir, moved, elsewhere).await;
-        db.point_entry(dir, pointed, moved).await;
+    lab.runtime.block_on(async {
+        lab.db.swap_entries(dir, first, second).await;
+        lab.db.move_entry(dir, moved, elsewhere).await;
+        lab.db.point_entry(dir, pointed, moved).await;
     });
-    mount.spawn();
-    let work = mount.join("work");
+    lab.mount.spawn();
+    let work = lab.mount.join("work");
     for name in ["first", "second", "pointed"] {
         assert_eq!(
             errno(fs::read(work.join(name))),
@@ -318,7 +299,7 @@ fn a_renamed_or_swapped_entry_is_refused(backend: Backend) {
         listed.is_empty(),
         "an entry moved in from another directory is not listed: {listed:?}"
     );
-    assert_logged(&mount, "swapped and moved entries");
+    assert_logged(&lab.mount, "swapped and moved entries");
 }
 
 tests::on_every_backend!(sync:

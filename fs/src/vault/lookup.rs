@@ -99,14 +99,19 @@ impl Vault {
     }
 
     pub fn getattr(&self, ino: FileId) -> Result<Attr, FsError> {
+        self.block(self.getattr_async(ino))
+    }
+
+    /// [`Vault::getattr`] on the runtime.
+    pub(super) async fn getattr_async(&self, ino: FileId) -> Result<Attr, FsError> {
         if let Some(attr) = self
             .coherence
             .fresh(ino)
             .or_else(|| self.shared.pending_attr(ino))
         {
-            return Ok(self.block(self.local_view(attr)));
+            return Ok(self.local_view(attr).await);
         }
-        self.block(async {
+        {
             let attr = self
                 .shared
                 .remote
@@ -118,7 +123,7 @@ impl Vault {
                 .await?;
             self.coherence.learn(&attr);
             Ok(self.local_view(attr).await)
-        })
+        }
     }
 
     pub fn setattr(&self, ino: FileId, changes: &Changes) -> Result<Attr, FsError> {

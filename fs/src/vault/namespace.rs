@@ -8,8 +8,8 @@ use crypto::FileKeys;
 use format::ids::FileId;
 use format::names::keyed_id;
 use proto::v1::{
-    Attr, FileKind, GetAttrRequest, LinkRequest, MkdirRequest, MknodRequest, ReleaseRequest,
-    RenameRequest, RmdirRequest, SymlinkRequest, UnlinkRequest, WrappedKey,
+    Attr, FileKind, LinkRequest, MkdirRequest, MknodRequest, ReleaseRequest, RenameRequest,
+    RmdirRequest, SymlinkRequest, UnlinkRequest, WrappedKey,
 };
 
 use super::{Node, Owner, RenameMode, SharedFile, Vault};
@@ -176,7 +176,7 @@ impl Vault {
             let names = self.shared.dir_names(new_parent).await?;
             let wire = names.wire(new_name);
             let entry_seal = if names.is_sealed() {
-                let kind = FileKind::try_from(self.attr_of(ino).await?.kind);
+                let kind = FileKind::try_from(self.getattr_async(ino).await?.kind);
                 names.seal(&wire, ino, kind.unwrap_or(FileKind::Unspecified))
             } else {
                 Vec::new()
@@ -373,25 +373,6 @@ impl Vault {
             request.entry_seal = from.seal(&request.name, FileId(other.ino), kind(&other));
         }
         Ok(request)
-    }
-
-    /// An inode's attributes: as this client knows them fresh, or from the server.
-    pub(super) async fn attr_of(&self, ino: FileId) -> Result<Attr, FsError> {
-        if let Some(attr) = self
-            .coherence
-            .fresh(ino)
-            .or_else(|| self.shared.pending_attr(ino))
-        {
-            return Ok(attr);
-        }
-        self.shared
-            .remote
-            .send(
-                "get_attr",
-                GetAttrRequest { ino: ino.0 },
-                |mut api, r| async move { api.get_attr(r).await },
-            )
-            .await
     }
 
     pub(super) async fn release_orphan(&self, ino: FileId) {

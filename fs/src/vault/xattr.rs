@@ -17,7 +17,7 @@ impl Vault {
     /// wraps say so, or a directory's with a key; none for the others (their values are
     /// stored as they are).
     async fn xattr_keys(&self, ino: FileId) -> Result<Option<Arc<FileKeys>>, FsError> {
-        let attr = self.attr_of(ino).await?;
+        let attr = self.getattr_async(ino).await?;
         let kind = FileKind::try_from(attr.kind).unwrap_or(FileKind::Unspecified);
         let directory = kind == FileKind::Directory && format::names::is_keyed(ino);
         if kind != FileKind::Regular && !directory {
@@ -63,18 +63,7 @@ impl Vault {
             return Err(FsError::local(ErrorKind::NoData, "no such attribute"));
         }
         self.block(async {
-            let request = GetXattrRequest {
-                ino: ino.0,
-                name: name.to_vec(),
-            };
-            let stored = self
-                .shared
-                .remote
-                .send("get_xattr", request, |mut api, r| async move {
-                    api.get_xattr(r).await
-                })
-                .await?
-                .value;
+            let stored = stored_xattr(&self.shared.remote, ino, name.to_vec()).await?;
             match self.xattr_keys(ino).await? {
                 Some(keys) => {
                     let vault = self.shared.keys.vault();
@@ -113,6 +102,21 @@ impl Vault {
         ))
         .map(drop)
     }
+}
+
+/// The value of extended attribute `name` of `ino` as storaged has it (sealed or not).
+pub(crate) async fn stored_xattr(
+    remote: &crate::remote::Remote,
+    ino: FileId,
+    name: Vec<u8>,
+) -> Result<Vec<u8>, FsError> {
+    let request = GetXattrRequest { ino: ino.0, name };
+    let reply = remote
+        .send("get_xattr", request, |mut api, r| async move {
+            api.get_xattr(r).await
+        })
+        .await?;
+    Ok(reply.value)
 }
 
 /// The extended attributes a vault keeps: the `user.` namespace. The others have meanings the
