@@ -5,7 +5,7 @@
 //! without the tag (the root, and those of older builds) has plaintext names, as before.
 //!
 //! The unwrapped name keys of the directories used lately are kept (least recently used
-//! first out, at most [`DIR_KEYS_MAX`]), so that a lookup costs no unwrap.
+//! first out, at most `DIR_KEYS_MAX`), so that a lookup costs no unwrap.
 
 use std::sync::{Arc, Mutex};
 
