@@ -6,7 +6,7 @@
 
 use format::acl::Principal;
 use format::envelope::COMMITMENT_BYTES;
-use format::ids::VaultId;
+use format::ids::{FileId, VaultId};
 use format::wrapped::{
     KeyKind, SignedWrapHeader, V2_DOMAIN, V2_HEADER_BYTES, V2_KEYS_MAX, WrapHeaderError, WrapKind,
 };
@@ -82,7 +82,7 @@ fn seal_keys(
     keys: &[u8],
     object: Object,
     (recipient, prepared): (Recipient, Option<PreparedWrap>),
-    (epoch, commitment, manifests): (u32, [u8; COMMITMENT_BYTES], bool),
+    (epoch, commitment, (manifests, sealed_xattrs)): (u32, [u8; COMMITMENT_BYTES], (bool, bool)),
     wrapper: Wrapper<'_>,
 ) -> Result<Vec<u8>, WrapError> {
     let count = keys.len() / object.kind.key_bytes();
@@ -101,6 +101,7 @@ fn seal_keys(
         wrapper: wrapper.uid,
         commitment,
         manifests,
+        sealed_xattrs,
     };
     let prepared = match prepared {
         Some(prepared) => prepared,
@@ -187,6 +188,9 @@ pub struct FileKeys {
     /// Every commit of the file carries a manifest (`crate::manifest`): said in every wrap
     /// of these keys, under the wrapper's signature.
     manifests: bool,
+    /// The file's extended attribute values are sealed under these keys (`crate::xattrs`):
+    /// said in every wrap, under the wrapper's signature.
+    sealed_xattrs: bool,
 }
 
 impl std::fmt::Debug for FileKeys {
@@ -219,6 +223,7 @@ impl FileKeys {
             keys,
             ciphers,
             manifests,
+            sealed_xattrs: false,
         }
     }
 
@@ -235,6 +240,18 @@ impl FileKeys {
         self
     }
 
+    /// Whether the file's extended attribute values are sealed under these keys, as its
+    /// wraps say: a reader then refuses one that is not.
+    pub fn sealed_xattrs(&self) -> bool {
+        self.sealed_xattrs
+    }
+
+    /// These keys with the sealed-xattrs flag set or cleared.
+    pub fn with_sealed_xattrs(mut self, sealed: bool) -> FileKeys {
+        self.sealed_xattrs = sealed;
+        self
+    }
+
     /// A new key for what is written from now on, the older ones kept for the chunks sealed
     /// under them; none when the file already has [`V2_KEYS_MAX`] keys (re-seal it first).
     pub fn rotated(&self) -> Option<FileKeys> {
@@ -243,16 +260,21 @@ impl FileKeys {
         }
         let mut keys = vec![DataKey::generate()];
         keys.extend(self.keys.iter().cloned());
-        Some(FileKeys::from_keys(
-            self.epoch.checked_add(1)?,
-            keys,
-            self.manifests,
-        ))
+        let rotated = FileKeys::from_keys(self.epoch.checked_add(1)?, keys, self.manifests);
+        Some(rotated.with_sealed_xattrs(self.sealed_xattrs))
+    }
+
+    /// The name keys of directory `dir` whose keys these are: from its oldest key, so that
+    /// its names stay where they are across key epochs (docs/format.md section 5.6).
+    pub fn name_keys(&self, vault: VaultId, dir: FileId) -> crate::NameKeys {
+        let oldest = self.keys.last().expect("a key list is never empty");
+        crate::NameKeys::derive(oldest, vault, dir)
     }
 
     /// Only the newest key: once no chunk is sealed under an older one.
     pub fn newest_only(&self) -> FileKeys {
         FileKeys::from_keys(self.epoch, vec![self.keys[0].clone()], self.manifests)
+            .with_sealed_xattrs(self.sealed_xattrs)
     }
 
     pub fn epoch(&self) -> u32 {
@@ -290,6 +312,11 @@ impl FileKeys {
         self.ciphers
             .iter()
             .position(|c| c.commitment()[..] == *commitment)
+    }
+
+    /// The key at `at` (0: the newest).
+    pub(crate) fn key_at(&self, at: usize) -> &DataKey {
+        &self.keys[at]
     }
 
     /// The manifest subkey of the key at `at` (0: the newest).
@@ -345,7 +372,11 @@ impl FileKeys {
             &self.payload(),
             Object::file(vault, ino),
             to,
-            (self.epoch, *self.newest().commitment(), self.manifests),
+            (
+                self.epoch,
+                *self.newest().commitment(),
+                (self.manifests, self.sealed_xattrs),
+            ),
             wrapper,
         )
     }
@@ -363,7 +394,8 @@ impl FileKeys {
             .chunks(32)
             .map(|k| DataKey::from_bytes(k.try_into().expect("32 bytes")))
             .collect();
-        let keys = FileKeys::from_keys(header.epoch, keys, header.manifests);
+        let keys = FileKeys::from_keys(header.epoch, keys, header.manifests)
+            .with_sealed_xattrs(header.sealed_xattrs);
         if keys.newest().commitment() != &header.commitment {
             return Err(UnwrapError::Malformed(
                 "the commitment does not match the key",
@@ -444,7 +476,7 @@ impl GroupKeys {
             &payload,
             Object::group(vault, gid),
             (recipient, None),
-            (self.epoch, [0; COMMITMENT_BYTES], false),
+            (self.epoch, [0; COMMITMENT_BYTES], (false, false)),
             wrapper,
         )
     }

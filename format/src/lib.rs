@@ -13,6 +13,7 @@ pub mod ids;
 pub mod layout;
 pub mod limits;
 pub mod manifest;
+pub mod names;
 pub mod wrapped;
 
 pub use envelope::{Header, HeaderError};

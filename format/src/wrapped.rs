@@ -98,7 +98,8 @@ impl WrapHeader {
 ///     20   8  object ID (file, drive or group), u64 LE
 ///     28   1  recipient kind: 1 user, 2 group
 ///     29   1  key count n (1..=64)
-///     30   1  flags: bit 0 = the file's every commit carries a manifest (file keys only)
+///     30   1  flags (file keys only): bit 0 = the file's every commit carries a manifest;
+///             bit 1 = its extended attribute values are sealed (docs/format.md 5.6)
 ///     31   1  zero
 ///     32   4  recipient id (uid or gid), u32 LE
 ///     36  32  recipient's X25519 public key
@@ -171,10 +172,15 @@ pub struct SignedWrapHeader {
     /// Flag bit 0: every commit of the file carries a manifest (`crate::manifest`), so a
     /// reader refuses the file without one unless it is empty (file keys only).
     pub manifests: bool,
+    /// Flag bit 1: the file's extended attribute values are sealed under its keys
+    /// (docs/format.md section 5.6), so a reader refuses one that is not (file keys only).
+    pub sealed_xattrs: bool,
 }
 
 /// The flag bit of [`SignedWrapHeader::manifests`].
 const FLAG_MANIFESTS: u8 = 1;
+/// The flag bit of [`SignedWrapHeader::sealed_xattrs`].
+const FLAG_SEALED_XATTRS: u8 = 2;
 
 impl SignedWrapHeader {
     pub fn encode(&self) -> [u8; V2_HEADER_BYTES] {
@@ -186,7 +192,12 @@ impl SignedWrapHeader {
         out[20..28].copy_from_slice(&self.object.to_le_bytes());
         out[28] = self.recipient.kind_byte();
         out[29] = self.keys;
-        out[30] = if self.manifests { FLAG_MANIFESTS } else { 0 };
+        out[30] = if self.manifests { FLAG_MANIFESTS } else { 0 }
+            | if self.sealed_xattrs {
+                FLAG_SEALED_XATTRS
+            } else {
+                0
+            };
         out[32..36].copy_from_slice(&self.recipient.id().to_le_bytes());
         out[36..68].copy_from_slice(&self.recipient_key);
         out[68..72].copy_from_slice(&self.epoch.to_le_bytes());
@@ -235,14 +246,15 @@ impl SignedWrapHeader {
             epoch: crate::acl::u32_at(wrapped, 68),
             wrapper: crate::acl::u32_at(wrapped, 72),
             commitment: wrapped[76..92].try_into().expect("16 bytes"),
-            manifests: wrapped[30] == FLAG_MANIFESTS,
+            manifests: wrapped[30] & FLAG_MANIFESTS != 0,
+            sealed_xattrs: wrapped[30] & FLAG_SEALED_XATTRS != 0,
         };
         let keys = usize::from(header.keys);
         if keys == 0 || keys > V2_KEYS_MAX || header.epoch < u32::from(header.keys) {
             return Err(Malformed("key count"));
         }
         let flags_allowed = match kind {
-            KeyKind::Data(WrapKind::FileKey) => FLAG_MANIFESTS,
+            KeyKind::Data(WrapKind::FileKey) => FLAG_MANIFESTS | FLAG_SEALED_XATTRS,
             _ => 0,
         };
         if wrapped[30] & !flags_allowed != 0 || wrapped[31] != 0 {
@@ -278,6 +290,7 @@ mod tests {
             wrapper: 0,
             commitment: [0; 16],
             manifests: false,
+            sealed_xattrs: false,
         };
         let mut bytes = header.encode().to_vec();
         bytes.resize(header.wrapped_bytes(), 0);

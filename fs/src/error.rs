@@ -33,6 +33,10 @@ pub enum FsError {
         index: ChunkIndex,
         offered: format::ids::Generation,
     },
+    /// A directory entry, name or symlink target the server sent failed its check against
+    /// the directory's key (docs/format.md section 5.6): the caller gets EIO.
+    #[error("directory {dir}: {reason}")]
+    Entry { dir: FileId, reason: String },
     /// The file's key could not be obtained or opened.
     #[error("no usable key for file {ino}: {reason}")]
     Key { ino: FileId, reason: String },
@@ -45,9 +49,10 @@ impl FsError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             FsError::Remote { kind, .. } | FsError::Local(kind, _) => *kind,
-            FsError::Integrity { .. } | FsError::Manifest { .. } | FsError::Superseded { .. } => {
-                ErrorKind::BadChunk
-            }
+            FsError::Integrity { .. }
+            | FsError::Manifest { .. }
+            | FsError::Superseded { .. }
+            | FsError::Entry { .. } => ErrorKind::BadChunk,
             FsError::Key { .. } => ErrorKind::AccessDenied,
         }
     }

@@ -25,6 +25,7 @@ pub mod helper;
 pub mod keys;
 pub mod manifest;
 pub mod mount;
+pub mod names;
 pub mod remote;
 pub mod seen;
 pub mod shared;

@@ -109,6 +109,8 @@ pub struct Shared {
     claims: Option<Arc<Claims>>,
     /// The newest manifest seen of each file (see [`crate::manifest`]).
     pub manifests: crate::manifest::Seen,
+    /// The name keys of the directories used lately (see [`crate::names`]).
+    pub dir_keys: crate::names::Names,
 }
 
 /// A new file not yet created on the server (see `Lifecycle::pending` in `file`).
@@ -166,6 +168,7 @@ impl Shared {
             dirs: Mutex::new(KnownDirs::new(limits.coherence)),
             runtime,
             manifests: crate::manifest::Seen::default(),
+            dir_keys: crate::names::Names::default(),
         }
     }
 
@@ -216,6 +219,12 @@ impl Shared {
     pub fn pending_attr(&self, ino: FileId) -> Option<proto::v1::Attr> {
         let pending = self.pending.lock().expect("pending poisoned");
         pending.get(&ino).map(|p| p.attr)
+    }
+
+    /// The name (plaintext) of a pending new file.
+    pub fn pending_name(&self, ino: FileId) -> Option<Vec<u8>> {
+        let pending = self.pending.lock().expect("pending poisoned");
+        pending.get(&ino).map(|p| p.name.clone())
     }
 
     /// The pending new file under this name, if any.

@@ -10,8 +10,8 @@ use format::acl::{AclRecord, Entry, Principal};
 use format::ids::{ChunkIndex, FileId, Generation};
 use proto::v1::{
     AclEntry, ChunkCommit, CommitChunksRequest, FileKind, GetAttrRequest, GetChunkRequest,
-    GetGroupRequest, GetUserRequest, OpenRequest, PutChunkRequest, ShareRequest, UnshareRequest,
-    get_group_request, get_user_request,
+    GetGroupRequest, GetUserRequest, ListXattrRequest, OpenRequest, PutChunkRequest,
+    SetXattrRequest, ShareRequest, UnshareRequest, get_group_request, get_user_request,
 };
 
 use crate::keys::{Keys, principal_to_wire};
@@ -118,7 +118,11 @@ impl Sharing {
             .copied()
             .collect();
         entries.push(entry);
-        let wrapped_key = if self.kind_of(ino).await? == FileKind::Regular {
+        // A directory of sealed names has a key, wrapped as a file's (docs/format.md 5.6).
+        let kind = self.kind_of(ino).await?;
+        let has_key = kind == FileKind::Regular
+            || (kind == FileKind::Directory && format::names::is_keyed(ino));
+        let wrapped_key = if has_key {
             let keys = self.keys.file_keys(ino, acl.owner).await?;
             let mut wrapped = self.keys.wrap_to(ino, &keys, &[principal]).await?;
             wrapped.remove(0).blob
@@ -263,8 +267,13 @@ impl Sharing {
         let keys = self.keys.keys_from(ino, &reply.keys, attr.owner).await?;
         // Its wraps say from now on that every commit carries a manifest (this one does).
         let manifests = self.remote.server_has(proto::features::MANIFESTS);
+        // And that its extended attribute values are sealed (they are re-sealed below).
+        let sealed = self.remote.server_has(proto::features::SEALED_NAMES);
         let fresh = match keys.rotated() {
-            Some(rotated) => rotated.newest_only().with_manifests(manifests),
+            Some(rotated) => rotated
+                .newest_only()
+                .with_manifests(manifests)
+                .with_sealed_xattrs(sealed),
             None => bail!("it has too many key epochs"),
         };
         let map = crate::file::chunk_map(&self.remote, ino, &reply).await?;
@@ -315,8 +324,51 @@ impl Sharing {
             })
             .await
             .context("the file changed while it was re-sealed; run `vaultfs rekey` again")?;
+        self.reseal_xattrs(ino, &keys, &fresh).await?;
         self.keys.remember(ino, fresh);
         Ok(chunks.len())
+    }
+
+    /// Seals every extended attribute value of `ino` again under `fresh`, opened under
+    /// `keys` (or taken as it is from a file whose values were not sealed): after a re-seal,
+    /// which drops the keys they were sealed under (docs/format.md section 5.6).
+    async fn reseal_xattrs(
+        &self,
+        ino: FileId,
+        keys: &FileKeys,
+        fresh: &FileKeys,
+    ) -> anyhow::Result<()> {
+        if !fresh.sealed_xattrs() {
+            return Ok(());
+        }
+        let vault = self.keys.vault();
+        let names = self
+            .remote
+            .call("list_xattr", |mut api| async move {
+                api.list_xattr(ListXattrRequest { ino: ino.0 }).await
+            })
+            .await?
+            .names;
+        for name in names {
+            let stored = crate::vault::stored_xattr(&self.remote, ino, name.clone()).await?;
+            let value = if keys.sealed_xattrs() {
+                crypto::open_xattr(keys, vault, ino, &name, &stored)?
+            } else {
+                stored
+            };
+            let request = SetXattrRequest {
+                ino: ino.0,
+                value: crypto::seal_xattr(fresh, vault, ino, &name, &value),
+                name,
+                ..SetXattrRequest::default()
+            };
+            self.remote
+                .send("set_xattr", request, |mut api, r| async move {
+                    api.set_xattr(r).await
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Reads one chunk, opens it under the key it names, seals it under `fresh` at a newer

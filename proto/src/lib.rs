@@ -69,8 +69,17 @@ pub mod features {
     pub const UNLINKS: &str = "unlinks";
     /// Commits store `manifest` and `Open` returns it (docs/format.md section 5.5).
     pub const MANIFESTS: &str = "manifests";
+    /// Sealed names, entry seals, directory keys and client-chosen IDs of every new node
+    /// (docs/format.md section 5.6).
+    pub const SEALED_NAMES: &str = "sealed-names";
     /// Every feature this build's server always has.
-    pub const ALL: &[&str] = &[COMMIT_SET_ATTR, PUT_CHUNKS, UNLINKS, MANIFESTS];
+    pub const ALL: &[&str] = &[
+        COMMIT_SET_ATTR,
+        PUT_CHUNKS,
+        UNLINKS,
+        MANIFESTS,
+        SEALED_NAMES,
+    ];
 }
 
 /// The metadata that names the calling client (see `LeaseRequest`).
@@ -136,4 +145,22 @@ impl ErrorKind {
     pub fn from_wire_name(name: &str) -> Option<ErrorKind> {
         ErrorKind::from_str_name(&name.to_ascii_uppercase().replace('-', "_"))
     }
+}
+
+/// An entry seal (docs/format.md section 5.6) as `Attr` carries it: two little-endian halves.
+pub fn seal_halves(seal: [u8; 16]) -> (u64, u64) {
+    let low = u64::from_le_bytes(seal[..8].try_into().expect("8 bytes"));
+    let high = u64::from_le_bytes(seal[8..].try_into().expect("8 bytes"));
+    (low, high)
+}
+
+/// The entry seal an `Attr` carries, if any (both halves 0: none).
+pub fn attr_seal(attr: &v1::Attr) -> Option<[u8; 16]> {
+    if attr.entry_seal_low == 0 && attr.entry_seal_high == 0 {
+        return None;
+    }
+    let mut seal = [0u8; 16];
+    seal[..8].copy_from_slice(&attr.entry_seal_low.to_le_bytes());
+    seal[8..].copy_from_slice(&attr.entry_seal_high.to_le_bytes());
+    Some(seal)
 }

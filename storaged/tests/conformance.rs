@@ -171,6 +171,7 @@ impl World {
                     wrapper: 0,
                     commitment: [0; 16],
                     manifests: false,
+                    sealed_xattrs: false,
                 };
                 let mut blob = header.encode().to_vec();
                 blob.resize(header.signature_at(), 3);
@@ -210,6 +211,7 @@ fn node(kind: Kind, ino: Option<FileId>) -> NewNode {
         target: Vec::new(),
         ino,
         acl_record: Vec::new(),
+        entry_seal: None,
     }
 }
 
@@ -312,6 +314,7 @@ impl World {
                 new_parent: to.0,
                 new_name: b.as_bytes(),
                 mode,
+                seals: Default::default(),
             };
             tree::rename(txn, &who, &rename, now())
         })
@@ -470,7 +473,7 @@ async fn symlinks_and_hard_links(w: &World, home: FileId, file: FileId) {
     );
     let linked = w
         .write(by(a, move |txn, who| {
-            tree::link(txn, who, file, home, b"hard", now())
+            tree::link(txn, who, file, (home, b"hard", None), now())
         }))
         .await
         .expect("link")
@@ -478,7 +481,7 @@ async fn symlinks_and_hard_links(w: &World, home: FileId, file: FileId) {
     assert_eq!(linked.nlink, 2);
     let dir_link = w
         .write(by(a, move |txn, who| {
-            tree::link(txn, who, home, FileId::ROOT, b"dirlink", now())
+            tree::link(txn, who, home, (FileId::ROOT, b"dirlink", None), now())
         }))
         .await;
     assert!(matches!(dir_link, Err(OpError::NotSupported(_))));
@@ -1425,7 +1428,107 @@ conformance!(
     garbage_keeps_its_time_and_every_record_lists_in_pages,
     a_challenge_is_used_once_until_it_expires,
     a_manifest_is_kept_only_while_it_describes_the_chunk_map,
+    sealed_entries_keep_their_seals_and_list_in_byte_order,
 );
+
+/// A sealed name like vaultfs makes one (docs/format.md section 5.6): a NUL, then bytes.
+fn sealed_name(seed: u8, len: usize) -> Vec<u8> {
+    let mut name = vec![0u8];
+    name.extend((0..len).map(|i| seed.wrapping_mul(31).wrapping_add(i as u8)));
+    name
+}
+
+/// The names and seals of `dir`'s entries, listed by alice in pages of 3 (at most `max`
+/// pages).
+async fn sealed_listing(w: &World, dir: FileId, max: usize) -> Vec<(Vec<u8>, Option<[u8; 16]>)> {
+    let mut seen = Vec::new();
+    let mut after = Vec::new();
+    for _ in 0..max {
+        let (who, cursor) = (w.alice.clone(), after.clone());
+        let (page, more) = w
+            .read(move |txn| tree::readdir_sealed(txn, &who, dir, &cursor, 3))
+            .await
+            .expect("page");
+        after = page.last().map(|(n, _, _)| n.clone()).unwrap_or_default();
+        seen.extend(page.into_iter().map(|(n, _, seal)| (n, seal)));
+        if !more {
+            break;
+        }
+    }
+    seen
+}
+
+/// Sealed names (any bytes after a NUL) are stored, looked up and listed in pages in byte
+/// order with their entry seals; a rename and a link carry the seals the client made, and a
+/// rename sealed for another inode than the entry names is refused, changing nothing.
+async fn sealed_entries_keep_their_seals_and_list_in_byte_order(store: Arc<dyn MetaStore>) {
+    let w = world(store).await;
+    let a = w.alice.clone();
+    let dir = w
+        .mkdir(&a, FileId::ROOT, "sealed")
+        .await
+        .expect("mkdir")
+        .ino;
+    let mut names: Vec<Vec<u8>> = (0..7u8)
+        .map(|i| sealed_name(i, 17 + i as usize % 3))
+        .collect();
+    names.push(vec![
+        0, b'/', 0, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+    ]);
+    for (i, name) in names.iter().enumerate() {
+        let (who, name) = (a.clone(), name.clone());
+        let mut fifo = node(Kind::Fifo, None);
+        fifo.entry_seal = Some([i as u8; 16]);
+        w.write(move |txn| tree::create_node(txn, &who, dir, &name, &fifo, now()))
+            .await
+            .expect("create under a sealed name");
+    }
+    let seen = sealed_listing(&w, dir, names.len()).await;
+    let mut expected: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), Some([i as u8; 16])))
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    let (who, first) = (a.clone(), names[0].clone());
+    let (found, seal) = w
+        .read(move |txn| tree::lookup_sealed(txn, &who, dir, &first))
+        .await
+        .expect("lookup by a sealed name");
+    assert_eq!((found.kind, seal), (Kind::Fifo, Some([0; 16])));
+    // A rename of the first name to a new one, sealed for inode `sealed_for`.
+    let rename_sealed_for = |sealed_for: FileId| {
+        let (who, first, moved) = (a.clone(), names[0].clone(), sealed_name(99, 20));
+        w.write(move |txn| {
+            let seals = tree::RenameSeals {
+                ino: Some(sealed_for),
+                new_entry_seal: Some([9; 16]),
+                ..Default::default()
+            };
+            let rename = Rename {
+                parent: dir,
+                name: &first,
+                new_parent: dir,
+                new_name: &moved,
+                mode: RenameMode::NoReplace,
+                seals,
+            };
+            tree::rename(txn, &who, &rename, now())
+        })
+    };
+    let wrong = rename_sealed_for(FileId(found.ino.0 + 1)).await;
+    assert!(matches!(wrong, Err(OpError::Invalid(_))), "{wrong:?}");
+    rename_sealed_for(found.ino)
+        .await
+        .expect("rename sealed for the inode it names");
+    let (who, moved) = (a.clone(), sealed_name(99, 20));
+    let (_, seal) = w
+        .read(move |txn| tree::lookup_sealed(txn, &who, dir, &moved))
+        .await
+        .expect("lookup of the renamed entry");
+    assert_eq!(seal, Some([9; 16]));
+}
 
 /// A login challenge is recorded as used once; a second use finds it, until its record
 /// expires and is deleted.
@@ -1890,13 +1993,14 @@ fn sqlite_refuses_a_newer_schema() {
 }
 
 /// A database of schema version 1 is upgraded: garbage listed before gets the upgrade's time,
-/// and the signed records' table (version 3) and the used challenges' (version 4) are made.
+/// and the signed records' table (version 3), the used challenges' (version 4) and the
+/// entries' seals (version 5) are made.
 #[test]
 fn sqlite_upgrades_garbage_of_schema_version_1() {
     let (_dir, path) = sqlite_claiming_schema(
         1,
         "DROP INDEX garbage_since; ALTER TABLE garbage DROP COLUMN since; DROP TABLE signed;
-         DROP TABLE used_challenges;
+         DROP TABLE used_challenges; ALTER TABLE entries DROP COLUMN seal;
          INSERT INTO garbage (ino, idx, generation) VALUES (9, 0, 3);",
     );
     drop(SqliteStore::open(&path, None).expect("upgrade"));
@@ -1913,6 +2017,10 @@ fn sqlite_upgrades_garbage_of_schema_version_1() {
         .query_row("SELECT count(*) FROM used_challenges", [], |r| r.get(0))
         .expect("the used challenges' table");
     assert_eq!(used, 0);
+    let sealed: i64 = conn
+        .query_row("SELECT count(seal) FROM entries", [], |r| r.get(0))
+        .expect("the entries' seal column");
+    assert_eq!(sealed, 0);
 }
 
 /// The WAL starts small again after each checkpoint. A WAL left at its largest is rewritten

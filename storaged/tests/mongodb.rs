@@ -35,6 +35,7 @@ fn node(kind: Kind, ino: Option<FileId>) -> NewNode {
         target: Vec::new(),
         ino,
         acl_record: Vec::new(),
+        entry_seal: None,
     }
 }
 
@@ -237,6 +238,7 @@ async fn one_name_one_chunk_and_one_rename_have_one_winner(stores: &[Arc<dyn Met
                 new_parent: FileId::ROOT,
                 new_name: target.as_bytes(),
                 mode: RenameMode::NoReplace,
+                seals: Default::default(),
             };
             tree::rename(txn, &caller(), &rename, now())
         })

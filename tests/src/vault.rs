@@ -66,6 +66,7 @@ pub async fn create_file(
             exclusive: true,
             lazy: false,
             acl_record: Vec::new(),
+            entry_seal: Vec::new(),
         })
         .await?
         .into_inner();

@@ -320,3 +320,41 @@ fn documented_manifest_vector_seals_and_opens() {
     assert_eq!(opened.counter, manifest.counter);
     assert!(opened.describes(size, map.iter().copied()));
 }
+
+/// The sealed name, entry seal, sealed target and sealed attribute value of docs/format.md
+/// section 9 are what this build makes, and open.
+#[test]
+fn documented_name_vectors_seal_and_open() {
+    let v = documented_vectors();
+    let key = DataKey::from_bytes(array(&v, "chunk.data_key"));
+    let vault = VaultId(array(&v, "chunk.vault"));
+    let dir = file_id(&v, "names.dir");
+    assert!(format::names::is_keyed(dir));
+    let keys = crypto::NameKeys::derive(&key, vault, dir);
+    let name = bytes(&v, "names.name");
+    let sealed = bytes(&v, "names.sealed_name");
+    assert_eq!(keys.seal_name(&name), sealed);
+    assert_eq!(keys.open_name(&sealed).expect("opens"), name);
+    let child = file_id(&v, "names.child");
+    let seal = bytes(&v, "names.entry_seal");
+    assert_eq!(keys.entry_seal(&sealed, child, 1)[..], seal[..]);
+    keys.check_entry(&sealed, child, 1, &seal)
+        .expect("the entry checks");
+    let link = file_id(&v, "names.link");
+    let target = bytes(&v, "names.target");
+    let sealed_target = bytes(&v, "names.sealed_target");
+    assert_eq!(keys.seal_target(link, &target), sealed_target);
+    assert_eq!(
+        keys.open_target(link, &sealed_target).expect("opens"),
+        target
+    );
+    let file = crypto::FileKeys::single(key);
+    let (ino, name) = (file_id(&v, "xattr.file"), bytes(&v, "xattr.name"));
+    let value = bytes(&v, "xattr.value");
+    let stored = bytes(&v, "xattr.sealed");
+    assert_eq!(crypto::seal_xattr(&file, vault, ino, &name, &value), stored);
+    assert_eq!(
+        crypto::open_xattr(&file, vault, ino, &name, &stored).expect("opens"),
+        value
+    );
+}

@@ -8,9 +8,13 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 
-use mongodb::bson::{Bson, doc};
 use tests::daemon::{Backend, Storaged};
 use tests::mount::{ClientFiles, Mount};
+
+#[allow(dead_code)]
+#[path = "common/storage_admin.rs"]
+mod storage_admin;
+use storage_admin::Database;
 
 const CHUNK: usize = 8 * 1024 * 1024;
 
@@ -25,140 +29,6 @@ fn read(path: std::path::PathBuf) -> Result<Vec<u8>, i32> {
         .and_then(|mut f| f.read_to_end(&mut buffer))
         .map(|_| buffer)
         .map_err(|e| e.raw_os_error().unwrap_or(0))
-}
-
-/// The storage administrator's hands on the metadata store: the embedded store's file, or
-/// the MongoDB database.
-enum Database {
-    Sqlite(rusqlite::Connection),
-    Mongo(mongodb::Database),
-}
-
-impl Database {
-    async fn of(daemon: &Storaged) -> Database {
-        match daemon.meta_url() {
-            Some(url) => {
-                let client = mongodb::Client::with_uri_str(url).await.expect("client");
-                Database::Mongo(client.default_database().expect("the URL names one"))
-            }
-            None => {
-                let path = daemon.data_dir().join("meta.db");
-                let conn = rusqlite::Connection::open(path).expect("meta.db");
-                conn.busy_timeout(std::time::Duration::from_secs(10))
-                    .expect("busy timeout");
-                Database::Sqlite(conn)
-            }
-        }
-    }
-
-    fn collection(&self, name: &str) -> Option<mongodb::Collection<mongodb::bson::Document>> {
-        match self {
-            Database::Mongo(db) => Some(db.collection(name)),
-            Database::Sqlite(_) => None,
-        }
-    }
-
-    /// Runs `sql` on the embedded store and checks it changed one row.
-    fn change_one(&self, sql: &str, params: impl rusqlite::Params) {
-        let Database::Sqlite(conn) = self else {
-            panic!("not the embedded store");
-        };
-        assert_eq!(conn.execute(sql, params).expect("edit"), 1, "{sql}");
-    }
-
-    /// Points chunk `index` of `ino` at `generation`, or drops its record (`None`).
-    async fn set_chunk(&self, ino: u64, index: u64, generation: Option<u64>) {
-        let Some(chunks) = self.collection("chunks") else {
-            let (ino, index) = (ino as i64, index as i64);
-            match generation {
-                Some(g) => self.change_one(
-                    "UPDATE chunks SET generation = ?3 WHERE ino = ?1 AND idx = ?2",
-                    rusqlite::params![ino, index, g as i64],
-                ),
-                None => self.change_one(
-                    "DELETE FROM chunks WHERE ino = ?1 AND idx = ?2",
-                    rusqlite::params![ino, index],
-                ),
-            }
-            return;
-        };
-        let filter = doc! { "ino": ino as i64, "index": index as i64 };
-        let matched = match generation {
-            Some(g) => {
-                let update = doc! { "$set": { "generation": g as i64 } };
-                chunks
-                    .update_one(filter, update)
-                    .await
-                    .expect("edit")
-                    .matched_count
-            }
-            None => chunks.delete_one(filter).await.expect("edit").deleted_count,
-        };
-        assert_eq!(matched, 1);
-    }
-
-    async fn set_size(&self, ino: u64, size: u64) {
-        let Some(inodes) = self.collection("inodes") else {
-            let sql = "UPDATE inodes SET size = ?1 WHERE ino = ?2";
-            self.change_one(sql, rusqlite::params![size as i64, ino as i64]);
-            return;
-        };
-        let update = doc! { "$set": { "size": Bson::Int64(size as i64) } };
-        let result = inodes.update_one(doc! { "_id": ino as i64 }, update).await;
-        assert_eq!(result.expect("edit").matched_count, 1);
-    }
-
-    /// File `ino`'s manifest (signed record kind 5) as stored.
-    async fn manifest(&self, ino: u64) -> Vec<u8> {
-        let Some(signed) = self.collection("signed") else {
-            let Database::Sqlite(conn) = self else {
-                unreachable!("not MongoDB")
-            };
-            let sql = "SELECT blob FROM signed WHERE kind = 5 AND id = ?1";
-            return conn
-                .query_row(sql, [ino as i64], |row| row.get(0))
-                .expect("a manifest");
-        };
-        let filter = doc! { "kind": 5i32, "id": ino as i64 };
-        let stored = signed.find_one(filter).await.expect("find");
-        let blob = stored.and_then(|d| d.get_binary_generic("blob").ok().cloned());
-        blob.expect("a manifest")
-    }
-
-    /// Puts `blob` back as file `ino`'s manifest.
-    async fn set_manifest(&self, ino: u64, blob: &[u8]) {
-        let Some(signed) = self.collection("signed") else {
-            let sql = "UPDATE signed SET blob = ?2 WHERE kind = 5 AND id = ?1";
-            self.change_one(sql, rusqlite::params![ino as i64, blob]);
-            return;
-        };
-        let filter = doc! { "kind": 5i32, "id": ino as i64 };
-        let blob = mongodb::bson::Binary {
-            subtype: mongodb::bson::spec::BinarySubtype::Generic,
-            bytes: blob.to_vec(),
-        };
-        let update = doc! { "$set": { "blob": blob } };
-        let result = signed.update_one(filter, update).await;
-        assert_eq!(result.expect("edit").matched_count, 1);
-    }
-
-    /// Deletes file `ino`'s manifest (signed record kind 5).
-    async fn delete_manifest(&self, ino: u64) {
-        let Some(signed) = self.collection("signed") else {
-            self.change_one(
-                "DELETE FROM signed WHERE kind = 5 AND id = ?1",
-                [ino as i64],
-            );
-            return;
-        };
-        let filter = doc! { "kind": 5i32, "id": ino as i64 };
-        let deleted = signed
-            .delete_many(filter)
-            .await
-            .expect("edit")
-            .deleted_count;
-        assert_eq!(deleted, 1);
-    }
 }
 
 /// Generations of chunk `index` of `ino` on disk, oldest first.

@@ -122,6 +122,7 @@ async fn links_and_special_files(alice: &TestUser, home: u64, file: &TestFile) {
             target: name("report.txt"),
             uid: 1,
             gid: 1,
+            ..Default::default()
         })
         .await
         .expect("symlink")
@@ -140,6 +141,7 @@ async fn links_and_special_files(alice: &TestUser, home: u64, file: &TestFile) {
             ino: file.ino,
             new_parent: ROOT,
             new_name: name("report-link"),
+            ..Default::default()
         })
         .await
         .expect("link")
@@ -156,6 +158,7 @@ async fn links_and_special_files(alice: &TestUser, home: u64, file: &TestFile) {
             uid: 1,
             gid: 1,
             rdev: 0,
+            ..Default::default()
         })
         .await
         .expect("mknod")
@@ -1331,6 +1334,7 @@ async fn replies_that_add_a_name_carry_the_directory_version(backend: Backend) {
         target: name("f"),
         uid: 1,
         gid: 1,
+        ..Default::default()
     };
     let made = api.clone().symlink(symlink).await.expect("symlink");
     next(made.into_inner().parent_version, "symlink");
@@ -1339,6 +1343,7 @@ async fn replies_that_add_a_name_carry_the_directory_version(backend: Backend) {
         ino: file.ino,
         new_parent: dir.ino,
         new_name: name("hard"),
+        ..Default::default()
     };
     let linked = api.clone().link(link).await.expect("link");
     next(linked.into_inner().parent_version, "link");

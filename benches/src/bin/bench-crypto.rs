@@ -1,10 +1,11 @@
 //! Seal and open throughput of one 8 MiB chunk on one core, with ring's AES-256-GCM on the same
-//! buffer for reference. Run with `benches/crypto.sh`.
+//! buffer for reference; then what a lookup in a directory of sealed names adds (sealing the
+//! name, checking the entry). Run with `benches/crypto.sh`.
 
 use std::time::Duration;
 
 use benches::{gigabytes_per_second, median_time, print_table};
-use crypto::{ChunkContext, DataKey, open, open_in_place, seal};
+use crypto::{ChunkContext, DataKey, NameKeys, open, open_in_place, seal};
 use format::ids::{ChunkIndex, FileId, Generation, VaultId};
 use format::limits::CHUNK_BYTES;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -75,6 +76,44 @@ fn main() {
                 "ring 0.17 AES-256-GCM seal (reference)".into(),
                 gbs(ring_time),
                 ms(ring_time),
+            ],
+        ],
+    );
+    names(budget);
+}
+
+/// A lookup's added work in a directory of sealed names (docs/format.md section 5.6): seal
+/// the name (AES-SIV), check the entry's seal (HMAC-SHA256); per operation, 1,000 at a time.
+fn names(budget: Duration) {
+    let keys = NameKeys::derive(&DataKey::generate(), VaultId([1; 16]), FileId(3));
+    let name = b"a-typical-file-name.txt";
+    let sealed = keys.seal_name(name);
+    let seal = keys.entry_seal(&sealed, FileId(4), 1);
+    let per_op = |work: &dyn Fn()| {
+        let time = median_time(10, budget, || (0..1000).for_each(|_| work()));
+        format!("{:.2}", time.as_secs_f64() * 1e6 / 1000.0)
+    };
+    print_table(
+        &["directory of sealed names (23-byte name)", "us per op"],
+        &[
+            vec![
+                "seal a name (AES-256-SIV)".into(),
+                per_op(&|| {
+                    std::hint::black_box(keys.seal_name(std::hint::black_box(name)));
+                }),
+            ],
+            vec![
+                "open a name (a listing's)".into(),
+                per_op(&|| {
+                    std::hint::black_box(keys.open_name(&sealed).expect("opens"));
+                }),
+            ],
+            vec![
+                "check an entry seal (HMAC-SHA256)".into(),
+                per_op(&|| {
+                    let checked = keys.check_entry(&sealed, FileId(4), 1, &seal);
+                    std::hint::black_box(checked).expect("checks");
+                }),
             ],
         ],
     );

@@ -47,9 +47,13 @@ impl FileState {
         asked: std::time::Instant,
     ) {
         let reply = outcome.ok().flatten();
+        // The known directories and the log hold plaintext names; the request, the wire's.
+        let name = shared
+            .pending_name(self.ino)
+            .unwrap_or_else(|| request.name.clone());
         shared
             .dirs()
-            .added(FileId(request.parent), &request.name, reply, asked);
+            .added(FileId(request.parent), &name, reply, asked);
         if let Err(error) = outcome
             && error.kind() == ErrorKind::Unavailable
         {
@@ -61,7 +65,7 @@ impl FileState {
         shared.forget_pending(self.ino);
         if let Err(error) = outcome {
             tracing::error!(
-                file = %String::from_utf8_lossy(&request.name),
+                file = %String::from_utf8_lossy(&name),
                 %error,
                 "the server refused to create a new file at its first flush; its data is lost"
             );

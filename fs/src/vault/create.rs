@@ -30,8 +30,14 @@ impl Vault {
             let ino = new_ino();
             // Its wraps say every commit carries a manifest when the server keeps them.
             let manifests = self.shared.remote.server_has(proto::features::MANIFESTS);
-            let key = Arc::new(FileKeys::generate().with_manifests(manifests));
+            // And that its extended attribute values are sealed, when the server seals names.
+            let sealed = self.shared.remote.server_has(proto::features::SEALED_NAMES);
+            let key = FileKeys::generate().with_manifests(manifests);
+            let key = Arc::new(key.with_sealed_xattrs(sealed));
             let access = self.shared.keys.new_file_access(ino, &key, parent).await?;
+            let names = self.shared.dir_names(parent).await?;
+            let wire = names.wire(name);
+            let entry_seal = names.seal(&wire, ino, FileKind::Regular);
             // Created on the server at its first flush, with its first chunk (one round trip
             // for a small file instead of two). O_EXCL asks the server now, its answer atomic
             // with the open, unless this client holds the directory's lease and knows its
@@ -39,7 +45,7 @@ impl Vault {
             let pending = CreateRequest {
                 lazy: true,
                 parent: parent.0,
-                name: name.to_vec(),
+                name: wire,
                 perm,
                 uid,
                 gid,
@@ -47,11 +53,12 @@ impl Vault {
                 wrapped_keys: access.wrapped_keys,
                 exclusive: true,
                 acl_record: access.acl_record,
+                entry_seal,
             };
             if !exclusive {
-                return Ok(self.created_pending(ino, &key, parent, pending));
+                return Ok(self.created_pending(ino, &key, name, pending));
             }
-            if let Some(created) = self.created_exclusive_here(ino, &key, &pending) {
+            if let Some(created) = self.created_exclusive_here(ino, &key, name, &pending) {
                 return Ok(created);
             }
             let asked = Instant::now();
@@ -69,7 +76,15 @@ impl Vault {
             self.coherence.learn(&attr);
             self.ask_lease(parent);
             if FileId(attr.ino) != ino {
-                // Not exclusive, and the name existed: open that file as it is.
+                // Not exclusive, and the name existed: open that file as it is, once its entry
+                // checks (the reply carries no seal).
+                let entry = super::lookup::remote_lookup(&self.shared, parent, name).await?;
+                if entry.ino != attr.ino {
+                    return Err(crate::names::entry_error(
+                        parent,
+                        "a create found another inode",
+                    ));
+                }
                 let fh = self.open_async(FileId(attr.ino)).await?.0;
                 return Ok((attr, fh));
             }
@@ -83,7 +98,7 @@ impl Vault {
         &self,
         ino: FileId,
         key: &Arc<FileKeys>,
-        parent: FileId,
+        name: &[u8],
         request: CreateRequest,
     ) -> (Attr, Handle) {
         let now = stamp(std::time::SystemTime::now());
@@ -91,8 +106,8 @@ impl Vault {
         self.shared.add_pending(
             ino,
             crate::shared::Pending {
-                parent,
-                name: request.name.clone(),
+                parent: FileId(request.parent),
+                name: name.to_vec(),
                 attr,
             },
         );
@@ -108,16 +123,17 @@ impl Vault {
         &self,
         ino: FileId,
         key: &Arc<FileKeys>,
+        name: &[u8],
         request: &CreateRequest,
     ) -> Option<(Attr, Handle)> {
-        let (parent, name) = (FileId(request.parent), &request.name);
+        let parent = FileId(request.parent);
         let mut created = None;
         self.behind.while_held(parent, || {
             // One lock after the other (both are leaves of the lock order).
             let absent = self.shared.dirs().absent(parent, name, Instant::now());
             let free = absent && self.shared.pending_named(parent, name).is_none();
             if free {
-                created = Some(self.created_pending(ino, key, parent, request.clone()));
+                created = Some(self.created_pending(ino, key, name, request.clone()));
             }
             free
         });
@@ -209,6 +225,8 @@ fn new_file_attr(ino: FileId, request: &CreateRequest, owner: u32, now: Timestam
         may_read: true,
         may_write: true,
         parent_version: 0,
+        entry_seal_low: 0,
+        entry_seal_high: 0,
     }
 }
 

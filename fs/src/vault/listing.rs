@@ -18,12 +18,14 @@ const READDIR_PAGE: u32 = 1024;
 const READDIR_ENTRIES_MAX: usize = 1_000_000;
 
 /// The entries of `dir` with their attributes, page by page, up to about `max`; whether that
-/// was all.
+/// was all. Names come opened, and entries checked, as the directory's names are sealed; an
+/// entry that fails its check is left out (and logged).
 async fn read_dir(
     shared: &Shared,
     dir: FileId,
     max: usize,
 ) -> Result<(Vec<(Vec<u8>, Attr)>, bool), FsError> {
+    let names = shared.dir_names(dir).await?;
     let mut entries = Vec::new();
     let mut after = Vec::new();
     loop {
@@ -44,11 +46,10 @@ async fn read_dir(
             .last()
             .map(|e| e.name.clone())
             .unwrap_or_default();
-        entries.extend(
-            page.entries
-                .into_iter()
-                .filter_map(|e| Some((e.name, e.attr?))),
-        );
+        entries.extend(page.entries.into_iter().filter_map(|e| {
+            let attr = e.attr?;
+            Some((names.open(&e.name, &attr).ok()?, attr))
+        }));
         if !page.more || entries.len() >= max {
             return Ok((entries, !page.more));
         }

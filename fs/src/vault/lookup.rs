@@ -17,10 +17,39 @@ use super::{Changes, Vault};
 use crate::dirs::Answer;
 use crate::error::FsError;
 use crate::file::FileState;
+use crate::shared::Shared;
+
+/// Looks `name` up in `parent` on the server: sealed as the directory's names are, and the
+/// entry checked against its seal before anything uses it.
+pub(super) async fn remote_lookup(
+    shared: &Shared,
+    parent: FileId,
+    name: &[u8],
+) -> Result<Attr, FsError> {
+    let names = shared.dir_names(parent).await?;
+    let wire = names.wire(name);
+    let request = LookupRequest {
+        parent: parent.0,
+        name: wire.clone(),
+    };
+    let attr = shared
+        .remote
+        .send("lookup", request, |mut api, r| async move {
+            api.lookup(r).await
+        })
+        .await?;
+    names.check(&wire, &attr)?;
+    Ok(attr)
+}
 
 impl Vault {
     pub fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Attr, FsError> {
-        self.block(async {
+        self.block(self.lookup_async(parent, name))
+    }
+
+    /// [`Vault::lookup`] on the runtime.
+    pub(super) async fn lookup_async(&self, parent: FileId, name: &[u8]) -> Result<Attr, FsError> {
+        {
             if let Some(attr) = self.shared.pending_named(parent, name) {
                 return Ok(self.local_view(attr).await);
             }
@@ -43,20 +72,11 @@ impl Vault {
                     return answer;
                 }
             }
-            let request = LookupRequest {
-                parent: parent.0,
-                name: name.to_vec(),
-            };
-            let remote = &self.shared.remote;
-            let attr = remote
-                .send("lookup", request, |mut api, r| async move {
-                    api.lookup(r).await
-                })
-                .await?;
+            let attr = remote_lookup(&self.shared, parent, name).await?;
             self.shared.remember_name(FileId(attr.ino), name);
             self.coherence.learn(&attr);
             Ok(self.local_view(attr).await)
-        })
+        }
     }
 
     /// A lookup's answer from what this client knows of the directory, if it knows enough.
@@ -79,14 +99,19 @@ impl Vault {
     }
 
     pub fn getattr(&self, ino: FileId) -> Result<Attr, FsError> {
+        self.block(self.getattr_async(ino))
+    }
+
+    /// [`Vault::getattr`] on the runtime.
+    pub(super) async fn getattr_async(&self, ino: FileId) -> Result<Attr, FsError> {
         if let Some(attr) = self
             .coherence
             .fresh(ino)
             .or_else(|| self.shared.pending_attr(ino))
         {
-            return Ok(self.block(self.local_view(attr)));
+            return Ok(self.local_view(attr).await);
         }
-        self.block(async {
+        {
             let attr = self
                 .shared
                 .remote
@@ -98,7 +123,7 @@ impl Vault {
                 .await?;
             self.coherence.learn(&attr);
             Ok(self.local_view(attr).await)
-        })
+        }
     }
 
     pub fn setattr(&self, ino: FileId, changes: &Changes) -> Result<Attr, FsError> {
@@ -176,12 +201,19 @@ impl Vault {
     }
 
     pub fn readlink(&self, ino: FileId) -> Result<Vec<u8>, FsError> {
-        self.block(self.shared.remote.send(
-            "read_link",
-            ReadLinkRequest { ino: ino.0 },
-            |mut api, r| async move { api.read_link(r).await },
-        ))
-        .map(|r| r.target)
+        self.block(async {
+            let stored = self
+                .shared
+                .remote
+                .send(
+                    "read_link",
+                    ReadLinkRequest { ino: ino.0 },
+                    |mut api, r| async move { api.read_link(r).await },
+                )
+                .await?
+                .target;
+            self.shared.open_target(ino, stored).await
+        })
     }
 
     pub fn statfs(&self) -> Result<StatFsReply, FsError> {

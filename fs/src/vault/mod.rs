@@ -73,6 +73,7 @@ use crate::shared::Shared;
 
 pub use self::coherence::Notifier;
 pub use self::xattr::kept_xattr;
+pub(crate) use self::xattr::stored_xattr;
 
 /// A directory's entries with their attributes, as `opendir` saw them.
 pub type Listing = Arc<Vec<(Vec<u8>, Attr)>>;

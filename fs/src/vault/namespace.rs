@@ -4,14 +4,17 @@
 use std::future::Future;
 use std::time::Instant;
 
+use crypto::FileKeys;
 use format::ids::FileId;
+use format::names::keyed_id;
 use proto::v1::{
-    Attr, FileKind, LinkRequest, LookupRequest, MkdirRequest, MknodRequest, ReleaseRequest,
-    RenameRequest, RmdirRequest, SymlinkRequest, UnlinkRequest,
+    Attr, FileKind, LinkRequest, MkdirRequest, MknodRequest, ReleaseRequest, RenameRequest,
+    RmdirRequest, SymlinkRequest, UnlinkRequest, WrappedKey,
 };
 
 use super::{Node, Owner, RenameMode, SharedFile, Vault};
 use crate::error::FsError;
+use crate::names::DirNames;
 
 impl Vault {
     pub fn mkdir(
@@ -22,18 +25,21 @@ impl Vault {
         owner: Owner,
     ) -> Result<Attr, FsError> {
         let made = async {
-            // A directory's ACL record binds its ID: this client draws it.
-            let ino = super::create::new_ino();
-            let acl_record = self.shared.keys.new_dir_record(ino, parent).await?;
+            let names = self.shared.dir_names(parent).await?;
+            // A directory's ACL record and key bind its ID: this client draws it.
+            let (ino, wrapped_keys, acl_record) = self.new_dir_access(parent).await?;
+            let wire = names.wire(name);
             let request = MkdirRequest {
                 lazy: true,
                 parent: parent.0,
-                name: name.to_vec(),
+                entry_seal: names.seal(&wire, ino, FileKind::Directory),
+                name: wire,
                 perm,
                 uid: owner.uid,
                 gid: owner.gid,
                 ino: ino.0,
                 acl_record,
+                wrapped_keys,
             };
             let remote = &self.shared.remote;
             remote
@@ -47,6 +53,26 @@ impl Vault {
         self.make_name(parent, name, made)
     }
 
+    /// A new directory's ID, its key wrapped to its owner and readers, and its ACL record
+    /// (docs/format.md section 5.6); a server without sealed names gets a directory of
+    /// plaintext names, as before.
+    async fn new_dir_access(
+        &self,
+        parent: FileId,
+    ) -> Result<(FileId, Vec<WrappedKey>, Vec<u8>), FsError> {
+        if !self.shared.remote.server_has(proto::features::SEALED_NAMES) {
+            let ino = super::create::new_ino();
+            let record = self.shared.keys.new_dir_record(ino, parent).await?;
+            return Ok((ino, Vec::new(), record));
+        }
+        let ino = keyed_id(u64::from_le_bytes(identity::random_bytes()));
+        let keys = FileKeys::generate().with_manifests(false);
+        let access = self.shared.keys.new_file_access(ino, &keys, parent).await?;
+        self.shared.remember_dir_keys(ino, &keys);
+        self.shared.keys.remember(ino, keys);
+        Ok((ino, access.wrapped_keys, access.acl_record))
+    }
+
     /// Makes a special file (a FIFO, a socket, a device node).
     pub fn mknod(
         &self,
@@ -55,22 +81,32 @@ impl Vault {
         node: Node,
         owner: Owner,
     ) -> Result<Attr, FsError> {
-        let request = MknodRequest {
-            lazy: true,
-            parent: parent.0,
-            name: name.to_vec(),
-            kind: node.kind as i32,
-            perm: node.perm,
-            uid: owner.uid,
-            gid: owner.gid,
-            rdev: node.rdev,
+        let made = async {
+            let names = self.shared.dir_names(parent).await?;
+            // Its entry's seal binds its ID: this client draws it.
+            let ino = super::create::new_ino();
+            let wire = names.wire(name);
+            let request = MknodRequest {
+                lazy: true,
+                parent: parent.0,
+                entry_seal: names.seal(&wire, ino, node.kind),
+                name: wire,
+                kind: node.kind as i32,
+                perm: node.perm,
+                uid: owner.uid,
+                gid: owner.gid,
+                rdev: node.rdev,
+                ino: if names.is_sealed() { ino.0 } else { 0 },
+            };
+            let remote = &self.shared.remote;
+            remote
+                .send(
+                    "mknod",
+                    request,
+                    |mut api, r| async move { api.mknod(r).await },
+                )
+                .await
         };
-        let remote = &self.shared.remote;
-        let made = remote.send(
-            "mknod",
-            request,
-            |mut api, r| async move { api.mknod(r).await },
-        );
         self.make_name(parent, name, made)
     }
 
@@ -81,18 +117,31 @@ impl Vault {
         target: &[u8],
         owner: Owner,
     ) -> Result<Attr, FsError> {
-        let request = SymlinkRequest {
-            lazy: true,
-            parent: parent.0,
-            name: name.to_vec(),
-            target: target.to_vec(),
-            uid: owner.uid,
-            gid: owner.gid,
+        let made = async {
+            let names = self.shared.dir_names(parent).await?;
+            let mut request = SymlinkRequest {
+                lazy: true,
+                parent: parent.0,
+                name: names.wire(name),
+                target: target.to_vec(),
+                uid: owner.uid,
+                gid: owner.gid,
+                ..SymlinkRequest::default()
+            };
+            if let DirNames::Sealed(keys) = &names {
+                // A keyed ID: its target is sealed, bound to it (docs/format.md section 5.6).
+                let ino = keyed_id(u64::from_le_bytes(identity::random_bytes()));
+                request.target = keys.seal_target(ino, target);
+                request.entry_seal = names.seal(&request.name, ino, FileKind::Symlink);
+                request.ino = ino.0;
+            }
+            let remote = &self.shared.remote;
+            remote
+                .send("symlink", request, |mut api, r| async move {
+                    api.symlink(r).await
+                })
+                .await
         };
-        let remote = &self.shared.remote;
-        let made = remote.send("symlink", request, |mut api, r| async move {
-            api.symlink(r).await
-        });
         self.make_name(parent, name, made)
     }
 
@@ -124,6 +173,14 @@ impl Vault {
         self.block(async {
             self.materialize(ino).await?;
             self.send_unlinks(Some(new_parent)).await?;
+            let names = self.shared.dir_names(new_parent).await?;
+            let wire = names.wire(new_name);
+            let entry_seal = if names.is_sealed() {
+                let kind = FileKind::try_from(self.getattr_async(ino).await?.kind);
+                names.seal(&wire, ino, kind.unwrap_or(FileKind::Unspecified))
+            } else {
+                Vec::new()
+            };
             let asked = Instant::now();
             let linked = self
                 .shared
@@ -134,7 +191,8 @@ impl Vault {
                         lazy: true,
                         ino: ino.0,
                         new_parent: new_parent.0,
-                        new_name: new_name.to_vec(),
+                        new_name: wire,
+                        entry_seal,
                     },
                     |mut api, r| async move { api.link(r).await },
                 )
@@ -151,17 +209,7 @@ impl Vault {
         if self.table.open_files() == 0 {
             return None;
         }
-        let attr = self
-            .shared
-            .remote
-            .send(
-                "lookup",
-                LookupRequest {
-                    parent: parent.0,
-                    name: name.to_vec(),
-                },
-                |mut api, r| async move { api.lookup(r).await },
-            )
+        let attr = super::lookup::remote_lookup(&self.shared, parent, name)
             .await
             .ok()?;
         self.table.file(FileId(attr.ino))
@@ -188,6 +236,7 @@ impl Vault {
             self.materialize_in(Some(parent)).await?;
             let open = self.open_inode_named(parent, name).await;
             let keep_open = open.is_some();
+            let wire = self.shared.dir_names(parent).await?.wire(name);
             let asked = Instant::now();
             let changes = self.shared.remote.changes();
             let reply = self
@@ -198,7 +247,7 @@ impl Vault {
                     UnlinkRequest {
                         lazy: true,
                         parent: parent.0,
-                        name: name.to_vec(),
+                        name: wire,
                         keep_open,
                     },
                     |mut api, r| async move { api.unlink(r).await },
@@ -229,13 +278,14 @@ impl Vault {
         self.coherence.forget_fresh();
         // The directory may hold new files not created on the server yet.
         self.block(self.materialize_in(None))?;
+        let wire = self.block(self.shared.dir_names(parent))?.wire(name);
         let asked = Instant::now();
         let reply = self.block(self.shared.remote.send(
             "rmdir",
             RmdirRequest {
                 lazy: true,
                 parent: parent.0,
-                name: name.to_vec(),
+                name: wire,
             },
             |mut api, r| async move { api.rmdir(r).await },
         ));
@@ -261,22 +311,15 @@ impl Vault {
         self.block(async {
             self.materialize_in(Some(parent)).await?;
             self.materialize_in(Some(new_parent)).await?;
+            let request = self
+                .rename_request((parent, name), (new_parent, new_name), mode)
+                .await?;
             let reply = self
                 .shared
                 .remote
-                .send(
-                    "rename",
-                    RenameRequest {
-                        lazy: true,
-                        parent: parent.0,
-                        name: name.to_vec(),
-                        new_parent: new_parent.0,
-                        new_name: new_name.to_vec(),
-                        no_replace: mode == RenameMode::NoReplace,
-                        exchange: mode == RenameMode::Exchange,
-                    },
-                    |mut api, r| async move { api.rename(r).await },
-                )
+                .send("rename", request, |mut api, r| async move {
+                    api.rename(r).await
+                })
                 .await;
             // Names moved in both directories (and a replaced one may be gone).
             {
@@ -294,6 +337,42 @@ impl Vault {
             }
             Ok(())
         })
+    }
+
+    /// A rename's request: names sealed as their directories' are, and, where a directory's
+    /// names are sealed, the new entries sealed for the inodes the names have now (checked
+    /// lookups), which the server makes sure they still name.
+    async fn rename_request(
+        &self,
+        (parent, name): (FileId, &[u8]),
+        (new_parent, new_name): (FileId, &[u8]),
+        mode: RenameMode,
+    ) -> Result<RenameRequest, FsError> {
+        let from = self.shared.dir_names(parent).await?;
+        let to = self.shared.dir_names(new_parent).await?;
+        let mut request = RenameRequest {
+            lazy: true,
+            parent: parent.0,
+            name: from.wire(name),
+            new_parent: new_parent.0,
+            new_name: to.wire(new_name),
+            no_replace: mode == RenameMode::NoReplace,
+            exchange: mode == RenameMode::Exchange,
+            ..RenameRequest::default()
+        };
+        if !from.is_sealed() && !to.is_sealed() {
+            return Ok(request);
+        }
+        let kind = |attr: &Attr| FileKind::try_from(attr.kind).unwrap_or(FileKind::Unspecified);
+        let moving = self.lookup_async(parent, name).await?;
+        request.ino = moving.ino;
+        request.new_entry_seal = to.seal(&request.new_name, FileId(moving.ino), kind(&moving));
+        if mode == RenameMode::Exchange {
+            let other = self.lookup_async(new_parent, new_name).await?;
+            request.new_ino = other.ino;
+            request.entry_seal = from.seal(&request.name, FileId(other.ino), kind(&other));
+        }
+        Ok(request)
     }
 
     pub(super) async fn release_orphan(&self, ino: FileId) {

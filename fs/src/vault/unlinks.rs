@@ -189,15 +189,22 @@ impl Vault {
 
     /// Sends one batch of queued unlinks and applies each outcome.
     async fn send_batch(&self, batch: Vec<Queued>) -> Result<(), FsError> {
-        let unlinks = batch
-            .iter()
-            .map(|q| UnlinkRequest {
+        let mut unlinks = Vec::with_capacity(batch.len());
+        for q in &batch {
+            let names = match self.shared.dir_names(q.parent).await {
+                Ok(names) => names,
+                Err(error) => {
+                    self.unlinks.unsend(&batch);
+                    return Err(error);
+                }
+            };
+            unlinks.push(UnlinkRequest {
                 lazy: true,
                 parent: q.parent.0,
-                name: q.name.clone(),
+                name: names.wire(&q.name),
                 keep_open: false,
-            })
-            .collect();
+            });
+        }
         let remote = &self.shared.remote;
         let (asked, changes) = (Instant::now(), remote.changes());
         let reply = remote

@@ -4,16 +4,19 @@
 use proto::v1::*;
 
 use super::call::{Call, Context, each_in_order};
-use super::wire::{attr_changes, choice, new_file, page_limit, special_kind};
-use crate::meta::{FileId, Kind, now};
+use super::wire::{
+    attr_changes, choice, chosen_ino, new_file, page_limit, seal_of, special_kind, wrapped_keys_of,
+};
+use crate::meta::{EntrySeal, FileId, Kind, now};
 use crate::ops::OpError;
-use crate::ops::tree::{self, NewNode, Rename, RenameMode};
+use crate::ops::tree::{self, NewNode, Rename, RenameMode, RenameSeals};
 
 impl Call<Attr> for LookupRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
         let found =
-            at.read(move |txn, who| tree::lookup(txn, who, FileId(self.parent), &self.name));
-        Ok(at.attr(&found.await?))
+            at.read(move |txn, who| tree::lookup_sealed(txn, who, FileId(self.parent), &self.name));
+        let (child, seal) = found.await?;
+        Ok(sealed_attr(&at, &child, seal))
     }
 }
 
@@ -47,6 +50,16 @@ impl Call<Attr> for CreateRequest {
     }
 }
 
+/// The caller's view of an inode found under an entry with `seal`.
+fn sealed_attr(at: &Context, inode: &crate::meta::Inode, seal: Option<EntrySeal>) -> Attr {
+    let (low, high) = proto::seal_halves(seal.unwrap_or_default());
+    Attr {
+        entry_seal_low: low,
+        entry_seal_high: high,
+        ..at.attr(inode)
+    }
+}
+
 /// Creates a directory entry and its inode (mkdir, mknod, symlink); the caller's view of it.
 async fn create_node(
     at: &Context,
@@ -74,17 +87,26 @@ fn plain_node(kind: Kind, perm: u32, uid: u32, gid: u32) -> NewNode {
         target: Vec::new(),
         ino: None,
         acl_record: Vec::new(),
+        entry_seal: None,
     }
 }
 
 impl Call<Attr> for MkdirRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
+        let wrapped_keys = wrapped_keys_of(&self.wrapped_keys)?;
         let node = NewNode {
-            ino: (self.ino != 0).then_some(FileId(self.ino)),
+            ino: chosen_ino(self.ino),
             acl_record: self.acl_record,
+            entry_seal: seal_of(&self.entry_seal)?,
             ..plain_node(Kind::Directory, self.perm, self.uid, self.gid)
         };
-        create_node(&at, FileId(self.parent), self.name, node, self.lazy).await
+        let (parent, name) = (FileId(self.parent), self.name);
+        let (made, parent_version) = at
+            .write(self.lazy, move |txn, who| {
+                tree::create_dir(txn, who, (parent, &name), &node, &wrapped_keys, now())
+            })
+            .await?;
+        Ok(at.named(&made, Some(parent_version)))
     }
 }
 
@@ -92,6 +114,8 @@ impl Call<Attr> for MknodRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
         let node = NewNode {
             rdev: self.rdev,
+            ino: chosen_ino(self.ino),
+            entry_seal: seal_of(&self.entry_seal)?,
             ..plain_node(special_kind(self.kind)?, self.perm, self.uid, self.gid)
         };
         create_node(&at, FileId(self.parent), self.name, node, self.lazy).await
@@ -102,6 +126,8 @@ impl Call<Attr> for SymlinkRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
         let node = NewNode {
             target: self.target,
+            ino: chosen_ino(self.ino),
+            entry_seal: seal_of(&self.entry_seal)?,
             ..plain_node(Kind::Symlink, 0o777, self.uid, self.gid)
         };
         create_node(&at, FileId(self.parent), self.name, node, self.lazy).await
@@ -119,16 +145,11 @@ impl Call<ReadLinkReply> for ReadLinkRequest {
 
 impl Call<Attr> for LinkRequest {
     async fn answer(self, at: Context) -> Result<Attr, OpError> {
+        let seal = seal_of(&self.entry_seal)?;
         let (linked, parent_version) = at
             .write(self.lazy, move |txn, who| {
-                tree::link(
-                    txn,
-                    who,
-                    FileId(self.ino),
-                    FileId(self.new_parent),
-                    &self.new_name,
-                    now(),
-                )
+                let to = (FileId(self.new_parent), self.new_name.as_slice(), seal);
+                tree::link(txn, who, FileId(self.ino), to, now())
             })
             .await?;
         Ok(at.named(&linked, Some(parent_version)))
@@ -205,6 +226,12 @@ impl Call<RenameReply> for RenameRequest {
         ];
         let flags = (self.no_replace, self.exchange);
         let mode = choice(flags, modes, "no_replace and exchange exclude each other")?;
+        let seals = RenameSeals {
+            ino: chosen_ino(self.ino),
+            new_ino: chosen_ino(self.new_ino),
+            new_entry_seal: seal_of(&self.new_entry_seal)?,
+            entry_seal: seal_of(&self.entry_seal)?,
+        };
         let replaced = at
             .write(self.lazy, move |txn, who| {
                 let rename = Rename {
@@ -213,6 +240,7 @@ impl Call<RenameReply> for RenameRequest {
                     new_parent: FileId(self.new_parent),
                     new_name: &self.new_name,
                     mode,
+                    seals,
                 };
                 tree::rename(txn, who, &rename, now())
             })
@@ -237,13 +265,15 @@ impl Call<ReadDirReply> for ReadDirRequest {
     async fn answer(self, at: Context) -> Result<ReadDirReply, OpError> {
         let limit = page_limit(self.limit, 512);
         let (entries, more) = at
-            .read(move |txn, who| tree::readdir(txn, who, FileId(self.ino), &self.after, limit))
+            .read(move |txn, who| {
+                tree::readdir_sealed(txn, who, FileId(self.ino), &self.after, limit)
+            })
             .await?;
         let entries = entries
             .iter()
-            .map(|(name, inode)| DirEntry {
+            .map(|(name, inode, seal)| DirEntry {
                 name: name.clone(),
-                attr: Some(at.attr(inode)),
+                attr: Some(sealed_attr(&at, inode, *seal)),
             })
             .collect();
         Ok(ReadDirReply { entries, more })

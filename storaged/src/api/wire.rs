@@ -4,7 +4,8 @@
 use proto::v1::*;
 
 use crate::meta::{
-    self, ChunkIndex, FileId, Generation, Inode, Kind, Principal, StoreError, Time, Txn, now,
+    self, ChunkIndex, EntrySeal, FileId, Generation, Inode, Kind, Principal, StoreError, Time, Txn,
+    now,
 };
 use crate::ops::tree::{AttrChanges, NewFile, NewNode};
 use crate::ops::{Caller, OpError, access};
@@ -70,6 +71,8 @@ pub fn attr(inode: &Inode, caller: &Caller) -> Attr {
         may_read: access::may_read(caller, inode),
         may_write: access::may_write(caller, inode),
         parent_version: 0,
+        entry_seal_low: 0,
+        entry_seal_high: 0,
     }
 }
 
@@ -187,6 +190,7 @@ pub fn new_file(r: &CreateRequest) -> Result<NewFile, OpError> {
         target: Vec::new(),
         ino: Some(FileId(r.ino)),
         acl_record: r.acl_record.clone(),
+        entry_seal: seal_of(&r.entry_seal)?,
     };
     Ok(NewFile {
         parent: FileId(r.parent),
@@ -194,6 +198,21 @@ pub fn new_file(r: &CreateRequest) -> Result<NewFile, OpError> {
         node,
         wrapped_keys,
     })
+}
+
+/// An entry seal as the wire carries it: empty for none, else exactly 16 bytes.
+pub fn seal_of(bytes: &[u8]) -> Result<Option<EntrySeal>, OpError> {
+    crate::meta::entry_seal(bytes).ok_or_else(|| {
+        OpError::invalid(format!(
+            "an entry seal is {} bytes",
+            format::names::ENTRY_SEAL_BYTES
+        ))
+    })
+}
+
+/// An inode number a client chose, or none (0) for the server to draw one.
+pub fn chosen_ino(ino: u64) -> Option<FileId> {
+    (ino != 0).then_some(FileId(ino))
 }
 
 /// What a `SetAttr` asks to change; "now" is the server's clock.

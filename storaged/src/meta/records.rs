@@ -145,6 +145,20 @@ pub struct Inode {
 pub struct Entry {
     pub ino: FileId,
     pub kind: Kind,
+    /// The client's seal binding the entry's sealed name to `ino` and `kind` (docs/format.md
+    /// section 5.6); none in a directory of plaintext names.
+    pub seal: Option<EntrySeal>,
+}
+
+/// An entry's seal, as the client made it (the server cannot check it).
+pub type EntrySeal = [u8; format::names::ENTRY_SEAL_BYTES];
+
+/// An entry seal as the wire or a store carries it: empty for none, else exactly its bytes.
+pub fn entry_seal(bytes: &[u8]) -> Option<Option<EntrySeal>> {
+    if bytes.is_empty() {
+        return Some(None);
+    }
+    bytes.try_into().ok().map(Some)
 }
 
 /// An extended attribute: name and value.

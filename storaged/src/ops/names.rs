@@ -1,10 +1,30 @@
 //! What a name may be: the checks every entry-creating operation applies first.
 
 use super::OpError;
+use format::names::{SEALED_NAME_OVERHEAD, SEALED_TARGET_OVERHEAD, is_sealed, sealed_name_bytes};
 use proto::limits::{NAME_BYTES_MAX, PATH_BYTES_MAX};
 
-/// A directory entry name: 1..=255 bytes, not `.` or `..`, no `/` and no NUL.
+/// A name as the audit log records it: as it is when plaintext, in hex when sealed.
+pub fn audit_name(name: &[u8]) -> String {
+    if is_sealed(name) {
+        format!("sealed:{}", hex::encode(name))
+    } else {
+        String::from_utf8_lossy(name).into_owned()
+    }
+}
+
+/// A directory entry name: 1..=255 bytes, not `.` or `..`, no `/` and no NUL; or a sealed
+/// name (docs/format.md section 5.6): a NUL, then AES-SIV of such a name (any bytes).
 pub fn check_name(name: &[u8]) -> Result<(), OpError> {
+    if is_sealed(name) {
+        if name.len() <= SEALED_NAME_OVERHEAD {
+            return Err(OpError::invalid("a sealed name too short to hold a name"));
+        }
+        if name.len() > sealed_name_bytes(NAME_BYTES_MAX) {
+            return Err(OpError::NameTooLong);
+        }
+        return Ok(());
+    }
     if name.is_empty() {
         return Err(OpError::invalid("empty name"));
     }
@@ -23,8 +43,20 @@ pub fn check_name(name: &[u8]) -> Result<(), OpError> {
     Ok(())
 }
 
-/// A symlink target: 1..=4096 bytes, no NUL.
+/// A symlink target: 1..=4096 bytes, no NUL; or a sealed one (a NUL, the sealing
+/// directory, then AES-SIV of such a target).
 pub fn check_target(target: &[u8]) -> Result<(), OpError> {
+    if is_sealed(target) {
+        if target.len() <= SEALED_TARGET_OVERHEAD {
+            return Err(OpError::invalid(
+                "a sealed target too short to hold a target",
+            ));
+        }
+        if target.len() > SEALED_TARGET_OVERHEAD + PATH_BYTES_MAX {
+            return Err(OpError::NameTooLong);
+        }
+        return Ok(());
+    }
     if target.is_empty() {
         return Err(OpError::invalid("empty symlink target"));
     }
@@ -72,6 +104,18 @@ mod tests {
         assert!(check_name(&[b'x'; 255]).is_ok());
         assert!(check_name(b"...").is_ok());
         assert!(check_name("naïve".as_bytes()).is_ok());
+        let mut sealed = vec![0u8; SEALED_NAME_OVERHEAD + 1];
+        sealed[5] = b'/';
+        assert!(check_name(&sealed).is_ok(), "a sealed name holds any bytes");
+        assert!(matches!(
+            check_name(&sealed[..SEALED_NAME_OVERHEAD]),
+            Err(OpError::Invalid(_))
+        ));
+        assert!(matches!(
+            check_name(&vec![0u8; sealed_name_bytes(256)]),
+            Err(OpError::NameTooLong)
+        ));
+        assert!(check_name(&vec![0u8; sealed_name_bytes(255)]).is_ok());
     }
 
     #[test]

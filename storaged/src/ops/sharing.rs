@@ -197,12 +197,15 @@ pub fn share(
         ));
     }
     let wrapped_key = &change.wrapped_key;
-    if node.kind == Kind::Regular && entry.read {
+    // A directory of sealed names has a key, wrapped as a file's (docs/format.md 5.6).
+    let has_key = node.kind == Kind::Regular
+        || (node.kind == Kind::Directory && format::names::is_keyed(ino));
+    if has_key && entry.read {
         check_wrapped_key(txn, caller.uid, ino, entry.principal, wrapped_key)?;
         txn.put_wrapped_key(ino, entry.principal, wrapped_key)?;
     } else if !wrapped_key.is_empty() {
         return Err(OpError::invalid(
-            "only readers of regular files get a wrapped key",
+            "only readers of regular files and of directories with a key get a wrapped key",
         ));
     }
     set_acl(txn, &mut node, granted, &change.record)?;

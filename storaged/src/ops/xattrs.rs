@@ -40,7 +40,14 @@ pub fn set(
     now: Time,
 ) -> Result<(), OpError> {
     check_xattr_name(name)?;
-    if value.len() > XATTR_VALUE_BYTES_MAX {
+    // A sealed value (docs/format.md section 5.6) carries its key's commitment and an SIV.
+    let sealed = format::names::is_sealed(value);
+    let overhead = if sealed {
+        format::names::SEALED_XATTR_OVERHEAD
+    } else {
+        0
+    };
+    if value.len() > XATTR_VALUE_BYTES_MAX + overhead {
         return Err(OpError::TooLarge(format!(
             "attribute value of {} bytes",
             value.len()

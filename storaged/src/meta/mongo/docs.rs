@@ -30,11 +30,29 @@ pub fn binary(bytes: &[u8]) -> Bson {
 }
 
 /// A name (directory entry, extended attribute) as stored: a string when it is UTF-8, so that
-/// operators read it and MongoDB orders it by its bytes; binary otherwise.
+/// operators read it and MongoDB orders it by its bytes; binary otherwise. A sealed name
+/// (docs/format.md section 5.6: a NUL, then ciphertext) is the string `/` and the hex of the
+/// bytes after the NUL: no plaintext name holds `/`, and hex keeps the byte order, so that a
+/// directory of sealed names lists in pages by the `name` index.
 pub fn name(bytes: &[u8]) -> Bson {
+    if format::names::is_sealed(bytes) {
+        return Bson::String(format!("{SEALED_PREFIX}{}", hex::encode(&bytes[1..])));
+    }
     match std::str::from_utf8(bytes) {
         Ok(text) => Bson::String(text.to_string()),
         Err(_) => binary(bytes),
+    }
+}
+
+/// What starts the stored form of a sealed name (see [`name`]).
+const SEALED_PREFIX: &str = "/";
+
+/// Whether a name stored as the string `text` lists after `after` (stored as `stored`): by the
+/// strings' order when `after` is stored as one (MongoDB's order of them), else by bytes.
+pub fn after_in_text_order(text: &str, stored: &Bson, after: &[u8]) -> bool {
+    match stored.as_str() {
+        Some(after_text) => text > after_text,
+        None => text.as_bytes() > after,
     }
 }
 
@@ -124,6 +142,13 @@ impl<'a> Fields<'a> {
     /// A name written by [`name`].
     pub fn name(&self, field: &str) -> Result<Vec<u8>, StoreError> {
         match self.get(field)? {
+            Bson::String(v) if v.starts_with(SEALED_PREFIX) => {
+                let mut sealed = vec![format::names::SEALED_MARK];
+                let bytes = hex::decode(&v[SEALED_PREFIX.len()..])
+                    .map_err(|_| self.corrupt(field, "is a sealed name that is not hex"))?;
+                sealed.extend_from_slice(&bytes);
+                Ok(sealed)
+            }
             Bson::String(v) => Ok(v.as_bytes().to_vec()),
             Bson::Binary(v) => Ok(v.bytes.clone()),
             _ => Err(self.corrupt(field, "is neither a string nor binary")),
@@ -214,6 +239,11 @@ pub fn entry_from(d: &Document) -> Result<(Vec<u8>, Entry), StoreError> {
         Entry {
             ino: f.file("ino")?,
             kind: f.kind("kind")?,
+            seal: match d.get("seal") {
+                None => None,
+                Some(_) => crate::meta::records::entry_seal(&f.bytes("seal")?)
+                    .ok_or_else(|| f.corrupt("seal", "is not an entry seal"))?,
+            },
         },
     ))
 }
@@ -350,6 +380,16 @@ mod tests {
         assert!(error.contains("\"perm\""), "{error}");
         damaged.insert("perm", 416.0);
         assert_eq!(inode_from(&damaged).expect("an integral double").perm, 416);
+    }
+
+    #[test]
+    fn sealed_names_are_slash_and_hex_in_byte_order() {
+        let sealed = [0u8, 0xab, 0x00, 0x2f];
+        assert_eq!(name(&sealed), Bson::String("/ab002f".into()));
+        let d = doc! { "name": name(&sealed) };
+        assert_eq!(Fields::new(&d, "t").name("name").expect("name"), sealed);
+        let (low, high) = (name(&[0, 0x10]), name(&[0, 0x10, 0]));
+        assert!(low.as_str() < high.as_str() && high.as_str() < name(&[0, 0x11]).as_str());
     }
 
     #[test]

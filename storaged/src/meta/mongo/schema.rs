@@ -8,7 +8,7 @@ use mongodb::{Collection, Database, IndexModel};
 use super::{StoreError, failure};
 
 /// The schema this build writes. Older databases are upgraded on open; newer ones refused.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The collection holding the schema version: one document `{_id: "vault", version}`.
 pub(super) const SCHEMA: &str = "schema";
@@ -238,6 +238,9 @@ pub async fn migrate(db: &Database, collections: &Collections) -> Result<(), Sto
             2 => step_v2(collections).await?,
             3 => step_v3(db, collections).await?,
             4 => step_v4(db, collections).await?,
+            // Entries gain an optional `seal` (docs/format.md section 5.6): nothing to change,
+            // but a storaged that would drop it on a rename must not open the database.
+            5 => {}
             _ => unreachable!("no upgrade step to schema version {next}"),
         }
         // $max: a slower instance finishing the same step never moves the version back.

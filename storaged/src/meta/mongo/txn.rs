@@ -132,9 +132,11 @@ impl<'a> MongoTxn<'a> {
         after: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError> {
-        let mut bound = match std::str::from_utf8(after) {
-            Ok(text) => doc! { "$gt": text },
-            Err(error) => {
+        let stored = docs::name(after);
+        let mut bound = match stored.as_str() {
+            Some(text) => doc! { "$gt": text },
+            None => {
+                let error = std::str::from_utf8(after).expect_err("not stored as text");
                 let prefix = String::from_utf8_lossy(&after[..error.valid_up_to()]);
                 doc! { "$gte": prefix.into_owned() }
             }
@@ -150,8 +152,9 @@ impl<'a> MongoTxn<'a> {
             };
             bound = doc! { "$gt": last.to_string() };
             for document in &page {
+                let text = document.get_str("name").unwrap_or_default();
                 let (name, entry) = docs::entry_from(document)?;
-                if name.as_slice() > after && found.len() < limit {
+                if docs::after_in_text_order(text, &stored, after) && found.len() < limit {
                     found.push((name, entry));
                 }
             }
@@ -226,6 +229,9 @@ impl Txn for MongoTxn<'_> {
         let mut document = filter.clone();
         document.insert("ino", file(entry.ino));
         document.insert("kind", entry.kind as i32);
+        if let Some(seal) = entry.seal {
+            document.insert("seal", binary(&seal));
+        }
         self.put(Coll::Entries, filter, document)
     }
     fn delete_entry(&mut self, parent: FileId, entry_name: &[u8]) -> Result<(), StoreError> {

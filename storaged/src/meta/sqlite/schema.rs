@@ -7,7 +7,7 @@ use super::unavailable;
 use crate::meta::StoreError;
 
 /// The schema this build writes. Older databases are upgraded on open; newer ones refused.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Brings the schema of the database up to [`SCHEMA_VERSION`], or refuses a newer one.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -38,7 +38,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         });
     }
     // Each step takes the schema from version N to N + 1; a new version appends one.
-    let steps: [&str; 4] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+    let steps: [&str; 5] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
     for (version, step) in steps.iter().enumerate().skip(found as usize) {
         let next = version as u32 + 1;
         conn.execute_batch(&format!("BEGIN; {step}; COMMIT;"))
@@ -104,4 +104,9 @@ CREATE TABLE signed (kind INTEGER NOT NULL, id INTEGER NOT NULL, sub INTEGER NOT
 const SCHEMA_V4: &str = "
 CREATE TABLE used_challenges (hash BLOB PRIMARY KEY, expires INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX used_challenges_expires ON used_challenges (expires)
+";
+
+/// Version 5: each entry's seal (docs/format.md section 5.6), none for the entries before.
+const SCHEMA_V5: &str = "
+ALTER TABLE entries ADD COLUMN seal BLOB
 ";

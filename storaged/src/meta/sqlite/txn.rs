@@ -144,23 +144,25 @@ impl Txn for SqliteTxn<'_> {
     }
 
     fn get_entry(&mut self, parent: FileId, name: &[u8]) -> Result<Option<Entry>, StoreError> {
-        let row: Option<(i64, i64)> = self.query_one(
-            "SELECT ino, kind FROM entries WHERE parent = ?1 AND name = ?2",
+        let row: Option<(i64, i64, Option<Vec<u8>>)> = self.query_one(
+            "SELECT ino, kind, seal FROM entries WHERE parent = ?1 AND name = ?2",
             params![file(parent), name],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        row.map(|(ino, kind)| {
-            Ok(Entry {
-                ino: FileId(ino as u64),
-                kind: kind_of(kind)?,
-            })
-        })
-        .transpose()
+        row.map(|(ino, kind, seal)| entry_of(ino, kind, seal))
+            .transpose()
     }
     fn put_entry(&mut self, parent: FileId, name: &[u8], entry: Entry) -> Result<(), StoreError> {
         self.change(
-            "INSERT OR REPLACE INTO entries (parent, name, ino, kind) VALUES (?1, ?2, ?3, ?4)",
-            params![file(parent), name, file(entry.ino), entry.kind as i64],
+            "INSERT OR REPLACE INTO entries (parent, name, ino, kind, seal)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                file(parent),
+                name,
+                file(entry.ino),
+                entry.kind as i64,
+                entry.seal.map(|s| s.to_vec())
+            ],
         )
     }
     fn delete_entry(&mut self, parent: FileId, name: &[u8]) -> Result<(), StoreError> {
@@ -175,22 +177,14 @@ impl Txn for SqliteTxn<'_> {
         after: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError> {
-        let rows: Vec<(Vec<u8>, i64, i64)> = self.query_all(
-            "SELECT name, ino, kind FROM entries WHERE parent = ?1 AND name > ?2
+        let rows: Vec<EntryRow> = self.query_all(
+            "SELECT name, ino, kind, seal FROM entries WHERE parent = ?1 AND name > ?2
              ORDER BY name LIMIT ?3",
             params![file(parent), after, limit as i64],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
         rows.into_iter()
-            .map(|(name, ino, kind)| {
-                Ok((
-                    name,
-                    Entry {
-                        ino: FileId(ino as u64),
-                        kind: kind_of(kind)?,
-                    },
-                ))
-            })
+            .map(|(name, ino, kind, seal)| Ok((name, entry_of(ino, kind, seal)?)))
             .collect()
     }
 
@@ -556,4 +550,18 @@ impl Txn for SqliteTxn<'_> {
         let params = params![id(from_seq), limit as i64];
         self.rows_where(AUDIT, clause, params, audit_from_row)
     }
+}
+
+/// An entry's row: name, ino, kind, seal.
+type EntryRow = (Vec<u8>, i64, i64, Option<Vec<u8>>);
+
+/// An entry from its row.
+fn entry_of(ino: i64, kind: i64, seal: Option<Vec<u8>>) -> Result<Entry, StoreError> {
+    let seal = crate::meta::records::entry_seal(seal.as_deref().unwrap_or_default())
+        .ok_or_else(|| StoreError::Corrupt(format!("entry seal of inode {ino}")))?;
+    Ok(Entry {
+        ino: FileId(ino as u64),
+        kind: kind_of(kind)?,
+        seal,
+    })
 }

@@ -4,10 +4,11 @@
 use super::directory;
 use crate::audit;
 use crate::meta::{
-    AclEntry, Entry, FileId, Inode, Kind, Principal, RecordKind, SignedKey, Time, Txn, Version,
+    AclEntry, Entry, EntrySeal, FileId, Inode, Kind, Principal, RecordKind, SignedKey, Time, Txn,
+    Version,
 };
 use crate::ops::access::{check_read, check_write, inherited_acl};
-use crate::ops::names::{check_name, check_target};
+use crate::ops::names::{audit_name, check_name, check_target};
 use crate::ops::records::{check_acl_record, key_holders};
 use crate::ops::{Caller, OpError, inode, touch};
 
@@ -31,6 +32,7 @@ pub fn init_root(txn: &mut dyn Txn, now: Time) -> Result<(), OpError> {
         target: Vec::new(),
         ino: Some(FileId::ROOT),
         acl_record: Vec::new(),
+        entry_seal: None,
     };
     let mut root = new_inode(FileId::ROOT, &node, 0, FileId::ROOT, now);
     root.nlink = 2;
@@ -49,7 +51,7 @@ fn new_inode(ino: FileId, node: &NewNode, owner: u32, parent: FileId, now: Time)
         uid: node.uid,
         gid: node.gid,
         nlink: 1,
-        size: node.target.len() as u64,
+        size: format::names::target_bytes(&node.target) as u64,
         atime: now,
         mtime: now,
         ctime: now,
@@ -78,6 +80,9 @@ pub struct NewNode {
     /// The new inode's signed ACL record, by its creator (docs/format.md section 5.2); empty:
     /// it takes the ACL its directory passes on, unsigned.
     pub acl_record: Vec<u8>,
+    /// The seal of its entry (docs/format.md section 5.6); none in a directory of plaintext
+    /// names.
+    pub entry_seal: Option<EntrySeal>,
 }
 
 /// Creates a directory entry and its inode: mkdir, mknod, symlink, and create (see
@@ -132,16 +137,10 @@ pub fn create_node(
         Entry {
             ino,
             kind: node.kind,
+            seal: node.entry_seal,
         },
     )?;
-    audit::append(
-        txn,
-        caller.uid,
-        "create",
-        ino,
-        &String::from_utf8_lossy(name),
-        now,
-    )?;
+    audit::append(txn, caller.uid, "create", ino, &audit_name(name), now)?;
     Ok((child, dir.version))
 }
 
@@ -194,16 +193,54 @@ pub fn create_file(
         check_read(caller, &existing)?;
         return Ok((existing, None));
     }
-    let ino = node
-        .ino
-        .ok_or_else(|| OpError::invalid("a new file needs its inode number"))?;
-    let (child, dir_version) = create_node(txn, caller, parent, name, node, now)?;
-    check_key_holders(caller, &child, node, wrapped_keys)?;
-    for (principal, blob) in wrapped_keys {
-        crate::ops::sharing::check_wrapped_key(txn, caller.uid, ino, *principal, blob)?;
-        txn.put_wrapped_key(ino, *principal, blob)?;
+    if node.ino.is_none() {
+        return Err(OpError::invalid("a new file needs its inode number"));
     }
+    let (child, dir_version) = create_node(txn, caller, parent, name, node, now)?;
+    store_wrapped_keys(txn, caller, &child, node, wrapped_keys)?;
     Ok((child, Some(dir_version)))
+}
+
+/// Creates a directory; with `wrapped_keys`, one whose names are sealed under its key
+/// (docs/format.md section 5.6), wrapped as a new file's key is. Returns it and its
+/// directory's version right after.
+pub fn create_dir(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    (parent, name): (FileId, &[u8]),
+    node: &NewNode,
+    wrapped_keys: &[(Principal, Vec<u8>)],
+    now: Time,
+) -> Result<(Inode, Version), OpError> {
+    if node.kind != Kind::Directory {
+        return Err(OpError::invalid("create_dir makes directories only"));
+    }
+    if !wrapped_keys.is_empty() && node.ino.is_none() {
+        return Err(OpError::invalid(
+            "a directory with a key needs its inode number",
+        ));
+    }
+    let (child, dir_version) = create_node(txn, caller, parent, name, node, now)?;
+    if !wrapped_keys.is_empty() {
+        store_wrapped_keys(txn, caller, &child, node, wrapped_keys)?;
+    }
+    Ok((child, dir_version))
+}
+
+/// Checks and stores the wrapped keys of a new inode (a file, or a directory with a key).
+fn store_wrapped_keys(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    child: &Inode,
+    node: &NewNode,
+    wrapped_keys: &[(Principal, Vec<u8>)],
+) -> Result<(), OpError> {
+    check_key_holders(caller, child, node, wrapped_keys)?;
+    for (principal, blob) in wrapped_keys {
+        crate::ops::sharing::check_wrapped_key(txn, caller.uid, child.ino, *principal, blob)?;
+        txn.put_wrapped_key(child.ino, *principal, blob)?;
+    }
+    Ok(())
 }
 
 /// A new file's key must be wrapped to its owner and every reader: by its signed ACL record
@@ -243,13 +280,13 @@ fn check_key_holders(
     Ok(())
 }
 
-/// Adds a name for a file; returns the file and the directory's version right after.
+/// Adds a name for a file, its entry sealed by `seal`; returns the file and the directory's
+/// version right after.
 pub fn link(
     txn: &mut dyn Txn,
     caller: &Caller,
     ino: FileId,
-    new_parent: FileId,
-    new_name: &[u8],
+    (new_parent, new_name, seal): (FileId, &[u8], Option<EntrySeal>),
     now: Time,
 ) -> Result<(Inode, Version), OpError> {
     check_name(new_name)?;
@@ -274,6 +311,7 @@ pub fn link(
         Entry {
             ino,
             kind: target.kind,
+            seal,
         },
     )?;
     txn.put_inode(&target)?;

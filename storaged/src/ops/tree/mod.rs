@@ -6,14 +6,14 @@ mod create;
 mod remove;
 mod rename;
 
-pub use create::{NewFile, NewNode, create_file, create_node, init_root, link};
+pub use create::{NewFile, NewNode, create_dir, create_file, create_node, init_root, link};
 pub use remove::{Unlinked, purge, release, rmdir, unlink};
-pub use rename::{Rename, RenameMode, rename};
+pub use rename::{Rename, RenameMode, RenameSeals, rename};
 
 use super::access::{check_owner, check_read, check_write, may_read};
 use super::names::check_name;
 use super::{Caller, OpError, inode, touch};
-use crate::meta::{ChunkIndex, ChunkRef, FileId, Inode, Kind, Time, Txn};
+use crate::meta::{ChunkIndex, ChunkRef, EntrySeal, FileId, Inode, Kind, Time, Txn};
 use proto::limits::CHUNK_BYTES;
 
 /// The inode if it is a directory.
@@ -31,13 +31,23 @@ pub fn lookup(
     parent: FileId,
     name: &[u8],
 ) -> Result<Inode, OpError> {
+    lookup_sealed(txn, caller, parent, name).map(|(child, _)| child)
+}
+
+/// A lookup with the seal of the entry found (docs/format.md section 5.6).
+pub fn lookup_sealed(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    parent: FileId,
+    name: &[u8],
+) -> Result<(Inode, Option<EntrySeal>), OpError> {
     check_name(name)?;
     let dir = directory(txn, parent)?;
     check_read(caller, &dir)?;
     let entry = txn.get_entry(parent, name)?.ok_or(OpError::NotFound)?;
     let child = inode(txn, entry.ino)?;
     check_read(caller, &child)?;
-    Ok(child)
+    Ok((child, entry.seal))
 }
 
 pub fn getattr(txn: &mut dyn Txn, caller: &Caller, ino: FileId) -> Result<Inode, OpError> {
@@ -57,6 +67,9 @@ pub fn readlink(txn: &mut dyn Txn, caller: &Caller, ino: FileId) -> Result<Vec<u
 /// Directory entries with their inodes, in name order.
 pub type Listing = Vec<(Vec<u8>, Inode)>;
 
+/// Directory entries with their inodes and the entries' seals, in name order.
+pub type SealedListing = Vec<(Vec<u8>, Inode, Option<EntrySeal>)>;
+
 /// A page of a directory listing: the entries the caller may read, after `after`.
 pub fn readdir(
     txn: &mut dyn Txn,
@@ -65,6 +78,19 @@ pub fn readdir(
     after: &[u8],
     limit: usize,
 ) -> Result<(Listing, bool), OpError> {
+    let (page, more) = readdir_sealed(txn, caller, ino, after, limit)?;
+    let page = page.into_iter().map(|(name, child, _)| (name, child));
+    Ok((page.collect(), more))
+}
+
+/// [`readdir`] with each entry's seal (docs/format.md section 5.6).
+pub fn readdir_sealed(
+    txn: &mut dyn Txn,
+    caller: &Caller,
+    ino: FileId,
+    after: &[u8],
+    limit: usize,
+) -> Result<(SealedListing, bool), OpError> {
     let dir = directory(txn, ino)?;
     check_read(caller, &dir)?;
     let limit = limit.clamp(1, 4096);
@@ -77,7 +103,7 @@ pub fn readdir(
             cursor = name.clone();
             let child = inode(txn, entry.ino)?;
             if may_read(caller, &child) {
-                out.push((name, child));
+                out.push((name, child, entry.seal));
                 if out.len() == limit {
                     let more = !txn.list_entries(ino, &cursor, 1)?.is_empty();
                     return Ok((out, more));

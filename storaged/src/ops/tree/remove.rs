@@ -117,14 +117,8 @@ pub fn rmdir(
     dir.mtime = now;
     touch(&mut dir, now);
     txn.put_inode(&dir)?;
-    audit::append(
-        txn,
-        caller.uid,
-        "delete",
-        child.ino,
-        &String::from_utf8_lossy(name),
-        now,
-    )?;
+    let name = crate::ops::names::audit_name(name);
+    audit::append(txn, caller.uid, "delete", child.ino, &name, now)?;
     txn.delete_inode(child.ino)?;
     Ok(dir)
 }

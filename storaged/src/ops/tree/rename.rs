@@ -4,7 +4,7 @@
 use super::directory;
 use super::remove::drop_link;
 use crate::audit;
-use crate::meta::{Entry, FileId, Inode, Kind, Time, Txn};
+use crate::meta::{Entry, EntrySeal, FileId, Inode, Kind, Time, Txn};
 use crate::ops::access::{check_remove, check_write};
 use crate::ops::names::check_name;
 use crate::ops::{Caller, OpError, inode, touch};
@@ -26,6 +26,31 @@ pub struct Rename<'a> {
     pub new_parent: FileId,
     pub new_name: &'a [u8],
     pub mode: RenameMode,
+    pub seals: RenameSeals,
+}
+
+/// What a client that seals names sends with a rename (docs/format.md section 5.6): the
+/// inodes it sealed the new entries for, and their seals.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RenameSeals {
+    /// The inode `name` must name (none: any).
+    pub ino: Option<FileId>,
+    /// With an exchange, the inode `new_name` must name (none: any).
+    pub new_ino: Option<FileId>,
+    /// The seal of the entry at `new_name`.
+    pub new_entry_seal: Option<EntrySeal>,
+    /// With an exchange, the seal of the entry at `name`.
+    pub entry_seal: Option<EntrySeal>,
+}
+
+/// Refuses a rename whose entry names another inode than the client sealed it for.
+fn check_sealed_for(expected: Option<FileId>, found: FileId) -> Result<(), OpError> {
+    match expected {
+        Some(ino) if ino != found => Err(OpError::invalid(format!(
+            "the entry names inode {found}, not {ino} as the rename expected (changed meanwhile)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Renames (or with [`RenameMode::Exchange`] swaps) an entry, across directories too.
@@ -43,12 +68,14 @@ pub fn rename(
         new_parent,
         new_name,
         mode,
+        seals,
     } = *rename;
     check_name(name)?;
     check_name(new_name)?;
     let source_dir = directory(txn, parent)?;
     let target_dir = directory(txn, new_parent)?;
     let entry = txn.get_entry(parent, name)?.ok_or(OpError::NotFound)?;
+    check_sealed_for(seals.ino, entry.ino)?;
     let moving = inode(txn, entry.ino)?;
     check_remove(caller, &source_dir, &moving)?;
     check_write(caller, &target_dir)?;
@@ -63,6 +90,7 @@ pub fn rename(
         (RenameMode::NoReplace, Some(_)) => Err(OpError::Exists),
         (RenameMode::Exchange, None) => Err(OpError::NotFound),
         (RenameMode::Exchange, Some(other)) => {
+            check_sealed_for(seals.new_ino, other.ino)?;
             let other = inode(txn, other.ino)?;
             check_remove(caller, &target_dir, &other)?;
             if other.kind == Kind::Directory {
@@ -70,8 +98,8 @@ pub fn rename(
             }
             exchange(
                 txn,
-                (parent, name, moving),
-                (new_parent, new_name, other),
+                (parent, name, moving, seals.entry_seal),
+                (new_parent, new_name, other, seals.new_entry_seal),
                 now,
             )?;
             Ok(None)
@@ -81,7 +109,8 @@ pub fn rename(
                 Some(old) => Some(replace_target(txn, caller, &moving, &target_dir, old, now)?),
                 None => None,
             };
-            move_entry(txn, (parent, name), (new_parent, new_name), &moving, now)?;
+            let to = (new_parent, new_name, seals.new_entry_seal);
+            move_entry(txn, (parent, name), to, &moving, now)?;
             Ok(replaced.flatten())
         }
     }
@@ -148,7 +177,7 @@ fn replace_target(
 fn move_entry(
     txn: &mut dyn Txn,
     (parent, name): (FileId, &[u8]),
-    (new_parent, new_name): (FileId, &[u8]),
+    (new_parent, new_name, seal): (FileId, &[u8], Option<EntrySeal>),
     moving: &Inode,
     now: Time,
 ) -> Result<(), OpError> {
@@ -159,6 +188,7 @@ fn move_entry(
         Entry {
             ino: moving.ino,
             kind: moving.kind,
+            seal,
         },
     )?;
     let mut moved = moving.clone();
@@ -184,16 +214,18 @@ fn move_entry(
 
 fn exchange(
     txn: &mut dyn Txn,
-    (parent, name, first): (FileId, &[u8], Inode),
-    (new_parent, new_name, second): (FileId, &[u8], Inode),
+    (parent, name, first, first_seal): (FileId, &[u8], Inode, Option<EntrySeal>),
+    (new_parent, new_name, second, second_seal): (FileId, &[u8], Inode, Option<EntrySeal>),
     now: Time,
 ) -> Result<(), OpError> {
+    // Each name now names the other inode, under the seal made for that.
     txn.put_entry(
         parent,
         name,
         Entry {
             ino: second.ino,
             kind: second.kind,
+            seal: first_seal,
         },
     )?;
     txn.put_entry(
@@ -202,6 +234,7 @@ fn exchange(
         Entry {
             ino: first.ino,
             kind: first.kind,
+            seal: second_seal,
         },
     )?;
     if parent != new_parent {
