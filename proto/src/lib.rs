@@ -69,8 +69,10 @@ pub mod features {
     pub const UNLINKS: &str = "unlinks";
     /// Commits store `manifest` and `Open` returns it (docs/format.md section 5.5).
     pub const MANIFESTS: &str = "manifests";
+    /// `OpenMany`: the opens of a directory's small files in one call, under its lease.
+    pub const OPEN_MANY: &str = "open-many";
     /// Every feature this build's server always has.
-    pub const ALL: &[&str] = &[COMMIT_SET_ATTR, PUT_CHUNKS, UNLINKS, MANIFESTS];
+    pub const ALL: &[&str] = &[COMMIT_SET_ATTR, PUT_CHUNKS, UNLINKS, MANIFESTS, OPEN_MANY];
 }
 
 /// The metadata that names the calling client (see `LeaseRequest`).

@@ -139,6 +139,30 @@ impl Leases {
         table.dirs.len() > mine
     }
 
+    /// Whether `holder` holds `dir`'s lease, not recalled.
+    pub fn holds(&self, holder: Holder, dir: u64) -> bool {
+        if self.held.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let table = self.table();
+        table
+            .dirs
+            .get(&dir)
+            .is_some_and(|lease| lease.holder == holder && !lease.recalled)
+    }
+
+    /// What the calls of anyone but `me` in progress name (they entered, see
+    /// [`Leases::enter`]): they may change what `Open` returns for a file among them.
+    pub fn named_by_others(&self, me: Holder) -> std::collections::HashSet<u64> {
+        let table = self.table();
+        table
+            .busy
+            .keys()
+            .filter(|(_, caller)| *caller != Some(me))
+            .map(|(named, _)| *named)
+            .collect()
+    }
+
     /// Starts listening for `holder`'s recalls (replacing an earlier listener of it).
     pub fn listen(self: &Arc<Self>, holder: Holder) -> Option<RecallStream> {
         if !self.enabled {
