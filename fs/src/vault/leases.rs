@@ -97,6 +97,7 @@ impl Vault {
     /// sends every new file still held there first.
     async fn give_back(&self, dir: FileId) {
         self.behind.recalled(dir);
+        self.ahead.drop_dir(dir);
         if let Err(error) = self.send_held_in(Some(dir)).await {
             tracing::error!(%error, %dir, "could not send the files closed under a recalled lease");
         }
@@ -159,7 +160,9 @@ async fn hear_recalls(me: std::sync::Weak<Vault>, remote: crate::remote::Remote)
             return;
         };
         vault.hearing.store(false, Ordering::SeqCst);
-        if !vault.behind.lost_all().is_empty()
+        let lost = vault.behind.lost_all();
+        vault.ahead.drop_all();
+        if !lost.is_empty()
             && let Err(error) = vault.send_held_in(None).await
         {
             tracing::error!(%error, "could not send the files closed under leases the server forgot");

@@ -54,6 +54,7 @@ impl Vault {
                 })
                 .await?;
             self.shared.remember_name(FileId(attr.ino), name);
+            self.ahead.named(parent, name, &attr);
             self.coherence.learn(&attr);
             Ok(self.local_view(attr).await)
         })
@@ -72,6 +73,7 @@ impl Vault {
             Answer::Present(listed) => {
                 let ino = FileId(listed.ino);
                 self.shared.remember_name(ino, name);
+                self.ahead.named(parent, name, &listed);
                 let attr = self.coherence.fresh(ino).unwrap_or(listed);
                 Some(Ok(self.local_view(attr).await))
             }
@@ -102,7 +104,7 @@ impl Vault {
     }
 
     pub fn setattr(&self, ino: FileId, changes: &Changes) -> Result<Attr, FsError> {
-        self.block(async {
+        let set = self.block(async {
             let rest = SetAttrRequest {
                 lazy: true,
                 ino: ino.0,
@@ -159,7 +161,9 @@ impl Vault {
             }
             self.coherence.learn(&attr);
             Ok(attr)
-        })
+        });
+        self.ahead.forget(ino);
+        set
     }
 
     async fn truncate(&self, ino: FileId, size: u64) -> Result<(), FsError> {

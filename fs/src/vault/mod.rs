@@ -51,6 +51,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use format::ids::FileId;
 use proto::v1::{Attr, FileKind, Timestamp};
 
+mod ahead;
 pub mod behind;
 mod coherence;
 mod create;
@@ -65,6 +66,7 @@ mod unlinks;
 mod uploader;
 mod xattr;
 
+use self::ahead::Ahead;
 use self::behind::Behind;
 use self::coherence::Coherence;
 use self::table::{OpenTable, SharedFile};
@@ -140,6 +142,8 @@ pub struct Vault {
     behind: Behind,
     /// Unlinks answered under a directory lease, waiting to be sent (see `unlinks`).
     unlinks: Unlinks,
+    /// `Open` replies held for later opens under directory leases (see `ahead`).
+    ahead: Ahead,
     /// This vault, for its background work (set by [`Vault::start_behind`]).
     me: OnceLock<Weak<Vault>>,
     /// Listening for storaged's recalls: only then may this client hold leases.
@@ -175,6 +179,7 @@ impl Vault {
             coherence: Coherence::default(),
             behind: Behind::default(),
             unlinks: Unlinks::default(),
+            ahead: Ahead::default(),
             me: OnceLock::new(),
             hearing: AtomicBool::new(false),
             flusher_running: AtomicBool::new(false),
