@@ -228,33 +228,30 @@ impl Ahead {
 
 impl Vault {
     /// The `Open` reply for `ino`: one held from an earlier `OpenMany` under its directory's
-    /// lease, else one `OpenMany` call under the lease (holding the replies of the files
-    /// after it), else an `Open` call (asking for the lease for the next opens there).
+    /// lease, else one `OpenMany` call under the lease (asking for it in the same call when
+    /// this client may), holding the replies of the files after it, else an `Open` call.
     pub(super) async fn open_reply(&self, ino: FileId) -> Result<OpenReply, FsError> {
-        if let Some(dir) = self.ahead.held_in(ino) {
-            let mut taken = None;
-            self.behind.while_held(dir, || {
-                taken = self.ahead.take(ino, dir);
-                taken.is_some()
-            });
-            self.ahead.forget(ino);
-            if let Some(reply) = taken {
-                return Ok(reply);
-            }
+        if let Some(reply) = self.held_reply(ino) {
+            return Ok(reply);
         }
         let remote = &self.shared.remote;
         let Some((dir, name)) = self.ahead.place(ino) else {
             return open_call(remote, ino).await;
         };
+        if !remote.server_has(proto::features::OPEN_MANY) {
+            return open_call(remote, ino).await;
+        }
         let mut epoch = None;
         self.behind.while_held(dir, || {
             epoch = Some(self.ahead.epoch(dir));
             true
         });
-        let Some(epoch) = epoch.filter(|_| remote.server_has(proto::features::OPEN_MANY)) else {
-            self.ask_lease(dir);
+        let lease = epoch.is_none();
+        if lease && !self.may_ask_lease(dir) {
             return open_call(remote, ino).await;
-        };
+        }
+        // Asked for now, a lease is granted after this: a recall of it ends this epoch.
+        let epoch = epoch.unwrap_or_else(|| self.ahead.epoch(dir));
         let changes = remote.changes();
         let request = OpenManyRequest {
             ino: ino.0,
@@ -262,16 +259,21 @@ impl Vault {
             after: name,
             limit: AHEAD_PER_CALL,
             skip: self.ahead.held_for(dir),
+            lease,
         };
         let reply = remote
             .send("open_many", request, |mut api, r| async move {
                 api.open_many(r).await
             })
-            .await?;
+            .await;
+        if lease {
+            self.lease_answered(dir, reply.as_ref().is_ok_and(|r| r.granted));
+        }
+        let reply = reply?;
         // A change of this client's own that completed meanwhile may have come after the
         // server read the replies; a file open here may be changing.
         if remote.changes() == changes {
-            let ahead = reply
+            let ahead: Vec<OpenReply> = reply
                 .ahead
                 .into_iter()
                 .filter(|r| {
@@ -279,11 +281,47 @@ impl Vault {
                         .is_some_and(|a| self.table.file(FileId(a.ino)).is_none())
                 })
                 .collect();
+            self.unwrap_ahead(&ahead);
             self.ahead.hold(dir, epoch, ahead);
         }
         reply
             .opened
             .ok_or_else(|| FsError::local(proto::ErrorKind::Internal, "OpenMany without the open"))
+    }
+
+    /// The reply held for `ino`, if the lease it was asked for under is still held.
+    fn held_reply(&self, ino: FileId) -> Option<OpenReply> {
+        let dir = self.ahead.held_in(ino)?;
+        let mut taken = None;
+        self.behind.while_held(dir, || {
+            taken = self.ahead.take(ino, dir);
+            taken.is_some()
+        });
+        self.ahead.forget(ino);
+        taken
+    }
+
+    /// Unwraps the keys of files answered ahead in the background, so that their opens find
+    /// them (checked as at an open, see `Keys::keys_from`).
+    fn unwrap_ahead(&self, ahead: &[OpenReply]) {
+        let wrapped: Vec<_> = ahead
+            .iter()
+            .filter(|reply| !reply.rekey_needed)
+            .filter_map(|reply| Some((reply.attr?, reply.keys.clone())))
+            .collect();
+        if wrapped.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        self.shared.spawn(async move {
+            for (attr, keys) in wrapped {
+                // An open of the file says what was wrong.
+                let _ = shared
+                    .keys
+                    .keys_from(FileId(attr.ino), &keys, attr.owner)
+                    .await;
+            }
+        });
     }
 }
 

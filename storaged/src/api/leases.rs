@@ -240,20 +240,27 @@ impl Call<LeaseReply> for LeaseRequest {
             leases.give_back(holder, self.dir);
             return Ok(LeaseReply { granted: false });
         }
-        if !leases.enabled() {
-            return Ok(LeaseReply { granted: false });
-        }
-        let dir = FileId(self.dir);
-        let may_create = at
-            .read(move |txn, who| {
-                let dir = tree::getattr(txn, who, dir)?;
-                Ok(dir.kind == Kind::Directory && access::may_write(who, &dir))
-            })
-            .await?;
         Ok(LeaseReply {
-            granted: may_create && leases.grant(holder, self.dir),
+            granted: grant(&at, holder, self.dir).await?,
         })
     }
+}
+
+/// Grants `dir`'s lease to `holder`, the caller's client, if the caller may create names
+/// there and nothing stands against it (`crate::leases::Leases::grant`).
+pub(super) async fn grant(at: &Context, holder: Holder, dir: u64) -> Result<bool, OpError> {
+    let leases = &at.state.leases;
+    if !leases.enabled() {
+        return Ok(false);
+    }
+    let ino = FileId(dir);
+    let may_create = at
+        .read(move |txn, who| {
+            let dir = tree::getattr(txn, who, ino)?;
+            Ok(dir.kind == Kind::Directory && access::may_write(who, &dir))
+        })
+        .await?;
+    Ok(may_create && leases.grant(holder, dir))
 }
 
 impl Call<RecallStream> for RecallsRequest {

@@ -30,6 +30,13 @@ impl Call<OpenManyReply> for OpenManyRequest {
             uid: at.caller.uid,
             client,
         });
+        let mut granted = false;
+        if let Some(holder) = holder.filter(|_| self.lease) {
+            // As a `Lease` call would; a refusal leaves the open to answer.
+            granted = crate::api::leases::grant(&at, holder, self.dir)
+                .await
+                .unwrap_or(false);
+        }
         let ahead = holder.filter(|&h| limit > 0 && at.state.leases.holds(h, self.dir));
         // A file another client's call is changing now is left out: the change may not be
         // visible yet, and that call may have settled before this lease was granted. Taken
@@ -60,6 +67,7 @@ impl Call<OpenManyReply> for OpenManyRequest {
         Ok(OpenManyReply {
             opened: Some(opened),
             ahead,
+            granted,
         })
     }
 }
