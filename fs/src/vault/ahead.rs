@@ -72,6 +72,14 @@ impl Inner {
         self.counter
     }
 
+    /// The files whose replies are held for `dir`.
+    fn held_for(&self, dir: FileId) -> impl Iterator<Item = FileId> + '_ {
+        self.replies
+            .iter()
+            .filter(move |(_, held)| held.dir == dir)
+            .map(|(&ino, _)| ino)
+    }
+
     fn remove(&mut self, ino: FileId) -> Option<Held> {
         let held = self.replies.remove(&ino)?;
         self.bytes -= held.bytes;
@@ -151,12 +159,9 @@ impl Ahead {
     /// `proto::limits::OPEN_SKIPS_MAX`.
     fn held_for(&self, dir: FileId) -> Vec<u64> {
         let inner = self.inner();
-        inner
-            .replies
-            .iter()
-            .filter(|(_, held)| held.dir == dir)
-            .map(|(ino, _)| ino.0)
-            .take(proto::limits::OPEN_SKIPS_MAX)
+        let held = inner.held_for(dir);
+        held.take(proto::limits::OPEN_SKIPS_MAX)
+            .map(|ino| ino.0)
             .collect()
     }
 
@@ -191,12 +196,7 @@ impl Ahead {
     /// is stale when it arrives.
     pub fn drop_dir(&self, dir: FileId) {
         let mut inner = self.inner();
-        let held: Vec<FileId> = inner
-            .replies
-            .iter()
-            .filter(|(_, held)| held.dir == dir)
-            .map(|(&ino, _)| ino)
-            .collect();
+        let held: Vec<FileId> = inner.held_for(dir).collect();
         for ino in held {
             inner.remove(ino);
         }
