@@ -64,6 +64,7 @@ pub struct Remote {
 const READ_ONLY: &[&str] = &[
     "lookup",
     "open",
+    "open_many",
     "get_attr",
     "read_dir",
     "read_link",

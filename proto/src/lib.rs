@@ -72,6 +72,8 @@ pub mod features {
     /// Sealed names, entry seals, directory keys and client-chosen IDs of every new node
     /// (docs/format.md section 5.6).
     pub const SEALED_NAMES: &str = "sealed-names";
+    /// `OpenMany`: the opens of a directory's small files in one call, under its lease.
+    pub const OPEN_MANY: &str = "open-many";
     /// Every feature this build's server always has.
     pub const ALL: &[&str] = &[
         COMMIT_SET_ATTR,
@@ -79,6 +81,7 @@ pub mod features {
         UNLINKS,
         MANIFESTS,
         SEALED_NAMES,
+        OPEN_MANY,
     ];
 }
 

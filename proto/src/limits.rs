@@ -27,6 +27,12 @@ pub const PUTS_PER_CALL_MAX: usize = 64;
 /// Unlinks in one `Unlinks` call at most.
 pub const UNLINKS_PER_CALL_MAX: usize = 64;
 
+/// Files an `OpenMany` call answers besides the one opened, at most.
+pub const OPENS_AHEAD_MAX: usize = 64;
+
+/// Files an `OpenMany` call may ask not to answer, at most.
+pub const OPEN_SKIPS_MAX: usize = 4096;
+
 const _: () = assert!(NAME_BYTES_MAX < PATH_BYTES_MAX);
 const _: () = assert!(STREAM_WINDOW_BYTES as usize >= 2 * SEALED_CHUNK_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX > SEALED_CHUNK_BYTES_MAX);

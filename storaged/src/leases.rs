@@ -139,6 +139,30 @@ impl Leases {
         table.dirs.len() > mine
     }
 
+    /// Whether `holder` holds `dir`'s lease, not recalled.
+    pub fn holds(&self, holder: Holder, dir: u64) -> bool {
+        if self.held.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let table = self.table();
+        table
+            .dirs
+            .get(&dir)
+            .is_some_and(|lease| lease.holder == holder && !lease.recalled)
+    }
+
+    /// What the calls of anyone but `me` in progress name (they entered, see
+    /// [`Leases::enter`]): they may change what `Open` returns for a file among them.
+    pub fn named_by_others(&self, me: Holder) -> std::collections::HashSet<u64> {
+        let table = self.table();
+        table
+            .busy
+            .keys()
+            .filter(|(_, caller)| *caller != Some(me))
+            .map(|(named, _)| *named)
+            .collect()
+    }
+
     /// Starts listening for `holder`'s recalls (replacing an earlier listener of it).
     pub fn listen(self: &Arc<Self>, holder: Holder) -> Option<RecallStream> {
         if !self.enabled {
@@ -426,6 +450,14 @@ mod tests {
         let own = leases.enter(Some(A), &[5], false);
         assert!(!leases.grant(A, 5));
         assert!(leases.grant(A, 7));
+        assert!(leases.holds(A, 7) && !leases.holds(B, 7) && !leases.holds(A, 5));
+        let mut named: Vec<u64> = leases.named_by_others(A).into_iter().collect();
+        named.sort_unstable();
+        assert_eq!(
+            named,
+            vec![5, 6],
+            "B's call names them (A's own does not count)"
+        );
         drop(call);
         assert!(leases.grant(A, 5), "its own call stands in no one's way");
         drop(own);
@@ -473,6 +505,10 @@ mod tests {
         assert_eq!(recall.dir, 5);
         assert!(!waiting.is_finished());
         assert!(!leases.grant(A, 5), "recalled");
+        assert!(
+            !leases.holds(A, 5),
+            "a recalled lease answers nothing ahead"
+        );
         leases.give_back(A, 5);
         assert_eq!(waiting.await.expect("settled"), 1);
         assert!(!leases.grant(A, 5), "cooling after the recall");

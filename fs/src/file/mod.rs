@@ -279,7 +279,16 @@ pub async fn chunk_map(
 impl FileState {
     /// Loads a file's committed state (attributes, chunk generations, key) in one call.
     pub async fn open(shared: &Shared, ino: FileId) -> Result<FileState, FsError> {
-        let mut reply = open_call(shared, ino).await?;
+        FileState::open_from(shared, ino, open_call(shared, ino).await?).await
+    }
+
+    /// A file's committed state from the `Open` reply `reply`, checked as every `Open` reply
+    /// is (the keys' signatures, the manifest).
+    pub async fn open_from(
+        shared: &Shared,
+        ino: FileId,
+        mut reply: OpenReply,
+    ) -> Result<FileState, FsError> {
         let attr = reply.attr.unwrap_or_default();
         let mut keys = shared.keys.keys_from(ino, &reply.keys, attr.owner).await?;
         let legacy = crate::keys::Keys::is_legacy(&reply.keys);

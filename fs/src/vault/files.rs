@@ -51,7 +51,8 @@ impl Vault {
             let file = match existing {
                 Some(file) => file,
                 None => {
-                    let state = FileState::open(&self.shared, ino).await?;
+                    let reply = self.open_reply(ino).await?;
+                    let state = FileState::open_from(&self.shared, ino, reply).await?;
                     if let Some(attr) = state.server_attr() {
                         self.coherence.kernel_catches_up(&attr);
                         // As fresh as a getattr now: the kernel asks for them next.

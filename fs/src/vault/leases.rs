@@ -15,34 +15,43 @@ impl Vault {
     /// Asks storaged, in the background, for a lease on `dir`, where this client just created
     /// a file, unless it holds one, asked already, or gave one back a moment ago.
     pub(super) fn ask_lease(&self, dir: FileId) {
-        let remote = &self.shared.remote;
-        if !remote.server_has(proto::features::LEASES)
-            || !self.recalls_heard()
-            || !self.behind.should_ask(dir)
-        {
+        if !self.may_ask_lease(dir) {
             return;
         }
         let Some(me) = self.me.get().cloned() else {
+            self.behind.answered(dir, false);
             return;
         };
-        let remote = remote.clone();
+        let remote = self.shared.remote.clone();
         self.shared.spawn(async move {
             let reply = lease_call(&remote, dir, false).await;
             if let Err(error) = &reply {
                 tracing::debug!(%error, %dir, "no lease");
             }
-            let Some(vault) = me.upgrade() else {
-                return;
-            };
-            let granted = reply.is_ok_and(|r| r.granted);
-            if granted {
-                // The closes from now on go unanswered for a moment: what this client knows
-                // of the directory must first be proven by a change asked for after the
-                // grant (another client may have changed it just before).
-                vault.shared.dirs().distrust(dir, Instant::now());
+            if let Some(vault) = me.upgrade() {
+                vault.lease_answered(dir, reply.is_ok_and(|r| r.granted));
             }
-            vault.behind.answered(dir, granted);
         });
+    }
+
+    /// Whether to ask for a lease on `dir` now (this client may hold one, and holds, asks
+    /// for or paused none there); if so, it counts as asked, and the answer goes to
+    /// [`Vault::lease_answered`].
+    pub(super) fn may_ask_lease(&self, dir: FileId) -> bool {
+        self.shared.remote.server_has(proto::features::LEASES)
+            && self.recalls_heard()
+            && self.behind.should_ask(dir)
+    }
+
+    /// The server's answer to asking for `dir`'s lease.
+    pub(super) fn lease_answered(&self, dir: FileId, granted: bool) {
+        if granted {
+            // The closes from now on go unanswered for a moment: what this client knows of
+            // the directory must first be proven by a change asked for after the grant
+            // (another client may have changed it just before).
+            self.shared.dirs().distrust(dir, Instant::now());
+        }
+        self.behind.answered(dir, granted);
     }
 
     fn recalls_heard(&self) -> bool {
@@ -97,6 +106,7 @@ impl Vault {
     /// sends every new file still held there first.
     async fn give_back(&self, dir: FileId) {
         self.behind.recalled(dir);
+        self.ahead.drop_dir(dir);
         if let Err(error) = self.send_held_in(Some(dir)).await {
             tracing::error!(%error, %dir, "could not send the files closed under a recalled lease");
         }
@@ -159,7 +169,9 @@ async fn hear_recalls(me: std::sync::Weak<Vault>, remote: crate::remote::Remote)
             return;
         };
         vault.hearing.store(false, Ordering::SeqCst);
-        if !vault.behind.lost_all().is_empty()
+        let lost = vault.behind.lost_all();
+        vault.ahead.drop_all();
+        if !lost.is_empty()
             && let Err(error) = vault.send_held_in(None).await
         {
             tracing::error!(%error, "could not send the files closed under leases the server forgot");

@@ -91,6 +91,7 @@ impl Vault {
             changes = self.shared.remote.changes();
             let (entries, _) = read_dir(&self.shared, ino, READDIR_ENTRIES_MAX).await?;
             for (name, attr) in entries {
+                self.ahead.named(ino, &name, &attr);
                 listing.push((name, self.local_view(attr).await));
             }
             Ok::<(), FsError>(())

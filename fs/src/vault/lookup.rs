@@ -74,6 +74,7 @@ impl Vault {
             }
             let attr = remote_lookup(&self.shared, parent, name).await?;
             self.shared.remember_name(FileId(attr.ino), name);
+            self.ahead.named(parent, name, &attr);
             self.coherence.learn(&attr);
             Ok(self.local_view(attr).await)
         }
@@ -92,6 +93,7 @@ impl Vault {
             Answer::Present(listed) => {
                 let ino = FileId(listed.ino);
                 self.shared.remember_name(ino, name);
+                self.ahead.named(parent, name, &listed);
                 let attr = self.coherence.fresh(ino).unwrap_or(listed);
                 Some(Ok(self.local_view(attr).await))
             }
@@ -127,7 +129,7 @@ impl Vault {
     }
 
     pub fn setattr(&self, ino: FileId, changes: &Changes) -> Result<Attr, FsError> {
-        self.block(async {
+        let set = self.block(async {
             let rest = SetAttrRequest {
                 lazy: true,
                 ino: ino.0,
@@ -184,7 +186,9 @@ impl Vault {
             }
             self.coherence.learn(&attr);
             Ok(attr)
-        })
+        });
+        self.ahead.forget(ino);
+        set
     }
 
     async fn truncate(&self, ino: FileId, size: u64) -> Result<(), FsError> {

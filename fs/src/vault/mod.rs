@@ -9,7 +9,8 @@
 //! renaming names), `listing` (directory listings), `create` (new files, and creating them on
 //! the server), `files` (open files: reads, writes, flushes, releases), `uploader` and
 //! `leases` (closing new files under directory leases, see [`behind`]), `unlinks` (unlinks
-//! answered under them, sent in batches), `coherence` (what the
+//! answered under them, sent in batches), `ahead` (opens answered ahead under them),
+//! `coherence` (what the
 //! kernel keeps), `xattr`; `table` holds the open files and handles.
 //!
 //! # Lock order
@@ -30,9 +31,9 @@
 //!    `O_EXCL` create here (`create::created_exclusive_here`) the known directories, pending
 //!    files, keys, the open-files table and coherence (5 to 9) one after the other, so that
 //!    the file is pending and open before a recall's drain can start.
-//! 4. **The uploader's queue** (`Behind`'s queue; the uploader waits on it), and the queued
-//!    unlinks (`unlinks::Unlinks`; an unlink answered here queues under the lease table):
-//!    leaves.
+//! 4. **The uploader's queue** (`Behind`'s queue; the uploader waits on it), the queued
+//!    unlinks (`unlinks::Unlinks`; an unlink answered here queues under the lease table),
+//!    and the replies held for opens (`ahead::Ahead`; taken under the lease table): leaves.
 //! 5. **Known directories** (`Shared::dirs`, `KnownDirs`): leaf (it reads the change count,
 //!    an atomic).
 //! 6. **Pending new files** (`Shared`'s pending table): leaf.
@@ -51,6 +52,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use format::ids::FileId;
 use proto::v1::{Attr, FileKind, Timestamp};
 
+mod ahead;
 pub mod behind;
 mod coherence;
 mod create;
@@ -65,6 +67,7 @@ mod unlinks;
 mod uploader;
 mod xattr;
 
+use self::ahead::Ahead;
 use self::behind::Behind;
 use self::coherence::Coherence;
 use self::table::{OpenTable, SharedFile};
@@ -141,6 +144,8 @@ pub struct Vault {
     behind: Behind,
     /// Unlinks answered under a directory lease, waiting to be sent (see `unlinks`).
     unlinks: Unlinks,
+    /// `Open` replies held for later opens under directory leases (see `ahead`).
+    ahead: Ahead,
     /// This vault, for its background work (set by [`Vault::start_behind`]).
     me: OnceLock<Weak<Vault>>,
     /// Listening for storaged's recalls: only then may this client hold leases.
@@ -176,6 +181,7 @@ impl Vault {
             coherence: Coherence::default(),
             behind: Behind::default(),
             unlinks: Unlinks::default(),
+            ahead: Ahead::default(),
             me: OnceLock::new(),
             hearing: AtomicBool::new(false),
             flusher_running: AtomicBool::new(false),

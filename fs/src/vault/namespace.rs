@@ -170,7 +170,7 @@ impl Vault {
 
     pub fn link(&self, ino: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Attr, FsError> {
         self.coherence.forget_fresh();
-        self.block(async {
+        let linked = self.block(async {
             self.materialize(ino).await?;
             self.send_unlinks(Some(new_parent)).await?;
             let names = self.shared.dir_names(new_parent).await?;
@@ -200,7 +200,9 @@ impl Vault {
             let reply = linked.as_ref().ok();
             self.shared.dirs().added(new_parent, new_name, reply, asked);
             Ok(self.local_view(linked?).await)
-        })
+        });
+        self.ahead.forget(ino);
+        linked
     }
 
     /// The inode behind a name, if this client has it open (so that removing the name keeps

@@ -13,9 +13,10 @@ use crate::leases::{Holder, InProgress, RecallStream};
 use crate::meta::{FileId, Kind};
 use crate::ops::{Caller, OpError, access, tree};
 
-/// Before a call of `me`: recalls the leases others hold on the directories it names, and on
-/// a directory it removes or replaces, and waits until they are given back (see
-/// `crate::leases`).
+/// Before a call of `me`: recalls the leases others hold on the directories it names, on a
+/// directory it removes or replaces, and on the directory of a file whose `Open` reply it
+/// may change (a client may hold that reply, see `OpenMany`), and waits until they are given
+/// back (see `crate::leases`).
 pub(super) async fn settle_leases<Q: Names>(
     state: &State,
     caller: &Caller,
@@ -25,17 +26,20 @@ pub(super) async fn settle_leases<Q: Names>(
     if !state.leases.enabled() {
         return None;
     }
-    let mut dirs: Vec<u64> = request.inodes();
-    dirs.retain(|&ino| ino != 0);
-    dirs.sort_unstable();
-    dirs.dedup();
-    // From here on no lease is granted on what the call names: had it settled before the
-    // grant, the recall would miss it.
-    let in_progress = state.leases.enter(me, &dirs, request.removes().is_some());
+    let files = request.files();
+    let mut named: Vec<u64> = request.inodes();
+    named.extend(&files);
+    named.retain(|&ino| ino != 0);
+    named.sort_unstable();
+    named.dedup();
+    // From here on no lease is granted on what the call names, and no `OpenMany` answers a
+    // file it names: had it settled before, the recall would miss it.
+    let in_progress = state.leases.enter(me, &named, request.removes().is_some());
     if !state.leases.others_hold_any(me) {
         return in_progress;
     }
     let started = Instant::now();
+    let mut dirs = named;
     if let Some((parent, name)) = request.removes() {
         let (who, name, parent) = (caller.clone(), name.to_vec(), FileId(parent));
         if let Ok(found) = state
@@ -46,16 +50,40 @@ pub(super) async fn settle_leases<Q: Names>(
             dirs.push(found.ino.0);
         }
     }
+    if !files.is_empty() {
+        dirs.extend(parents_of(state, files).await);
+    }
     if state.leases.settle(me, &dirs).await > 0 {
         state.metrics.record("recall", started.elapsed(), true);
     }
     in_progress
 }
 
-/// What a call names, for lease recalls: the inodes it reads or changes (0: none), and an
-/// entry it removes or replaces, as the request's numbers (leases are kept by them).
+/// The directory each of `files` was first linked in (none for a file not found: the call
+/// fails on its own).
+async fn parents_of(state: &State, files: Vec<u64>) -> Vec<u64> {
+    let parents = state
+        .read(move |txn| {
+            let mut parents = Vec::with_capacity(files.len());
+            for &ino in &files {
+                if let Some(inode) = txn.get_inode(FileId(ino))? {
+                    parents.push(inode.parent.0);
+                }
+            }
+            Ok(parents)
+        })
+        .await;
+    parents.unwrap_or_default()
+}
+
+/// What a call names, for lease recalls: the inodes it reads or changes (0: none), the
+/// files whose `Open` reply it may change, and an entry it removes or replaces, as the
+/// request's numbers (leases are kept by them).
 pub(super) trait Names {
     fn inodes(&self) -> Vec<u64> {
+        Vec::new()
+    }
+    fn files(&self) -> Vec<u64> {
         Vec::new()
     }
     fn removes(&self) -> Option<(u64, &[u8])> {
@@ -97,26 +125,47 @@ names_one!(parent: LookupRequest, CreateRequest, MkdirRequest, MknodRequest, Sym
 names_one!(
     ino: GetAttrRequest,
     OpenRequest,
-    SetAttrRequest,
     ReadLinkRequest,
     ReleaseRequest,
     ReadDirRequest,
-    SetXattrRequest,
     GetXattrRequest,
     ListXattrRequest,
-    RemoveXattrRequest,
-    CommitChunksRequest,
     GetChunkRequest,
     ListChunksRequest,
     GetWrappedKeysRequest,
-    ShareRequest,
-    UnshareRequest,
     GetAclRequest
 );
 
+/// Requests that change a file's attributes, chunks, keys or ACL: what `Open` returns.
+macro_rules! changes_one {
+    ($($request:ty),*) => {
+        $(impl Names for $request {
+            fn inodes(&self) -> Vec<u64> {
+                vec![self.ino]
+            }
+            fn files(&self) -> Vec<u64> {
+                vec![self.ino]
+            }
+        })*
+    };
+}
+
+changes_one!(
+    SetAttrRequest,
+    SetXattrRequest,
+    RemoveXattrRequest,
+    CommitChunksRequest,
+    ShareRequest,
+    UnshareRequest
+);
+
+/// A link changes the file's link count: the directory it is in already is recalled too.
 impl Names for LinkRequest {
     fn inodes(&self) -> Vec<u64> {
         vec![self.ino, self.new_parent]
+    }
+    fn files(&self) -> Vec<u64> {
+        vec![self.ino]
     }
 }
 
@@ -124,11 +173,27 @@ impl Names for PutChunkRequest {
     fn inodes(&self) -> Vec<u64> {
         vec![self.ino, self.create.as_ref().map_or(0, |c| c.parent)]
     }
+    fn files(&self) -> Vec<u64> {
+        // A new file has no reply anyone holds yet.
+        match (self.commit, &self.create) {
+            (true, None) => vec![self.ino],
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl Names for PutChunksRequest {
     fn inodes(&self) -> Vec<u64> {
         self.puts.iter().flat_map(Names::inodes).collect()
+    }
+    fn files(&self) -> Vec<u64> {
+        self.puts.iter().flat_map(Names::files).collect()
+    }
+}
+
+impl Names for OpenManyRequest {
+    fn inodes(&self) -> Vec<u64> {
+        vec![self.ino]
     }
 }
 
@@ -175,20 +240,27 @@ impl Call<LeaseReply> for LeaseRequest {
             leases.give_back(holder, self.dir);
             return Ok(LeaseReply { granted: false });
         }
-        if !leases.enabled() {
-            return Ok(LeaseReply { granted: false });
-        }
-        let dir = FileId(self.dir);
-        let may_create = at
-            .read(move |txn, who| {
-                let dir = tree::getattr(txn, who, dir)?;
-                Ok(dir.kind == Kind::Directory && access::may_write(who, &dir))
-            })
-            .await?;
         Ok(LeaseReply {
-            granted: may_create && leases.grant(holder, self.dir),
+            granted: grant(&at, holder, self.dir).await?,
         })
     }
+}
+
+/// Grants `dir`'s lease to `holder`, the caller's client, if the caller may create names
+/// there and nothing stands against it (`crate::leases::Leases::grant`).
+pub(super) async fn grant(at: &Context, holder: Holder, dir: u64) -> Result<bool, OpError> {
+    let leases = &at.state.leases;
+    if !leases.enabled() {
+        return Ok(false);
+    }
+    let ino = FileId(dir);
+    let may_create = at
+        .read(move |txn, who| {
+            let dir = tree::getattr(txn, who, ino)?;
+            Ok(dir.kind == Kind::Directory && access::may_write(who, &dir))
+        })
+        .await?;
+    Ok(may_create && leases.grant(holder, dir))
 }
 
 impl Call<RecallStream> for RecallsRequest {

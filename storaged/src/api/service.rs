@@ -72,4 +72,5 @@ calls! {
     get_audit_head(GetAuditHeadRequest) -> AuditHead = call;
     anchor_audit(AnchorAuditRequest) -> AnchorAuditReply = call;
     unlinks(UnlinksRequest) -> UnlinksReply = call;
+    open_many(OpenManyRequest) -> OpenManyReply = call;
 }

@@ -8,8 +8,10 @@ use super::{check_stored, check_stored_header, chunk_error, chunk_read};
 use crate::api::call::{Call, Context};
 use crate::api::wire::{chunks_to_wire, page_limit, wrapped_keys_to_wire};
 use crate::chunkstore::ChunkStoreError;
-use crate::meta::{self, ChunkIndex, ChunkRef, FileId, Generation, Kind, NO_GENERATION};
-use crate::ops::{OpError, chunks, manifest, sharing, tree};
+use crate::meta::{
+    self, ChunkIndex, ChunkRef, FileId, Generation, Inode, Kind, NO_GENERATION, Principal, Txn,
+};
+use crate::ops::{Caller, OpError, chunks, manifest, sharing, tree};
 
 /// Chunk generations an `Open` reply carries (a 32 GiB file); larger files page the rest.
 const OPEN_CHUNKS_MAX: usize = 4096;
@@ -18,7 +20,7 @@ const OPEN_CHUNKS_MAX: usize = 4096;
 const FIRST: ChunkIndex = ChunkIndex(0);
 
 /// A file this small comes with its only chunk in the `Open` reply.
-const SMALL_CHUNK_PLAINTEXT_BYTES: u64 = 64 * 1024;
+pub(super) const SMALL_CHUNK_PLAINTEXT_BYTES: u64 = 64 * 1024;
 
 /// How often a `GetChunk` reads a chunk's generation and then its file again, when a writer
 /// replaced the chunk in between (and the old file went).
@@ -27,36 +29,58 @@ const GET_ATTEMPTS: usize = 3;
 impl Call<OpenReply> for OpenRequest {
     async fn answer(self, at: Context) -> Result<OpenReply, OpError> {
         let ino = FileId(self.ino);
-        let (inode, (chunks, more_chunks), (keys, rekey_needed), manifest) = at
-            .read(move |txn, who| {
-                let inode = tree::getattr(txn, who, ino)?;
-                let (listed, manifest) = match inode.kind {
-                    Kind::Regular => (
-                        chunks::list(txn, who, ino, FIRST, OPEN_CHUNKS_MAX)?,
-                        manifest::stored(txn, ino)?,
-                    ),
-                    _ => ((Vec::new(), false), Vec::new()),
-                };
-                let keys = sharing::my_wrapped_keys(txn, who, ino)?;
-                let rekey_needed = sharing::rekey_needed(txn, ino)?;
-                Ok((inode, listed, (keys, rekey_needed), manifest))
-            })
-            .await?;
-        let small_chunk = match chunks.as_slice() {
-            [(FIRST, generation)] if inode.size <= SMALL_CHUNK_PLAINTEXT_BYTES => {
-                small_chunk(&at, ino, *generation).await
-            }
-            _ => None,
-        };
-        Ok(OpenReply {
-            small_chunk,
-            attr: Some(at.attr(&inode)),
-            chunks: chunks_to_wire(chunks),
-            more_chunks,
-            keys: wrapped_keys_to_wire(keys),
-            rekey_needed,
-            manifest,
-        })
+        let read = at.read(move |txn, who| read_open(txn, who, ino)).await?;
+        Ok(open_reply(&at, read).await)
+    }
+}
+
+/// What an `Open` reply says of a file, as one transaction read it.
+pub(super) struct ReadOpen {
+    pub inode: Inode,
+    chunks: Vec<(ChunkIndex, Generation)>,
+    more_chunks: bool,
+    keys: Vec<(Principal, Vec<u8>)>,
+    rekey_needed: bool,
+    manifest: Vec<u8>,
+}
+
+/// Reads what an `Open` of `ino` by `who` replies, in the transaction `txn`.
+pub(super) fn read_open(txn: &mut dyn Txn, who: &Caller, ino: FileId) -> Result<ReadOpen, OpError> {
+    let inode = tree::getattr(txn, who, ino)?;
+    let ((chunks, more_chunks), manifest) = match inode.kind {
+        Kind::Regular => (
+            chunks::list(txn, who, ino, FIRST, OPEN_CHUNKS_MAX)?,
+            manifest::stored(txn, ino)?,
+        ),
+        _ => ((Vec::new(), false), Vec::new()),
+    };
+    Ok(ReadOpen {
+        inode,
+        chunks,
+        more_chunks,
+        keys: sharing::my_wrapped_keys(txn, who, ino)?,
+        rekey_needed: sharing::rekey_needed(txn, ino)?,
+        manifest,
+    })
+}
+
+/// The `Open` reply from what [`read_open`] read, with a small file's only chunk.
+pub(super) async fn open_reply(at: &Context, read: ReadOpen) -> OpenReply {
+    let inode = read.inode;
+    let small_chunk = match read.chunks.as_slice() {
+        [(FIRST, generation)] if inode.size <= SMALL_CHUNK_PLAINTEXT_BYTES => {
+            small_chunk(at, inode.ino, *generation).await
+        }
+        _ => None,
+    };
+    OpenReply {
+        small_chunk,
+        attr: Some(at.attr(&inode)),
+        chunks: chunks_to_wire(read.chunks),
+        more_chunks: read.more_chunks,
+        keys: wrapped_keys_to_wire(read.keys),
+        rekey_needed: read.rekey_needed,
+        manifest: read.manifest,
     }
 }
 

@@ -4,6 +4,7 @@
 //! chunk and again before it serves one.
 
 mod get;
+mod open_many;
 mod put;
 
 use format::envelope::Header;
